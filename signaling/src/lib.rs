@@ -1,8 +1,69 @@
 //! WAVE's HTTP front door: WHIP/WHEP resources, auth, REST, the demo page.
+//!
+//! The `sfu` crate implements [`MediaNode`] and runs [`serve`] (or
+//! [`Server`], to get at the [`Sessions`] table first).
+//!
+//! # Routes
+//!
+//! | route | methods |
+//! |---|---|
+//! | `/whip/{room}` | `POST` offer → `201` answer; `GET` 204; `HEAD` 200; `OPTIONS` |
+//! | `/whep/{room}` | same, for viewers; query parameters below |
+//! | `/whip/{room}/{session}`, `/whep/{room}/{session}` | `PATCH` sdpfrag (trickle 204, restart 200), `DELETE` 200, `GET`/`HEAD` 204, `OPTIONS` |
+//! | `/whep/{room}/{session}/layer` | `POST` `{"maxLayer": "low"\|"mid"\|"high"}`, `{"rid": "q"}` or `{}` (automatic) → 200 |
+//! | `/healthz`, `/metrics`, `/v1/rooms`, `/v1/rooms/{room}` | `GET` |
+//! | `/`, `/app.js`, `/style.css` | the demo page |
+//!
+//! # WHEP query parameters
+//!
+//! - `publisher=ID`: watch this publisher (its token identity or its WHIP
+//!   session id) when a room has several. Percent-encoded, at most 256 bytes.
+//! - `layer=L`: the highest simulcast layer to send: `low`, `mid`, `high`
+//!   (or `0`, `1`, `2`), or a rid the publisher declared (`q`, `h`, `f`).
+//!   Anything else is a 400.
+//!
+//! For example `POST /whep/live?layer=low&publisher=alice`.
+//!
+//! # Policies
+//!
+//! - With [`HttpConfig::auth_secret`] set, every `POST`, `PATCH` and `DELETE`
+//!   needs `Authorization: Bearer <jwt>` whose `room` matches (or is `*`) and
+//!   whose grant matches the protocol (`publish` for WHIP, `subscribe` for
+//!   WHEP): 401 + `WWW-Authenticate: Bearer` when missing, invalid or
+//!   expired, 403 otherwise. `Bearer undefined` counts as missing. A session
+//!   can be patched or deleted only with a token of the identity that
+//!   created it. CORS preflights, `GET`, `HEAD`, `/healthz` and `/metrics`
+//!   need no token; `/v1/rooms` needs a `*` token, `/v1/rooms/{room}` a token
+//!   for that room.
+//! - `PATCH` is always conditional (RFC 9725 §4.3.1): no `If-Match` → 428,
+//!   a stale one → 412, `If-Match: "*"` matches any. Trickle without
+//!   `If-Match` is not tolerated. An `ETag` request header is read as
+//!   `If-Match` when `If-Match` is absent, because Eyevinn's WHIP client sends
+//!   its entity tag that way.
+//! - A fragment whose `a=ice-ufrag`/`a=ice-pwd` differ from the client's
+//!   current ones is an ICE restart (200 + sdpfrag + new `ETag`); otherwise
+//!   it is trickle (204). TCP and mDNS (`.local`) candidates are dropped.
+//! - `DELETE` ignores entity tags.
+//! - Every response carries `Access-Control-Allow-Origin` and exposes
+//!   `Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After`.
+//! - Error bodies are RFC 9457 `application/problem+json`.
 
+pub mod auth;
+mod config;
+mod http;
 pub mod media;
+mod metrics;
+mod page;
+mod ratelimit;
+mod routes;
+pub mod sdpfrag;
+mod server;
+mod sessions;
 
+pub use config::{HttpConfig, IceServer, IceServerSource, RateLimit};
 pub use media::{
-    IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, RoomId,
-    RoomInfo, SessionId,
+    IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, PublisherInfo,
+    RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
 };
+pub use server::{Server, serve};
+pub use sessions::Sessions;

@@ -1,0 +1,357 @@
+//! HTTP plumbing shared by the handlers: responses, RFC 9457 problems,
+//! CORS decoration, body reading, header parsing.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::auth::AuthError;
+use crate::media::MediaError;
+
+pub type Body = Full<Bytes>;
+pub type Resp = Response<Body>;
+
+pub const ACCEPT_POST: HeaderName = HeaderName::from_static("accept-post");
+pub const ACCEPT_PATCH: HeaderName = HeaderName::from_static("accept-patch");
+
+pub const SDP: &str = "application/sdp";
+pub const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+pub const JSON: &str = "application/json";
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Response headers a cross-origin WHIP/WHEP client must be able to read
+/// (none is CORS-safelisted).
+const EXPOSE_HEADERS: &str = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After";
+/// Every method the WHIP/WHEP resources answer, for CORS.
+pub const CORS_METHODS: &str = "GET, HEAD, POST, PATCH, DELETE, OPTIONS";
+/// `ETag` is allowed as a request header because Eyevinn's client sends it
+/// on PATCH in place of `If-Match`.
+pub const CORS_REQUEST_HEADERS: &str = "Authorization, Content-Type, If-Match, ETag";
+/// How long a browser may cache a preflight, seconds.
+pub const CORS_MAX_AGE: &str = "86400";
+
+/// Retry-After for 409 (WHEP before a publisher): players back off
+/// exponentially from this value (draft-ietf-wish-whep §4.1).
+pub const NO_PUBLISHER_RETRY_SECS: u32 = 2;
+
+/// An error response: an RFC 9457 problem with extra headers.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub detail: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "no such resource")
+    }
+
+    /// 415 naming what this resource accepts (RFC 9110 §15.5.16, RFC 5789 §2.2).
+    pub fn unsupported_type(accept_header: HeaderName, accepted: &'static str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be {accepted}"),
+        )
+        .with(accept_header, HeaderValue::from_static(accepted))
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("allowed methods: {allow}"),
+        )
+        .with(header::ALLOW, HeaderValue::from_static(allow))
+    }
+
+    pub fn retry_after(status: StatusCode, detail: impl Into<String>, secs: u32) -> Self {
+        Self::new(status, detail).with(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
+    }
+
+    pub fn with(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn into_response(self) -> Resp {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut resp = with_body(self.status, PROBLEM_JSON, body.to_string());
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value);
+        }
+        resp
+    }
+}
+
+impl From<MediaError> for HttpError {
+    fn from(e: MediaError) -> Self {
+        let detail = e.to_string();
+        match e {
+            MediaError::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, detail),
+            MediaError::Unprocessable(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail),
+            MediaError::NotFound => Self::new(StatusCode::NOT_FOUND, detail),
+            MediaError::NoPublisher(_) => {
+                Self::retry_after(StatusCode::CONFLICT, detail, NO_PUBLISHER_RETRY_SECS)
+            }
+            MediaError::RoomFull { retry_after_secs, .. } => {
+                Self::retry_after(StatusCode::TOO_MANY_REQUESTS, detail, retry_after_secs)
+            }
+            MediaError::Overloaded { retry_after_secs } => {
+                Self::retry_after(StatusCode::SERVICE_UNAVAILABLE, detail, retry_after_secs)
+            }
+            MediaError::Internal(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, detail),
+        }
+    }
+}
+
+impl From<AuthError> for HttpError {
+    /// RFC 6750 §3: 401 with a `WWW-Authenticate: Bearer` challenge; 403 for
+    /// a valid token without the right.
+    fn from(e: AuthError) -> Self {
+        let challenge = match e {
+            AuthError::Missing => r#"Bearer realm="wave""#,
+            AuthError::Invalid(_) | AuthError::Expired => r#"Bearer realm="wave", error="invalid_token""#,
+            AuthError::Forbidden { .. } => r#"Bearer realm="wave", error="insufficient_scope""#,
+        };
+        let status = match e {
+            AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        Self::new(status, e.to_string()).with(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge))
+    }
+}
+
+pub fn empty(status: StatusCode) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
+    match serde_json::to_string(value) {
+        Ok(s) => with_body(status, JSON, s),
+        Err(e) => HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Adds the CORS headers every response carries. The origin is echoed
+/// (with `Vary: Origin`) so that caches keep per-origin copies; no cookies
+/// are used, so `*` is as safe for requests without one.
+pub fn decorate_cors(resp: &mut Resp, origin: Option<HeaderValue>) {
+    let h = resp.headers_mut();
+    match origin {
+        Some(o) => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        None => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        }
+    }
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE_HEADERS),
+    );
+}
+
+/// Whether the request's media type (parameters ignored) is `expected`.
+pub fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+    media_type(headers).is_some_and(|t| t.eq_ignore_ascii_case(expected))
+}
+
+pub fn media_type(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(v.split(';').next().unwrap_or("").trim())
+}
+
+/// Reads a whole body of at most `max` bytes within `timeout`.
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, HttpError> {
+    let too_large = || {
+        HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Err(_) => Err(HttpError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body took too long",
+        )),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(HttpError::bad_request(format!("reading the body failed: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Reads a non-empty UTF-8 body.
+pub async fn read_text(
+    body: Incoming,
+    headers: &HeaderMap,
+    max: usize,
+    timeout: Duration,
+) -> Result<String, HttpError> {
+    let bytes = read_body(body, headers, max, timeout).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(HttpError::bad_request("empty body"));
+    }
+    String::from_utf8(bytes.into()).map_err(|_| HttpError::bad_request("body is not UTF-8"))
+}
+
+/// The bearer token of `Authorization`, if any. A scheme other than Bearer,
+/// an empty token, or the literal `undefined`/`null` that JavaScript
+/// clients send when no token is configured all count as no token.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    let usable =
+        scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !matches!(token, "undefined" | "null");
+    usable.then_some(token)
+}
+
+/// An `If-Match` condition (RFC 9110 §13.1.1).
+#[derive(Debug, PartialEq, Eq)]
+pub enum IfMatch {
+    Any,
+    Tags(Vec<String>),
+}
+
+impl IfMatch {
+    /// `If-Match`, or else an `ETag` request header (Eyevinn's client sends
+    /// its entity tag that way).
+    pub fn from_headers(headers: &HeaderMap) -> Option<IfMatch> {
+        let raw = headers
+            .get(header::IF_MATCH)
+            .or_else(|| headers.get(header::ETAG))?;
+        let s = raw.to_str().ok()?.trim();
+        if s == "*" {
+            return Some(IfMatch::Any);
+        }
+        Some(IfMatch::Tags(
+            s.split(',')
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        ))
+    }
+
+    /// Strong comparison: a weak tag (`W/"…"`) never matches.
+    pub fn matches(&self, current: &str) -> bool {
+        match self {
+            IfMatch::Any => true,
+            IfMatch::Tags(tags) => tags.iter().any(|t| t == current),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_rules() {
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearer abc.def")])),
+            Some("abc.def")
+        );
+        assert_eq!(
+            bearer(&headers(&[("authorization", "bearer  abc ")])),
+            Some("abc")
+        );
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer undefined")])), None);
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(bearer(&headers(&[("authorization", "Basic dXNlcg==")])), None);
+        assert_eq!(bearer(&headers(&[])), None);
+    }
+
+    #[test]
+    fn if_match_rules() {
+        let tag = "\"abc\"";
+        assert_eq!(IfMatch::from_headers(&headers(&[])), None);
+        assert!(
+            IfMatch::from_headers(&headers(&[("if-match", "*")]))
+                .unwrap()
+                .matches(tag)
+        );
+        assert!(
+            IfMatch::from_headers(&headers(&[("if-match", "\"x\", \"abc\"")]))
+                .unwrap()
+                .matches(tag)
+        );
+        assert!(
+            !IfMatch::from_headers(&headers(&[("if-match", "W/\"abc\"")]))
+                .unwrap()
+                .matches(tag)
+        );
+        assert!(
+            !IfMatch::from_headers(&headers(&[("if-match", "\"zzz\"")]))
+                .unwrap()
+                .matches(tag)
+        );
+        assert!(
+            IfMatch::from_headers(&headers(&[("etag", "\"abc\"")]))
+                .unwrap()
+                .matches(tag)
+        );
+    }
+
+    #[test]
+    fn content_type_ignores_parameters_and_case() {
+        assert!(content_type_is(
+            &headers(&[("content-type", "Application/SDP; charset=utf-8")]),
+            SDP
+        ));
+        assert!(!content_type_is(&headers(&[("content-type", "text/plain")]), SDP));
+        assert!(!content_type_is(&headers(&[]), SDP));
+    }
+}

@@ -1,0 +1,845 @@
+//! Request routing and the WHIP/WHEP, REST and page handlers.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use tracing::{debug, info, warn};
+
+use crate::auth::{self, AuthError, Claims, Grant};
+use crate::config::{HttpConfig, IceServer};
+use crate::http::{
+    self, ACCEPT_PATCH, ACCEPT_POST, CORS_MAX_AGE, CORS_METHODS, CORS_REQUEST_HEADERS, HttpError, IfMatch,
+    JSON, Resp, SDP, SDPFRAG,
+};
+use crate::media::{
+    IcePatch, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, RoomId, SessionId,
+};
+use crate::metrics::HttpMetrics;
+use crate::page;
+use crate::ratelimit::RateLimiter;
+use crate::sdpfrag;
+use crate::sessions::{Kind, Session, Sessions};
+
+/// The `rel` of the WHEP layer-selection extension ([WHEP-EXT]).
+const LAYER_REL: &str = "urn:ietf:params:whep:ext:core:layer";
+
+const ENDPOINT_METHODS: &str = "GET, HEAD, POST, OPTIONS";
+const SESSION_METHODS: &str = "GET, HEAD, PATCH, DELETE, OPTIONS";
+const LAYER_METHODS: &str = "POST, OPTIONS";
+const READ_METHODS: &str = "GET, HEAD";
+
+/// Everything a request handler needs; one per server, shared by connections.
+pub struct Shared<M> {
+    pub node: std::sync::Arc<M>,
+    pub config: HttpConfig,
+    pub sessions: Sessions,
+    pub metrics: HttpMetrics,
+    limiter: Option<Mutex<RateLimiter>>,
+}
+
+/// A parsed request path. Names are validated by the handlers, so that a bad
+/// room is a 400 and not a 404.
+#[derive(Debug)]
+enum Route {
+    Asset(&'static page::Asset),
+    Healthz,
+    Metrics,
+    Rooms,
+    Room(String),
+    Endpoint(Kind, String),
+    Resource(Kind, String, String),
+    Layer(String, String),
+    NotFound,
+}
+
+impl Route {
+    fn parse(path: &str) -> Route {
+        if let Some(asset) = page::find(path) {
+            return Route::Asset(asset);
+        }
+        let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+        let kind = |s: &str| match s {
+            "whip" => Some(Kind::Whip),
+            "whep" => Some(Kind::Whep),
+            _ => None,
+        };
+        match segs[..] {
+            ["healthz"] => Route::Healthz,
+            ["metrics"] => Route::Metrics,
+            ["v1", "rooms"] => Route::Rooms,
+            ["v1", "rooms", room] => Route::Room(room.to_owned()),
+            ["whep", room, session, "layer"] => Route::Layer(room.to_owned(), session.to_owned()),
+            [k, ref rest @ ..] => match (kind(k), rest) {
+                (Some(kind), [room]) => Route::Endpoint(kind, (*room).to_owned()),
+                (Some(kind), [room, session]) => {
+                    Route::Resource(kind, (*room).to_owned(), (*session).to_owned())
+                }
+                _ => Route::NotFound,
+            },
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The metrics label: a fixed set, never a room or session name.
+    fn label(&self) -> &'static str {
+        match self {
+            Route::Asset(_) => "page",
+            Route::Healthz => "healthz",
+            Route::Metrics => "metrics",
+            Route::Rooms => "rooms",
+            Route::Room(_) => "room",
+            Route::Endpoint(Kind::Whip, _) => "whip",
+            Route::Endpoint(Kind::Whep, _) => "whep",
+            Route::Resource(Kind::Whip, ..) => "whip_session",
+            Route::Resource(Kind::Whep, ..) => "whep_session",
+            Route::Layer(..) => "whep_layer",
+            Route::NotFound => "not_found",
+        }
+    }
+
+    fn room_and_session(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Route::Room(r) | Route::Endpoint(_, r) => (Some(r), None),
+            Route::Resource(_, r, s) | Route::Layer(r, s) => (Some(r), Some(s)),
+            _ => (None, None),
+        }
+    }
+}
+
+impl<M: MediaNode> Shared<M> {
+    pub fn new(node: std::sync::Arc<M>, config: HttpConfig, sessions: Sessions) -> Self {
+        let limiter = config.post_rate_limit.map(|l| Mutex::new(RateLimiter::new(l)));
+        Shared {
+            node,
+            config,
+            sessions,
+            metrics: HttpMetrics::default(),
+            limiter,
+        }
+    }
+
+    /// Answers one request; never fails, never panics on input.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let route = Route::parse(req.uri().path());
+        let label = route.label();
+        let method = req.method().clone();
+        let (room, session) = route.room_and_session();
+        let (room, session) = (room.map(str::to_owned), session.map(str::to_owned));
+        let mut resp = match self.dispatch(route, req, peer).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let (status, reason) = (e.status.as_u16(), &e.detail);
+                if e.status.is_server_error() {
+                    warn!(route = label, %method, ?room, ?session, status, reason, "request failed");
+                } else if e.status == StatusCode::TOO_MANY_REQUESTS || e.status == StatusCode::NOT_FOUND {
+                    debug!(route = label, %method, ?room, ?session, status, reason, "request refused");
+                } else {
+                    info!(route = label, %method, ?room, ?session, status, reason, "request refused");
+                }
+                e.into_response()
+            }
+        };
+        http::decorate_cors(&mut resp, origin);
+        self.metrics.record(label, resp.status());
+        resp
+    }
+
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, HttpError> {
+        let method = req.method().clone();
+        match route {
+            Route::Asset(a) => match method {
+                Method::GET | Method::HEAD => Ok(http::with_body(StatusCode::OK, a.content_type, a.body)),
+                _ => Err(HttpError::method_not_allowed(READ_METHODS)),
+            },
+            Route::Healthz => match method {
+                Method::GET | Method::HEAD => Ok(http::with_body(StatusCode::OK, "text/plain", "ok")),
+                _ => Err(HttpError::method_not_allowed(READ_METHODS)),
+            },
+            Route::Metrics => match method {
+                Method::GET | Method::HEAD => Ok(self.metrics_page().await),
+                _ => Err(HttpError::method_not_allowed(READ_METHODS)),
+            },
+            Route::Rooms => match method {
+                Method::GET | Method::HEAD => self.rooms(req.headers(), None).await,
+                _ => Err(HttpError::method_not_allowed(READ_METHODS)),
+            },
+            Route::Room(room) => match method {
+                Method::GET | Method::HEAD => self.rooms(req.headers(), Some(parse_room(&room)?)).await,
+                _ => Err(HttpError::method_not_allowed(READ_METHODS)),
+            },
+            Route::Endpoint(kind, room) => {
+                let room = parse_room(&room)?;
+                match method {
+                    Method::OPTIONS => Ok(options(req.headers(), ENDPOINT_METHODS, Some(SDP), None)),
+                    Method::POST => self.create(kind, room, req, peer).await,
+                    // RFC 9725 §4.1: GET is 2xx without content, never 405.
+                    Method::GET => Ok(http::empty(StatusCode::NO_CONTENT)),
+                    // draft-ietf-wish-whep §4.1: HEAD is 200 with the SDP content type.
+                    Method::HEAD => {
+                        let mut resp = http::empty(StatusCode::OK);
+                        let h = resp.headers_mut();
+                        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+                        h.insert(ACCEPT_POST, HeaderValue::from_static(SDP));
+                        Ok(resp)
+                    }
+                    _ => Err(HttpError::method_not_allowed(ENDPOINT_METHODS)),
+                }
+            }
+            Route::Resource(kind, room, session) => {
+                let room = parse_room(&room)?;
+                let id = SessionId::parse(&session).ok_or_else(HttpError::not_found)?;
+                match method {
+                    Method::OPTIONS => Ok(options(req.headers(), SESSION_METHODS, Some(SDP), Some(SDPFRAG))),
+                    Method::PATCH => self.patch(kind, room, id, req).await,
+                    Method::DELETE => self.delete(kind, room, id, req.headers()).await,
+                    Method::GET | Method::HEAD => {
+                        self.lookup(kind, &room, &id)?;
+                        Ok(http::empty(StatusCode::NO_CONTENT))
+                    }
+                    _ => Err(HttpError::method_not_allowed(SESSION_METHODS)),
+                }
+            }
+            Route::Layer(room, session) => {
+                let room = parse_room(&room)?;
+                let id = SessionId::parse(&session).ok_or_else(HttpError::not_found)?;
+                match method {
+                    Method::OPTIONS => Ok(options(req.headers(), LAYER_METHODS, Some(JSON), None)),
+                    Method::POST => self.set_layer(room, id, req, peer).await,
+                    _ => Err(HttpError::method_not_allowed(LAYER_METHODS)),
+                }
+            }
+            Route::NotFound => Err(HttpError::not_found()),
+        }
+    }
+
+    /// `POST /whip/{room}` and `POST /whep/{room}`.
+    async fn create(
+        &self,
+        kind: Kind,
+        room: RoomId,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, HttpError> {
+        self.rate_limit(peer)?;
+        let claims = self.authorize(req.headers(), &room, grant_of(kind))?;
+        if !http::content_type_is(req.headers(), SDP) {
+            return Err(HttpError::unsupported_type(ACCEPT_POST, SDP));
+        }
+        let (publisher, max_layer) = match kind {
+            Kind::Whep => parse_play_query(req.uri().query().unwrap_or(""))?,
+            Kind::Whip => (None, None),
+        };
+        let (parts, body) = req.into_parts();
+        let offer = self.read_text(body, &parts.headers).await?;
+        if !sdpfrag::looks_like_sdp(&offer) {
+            return Err(HttpError::bad_request("body is not an SDP offer (no v=0 line)"));
+        }
+        let remote = sdpfrag::ice_params(&offer);
+        let session = SessionId::random();
+        let identity = claims.map(|c| c.sub);
+        let answer = match kind {
+            Kind::Whip => {
+                let req = PublishRequest {
+                    room: room.clone(),
+                    session: session.clone(),
+                    identity: identity.clone(),
+                    offer,
+                };
+                self.node.publish(req).await?
+            }
+            Kind::Whep => {
+                let req = PlayRequest {
+                    room: room.clone(),
+                    session: session.clone(),
+                    identity: identity.clone(),
+                    offer,
+                    publisher,
+                    max_layer,
+                };
+                self.node.play(req).await?
+            }
+        };
+        let local = sdpfrag::ice_params(&answer);
+        let etag = new_etag();
+        let location = self.location(kind, &room, &session);
+        let ice_servers = self.ice_servers(&room, identity.as_deref());
+        self.sessions.insert(
+            session.clone(),
+            Session {
+                room: room.clone(),
+                kind,
+                etag: etag.clone(),
+                identity,
+                remote_ufrag: remote.ufrag,
+                remote_pwd: remote.pwd,
+                ice_options: local.ice_options,
+                ice_lite: local.ice_lite,
+            },
+        );
+        info!(%room, %session, kind = kind.as_str(), "session created");
+
+        let mut resp = http::with_body(StatusCode::CREATED, SDP, answer);
+        let h = resp.headers_mut();
+        h.insert(header::LOCATION, header_value(&location)?);
+        h.insert(header::ETAG, header_value(&etag)?);
+        h.insert(ACCEPT_PATCH, HeaderValue::from_static(SDPFRAG));
+        for server in &ice_servers {
+            for link in ice_server_links(server) {
+                match HeaderValue::from_str(&link) {
+                    Ok(v) => {
+                        h.append(header::LINK, v);
+                    }
+                    Err(_) => warn!(%room, "ICE server link is not a valid header value; skipped"),
+                }
+            }
+        }
+        if kind == Kind::Whep {
+            h.append(
+                header::LINK,
+                header_value(&format!("<{location}/layer>; rel=\"{LAYER_REL}\""))?,
+            );
+        }
+        Ok(resp)
+    }
+
+    /// `PATCH` on a session: trickle (204) or ICE restart (200) (RFC 9725 §4.3).
+    async fn patch(
+        &self,
+        kind: Kind,
+        room: RoomId,
+        id: SessionId,
+        req: Request<Incoming>,
+    ) -> Result<Resp, HttpError> {
+        let claims = self.authorize(req.headers(), &room, grant_of(kind))?;
+        let session = self.lookup(kind, &room, &id)?;
+        Self::check_owner(claims.as_ref(), &session)?;
+        if !http::content_type_is(req.headers(), SDPFRAG) {
+            return Err(HttpError::unsupported_type(ACCEPT_PATCH, SDPFRAG));
+        }
+        let (parts, body) = req.into_parts();
+        let text = self.read_text(body, &parts.headers).await?;
+        let frag = sdpfrag::parse(&text).map_err(|e| HttpError::bad_request(format!("bad sdpfrag: {e}")))?;
+        // RFC 9725 §4.3.1-2: PATCH is always conditional; trickle without
+        // If-Match is not tolerated.
+        let Some(cond) = IfMatch::from_headers(&parts.headers) else {
+            return Err(HttpError::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                "PATCH needs If-Match",
+            ));
+        };
+        if !cond.matches(&session.etag) {
+            return Err(HttpError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "If-Match does not match the ICE session",
+            ));
+        }
+        let restart = match (&frag.ufrag, &frag.pwd) {
+            (Some(u), Some(p)) => {
+                session.remote_ufrag.as_ref() != Some(u) || session.remote_pwd.as_ref() != Some(p)
+            }
+            _ => false,
+        };
+        if !restart {
+            let patch = IcePatch::Trickle {
+                candidates: frag.candidates,
+                end_of_candidates: frag.end_of_candidates,
+            };
+            self.node
+                .patch(&id, patch)
+                .await
+                .map_err(|e| self.forget_if_gone(&id, e))?;
+            debug!(%room, session = %id, dropped = frag.dropped, "trickle");
+            return Ok(http::empty(StatusCode::NO_CONTENT));
+        }
+        let (Some(ufrag), Some(pwd)) = (frag.ufrag.clone(), frag.pwd.clone()) else {
+            // `restart` is true only when both are present.
+            return Err(HttpError::bad_request("restart needs a=ice-ufrag and a=ice-pwd"));
+        };
+        let patch = IcePatch::Restart {
+            ufrag: ufrag.clone(),
+            pwd: pwd.clone(),
+            candidates: frag.candidates.clone(),
+        };
+        let answer = self
+            .node
+            .patch(&id, patch)
+            .await
+            .map_err(|e| self.forget_if_gone(&id, e))?;
+        let Some(answer) = answer else {
+            return Err(
+                MediaError::Internal("node returned no credentials for an ICE restart".into()).into(),
+            );
+        };
+        let etag = new_etag();
+        let ice_lite = answer.ice_lite;
+        let updated = self.sessions.update(&id, |s| {
+            s.etag = etag.clone();
+            s.remote_ufrag = Some(ufrag);
+            s.remote_pwd = Some(pwd);
+            s.ice_lite = ice_lite;
+        });
+        if !updated {
+            return Err(HttpError::not_found());
+        }
+        info!(%room, session = %id, "ICE restart");
+        let body = sdpfrag::restart_answer(&answer, session.ice_options.as_deref(), &frag);
+        let mut resp = http::with_body(StatusCode::OK, SDPFRAG, body);
+        resp.headers_mut().insert(header::ETAG, header_value(&etag)?);
+        Ok(resp)
+    }
+
+    /// `DELETE` on a session: 200, then 404. Entity tags are ignored (RFC 9725 §4.3.1).
+    async fn delete(
+        &self,
+        kind: Kind,
+        room: RoomId,
+        id: SessionId,
+        headers: &HeaderMap,
+    ) -> Result<Resp, HttpError> {
+        let claims = self.authorize(headers, &room, grant_of(kind))?;
+        let session = self.lookup(kind, &room, &id)?;
+        Self::check_owner(claims.as_ref(), &session)?;
+        let Some(session) = self.sessions.remove(&id) else {
+            return Err(HttpError::not_found());
+        };
+        match self.node.delete(&id).await {
+            // The node had already ended it: the client's intent holds.
+            Ok(()) | Err(MediaError::NotFound) => {
+                info!(%room, session = %id, kind = kind.as_str(), "session deleted");
+                Ok(http::empty(StatusCode::OK))
+            }
+            Err(e) => {
+                self.sessions.insert(id, session);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// `POST /whep/{room}/{session}/layer` ([WHEP-EXT] layer selection).
+    async fn set_layer(
+        &self,
+        room: RoomId,
+        id: SessionId,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, HttpError> {
+        self.rate_limit(peer)?;
+        let claims = self.authorize(req.headers(), &room, Grant::Subscribe)?;
+        let session = self.lookup(Kind::Whep, &room, &id)?;
+        Self::check_owner(claims.as_ref(), &session)?;
+        if req.headers().contains_key(header::CONTENT_TYPE) && !http::content_type_is(req.headers(), JSON) {
+            return Err(HttpError::unsupported_type(ACCEPT_POST, JSON));
+        }
+        let (parts, body) = req.into_parts();
+        let text = self.read_text(body, &parts.headers).await?;
+        let layer = parse_layer_request(&text)?;
+        self.node
+            .set_layer(&id, layer.clone())
+            .await
+            .map_err(|e| self.forget_if_gone(&id, e))?;
+        info!(%room, session = %id, ?layer, "layer set");
+        Ok(http::empty(StatusCode::OK))
+    }
+
+    async fn rooms(&self, headers: &HeaderMap, room: Option<RoomId>) -> Result<Resp, HttpError> {
+        if self.config.auth_secret.is_some() {
+            // Listings name sessions and identities: a token for the room
+            // (or for every room, to list them all) is required.
+            let claims = self.claims(headers)?;
+            let allowed =
+                claims.room == auth::ANY_ROOM || room.as_ref().is_some_and(|r| r.as_str() == claims.room);
+            if !allowed {
+                return Err(
+                    HttpError::new(StatusCode::FORBIDDEN, "token does not grant this listing").with(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(r#"Bearer realm="wave", error="insufficient_scope""#),
+                    ),
+                );
+            }
+        }
+        let rooms = self.node.rooms().await;
+        match room {
+            None => Ok(http::json(StatusCode::OK, &serde_json::json!({ "rooms": rooms }))),
+            Some(room) => match rooms.into_iter().find(|r| r.room == room) {
+                Some(info) => Ok(http::json(StatusCode::OK, &info)),
+                None => Err(HttpError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("room {room} is not active"),
+                )),
+            },
+        }
+    }
+
+    async fn metrics_page(&self) -> Resp {
+        let mut out = String::new();
+        self.metrics.render(self.sessions.len(), &mut out);
+        self.node.metrics(&mut out).await;
+        http::with_body(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", out)
+    }
+
+    fn rate_limit(&self, peer: SocketAddr) -> Result<(), HttpError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let mut limiter = limiter.lock().unwrap_or_else(|p| p.into_inner());
+        limiter.check(peer.ip(), Instant::now()).map_err(|wait| {
+            let secs = u32::try_from(wait.as_secs())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1);
+            HttpError::retry_after(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests from this address",
+                secs,
+            )
+        })
+    }
+
+    /// Checks the bearer token for `grant` in `room`; `None` on an open node.
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        room: &RoomId,
+        grant: Grant,
+    ) -> Result<Option<Claims>, HttpError> {
+        if self.config.auth_secret.is_none() {
+            return Ok(None);
+        }
+        let claims = self.claims(headers)?;
+        if !claims.allows(room, grant) {
+            return Err(AuthError::Forbidden {
+                room: room.clone(),
+                grant,
+            }
+            .into());
+        }
+        Ok(Some(claims))
+    }
+
+    fn claims(&self, headers: &HeaderMap) -> Result<Claims, HttpError> {
+        let Some(secret) = &self.config.auth_secret else {
+            return Err(AuthError::Missing.into());
+        };
+        let token = http::bearer(headers).ok_or(AuthError::Missing)?;
+        Ok(auth::verify(secret, token, SystemTime::now())?)
+    }
+
+    /// A session belongs to the identity that created it: another valid
+    /// token for the same room cannot patch or end it.
+    fn check_owner(claims: Option<&Claims>, session: &Session) -> Result<(), HttpError> {
+        let (Some(claims), Some(owner)) = (claims, &session.identity) else {
+            return Ok(());
+        };
+        if &claims.sub != owner {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "session belongs to another identity",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The session at this URL, which must have been created by `kind` in `room`.
+    fn lookup(&self, kind: Kind, room: &RoomId, id: &SessionId) -> Result<Session, HttpError> {
+        match self.sessions.get(id) {
+            Some(s) if s.kind == kind && &s.room == room => Ok(s),
+            _ => Err(HttpError::not_found()),
+        }
+    }
+
+    /// A node that no longer knows a session: drop it here too.
+    fn forget_if_gone(&self, id: &SessionId, e: MediaError) -> HttpError {
+        if matches!(e, MediaError::NotFound) {
+            self.sessions.remove(id);
+        }
+        e.into()
+    }
+
+    async fn read_text(&self, body: Incoming, headers: &HeaderMap) -> Result<String, HttpError> {
+        http::read_text(
+            body,
+            headers,
+            self.config.max_body_bytes,
+            self.config.body_timeout,
+        )
+        .await
+    }
+
+    fn location(&self, kind: Kind, room: &RoomId, session: &SessionId) -> String {
+        let base = self
+            .config
+            .public_base_url
+            .as_deref()
+            .unwrap_or("")
+            .trim_end_matches('/');
+        format!("{base}/{}/{room}/{session}", kind.as_str())
+    }
+
+    fn ice_servers(&self, room: &RoomId, identity: Option<&str>) -> Vec<IceServer> {
+        let mut servers = self.config.ice_servers.clone();
+        if let Some(source) = &self.config.ice_server_source {
+            servers.extend(source.ice_servers(room, identity, SystemTime::now()));
+        }
+        servers
+    }
+}
+
+fn grant_of(kind: Kind) -> Grant {
+    match kind {
+        Kind::Whip => Grant::Publish,
+        Kind::Whep => Grant::Subscribe,
+    }
+}
+
+fn parse_room(s: &str) -> Result<RoomId, HttpError> {
+    RoomId::parse(s).ok_or_else(|| HttpError::bad_request("room names are 1-64 of A-Z a-z 0-9 _ . -"))
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, HttpError> {
+    HeaderValue::from_str(s).map_err(|_| MediaError::Internal(format!("not a header value: {s:?}")).into())
+}
+
+/// A strong entity tag naming one ICE session: 64 random bits, quoted.
+fn new_etag() -> String {
+    format!("\"{:016x}\"", rand::random::<u64>())
+}
+
+/// The reply to OPTIONS. A CORS preflight (RFC: Fetch) gets 204 and the
+/// Access-Control-Allow-* set; a plain OPTIONS gets 200 with `Allow`.
+/// Neither needs a token, and neither advertises ICE servers (RFC 9725 §4.6).
+/// Both list the CORS methods: Eyevinn's client enables trickle only when a
+/// plain OPTIONS shows PATCH in `Access-Control-Allow-Methods`.
+fn options(
+    headers: &HeaderMap,
+    allow: &'static str,
+    accept_post: Option<&'static str>,
+    accept_patch: Option<&'static str>,
+) -> Resp {
+    let preflight =
+        headers.contains_key(header::ORIGIN) && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = http::empty(if preflight {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    });
+    let h = resp.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(allow));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(CORS_METHODS),
+    );
+    if preflight {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_REQUEST_HEADERS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static(CORS_MAX_AGE),
+        );
+    }
+    if let Some(t) = accept_post {
+        h.insert(ACCEPT_POST, HeaderValue::from_static(t));
+    }
+    if let Some(t) = accept_patch {
+        h.insert(ACCEPT_PATCH, HeaderValue::from_static(t));
+    }
+    resp
+}
+
+/// `Link` values for one server (RFC 9725 §4.6): one per URL, with the TURN
+/// credentials as quoted parameters.
+fn ice_server_links(server: &IceServer) -> Vec<String> {
+    server
+        .urls
+        .iter()
+        .map(|url| {
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if let Some(user) = &server.username {
+                link.push_str(&format!("; username=\"{}\"", quote(user)));
+            }
+            if let Some(cred) = &server.credential {
+                link.push_str(&format!(
+                    "; credential=\"{}\"; credential-type=\"password\"",
+                    quote(cred)
+                ));
+            }
+            link
+        })
+        .collect()
+}
+
+/// Escapes a quoted-string (RFC 9110 §5.6.4).
+fn quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// WHEP query parameters: `publisher=` picks a publisher by identity or
+/// session id, `layer=` caps the simulcast layer. Others are ignored.
+fn parse_play_query(query: &str) -> Result<(Option<String>, Option<LayerPref>), HttpError> {
+    let mut publisher = None;
+    let mut layer = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)
+            .ok_or_else(|| HttpError::bad_request(format!("bad percent-encoding in {k}=")))?;
+        match k {
+            "publisher" if !v.is_empty() => {
+                if v.len() > 256 {
+                    return Err(HttpError::bad_request("publisher= is longer than 256 bytes"));
+                }
+                publisher = Some(v);
+            }
+            "layer" if !v.is_empty() => {
+                layer =
+                    Some(LayerPref::parse(&v).ok_or_else(|| {
+                        HttpError::bad_request("layer= must be low, mid, high, 0-2 or a rid")
+                    })?);
+            }
+            _ => {}
+        }
+    }
+    Ok((publisher, layer))
+}
+
+/// Decodes `%XX` and `+` of a query value; `None` on bad escapes or bad UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `{"maxLayer": "low|mid|high"}`, `{"rid": "q"}`, `{"spatialLayerId": 0}`
+/// or `{}` (automatic). Other fields (`mediaId`, ...) are ignored.
+fn parse_layer_request(text: &str) -> Result<Option<LayerPref>, HttpError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| HttpError::bad_request(format!("bad JSON: {e}")))?;
+    let Some(obj) = value.as_object() else {
+        return Err(HttpError::bad_request("layer request must be a JSON object"));
+    };
+    let field = |name: &str| -> Result<Option<String>, HttpError> {
+        match obj.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(HttpError::bad_request(format!(
+                "{name} must be a string or number"
+            ))),
+        }
+    };
+    let wanted = match (field("maxLayer")?, field("rid")?, field("spatialLayerId")?) {
+        (Some(v), _, _) | (None, Some(v), _) | (None, None, Some(v)) => v,
+        (None, None, None) => return Ok(None),
+    };
+    LayerPref::parse(&wanted)
+        .map(Some)
+        .ok_or_else(|| HttpError::bad_request(format!("unknown layer {wanted:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(Route::parse("/"), Route::Asset(_)));
+        assert!(matches!(Route::parse("/whip/live"), Route::Endpoint(Kind::Whip, r) if r == "live"));
+        assert!(
+            matches!(Route::parse("/whep/live/abc"), Route::Resource(Kind::Whep, r, s) if r == "live" && s == "abc")
+        );
+        assert!(matches!(Route::parse("/whep/live/abc/layer"), Route::Layer(..)));
+        assert!(matches!(Route::parse("/whip/live/abc/layer"), Route::NotFound));
+        assert!(matches!(Route::parse("/whip/live/"), Route::Resource(..)));
+        assert!(matches!(Route::parse("/v1/rooms/x"), Route::Room(_)));
+        assert!(matches!(Route::parse("/nope"), Route::NotFound));
+        assert!(matches!(Route::parse(""), Route::NotFound));
+    }
+
+    #[test]
+    fn play_query() {
+        assert_eq!(parse_play_query("").unwrap(), (None, None));
+        assert_eq!(
+            parse_play_query("publisher=alice%20b&layer=low&x=1").unwrap(),
+            (Some("alice b".into()), Some(LayerPref::Low))
+        );
+        assert_eq!(
+            parse_play_query("layer=q").unwrap().1,
+            Some(LayerPref::Rid("q".into()))
+        );
+        assert!(parse_play_query("layer=%%%").is_err());
+        assert!(parse_play_query("layer=way+too+high!").is_err());
+    }
+
+    #[test]
+    fn layer_requests() {
+        assert_eq!(parse_layer_request("{}").unwrap(), None);
+        assert_eq!(
+            parse_layer_request(r#"{"maxLayer":"high"}"#).unwrap(),
+            Some(LayerPref::High)
+        );
+        assert_eq!(
+            parse_layer_request(r#"{"mediaId":"1","rid":"q"}"#).unwrap(),
+            Some(LayerPref::Rid("q".into()))
+        );
+        assert_eq!(
+            parse_layer_request(r#"{"spatialLayerId":1}"#).unwrap(),
+            Some(LayerPref::Mid)
+        );
+        assert!(parse_layer_request("[]").is_err());
+        assert!(parse_layer_request("{").is_err());
+        assert!(parse_layer_request(r#"{"maxLayer":"!!"}"#).is_err());
+        assert!(parse_layer_request(r#"{"rid":{}}"#).is_err());
+    }
+
+    #[test]
+    fn ice_server_link_format() {
+        let turn = IceServer {
+            urls: vec!["turn:turn.example.net:3478?transport=udp".into()],
+            username: Some("1700000000:alice".into()),
+            credential: Some("pa\"ss".into()),
+        };
+        assert_eq!(
+            ice_server_links(&turn),
+            [
+                "<turn:turn.example.net:3478?transport=udp>; rel=\"ice-server\"; username=\"1700000000:alice\"; \
+              credential=\"pa\\\"ss\"; credential-type=\"password\""
+            ]
+        );
+        let stun = IceServer {
+            urls: vec!["stun:a".into(), "stun:b".into()],
+            username: None,
+            credential: None,
+        };
+        assert_eq!(
+            ice_server_links(&stun),
+            ["<stun:a>; rel=\"ice-server\"", "<stun:b>; rel=\"ice-server\""]
+        );
+    }
+
+    #[test]
+    fn etags_are_strong_and_distinct() {
+        let (a, b) = (new_etag(), new_etag());
+        assert!(a.starts_with('"') && a.ends_with('"') && a.len() == 18);
+        assert_ne!(a, b);
+    }
+}

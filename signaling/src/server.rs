@@ -1,0 +1,111 @@
+//! The accept loop: HTTP/1.1 and h2c on one listener, graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::config::HttpConfig;
+use crate::media::MediaNode;
+use crate::routes::Shared;
+use crate::sessions::Sessions;
+
+/// Slow clients get this long to send their request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed `accept` (EMFILE and the like), wait before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Concurrent streams per HTTP/2 connection.
+const MAX_H2_STREAMS: u32 = 64;
+
+/// The HTTP front door of one node.
+pub struct Server<M> {
+    shared: Arc<Shared<M>>,
+}
+
+impl<M: MediaNode> Server<M> {
+    pub fn new(node: Arc<M>, config: HttpConfig) -> Self {
+        Server {
+            shared: Arc::new(Shared::new(node, config, Sessions::new())),
+        }
+    }
+
+    /// The session table; the node calls [`Sessions::ended`] on it when it
+    /// ends a session by itself.
+    pub fn sessions(&self) -> Sessions {
+        self.shared.sessions.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and gives
+    /// in-flight requests [`HttpConfig::shutdown_grace`] to finish.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let addr = listener.local_addr()?;
+        let grace = self.shared.config.shutdown_grace;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_H2_STREAMS);
+        let graceful = GracefulShutdown::new();
+        info!(%addr, "HTTP listening");
+
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            // Small request/response pairs: do not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            let shared = self.shared.clone();
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(shared.handle(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+
+        drop(listener);
+        info!(%addr, connections = graceful.count(), "HTTP shutting down");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            warn!(?grace, "in-flight requests did not finish in time");
+        }
+        Ok(())
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` resolves.
+pub async fn serve<M: MediaNode>(
+    listener: TcpListener,
+    node: Arc<M>,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    Server::new(node, config).serve(listener, shutdown).await
+}
