@@ -1,1 +1,404 @@
-// placeholder replaced by the demo page
+// WAVE demo page: WHIP publish with 3-layer simulcast, WHEP watch, live stats.
+// Plain JS, no build step.
+//
+// Programmatic API (browser tests drive the page through it; every call
+// returns a promise and rejects with an Error whose message carries the HTTP
+// status and the server's problem+json detail):
+//
+//   wave.publish(room, { token?, width = 1280, height = 720, simulcast = true, audio = true })
+//       -> { location, etag, rids }    camera+mic over WHIP, VP8 preferred, rids q/h/f
+//   wave.watch(room, { token?, layer?: 'low'|'mid'|'high', publisher? })
+//       -> { location, etag, layerUrl }  WHEP viewer; `layer` and `publisher` become query parameters
+//   wave.setLayer(layer: 'low'|'mid'|'high'|'auto')
+//       -> HTTP status (200)           POSTs to the layer URL from the WHEP Link header
+//   wave.stop(which?: 'publish'|'watch')
+//       -> { publish?: status, watch?: status }  DELETE the session(s), close the peer connection(s)
+//   wave.stats()
+//       -> { publish: { state, layers: [{ rid, frameWidth, frameHeight, framesEncoded, bitrate,
+//                                          qualityLimitationReason, pliCount }] } | null,
+//            watch: { state, frameWidth, frameHeight, bitrate, packetsLost, framesDecoded,
+//                     keyFramesDecoded, fps, jitter, audioSamples } | null }
+//
+// Sessions use non-trickle ICE (the offer is sent once gathering completes)
+// and `bundlePolicy: 'max-bundle'`.
+'use strict';
+
+(() => {
+  const SIMULCAST = [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+  ];
+  const GATHER_TIMEOUT_MS = 5000;
+
+  // One publish session and one watch session at a time.
+  const sessions = { publish: null, watch: null };
+  // Previous byte counters per stats id, for bitrates.
+  const previous = new Map();
+
+  const $ = (id) => document.getElementById(id);
+
+  function log(msg, isError = false) {
+    const el = $('log');
+    if (!el) return;
+    const line = document.createElement('span');
+    if (isError) line.className = 'error';
+    line.textContent = `${new Date().toLocaleTimeString()} ${msg}\n`;
+    el.append(line);
+    el.scrollTop = el.scrollHeight;
+  }
+
+  function authHeaders(token) {
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  async function problem(res) {
+    let detail = res.statusText;
+    try {
+      const body = await res.text();
+      try {
+        detail = JSON.parse(body).detail ?? body;
+      } catch {
+        detail = body || detail;
+      }
+    } catch {
+      // keep statusText
+    }
+    return new Error(`${res.status}: ${detail}`);
+  }
+
+  // RFC 8288 Link header (possibly several values joined by ", ").
+  function parseLinks(header, base) {
+    const links = [];
+    if (!header) return links;
+    const re = /<([^>]*)>((?:\s*;\s*[^;,=]+(?:=(?:"(?:[^"\\]|\\.)*"|[^;,]*))?)*)/g;
+    let m;
+    while ((m = re.exec(header))) {
+      const params = {};
+      for (const p of m[2].matchAll(/;\s*([^;,=\s]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,]*)))?/g)) {
+        params[p[1].toLowerCase()] = (p[2] ?? p[3] ?? '').replace(/\\(.)/g, '$1').trim();
+      }
+      links.push({ url: new URL(m[1], base).href, ...params });
+    }
+    return links;
+  }
+
+  function waitForGathering(pc) {
+    if (pc.iceGatheringState === 'complete') return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        if (pc.iceGatheringState !== 'complete') return;
+        pc.removeEventListener('icegatheringstatechange', done);
+        clearTimeout(timer);
+        resolve();
+      };
+      // Send what we have if a STUN server never answers.
+      const timer = setTimeout(() => {
+        pc.removeEventListener('icegatheringstatechange', done);
+        resolve();
+      }, GATHER_TIMEOUT_MS);
+      pc.addEventListener('icegatheringstatechange', done);
+    });
+  }
+
+  // POST the complete offer, apply the answer; returns the session record.
+  async function negotiate(pc, url, token) {
+    await pc.setLocalDescription();
+    await waitForGathering(pc);
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/sdp', ...authHeaders(token) },
+      body: pc.localDescription.sdp,
+    });
+    if (res.status !== 201) throw await problem(res);
+    const location = res.headers.get('Location');
+    if (!location) throw new Error('201 without Location');
+    const session = {
+      pc,
+      token,
+      location: new URL(location, url).href,
+      etag: res.headers.get('ETag'),
+      links: parseLinks(res.headers.get('Link'), url),
+    };
+    await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+    return session;
+  }
+
+  function preferVp8(transceiver) {
+    if (!transceiver.setCodecPreferences || !window.RTCRtpReceiver?.getCapabilities) return;
+    // setCodecPreferences takes receiver capabilities in current browsers.
+    const caps = RTCRtpReceiver.getCapabilities('video')?.codecs ?? [];
+    const vp8 = caps.filter((c) => /video\/vp8/i.test(c.mimeType));
+    const rest = caps.filter((c) => !/video\/vp8/i.test(c.mimeType));
+    if (vp8.length) {
+      try {
+        transceiver.setCodecPreferences([...vp8, ...rest]);
+      } catch (e) {
+        log(`setCodecPreferences: ${e.message}`);
+      }
+    }
+  }
+
+  async function publish(room, opts = {}) {
+    const { token = '', width = 1280, height = 720, simulcast = true, audio = true } = opts;
+    if (sessions.publish) await stop('publish');
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio,
+      video: { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: 30 } },
+    });
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+    try {
+      for (const track of stream.getAudioTracks()) {
+        pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      }
+      const video = stream.getVideoTracks()[0];
+      if (video) {
+        const t = pc.addTransceiver(video, {
+          direction: 'sendonly',
+          streams: [stream],
+          sendEncodings: simulcast ? SIMULCAST.map((e) => ({ ...e })) : undefined,
+        });
+        preferVp8(t);
+      }
+      const session = await negotiate(pc, `/whip/${encodeURIComponent(room)}`, token);
+      session.stream = stream;
+      sessions.publish = session;
+      const preview = $('publish-video');
+      if (preview) preview.srcObject = stream;
+      log(`publishing to ${room}: ${session.location}`);
+      setButtons();
+      return {
+        location: session.location,
+        etag: session.etag,
+        rids: simulcast ? SIMULCAST.map((e) => e.rid) : [],
+      };
+    } catch (e) {
+      pc.close();
+      stream.getTracks().forEach((t) => t.stop());
+      throw e;
+    }
+  }
+
+  async function watch(room, opts = {}) {
+    const { token = '', layer, publisher } = opts;
+    if (sessions.watch) await stop('watch');
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    const media = new MediaStream();
+    pc.ontrack = (e) => {
+      media.addTrack(e.track);
+      const v = $('watch-video');
+      if (v && v.srcObject !== media) {
+        v.srcObject = media;
+        v.play().catch(() => {});
+      }
+    };
+    const query = new URLSearchParams();
+    if (layer && layer !== 'auto') query.set('layer', layer);
+    if (publisher) query.set('publisher', publisher);
+    const qs = query.toString();
+    try {
+      const session = await negotiate(pc, `/whep/${encodeURIComponent(room)}${qs ? `?${qs}` : ''}`, token);
+      const layerLink = session.links.find((l) => l.rel === 'urn:ietf:params:whep:ext:core:layer');
+      session.layerUrl = layerLink?.url ?? null;
+      sessions.watch = session;
+      log(`watching ${room}: ${session.location}`);
+      setButtons();
+      return { location: session.location, etag: session.etag, layerUrl: session.layerUrl };
+    } catch (e) {
+      pc.close();
+      throw e;
+    }
+  }
+
+  async function setLayer(layer) {
+    const s = sessions.watch;
+    if (!s) throw new Error('not watching');
+    if (!s.layerUrl) throw new Error('the server did not offer layer selection');
+    const body = layer === 'auto' || !layer ? {} : { maxLayer: layer };
+    const res = await fetch(s.layerUrl, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', ...authHeaders(s.token) },
+      body: JSON.stringify(body),
+    });
+    if (!res.ok) throw await problem(res);
+    log(`layer ${layer}`);
+    return res.status;
+  }
+
+  async function stop(which) {
+    const kinds = which ? [which] : ['publish', 'watch'];
+    const result = {};
+    for (const kind of kinds) {
+      const s = sessions[kind];
+      if (!s) continue;
+      sessions[kind] = null;
+      try {
+        const res = await fetch(s.location, { method: 'DELETE', headers: authHeaders(s.token) });
+        result[kind] = res.status;
+      } catch (e) {
+        result[kind] = 0;
+        log(`DELETE ${kind}: ${e.message}`, true);
+      }
+      s.pc.close();
+      s.stream?.getTracks().forEach((t) => t.stop());
+      const v = $(`${kind}-video`);
+      if (v) v.srcObject = null;
+      log(`stopped ${kind} (${result[kind]})`);
+    }
+    setButtons();
+    return result;
+  }
+
+  // Bits per second since the previous sample at least 500 ms older, so that
+  // a test polling stats() beside the page's own timer does not skew it.
+  function rate(id, bytes, timestamp) {
+    const prev = previous.get(id);
+    if (prev && timestamp - prev.timestamp < 500) return prev.bps;
+    const bps = prev ? Math.round(((bytes - prev.bytes) * 8 * 1000) / (timestamp - prev.timestamp)) : 0;
+    previous.set(id, { bytes, timestamp, bps });
+    return bps;
+  }
+
+  async function publishStats() {
+    const s = sessions.publish;
+    if (!s) return null;
+    const layers = [];
+    (await s.pc.getStats()).forEach((r) => {
+      if (r.type !== 'outbound-rtp' || r.kind !== 'video') return;
+      layers.push({
+        rid: r.rid ?? null,
+        frameWidth: r.frameWidth ?? 0,
+        frameHeight: r.frameHeight ?? 0,
+        framesEncoded: r.framesEncoded ?? 0,
+        bitrate: rate(r.id, r.bytesSent ?? 0, r.timestamp),
+        qualityLimitationReason: r.qualityLimitationReason ?? null,
+        pliCount: r.pliCount ?? 0,
+      });
+    });
+    layers.sort((a, b) => (a.frameWidth - b.frameWidth) || String(a.rid).localeCompare(String(b.rid)));
+    return { state: s.pc.connectionState, layers };
+  }
+
+  async function watchStats() {
+    const s = sessions.watch;
+    if (!s) return null;
+    const out = {
+      state: s.pc.connectionState,
+      frameWidth: 0,
+      frameHeight: 0,
+      bitrate: 0,
+      packetsLost: 0,
+      framesDecoded: 0,
+      keyFramesDecoded: 0,
+      fps: 0,
+      jitter: 0,
+      audioSamples: 0,
+    };
+    (await s.pc.getStats()).forEach((r) => {
+      if (r.type !== 'inbound-rtp') return;
+      if (r.kind === 'video') {
+        Object.assign(out, {
+          frameWidth: r.frameWidth ?? 0,
+          frameHeight: r.frameHeight ?? 0,
+          bitrate: rate(r.id, r.bytesReceived ?? 0, r.timestamp),
+          packetsLost: r.packetsLost ?? 0,
+          framesDecoded: r.framesDecoded ?? 0,
+          keyFramesDecoded: r.keyFramesDecoded ?? 0,
+          fps: r.framesPerSecond ?? 0,
+          jitter: r.jitter ?? 0,
+        });
+      } else if (r.kind === 'audio') {
+        out.audioSamples = r.totalSamplesReceived ?? 0;
+      }
+    });
+    return out;
+  }
+
+  async function stats() {
+    const [publish, watch] = await Promise.all([publishStats(), watchStats()]);
+    return { publish, watch };
+  }
+
+  const kbps = (bps) => `${Math.round(bps / 1000)} kbit/s`;
+
+  function renderStats({ publish, watch }) {
+    const p = $('publish-stats');
+    if (p) {
+      p.textContent = publish
+        ? [`connection: ${publish.state}`]
+            .concat(
+              publish.layers.map(
+                (l) =>
+                  `rid ${l.rid ?? '-'}: ${l.frameWidth}x${l.frameHeight} ${kbps(l.bitrate)}` +
+                  `${l.qualityLimitationReason && l.qualityLimitationReason !== 'none' ? ` (limited: ${l.qualityLimitationReason})` : ''}`,
+              ),
+            )
+            .join('\n')
+        : 'not publishing';
+    }
+    const w = $('watch-stats');
+    if (w) {
+      w.textContent = watch
+        ? [
+            `connection: ${watch.state}`,
+            `video: ${watch.frameWidth}x${watch.frameHeight} @ ${Math.round(watch.fps)} fps, ${kbps(watch.bitrate)}`,
+            `frames decoded: ${watch.framesDecoded}, packets lost: ${watch.packetsLost}`,
+          ].join('\n')
+        : 'not watching';
+    }
+  }
+
+  function setButtons() {
+    const set = (id, disabled) => {
+      const b = $(id);
+      if (b) b.disabled = disabled;
+    };
+    set('publish-start', !!sessions.publish);
+    set('publish-stop', !sessions.publish);
+    set('watch-start', !!sessions.watch);
+    set('watch-stop', !sessions.watch);
+  }
+
+  function wireUi() {
+    const params = new URLSearchParams(location.search);
+    for (const form of ['publish-form', 'watch-form']) {
+      const f = $(form);
+      if (!f) continue;
+      if (params.get('room')) f.room.value = params.get('room');
+      if (params.get('token')) f.token.value = params.get('token');
+    }
+    $('publish-form')?.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const f = e.target;
+      publish(f.room.value, { token: f.token.value.trim() }).catch((err) => log(`publish: ${err.message}`, true));
+    });
+    $('publish-stop')?.addEventListener('click', () => stop('publish'));
+    $('watch-form')?.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const f = e.target;
+      watch(f.room.value, { token: f.token.value.trim(), layer: f.layer.value }).catch((err) =>
+        log(`watch: ${err.message}`, true),
+      );
+    });
+    $('watch-stop')?.addEventListener('click', () => stop('watch'));
+    $('watch-layer')?.addEventListener('change', (e) => {
+      if (sessions.watch) setLayer(e.target.value).catch((err) => log(`layer: ${err.message}`, true));
+    });
+    setInterval(() => {
+      if (sessions.publish || sessions.watch) stats().then(renderStats).catch(() => {});
+      else renderStats({ publish: null, watch: null });
+    }, 1000);
+    // Tell the server when the tab goes away.
+    window.addEventListener('pagehide', () => {
+      for (const s of [sessions.publish, sessions.watch]) {
+        if (s) fetch(s.location, { method: 'DELETE', headers: authHeaders(s.token), keepalive: true });
+      }
+    });
+  }
+
+  window.wave = { publish, watch, setLayer, stop, stats, sessions };
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', wireUi);
+  else wireUi();
+})();

@@ -1,0 +1,28 @@
+//! The demo page and its assets are served with their content types.
+mod common;
+
+use common::*;
+use hyper::StatusCode;
+
+#[tokio::test]
+async fn page_and_assets_are_served() {
+    let srv = start(config()).await;
+
+    let r = srv.get("/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(r.body.contains("<script src=\"/app.js\">") && r.body.contains("/style.css"));
+
+    let r = srv.get("/app.js").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(r.body.contains("window.wave = { publish, watch, setLayer, stop, stats"));
+
+    let r = srv.get("/style.css").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("text/css; charset=utf-8"));
+
+    let r = srv.send("HEAD", "/", &[], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.is_empty());
+}
