@@ -193,6 +193,9 @@ serve_args! {
     /// Channels per allocation [default: 32].
     #[arg(long, env = "TURN_MAX_CHANNELS")]
     max_channels: Option<usize>,
+    /// Also accept RFC 5766 channel numbers 0x5000-0x7FFF (old clients) [default: false].
+    #[arg(long, env = "TURN_RFC5766_CHANNELS", num_args = 0..=1, default_missing_value = "true")]
+    rfc5766_channels: Option<bool>,
     /// Relayed kbit/s per allocation [default: unlimited].
     #[arg(long, env = "TURN_ALLOCATION_KBPS")]
     allocation_kbps: Option<u64>,
@@ -309,6 +312,7 @@ impl ServeArgs {
             max_allocations: self.max_allocations.unwrap_or(d.max_allocations),
             max_permissions: self.max_permissions.unwrap_or(d.max_permissions),
             max_channels: self.max_channels.unwrap_or(d.max_channels),
+            rfc5766_channels: self.rfc5766_channels.unwrap_or(d.rfc5766_channels),
             allocation_bandwidth: self.allocation_kbps.map(|k| k * 1000 / 8),
             total_bandwidth: self.total_kbps.map(|k| k * 1000 / 8),
             unauth_rate: self.unauth_rate.unwrap_or(d.unauth_rate),

@@ -32,6 +32,9 @@ use crate::rate::{Bucket, PerIpLimiter};
 /// Channel numbers a client may bind (RFC 8656 §12: 0x4000 through 0x4FFF).
 pub const CHANNEL_MIN: u16 = 0x4000;
 pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// RFC 5766 §11 allowed up to 0x7FFF; older clients (Debian's coturn 4.6
+/// `turnutils_uclient`) still pick from that range.
+pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFF;
 
 /// Largest STUN message or ChannelData frame accepted on a stream: the
 /// 16-bit length field plus its header.
@@ -153,6 +156,8 @@ pub struct ServerConfig {
     pub max_allocations: u32,
     pub max_permissions: usize,
     pub max_channels: usize,
+    /// Accept RFC 5766 channel numbers up to 0x7FFF (off: RFC 8656 range).
+    pub rfc5766_channels: bool,
     /// Relayed bytes per second per allocation, both directions.
     pub allocation_bandwidth: Option<u64>,
     /// Relayed bytes per second for the whole server.
@@ -183,6 +188,7 @@ impl Default for ServerConfig {
             max_allocations: 16_000,
             max_permissions: 32,
             max_channels: 32,
+            rfc5766_channels: false,
             allocation_bandwidth: None,
             total_bandwidth: None,
             unauth_rate: 20.0,
@@ -818,7 +824,13 @@ impl Server {
         };
         let number = number.channel();
         let peer = peer.addr(msg.transaction_id());
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
+        trace!(allocation = %id, channel = number, %peer, "channel bind");
+        let max = if self.cfg.rfc5766_channels {
+            CHANNEL_MAX_RFC5766
+        } else {
+            CHANNEL_MAX
+        };
+        if !(CHANNEL_MIN..=max).contains(&number) {
             self.error(five, msg, ErrorCode::BAD_REQUEST, Some(key));
             return;
         }
@@ -998,6 +1010,7 @@ impl Server {
     }
 
     fn error(&mut self, five: FiveTuple, msg: &Message<'_>, code: u16, key: Option<&IntegrityKey>) {
+        debug!(client = ?five.client, method = %msg.method(), code, "error response");
         let mut w = Message::builder_error(msg, MessageWriteVec::new());
         add_error(&mut w, code);
         let fp = msg.has_attribute(Fingerprint::TYPE);

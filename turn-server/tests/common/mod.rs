@@ -29,6 +29,9 @@ pub fn config() -> Config {
     let mut cfg = Config::loopback(REALM, Some(SECRET));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    // Below the kernel's ephemeral range, so loopback peers (ephemeral
+    // ports on the relay's own IP) are never mistaken for our relay ports.
+    cfg.relay_ports = (20000, 29999);
     cfg
 }
 
@@ -441,4 +444,63 @@ pub async fn wait_metric(server: &TestServer, name: &str, want: impl Fn(u64) -> 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Path of a coturn utility, or `None` (with the reason printed) when the
+/// `coturn` package is not installed; `scripts/setup.sh` installs it.
+pub fn coturn_tool(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("SKIP: {name} not found on PATH (install Debian's coturn package: scripts/setup.sh)");
+    }
+    found
+}
+
+/// A free UDP port on 127.0.0.1 (bound then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `turnutils_peer` (a UDP echo) on a free loopback port and waits
+/// until it echoes.
+pub async fn start_echo_peer(tool: &std::path::Path) -> (ChildGuard, u16) {
+    for _ in 0..5 {
+        let port = free_udp_port();
+        let child = std::process::Command::new(tool)
+            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn turnutils_peer");
+        let guard = ChildGuard(child);
+        let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..50 {
+            probe.send_to(b"ping", ("127.0.0.1", port)).await.unwrap();
+            let mut buf = [0u8; 16];
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(100), probe.recv_from(&mut buf)).await
+                && &buf[..n] == b"ping"
+            {
+                return (guard, port);
+            }
+        }
+    }
+    panic!("turnutils_peer never echoed");
 }
