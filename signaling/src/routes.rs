@@ -129,17 +129,18 @@ impl<M: MediaNode> Shared<M> {
         let label = route.label();
         let method = req.method().clone();
         let (room, session) = route.room_and_session();
-        let (room, session) = (room.map(str::to_owned), session.map(str::to_owned));
+        let room = room.unwrap_or("-").to_owned();
+        let session = session.unwrap_or("-").to_owned();
         let mut resp = match self.dispatch(route, req, peer).await {
             Ok(resp) => resp,
             Err(e) => {
                 let (status, reason) = (e.status.as_u16(), &e.detail);
                 if e.status.is_server_error() {
-                    warn!(route = label, %method, ?room, ?session, status, reason, "request failed");
+                    warn!(route = label, %method, %room, %session, status, reason, "request failed");
                 } else if e.status == StatusCode::TOO_MANY_REQUESTS || e.status == StatusCode::NOT_FOUND {
-                    debug!(route = label, %method, ?room, ?session, status, reason, "request refused");
+                    debug!(route = label, %method, %room, %session, status, reason, "request refused");
                 } else {
-                    info!(route = label, %method, ?room, ?session, status, reason, "request refused");
+                    info!(route = label, %method, %room, %session, status, reason, "request refused");
                 }
                 e.into_response()
             }
@@ -246,6 +247,13 @@ impl<M: MediaNode> Shared<M> {
         }
         let remote = sdpfrag::ice_params(&offer);
         let session = SessionId::random();
+        let location = self.location(kind, &room, &session);
+        // Checked before the node is asked, so a bad base URL cannot leave a session behind.
+        let location_value = header_value(&location)?;
+        let layer_link = match kind {
+            Kind::Whep => Some(header_value(&format!("<{location}/layer>; rel=\"{LAYER_REL}\""))?),
+            Kind::Whip => None,
+        };
         let identity = claims.map(|c| c.sub);
         let answer = match kind {
             Kind::Whip => {
@@ -270,8 +278,7 @@ impl<M: MediaNode> Shared<M> {
             }
         };
         let local = sdpfrag::ice_params(&answer);
-        let etag = new_etag();
-        let location = self.location(kind, &room, &session);
+        let (etag, etag_value) = new_etag();
         let ice_servers = self.ice_servers(&room, identity.as_deref());
         self.sessions.insert(
             session.clone(),
@@ -290,8 +297,8 @@ impl<M: MediaNode> Shared<M> {
 
         let mut resp = http::with_body(StatusCode::CREATED, SDP, answer);
         let h = resp.headers_mut();
-        h.insert(header::LOCATION, header_value(&location)?);
-        h.insert(header::ETAG, header_value(&etag)?);
+        h.insert(header::LOCATION, location_value);
+        h.insert(header::ETAG, etag_value);
         h.insert(ACCEPT_PATCH, HeaderValue::from_static(SDPFRAG));
         for server in &ice_servers {
             for link in ice_server_links(server) {
@@ -303,11 +310,8 @@ impl<M: MediaNode> Shared<M> {
                 }
             }
         }
-        if kind == Kind::Whep {
-            h.append(
-                header::LINK,
-                header_value(&format!("<{location}/layer>; rel=\"{LAYER_REL}\""))?,
-            );
+        if let Some(link) = layer_link {
+            h.append(header::LINK, link);
         }
         Ok(resp)
     }
@@ -380,7 +384,7 @@ impl<M: MediaNode> Shared<M> {
                 MediaError::Internal("node returned no credentials for an ICE restart".into()).into(),
             );
         };
-        let etag = new_etag();
+        let (etag, etag_value) = new_etag();
         let ice_lite = answer.ice_lite;
         let updated = self.sessions.update(&id, |s| {
             s.etag = etag.clone();
@@ -394,7 +398,7 @@ impl<M: MediaNode> Shared<M> {
         info!(%room, session = %id, "ICE restart");
         let body = sdpfrag::restart_answer(&answer, session.ice_options.as_deref(), &frag);
         let mut resp = http::with_body(StatusCode::OK, SDPFRAG, body);
-        resp.headers_mut().insert(header::ETAG, header_value(&etag)?);
+        resp.headers_mut().insert(header::ETAG, etag_value);
         Ok(resp)
     }
 
@@ -609,8 +613,11 @@ fn header_value(s: &str) -> Result<HeaderValue, HttpError> {
 }
 
 /// A strong entity tag naming one ICE session: 64 random bits, quoted.
-fn new_etag() -> String {
-    format!("\"{:016x}\"", rand::random::<u64>())
+fn new_etag() -> (String, HeaderValue) {
+    let tag = format!("\"{:016x}\"", rand::random::<u64>());
+    // Invariant: quotes and hex digits are visible ASCII, always a valid header value.
+    let value = HeaderValue::from_str(&tag).expect("a quoted hex tag is a valid header value");
+    (tag, value)
 }
 
 /// The reply to OPTIONS. A CORS preflight (RFC: Fetch) gets 204 and the
@@ -812,6 +819,24 @@ mod tests {
     }
 
     #[test]
+    fn query_and_layer_garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let alphabet = "%&=+layerpublishr{}[]\":,0123456789abcdefmaxLayerrid\u{e9}";
+        let chars: Vec<char> = alphabet.chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..64);
+            let s: String = (0..len)
+                .map(|_| chars[rng.random_range(0..chars.len())])
+                .collect();
+            let _ = parse_play_query(&s);
+            let _ = parse_layer_request(&s);
+            let _ = percent_decode(&s);
+            let _ = Route::parse(&s);
+        }
+    }
+
+    #[test]
     fn ice_server_link_format() {
         let turn = IceServer {
             urls: vec!["turn:turn.example.net:3478?transport=udp".into()],
@@ -838,7 +863,7 @@ mod tests {
 
     #[test]
     fn etags_are_strong_and_distinct() {
-        let (a, b) = (new_etag(), new_etag());
+        let ((a, _), (b, _)) = (new_etag(), new_etag());
         assert!(a.starts_with('"') && a.ends_with('"') && a.len() == 18);
         assert_ne!(a, b);
     }

@@ -313,6 +313,30 @@ mod tests {
     }
 
     #[test]
+    fn garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet = b"a=:candidate ice-ufrag pwd m\r\n0123456789.local udp tcp typ host \xff\x00/+";
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..200);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse(&text);
+            let _ = ice_params(&text);
+            let _ = looks_like_sdp(&text);
+        }
+        // Mutations of a valid fragment, one byte at a time.
+        for i in 0..TRICKLE.len() {
+            let mut b = TRICKLE.as_bytes().to_vec();
+            b[i] = b' ';
+            let _ = parse(&String::from_utf8_lossy(&b));
+            let _ = parse(&TRICKLE[..i]); // TRICKLE is ASCII
+        }
+    }
+
+    #[test]
     fn restart_answer_repeats_lite_options_and_mid() {
         let answer = IceRestartAnswer {
             ufrag: "newU".into(),

@@ -142,10 +142,16 @@
   async function publish(room, opts = {}) {
     const { token = '', width = 1280, height = 720, simulcast = true, audio = true } = opts;
     if (sessions.publish) await stop('publish');
-    const stream = await navigator.mediaDevices.getUserMedia({
-      audio,
-      video: { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: 30 } },
-    });
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio,
+        video: { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: 30 } },
+      });
+    } catch (e) {
+      log(`camera: ${e.message}`, true);
+      throw e;
+    }
     const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
     try {
       for (const track of stream.getAudioTracks()) {
@@ -175,6 +181,7 @@
     } catch (e) {
       pc.close();
       stream.getTracks().forEach((t) => t.stop());
+      log(`publish ${room}: ${e.message}`, true);
       throw e;
     }
   }
@@ -208,6 +215,7 @@
       return { location: session.location, etag: session.etag, layerUrl: session.layerUrl };
     } catch (e) {
       pc.close();
+      log(`watch ${room}: ${e.message}`, true);
       throw e;
     }
   }
@@ -372,15 +380,13 @@
     $('publish-form')?.addEventListener('submit', (e) => {
       e.preventDefault();
       const f = e.target;
-      publish(f.room.value, { token: f.token.value.trim() }).catch((err) => log(`publish: ${err.message}`, true));
+      publish(f.room.value, { token: f.token.value.trim() }).catch(() => {});
     });
     $('publish-stop')?.addEventListener('click', () => stop('publish'));
     $('watch-form')?.addEventListener('submit', (e) => {
       e.preventDefault();
       const f = e.target;
-      watch(f.room.value, { token: f.token.value.trim(), layer: f.layer.value }).catch((err) =>
-        log(`watch: ${err.message}`, true),
-      );
+      watch(f.room.value, { token: f.token.value.trim(), layer: f.layer.value }).catch(() => {});
     });
     $('watch-stop')?.addEventListener('click', () => stop('watch'));
     $('watch-layer')?.addEventListener('change', (e) => {

@@ -16,7 +16,10 @@ async fn page_and_assets_are_served() {
     let r = srv.get("/app.js").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"));
-    assert!(r.body.contains("window.wave = { publish, watch, setLayer, stop, stats"));
+    assert!(
+        r.body
+            .contains("window.wave = { publish, watch, setLayer, stop, stats")
+    );
 
     let r = srv.get("/style.css").await;
     assert_eq!(r.status, StatusCode::OK);
