@@ -42,7 +42,14 @@ async fn main() -> anyhow::Result<()> {
             let bound = turn_server::bind(config).await.context("starting")?;
             let addrs = bound.local_addrs();
             // Scripts and tests read the bound ports from this line.
-            println!("turn-server listening udp={} tcp={}", addrs.udp, addrs.tcp);
+            let mut line = format!("turn-server listening udp={} tcp={}", addrs.udp, addrs.tcp);
+            if let Some(tls) = addrs.tls {
+                line.push_str(&format!(" tls={tls}"));
+            }
+            if let Some(metrics) = addrs.metrics {
+                line.push_str(&format!(" metrics={metrics}"));
+            }
+            println!("{line}");
             bound
                 .run(async {
                     let _ = tokio::signal::ctrl_c().await;
