@@ -285,12 +285,11 @@ impl<M: MediaNode> Shared<M> {
             Session {
                 room: room.clone(),
                 kind,
-                etag: etag.clone(),
+                etag,
                 identity,
                 remote_ufrag: remote.ufrag,
                 remote_pwd: remote.pwd,
                 ice_options: local.ice_options,
-                ice_lite: local.ice_lite,
             },
         );
         info!(%room, %session, kind = kind.as_str(), "session created");
@@ -332,7 +331,8 @@ impl<M: MediaNode> Shared<M> {
         }
         let (parts, body) = req.into_parts();
         let text = self.read_text(body, &parts.headers).await?;
-        let frag = sdpfrag::parse(&text).map_err(|e| HttpError::bad_request(format!("bad sdpfrag: {e}")))?;
+        let mut frag =
+            sdpfrag::parse(&text).map_err(|e| HttpError::bad_request(format!("bad sdpfrag: {e}")))?;
         // RFC 9725 §4.3.1-2: PATCH is always conditional; trickle without
         // If-Match is not tolerated.
         let Some(cond) = IfMatch::from_headers(&parts.headers) else {
@@ -372,7 +372,7 @@ impl<M: MediaNode> Shared<M> {
         let patch = IcePatch::Restart {
             ufrag: ufrag.clone(),
             pwd: pwd.clone(),
-            candidates: frag.candidates.clone(),
+            candidates: std::mem::take(&mut frag.candidates),
         };
         let answer = self
             .node
@@ -385,12 +385,10 @@ impl<M: MediaNode> Shared<M> {
             );
         };
         let (etag, etag_value) = new_etag();
-        let ice_lite = answer.ice_lite;
         let updated = self.sessions.update(&id, |s| {
-            s.etag = etag.clone();
+            s.etag = etag;
             s.remote_ufrag = Some(ufrag);
             s.remote_pwd = Some(pwd);
-            s.ice_lite = ice_lite;
         });
         if !updated {
             return Err(HttpError::not_found());

@@ -35,7 +35,6 @@ pub struct Session {
     pub remote_pwd: Option<String>,
     /// The node's `a=ice-options`, repeated in restart answers.
     pub ice_options: Option<String>,
-    pub ice_lite: bool,
 }
 
 /// A shared handle on the session table. The node calls [`Sessions::ended`]

@@ -1,9 +1,12 @@
 //! A valid WHIP POST creates a session: 201, answer, Location, ETag, Link, Accept-Patch.
 mod common;
 
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use common::*;
 use hyper::StatusCode;
-use signaling::{HttpConfig, IceServer};
+use signaling::{HttpConfig, IceServer, IceServerSource, RoomId};
 
 #[tokio::test]
 async fn whip_post_creates_a_session_with_all_headers() {
@@ -93,4 +96,51 @@ async fn content_type_parameters_are_accepted() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+}
+
+struct TurnRest;
+
+impl IceServerSource for TurnRest {
+    fn ice_servers(&self, room: &RoomId, identity: Option<&str>, now: SystemTime) -> Vec<IceServer> {
+        let expiry = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+        vec![IceServer {
+            urls: vec!["turn:127.0.0.1:3478".into()],
+            username: Some(format!("{expiry}:{}@{room}", identity.unwrap_or("anon"))),
+            credential: Some("hmac".into()),
+        }]
+    }
+}
+
+#[tokio::test]
+async fn per_session_ice_servers_come_after_static_ones() {
+    let config = HttpConfig {
+        auth_secret: Some(SECRET.to_vec()),
+        ice_servers: vec![IceServer {
+            urls: vec!["stun:127.0.0.1:3478".into()],
+            username: None,
+            credential: None,
+        }],
+        ice_server_source: Some(Arc::new(TurnRest)),
+        ..config()
+    };
+    let srv = start(config).await;
+
+    let r = srv
+        .post_offer("/whip/live", Some(&token("live", "alice", true, false)))
+        .await;
+
+    assert_eq!(r.status, StatusCode::CREATED);
+    let links = r.all("link");
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert_eq!(links[0], "<stun:127.0.0.1:3478>; rel=\"ice-server\"");
+    assert!(
+        links[1].starts_with("<turn:127.0.0.1:3478>; rel=\"ice-server\"; username=\""),
+        "{}",
+        links[1]
+    );
+    assert!(
+        links[1].contains(":alice@live\"; credential=\"hmac\"; credential-type=\"password\""),
+        "{}",
+        links[1]
+    );
 }
