@@ -1,0 +1,278 @@
+//! `sfu serve` configuration: flags, each with an environment variable, over
+//! an optional TOML file, over built-in defaults.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// WAVE: a WebRTC SFU with WHIP publish and WHEP play.
+#[derive(Debug, Parser)]
+#[command(name = "sfu", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run one node (defaults: HTTP on 127.0.0.1:8080, media UDP on loopback, no auth).
+    Serve(ServeArgs),
+    /// Print an HS256 token for WHIP/WHEP.
+    Token(TokenArgs),
+}
+
+/// Flags of `sfu serve`. Each overrides the same key of `--config`.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below (snake_case); flags override it.
+    #[arg(long, env = "SFU_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address for WHIP/WHEP/REST and the page [default: 127.0.0.1:8080].
+    #[arg(long, env = "SFU_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// IP the media UDP sockets bind [default: 127.0.0.1].
+    #[arg(long, env = "SFU_MEDIA_IP")]
+    pub media_ip: Option<IpAddr>,
+    /// First media UDP port; worker i binds port+i. 0 picks free ports [default: 0].
+    #[arg(long, env = "SFU_MEDIA_PORT")]
+    pub media_port: Option<u16>,
+    /// IP advertised in ICE candidates when the node is behind 1:1 NAT [default: the bound IP].
+    #[arg(long, env = "SFU_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// HS256 secret for bearer tokens. Without one the node is open and binds loopback only.
+    #[arg(long, env = "SFU_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// Media worker threads [default: one per core].
+    #[arg(long, env = "SFU_WORKERS")]
+    pub workers: Option<usize>,
+    /// Sessions the node accepts before answering 503 [default: 10000].
+    #[arg(long, env = "SFU_MAX_PEERS")]
+    pub max_peers: Option<usize>,
+    /// Sessions one room accepts before answering 429 [default: 5000].
+    #[arg(long, env = "SFU_MAX_ROOM_PEERS")]
+    pub max_room_peers: Option<usize>,
+    /// ICE server to advertise in `Link` headers: `URL` or `URL,username,credential`.
+    /// Repeat the flag (or separate with `;` in the variable) for several.
+    #[arg(long = "ice-server", env = "SFU_ICE_SERVERS", value_delimiter = ';')]
+    pub ice_servers: Vec<String>,
+    /// Run full ICE instead of ICE-lite [default: ICE-lite].
+    #[arg(long, env = "SFU_FULL_ICE")]
+    pub full_ice: bool,
+    /// Bandwidth estimate (bit/s) a viewer starts from [default: 2500000].
+    #[arg(long, env = "SFU_INITIAL_BWE")]
+    pub initial_bwe: Option<u64>,
+}
+
+/// The same keys as the flags, for `--config FILE`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub http: Option<SocketAddr>,
+    pub media_ip: Option<IpAddr>,
+    pub media_port: Option<u16>,
+    pub public_ip: Option<IpAddr>,
+    pub auth_secret: Option<String>,
+    pub workers: Option<usize>,
+    pub max_peers: Option<usize>,
+    pub max_room_peers: Option<usize>,
+    pub ice_servers: Option<Vec<String>>,
+    pub full_ice: Option<bool>,
+    pub initial_bwe: Option<u64>,
+}
+
+/// Flags of `sfu token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The node's `--auth-secret`.
+    #[arg(long, env = "SFU_AUTH_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Room the token is for (`*` for any room).
+    #[arg(long)]
+    pub room: String,
+    /// Who the bearer is (shown in /v1/rooms; a WHEP viewer may pick a publisher by it).
+    #[arg(long)]
+    pub identity: String,
+    /// Grant WHIP publishing.
+    #[arg(long)]
+    pub publish: bool,
+    /// Grant WHEP playing.
+    #[arg(long)]
+    pub subscribe: bool,
+    /// Lifetime: seconds, or with a unit (`90s`, `10m`, `6h`, `7d`) [default: 6h].
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// The effective node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub http: SocketAddr,
+    pub media_ip: IpAddr,
+    pub media_port: u16,
+    pub public_ip: Option<IpAddr>,
+    pub auth_secret: Option<String>,
+    pub workers: usize,
+    pub max_peers: usize,
+    pub max_room_peers: usize,
+    pub ice_servers: Vec<signaling::IceServer>,
+    pub ice_lite: bool,
+    pub initial_bwe_bps: u64,
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            http: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            media_port: 0,
+            public_ip: None,
+            auth_secret: None,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_peers: 10_000,
+            max_room_peers: 5_000,
+            ice_servers: Vec::new(),
+            ice_lite: true,
+            initial_bwe_bps: 2_500_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Defaults, then the file, then the flags.
+    pub fn from_args(args: ServeArgs) -> Result<NodeConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.clone(), source: Box::new(e) })?
+            }
+            None => FileConfig::default(),
+        };
+        let d = NodeConfig::default();
+        let ice = if args.ice_servers.is_empty() { file.ice_servers.unwrap_or_default() } else { args.ice_servers };
+        let config = NodeConfig {
+            http: args.http.or(file.http).unwrap_or(d.http),
+            media_ip: args.media_ip.or(file.media_ip).unwrap_or(d.media_ip),
+            media_port: args.media_port.or(file.media_port).unwrap_or(d.media_port),
+            public_ip: args.public_ip.or(file.public_ip),
+            auth_secret: args.auth_secret.or(file.auth_secret).filter(|s| !s.is_empty()),
+            workers: args.workers.or(file.workers).unwrap_or(d.workers).max(1),
+            max_peers: args.max_peers.or(file.max_peers).unwrap_or(d.max_peers),
+            max_room_peers: args.max_room_peers.or(file.max_room_peers).unwrap_or(d.max_room_peers),
+            ice_servers: ice.iter().map(|s| parse_ice_server(s)).collect::<Result<_, _>>()?,
+            ice_lite: !(args.full_ice || file.full_ice.unwrap_or(false)),
+            initial_bwe_bps: args.initial_bwe.or(file.initial_bwe).unwrap_or(d.initial_bwe_bps),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// An open node (no secret) must not be reachable from other machines.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.auth_secret.is_none() {
+            if !self.http.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to serve HTTP on {} without --auth-secret: an open node binds loopback only",
+                    self.http
+                )));
+            }
+            if !self.media_ip.is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to bind media on {} without --auth-secret: an open node binds loopback only",
+                    self.media_ip
+                )));
+            }
+        }
+        if self.max_peers == 0 || self.max_room_peers == 0 {
+            return Err(ConfigError::Invalid("--max-peers and --max-room-peers must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `URL` or `URL,username,credential`.
+fn parse_ice_server(s: &str) -> Result<signaling::IceServer, ConfigError> {
+    let mut parts = s.split(',').map(str::trim);
+    let url = parts.next().unwrap_or_default();
+    let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| url.starts_with(p));
+    if !scheme_ok {
+        return Err(ConfigError::Invalid(format!("ICE server {url:?} must be a stun:, stuns:, turn: or turns: URI")));
+    }
+    Ok(signaling::IceServer {
+        urls: vec![url.to_owned()],
+        username: parts.next().map(str::to_owned),
+        credential: parts.next().map(str::to_owned),
+    })
+}
+
+/// `3600`, `90s`, `10m`, `6h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_open_nodes_stay_on_loopback() {
+        let dir = std::env::temp_dir().join(format!("wave-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sfu.toml");
+        std::fs::write(&path, "http = \"127.0.0.1:9000\"\nworkers = 3\nmax_peers = 7\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), workers: Some(1), ..ServeArgs::default() };
+        let c = NodeConfig::from_args(args).unwrap();
+        assert_eq!(c.http.port(), 9000);
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.max_peers, 7);
+
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let args = ServeArgs { config: Some(path), ..ServeArgs::default() };
+        assert!(matches!(NodeConfig::from_args(args), Err(ConfigError::Parse { .. })));
+
+        let open_public = ServeArgs { http: Some("0.0.0.0:8080".parse().unwrap()), ..ServeArgs::default() };
+        assert!(matches!(NodeConfig::from_args(open_public), Err(ConfigError::Invalid(_))));
+        let secured = ServeArgs {
+            http: Some("0.0.0.0:8080".parse().unwrap()),
+            media_ip: Some("0.0.0.0".parse().unwrap()),
+            auth_secret: Some("s3cret".into()),
+            ..ServeArgs::default()
+        };
+        assert!(NodeConfig::from_args(secured).is_ok());
+    }
+
+    #[test]
+    fn durations_and_ice_servers_parse() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("1y").is_err());
+        let s = parse_ice_server("turn:127.0.0.1:3478?transport=udp,user,pass").unwrap();
+        assert_eq!(s.username.as_deref(), Some("user"));
+        assert!(parse_ice_server("http://x").is_err());
+    }
+}

@@ -1,0 +1,1529 @@
+//! The Sans-IO media engine of one worker.
+//!
+//! It owns every peer (one str0m `Rtc` in RTP mode each) and every room placed
+//! on its worker. It knows no sockets, no tokio and no clock: the driver feeds
+//! it datagrams, commands and timeouts with the current `Instant`, and drains
+//! transmits and events. After touching an `Rtc` the engine drains that
+//! `Rtc`'s `poll_output` to its next timeout before touching it again.
+
+mod rewrite;
+pub mod sdp;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use signaling::media::{PublisherInfo, RoomInfo, TrackInfo, ViewerInfo};
+use signaling::{IcePatch, IceRestartAnswer, LayerPref, MediaError, RoomId, SessionId};
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tracing::{debug, info, trace, warn};
+
+pub use rewrite::{Rewriter, Rewritten};
+use sdp::Intent;
+
+/// Keyframe requests to one layer are merged: at most one per this interval
+/// (PLI storms from many viewers would otherwise make the publisher send
+/// nothing but keyframes).
+pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// A peer that sends nothing for this long is gone (str0m has no ICE failed
+/// state; RFC 7675 consent expires after 30 s).
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A viewer moves up a layer only after the estimate has allowed it this long.
+pub const UPSWITCH_HOLD: Duration = Duration::from_secs(2);
+/// How often layer bitrates are measured and viewers' layers re-evaluated.
+const TICK: Duration = Duration::from_millis(250);
+/// A layer with no packet for this long is inactive (paused by the publisher's BWE).
+const LAYER_ACTIVE: Duration = Duration::from_millis(1500);
+/// Share of the bandwidth estimate a viewer's video may use (the rest is audio, RTX, headroom).
+const BWE_USABLE: f64 = 0.85;
+
+/// A peer's id inside one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// Static configuration of one engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Local addresses advertised as host candidates; datagrams arrive on these.
+    pub candidates: Vec<SocketAddr>,
+    /// ICE-lite (the server answers checks, never sends its own), as mediasoup and Janus do.
+    pub ice_lite: bool,
+    /// Peers this engine accepts before answering 503.
+    pub max_peers: usize,
+    /// Peers one room accepts before answering 429.
+    pub max_room_peers: usize,
+    /// Bandwidth estimate a viewer starts from before TWCC feedback.
+    pub initial_bwe_bps: u64,
+    /// Seed of the engine's RNG (sequence number origins).
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            candidates: Vec::new(),
+            ice_lite: true,
+            max_peers: 10_000,
+            max_room_peers: 5_000,
+            initial_bwe_bps: 2_500_000,
+            seed: 0,
+        }
+    }
+}
+
+/// A control-plane request to the engine.
+#[derive(Debug)]
+pub enum Command {
+    Publish {
+        room: RoomId,
+        session: SessionId,
+        identity: Option<String>,
+        offer: String,
+    },
+    Play {
+        room: RoomId,
+        session: SessionId,
+        identity: Option<String>,
+        offer: String,
+        publisher: Option<String>,
+        max_layer: Option<LayerPref>,
+    },
+    Patch {
+        session: SessionId,
+        patch: IcePatch,
+    },
+    SetLayer {
+        session: SessionId,
+        layer: Option<LayerPref>,
+    },
+    Delete {
+        session: SessionId,
+    },
+    Rooms,
+    /// Close every peer (RTCP BYE + DTLS close_notify) for shutdown.
+    CloseAll,
+}
+
+/// The engine's answer to a [`Command`].
+#[derive(Debug)]
+pub enum Reply {
+    Answer(String),
+    Patched(Option<IceRestartAnswer>),
+    Done,
+    Rooms(Vec<RoomInfo>),
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// Something the driver should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A session ended inside the engine (idle timeout, DTLS close, error).
+    SessionClosed { session: SessionId, room: RoomId },
+}
+
+/// Counters for `/metrics`; monotonic unless named as a gauge.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EngineStats {
+    pub rooms: u64,
+    pub publishers: u64,
+    pub viewers: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub rtp_forwarded: u64,
+    pub layer_switches: u64,
+    pub keyframe_requests: u64,
+    pub nacks_received: u64,
+    pub nacks_sent: u64,
+    pub dropped_datagrams: u64,
+}
+
+/// The media engine of one worker.
+pub struct Engine {
+    config: EngineConfig,
+    cert: DtlsCert,
+    rng: SmallRng,
+    next_peer: u64,
+    peers: HashMap<PeerId, Peer>,
+    by_session: HashMap<SessionId, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    by_ufrag: HashMap<String, PeerId>,
+    rooms: BTreeMap<RoomId, Room>,
+    /// Each peer's next str0m timeout, for `poll_timeout` without a scan.
+    timers: BTreeSet<(Instant, PeerId)>,
+    next_tick: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: EngineStats,
+    /// Reused between calls so the packet path does not allocate.
+    scratch_packets: Vec<RtpPacket>,
+    scratch_events: Vec<RtcEvent>,
+    scratch_due: Vec<PeerId>,
+    /// Viewers written to since the last flush (see `Peer::dirty`).
+    dirty: Vec<PeerId>,
+}
+
+#[derive(Default)]
+struct Room {
+    publishers: Vec<PeerId>,
+    viewers: BTreeSet<PeerId>,
+}
+
+struct Peer {
+    session: SessionId,
+    room: RoomId,
+    identity: Option<String>,
+    rtc: Rtc,
+    /// The remote offer, kept so an ICE restart PATCH can be replayed as an offer.
+    offer: String,
+    local_ufrag: String,
+    addrs: Vec<SocketAddr>,
+    timer: Instant,
+    last_rx: Instant,
+    role: Role,
+    /// RTP was written since the last drive: str0m timestamps and sends
+    /// written packets on its next `handle_input`.
+    dirty: bool,
+    /// Stats counters from str0m, to turn its absolute values into deltas.
+    nacks_seen: HashMap<(Mid, Option<Rid>), u64>,
+}
+
+enum Role {
+    Publisher(Publisher),
+    Viewer(Viewer),
+}
+
+#[derive(Default)]
+struct Publisher {
+    tracks: Vec<SourceTrack>,
+}
+
+struct SourceTrack {
+    mid: Mid,
+    kind: MediaKind,
+    /// Simulcast layers in SDP order; one rid-less layer without simulcast.
+    layers: Vec<SourceLayer>,
+    /// Viewers forwarded this track when it is audio.
+    subscribers: Vec<PeerId>,
+}
+
+struct SourceLayer {
+    rid: Option<Rid>,
+    ssrc: Option<Ssrc>,
+    codec: Option<Codec>,
+    /// Viewers whose current or target layer this is.
+    subscribers: Vec<PeerId>,
+    bytes_window: u64,
+    window_start: Option<Instant>,
+    bitrate_bps: u64,
+    last_packet: Option<Instant>,
+    keyframe_wanted: bool,
+    last_keyframe_request: Option<Instant>,
+    size: Option<(u32, u32)>,
+}
+
+struct Viewer {
+    /// The publisher currently forwarded.
+    source: Option<PeerId>,
+    /// `?publisher=`: an identity or session the viewer asked for.
+    pin: Option<String>,
+    max_layer: Option<LayerPref>,
+    audio: Option<OutTrack>,
+    video: Option<OutTrack>,
+    bwe_bps: Option<u64>,
+    current: Option<usize>,
+    target: Option<usize>,
+    up_since: Option<Instant>,
+    /// The viewer (or a new source) changed the layer wanted: skip the upswitch hold once.
+    forced: bool,
+    desired_bps: u64,
+}
+
+struct OutTrack {
+    ssrc: Ssrc,
+    /// Payload types this viewer negotiated, to map the publisher's onto.
+    params: Vec<PayloadParams>,
+    /// (publisher pt, viewer pt) for the current source.
+    pt_map: Vec<(Pt, Pt)>,
+    rewriter: Rewriter,
+    /// Rebase on the next packet forwarded (new source or new layer).
+    rebase: bool,
+    bitrate: RateMeter,
+}
+
+#[derive(Default)]
+struct RateMeter {
+    bytes: u64,
+    start: Option<Instant>,
+    bps: u64,
+}
+
+impl RateMeter {
+    fn add(&mut self, now: Instant, bytes: usize) {
+        self.start.get_or_insert(now);
+        self.bytes += bytes as u64;
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let Some(start) = self.start else { return };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= Duration::from_secs(1) {
+            self.bps = self.bytes * 8 * 1000 / elapsed.as_millis().max(1) as u64;
+            self.bytes = 0;
+            self.start = Some(now);
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, now: Instant) -> Result<Engine, MediaError> {
+        let provider = str0m::crypto::from_feature_flags();
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| MediaError::Internal("DTLS certificate generation failed".into()))?;
+        Ok(Engine {
+            rng: SmallRng::seed_from_u64(config.seed),
+            config,
+            cert,
+            next_peer: 1,
+            peers: HashMap::new(),
+            by_session: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            rooms: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            next_tick: now + TICK,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: EngineStats::default(),
+            scratch_packets: Vec::new(),
+            scratch_events: Vec::new(),
+            scratch_due: Vec::new(),
+            dirty: Vec::new(),
+        })
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            rooms: self.rooms.len() as u64,
+            publishers: self.rooms.values().map(|r| r.publishers.len() as u64).sum(),
+            viewers: self.rooms.values().map(|r| r.viewers.len() as u64).sum(),
+            ..self.stats
+        }
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// A datagram arrived on `to` from `from`.
+    pub fn handle_receive(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        let Some(id) = self.demux(from, bytes) else {
+            self.stats.dropped_datagrams += 1;
+            trace!(len = bytes.len(), "datagram for no peer");
+            return;
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, from, to, bytes) else {
+            self.stats.dropped_datagrams += 1;
+            debug!(len = bytes.len(), "unparseable datagram");
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let input = Input::Receive(now, receive);
+        if !peer.rtc.accepts(&input) {
+            self.stats.dropped_datagrams += 1;
+            return;
+        }
+        peer.last_rx = now;
+        if !peer.addrs.contains(&from) {
+            peer.addrs.push(from);
+            self.by_addr.insert(from, id);
+        }
+        if let Err(e) = peer.rtc.handle_input(input) {
+            debug!(session = %peer.session, error = %e, "rtc rejected input");
+        }
+        self.drive(now, id);
+        self.flush_dirty(now);
+    }
+
+    /// Lets every viewer written to send what it was given: one str0m
+    /// timeout per viewer per input, however many packets it got.
+    fn flush_dirty(&mut self, now: Instant) {
+        while let Some(id) = self.dirty.pop() {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            peer.dirty = false;
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                debug!(session = %peer.session, error = %e, "rtc timeout failed");
+            }
+            self.drive(now, id);
+        }
+    }
+
+    /// Executes a control-plane command.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Reply, MediaError> {
+        let reply = self.command(now, cmd);
+        self.flush_dirty(now);
+        reply
+    }
+
+    fn command(&mut self, now: Instant, cmd: Command) -> Result<Reply, MediaError> {
+        match cmd {
+            Command::Publish {
+                room,
+                session,
+                identity,
+                offer,
+            } => self.add_peer(now, room, session, identity, offer, Intent::Publish, None, None),
+            Command::Play {
+                room,
+                session,
+                identity,
+                offer,
+                publisher,
+                max_layer,
+            } => self.add_peer(
+                now,
+                room,
+                session,
+                identity,
+                offer,
+                Intent::Play,
+                publisher,
+                max_layer,
+            ),
+            Command::Patch { session, patch } => self.patch(now, &session, patch).map(Reply::Patched),
+            Command::SetLayer { session, layer } => {
+                let id = *self.by_session.get(&session).ok_or(MediaError::NotFound)?;
+                let peer = self.peers.get_mut(&id).ok_or(MediaError::NotFound)?;
+                let Role::Viewer(v) = &mut peer.role else {
+                    return Err(MediaError::BadRequest(
+                        "layer selection applies to WHEP sessions".into(),
+                    ));
+                };
+                v.max_layer = layer;
+                v.up_since = None;
+                v.forced = true;
+                self.select_layer(now, id);
+                Ok(Reply::Done)
+            }
+            Command::Delete { session } => {
+                let id = *self.by_session.get(&session).ok_or(MediaError::NotFound)?;
+                self.remove_peer(now, id, "deleted");
+                Ok(Reply::Done)
+            }
+            Command::Rooms => Ok(Reply::Rooms(self.rooms_info())),
+            Command::CloseAll => {
+                let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+                for id in ids {
+                    self.remove_peer(now, id, "shutdown");
+                }
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    /// Time has advanced to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Each due peer is driven once: str0m may ask for `now` again, and
+        // that waits for the next call instead of spinning here.
+        let mut due = std::mem::take(&mut self.scratch_due);
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            due.push(id);
+        }
+        for id in due.drain(..) {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                debug!(session = %peer.session, error = %e, "rtc timeout failed");
+            }
+            self.drive(now, id);
+        }
+        self.scratch_due = due;
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.tick(now);
+        }
+        self.flush_dirty(now);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When the engine next needs `handle_timeout`.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.timers.first() {
+            Some(&(at, _)) => at.min(self.next_tick),
+            None => self.next_tick,
+        }
+    }
+
+    // ---- demux -------------------------------------------------------------
+
+    /// O(1): by remote address, else by the local ufrag in a STUN USERNAME.
+    fn demux(&self, from: SocketAddr, bytes: &[u8]) -> Option<PeerId> {
+        if let Some(id) = self.by_addr.get(&from) {
+            return Some(*id);
+        }
+        // RFC 7983: STUN starts with 0..=3.
+        if !matches!(bytes.first(), Some(0..=3)) {
+            return None;
+        }
+        let msg = str0m::ice::StunMessage::parse(bytes).ok()?;
+        let (local, _remote) = msg.split_username()?;
+        self.by_ufrag.get(local).copied()
+    }
+
+    // ---- peers -------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_peer(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        session: SessionId,
+        identity: Option<String>,
+        offer: String,
+        intent: Intent,
+        pin: Option<String>,
+        max_layer: Option<LayerPref>,
+    ) -> Result<Reply, MediaError> {
+        if self.peers.len() >= self.config.max_peers {
+            return Err(MediaError::Overloaded { retry_after_secs: 5 });
+        }
+        let in_room = self
+            .rooms
+            .get(&room)
+            .map_or(0, |r| r.publishers.len() + r.viewers.len());
+        if in_room >= self.config.max_room_peers {
+            return Err(MediaError::RoomFull {
+                room,
+                retry_after_secs: 5,
+            });
+        }
+        if self.by_session.contains_key(&session) {
+            return Err(MediaError::BadRequest("session id already in use".into()));
+        }
+        sdp::check_offer(&offer, intent)?;
+        let sdp_offer =
+            SdpOffer::from_sdp_string(&offer).map_err(|e| MediaError::BadRequest(format!("SDP: {e}")))?;
+
+        let mut rtc = self.rtc_config(intent == Intent::Play).build(now);
+        for addr in &self.config.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "cannot use candidate address"),
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(sdp_offer)
+            .map_err(|e| MediaError::Unprocessable(format!("offer not acceptable: {e}")))?;
+        let answer = answer.to_sdp_string();
+        sdp::check_answer(&offer, &answer)?;
+
+        let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let id = PeerId(self.next_peer);
+        self.next_peer += 1;
+        let role = match intent {
+            Intent::Publish => Role::Publisher(Publisher::default()),
+            Intent::Play => Role::Viewer(Viewer {
+                source: None,
+                pin,
+                max_layer,
+                audio: None,
+                video: None,
+                bwe_bps: None,
+                current: None,
+                target: None,
+                up_since: None,
+                forced: true,
+                desired_bps: 0,
+            }),
+        };
+        info!(%room, %session, peer = id.0, role = ?intent, "peer added");
+        self.by_session.insert(session.clone(), id);
+        self.by_ufrag.insert(local_ufrag.clone(), id);
+        self.rooms.entry(room.clone()).or_default();
+        self.peers.insert(
+            id,
+            Peer {
+                session,
+                room: room.clone(),
+                identity,
+                rtc,
+                offer,
+                local_ufrag,
+                addrs: Vec::new(),
+                timer: now,
+                last_rx: now,
+                role,
+                dirty: false,
+                nacks_seen: HashMap::new(),
+            },
+        );
+        // MediaAdded events describe the negotiated tracks.
+        self.drive(now, id);
+        let room_entry = self.rooms.entry(room.clone()).or_default();
+        match intent {
+            Intent::Publish => {
+                room_entry.publishers.push(id);
+                self.attach_waiting_viewers(now, &room, id);
+            }
+            Intent::Play => {
+                room_entry.viewers.insert(id);
+                self.attach_viewer(now, id);
+            }
+        }
+        Ok(Reply::Answer(sdp::with_end_of_candidates(&answer)))
+    }
+
+    fn rtc_config(&self, viewer: bool) -> RtcConfig {
+        let mut config = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_ice_lite(self.config.ice_lite)
+            .set_dtls_cert(self.cert.clone())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_h264(true)
+            .enable_vp8(true)
+            .enable_vp9(true)
+            .enable_av1(true)
+            .set_stats_interval(Some(Duration::from_secs(2)));
+        if viewer && std::env::var("NOBWE").is_err() {
+            config = config.enable_bwe(Some(Bitrate::bps(self.config.initial_bwe_bps)));
+        }
+        config
+    }
+
+    fn patch(
+        &mut self,
+        now: Instant,
+        session: &SessionId,
+        patch: IcePatch,
+    ) -> Result<Option<IceRestartAnswer>, MediaError> {
+        let id = *self.by_session.get(session).ok_or(MediaError::NotFound)?;
+        let peer = self.peers.get_mut(&id).ok_or(MediaError::NotFound)?;
+        match patch {
+            IcePatch::Trickle { candidates, .. } => {
+                for c in candidates {
+                    match Candidate::from_sdp_string(&c) {
+                        Ok(c) => peer.rtc.add_remote_candidate(c),
+                        Err(e) => debug!(%session, error = %e, "dropping trickled candidate"),
+                    }
+                }
+                self.drive(now, id);
+                Ok(None)
+            }
+            IcePatch::Restart {
+                ufrag,
+                pwd,
+                candidates,
+            } => {
+                let offer = sdp::with_ice_credentials(&peer.offer, &ufrag, &pwd, &candidates);
+                let sdp_offer = SdpOffer::from_sdp_string(&offer)
+                    .map_err(|e| MediaError::BadRequest(format!("restart fragment: {e}")))?;
+                let answer = peer
+                    .rtc
+                    .sdp_api()
+                    .accept_offer(sdp_offer)
+                    .map_err(|e| MediaError::Unprocessable(format!("ICE restart refused: {e}")))?;
+                let creds = peer.rtc.direct_api().local_ice_credentials();
+                let answer = answer.to_sdp_string();
+                let candidates = answer
+                    .lines()
+                    .filter_map(|l| l.trim_end().strip_prefix("a="))
+                    .filter(|l| l.starts_with("candidate:"))
+                    .map(str::to_owned)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                peer.offer = offer;
+                let old = std::mem::replace(&mut peer.local_ufrag, creds.ufrag.clone());
+                self.by_ufrag.remove(&old);
+                self.by_ufrag.insert(creds.ufrag.clone(), id);
+                info!(%session, "ICE restarted");
+                self.drive(now, id);
+                Ok(Some(IceRestartAnswer {
+                    ufrag: creds.ufrag,
+                    pwd: creds.pass,
+                    candidates,
+                    ice_lite: self.config.ice_lite,
+                }))
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, now: Instant, id: PeerId, reason: &str) {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        info!(room = %peer.room, session = %peer.session, peer = id.0, reason, "peer removed");
+        // RTCP BYE and DTLS close_notify go out before the state is dropped.
+        if peer.rtc.close().is_ok() {
+            for _ in 0..64 {
+                match peer.rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => self.push_transmit(t),
+                    Ok(Output::Event(_)) => {}
+                    Ok(Output::Timeout(_)) | Err(_) => break,
+                }
+            }
+        }
+        self.timers.remove(&(peer.timer, id));
+        self.by_session.remove(&peer.session);
+        self.by_ufrag.remove(&peer.local_ufrag);
+        for addr in &peer.addrs {
+            if self.by_addr.get(addr) == Some(&id) {
+                self.by_addr.remove(addr);
+            }
+        }
+        match &peer.role {
+            Role::Viewer(v) => {
+                if let Some(source) = v.source {
+                    self.unsubscribe(source, id);
+                }
+                if let Some(room) = self.rooms.get_mut(&peer.room) {
+                    room.viewers.remove(&id);
+                }
+            }
+            Role::Publisher(_) => {
+                let room_id = peer.room.clone();
+                let viewers: Vec<PeerId> = match self.rooms.get_mut(&room_id) {
+                    Some(room) => {
+                        room.publishers.retain(|p| *p != id);
+                        room.viewers.iter().copied().collect()
+                    }
+                    None => Vec::new(),
+                };
+                for vid in viewers {
+                    let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
+                        continue;
+                    };
+                    if v.source == Some(id) {
+                        v.source = None;
+                        v.current = None;
+                        v.target = None;
+                        self.attach_viewer(now, vid);
+                    }
+                }
+            }
+        }
+        if let Some(room) = self.rooms.get(&peer.room)
+            && room.publishers.is_empty()
+            && room.viewers.is_empty()
+        {
+            self.rooms.remove(&peer.room);
+        }
+        self.events.push_back(Event::SessionClosed {
+            session: peer.session,
+            room: peer.room,
+        });
+    }
+
+    // ---- driving str0m -----------------------------------------------------
+
+    /// Drains one peer's `Rtc` to its next timeout and handles what came out.
+    fn drive(&mut self, now: Instant, id: PeerId) {
+        let mut packets = std::mem::take(&mut self.scratch_packets);
+        let mut events = std::mem::take(&mut self.scratch_events);
+        let mut alive = true;
+        if let Some(peer) = self.peers.get_mut(&id) {
+            loop {
+                match peer.rtc.poll_output() {
+                    Ok(Output::Timeout(at)) => {
+                        self.timers.remove(&(peer.timer, id));
+                        peer.timer = at;
+                        self.timers.insert((at, id));
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => {
+                        self.stats.packets_out += 1;
+                        self.stats.bytes_out += t.contents.len() as u64;
+                        self.transmits.push_back(Transmit {
+                            source: t.source,
+                            destination: t.destination,
+                            contents: t.contents.into(),
+                        });
+                    }
+                    Ok(Output::Event(RtcEvent::RtpPacket(p))) => packets.push(p),
+                    Ok(Output::Event(e)) => events.push(e),
+                    Err(e) => {
+                        warn!(session = %peer.session, error = %e, "rtc failed");
+                        alive = false;
+                        break;
+                    }
+                }
+            }
+            if !peer.rtc.is_alive() {
+                alive = false;
+            }
+        }
+        for e in events.drain(..) {
+            self.handle_rtc_event(now, id, e);
+        }
+        for p in packets.drain(..) {
+            self.forward(now, id, p);
+        }
+        self.scratch_packets = packets;
+        self.scratch_events = events;
+        if !alive {
+            self.remove_peer(now, id, "closed");
+        }
+    }
+
+    fn push_transmit(&mut self, t: str0m::net::Transmit) {
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += t.contents.len() as u64;
+        self.transmits.push_back(Transmit {
+            source: t.source,
+            destination: t.destination,
+            contents: t.contents.into(),
+        });
+    }
+
+    fn handle_rtc_event(&mut self, now: Instant, id: PeerId, event: RtcEvent) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        match event {
+            RtcEvent::MediaAdded(m) => match &mut peer.role {
+                Role::Publisher(p) => {
+                    let rids: Vec<Option<Rid>> = match &m.simulcast {
+                        Some(s) if !s.recv.is_empty() => s.recv.iter().map(|l| Some(l.rid)).collect(),
+                        _ => vec![None],
+                    };
+                    debug!(session = %peer.session, mid = %m.mid, kind = ?m.kind, layers = rids.len(), "track");
+                    p.tracks.push(SourceTrack {
+                        mid: m.mid,
+                        kind: m.kind,
+                        layers: rids.into_iter().map(SourceLayer::new).collect(),
+                        subscribers: Vec::new(),
+                    });
+                }
+                Role::Viewer(v) => {
+                    let Some(ssrc) = peer
+                        .rtc
+                        .direct_api()
+                        .stream_tx_by_mid(m.mid, None)
+                        .map(|s| s.ssrc())
+                    else {
+                        warn!(session = %peer.session, mid = %m.mid, "no send stream for viewer track");
+                        return;
+                    };
+                    let params: Vec<PayloadParams> = {
+                        let pts = peer
+                            .rtc
+                            .media(m.mid)
+                            .map(|md| md.remote_pts().to_vec())
+                            .unwrap_or_default();
+                        peer.rtc
+                            .codec_config()
+                            .params()
+                            .iter()
+                            .filter(|p| pts.contains(&p.pt()))
+                            .cloned()
+                            .collect()
+                    };
+                    let clock = if m.kind == MediaKind::Audio {
+                        48_000
+                    } else {
+                        90_000
+                    };
+                    let first_seq: u16 = self.rng.random();
+                    let track = OutTrack {
+                        ssrc,
+                        params,
+                        pt_map: Vec::new(),
+                        rewriter: Rewriter::new(clock, first_seq),
+                        rebase: true,
+                        bitrate: RateMeter::default(),
+                    };
+                    match m.kind {
+                        MediaKind::Audio => v.audio = Some(track),
+                        MediaKind::Video => v.video = Some(track),
+                    }
+                    // str0m reports a viewer's tracks once negotiated; (re)attach so
+                    // the new track gets its payload type map and subscription.
+                    if v.source.is_some() || self.rooms.contains_key(&peer.room) {
+                        let source = v.source.take();
+                        if let Some(pid) = source {
+                            self.unsubscribe(pid, id);
+                        }
+                        self.attach_viewer(now, id);
+                    }
+                }
+            },
+            RtcEvent::KeyframeRequest(req) => {
+                // A viewer lost a picture: ask its source layer, merged and throttled.
+                let Role::Viewer(v) = &peer.role else { return };
+                let (Some(source), Some(layer)) = (v.source, v.current.or(v.target)) else {
+                    return;
+                };
+                trace!(session = %peer.session, kind = ?req.kind, "viewer keyframe request");
+                self.want_keyframe(now, source, layer);
+            }
+            RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if let Role::Viewer(v) = &mut peer.role {
+                    v.bwe_bps = Some(estimate.as_u64());
+                }
+            }
+            RtcEvent::IceConnectionStateChange(state) => {
+                debug!(session = %peer.session, ?state, "ice");
+                if state == IceConnectionState::Disconnected {
+                    // Consent lost; the idle timeout reaps it if it does not come back.
+                    trace!(session = %peer.session, "ice disconnected");
+                }
+            }
+            RtcEvent::Connected => {
+                info!(room = %peer.room, session = %peer.session, "connected");
+                if matches!(peer.role, Role::Viewer(_)) {
+                    self.select_layer(now, id);
+                }
+            }
+            RtcEvent::MediaEgressStats(s) => {
+                let seen = peer.nacks_seen.entry((s.mid, s.rid)).or_default();
+                self.stats.nacks_received += s.nacks.saturating_sub(*seen);
+                *seen = s.nacks;
+            }
+            RtcEvent::MediaIngressStats(s) => {
+                let seen = peer.nacks_seen.entry((s.mid, s.rid)).or_default();
+                self.stats.nacks_sent += s.nacks.saturating_sub(*seen);
+                *seen = s.nacks;
+            }
+            RtcEvent::StreamPaused(p) => {
+                debug!(session = %peer.session, mid = %p.mid, rid = ?p.rid, paused = p.paused, "layer paused");
+            }
+            RtcEvent::Closed => {}
+            _ => {}
+        }
+    }
+
+    // ---- subscriptions -----------------------------------------------------
+
+    /// Attaches every viewer of `room` that has no source and may take `publisher`.
+    fn attach_waiting_viewers(&mut self, now: Instant, room: &RoomId, publisher: PeerId) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let waiting: Vec<PeerId> = r
+            .viewers
+            .iter()
+            .copied()
+            .filter(
+                |v| matches!(self.peers.get(v).map(|p| &p.role), Some(Role::Viewer(v)) if v.source.is_none()),
+            )
+            .collect();
+        for vid in waiting {
+            self.attach_viewer(now, vid);
+        }
+        let _ = publisher;
+    }
+
+    /// Picks a publisher for a viewer (its pin, else the room's first) and subscribes.
+    fn attach_viewer(&mut self, now: Instant, vid: PeerId) {
+        let Some(peer) = self.peers.get(&vid) else { return };
+        let Role::Viewer(v) = &peer.role else { return };
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return;
+        };
+        let chosen = room.publishers.iter().copied().find(|pid| {
+            let Some(p) = self.peers.get(pid) else {
+                return false;
+            };
+            match &v.pin {
+                Some(pin) => p.identity.as_deref() == Some(pin.as_str()) || p.session.as_str() == pin,
+                None => true,
+            }
+        });
+        let Some(pid) = chosen else { return };
+        let pub_params: Vec<PayloadParams> = self.peers[&pid].rtc.codec_config().params().to_vec();
+        let audio_layer_subscribe;
+        {
+            let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
+                return;
+            };
+            v.source = Some(pid);
+            v.current = None;
+            v.target = None;
+            v.up_since = None;
+            v.forced = true;
+            for track in [v.audio.as_mut(), v.video.as_mut()].into_iter().flatten() {
+                track.pt_map = map_payload_types(&pub_params, &track.params);
+                track.rebase = true;
+            }
+            audio_layer_subscribe = v.audio.is_some();
+        }
+        if audio_layer_subscribe
+            && let Some(Role::Publisher(p)) = self.peers.get_mut(&pid).map(|p| &mut p.role)
+            && let Some(t) = p.tracks.iter_mut().find(|t| t.kind == MediaKind::Audio)
+            && !t.subscribers.contains(&vid)
+        {
+            t.subscribers.push(vid);
+        }
+        debug!(viewer = vid.0, publisher = pid.0, "viewer attached");
+        self.select_layer(now, vid);
+    }
+
+    fn unsubscribe(&mut self, publisher: PeerId, vid: PeerId) {
+        let Some(Role::Publisher(p)) = self.peers.get_mut(&publisher).map(|p| &mut p.role) else {
+            return;
+        };
+        for t in &mut p.tracks {
+            t.subscribers.retain(|v| *v != vid);
+            for l in &mut t.layers {
+                l.subscribers.retain(|v| *v != vid);
+            }
+        }
+    }
+
+    /// Re-evaluates which layer a viewer should get, and starts a switch if it changed.
+    fn select_layer(&mut self, now: Instant, vid: PeerId) {
+        let Some(Role::Viewer(v)) = self.peers.get(&vid).map(|p| &p.role) else {
+            return;
+        };
+        let Some(pid) = v.source else { return };
+        if v.video.is_none() {
+            return;
+        }
+        let Some(Role::Publisher(p)) = self.peers.get(&pid).map(|p| &p.role) else {
+            return;
+        };
+        let Some(track) = p.tracks.iter().find(|t| t.kind == MediaKind::Video) else {
+            return;
+        };
+        let ranked = ranked_layers(track, now);
+        if ranked.is_empty() {
+            return;
+        }
+        let cap = match &v.max_layer {
+            None | Some(LayerPref::High) => ranked.len() - 1,
+            Some(LayerPref::Mid) => 1.min(ranked.len() - 1),
+            Some(LayerPref::Low) => 0,
+            Some(LayerPref::Rid(rid)) => ranked
+                .iter()
+                .position(|&i| track.layers[i].rid.as_ref().is_some_and(|r| &**r == rid.as_str()))
+                .unwrap_or(ranked.len() - 1),
+        };
+        let mut best = cap;
+        if let Some(bwe) = v.bwe_bps {
+            let budget = (bwe as f64 * BWE_USABLE) as u64;
+            best = (0..=cap)
+                .rev()
+                .find(|&r| track.layers[ranked[r]].bitrate_bps <= budget)
+                .unwrap_or(0);
+        }
+        let desired_bps = track.layers[ranked[cap]].bitrate_bps.max(300_000) + 64_000;
+        let best_layer = ranked[best];
+        let current_rank = v
+            .target
+            .or(v.current)
+            .and_then(|l| ranked.iter().position(|&i| i == l));
+
+        let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
+            return;
+        };
+        // Hysteresis: down at once, up only after the estimate held for UPSWITCH_HOLD.
+        let choose = match current_rank {
+            Some(cur) if best > cur && v.bwe_bps.is_some() && v.target == v.current && !v.forced => {
+                let since = *v.up_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= UPSWITCH_HOLD {
+                    best_layer
+                } else {
+                    ranked[cur]
+                }
+            }
+            _ => {
+                v.up_since = None;
+                best_layer
+            }
+        };
+        if desired_bps != v.desired_bps {
+            v.desired_bps = desired_bps;
+            if let Some(peer) = self.peers.get_mut(&vid) {
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::bps(150_000), Bitrate::bps(desired_bps));
+            }
+        }
+        let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
+            return;
+        };
+        v.forced = false;
+        if v.target == Some(choose) {
+            return;
+        }
+        let old_target = v.target.replace(choose);
+        v.up_since = None;
+        let current = v.current;
+        debug!(viewer = vid.0, from = ?current, to = choose, "layer target");
+        if let Some(Role::Publisher(p)) = self.peers.get_mut(&pid).map(|p| &mut p.role)
+            && let Some(track) = p.tracks.iter_mut().find(|t| t.kind == MediaKind::Video)
+        {
+            if let Some(old) = old_target
+                && Some(old) != current
+            {
+                track.layers[old].subscribers.retain(|x| *x != vid);
+            }
+            if !track.layers[choose].subscribers.contains(&vid) {
+                track.layers[choose].subscribers.push(vid);
+            }
+        }
+        if current != Some(choose) {
+            self.want_keyframe(now, pid, choose);
+        }
+    }
+
+    /// Asks a publisher's layer for a keyframe, merged and throttled per layer.
+    fn want_keyframe(&mut self, now: Instant, publisher: PeerId, layer: usize) {
+        let Some(peer) = self.peers.get_mut(&publisher) else {
+            return;
+        };
+        let Role::Publisher(p) = &mut peer.role else {
+            return;
+        };
+        let Some(track) = p.tracks.iter_mut().find(|t| t.kind == MediaKind::Video) else {
+            return;
+        };
+        let Some(l) = track.layers.get_mut(layer) else {
+            return;
+        };
+        l.keyframe_wanted = true;
+        if l.last_keyframe_request
+            .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_THROTTLE)
+        {
+            return;
+        }
+        let Some(ssrc) = l.ssrc else { return };
+        let mut api = peer.rtc.direct_api();
+        let Some(stream) = api.stream_rx(&ssrc) else {
+            return;
+        };
+        stream.request_keyframe(KeyframeRequestKind::Pli);
+        l.last_keyframe_request = Some(now);
+        self.stats.keyframe_requests += 1;
+        trace!(publisher = publisher.0, layer, "PLI sent upstream");
+        self.drive(now, publisher);
+    }
+
+    // ---- the packet path ---------------------------------------------------
+
+    /// One RTP packet from a publisher: fan it out to the viewers of its layer.
+    fn forward(&mut self, now: Instant, pid: PeerId, packet: RtpPacket) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let Role::Publisher(p) = &mut peer.role else {
+            return;
+        };
+        let ssrc = packet.header.ssrc;
+        // Find the track and layer by SSRC; learn the SSRC on the first packet.
+        let mut found = None;
+        for (ti, t) in p.tracks.iter().enumerate() {
+            if let Some(li) = t.layers.iter().position(|l| l.ssrc == Some(ssrc)) {
+                found = Some((ti, li));
+                break;
+            }
+        }
+        if found.is_none() {
+            let (mid, rid) = {
+                let mut api = peer.rtc.direct_api();
+                match api.stream_rx(&ssrc) {
+                    Some(s) => (s.mid(), s.rid()),
+                    None => return,
+                }
+            };
+            if let Some(ti) = p.tracks.iter().position(|t| t.mid == mid)
+                && let Some(li) = p.tracks[ti]
+                    .layers
+                    .iter()
+                    .position(|l| l.rid == rid || l.rid.is_none())
+            {
+                p.tracks[ti].layers[li].ssrc = Some(ssrc);
+                found = Some((ti, li));
+            }
+        }
+        let Some((ti, li)) = found else { return };
+        let codec = {
+            let pt = packet.header.payload_type;
+            peer.rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|pp| pp.pt() == pt)
+                .map(|pp| pp.spec().codec)
+        };
+        let track = &mut p.tracks[ti];
+        let kind = track.kind;
+        let layer = &mut track.layers[li];
+        layer.last_packet = Some(now);
+        layer.codec = codec;
+        layer.bytes_window += packet.payload.len() as u64;
+        layer.window_start.get_or_insert(now);
+        let keyframe = kind == MediaKind::Video && is_keyframe_start(codec, &packet.payload);
+        if keyframe {
+            layer.keyframe_wanted = false;
+            if let Some(size) = vp8_keyframe_size(codec, &packet.payload) {
+                layer.size = Some(size);
+            }
+        }
+        let subscribers = match kind {
+            MediaKind::Audio => std::mem::take(&mut track.subscribers),
+            MediaKind::Video => std::mem::take(&mut layer.subscribers),
+        };
+        let mut leave_old: Vec<(PeerId, usize)> = Vec::new();
+        for &vid in &subscribers {
+            let Some(viewer) = self.peers.get_mut(&vid) else {
+                continue;
+            };
+            let Role::Viewer(v) = &mut viewer.role else {
+                continue;
+            };
+            let out = match kind {
+                MediaKind::Audio => v.audio.as_mut(),
+                MediaKind::Video => {
+                    if v.current != Some(li) {
+                        // Waiting to switch to this layer: only at its keyframe.
+                        if v.target != Some(li) || !keyframe {
+                            continue;
+                        }
+                        if let Some(old) = v.current {
+                            leave_old.push((vid, old));
+                            self.stats.layer_switches += 1;
+                        }
+                        v.current = Some(li);
+                        if let Some(t) = v.video.as_mut() {
+                            t.rebase = true;
+                        }
+                    } else if v.target != Some(li) && v.target.is_some() {
+                        // Still on this layer until the target's keyframe arrives.
+                    }
+                    v.video.as_mut()
+                }
+            };
+            let Some(out) = out else { continue };
+            let Some(&(_, out_pt)) = out.pt_map.iter().find(|(i, _)| *i == packet.header.payload_type) else {
+                continue;
+            };
+            let in_seq = *packet.seq_no;
+            let in_ts = packet.header.timestamp;
+            if out.rebase {
+                out.rewriter.rebase(in_seq, in_ts, now);
+                out.rebase = false;
+            }
+            let Some(rw) = out.rewriter.rewrite(in_seq, in_ts, now) else {
+                continue;
+            };
+            out.bitrate.add(now, packet.payload.len());
+            let ext = ExtensionValues {
+                audio_level: packet.header.ext_vals.audio_level,
+                voice_activity: packet.header.ext_vals.voice_activity,
+                video_orientation: packet.header.ext_vals.video_orientation,
+                ..ExtensionValues::default()
+            };
+            let write = RtpWrite::new(
+                out_pt,
+                SeqNo::from(rw.seq),
+                rw.ts,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(packet.header.marker)
+            .ext_vals(ext)
+            .nackable(kind == MediaKind::Video);
+            let ssrc = out.ssrc;
+            let mut api = viewer.rtc.direct_api();
+            let Some(stream) = api.stream_tx(&ssrc) else {
+                continue;
+            };
+            stream.write_rtp(write);
+            self.stats.rtp_forwarded += 1;
+            if !viewer.dirty {
+                viewer.dirty = true;
+                self.dirty.push(vid);
+            }
+        }
+        let Some(Role::Publisher(p)) = self.peers.get_mut(&pid).map(|p| &mut p.role) else {
+            return;
+        };
+        let track = &mut p.tracks[ti];
+        match kind {
+            MediaKind::Audio => restore(&mut track.subscribers, subscribers),
+            MediaKind::Video => restore(&mut track.layers[li].subscribers, subscribers),
+        }
+        for (vid, old) in leave_old {
+            if old != li {
+                track.layers[old].subscribers.retain(|x| *x != vid);
+            }
+        }
+    }
+
+    // ---- periodic work -----------------------------------------------------
+
+    fn tick(&mut self, now: Instant) {
+        let mut idle = Vec::new();
+        let mut keyframes = Vec::new();
+        for (&id, peer) in &mut self.peers {
+            if now.saturating_duration_since(peer.last_rx) > PEER_IDLE_TIMEOUT {
+                idle.push(id);
+                continue;
+            }
+            match &mut peer.role {
+                Role::Publisher(p) => {
+                    for t in &mut p.tracks {
+                        for (li, l) in t.layers.iter_mut().enumerate() {
+                            l.measure(now);
+                            if l.keyframe_wanted && !l.subscribers.is_empty() {
+                                keyframes.push((id, li));
+                            }
+                        }
+                    }
+                }
+                Role::Viewer(v) => {
+                    for t in [v.audio.as_mut(), v.video.as_mut()].into_iter().flatten() {
+                        t.bitrate.tick(now);
+                    }
+                }
+            }
+        }
+        for id in idle {
+            self.remove_peer(now, id, "idle timeout");
+        }
+        for (pid, li) in keyframes {
+            self.want_keyframe(now, pid, li);
+        }
+        let viewers: Vec<PeerId> = self
+            .rooms
+            .values()
+            .flat_map(|r| r.viewers.iter().copied())
+            .collect();
+        for vid in viewers {
+            self.select_layer(now, vid);
+        }
+    }
+
+    fn rooms_info(&self) -> Vec<RoomInfo> {
+        self.rooms
+            .iter()
+            .map(|(room_id, room)| RoomInfo {
+                room: room_id.clone(),
+                publishers: room
+                    .publishers
+                    .iter()
+                    .filter_map(|id| self.peers.get(id))
+                    .map(|peer| PublisherInfo {
+                        session: peer.session.clone(),
+                        identity: peer.identity.clone(),
+                        tracks: match &peer.role {
+                            Role::Publisher(p) => p
+                                .tracks
+                                .iter()
+                                .flat_map(|t| {
+                                    t.layers.iter().map(move |l| TrackInfo {
+                                        kind: format!("{:?}", t.kind).to_lowercase(),
+                                        codec: l.codec.map(|c| c.to_string()).unwrap_or_default(),
+                                        rid: l.rid.map(|r| r.to_string()),
+                                        bitrate_bps: l.bitrate_bps,
+                                        width: l.size.map(|s| s.0),
+                                        height: l.size.map(|s| s.1),
+                                    })
+                                })
+                                .collect(),
+                            Role::Viewer(_) => Vec::new(),
+                        },
+                    })
+                    .collect(),
+                viewers: room
+                    .viewers
+                    .iter()
+                    .filter_map(|id| self.peers.get(id))
+                    .filter_map(|peer| {
+                        let Role::Viewer(v) = &peer.role else { return None };
+                        let layer = v.source.and_then(|pid| {
+                            let Role::Publisher(p) = &self.peers.get(&pid)?.role else {
+                                return None;
+                            };
+                            let t = p.tracks.iter().find(|t| t.kind == MediaKind::Video)?;
+                            t.layers.get(v.current?)?.rid.map(|r| r.to_string())
+                        });
+                        let bitrate_bps = [v.audio.as_ref(), v.video.as_ref()]
+                            .into_iter()
+                            .flatten()
+                            .map(|t| t.bitrate.bps)
+                            .sum();
+                        Some(ViewerInfo {
+                            session: peer.session.clone(),
+                            identity: peer.identity.clone(),
+                            layer,
+                            bitrate_bps,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+impl SourceLayer {
+    fn new(rid: Option<Rid>) -> SourceLayer {
+        SourceLayer {
+            rid,
+            ssrc: None,
+            codec: None,
+            subscribers: Vec::new(),
+            bytes_window: 0,
+            window_start: None,
+            bitrate_bps: 0,
+            last_packet: None,
+            keyframe_wanted: false,
+            last_keyframe_request: None,
+            size: None,
+        }
+    }
+
+    fn measure(&mut self, now: Instant) {
+        let Some(start) = self.window_start else { return };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= Duration::from_secs(1) {
+            let bps = self.bytes_window * 8 * 1000 / elapsed.as_millis().max(1) as u64;
+            // Smooth: a keyframe second must not look like the layer's rate.
+            self.bitrate_bps = if self.bitrate_bps == 0 {
+                bps
+            } else {
+                (self.bitrate_bps * 3 + bps) / 4
+            };
+            self.bytes_window = 0;
+            self.window_start = Some(now);
+        }
+        if self
+            .last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) > LAYER_ACTIVE)
+        {
+            self.bitrate_bps = 0;
+            self.window_start = None;
+        }
+    }
+
+    fn active(&self, now: Instant) -> bool {
+        self.last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) <= LAYER_ACTIVE)
+    }
+}
+
+/// Active layers from lowest to highest: by measured bitrate once every
+/// active layer has one, else in SDP order (browsers list rids low to high).
+fn ranked_layers(track: &SourceTrack, now: Instant) -> Vec<usize> {
+    let mut active: Vec<usize> = (0..track.layers.len())
+        .filter(|&i| track.layers[i].active(now))
+        .collect();
+    if active.is_empty() {
+        // Nothing received yet: aim at what the SDP promises.
+        active = (0..track.layers.len()).collect();
+        return active;
+    }
+    if active.iter().all(|&i| track.layers[i].bitrate_bps > 0) {
+        active.sort_by_key(|&i| (track.layers[i].bitrate_bps, i));
+    }
+    active
+}
+
+fn restore(slot: &mut Vec<PeerId>, taken: Vec<PeerId>) {
+    // Viewers added while the list was taken (none today: forwarding adds
+    // no subscribers) are kept after the restored ones.
+    let added = std::mem::replace(slot, taken);
+    for id in added {
+        if !slot.contains(&id) {
+            slot.push(id);
+        }
+    }
+}
+
+/// Maps each publisher payload type to the viewer's payload type of the same codec.
+fn map_payload_types(publisher: &[PayloadParams], viewer: &[PayloadParams]) -> Vec<(Pt, Pt)> {
+    publisher
+        .iter()
+        .filter_map(|p| {
+            let spec = p.spec();
+            let exact = viewer.iter().find(|v| v.spec() == spec);
+            let same_codec = || viewer.iter().find(|v| v.spec().codec == spec.codec);
+            exact.or_else(same_codec).map(|v| (p.pt(), v.pt()))
+        })
+        .collect()
+}
+
+/// Whether a packet starts a keyframe a decoder can start from. For H.264
+/// that is the packet carrying the SPS (sent ahead of the IDR) or the IDR.
+fn is_keyframe_start(codec: Option<Codec>, payload: &[u8]) -> bool {
+    match codec {
+        Some(Codec::Vp8) => str0m::format::detect_vp8_keyframe(payload),
+        Some(Codec::H264) => {
+            str0m::format::detect_h264_nalu(payload, 7) || str0m::format::detect_h264_keyframe(payload)
+        }
+        Some(Codec::Vp9) => str0m::format::detect_vp9_keyframe(payload),
+        Some(Codec::Av1) => str0m::format::detect_av1_keyframe(payload),
+        Some(Codec::H265) => str0m::format::detect_h265_keyframe(payload),
+        _ => false,
+    }
+}
+
+/// Width and height from a VP8 keyframe's first packet: the payload
+/// descriptor (RFC 7741 §4.2), then the keyframe header (RFC 6386 §9.1).
+fn vp8_keyframe_size(codec: Option<Codec>, payload: &[u8]) -> Option<(u32, u32)> {
+    if codec != Some(Codec::Vp8) {
+        return None;
+    }
+    let first = *payload.first()?;
+    let mut at = 1;
+    if first & 0x80 != 0 {
+        let ext = *payload.get(at)?;
+        at += 1;
+        if ext & 0x80 != 0 {
+            at += if payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            at += 1;
+        }
+        if ext & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    let frame = payload.get(at..at + 10)?;
+    if frame[0] & 0x01 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u32::from(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff);
+    let h = u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff);
+    Some((w, h))
+}

@@ -1,0 +1,285 @@
+//! The media node as the HTTP layer sees it: places rooms on workers and
+//! routes each session's commands to the worker that owns its peer.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use signaling::media::RoomInfo;
+use signaling::{
+    IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, RoomId,
+    SessionId,
+};
+
+use crate::engine::{Command, EngineConfig, Reply};
+use crate::worker::{self, WorkerHandle};
+
+type Sessions = Arc<Mutex<HashMap<SessionId, usize>>>;
+
+/// All media workers of one process.
+pub struct Node {
+    workers: Vec<WorkerHandle>,
+    sessions: Sessions,
+    started: std::time::Instant,
+}
+
+impl Node {
+    /// Starts `count` workers on consecutive ports from `bind` (port 0: each an ephemeral port).
+    pub fn start(
+        count: usize,
+        bind: SocketAddr,
+        public_ip: Option<IpAddr>,
+        config: EngineConfig,
+    ) -> std::io::Result<Node> {
+        let sessions: Sessions = Arc::default();
+        let mut workers = Vec::with_capacity(count);
+        for i in 0..count.max(1) {
+            let port = if bind.port() == 0 {
+                0
+            } else {
+                bind.port() + i as u16
+            };
+            let addr = SocketAddr::new(bind.ip(), port);
+            let map = sessions.clone();
+            let on_closed = Arc::new(move |s: SessionId| {
+                if let Ok(mut m) = map.lock() {
+                    m.remove(&s);
+                }
+            });
+            workers.push(worker::spawn(i, addr, public_ip, config.clone(), on_closed)?);
+        }
+        Ok(Node {
+            workers,
+            sessions,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// The UDP addresses the workers listen on.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|w| w.local_addr).collect()
+    }
+
+    /// Closes every peer (RTCP BYE, DTLS close_notify) and stops the workers.
+    pub async fn shutdown(&self) {
+        for w in &self.workers {
+            let _ = w.call(Command::CloseAll).await;
+        }
+    }
+
+    /// Waits for the worker threads to end after `shutdown`; blocks.
+    pub fn join(&self) {
+        for w in &self.workers {
+            w.join();
+        }
+    }
+
+    /// One room lives on one worker: every peer of it shares that engine.
+    fn worker_for_room(&self, room: &RoomId) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        room.hash(&mut h);
+        (h.finish() % self.workers.len() as u64) as usize
+    }
+
+    fn worker_for_session(&self, session: &SessionId) -> Result<&WorkerHandle, MediaError> {
+        let index = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(session).copied())
+            .ok_or(MediaError::NotFound)?;
+        Ok(&self.workers[index])
+    }
+
+    async fn open(&self, room: &RoomId, session: SessionId, command: Command) -> Result<String, MediaError> {
+        let index = self.worker_for_room(room);
+        if let Ok(mut m) = self.sessions.lock() {
+            m.insert(session.clone(), index);
+        }
+        match self.workers[index].call(command).await {
+            Ok(Reply::Answer(sdp)) => Ok(sdp),
+            Ok(other) => Err(MediaError::Internal(format!("unexpected reply {other:?}"))),
+            Err(e) => {
+                if let Ok(mut m) = self.sessions.lock() {
+                    m.remove(&session);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl MediaNode for Node {
+    async fn publish(&self, req: PublishRequest) -> Result<String, MediaError> {
+        let command = Command::Publish {
+            room: req.room.clone(),
+            session: req.session.clone(),
+            identity: req.identity,
+            offer: req.offer,
+        };
+        self.open(&req.room, req.session, command).await
+    }
+
+    async fn play(&self, req: PlayRequest) -> Result<String, MediaError> {
+        let command = Command::Play {
+            room: req.room.clone(),
+            session: req.session.clone(),
+            identity: req.identity,
+            offer: req.offer,
+            publisher: req.publisher,
+            max_layer: req.max_layer,
+        };
+        self.open(&req.room, req.session, command).await
+    }
+
+    async fn patch(
+        &self,
+        session: &SessionId,
+        patch: IcePatch,
+    ) -> Result<Option<IceRestartAnswer>, MediaError> {
+        let worker = self.worker_for_session(session)?;
+        match worker
+            .call(Command::Patch {
+                session: session.clone(),
+                patch,
+            })
+            .await?
+        {
+            Reply::Patched(answer) => Ok(answer),
+            other => Err(MediaError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn set_layer(&self, session: &SessionId, layer: Option<LayerPref>) -> Result<(), MediaError> {
+        let worker = self.worker_for_session(session)?;
+        worker
+            .call(Command::SetLayer {
+                session: session.clone(),
+                layer,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete(&self, session: &SessionId) -> Result<(), MediaError> {
+        let worker = self.worker_for_session(session)?;
+        let result = worker
+            .call(Command::Delete {
+                session: session.clone(),
+            })
+            .await
+            .map(|_| ());
+        if let Ok(mut m) = self.sessions.lock() {
+            m.remove(session);
+        }
+        result
+    }
+
+    async fn rooms(&self) -> Vec<RoomInfo> {
+        let mut rooms = Vec::new();
+        for w in &self.workers {
+            if let Ok(Reply::Rooms(r)) = w.call(Command::Rooms).await {
+                rooms.extend(r);
+            }
+        }
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        rooms
+    }
+
+    async fn metrics(&self, out: &mut String) {
+        let sum = |f: fn(&crate::worker::WorkerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+            self.workers
+                .iter()
+                .map(|w| f(&w.stats).load(Ordering::Relaxed))
+                .sum()
+        };
+        let gauges: [(&str, &str, u64); 4] = [
+            ("wave_rooms", "Rooms with at least one peer.", sum(|s| &s.rooms)),
+            ("wave_publishers", "WHIP sessions.", sum(|s| &s.publishers)),
+            ("wave_viewers", "WHEP sessions.", sum(|s| &s.viewers)),
+            ("wave_workers", "Media worker threads.", self.workers.len() as u64),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let counters: [(&str, &str, u64); 11] = [
+            (
+                "wave_udp_packets_received_total",
+                "UDP datagrams received.",
+                sum(|s| &s.packets_in),
+            ),
+            (
+                "wave_udp_bytes_received_total",
+                "UDP bytes received.",
+                sum(|s| &s.bytes_in),
+            ),
+            (
+                "wave_udp_packets_sent_total",
+                "UDP datagrams sent.",
+                sum(|s| &s.packets_out),
+            ),
+            (
+                "wave_udp_bytes_sent_total",
+                "UDP bytes sent.",
+                sum(|s| &s.bytes_out),
+            ),
+            (
+                "wave_rtp_forwarded_total",
+                "RTP packets forwarded to viewers.",
+                sum(|s| &s.rtp_forwarded),
+            ),
+            (
+                "wave_layer_switches_total",
+                "Simulcast layer switches.",
+                sum(|s| &s.layer_switches),
+            ),
+            (
+                "wave_keyframe_requests_total",
+                "PLIs sent to publishers.",
+                sum(|s| &s.keyframe_requests),
+            ),
+            (
+                "wave_nacks_received_total",
+                "NACKs received from viewers.",
+                sum(|s| &s.nacks_received),
+            ),
+            (
+                "wave_nacks_sent_total",
+                "NACKs sent to publishers.",
+                sum(|s| &s.nacks_sent),
+            ),
+            (
+                "wave_udp_dropped_total",
+                "Datagrams for no peer or unparseable.",
+                sum(|s| &s.dropped_datagrams),
+            ),
+            (
+                "wave_udp_send_errors_total",
+                "Datagrams the socket refused.",
+                sum(|s| &s.send_errors),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        let p = crate::process::sample();
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.3}",
+            p.cpu_seconds
+        );
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+            p.rss_bytes
+        );
+        let _ = writeln!(
+            out,
+            "# HELP process_uptime_seconds Seconds since the node started.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds {:.1}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}

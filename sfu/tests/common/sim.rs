@@ -1,0 +1,443 @@
+//! A simulated network: the engine and real str0m client peers exchange
+//! datagrams in memory on a simulated clock. No sockets, deterministic.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sfu::engine::{Command, Engine, EngineConfig, Reply};
+use signaling::{LayerPref, RoomId, SessionId};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+pub const ENGINE_ADDR: &str = "127.0.0.1:5000";
+pub const RIDS: [&str; 3] = ["q", "h", "f"];
+/// Payload bytes per video packet and packets per frame, per layer (low to high).
+const LAYER_SHAPE: [(usize, usize); 3] = [(300, 1), (900, 2), (1100, 4)];
+const FRAME: Duration = Duration::from_millis(33);
+const AUDIO_FRAME: Duration = Duration::from_millis(20);
+
+/// A packet as a viewer received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub kind: MediaKind,
+    pub ssrc: u32,
+    pub seq: u64,
+    pub ts: u32,
+    pub payload: Vec<u8>,
+}
+
+impl Received {
+    /// For video: (publisher tag, layer index, frame number, keyframe start).
+    pub fn video_tag(&self) -> Option<(u8, usize, u32, bool)> {
+        let p = &self.payload;
+        if p.len() < 16 || p[0] & 0x10 == 0 {
+            return None; // not the first packet of a frame
+        }
+        let key = p[1] & 0x01 == 0;
+        Some((
+            p[11],
+            p[12] as usize,
+            u32::from_be_bytes([0, p[13], p[14], p[15]]),
+            key,
+        ))
+    }
+}
+
+pub struct Client {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub session: SessionId,
+    pub received: Vec<Received>,
+    pub keyframe_requests: Vec<(Instant, Option<Rid>, KeyframeRequestKind)>,
+    publisher: Option<PublisherMedia>,
+    pub connected: bool,
+}
+
+struct PublisherMedia {
+    tag: u8,
+    audio: Mid,
+    video: Mid,
+    next_video: Instant,
+    next_audio: Instant,
+    frame: u32,
+    seq: [u64; 3],
+    audio_seq: u64,
+    force_key: [bool; 3],
+    /// Layers this publisher sends (a subset models a layer paused by BWE).
+    pub sending: [bool; 3],
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub engine: Engine,
+    pub clients: BTreeMap<u32, Client>,
+    next_client: u32,
+    engine_addr: SocketAddr,
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Sim::new()
+    }
+}
+
+impl Sim {
+    pub fn new() -> Sim {
+        let _ = str0m::crypto::from_feature_flags().install_process_default();
+        let now = Instant::now();
+        let engine_addr: SocketAddr = ENGINE_ADDR.parse().unwrap();
+        let config = EngineConfig {
+            candidates: vec![engine_addr],
+            seed: 7,
+            ..EngineConfig::default()
+        };
+        Sim {
+            now,
+            engine: Engine::new(config, now).unwrap(),
+            clients: BTreeMap::new(),
+            next_client: 1,
+            engine_addr,
+        }
+    }
+
+    fn client_rtc(&self) -> Rtc {
+        RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(self.now)
+    }
+
+    fn new_client(&mut self) -> (u32, Rtc, SocketAddr) {
+        let n = self.next_client;
+        self.next_client += 1;
+        let addr: SocketAddr = format!("127.0.0.2:{}", 10_000 + n).parse().unwrap();
+        let mut rtc = self.client_rtc();
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        (n, rtc, addr)
+    }
+
+    fn send_command(&mut self, cmd: Command) -> Result<Reply, signaling::MediaError> {
+        let r = self.engine.handle_command(self.now, cmd);
+        self.flush();
+        r
+    }
+
+    /// A WHIP publisher with audio and 3 simulcast layers; `tag` marks its payloads.
+    pub fn publish(&mut self, room: &str, tag: u8) -> u32 {
+        let (n, mut rtc, addr) = self.new_client();
+        let mut api = rtc.sdp_api();
+        let audio = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("s".into()),
+            Some("a".into()),
+            None,
+        );
+        let mut sim = Simulcast::new();
+        for rid in RIDS {
+            sim.add_send_layer(SimulcastLayer::new(rid));
+        }
+        let video = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some("s".into()),
+            Some("v".into()),
+            Some(sim),
+        );
+        let (offer, pending) = api.apply().unwrap();
+        let session = SessionId::random();
+        let reply = self
+            .send_command(Command::Publish {
+                room: RoomId::parse(room).unwrap(),
+                session: session.clone(),
+                identity: None,
+                offer: offer.to_sdp_string(),
+            })
+            .expect("publish accepted");
+        accept(&mut rtc, pending, reply);
+        let now = self.now;
+        self.clients.insert(
+            n,
+            Client {
+                rtc,
+                addr,
+                session,
+                received: Vec::new(),
+                keyframe_requests: Vec::new(),
+                publisher: Some(PublisherMedia {
+                    tag,
+                    audio,
+                    video,
+                    next_video: now,
+                    next_audio: now,
+                    frame: 0,
+                    seq: [1, 1, 1],
+                    audio_seq: 1,
+                    force_key: [true; 3],
+                    sending: [true; 3],
+                }),
+                connected: false,
+            },
+        );
+        n
+    }
+
+    /// A WHEP viewer of `room`, optionally capped at a layer.
+    pub fn play(&mut self, room: &str, layer: Option<LayerPref>) -> u32 {
+        let (n, mut rtc, addr) = self.new_client();
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let session = SessionId::random();
+        let reply = self
+            .send_command(Command::Play {
+                room: RoomId::parse(room).unwrap(),
+                session: session.clone(),
+                identity: None,
+                offer: offer.to_sdp_string(),
+                publisher: None,
+                max_layer: layer,
+            })
+            .expect("play accepted");
+        accept(&mut rtc, pending, reply);
+        self.clients.insert(
+            n,
+            Client {
+                rtc,
+                addr,
+                session,
+                received: Vec::new(),
+                keyframe_requests: Vec::new(),
+                publisher: None,
+                connected: false,
+            },
+        );
+        n
+    }
+
+    pub fn set_layer(&mut self, client: u32, layer: Option<LayerPref>) {
+        let session = self.clients[&client].session.clone();
+        self.send_command(Command::SetLayer { session, layer })
+            .expect("set layer");
+    }
+
+    pub fn delete(&mut self, client: u32) {
+        let session = self.clients[&client].session.clone();
+        self.send_command(Command::Delete { session }).expect("delete");
+        self.clients.remove(&client);
+    }
+
+    pub fn stop_layer(&mut self, client: u32, layer: usize) {
+        if let Some(p) = self.clients.get_mut(&client).and_then(|c| c.publisher.as_mut()) {
+            p.sending[layer] = false;
+        }
+    }
+
+    /// Runs the simulation for `d` of simulated time in 1 ms steps.
+    pub fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(1);
+            self.step();
+        }
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        let ids: Vec<u32> = self.clients.keys().copied().collect();
+        for id in &ids {
+            let c = self.clients.get_mut(id).unwrap();
+            write_media(c, now);
+            c.rtc.handle_input(Input::Timeout(now)).unwrap();
+        }
+        if now >= self.engine.poll_timeout() {
+            self.engine.handle_timeout(now);
+        }
+        self.flush();
+    }
+
+    /// Delivers datagrams both ways until nothing is in flight.
+    fn flush(&mut self) {
+        let now = self.now;
+        let mut pending: Vec<(SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
+        for _ in 0..1000 {
+            let mut moved = false;
+            let ids: Vec<u32> = self.clients.keys().copied().collect();
+            for id in ids {
+                let c = self.clients.get_mut(&id).unwrap();
+                drain(c, now, &mut pending);
+                for (from, to, bytes) in pending.drain(..) {
+                    moved = true;
+                    self.engine.handle_receive(now, from, to, &bytes);
+                }
+            }
+            while let Some(t) = self.engine.poll_transmit() {
+                moved = true;
+                let Some(c) = self.clients.values_mut().find(|c| c.addr == t.destination) else {
+                    continue;
+                };
+                let Ok(r) = Receive::new(Protocol::Udp, t.source, t.destination, &t.contents) else {
+                    continue;
+                };
+                c.rtc.handle_input(Input::Receive(now, r)).unwrap();
+                // str0m's rule: drain after every input (RTP mode holds one received packet).
+                drain(c, now, &mut pending);
+            }
+            for (from, to, bytes) in pending.drain(..) {
+                moved = true;
+                self.engine.handle_receive(now, from, to, &bytes);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("simulation did not settle");
+    }
+
+    pub fn client(&self, id: u32) -> &Client {
+        &self.clients[&id]
+    }
+
+    pub fn engine_addr(&self) -> SocketAddr {
+        self.engine_addr
+    }
+}
+
+fn drain(c: &mut Client, now: Instant, out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
+    loop {
+        match c.rtc.poll_output().unwrap() {
+            Output::Timeout(_) => break,
+            Output::Transmit(t) => out.push((t.source, t.destination, Vec::<u8>::from(t.contents))),
+            Output::Event(e) => record(c, now, e),
+        }
+    }
+}
+
+fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, reply: Reply) {
+    let Reply::Answer(sdp) = reply else {
+        panic!("expected an answer, got {reply:?}")
+    };
+    let answer = SdpAnswer::from_sdp_string(&sdp).expect("answer parses");
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer accepted");
+}
+
+fn record(c: &mut Client, now: Instant, e: Event) {
+    match e {
+        Event::Connected => c.connected = true,
+        Event::RtpPacket(p) => {
+            let kind = if p.header.payload_type == opus_pt(&c.rtc) {
+                MediaKind::Audio
+            } else {
+                MediaKind::Video
+            };
+            c.received.push(Received {
+                at: now,
+                kind,
+                ssrc: *p.header.ssrc,
+                seq: *p.seq_no,
+                ts: p.header.timestamp,
+                payload: p.payload.to_vec(),
+            });
+        }
+        Event::KeyframeRequest(r) => {
+            c.keyframe_requests.push((now, r.rid, r.kind));
+            if let (Some(p), Some(rid)) = (c.publisher.as_mut(), r.rid)
+                && let Some(i) = RIDS.iter().position(|x| *x == &*rid)
+            {
+                p.force_key[i] = true;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn opus_pt(rtc: &Rtc) -> str0m::media::Pt {
+    rtc.codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+        .map(|p| p.pt())
+        .unwrap()
+}
+
+fn vp8_pt(rtc: &Rtc) -> str0m::media::Pt {
+    rtc.codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+        .map(|p| p.pt())
+        .unwrap()
+}
+
+/// Writes the publisher's due audio and video packets.
+fn write_media(c: &mut Client, now: Instant) {
+    if !c.connected {
+        return;
+    }
+    let vp8 = vp8_pt(&c.rtc);
+    let opus = opus_pt(&c.rtc);
+    let Some(p) = c.publisher.as_mut() else { return };
+    if now >= p.next_audio {
+        p.next_audio += AUDIO_FRAME;
+        let ts = (p.audio_seq * 960) as u32;
+        let mut api = c.rtc.direct_api();
+        if let Some(s) = api.stream_tx_by_mid(p.audio, None) {
+            s.write_rtp(RtpWrite::new(
+                opus,
+                SeqNo::from(p.audio_seq),
+                ts,
+                now,
+                vec![p.tag; 80],
+            ));
+        }
+        p.audio_seq += 1;
+    }
+    if now >= p.next_video {
+        p.next_video += FRAME;
+        p.frame += 1;
+        let ts = p.frame * 3000;
+        for (layer, rid) in RIDS.iter().enumerate() {
+            if !p.sending[layer] {
+                continue;
+            }
+            // Periodic keyframes every 3 s, and on request.
+            let key = std::mem::take(&mut p.force_key[layer]) || p.frame % 90 == 1;
+            let (size, count) = LAYER_SHAPE[layer];
+            let mut api = c.rtc.direct_api();
+            let Some(s) = api.stream_tx_by_mid(p.video, Some((*rid).into())) else {
+                continue;
+            };
+            for i in 0..count {
+                let mut payload = vec![0u8; size];
+                if i == 0 {
+                    payload[0] = 0x10; // S=1, PID=0
+                    payload[1] = if key { 0x10 } else { 0x11 }; // P bit
+                    if key {
+                        payload[4..7].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+                        let w = 320u16 << layer;
+                        payload[7..9].copy_from_slice(&w.to_le_bytes());
+                        payload[9..11].copy_from_slice(&(w * 9 / 16).to_le_bytes());
+                    }
+                    payload[11] = p.tag;
+                    payload[12] = layer as u8;
+                    payload[13..16].copy_from_slice(&p.frame.to_be_bytes()[1..]);
+                }
+                let write = RtpWrite::new(vp8, SeqNo::from(p.seq[layer]), ts, now, payload)
+                    .marker(i + 1 == count)
+                    .nackable(true);
+                s.write_rtp(write);
+                p.seq[layer] += 1;
+            }
+        }
+    }
+}
