@@ -1,1 +1,61 @@
-fn main() {}
+//! The `sfu` binary: `sfu serve` runs a node, `sfu token` prints a JWT.
+
+use std::time::SystemTime;
+
+use clap::Parser;
+use sfu::config::{Cli, CliCommand, NodeConfig};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        CliCommand::Token(t) => {
+            if !(t.publish || t.subscribe) {
+                anyhow::bail!("a token needs --publish, --subscribe or both");
+            }
+            let token = signaling::auth::issue(
+                t.secret.as_bytes(),
+                &t.room,
+                &t.identity,
+                t.publish,
+                t.subscribe,
+                t.ttl,
+                SystemTime::now(),
+            );
+            println!("{token}");
+            Ok(())
+        }
+        CliCommand::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+                .init();
+            let config = NodeConfig::from_args(args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            runtime.block_on(sfu::run(config, shutdown_signal(), |b| {
+                println!("sfu listening on http://{} (media UDP {:?})", b.http, b.media);
+            }))
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

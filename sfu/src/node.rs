@@ -23,6 +23,7 @@ type Sessions = Arc<Mutex<HashMap<SessionId, usize>>>;
 pub struct Node {
     workers: Vec<WorkerHandle>,
     sessions: Sessions,
+    max_peers: usize,
     started: std::time::Instant,
 }
 
@@ -33,6 +34,7 @@ impl Node {
         bind: SocketAddr,
         public_ip: Option<IpAddr>,
         config: EngineConfig,
+        max_peers: usize,
     ) -> std::io::Result<Node> {
         let sessions: Sessions = Arc::default();
         let mut workers = Vec::with_capacity(count);
@@ -54,6 +56,7 @@ impl Node {
         Ok(Node {
             workers,
             sessions,
+            max_peers,
             started: std::time::Instant::now(),
         })
     }
@@ -96,7 +99,11 @@ impl Node {
 
     async fn open(&self, room: &RoomId, session: SessionId, command: Command) -> Result<String, MediaError> {
         let index = self.worker_for_room(room);
-        if let Ok(mut m) = self.sessions.lock() {
+        {
+            let mut m = self.sessions.lock().map_err(|_| MediaError::Internal("session table poisoned".into()))?;
+            if m.len() >= self.max_peers {
+                return Err(MediaError::Overloaded { retry_after_secs: 5 });
+            }
             m.insert(session.clone(), index);
         }
         match self.workers[index].call(command).await {

@@ -207,7 +207,7 @@ struct Peer {
 
 enum Role {
     Publisher(Publisher),
-    Viewer(Viewer),
+    Viewer(Box<Viewer>),
 }
 
 #[derive(Default)]
@@ -294,6 +294,8 @@ impl RateMeter {
 
 impl Engine {
     pub fn new(config: EngineConfig, now: Instant) -> Result<Engine, MediaError> {
+        // Every Rtc built from RtcConfig finds the provider here; a second install is a no-op.
+        str0m::crypto::from_feature_flags().install_process_default();
         let provider = str0m::crypto::from_feature_flags();
         let cert = provider
             .dtls_provider
@@ -562,7 +564,7 @@ impl Engine {
         self.next_peer += 1;
         let role = match intent {
             Intent::Publish => Role::Publisher(Publisher::default()),
-            Intent::Play => Role::Viewer(Viewer {
+            Intent::Play => Role::Viewer(Box::new(Viewer {
                 source: None,
                 pin,
                 max_layer,
@@ -574,7 +576,7 @@ impl Engine {
                 up_since: None,
                 forced: true,
                 desired_bps: 0,
-            }),
+            })),
         };
         info!(%room, %session, peer = id.0, role = ?intent, "peer added");
         self.by_session.insert(session.clone(), id);

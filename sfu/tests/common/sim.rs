@@ -88,7 +88,6 @@ impl Default for Sim {
 
 impl Sim {
     pub fn new() -> Sim {
-        let _ = str0m::crypto::from_feature_flags().install_process_default();
         let now = Instant::now();
         let engine_addr: SocketAddr = ENGINE_ADDR.parse().unwrap();
         let config = EngineConfig {
