@@ -128,7 +128,10 @@ pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -156,15 +159,23 @@ impl NodeConfig {
     pub fn from_args(args: ServeArgs) -> Result<NodeConfig, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.clone(), source: Box::new(e) })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?
             }
             None => FileConfig::default(),
         };
         let d = NodeConfig::default();
-        let ice = if args.ice_servers.is_empty() { file.ice_servers.unwrap_or_default() } else { args.ice_servers };
+        let ice = if args.ice_servers.is_empty() {
+            file.ice_servers.unwrap_or_default()
+        } else {
+            args.ice_servers
+        };
         let config = NodeConfig {
             http: args.http.or(file.http).unwrap_or(d.http),
             media_ip: args.media_ip.or(file.media_ip).unwrap_or(d.media_ip),
@@ -173,8 +184,14 @@ impl NodeConfig {
             auth_secret: args.auth_secret.or(file.auth_secret).filter(|s| !s.is_empty()),
             workers: args.workers.or(file.workers).unwrap_or(d.workers).max(1),
             max_peers: args.max_peers.or(file.max_peers).unwrap_or(d.max_peers),
-            max_room_peers: args.max_room_peers.or(file.max_room_peers).unwrap_or(d.max_room_peers),
-            ice_servers: ice.iter().map(|s| parse_ice_server(s)).collect::<Result<_, _>>()?,
+            max_room_peers: args
+                .max_room_peers
+                .or(file.max_room_peers)
+                .unwrap_or(d.max_room_peers),
+            ice_servers: ice
+                .iter()
+                .map(|s| parse_ice_server(s))
+                .collect::<Result<_, _>>()?,
             ice_lite: !(args.full_ice || file.full_ice.unwrap_or(false)),
             initial_bwe_bps: args.initial_bwe.or(file.initial_bwe).unwrap_or(d.initial_bwe_bps),
         };
@@ -199,7 +216,9 @@ impl NodeConfig {
             }
         }
         if self.max_peers == 0 || self.max_room_peers == 0 {
-            return Err(ConfigError::Invalid("--max-peers and --max-room-peers must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "--max-peers and --max-room-peers must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -209,9 +228,13 @@ impl NodeConfig {
 fn parse_ice_server(s: &str) -> Result<signaling::IceServer, ConfigError> {
     let mut parts = s.split(',').map(str::trim);
     let url = parts.next().unwrap_or_default();
-    let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| url.starts_with(p));
+    let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"]
+        .iter()
+        .any(|p| url.starts_with(p));
     if !scheme_ok {
-        return Err(ConfigError::Invalid(format!("ICE server {url:?} must be a stun:, stuns:, turn: or turns: URI")));
+        return Err(ConfigError::Invalid(format!(
+            "ICE server {url:?} must be a stun:, stuns:, turn: or turns: URI"
+        )));
     }
     Ok(signaling::IceServer {
         urls: vec![url.to_owned()],
@@ -223,7 +246,9 @@ fn parse_ice_server(s: &str) -> Result<signaling::IceServer, ConfigError> {
 /// `3600`, `90s`, `10m`, `6h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
     let secs = match unit {
         "" | "s" => n,
@@ -245,18 +270,34 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("sfu.toml");
         std::fs::write(&path, "http = \"127.0.0.1:9000\"\nworkers = 3\nmax_peers = 7\n").unwrap();
-        let args = ServeArgs { config: Some(path.clone()), workers: Some(1), ..ServeArgs::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            workers: Some(1),
+            ..ServeArgs::default()
+        };
         let c = NodeConfig::from_args(args).unwrap();
         assert_eq!(c.http.port(), 9000);
         assert_eq!(c.workers, 1);
         assert_eq!(c.max_peers, 7);
 
         std::fs::write(&path, "bogus = 1\n").unwrap();
-        let args = ServeArgs { config: Some(path), ..ServeArgs::default() };
-        assert!(matches!(NodeConfig::from_args(args), Err(ConfigError::Parse { .. })));
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            NodeConfig::from_args(args),
+            Err(ConfigError::Parse { .. })
+        ));
 
-        let open_public = ServeArgs { http: Some("0.0.0.0:8080".parse().unwrap()), ..ServeArgs::default() };
-        assert!(matches!(NodeConfig::from_args(open_public), Err(ConfigError::Invalid(_))));
+        let open_public = ServeArgs {
+            http: Some("0.0.0.0:8080".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            NodeConfig::from_args(open_public),
+            Err(ConfigError::Invalid(_))
+        ));
         let secured = ServeArgs {
             http: Some("0.0.0.0:8080".parse().unwrap()),
             media_ip: Some("0.0.0.0".parse().unwrap()),

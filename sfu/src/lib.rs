@@ -1,11 +1,11 @@
 //! WAVE's media node: the Sans-IO engine over str0m, the UDP workers that
 //! drive it, and `run`, which composes a whole node.
 
+pub mod config;
 pub mod engine;
 pub mod node;
 pub mod process;
 pub mod worker;
-pub mod config;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,9 +46,18 @@ pub async fn run(
         ..EngineConfig::default()
     };
     let bind = SocketAddr::new(config.media_ip, config.media_port);
-    let node = Arc::new(Node::start(config.workers, bind, config.public_ip, engine, config.max_peers)?);
+    let node = Arc::new(Node::start(
+        config.workers,
+        bind,
+        config.public_ip,
+        engine,
+        config.max_peers,
+    )?);
     let listener = tokio::net::TcpListener::bind(config.http).await?;
-    let bound = Bound { http: listener.local_addr()?, media: node.media_addrs() };
+    let bound = Bound {
+        http: listener.local_addr()?,
+        media: node.media_addrs(),
+    };
     info!(http = %bound.http, media = ?bound.media, "node ready");
     on_bound(bound);
 

@@ -28,9 +28,13 @@ fn main() -> anyhow::Result<()> {
         CliCommand::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+                .with_writer(std::io::stderr)
                 .init();
             let config = NodeConfig::from_args(args)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             runtime.block_on(sfu::run(config, shutdown_signal(), |b| {
                 println!("sfu listening on http://{} (media UDP {:?})", b.http, b.media);
             }))

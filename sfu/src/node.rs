@@ -100,7 +100,10 @@ impl Node {
     async fn open(&self, room: &RoomId, session: SessionId, command: Command) -> Result<String, MediaError> {
         let index = self.worker_for_room(room);
         {
-            let mut m = self.sessions.lock().map_err(|_| MediaError::Internal("session table poisoned".into()))?;
+            let mut m = self
+                .sessions
+                .lock()
+                .map_err(|_| MediaError::Internal("session table poisoned".into()))?;
             if m.len() >= self.max_peers {
                 return Err(MediaError::Overloaded { retry_after_secs: 5 });
             }

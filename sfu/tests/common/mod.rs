@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod node;
 pub mod sim;
 
 use sim::Received;

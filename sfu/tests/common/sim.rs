@@ -1,11 +1,11 @@
 //! A simulated network: the engine and real str0m client peers exchange
 //! datagrams in memory on a simulated clock. No sockets, deterministic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sfu::engine::{Command, Engine, EngineConfig, Reply};
+use sfu::engine::{Command, Engine, EngineConfig, Reply, Transmit};
 use signaling::{LayerPref, RoomId, SessionId};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
@@ -34,22 +34,43 @@ pub struct Received {
 impl Received {
     /// For video: (publisher tag, layer index, frame number, keyframe start).
     pub fn video_tag(&self) -> Option<(u8, usize, u32, bool)> {
-        let p = &self.payload;
-        if p.len() < 16 || p[0] & 0x10 == 0 {
-            return None; // not the first packet of a frame
-        }
-        let key = p[1] & 0x01 == 0;
-        Some((
-            p[11],
-            p[12] as usize,
-            u32::from_be_bytes([0, p[13], p[14], p[15]]),
-            key,
-        ))
+        video_tag(&self.payload)
     }
+}
+
+fn video_tag(p: &[u8]) -> Option<(u8, usize, u32, bool)> {
+    if p.len() < 16 || p[0] & 0x10 == 0 {
+        return None; // not the first packet of a frame
+    }
+    let key = p[1] & 0x01 == 0;
+    Some((
+        p[11],
+        p[12] as usize,
+        u32::from_be_bytes([0, p[13], p[14], p[15]]),
+        key,
+    ))
+}
+
+/// What a client does with the RTP the engine sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// Decrypt and keep every packet in `received` (the scenario tests).
+    Record,
+    /// Decrypt through str0m (so it sends real RTCP feedback) but only count.
+    Count,
+    /// Count RTP datagrams without decrypting them; STUN, DTLS and RTCP still
+    /// go to the client's `Rtc` so ICE consent and the session stay alive.
+    Discard,
 }
 
 pub struct Client {
     pub rtc: Rtc,
+    pub sink: Sink,
+    /// RTP packets (and their datagram bytes) that reached this client.
+    pub rtp_packets: u64,
+    pub rtp_bytes: u64,
+    /// Video keyframe starts decrypted (`Sink::Record` and `Sink::Count`).
+    pub keyframes: u64,
     pub addr: SocketAddr,
     pub session: SessionId,
     pub received: Vec<Received>,
@@ -78,6 +99,10 @@ pub struct Sim {
     pub clients: BTreeMap<u32, Client>,
     next_client: u32,
     engine_addr: SocketAddr,
+    by_addr: HashMap<SocketAddr, u32>,
+    /// Wall time spent inside engine calls (including draining `poll_transmit`).
+    pub engine_time: Duration,
+    transmits: Vec<Transmit>,
 }
 
 impl Default for Sim {
@@ -101,6 +126,9 @@ impl Sim {
             clients: BTreeMap::new(),
             next_client: 1,
             engine_addr,
+            by_addr: HashMap::new(),
+            engine_time: Duration::ZERO,
+            transmits: Vec::new(),
         }
     }
 
@@ -123,9 +151,23 @@ impl Sim {
     }
 
     fn send_command(&mut self, cmd: Command) -> Result<Reply, signaling::MediaError> {
+        let t = Instant::now();
         let r = self.engine.handle_command(self.now, cmd);
+        self.engine_time += t.elapsed();
         self.flush();
         r
+    }
+
+    fn insert_client(&mut self, n: u32, client: Client) {
+        self.by_addr.insert(client.addr, n);
+        self.clients.insert(n, client);
+    }
+
+    /// Drops a client without telling the engine (its datagrams stop).
+    pub fn forget(&mut self, client: u32) {
+        if let Some(c) = self.clients.remove(&client) {
+            self.by_addr.remove(&c.addr);
+        }
     }
 
     /// A WHIP publisher with audio and 3 simulcast layers; `tag` marks its payloads.
@@ -162,10 +204,14 @@ impl Sim {
             .expect("publish accepted");
         accept(&mut rtc, pending, reply);
         let now = self.now;
-        self.clients.insert(
+        self.insert_client(
             n,
             Client {
                 rtc,
+                sink: Sink::Record,
+                rtp_packets: 0,
+                rtp_bytes: 0,
+                keyframes: 0,
                 addr,
                 session,
                 received: Vec::new(),
@@ -190,6 +236,11 @@ impl Sim {
 
     /// A WHEP viewer of `room`, optionally capped at a layer.
     pub fn play(&mut self, room: &str, layer: Option<LayerPref>) -> u32 {
+        self.play_with(room, layer, Sink::Record)
+    }
+
+    /// A WHEP viewer that handles its media as `sink` says.
+    pub fn play_with(&mut self, room: &str, layer: Option<LayerPref>, sink: Sink) -> u32 {
         let (n, mut rtc, addr) = self.new_client();
         let mut api = rtc.sdp_api();
         api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
@@ -207,10 +258,14 @@ impl Sim {
             })
             .expect("play accepted");
         accept(&mut rtc, pending, reply);
-        self.clients.insert(
+        self.insert_client(
             n,
             Client {
                 rtc,
+                sink,
+                rtp_packets: 0,
+                rtp_bytes: 0,
+                keyframes: 0,
                 addr,
                 session,
                 received: Vec::new(),
@@ -231,7 +286,7 @@ impl Sim {
     pub fn delete(&mut self, client: u32) {
         let session = self.clients[&client].session.clone();
         self.send_command(Command::Delete { session }).expect("delete");
-        self.clients.remove(&client);
+        self.forget(client);
     }
 
     pub fn stop_layer(&mut self, client: u32, layer: usize) {
@@ -257,9 +312,11 @@ impl Sim {
             write_media(c, now);
             c.rtc.handle_input(Input::Timeout(now)).unwrap();
         }
+        let t = Instant::now();
         if now >= self.engine.poll_timeout() {
             self.engine.handle_timeout(now);
         }
+        self.engine_time += t.elapsed();
         self.flush();
     }
 
@@ -275,14 +332,31 @@ impl Sim {
                 drain(c, now, &mut pending);
                 for (from, to, bytes) in pending.drain(..) {
                     moved = true;
+                    let t = Instant::now();
                     self.engine.handle_receive(now, from, to, &bytes);
+                    self.engine_time += t.elapsed();
                 }
             }
+            let mut transmits = std::mem::take(&mut self.transmits);
+            let t = Instant::now();
             while let Some(t) = self.engine.poll_transmit() {
+                transmits.push(t);
+            }
+            self.engine_time += t.elapsed();
+            for t in transmits.drain(..) {
                 moved = true;
-                let Some(c) = self.clients.values_mut().find(|c| c.addr == t.destination) else {
+                let Some(c) = self
+                    .by_addr
+                    .get(&t.destination)
+                    .and_then(|n| self.clients.get_mut(n))
+                else {
                     continue;
                 };
+                if c.sink == Sink::Discard && is_rtp(&t.contents) {
+                    c.rtp_packets += 1;
+                    c.rtp_bytes += t.contents.len() as u64;
+                    continue;
+                }
                 let Ok(r) = Receive::new(Protocol::Udp, t.source, t.destination, &t.contents) else {
                     continue;
                 };
@@ -290,9 +364,12 @@ impl Sim {
                 // str0m's rule: drain after every input (RTP mode holds one received packet).
                 drain(c, now, &mut pending);
             }
+            self.transmits = transmits;
             for (from, to, bytes) in pending.drain(..) {
                 moved = true;
+                let t = Instant::now();
                 self.engine.handle_receive(now, from, to, &bytes);
+                self.engine_time += t.elapsed();
             }
             if !moved {
                 return;
@@ -308,6 +385,11 @@ impl Sim {
     pub fn engine_addr(&self) -> SocketAddr {
         self.engine_addr
     }
+}
+
+/// RTP, not RTCP (RFC 5761 demultiplexing on the second byte).
+fn is_rtp(b: &[u8]) -> bool {
+    b.len() >= 12 && b[0] >> 6 == 2 && !(192..=223).contains(&b[1])
 }
 
 fn drain(c: &mut Client, now: Instant, out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
@@ -339,14 +421,21 @@ fn record(c: &mut Client, now: Instant, e: Event) {
             } else {
                 MediaKind::Video
             };
-            c.received.push(Received {
-                at: now,
-                kind,
-                ssrc: *p.header.ssrc,
-                seq: *p.seq_no,
-                ts: p.header.timestamp,
-                payload: p.payload.to_vec(),
-            });
+            c.rtp_packets += 1;
+            c.rtp_bytes += p.payload.len() as u64;
+            if kind == MediaKind::Video && video_tag(&p.payload).is_some_and(|t| t.3) {
+                c.keyframes += 1;
+            }
+            if c.sink == Sink::Record {
+                c.received.push(Received {
+                    at: now,
+                    kind,
+                    ssrc: *p.header.ssrc,
+                    seq: *p.seq_no,
+                    ts: p.header.timestamp,
+                    payload: p.payload.to_vec(),
+                });
+            }
         }
         Event::KeyframeRequest(r) => {
             c.keyframe_requests.push((now, r.rid, r.kind));
@@ -380,7 +469,7 @@ fn vp8_pt(rtc: &Rtc) -> str0m::media::Pt {
 
 /// Writes the publisher's due audio and video packets.
 fn write_media(c: &mut Client, now: Instant) {
-    if !c.connected {
+    if !c.connected || c.publisher.is_none() {
         return;
     }
     let vp8 = vp8_pt(&c.rtc);

@@ -1,0 +1,178 @@
+//! The real `sfu` binary on loopback, and a small HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A running `sfu serve`, killed on drop.
+pub struct Node {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub media: Vec<SocketAddr>,
+}
+
+impl Node {
+    /// Starts the binary with `args` after `serve --http 127.0.0.1:0`.
+    pub fn start(args: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sfu"))
+            .args(["serve", "--http", "127.0.0.1:0", "--workers", "2"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sfu binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        let mut reader = BufReader::new(stdout);
+        reader.read_line(&mut line).expect("listening line");
+        // Keep draining so the node never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        // "sfu listening on http://127.0.0.1:PORT (media UDP [127.0.0.1:A, 127.0.0.1:B])"
+        let http = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect(&line);
+        let media = line
+            .split('[')
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .map(|l| l.split(", ").filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default();
+        Node {
+            child,
+            http: http.parse().unwrap(),
+            media,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Sends SIGTERM and returns how long the process took to exit.
+    pub fn terminate(&mut self) -> Duration {
+        let t0 = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return t0.elapsed();
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                return t0.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, fully read.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Http {
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+        let res = self.client.request(req).await.expect("request");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn post_sdp(&self, url: &str, sdp: &str, token: Option<&str>) -> Resp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut h = vec![("content-type", "application/sdp")];
+        if let Some(a) = auth.as_deref() {
+            h.push(("authorization", a));
+        }
+        self.send(Method::POST, url, &h, sdp).await
+    }
+}
+
+/// A browser-like WHIP offer (audio + 3-layer simulcast video) made by str0m.
+pub fn publish_offer() -> String {
+    use str0m::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
+    let mut rtc = str0m::RtcConfig::new().build(Instant::now());
+    rtc.add_local_candidate(str0m::Candidate::host("127.0.0.1:40000".parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(
+        MediaKind::Audio,
+        Direction::SendOnly,
+        Some("s".into()),
+        Some("a".into()),
+        None,
+    );
+    let mut sim = Simulcast::new();
+    for rid in ["q", "h", "f"] {
+        sim.add_send_layer(SimulcastLayer::new(rid));
+    }
+    api.add_media(
+        MediaKind::Video,
+        Direction::SendOnly,
+        Some("s".into()),
+        Some("v".into()),
+        Some(sim),
+    );
+    api.apply().unwrap().0.to_sdp_string()
+}
+
+/// A WHEP offer (recvonly audio + video) made by str0m.
+pub fn play_offer() -> String {
+    use str0m::media::{Direction, MediaKind};
+    let mut rtc = str0m::RtcConfig::new().build(Instant::now());
+    rtc.add_local_candidate(str0m::Candidate::host("127.0.0.1:40001".parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    api.apply().unwrap().0.to_sdp_string()
+}

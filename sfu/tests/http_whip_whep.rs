@@ -1,0 +1,280 @@
+//! WHIP/WHEP HTTP behaviour of the real node (reference/whip-whep.md §5 A–C).
+
+mod common;
+
+use common::node::{Http, Node, play_offer, publish_offer};
+use hyper::{Method, StatusCode};
+
+#[tokio::test]
+async fn whip_and_whep_sessions_follow_the_protocol() {
+    let node = Node::start(&[]);
+    let http = Http::default();
+
+    // WHIP: 201, answer, Location, strong ETag, ICE-lite, all candidates, no rtcp-mux-only.
+    let r = http
+        .post_sdp(&node.url("/whip/conf"), &publish_offer(), None)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(r.header("content-type").unwrap().starts_with("application/sdp"));
+    let location = r.header("location").expect("Location").to_owned();
+    assert!(location.starts_with("/whip/conf/"));
+    let etag = r.header("etag").expect("ETag").to_owned();
+    assert!(etag.starts_with('"') && !etag.starts_with("W/"));
+    assert!(
+        r.header("access-control-expose-headers")
+            .unwrap()
+            .contains("Location")
+    );
+    let answer = &r.body;
+    for needle in [
+        "a=ice-lite",
+        "a=recvonly",
+        "a=simulcast:recv q;h;f",
+        "typ host",
+        "a=end-of-candidates",
+        "a=setup:passive",
+    ] {
+        assert!(answer.contains(needle), "answer lacks {needle}:\n{answer}");
+    }
+    assert!(!answer.contains("rtcp-mux-only"));
+
+    // WHEP: 201 with a sendonly answer.
+    let v = http
+        .post_sdp(&node.url("/whep/conf?layer=low"), &play_offer(), None)
+        .await;
+    assert_eq!(v.status, StatusCode::CREATED, "{}", v.body);
+    assert!(v.body.contains("a=sendonly"));
+    let view = v.header("location").unwrap().to_owned();
+
+    // GET on endpoint and session: 2xx, no body. PUT: 405 + Allow.
+    let g = http.send(Method::GET, &node.url(&location), &[], "").await;
+    assert!(g.status.is_success() && g.body.is_empty());
+    let p = http.send(Method::PUT, &node.url(&location), &[], "").await;
+    assert_eq!(p.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(p.header("allow").is_some());
+
+    // Trickle needs If-Match: 428 without, 412 stale, 204 current.
+    let frag = "a=ice-ufrag:UFRAG\r\na=ice-pwd:PWD\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 40002 typ host\r\n";
+    let offer = publish_offer();
+    let ufrag = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap()
+        .trim();
+    let pwd = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-pwd:"))
+        .unwrap()
+        .trim();
+    let ct = ("content-type", "application/trickle-ice-sdpfrag");
+    let r2 = http.post_sdp(&node.url("/whip/conf2"), &offer, None).await;
+    let loc2 = r2.header("location").unwrap().to_owned();
+    let etag2 = r2.header("etag").unwrap().to_owned();
+    let trickle = frag.replace("UFRAG", ufrag).replace("PWD", pwd);
+    let none = http.send(Method::PATCH, &node.url(&loc2), &[ct], &trickle).await;
+    assert_eq!(none.status, StatusCode::PRECONDITION_REQUIRED);
+    let stale = http
+        .send(
+            Method::PATCH,
+            &node.url(&loc2),
+            &[ct, ("if-match", "\"stale\"")],
+            &trickle,
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    let ok = http
+        .send(
+            Method::PATCH,
+            &node.url(&loc2),
+            &[ct, ("if-match", &etag2)],
+            &trickle,
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT, "{}", ok.body);
+    assert!(ok.header("etag").is_none());
+    let wrong_type = http
+        .send(
+            Method::PATCH,
+            &node.url(&loc2),
+            &[("content-type", "text/plain"), ("if-match", &etag2)],
+            &trickle,
+        )
+        .await;
+    assert_eq!(wrong_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // ICE restart: If-Match "*" with new credentials → 200 sdpfrag with new ones and a new ETag.
+    let restart = frag
+        .replace("UFRAG", "newU")
+        .replace("PWD", "newpasswordnewpassword1");
+    let rs = http
+        .send(
+            Method::PATCH,
+            &node.url(&loc2),
+            &[ct, ("if-match", "\"*\"")],
+            &restart,
+        )
+        .await;
+    let rs = if rs.status == StatusCode::PRECONDITION_FAILED {
+        http.send(
+            Method::PATCH,
+            &node.url(&loc2),
+            &[ct, ("if-match", "*")],
+            &restart,
+        )
+        .await
+    } else {
+        rs
+    };
+    assert_eq!(rs.status, StatusCode::OK, "{}", rs.body);
+    assert!(
+        rs.header("content-type")
+            .unwrap()
+            .starts_with("application/trickle-ice-sdpfrag")
+    );
+    assert!(rs.body.contains("a=ice-ufrag:") && rs.body.contains("a=candidate:"));
+    let new_etag = rs.header("etag").unwrap();
+    assert_ne!(new_etag, etag2);
+    let old = http
+        .send(
+            Method::PATCH,
+            &node.url(&loc2),
+            &[ct, ("if-match", &etag2)],
+            &trickle,
+        )
+        .await;
+    assert_eq!(old.status, StatusCode::PRECONDITION_FAILED);
+
+    // /v1/rooms shows both rooms; DELETE 200 then 404; PATCH after DELETE 404.
+    let rooms = http.send(Method::GET, &node.url("/v1/rooms"), &[], "").await;
+    assert!(
+        rooms.body.contains("\"conf\"") && rooms.body.contains("\"conf2\""),
+        "{}",
+        rooms.body
+    );
+    for loc in [&location, &view, &loc2] {
+        let d = http
+            .send(
+                Method::DELETE,
+                &node.url(loc),
+                &[("if-match", "\"whatever\"")],
+                "",
+            )
+            .await;
+        assert_eq!(d.status, StatusCode::OK);
+        let again = http.send(Method::DELETE, &node.url(loc), &[], "").await;
+        assert_eq!(again.status, StatusCode::NOT_FOUND);
+    }
+    let gone = http
+        .send(
+            Method::PATCH,
+            &node.url(&loc2),
+            &[ct, ("if-match", "*")],
+            &restart,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let rooms = http.send(Method::GET, &node.url("/v1/rooms"), &[], "").await;
+    assert!(!rooms.body.contains("\"conf\""), "{}", rooms.body);
+}
+
+#[tokio::test]
+async fn offers_the_node_cannot_serve_get_a_reason() {
+    let node = Node::start(&[]);
+    let http = Http::default();
+    let url = node.url("/whip/bad");
+
+    let r = http
+        .send(
+            Method::POST,
+            &url,
+            &[("content-type", "text/plain")],
+            &publish_offer(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(r.header("accept-post"), Some("application/sdp"));
+
+    let r = http.post_sdp(&url, "", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = http.post_sdp(&url, "v=0\r\nthis is not sdp\r\n", None).await;
+    assert!(
+        r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        r.status
+    );
+    assert!(r.header("content-type").unwrap().contains("problem+json"));
+
+    let huge = "v=0\r\n".to_owned() + &"a=x\r\n".repeat(100_000);
+    let r = http.post_sdp(&url, &huge, None).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A viewer's offer at the WHIP endpoint: recvonly is not a publication.
+    let r = http.post_sdp(&url, &play_offer(), None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.contains("recvonly"));
+
+    // Two video tracks in one WHIP session.
+    let offer = publish_offer();
+    let video = &offer[offer.find("m=video").unwrap()..];
+    let doubled = format!("{offer}{}", video.replace("a=mid:1", "a=mid:2"));
+    let r = http.post_sdp(&url, &doubled, None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+
+    // Only codecs the node does not speak.
+    let g711 = play_offer().replace("opus/48000/2", "PCMU/8000");
+    let r = http.post_sdp(&node.url("/whep/bad"), &g711, None).await;
+    assert!(r.status.is_client_error(), "{}: {}", r.status, r.body);
+
+    // Unknown room characters and unknown sessions.
+    let r = http
+        .post_sdp(&node.url("/whip/bad%20room"), &publish_offer(), None)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = http
+        .send(
+            Method::DELETE,
+            &node.url("/whip/bad/0123456789abcdef0123456789abcdef"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The node still serves a good publisher afterwards.
+    let r = http.post_sdp(&url, &publish_offer(), None).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn over_capacity_is_429_or_503_with_retry_after() {
+    let node = Node::start(&["--max-peers", "2", "--max-room-peers", "1"]);
+    let http = Http::default();
+    assert_eq!(
+        http.post_sdp(&node.url("/whip/a"), &publish_offer(), None)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let full_room = http.post_sdp(&node.url("/whep/a"), &play_offer(), None).await;
+    assert_eq!(
+        full_room.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        full_room.body
+    );
+    assert!(full_room.header("retry-after").is_some());
+    assert_eq!(
+        http.post_sdp(&node.url("/whip/b"), &publish_offer(), None)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let full_node = http.post_sdp(&node.url("/whip/c"), &publish_offer(), None).await;
+    assert_eq!(
+        full_node.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        full_node.body
+    );
+    assert!(full_node.header("retry-after").is_some());
+}
