@@ -46,12 +46,14 @@ pub async fn run(
         ..EngineConfig::default()
     };
     let bind = SocketAddr::new(config.media_ip, config.media_port);
+    let http_sessions = Arc::new(std::sync::OnceLock::new());
     let node = Arc::new(Node::start(
         config.workers,
         bind,
         config.public_ip,
         engine,
         config.max_peers,
+        http_sessions.clone(),
     )?);
     let listener = tokio::net::TcpListener::bind(config.http).await?;
     let bound = Bound {
@@ -66,7 +68,9 @@ pub async fn run(
         ice_servers: config.ice_servers,
         ..signaling::HttpConfig::default()
     };
-    signaling::serve(listener, node.clone(), http, shutdown).await?;
+    let server = signaling::Server::new(node.clone(), http);
+    let _ = http_sessions.set(server.sessions());
+    server.serve(listener, shutdown).await?;
 
     info!("closing peers");
     let closing = node.clone();

@@ -35,6 +35,7 @@ impl Node {
         public_ip: Option<IpAddr>,
         config: EngineConfig,
         max_peers: usize,
+        http_sessions: Arc<std::sync::OnceLock<signaling::Sessions>>,
     ) -> std::io::Result<Node> {
         let sessions: Sessions = Arc::default();
         let mut workers = Vec::with_capacity(count);
@@ -46,9 +47,14 @@ impl Node {
             };
             let addr = SocketAddr::new(bind.ip(), port);
             let map = sessions.clone();
+            let http = http_sessions.clone();
+            // A session the engine ended (idle, DTLS close) leaves both tables.
             let on_closed = Arc::new(move |s: SessionId| {
                 if let Ok(mut m) = map.lock() {
                     m.remove(&s);
+                }
+                if let Some(h) = http.get() {
+                    h.ended(&s);
                 }
             });
             workers.push(worker::spawn(i, addr, public_ip, config.clone(), on_closed)?);
