@@ -17,7 +17,8 @@
 //       -> { publish: { state, layers: [{ rid, frameWidth, frameHeight, framesEncoded, bitrate,
 //                                          qualityLimitationReason, pliCount }] } | null,
 //            watch: { state, frameWidth, frameHeight, bitrate, packetsLost, framesDecoded,
-//                     keyFramesDecoded, fps, jitter, audioSamples } | null }
+//                     keyFramesDecoded, framesReceived, packetsReceived, freezeCount,
+//                     nackCount, pliCount, fps, jitter, audioSamples } | null }
 //
 // Sessions use non-trickle ICE (the offer is sent once gathering completes)
 // and `bundlePolicy: 'max-bundle'`.
@@ -102,7 +103,9 @@
   }
 
   // POST the complete offer, apply the answer; returns the session record.
-  async function negotiate(pc, url, token) {
+  async function negotiate(pc, path, token) {
+    // Absolute, so that Location and Link values resolve against it.
+    const url = new URL(path, window.location.href).href;
     await pc.setLocalDescription();
     await waitForGathering(pc);
     const res = await fetch(url, {
@@ -124,15 +127,18 @@
     return session;
   }
 
+  // Offers VP8 alone (plus the repair codecs): an answerer may pick by its
+  // own codec order and ignore the offer's, so ordering VP8 first is not
+  // enough to get it.
   function preferVp8(transceiver) {
     if (!transceiver.setCodecPreferences || !window.RTCRtpReceiver?.getCapabilities) return;
     // setCodecPreferences takes receiver capabilities in current browsers.
     const caps = RTCRtpReceiver.getCapabilities('video')?.codecs ?? [];
     const vp8 = caps.filter((c) => /video\/vp8/i.test(c.mimeType));
-    const rest = caps.filter((c) => !/video\/vp8/i.test(c.mimeType));
+    const repair = caps.filter((c) => /video\/(rtx|red|ulpfec|flexfec)/i.test(c.mimeType));
     if (vp8.length) {
       try {
-        transceiver.setCodecPreferences([...vp8, ...rest]);
+        transceiver.setCodecPreferences([...vp8, ...repair]);
       } catch (e) {
         log(`setCodecPreferences: ${e.message}`);
       }
@@ -300,6 +306,11 @@
       packetsLost: 0,
       framesDecoded: 0,
       keyFramesDecoded: 0,
+      framesReceived: 0,
+      packetsReceived: 0,
+      freezeCount: 0,
+      nackCount: 0,
+      pliCount: 0,
       fps: 0,
       jitter: 0,
       audioSamples: 0,
@@ -314,6 +325,11 @@
           packetsLost: r.packetsLost ?? 0,
           framesDecoded: r.framesDecoded ?? 0,
           keyFramesDecoded: r.keyFramesDecoded ?? 0,
+          framesReceived: r.framesReceived ?? 0,
+          packetsReceived: r.packetsReceived ?? 0,
+          freezeCount: r.freezeCount ?? 0,
+          nackCount: r.nackCount ?? 0,
+          pliCount: r.pliCount ?? 0,
           fps: r.framesPerSecond ?? 0,
           jitter: r.jitter ?? 0,
         });
