@@ -1,0 +1,250 @@
+// Shared helpers for the browser end-to-end tests: run the real `sfu`
+// binary, drive Debian's chromium through playwright-core, poll the demo
+// page's `wave.stats()`, and collect diagnostics when something fails.
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+
+export const BIN_DIR = resolve(process.env.WAVE_BIN_DIR ?? new URL('../../target/release', import.meta.url).pathname);
+export const CHROMIUM = process.env.WAVE_CHROMIUM ?? '/usr/bin/chromium';
+
+export const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--autoplay-policy=no-user-gesture-required',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-gpu',
+];
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort() {
+  return new Promise((ok, fail) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', fail);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => ok(port));
+    });
+  });
+}
+
+/**
+ * Starts `sfu serve --http 127.0.0.1:PORT` and resolves once it prints its
+ * "listening" line. Everything it writes goes to `node.logPath` (engine debug
+ * logs included) so a failing test can quote it.
+ */
+export async function startNode({ readyMs = 15_000, env = {} } = {}) {
+  const bin = join(BIN_DIR, 'sfu');
+  if (!existsSync(bin)) throw new Error(`no sfu binary at ${bin}: run cargo build --release -p sfu`);
+  const dir = mkdtempSync(join(tmpdir(), 'wave-e2e-node-'));
+  const logPath = join(dir, 'sfu.log');
+  let lastError;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    const log = createWriteStream(logPath, { flags: 'a' });
+    const child = spawn(bin, ['serve', '--http', `127.0.0.1:${port}`], {
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'sfu=debug,signaling=debug,info', NO_COLOR: '1', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise((ok) => child.once('exit', (code, signal) => ok({ code, signal, at: Date.now() })));
+    child.stderr.pipe(log, { end: false });
+    const ready = new Promise((ok, fail) => {
+      let buf = '';
+      child.stdout.on('data', (d) => {
+        log.write(d);
+        buf += d;
+        const m = buf.match(/sfu listening on (http:\/\/\S+)/);
+        if (m) ok(m[1]);
+      });
+      exited.then(({ code, signal }) => fail(new Error(`sfu exited before listening (code ${code}, signal ${signal})`)));
+      setTimeout(() => fail(new Error(`sfu did not print its listening line within ${readyMs} ms`)), readyMs).unref();
+    });
+    try {
+      const url = await ready;
+      return new Node({ child, exited, url, port, logPath, dir, log });
+    } catch (e) {
+      lastError = e;
+      child.kill('SIGKILL');
+      await exited;
+      log.end();
+    }
+  }
+  throw new Error(`${lastError.message}\n--- sfu log ---\n${tail(logPath, 60)}`);
+}
+
+class Node {
+  constructor({ child, exited, url, port, logPath, dir, log }) {
+    Object.assign(this, { child, exited, url, port, logPath, dir, log });
+    this.base = `http://127.0.0.1:${port}`;
+    this.result = null;
+  }
+
+  get alive() {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  async json(path) {
+    const res = await fetch(this.base + path);
+    if (!res.ok) throw new Error(`GET ${path}: ${res.status}`);
+    return res.json();
+  }
+
+  /** The `rooms` array of `GET /v1/rooms`. */
+  async rooms() {
+    return (await this.json('/v1/rooms')).rooms;
+  }
+
+  async metrics(filter = /^wave_/) {
+    const text = await (await fetch(`${this.base}/metrics`)).text();
+    return text
+      .split('\n')
+      .filter((l) => filter.test(l))
+      .join('\n');
+  }
+
+  /** SIGTERM, then how long the node took to exit (null if it did not within `ms`). */
+  async terminate(ms = 2000) {
+    if (!this.alive) return { ms: 0, code: this.child.exitCode, signal: this.child.signalCode };
+    const t0 = Date.now();
+    this.child.kill('SIGTERM');
+    const r = await Promise.race([this.exited, sleep(ms + 1000).then(() => null)]);
+    this.result = r && { ms: r.at - t0, code: r.code, signal: r.signal };
+    return this.result;
+  }
+
+  /** Last resort for cleanup: never leaves a node behind. */
+  async kill() {
+    if (this.alive) {
+      this.child.kill('SIGKILL');
+      await this.exited;
+    }
+    this.log.end();
+  }
+
+  logTail(lines = 80, filter) {
+    return tail(this.logPath, lines, filter);
+  }
+
+  cleanup({ keepLog = false } = {}) {
+    if (!keepLog) rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function tail(path, lines = 80, filter) {
+  try {
+    let all = readFileSync(path, 'utf8').split('\n');
+    if (filter) all = all.filter((l) => filter.test(l));
+    return all.slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** Headless chromium with a fresh user-data dir; close with `browser.close()`. */
+export async function launchBrowser() {
+  if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM}: apt-get install chromium`);
+  const userDataDir = mkdtempSync(join(tmpdir(), 'wave-e2e-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1280, height: 800 },
+  });
+  // A persistent context opens one blank page; reuse it first.
+  const spare = context.pages();
+  return {
+    context,
+    async page(url, name) {
+      const page = spare.shift() ?? (await context.newPage());
+      page.waveName = name;
+      page.consoleLines = [];
+      page.on('console', (m) => page.consoleLines.push(`[${m.type()}] ${m.text()}`));
+      page.on('pageerror', (e) => page.consoleLines.push(`[pageerror] ${e.message}`));
+      await page.goto(url);
+      await page.waitForFunction(() => typeof window.wave?.stats === 'function');
+      return page;
+    },
+    async close() {
+      await context.close().catch(() => {});
+      rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export const stats = (page) => page.evaluate(() => window.wave.stats());
+
+/**
+ * Polls `wave.stats()` every 250 ms until `pred(stats)` holds; resolves with
+ * those stats and the time it took. Times out with the last sample.
+ */
+export async function until(page, pred, ms = 20_000, what = 'condition') {
+  const t0 = Date.now();
+  let s;
+  for (;;) {
+    s = await stats(page);
+    if (pred(s)) return Object.assign(s, { elapsedMs: Date.now() - t0 });
+    if (Date.now() - t0 >= ms) break;
+    await sleep(250);
+  }
+  const err = new Error(`${page.waveName ?? 'page'}: timed out after ${ms} ms waiting for ${what}; last wave.stats(): ${JSON.stringify(s)}`);
+  err.lastStats = s;
+  throw err;
+}
+
+/** A chrome://webrtc-internals-like dump of every peer connection on the page. */
+export async function rawStats(page) {
+  return page.evaluate(async () => {
+    const out = {};
+    for (const kind of ['publish', 'watch']) {
+      const s = window.wave.sessions[kind];
+      if (!s) continue;
+      const reports = [];
+      (await s.pc.getStats()).forEach((r) => {
+        if (['outbound-rtp', 'inbound-rtp', 'transport', 'candidate-pair', 'remote-inbound-rtp', 'codec'].includes(r.type)) {
+          if (r.type === 'candidate-pair' && !r.nominated) return;
+          reports.push(r);
+        }
+      });
+      out[kind] = {
+        location: s.location,
+        connectionState: s.pc.connectionState,
+        iceConnectionState: s.pc.iceConnectionState,
+        reports,
+      };
+    }
+    return out;
+  });
+}
+
+/** Everything worth reading when a step fails, as one string. */
+export async function diagnostics(node, pages) {
+  const parts = [];
+  const safe = async (label, f) => {
+    try {
+      parts.push(`--- ${label} ---\n${await f()}`);
+    } catch (e) {
+      parts.push(`--- ${label} --- (failed: ${e.message})`);
+    }
+  };
+  await safe('GET /v1/rooms', async () => JSON.stringify(await node.rooms()));
+  await safe('/metrics (wave_*)', () => node.metrics());
+  for (const p of pages.filter(Boolean)) {
+    await safe(`${p.waveName} getStats`, async () => JSON.stringify(await rawStats(p)));
+    await safe(`${p.waveName} console`, () => p.consoleLines.slice(-20).join('\n'));
+  }
+  await safe('sfu log (warnings/errors)', () => node.logTail(40, /WARN|ERROR/));
+  await safe('sfu log (tail)', () => node.logTail(60));
+  parts.push(`--- full sfu log: ${node.logPath} ---`);
+  return parts.join('\n');
+}
