@@ -14,6 +14,8 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod rate;
 

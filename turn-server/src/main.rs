@@ -7,7 +7,9 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use turn_server::config::{Cli, Command};
 
-#[tokio::main]
+// One thread: the core, relay readers and stream tasks hand packets to each
+// other without cross-thread wakeups. Run one process per core to scale.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
