@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -57,18 +56,11 @@ fn serve_reads_toml_and_flags_override_it() {
         "listen = \"127.0.0.1:0\"\nrealm = \"from-file\"\nauth-secret = \"s\"\nallow-peers = [\"10.0.0.0/8\"]\nrelay-ports = \"20000-20100\"\n",
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&good)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _guard = ChildGuard(child);
+    let (_guard, line) = spawn_server_binary([
+        std::ffi::OsStr::new("serve"),
+        "--config".as_ref(),
+        good.as_os_str(),
+    ]);
     assert!(line.starts_with("turn-server listening udp=127.0.0.1:"), "{line}");
 
     let bad = dir.join("bad.toml");

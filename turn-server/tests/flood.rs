@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use common::*;
 use stun_types::message::{Message, MessageClass, MessageType, MessageWriteVec, TransactionId};
 use stun_types::prelude::*;
@@ -24,29 +21,19 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn unauthenticated_allocate_flood_is_bounded_and_service_continues() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turn-server"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--realm",
-            REALM,
-            "--auth-secret",
-            SECRET,
-            "--relay-ports",
-            "20000-29999",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let guard = ChildGuard(child);
+    let (guard, line) = spawn_server_binary([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--realm",
+        REALM,
+        "--auth-secret",
+        SECRET,
+        "--relay-ports",
+        "20000-29999",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
     let field = |key: &str| -> std::net::SocketAddr {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key))

@@ -504,3 +504,24 @@ pub async fn start_echo_peer(tool: &std::path::Path) -> (ChildGuard, u16) {
     }
     panic!("turnutils_peer never echoed");
 }
+
+/// The real `turn-server` binary, started with `args`; returns it with the
+/// `turn-server listening ...` line it prints once bound.
+pub fn spawn_server_binary<I, S>(args: I) -> (ChildGuard, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_turn-server"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn turn-server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("listening line");
+    (ChildGuard(child), line)
+}
