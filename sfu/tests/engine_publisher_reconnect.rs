@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::sim::Sim;
-use common::{assert_continuous, frames, of_kind};
+use common::{assert_continuous, assert_vp8_continuous, frames, of_kind};
 use str0m::media::MediaKind;
 
 #[test]
@@ -35,4 +35,5 @@ fn viewers_continue_across_a_publisher_reconnect() {
     );
     assert_continuous(&of_kind(got, MediaKind::Video));
     assert_continuous(&of_kind(got, MediaKind::Audio));
+    assert_vp8_continuous(got);
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::sim::Sim;
-use common::{assert_continuous, frames, of_kind};
+use common::{assert_continuous, assert_vp8_continuous, frames, of_kind};
 use signaling::LayerPref;
 use str0m::media::MediaKind;
 
@@ -59,6 +59,7 @@ fn switch_up_and_down_only_on_keyframes_and_stay_continuous() {
     assert_switches_on_keyframes(&f);
     assert_continuous(&of_kind(got, MediaKind::Video));
     assert_continuous(&of_kind(got, MediaKind::Audio));
+    assert_vp8_continuous(got);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, trace, warn};
 
-pub use rewrite::{Rewriter, Rewritten};
+pub use rewrite::{Rewriter, Rewritten, Vp8Rewriter};
 use sdp::Intent;
 
 /// Keyframe requests to one layer are merged: at most one per this interval
@@ -263,6 +263,7 @@ struct OutTrack {
     /// (publisher pt, viewer pt) for the current source.
     pt_map: Vec<(Pt, Pt)>,
     rewriter: Rewriter,
+    vp8: Vp8Rewriter,
     /// Rebase on the next packet forwarded (new source or new layer).
     rebase: bool,
     bitrate: RateMeter,
@@ -605,7 +606,7 @@ impl Engine {
         match intent {
             Intent::Publish => {
                 room_entry.publishers.push(id);
-                self.attach_waiting_viewers(now, &room, id);
+                self.attach_waiting_viewers(now, &room);
             }
             Intent::Play => {
                 room_entry.viewers.insert(id);
@@ -872,6 +873,7 @@ impl Engine {
                         params,
                         pt_map: Vec::new(),
                         rewriter: Rewriter::new(clock, first_seq),
+                        vp8: Vp8Rewriter::default(),
                         rebase: true,
                         bitrate: RateMeter::default(),
                     };
@@ -937,8 +939,8 @@ impl Engine {
 
     // ---- subscriptions -----------------------------------------------------
 
-    /// Attaches every viewer of `room` that has no source and may take `publisher`.
-    fn attach_waiting_viewers(&mut self, now: Instant, room: &RoomId, publisher: PeerId) {
+    /// Attaches every viewer of `room` that has no source (a new publisher arrived).
+    fn attach_waiting_viewers(&mut self, now: Instant, room: &RoomId) {
         let Some(r) = self.rooms.get(room) else { return };
         let waiting: Vec<PeerId> = r
             .viewers
@@ -951,7 +953,6 @@ impl Engine {
         for vid in waiting {
             self.attach_viewer(now, vid);
         }
-        let _ = publisher;
     }
 
     /// Picks a publisher for a viewer (its pin, else the room's first) and subscribes.
@@ -1039,6 +1040,8 @@ impl Engine {
                 .position(|&i| track.layers[i].rid.as_ref().is_some_and(|r| &**r == rid.as_str()))
                 .unwrap_or(ranked.len() - 1),
         };
+        // Two thresholds (hysteresis): a layer is chosen when it fits BWE_USABLE
+        // of the estimate, and kept while the whole estimate still covers it.
         let mut best = cap;
         if let Some(bwe) = v.bwe_bps {
             let budget = (bwe as f64 * BWE_USABLE) as u64;
@@ -1046,8 +1049,19 @@ impl Engine {
                 .rev()
                 .find(|&r| track.layers[ranked[r]].bitrate_bps <= budget)
                 .unwrap_or(0);
+            let current = v.current.and_then(|l| ranked.iter().position(|&i| i == l));
+            if let Some(cur) = current
+                && cur <= cap
+                && cur > best
+                && track.layers[ranked[cur]].bitrate_bps <= bwe
+            {
+                best = cur;
+            }
         }
-        let desired_bps = track.layers[ranked[cap]].bitrate_bps.max(300_000) + 64_000;
+        // Ask the estimator to probe well above the cap layer's rate, or the
+        // estimate settles just under what the cap layer needs.
+        let cap_bps = track.layers[ranked[cap]].bitrate_bps.max(300_000);
+        let desired_bps = (cap_bps as f64 / BWE_USABLE * 1.25) as u64 + 64_000;
         let best_layer = ranked[best];
         let current_rank = v
             .target
@@ -1072,7 +1086,8 @@ impl Engine {
                 best_layer
             }
         };
-        if desired_bps != v.desired_bps {
+        // Re-arm the estimator only on a real change (> 10%), not on every tick's noise.
+        if desired_bps.abs_diff(v.desired_bps) * 10 > v.desired_bps {
             v.desired_bps = desired_bps;
             if let Some(peer) = self.peers.get_mut(&vid) {
                 peer.rtc
@@ -1243,10 +1258,16 @@ impl Engine {
             let in_ts = packet.header.timestamp;
             if out.rebase {
                 out.rewriter.rebase(in_seq, in_ts, now);
+                out.vp8.rebase();
                 out.rebase = false;
             }
             let Some(rw) = out.rewriter.rewrite(in_seq, in_ts, now) else {
                 continue;
+            };
+            let vp8_patch = if codec == Some(Codec::Vp8) {
+                out.vp8.rewrite(&packet.payload)
+            } else {
+                None
             };
             out.bitrate.add(now, packet.payload.len());
             let ext = ExtensionValues {
@@ -1265,6 +1286,10 @@ impl Engine {
             .marker(packet.header.marker)
             .ext_vals(ext)
             .nackable(kind == MediaKind::Video);
+            let write = match vp8_patch {
+                Some(p) => write.vp8_patch(p),
+                None => write,
+            };
             let ssrc = out.ssrc;
             let mut api = viewer.rtc.direct_api();
             let Some(stream) = api.stream_tx(&ssrc) else {

@@ -91,6 +91,75 @@ impl Rewriter {
     }
 }
 
+/// Keeps VP8 payload descriptor counters (RFC 7741 §4.2) continuous across
+/// source changes. Each simulcast encoder runs its own PictureID, TL0PICIDX
+/// and KEYIDX; a receiver that sees them jump back matches new frames to
+/// stale references and stops decoding until the counter passes them.
+#[derive(Debug, Clone, Default)]
+pub struct Vp8Rewriter {
+    picture_offset: u16,
+    tl0_offset: u8,
+    key_offset: u8,
+    last_picture: Option<u16>,
+    last_tl0: Option<u8>,
+    last_key: Option<u8>,
+    rebase: bool,
+}
+
+/// PictureID is 15 bits (RFC 7741 §4.2, M=1); the 7-bit form wraps at 128.
+const PICTURE_ID_MOD: u16 = 1 << 15;
+
+impl Vp8Rewriter {
+    /// The next packet starts a new source: continue the counters from the last ones sent.
+    pub fn rebase(&mut self) {
+        self.rebase = true;
+    }
+
+    /// The descriptor patch for one packet, `None` when nothing needs changing.
+    pub fn rewrite(&mut self, payload: &[u8]) -> Option<str0m::rtp::Vp8Patch> {
+        let desc = str0m::rtp::Vp8Descriptor::parse(payload).ok()?;
+        if std::mem::take(&mut self.rebase) {
+            if let (Some(last), Some(pid)) = (self.last_picture, desc.picture_id()) {
+                self.picture_offset = (last + 1).wrapping_sub(pid) % PICTURE_ID_MOD;
+            }
+            if let (Some(last), Some(tl0)) = (self.last_tl0, desc.tl0_pic_idx()) {
+                self.tl0_offset = last.wrapping_add(1).wrapping_sub(tl0);
+            }
+            if let (Some(last), Some(key)) = (self.last_key, desc.key_idx()) {
+                self.key_offset = last.wrapping_add(1).wrapping_sub(key) & 0x1f;
+            }
+        }
+        let mut patch = desc.patch();
+        let mut changed = false;
+        if let Some(pid) = desc.picture_id() {
+            let mut out = (pid + self.picture_offset) % PICTURE_ID_MOD;
+            // A 7-bit PictureID keeps its width: only the low 7 bits can move.
+            if desc.patch().picture_id(out).build().is_err() {
+                out &= 0x7f;
+            }
+            self.last_picture = Some(out);
+            changed |= out != pid;
+            patch = patch.picture_id(out);
+        }
+        if let Some(tl0) = desc.tl0_pic_idx() {
+            let out = tl0.wrapping_add(self.tl0_offset);
+            self.last_tl0 = Some(out);
+            changed |= out != tl0;
+            patch = patch.tl0_pic_idx(out);
+        }
+        if let Some(key) = desc.key_idx() {
+            let out = key.wrapping_add(self.key_offset) & 0x1f;
+            self.last_key = Some(out);
+            changed |= out != key;
+            patch = patch.key_idx(out);
+        }
+        if !changed {
+            return None;
+        }
+        patch.build().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +205,48 @@ mod tests {
         assert_eq!(rw.rewrite(13, 960, t0).unwrap().seq, 4);
         // The retransmission of a missing packet lands in the hole.
         assert_eq!(rw.rewrite(11, 480, t0).unwrap().seq, 2);
+    }
+
+    /// A VP8 descriptor with a 15-bit PictureID and TL0PICIDX (X, I, L, T set).
+    fn vp8(pid: u16, tl0: u8) -> Vec<u8> {
+        vec![
+            0x90,
+            0xe0,
+            0x80 | (pid >> 8) as u8,
+            pid as u8,
+            tl0,
+            0x20,
+            0x00,
+            0x00,
+        ]
+    }
+
+    fn expect(payload: &[u8], pid: u16, tl0: u8) -> Option<str0m::rtp::Vp8Patch> {
+        let d = str0m::rtp::Vp8Descriptor::parse(payload).unwrap();
+        Some(d.patch().picture_id(pid).tl0_pic_idx(tl0).build().unwrap())
+    }
+
+    #[test]
+    fn vp8_counters_continue_across_a_switch() {
+        let mut rw = Vp8Rewriter::default();
+        rw.rebase();
+        assert!(
+            rw.rewrite(&vp8(1000, 10)).is_none(),
+            "first source passes through"
+        );
+        assert!(rw.rewrite(&vp8(1001, 10)).is_none());
+        // The new layer's encoder counts from elsewhere.
+        rw.rebase();
+        let p = vp8(20, 200);
+        assert_eq!(rw.rewrite(&p), expect(&p, 1002, 11));
+        let p = vp8(21, 201);
+        assert_eq!(rw.rewrite(&p), expect(&p, 1003, 12));
+        // Wrapping at 2^15.
+        let mut rw = Vp8Rewriter::default();
+        rw.rewrite(&vp8(32_767, 255));
+        rw.rebase();
+        let p = vp8(5, 0);
+        assert_eq!(rw.rewrite(&p), expect(&p, 0, 0));
     }
 
     #[test]

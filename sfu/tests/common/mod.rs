@@ -41,3 +41,30 @@ pub fn frames(received: &[Received]) -> Vec<(u8, usize, u32, bool)> {
         .filter_map(|r| r.video_tag())
         .collect()
 }
+
+/// Asserts the VP8 PictureID and TL0PICIDX of successive frames count up by
+/// one (mod their width) across every layer switch, as a decoder needs.
+pub fn assert_vp8_continuous(received: &[Received]) {
+    let ids: Vec<(u16, u8)> = of_kind(received, MediaKind::Video)
+        .iter()
+        .filter(|r| r.video_tag().is_some())
+        .filter_map(|r| r.vp8_ids())
+        .collect();
+    assert!(!ids.is_empty(), "no VP8 descriptors");
+    for w in ids.windows(2) {
+        assert_eq!(
+            w[1].0,
+            (w[0].0 + 1) & 0x7fff,
+            "PictureID jump {:?} -> {:?}",
+            w[0],
+            w[1]
+        );
+        assert_eq!(
+            w[1].1,
+            w[0].1.wrapping_add(1),
+            "TL0PICIDX jump {:?} -> {:?}",
+            w[0],
+            w[1]
+        );
+    }
+}

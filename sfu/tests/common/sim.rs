@@ -36,17 +36,23 @@ impl Received {
     pub fn video_tag(&self) -> Option<(u8, usize, u32, bool)> {
         video_tag(&self.payload)
     }
+
+    /// The VP8 PictureID and TL0PICIDX of a video packet.
+    pub fn vp8_ids(&self) -> Option<(u16, u8)> {
+        let d = str0m::rtp::Vp8Descriptor::parse(&self.payload).ok()?;
+        Some((d.picture_id()?, d.tl0_pic_idx()?))
+    }
 }
 
 fn video_tag(p: &[u8]) -> Option<(u8, usize, u32, bool)> {
-    if p.len() < 16 || p[0] & 0x10 == 0 {
+    if p.len() < DESC + 15 || p[0] & 0x10 == 0 {
         return None; // not the first packet of a frame
     }
-    let key = p[1] & 0x01 == 0;
+    let key = p[DESC] & 0x01 == 0;
     Some((
-        p[11],
-        p[12] as usize,
-        u32::from_be_bytes([0, p[13], p[14], p[15]]),
+        p[DESC + 10],
+        p[DESC + 11] as usize,
+        u32::from_be_bytes([0, p[DESC + 12], p[DESC + 13], p[DESC + 14]]),
         key,
     ))
 }
@@ -62,6 +68,10 @@ pub enum Sink {
     /// go to the client's `Rtc` so ICE consent and the session stay alive.
     Discard,
 }
+
+/// Length of the VP8 payload descriptor the simulated publisher writes:
+/// X, S, then I (15-bit PictureID), L (TL0PICIDX) and T (TID) (RFC 7741 §4.2).
+pub const DESC: usize = 6;
 
 pub struct Client {
     pub rtc: Rtc,
@@ -507,18 +517,28 @@ fn write_media(c: &mut Client, now: Instant) {
             };
             for i in 0..count {
                 let mut payload = vec![0u8; size];
+                // Each layer's encoder counts PictureID and TL0PICIDX from its own origin.
+                let pid = (p.frame as u16).wrapping_add(1000 * layer as u16 + 77) & 0x7fff;
+                let tl0 = (p.frame as u8).wrapping_add(90 * layer as u8);
+                payload[..DESC].copy_from_slice(&[
+                    if i == 0 { 0x90 } else { 0x80 }, // X, S on the frame's first packet, PID=0
+                    0xe0,                             // I, L, T present
+                    0x80 | (pid >> 8) as u8,
+                    pid as u8,
+                    tl0,
+                    0x20, // TID 0, Y=1
+                ]);
                 if i == 0 {
-                    payload[0] = 0x10; // S=1, PID=0
-                    payload[1] = if key { 0x10 } else { 0x11 }; // P bit
+                    payload[DESC] = if key { 0x10 } else { 0x11 }; // P bit
                     if key {
-                        payload[4..7].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+                        payload[DESC + 3..DESC + 6].copy_from_slice(&[0x9d, 0x01, 0x2a]);
                         let w = 320u16 << layer;
-                        payload[7..9].copy_from_slice(&w.to_le_bytes());
-                        payload[9..11].copy_from_slice(&(w * 9 / 16).to_le_bytes());
+                        payload[DESC + 6..DESC + 8].copy_from_slice(&w.to_le_bytes());
+                        payload[DESC + 8..DESC + 10].copy_from_slice(&(w * 9 / 16).to_le_bytes());
                     }
-                    payload[11] = p.tag;
-                    payload[12] = layer as u8;
-                    payload[13..16].copy_from_slice(&p.frame.to_be_bytes()[1..]);
+                    payload[DESC + 10] = p.tag;
+                    payload[DESC + 11] = layer as u8;
+                    payload[DESC + 12..DESC + 15].copy_from_slice(&p.frame.to_be_bytes()[1..]);
                 }
                 let write = RtpWrite::new(vp8, SeqNo::from(p.seq[layer]), ts, now, payload)
                     .marker(i + 1 == count)
