@@ -210,6 +210,8 @@ async fn run(
                         break;
                     }
                 }
+                // One flush of the viewers written to, for the whole batch.
+                engine.handle_timeout(now());
             },
             _ = tokio::time::sleep_until(deadline) => {
                 engine.handle_timeout(now());

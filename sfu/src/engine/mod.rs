@@ -43,6 +43,12 @@ pub const UPSWITCH_HOLD: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(250);
 /// A layer with no packet for this long is inactive (paused by the publisher's BWE).
 const LAYER_ACTIVE: Duration = Duration::from_millis(1500);
+/// RTX history per viewer stream: NACKs arrive within a few RTTs; older
+/// packets are useless to the decoder anyway (a keyframe request follows).
+const RTX_CACHE_AGE: Duration = Duration::from_millis(1000);
+const RTX_CACHE_PACKETS: usize = 512;
+/// At most this share of a stream's bytes may be retransmissions (str0m's default).
+const RTX_RATIO_CAP: f32 = 0.15;
 /// Share of the bandwidth estimate a viewer's video may use (the rest is audio, RTX, headroom).
 const BWE_USABLE: f64 = 0.85;
 
@@ -178,6 +184,8 @@ pub struct Engine {
     scratch_due: Vec<PeerId>,
     /// Viewers written to since the last flush (see `Peer::dirty`).
     dirty: Vec<PeerId>,
+    /// The time of the last datagram, when dirty viewers are due.
+    last_input: Instant,
 }
 
 #[derive(Default)]
@@ -321,6 +329,7 @@ impl Engine {
             scratch_events: Vec::new(),
             scratch_due: Vec::new(),
             dirty: Vec::new(),
+            last_input: now,
         })
     }
 
@@ -368,11 +377,14 @@ impl Engine {
             debug!(session = %peer.session, error = %e, "rtc rejected input");
         }
         self.drive(now, id);
-        self.flush_dirty(now);
+        self.last_input = now;
     }
 
     /// Lets every viewer written to send what it was given: one str0m
-    /// timeout per viewer per input, however many packets it got.
+    /// timeout per viewer per batch of input, however many packets it got.
+    /// Datagrams only mark viewers dirty; `poll_timeout` then asks for an
+    /// immediate `handle_timeout`, so a driver that reads a batch of
+    /// datagrams pays this once per batch, not once per datagram.
     fn flush_dirty(&mut self, now: Instant) {
         while let Some(id) = self.dirty.pop() {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -488,6 +500,9 @@ impl Engine {
 
     /// When the engine next needs `handle_timeout`.
     pub fn poll_timeout(&self) -> Instant {
+        if !self.dirty.is_empty() {
+            return self.last_input;
+        }
         match self.timers.first() {
             Some(&(at, _)) => at.min(self.next_tick),
             None => self.next_tick,
@@ -839,12 +854,15 @@ impl Engine {
                     });
                 }
                 Role::Viewer(v) => {
-                    let Some(ssrc) = peer
-                        .rtc
-                        .direct_api()
-                        .stream_tx_by_mid(m.mid, None)
-                        .map(|s| s.ssrc())
-                    else {
+                    let mut api = peer.rtc.direct_api();
+                    let stream = api.stream_tx_by_mid(m.mid, None);
+                    // RTX history bounded to what a NACK can still use (a few RTTs),
+                    // not str0m's 3 s default: it is most of a viewer's memory.
+                    let ssrc = stream.map(|s| {
+                        s.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+                        s.ssrc()
+                    });
+                    let Some(ssrc) = ssrc else {
                         warn!(session = %peer.session, mid = %m.mid, "no send stream for viewer track");
                         return;
                     };

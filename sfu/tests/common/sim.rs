@@ -349,6 +349,11 @@ impl Sim {
             }
             let mut transmits = std::mem::take(&mut self.transmits);
             let t = Instant::now();
+            // As the worker does after each batch of datagrams: let the
+            // viewers written to send.
+            if now >= self.engine.poll_timeout() {
+                self.engine.handle_timeout(now);
+            }
             while let Some(t) = self.engine.poll_transmit() {
                 transmits.push(t);
             }
