@@ -1,0 +1,616 @@
+//! H.264 over RTP (RFC 6184): single NAL unit, STAP-A and FU-A packets
+//! become access units of length-prefixed NAL units (the `avc1` sample
+//! format, ISO/IEC 14496-15), plus the SPS facts the playlists need.
+//!
+//! WebRTC H.264 has no B-frames (constrained baseline / baseline / main
+//! without reordering as sent by browsers and openh264), so an access unit's
+//! decode time equals its presentation time: the RTP timestamp.
+
+use std::collections::VecDeque;
+
+use crate::Error;
+
+const NAL_IDR: u8 = 5;
+const NAL_SPS: u8 = 7;
+const NAL_PPS: u8 = 8;
+const NAL_AUD: u8 = 9;
+/// RFC 6184 §5.4 aggregation and fragmentation payload types.
+const STAP_A: u8 = 24;
+const FU_A: u8 = 28;
+
+/// One decodable picture: every NAL unit with one RTP timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessUnit {
+    /// Unwrapped 90 kHz RTP timestamp: PTS and DTS (no B-frames).
+    pub timestamp: i64,
+    /// Contains an IDR slice.
+    pub keyframe: bool,
+    /// NAL units, each prefixed by its 4-byte big-endian length; access
+    /// unit delimiters removed, in-band SPS/PPS kept.
+    pub data: Vec<u8>,
+    /// The last SPS in this access unit, if any.
+    pub sps: Option<Vec<u8>>,
+    /// The last PPS in this access unit, if any.
+    pub pps: Option<Vec<u8>>,
+}
+
+/// Counters of what the depacketizer dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct H264Stats {
+    pub packets: u64,
+    pub access_units: u64,
+    /// FU-A fragments dropped: a start without an end, a middle or end
+    /// without a start.
+    pub broken_fragments: u64,
+    /// Access units dropped: incomplete, or while waiting for an IDR.
+    pub dropped_access_units: u64,
+    /// Payloads that are not valid RFC 6184 (or use STAP-B/MTAP/FU-B).
+    pub malformed: u64,
+}
+
+/// Depacketizes one H.264 RTP stream. Feed packets in sequence order with
+/// [`H264Depacketizer::push`] (saying whether packets were lost just
+/// before), drain access units with [`H264Depacketizer::poll`].
+///
+/// After any loss the current access unit is dropped, and so is every
+/// following one until an access unit with an IDR arrives whole.
+#[derive(Debug)]
+pub struct H264Depacketizer {
+    au: Option<AuBuilder>,
+    fu: Option<Vec<u8>>,
+    need_idr: bool,
+    out: VecDeque<AccessUnit>,
+    stats: H264Stats,
+}
+
+#[derive(Debug)]
+struct AuBuilder {
+    timestamp: i64,
+    nalus: Vec<Vec<u8>>,
+    broken: bool,
+}
+
+impl Default for H264Depacketizer {
+    fn default() -> Self {
+        Self {
+            au: None,
+            fu: None,
+            need_idr: true,
+            out: VecDeque::new(),
+            stats: H264Stats::default(),
+        }
+    }
+}
+
+impl H264Depacketizer {
+    /// Takes one RTP packet's payload. `lost_before` says packets were lost
+    /// between the previous packet pushed and this one.
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        marker: bool,
+        payload: &[u8],
+        lost_before: bool,
+    ) -> Result<(), &'static str> {
+        self.stats.packets += 1;
+        if lost_before {
+            // The lost packets may have ended the current access unit or
+            // started this one: both are suspect.
+            if self.fu.take().is_some() {
+                self.stats.broken_fragments += 1;
+            }
+            if let Some(au) = &mut self.au {
+                au.broken = true;
+            }
+        }
+        if self.au.as_ref().is_some_and(|au| au.timestamp != timestamp) {
+            if self.fu.take().is_some() {
+                self.stats.broken_fragments += 1;
+                if let Some(au) = &mut self.au {
+                    au.broken = true;
+                }
+            }
+            self.finish();
+        }
+        let au = self.au.get_or_insert_with(|| AuBuilder {
+            timestamp,
+            nalus: Vec::new(),
+            broken: lost_before,
+        });
+        let result = parse_payload(payload, au, &mut self.fu, &mut self.stats);
+        if result.is_err() {
+            self.stats.malformed += 1;
+            au.broken = true;
+        }
+        if marker {
+            if self.fu.take().is_some() {
+                self.stats.broken_fragments += 1;
+                if let Some(au) = &mut self.au {
+                    au.broken = true;
+                }
+            }
+            self.finish();
+        }
+        result
+    }
+
+    /// The next complete access unit.
+    pub fn poll(&mut self) -> Option<AccessUnit> {
+        self.out.pop_front()
+    }
+
+    pub fn stats(&self) -> H264Stats {
+        self.stats
+    }
+
+    /// Waiting for an IDR: at the start, after loss or after [`Self::resync`].
+    pub fn waiting_for_idr(&self) -> bool {
+        self.need_idr
+    }
+
+    /// Drops everything up to the next IDR (e.g. the stream's parameters
+    /// changed and the consumer needs a fresh start).
+    pub fn resync(&mut self) {
+        self.need_idr = true;
+    }
+
+    fn finish(&mut self) {
+        let Some(au) = self.au.take() else { return };
+        if au.broken || au.nalus.is_empty() {
+            self.stats.dropped_access_units += 1;
+            self.need_idr = true;
+            return;
+        }
+        let keyframe = au.nalus.iter().any(|n| nal_type(n) == NAL_IDR);
+        if self.need_idr && !keyframe {
+            self.stats.dropped_access_units += 1;
+            return;
+        }
+        self.need_idr = false;
+        let mut sps = None;
+        let mut pps = None;
+        let mut data = Vec::with_capacity(au.nalus.iter().map(|n| n.len() + 4).sum());
+        for nalu in &au.nalus {
+            match nal_type(nalu) {
+                NAL_AUD => continue,
+                NAL_SPS => sps = Some(nalu.clone()),
+                NAL_PPS => pps = Some(nalu.clone()),
+                _ => {}
+            }
+            // A NAL unit from one RTP packet is < 64 KiB, an FU-A
+            // reassembly is bounded by MAX_NALU, so it fits a u32.
+            data.extend_from_slice(&(nalu.len() as u32).to_be_bytes());
+            data.extend_from_slice(nalu);
+        }
+        self.stats.access_units += 1;
+        self.out.push_back(AccessUnit {
+            timestamp: au.timestamp,
+            keyframe,
+            data,
+            sps,
+            pps,
+        });
+    }
+}
+
+/// Largest NAL unit reassembled from FU-A fragments: far above any
+/// WebRTC keyframe, small enough that a hostile stream cannot grow memory.
+const MAX_NALU: usize = 8 << 20;
+
+fn nal_type(nalu: &[u8]) -> u8 {
+    nalu.first().map_or(0, |b| b & 0x1f)
+}
+
+fn parse_payload(
+    payload: &[u8],
+    au: &mut AuBuilder,
+    fu: &mut Option<Vec<u8>>,
+    stats: &mut H264Stats,
+) -> Result<(), &'static str> {
+    let Some(&first) = payload.first() else {
+        return Err("empty payload");
+    };
+    if first & 0x80 != 0 {
+        return Err("forbidden_zero_bit set");
+    }
+    match first & 0x1f {
+        1..=23 => {
+            au.nalus.push(payload.to_vec());
+            Ok(())
+        }
+        STAP_A => {
+            // RFC 6184 §5.7.1: [NALU size u16][NALU] ...
+            let mut rest = &payload[1..];
+            if rest.is_empty() {
+                return Err("empty STAP-A");
+            }
+            while !rest.is_empty() {
+                let [a, b, tail @ ..] = rest else {
+                    return Err("truncated STAP-A size");
+                };
+                let size = usize::from(u16::from_be_bytes([*a, *b]));
+                if size == 0 || size > tail.len() {
+                    return Err("STAP-A size out of range");
+                }
+                au.nalus.push(tail[..size].to_vec());
+                rest = &tail[size..];
+            }
+            Ok(())
+        }
+        FU_A => {
+            // RFC 6184 §5.8: FU indicator, FU header (S E R type), fragment.
+            let [indicator, header, fragment @ ..] = payload else {
+                return Err("truncated FU-A");
+            };
+            let start = header & 0x80 != 0;
+            let end = header & 0x40 != 0;
+            if start {
+                if fu.take().is_some() {
+                    stats.broken_fragments += 1;
+                    au.broken = true;
+                }
+                let mut nalu = Vec::with_capacity(fragment.len() * 8 + 1);
+                nalu.push((indicator & 0xe0) | (header & 0x1f));
+                nalu.extend_from_slice(fragment);
+                *fu = Some(nalu);
+            } else {
+                let Some(nalu) = fu.as_mut() else {
+                    // A middle or end whose start we never saw.
+                    stats.broken_fragments += 1;
+                    au.broken = true;
+                    return Ok(());
+                };
+                if nalu.len() + fragment.len() > MAX_NALU {
+                    *fu = None;
+                    return Err("FU-A reassembly too large");
+                }
+                nalu.extend_from_slice(fragment);
+            }
+            if end && let Some(nalu) = fu.take() {
+                au.nalus.push(nalu);
+            }
+            Ok(())
+        }
+        _ => Err("unsupported packetization (STAP-B, MTAP or FU-B)"),
+    }
+}
+
+/// What the playlists and the init segment need from an SPS/PPS pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvcConfig {
+    pub sps: Vec<u8>,
+    pub pps: Vec<u8>,
+    pub profile_idc: u8,
+    pub constraint_flags: u8,
+    pub level_idc: u8,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl AvcConfig {
+    pub fn new(sps: Vec<u8>, pps: Vec<u8>) -> Result<Self, Error> {
+        let info = parse_sps(&sps)?;
+        if pps.is_empty() {
+            return Err(Error::MalformedSps("empty PPS"));
+        }
+        Ok(Self {
+            sps,
+            pps,
+            profile_idc: info.profile_idc,
+            constraint_flags: info.constraint_flags,
+            level_idc: info.level_idc,
+            width: info.width,
+            height: info.height,
+        })
+    }
+
+    /// RFC 6381 `avc1.PPCCLL`, e.g. `avc1.42e01f`.
+    pub fn codec_string(&self) -> String {
+        format!(
+            "avc1.{:02x}{:02x}{:02x}",
+            self.profile_idc, self.constraint_flags, self.level_idc
+        )
+    }
+}
+
+/// The SPS fields the bridge uses (ITU-T H.264 §7.3.2.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpsInfo {
+    pub profile_idc: u8,
+    pub constraint_flags: u8,
+    pub level_idc: u8,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Parses an SPS NAL unit (with its one-byte NAL header).
+pub fn parse_sps(nalu: &[u8]) -> Result<SpsInfo, Error> {
+    let err = Error::MalformedSps;
+    if nal_type(nalu) != NAL_SPS {
+        return Err(err("not an SPS NAL unit"));
+    }
+    let rbsp = remove_emulation_prevention(&nalu[1..]);
+    let mut r = BitReader::new(&rbsp);
+    let profile_idc = r.bits(8)? as u8;
+    let constraint_flags = r.bits(8)? as u8;
+    let level_idc = r.bits(8)? as u8;
+    let _sps_id = r.ue()?;
+    let mut chroma_format_idc = 1;
+    let mut separate_colour_plane = false;
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        chroma_format_idc = r.ue()?;
+        if chroma_format_idc > 3 {
+            return Err(err("chroma_format_idc > 3"));
+        }
+        if chroma_format_idc == 3 {
+            separate_colour_plane = r.bit()?;
+        }
+        let _bit_depth_luma = r.ue()?;
+        let _bit_depth_chroma = r.ue()?;
+        let _qpprime = r.bit()?;
+        if r.bit()? {
+            let lists = if chroma_format_idc == 3 { 12 } else { 8 };
+            for i in 0..lists {
+                if r.bit()? {
+                    skip_scaling_list(&mut r, if i < 6 { 16 } else { 64 })?;
+                }
+            }
+        }
+    }
+    let _log2_max_frame_num = r.ue()?;
+    match r.ue()? {
+        0 => {
+            let _log2_max_poc_lsb = r.ue()?;
+        }
+        1 => {
+            let _delta_always_zero = r.bit()?;
+            let _offset_non_ref = r.se()?;
+            let _offset_top_bottom = r.se()?;
+            let n = r.ue()?;
+            if n > 255 {
+                return Err(err("num_ref_frames_in_pic_order_cnt_cycle > 255"));
+            }
+            for _ in 0..n {
+                r.se()?;
+            }
+        }
+        2 => {}
+        _ => return Err(err("pic_order_cnt_type > 2")),
+    }
+    let _max_num_ref_frames = r.ue()?;
+    let _gaps = r.bit()?;
+    let width_mbs = u64::from(r.ue()?) + 1;
+    let height_map_units = u64::from(r.ue()?) + 1;
+    let frame_mbs_only = r.bit()?;
+    if !frame_mbs_only {
+        let _mb_adaptive = r.bit()?;
+    }
+    let _direct_8x8 = r.bit()?;
+    let (mut crop_l, mut crop_r, mut crop_t, mut crop_b) = (0u64, 0u64, 0u64, 0u64);
+    if r.bit()? {
+        crop_l = r.ue()?.into();
+        crop_r = r.ue()?.into();
+        crop_t = r.ue()?.into();
+        crop_b = r.ue()?.into();
+    }
+    // §7.4.2.1.1: crop units depend on ChromaArrayType and field coding.
+    let field_factor = if frame_mbs_only { 1 } else { 2 };
+    let chroma_array_type = if separate_colour_plane {
+        0
+    } else {
+        chroma_format_idc
+    };
+    let (unit_x, unit_y) = match chroma_array_type {
+        0 => (1, field_factor),
+        1 => (2, 2 * field_factor),
+        2 => (2, field_factor),
+        _ => (1, field_factor),
+    };
+    let full_w = width_mbs * 16;
+    let full_h = height_map_units * 16 * field_factor;
+    let width = full_w
+        .checked_sub(unit_x * (crop_l + crop_r))
+        .filter(|w| *w > 0 && *w <= 16384)
+        .ok_or(err("width out of range"))?;
+    let height = full_h
+        .checked_sub(unit_y * (crop_t + crop_b))
+        .filter(|h| *h > 0 && *h <= 16384)
+        .ok_or(err("height out of range"))?;
+    Ok(SpsInfo {
+        profile_idc,
+        constraint_flags,
+        level_idc,
+        width: width as u32,
+        height: height as u32,
+    })
+}
+
+fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), Error> {
+    let (mut last, mut next) = (8i64, 8i64);
+    for _ in 0..size {
+        if next != 0 {
+            next = (last + i64::from(r.se()?) + 256) % 256;
+        }
+        if next != 0 {
+            last = next;
+        }
+    }
+    Ok(())
+}
+
+/// Strips `emulation_prevention_three_byte`s (§7.4.1: 00 00 03 -> 00 00).
+fn remove_emulation_prevention(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut zeros = 0;
+    for &b in data {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        out.push(b);
+    }
+    out
+}
+
+struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self { data, pos: 0 }
+    }
+
+    fn bit(&mut self) -> Result<bool, Error> {
+        let byte = self
+            .data
+            .get(self.pos / 8)
+            .ok_or(Error::MalformedSps("truncated"))?;
+        let bit = (byte >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Ok(bit == 1)
+    }
+
+    fn bits(&mut self, n: u32) -> Result<u32, Error> {
+        let mut v = 0;
+        for _ in 0..n {
+            v = (v << 1) | u32::from(self.bit()?);
+        }
+        Ok(v)
+    }
+
+    /// Exp-Golomb ue(v); values above 2^31 are refused.
+    fn ue(&mut self) -> Result<u32, Error> {
+        let mut zeros = 0;
+        while !self.bit()? {
+            zeros += 1;
+            if zeros > 31 {
+                return Err(Error::MalformedSps("exp-Golomb code too long"));
+            }
+        }
+        Ok((1u32 << zeros) - 1 + self.bits(zeros)?)
+    }
+
+    fn se(&mut self) -> Result<i32, Error> {
+        let k = self.ue()?;
+        let magnitude = k.div_ceil(2) as i32;
+        Ok(if k % 2 == 1 { magnitude } else { -magnitude })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Writes bits MSB first; for building SPSs in tests.
+    #[derive(Default)]
+    pub(crate) struct BitWriter {
+        bytes: Vec<u8>,
+        bits: usize,
+    }
+
+    impl BitWriter {
+        pub(crate) fn bit(&mut self, b: bool) {
+            if self.bits.is_multiple_of(8) {
+                self.bytes.push(0);
+            }
+            if b {
+                let last = self.bytes.len() - 1;
+                self.bytes[last] |= 0x80 >> (self.bits % 8);
+            }
+            self.bits += 1;
+        }
+        pub(crate) fn bits(&mut self, v: u32, n: u32) {
+            for i in (0..n).rev() {
+                self.bit((v >> i) & 1 == 1);
+            }
+        }
+        pub(crate) fn ue(&mut self, v: u32) {
+            let x = v + 1;
+            let len = 32 - x.leading_zeros();
+            self.bits(0, len - 1);
+            self.bits(x, len);
+        }
+        pub(crate) fn finish(mut self) -> Vec<u8> {
+            self.bit(true); // rbsp_stop_one_bit
+            self.bytes
+        }
+    }
+
+    /// A constrained-baseline SPS (profile 66, level 3.1) for `w`x`h`,
+    /// with cropping when the size is not a multiple of 16.
+    pub(crate) fn sps(w: u32, h: u32) -> Vec<u8> {
+        let mut b = BitWriter::default();
+        b.bits(66, 8);
+        b.bits(0xe0, 8);
+        b.bits(31, 8);
+        b.ue(0); // sps id
+        b.ue(0); // log2_max_frame_num - 4
+        b.ue(2); // poc type 2
+        b.ue(1); // max refs
+        b.bit(false);
+        let (mw, mh) = (w.div_ceil(16), h.div_ceil(16));
+        b.ue(mw - 1);
+        b.ue(mh - 1);
+        b.bit(true); // frame_mbs_only
+        b.bit(true); // direct_8x8
+        let (cr, cb) = (mw * 16 - w, mh * 16 - h);
+        b.bit(cr > 0 || cb > 0);
+        if cr > 0 || cb > 0 {
+            b.ue(0);
+            b.ue(cr / 2);
+            b.ue(0);
+            b.ue(cb / 2);
+        }
+        b.bit(false); // vui
+        let mut nalu = vec![0x67];
+        nalu.extend(b.finish());
+        nalu
+    }
+
+    pub(crate) const PPS: [u8; 4] = [0x68, 0xce, 0x3c, 0x80];
+
+    #[test]
+    fn sps_sizes_and_codec_string() {
+        for (w, h) in [(1280, 720), (640, 360), (320, 180), (1920, 1080), (16, 16)] {
+            let c = AvcConfig::new(sps(w, h), PPS.to_vec()).unwrap();
+            assert_eq!((c.width, c.height), (w, h));
+            assert_eq!(c.codec_string(), "avc1.42e01f");
+        }
+    }
+
+    #[test]
+    fn sps_high_profile_from_the_wild() {
+        // A 1080p High-profile SPS (level 4.0) as written by a real encoder,
+        // with an emulation prevention byte.
+        let sps = [
+            103, 100, 0, 40, 172, 217, 64, 120, 2, 39, 229, 132, 0, 0, 3, 0, 4, 0, 0, 3, 0, 240, 60, 96, 198,
+            88,
+        ];
+        let info = parse_sps(&sps).unwrap();
+        assert_eq!((info.width, info.height), (1920, 1080));
+        assert_eq!(
+            AvcConfig::new(sps.to_vec(), vec![0x68, 1])
+                .unwrap()
+                .codec_string(),
+            "avc1.640028"
+        );
+    }
+
+    #[test]
+    fn sps_garbage_is_an_error_not_a_panic() {
+        assert!(parse_sps(&[]).is_err());
+        assert!(parse_sps(&[0x67]).is_err());
+        assert!(parse_sps(&[0x67, 66, 0, 31, 0, 0, 0, 0, 0]).is_err());
+        for n in 0..64u8 {
+            let mut v = vec![0x67];
+            v.extend((0..n).map(|i| i.wrapping_mul(37) ^ 0x5a));
+            let _ = parse_sps(&v);
+        }
+    }
+}
