@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+use turn_server::config::PortRange;
 
 /// WAVE: a WebRTC SFU with WHIP publish and WHEP play.
 #[derive(Debug, Parser)]
@@ -64,6 +65,36 @@ pub struct ServeArgs {
     /// Bandwidth estimate (bit/s) a viewer starts from [default: 2500000].
     #[arg(long, env = "SFU_INITIAL_BWE")]
     pub initial_bwe: Option<u64>,
+    /// Run the embedded TURN server in this process and advertise it, with
+    /// fresh credentials, on every WHIP/WHEP 201 [default: off].
+    #[arg(long, env = "SFU_TURN")]
+    pub turn: bool,
+    /// Embedded TURN: UDP and TCP listen address [default: 127.0.0.1:3478].
+    #[arg(long, env = "SFU_TURN_LISTEN")]
+    pub turn_listen: Option<SocketAddr>,
+    /// Embedded TURN: realm [default: wave].
+    #[arg(long, env = "SFU_TURN_REALM")]
+    pub turn_realm: Option<String>,
+    /// TURN REST API shared secret (usernames `expiry:user`). With --turn
+    /// [default: --auth-secret, or a random secret when the node is open];
+    /// with --turn-url, the external server's secret (coturn: static-auth-secret).
+    #[arg(long, env = "SFU_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Embedded TURN: IP relay ports bind on [default: the listen IP, else --media-ip].
+    #[arg(long, env = "SFU_TURN_RELAY_IP")]
+    pub turn_relay_ip: Option<IpAddr>,
+    /// Embedded TURN: relay port range LOW-HIGH, minus the node's media ports [default: 49152-65535].
+    #[arg(long, env = "SFU_TURN_RELAY_PORTS")]
+    pub turn_relay_ports: Option<PortRange>,
+    /// TURN URI to advertise (`turn:host:port?transport=udp`, `turns:...`); repeat
+    /// for several. Without --turn it names an external server and needs
+    /// --turn-secret [default with --turn: udp and tcp URIs of the listen address].
+    #[arg(long = "turn-url", env = "SFU_TURN_URLS", value_delimiter = ';')]
+    pub turn_urls: Vec<String>,
+    /// Lifetime of the TURN credentials handed to each session; checked at
+    /// Allocate only, so calls outlive it [default: 1h].
+    #[arg(long, env = "SFU_TURN_TTL", value_parser = parse_duration)]
+    pub turn_ttl: Option<Duration>,
 }
 
 /// The same keys as the flags, for `--config FILE`.
@@ -81,6 +112,14 @@ pub struct FileConfig {
     pub ice_servers: Option<Vec<String>>,
     pub full_ice: Option<bool>,
     pub initial_bwe: Option<u64>,
+    pub turn: Option<bool>,
+    pub turn_listen: Option<SocketAddr>,
+    pub turn_realm: Option<String>,
+    pub turn_secret: Option<String>,
+    pub turn_relay_ip: Option<IpAddr>,
+    pub turn_relay_ports: Option<PortRange>,
+    pub turn_urls: Option<Vec<String>>,
+    pub turn_ttl: Option<String>,
 }
 
 /// Flags of `sfu token`.
@@ -120,6 +159,41 @@ pub struct NodeConfig {
     pub ice_servers: Vec<signaling::IceServer>,
     pub ice_lite: bool,
     pub initial_bwe_bps: u64,
+    /// TURN advertised with per-session REST credentials; `None`: no TURN.
+    pub turn: Option<TurnConfig>,
+}
+
+/// TURN the node advertises: its embedded server, or an external one
+/// (turn-server, coturn) sharing the REST secret.
+#[derive(Clone)]
+pub struct TurnConfig {
+    /// Run the embedded server with these settings.
+    pub embedded: Option<EmbeddedTurnConfig>,
+    /// URIs in the `Link` header; empty with `embedded`: derived from the bound listener.
+    pub urls: Vec<String>,
+    pub secret: String,
+    /// Credential lifetime.
+    pub ttl: Duration,
+}
+
+/// The embedded server's own settings.
+#[derive(Debug, Clone)]
+pub struct EmbeddedTurnConfig {
+    pub listen: SocketAddr,
+    pub realm: String,
+    pub relay_ip: IpAddr,
+    pub relay_ports: (u16, u16),
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("embedded", &self.embedded)
+            .field("urls", &self.urls)
+            .field("secret", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 /// Why a configuration cannot run.
@@ -150,6 +224,7 @@ impl Default for NodeConfig {
             ice_servers: Vec::new(),
             ice_lite: true,
             initial_bwe_bps: 2_500_000,
+            turn: None,
         }
     }
 }
@@ -176,12 +251,38 @@ impl NodeConfig {
         } else {
             args.ice_servers
         };
+        let auth_secret = args.auth_secret.or(file.auth_secret).filter(|s| !s.is_empty());
+        let media_ip = args.media_ip.or(file.media_ip).unwrap_or(d.media_ip);
+        let turn_ttl = match args.turn_ttl {
+            Some(t) => Some(t),
+            None => file
+                .turn_ttl
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(ConfigError::Invalid)?,
+        };
+        let turn = TurnArgs {
+            embedded: args.turn || file.turn.unwrap_or(false),
+            listen: args.turn_listen.or(file.turn_listen),
+            realm: args.turn_realm.or(file.turn_realm),
+            secret: args.turn_secret.or(file.turn_secret).filter(|s| !s.is_empty()),
+            relay_ip: args.turn_relay_ip.or(file.turn_relay_ip),
+            relay_ports: args.turn_relay_ports.or(file.turn_relay_ports),
+            urls: if args.turn_urls.is_empty() {
+                file.turn_urls.unwrap_or_default()
+            } else {
+                args.turn_urls
+            },
+            ttl: turn_ttl,
+        }
+        .resolve(auth_secret.as_deref(), media_ip)?;
         let config = NodeConfig {
             http: args.http.or(file.http).unwrap_or(d.http),
-            media_ip: args.media_ip.or(file.media_ip).unwrap_or(d.media_ip),
+            media_ip,
             media_port: args.media_port.or(file.media_port).unwrap_or(d.media_port),
             public_ip: args.public_ip.or(file.public_ip),
-            auth_secret: args.auth_secret.or(file.auth_secret).filter(|s| !s.is_empty()),
+            auth_secret,
             workers: args.workers.or(file.workers).unwrap_or(d.workers).max(1),
             max_peers: args.max_peers.or(file.max_peers).unwrap_or(d.max_peers),
             max_room_peers: args
@@ -194,6 +295,7 @@ impl NodeConfig {
                 .collect::<Result<_, _>>()?,
             ice_lite: !(args.full_ice || file.full_ice.unwrap_or(false)),
             initial_bwe_bps: args.initial_bwe.or(file.initial_bwe).unwrap_or(d.initial_bwe_bps),
+            turn,
         };
         config.check()?;
         Ok(config)
@@ -215,12 +317,108 @@ impl NodeConfig {
                 )));
             }
         }
+        if let Some(listen) = self
+            .turn
+            .as_ref()
+            .and_then(|t| t.embedded.as_ref())
+            .map(|e| e.listen)
+            && self.auth_secret.is_none()
+            && !listen.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve TURN on {listen} without --auth-secret: an open node binds loopback only"
+            )));
+        }
         if self.max_peers == 0 || self.max_room_peers == 0 {
             return Err(ConfigError::Invalid(
                 "--max-peers and --max-room-peers must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+}
+
+/// The TURN settings as given, before defaults.
+struct TurnArgs {
+    embedded: bool,
+    listen: Option<SocketAddr>,
+    realm: Option<String>,
+    secret: Option<String>,
+    relay_ip: Option<IpAddr>,
+    relay_ports: Option<PortRange>,
+    urls: Vec<String>,
+    ttl: Option<Duration>,
+}
+
+impl TurnArgs {
+    fn resolve(self, auth_secret: Option<&str>, media_ip: IpAddr) -> Result<Option<TurnConfig>, ConfigError> {
+        for url in &self.urls {
+            if !(url.starts_with("turn:") || url.starts_with("turns:")) {
+                return Err(ConfigError::Invalid(format!(
+                    "--turn-url {url:?} must be a turn: or turns: URI"
+                )));
+            }
+        }
+        let ttl = self.ttl.unwrap_or(Duration::from_secs(3600));
+        if ttl.is_zero() {
+            return Err(ConfigError::Invalid("--turn-ttl must be positive".into()));
+        }
+        if !self.embedded {
+            let given = [
+                (self.listen.is_some(), "--turn-listen"),
+                (self.realm.is_some(), "--turn-realm"),
+                (self.relay_ip.is_some(), "--turn-relay-ip"),
+                (self.relay_ports.is_some(), "--turn-relay-ports"),
+            ];
+            if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
+                return Err(ConfigError::Invalid(format!("{flag} needs --turn")));
+            }
+            return match (self.urls.is_empty(), self.secret) {
+                (true, None) => Ok(None),
+                (false, Some(secret)) => Ok(Some(TurnConfig {
+                    embedded: None,
+                    urls: self.urls,
+                    secret,
+                    ttl,
+                })),
+                (true, Some(_)) => Err(ConfigError::Invalid(
+                    "--turn-secret needs --turn or --turn-url".into(),
+                )),
+                (false, None) => Err(ConfigError::Invalid(
+                    "--turn-url needs --turn-secret (the TURN server's REST API secret)".into(),
+                )),
+            };
+        }
+        let listen = self
+            .listen
+            .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 3478)));
+        let relay_ip = self.relay_ip.unwrap_or(if listen.ip().is_unspecified() {
+            media_ip
+        } else {
+            listen.ip()
+        });
+        if relay_ip.is_unspecified() {
+            return Err(ConfigError::Invalid(
+                "--turn-relay-ip is required when neither --turn-listen nor --media-ip names an address"
+                    .into(),
+            ));
+        }
+        let secret = self
+            .secret
+            .or_else(|| auth_secret.map(str::to_owned))
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        let PortRange(lo, hi) = self.relay_ports.unwrap_or(PortRange(49152, 65535));
+        Ok(Some(TurnConfig {
+            embedded: Some(EmbeddedTurnConfig {
+                listen,
+                realm: self.realm.unwrap_or_else(|| "wave".into()),
+                relay_ip,
+                relay_ports: (lo, hi),
+            }),
+            urls: self.urls,
+            secret,
+            ttl,
+        }))
     }
 }
 
@@ -305,6 +503,73 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(NodeConfig::from_args(secured).is_ok());
+    }
+
+    #[test]
+    fn turn_is_embedded_external_or_off() {
+        assert!(
+            NodeConfig::from_args(ServeArgs::default())
+                .unwrap()
+                .turn
+                .is_none()
+        );
+
+        let embedded = ServeArgs {
+            turn: true,
+            auth_secret: Some("node".into()),
+            ..ServeArgs::default()
+        };
+        let t = NodeConfig::from_args(embedded).unwrap().turn.unwrap();
+        let e = t.embedded.unwrap();
+        assert_eq!(e.listen, "127.0.0.1:3478".parse().unwrap());
+        assert_eq!((e.realm.as_str(), e.relay_ports), ("wave", (49152, 65535)));
+        assert_eq!(t.secret, "node", "the node's secret by default");
+        assert!(t.urls.is_empty(), "derived from the bound listener");
+
+        let open = NodeConfig::from_args(ServeArgs {
+            turn: true,
+            ..ServeArgs::default()
+        });
+        assert_eq!(open.unwrap().turn.unwrap().secret.len(), 32, "a random secret");
+
+        let external = ServeArgs {
+            turn_urls: vec!["turn:turn.example.com:3478".into()],
+            turn_secret: Some("shared".into()),
+            ..ServeArgs::default()
+        };
+        let t = NodeConfig::from_args(external).unwrap().turn.unwrap();
+        assert!(t.embedded.is_none());
+        assert_eq!(t.ttl, Duration::from_secs(3600));
+
+        for bad in [
+            ServeArgs {
+                turn_urls: vec!["turn:x:3478".into()],
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                turn_secret: Some("s".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                turn_listen: Some("127.0.0.1:3478".parse().unwrap()),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                turn: true,
+                turn_urls: vec!["stun:x:3478".into()],
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                turn: true,
+                turn_listen: Some("0.0.0.0:3478".parse().unwrap()),
+                ..ServeArgs::default()
+            },
+        ] {
+            assert!(
+                matches!(NodeConfig::from_args(bad), Err(ConfigError::Invalid(_))),
+                "accepted a bad TURN setup"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod config;
 pub mod engine;
 pub mod node;
 pub mod process;
+pub mod turn;
 pub mod worker;
 
 use std::future::Future;
@@ -17,12 +18,15 @@ use tracing::{info, warn};
 use crate::config::NodeConfig;
 use crate::engine::EngineConfig;
 use crate::node::Node;
+use crate::turn::{EmbeddedTurn, RestIceServers};
 
 /// What a running node exposes to whoever started it (tests, the binary).
 #[derive(Debug, Clone)]
 pub struct Bound {
     pub http: SocketAddr,
     pub media: Vec<SocketAddr>,
+    /// The embedded TURN server's UDP (and TCP, same port) listener.
+    pub turn: Option<SocketAddr>,
 }
 
 /// Runs one node until `shutdown` resolves: media workers, then the HTTP
@@ -55,32 +59,92 @@ pub async fn run(
         config.max_peers,
         http_sessions.clone(),
     )?);
+    let media = node.media_addrs();
+    let (mut turn, ice_server_source) = start_turn(&config, &media).await?;
     let listener = tokio::net::TcpListener::bind(config.http).await?;
     let bound = Bound {
         http: listener.local_addr()?,
-        media: node.media_addrs(),
+        media,
+        turn: turn.as_ref().map(|t| t.local_addrs().udp),
     };
-    info!(http = %bound.http, media = ?bound.media, "node ready");
+    info!(http = %bound.http, media = ?bound.media, turn = ?bound.turn, "node ready");
     on_bound(bound);
 
     let http = signaling::HttpConfig {
         auth_secret: config.auth_secret.map(String::into_bytes),
         ice_servers: config.ice_servers,
+        ice_server_source,
         ..signaling::HttpConfig::default()
     };
     let server = signaling::Server::new(node.clone(), http);
     let _ = http_sessions.set(server.sessions());
+    // TURN stops with the HTTP front door; its thread is joined below.
+    let turn_stop = turn.as_mut().map(EmbeddedTurn::stop_handle);
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(stop) = turn_stop {
+            stop.stop();
+        }
+    };
     server.serve(listener, shutdown).await?;
 
     info!("closing peers");
     let closing = node.clone();
     let closed = tokio::time::timeout(Duration::from_millis(1500), async move {
         closing.shutdown().await;
-        let _ = tokio::task::spawn_blocking(move || closing.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            closing.join();
+            if let Some(t) = turn {
+                t.join();
+            }
+        })
+        .await;
     })
     .await;
     if closed.is_err() {
         warn!("workers did not stop in time");
     }
     Ok(())
+}
+
+/// Starts the embedded TURN server (allow-listing the node's media
+/// addresses, keeping its relay ports off them) and builds the source of
+/// per-session credentials; `(None, None)` when the node advertises no TURN.
+async fn start_turn(
+    config: &NodeConfig,
+    media: &[SocketAddr],
+) -> anyhow::Result<(Option<EmbeddedTurn>, Option<Arc<dyn signaling::IceServerSource>>)> {
+    let Some(turn) = &config.turn else {
+        return Ok((None, None));
+    };
+    let mut urls = turn.urls.clone();
+    let embedded = match &turn.embedded {
+        Some(e) => {
+            let mut cfg = turn_server::Config::loopback(&e.realm, Some(&turn.secret));
+            cfg.listen = e.listen;
+            cfg.relay_ip = e.relay_ip;
+            cfg.external_ip = config.public_ip;
+            cfg.relay_ports = turn::relay_ports_avoiding(e.relay_ports, e.relay_ip, media);
+            cfg.server.peer_filter = turn::media_allow_list(media, config.public_ip);
+            let server = EmbeddedTurn::start(cfg).await?;
+            if urls.is_empty() {
+                let udp = server.local_addrs().udp;
+                let host = match (udp.ip().is_unspecified(), config.public_ip) {
+                    (false, _) => udp,
+                    (true, Some(ip)) => SocketAddr::new(ip, udp.port()),
+                    (true, None) => SocketAddr::new(e.relay_ip, udp.port()),
+                };
+                urls = vec![
+                    format!("turn:{host}?transport=udp"),
+                    format!("turn:{host}?transport=tcp"),
+                ];
+            }
+            Some(server)
+        }
+        None => None,
+    };
+    info!(?urls, ttl = ?turn.ttl, embedded = embedded.is_some(), "advertising TURN");
+    let source: Arc<dyn signaling::IceServerSource> =
+        Arc::new(RestIceServers::new(turn.secret.clone(), urls, turn.ttl));
+    Ok((embedded, Some(source)))
 }

@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         }
         CliCommand::Serve(args) => {
             tracing_subscriber::fmt()
-                .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+                .with_env_filter(log_filter()?)
                 .with_writer(std::io::stderr)
                 .init();
             let config = NodeConfig::from_args(args)?;
@@ -40,6 +40,17 @@ fn main() -> anyhow::Result<()> {
             }))
         }
     }
+}
+
+/// `RUST_LOG`, or `info`. stun-types warns on every malformed datagram the
+/// embedded TURN server drops; that stays at `error` unless `RUST_LOG` names it.
+fn log_filter() -> anyhow::Result<EnvFilter> {
+    let given = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if given.contains("stun_types") {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive("stun_types=error".parse()?))
 }
 
 /// Resolves on SIGINT or SIGTERM.
