@@ -5,23 +5,32 @@
 // returns a promise and rejects with an Error whose message carries the HTTP
 // status and the server's problem+json detail):
 //
-//   wave.publish(room, { token?, width = 1280, height = 720, simulcast = true, audio = true })
-//       -> { location, etag, rids }    camera+mic over WHIP, VP8 preferred, rids q/h/f
-//   wave.watch(room, { token?, layer?: 'low'|'mid'|'high', publisher? })
-//       -> { location, etag, layerUrl }  WHEP viewer; `layer` and `publisher` become query parameters
+//   wave.publish(room, { token?, width = 1280, height = 720, simulcast = true, audio = true,
+//                        iceTransportPolicy?: 'all'|'relay', iceServers? })
+//       -> { location, etag, rids, iceServers }  camera+mic over WHIP, VP8 preferred, rids q/h/f
+//   wave.watch(room, { token?, layer?: 'low'|'mid'|'high', publisher?, iceTransportPolicy?, iceServers? })
+//       -> { location, etag, layerUrl, iceServers }  WHEP viewer; `layer` and `publisher` become query parameters
 //   wave.setLayer(layer: 'low'|'mid'|'high'|'auto')
 //       -> HTTP status (200)           POSTs to the layer URL from the WHEP Link header
 //   wave.stop(which?: 'publish'|'watch')
 //       -> { publish?: status, watch?: status }  DELETE the session(s), close the peer connection(s)
 //   wave.stats()
-//       -> { publish: { state, layers: [{ rid, frameWidth, frameHeight, framesEncoded, bitrate,
-//                                          qualityLimitationReason, pliCount }] } | null,
-//            watch: { state, frameWidth, frameHeight, bitrate, packetsLost, framesDecoded,
+//       -> { publish: { state, path, layers: [{ rid, frameWidth, frameHeight, framesEncoded, bitrate,
+//                                                qualityLimitationReason, pliCount }] } | null,
+//            watch: { state, path, frameWidth, frameHeight, bitrate, packetsLost, framesDecoded,
 //                     keyFramesDecoded, framesReceived, packetsReceived, freezeCount,
 //                     nackCount, pliCount, fps, jitter, audioSamples } | null }
+//       `path` is the selected candidate pair: { local, remote, protocol, relayProtocol, url }
+//       (`local`/`remote` are candidate types: host, srflx, prflx, relay), null before one is selected.
 //
-// Sessions use non-trickle ICE (the offer is sent once gathering completes)
-// and `bundlePolicy: 'max-bundle'`.
+// ICE servers come from the server, the way RFC 9725 §4.6 describes: the
+// offer is POSTed before ICE gathering starts, the 201's
+// `Link: <turn:...>; rel="ice-server"` values go to setConfiguration, then
+// setLocalDescription gathers with them (TURN included) and the candidates
+// follow in one trickle PATCH (If-Match: the ETag) once gathering completes.
+// `iceServers` overrides the Link values (a client's own TURN servers);
+// `iceTransportPolicy: 'relay'` keeps only TURN candidates.
+// `bundlePolicy: 'max-bundle'`.
 'use strict';
 
 (() => {
@@ -102,29 +111,85 @@
     });
   }
 
-  // POST the complete offer, apply the answer; returns the session record.
-  async function negotiate(pc, path, token) {
+  // `rel="ice-server"` links as RTCIceServer values (RFC 9725 §4.6).
+  function iceServersOf(links) {
+    return links
+      .filter((l) => l.rel === 'ice-server')
+      .map((l) => {
+        // parseLinks resolved the URL against the page; take the raw URI back.
+        const server = { urls: l.url.replace(/^(stuns?|turns?):\/*/, '$1:') };
+        if (l.username !== undefined) server.username = l.username;
+        if (l.credential !== undefined) server.credential = l.credential;
+        return server;
+      });
+  }
+
+  // POST the offer before gathering, configure the ICE servers the 201
+  // names, gather, apply the answer, trickle the candidates. Returns the
+  // session record.
+  async function negotiate(pc, path, token, iceServers) {
     // Absolute, so that Location and Link values resolve against it.
     const url = new URL(path, window.location.href).href;
-    await pc.setLocalDescription();
-    await waitForGathering(pc);
+    const offer = await pc.createOffer();
     const res = await fetch(url, {
       method: 'POST',
       headers: { 'Content-Type': 'application/sdp', ...authHeaders(token) },
-      body: pc.localDescription.sdp,
+      body: offer.sdp,
     });
     if (res.status !== 201) throw await problem(res);
     const location = res.headers.get('Location');
     if (!location) throw new Error('201 without Location');
+    const links = parseLinks(res.headers.get('Link'), url);
     const session = {
       pc,
       token,
       location: new URL(location, url).href,
       etag: res.headers.get('ETag'),
-      links: parseLinks(res.headers.get('Link'), url),
+      links,
+      iceServers: iceServers ?? iceServersOf(links),
     };
-    await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+    const answer = await res.text();
+    if (session.iceServers.length) pc.setConfiguration({ ...pc.getConfiguration(), iceServers: session.iceServers });
+    await pc.setLocalDescription(offer);
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+    trickle(session).catch((e) => log(`trickle: ${e.message}`, true));
     return session;
+  }
+
+  // Sends every local candidate in one RFC 8840 fragment once gathering is
+  // complete (max-bundle: the first m-section carries them all).
+  async function trickle(session) {
+    const { pc } = session;
+    await waitForGathering(pc);
+    if (pc.signalingState === 'closed') return;
+    const sdp = pc.localDescription.sdp;
+    const lines = sdp.split(/\r?\n/);
+    const first = lines.findIndex((l) => l.startsWith('m='));
+    if (first < 0) return;
+    const end = lines.findIndex((l, i) => i > first && l.startsWith('m='));
+    const section = lines.slice(first, end < 0 ? undefined : end);
+    const candidates = section.filter((l) => l.startsWith('a=candidate:'));
+    const attr = (name) => lines.find((l) => l.startsWith(`a=${name}:`));
+    const frag = [
+      attr('ice-ufrag'),
+      attr('ice-pwd'),
+      section[0],
+      section.find((l) => l.startsWith('a=mid:')),
+      ...candidates,
+      'a=end-of-candidates',
+    ];
+    if (frag.some((l) => !l)) return;
+    const res = await fetch(session.location, {
+      method: 'PATCH',
+      headers: {
+        'Content-Type': 'application/trickle-ice-sdpfrag',
+        'If-Match': session.etag ?? '*',
+        ...authHeaders(session.token),
+      },
+      body: `${frag.join('\r\n')}\r\n`,
+    });
+    if (!res.ok) throw await problem(res);
+    log(`sent ${candidates.length} candidates`);
   }
 
   // Offers VP8 alone (plus the repair codecs): an answerer may pick by its
@@ -146,7 +211,8 @@
   }
 
   async function publish(room, opts = {}) {
-    const { token = '', width = 1280, height = 720, simulcast = true, audio = true } = opts;
+    const { token = '', width = 1280, height = 720, simulcast = true, audio = true, iceTransportPolicy = 'all', iceServers } =
+      opts;
     if (sessions.publish) await stop('publish');
     let stream;
     try {
@@ -158,7 +224,7 @@
       log(`camera: ${e.message}`, true);
       throw e;
     }
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceTransportPolicy });
     try {
       for (const track of stream.getAudioTracks()) {
         pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
@@ -172,7 +238,7 @@
         });
         preferVp8(t);
       }
-      const session = await negotiate(pc, `/whip/${encodeURIComponent(room)}`, token);
+      const session = await negotiate(pc, `/whip/${encodeURIComponent(room)}`, token, iceServers);
       session.stream = stream;
       sessions.publish = session;
       const preview = $('publish-video');
@@ -183,6 +249,7 @@
         location: session.location,
         etag: session.etag,
         rids: simulcast ? SIMULCAST.map((e) => e.rid) : [],
+        iceServers: session.iceServers,
       };
     } catch (e) {
       pc.close();
@@ -193,9 +260,9 @@
   }
 
   async function watch(room, opts = {}) {
-    const { token = '', layer, publisher } = opts;
+    const { token = '', layer, publisher, iceTransportPolicy = 'all', iceServers } = opts;
     if (sessions.watch) await stop('watch');
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceTransportPolicy });
     pc.addTransceiver('audio', { direction: 'recvonly' });
     pc.addTransceiver('video', { direction: 'recvonly' });
     const media = new MediaStream();
@@ -212,13 +279,23 @@
     if (publisher) query.set('publisher', publisher);
     const qs = query.toString();
     try {
-      const session = await negotiate(pc, `/whep/${encodeURIComponent(room)}${qs ? `?${qs}` : ''}`, token);
+      const session = await negotiate(
+        pc,
+        `/whep/${encodeURIComponent(room)}${qs ? `?${qs}` : ''}`,
+        token,
+        iceServers,
+      );
       const layerLink = session.links.find((l) => l.rel === 'urn:ietf:params:whep:ext:core:layer');
       session.layerUrl = layerLink?.url ?? null;
       sessions.watch = session;
       log(`watching ${room}: ${session.location}`);
       setButtons();
-      return { location: session.location, etag: session.etag, layerUrl: session.layerUrl };
+      return {
+        location: session.location,
+        etag: session.etag,
+        layerUrl: session.layerUrl,
+        iceServers: session.iceServers,
+      };
     } catch (e) {
       pc.close();
       log(`watch ${room}: ${e.message}`, true);
@@ -275,11 +352,31 @@
     return bps;
   }
 
+  // The selected candidate pair of a stats report, by candidate type.
+  function selectedPath(report) {
+    let pairId = null;
+    report.forEach((r) => {
+      if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
+    });
+    const pair = pairId && report.get(pairId);
+    if (!pair) return null;
+    const local = report.get(pair.localCandidateId) ?? {};
+    const remote = report.get(pair.remoteCandidateId) ?? {};
+    return {
+      local: local.candidateType ?? null,
+      remote: remote.candidateType ?? null,
+      protocol: local.protocol ?? null,
+      relayProtocol: local.relayProtocol ?? null,
+      url: local.url ?? null,
+    };
+  }
+
   async function publishStats() {
     const s = sessions.publish;
     if (!s) return null;
     const layers = [];
-    (await s.pc.getStats()).forEach((r) => {
+    const report = await s.pc.getStats();
+    report.forEach((r) => {
       if (r.type !== 'outbound-rtp' || r.kind !== 'video') return;
       layers.push({
         rid: r.rid ?? null,
@@ -292,14 +389,16 @@
       });
     });
     layers.sort((a, b) => (a.frameWidth - b.frameWidth) || String(a.rid).localeCompare(String(b.rid)));
-    return { state: s.pc.connectionState, layers };
+    return { state: s.pc.connectionState, path: selectedPath(report), layers };
   }
 
   async function watchStats() {
     const s = sessions.watch;
     if (!s) return null;
+    const report = await s.pc.getStats();
     const out = {
       state: s.pc.connectionState,
+      path: selectedPath(report),
       frameWidth: 0,
       frameHeight: 0,
       bitrate: 0,
@@ -315,7 +414,7 @@
       jitter: 0,
       audioSamples: 0,
     };
-    (await s.pc.getStats()).forEach((r) => {
+    report.forEach((r) => {
       if (r.type !== 'inbound-rtp') return;
       if (r.kind === 'video') {
         Object.assign(out, {
