@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signaling::{IceServer, IceServerSource, RoomId};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::warn;
 use turn_server::LocalAddrs;
 use turn_server::filter::{IpNet, PeerFilter};
 
@@ -160,7 +160,6 @@ fn serve(
         if ready.send(Ok(addrs)).is_err() {
             return;
         }
-        info!(udp = %addrs.udp, tcp = %addrs.tcp, "embedded TURN server ready");
         // Resolves on stop() and when the node drops its handle.
         let shutdown = async {
             let _ = stop.await;
