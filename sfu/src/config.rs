@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run one node (defaults: HTTP on 127.0.0.1:8080, media UDP on loopback, no auth).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print an HS256 token for WHIP/WHEP.
     Token(TokenArgs),
 }

@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
                 .with_env_filter(log_filter()?)
                 .with_writer(std::io::stderr)
                 .init();
-            let config = NodeConfig::from_args(args)?;
+            let config = NodeConfig::from_args(*args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
