@@ -167,7 +167,9 @@ pub struct Engine {
     cert: DtlsCert,
     rng: SmallRng,
     next_peer: u64,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a `Peer` (its `Rtc` inline) is ~10 KB, and a map of values
+    /// keeps up to half its slots empty after growing.
+    peers: HashMap<PeerId, Box<Peer>>,
     by_session: HashMap<SessionId, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
@@ -600,7 +602,7 @@ impl Engine {
         self.rooms.entry(room.clone()).or_default();
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 session,
                 room: room.clone(),
                 identity,
@@ -613,7 +615,7 @@ impl Engine {
                 role,
                 dirty: false,
                 nacks_seen: HashMap::new(),
-            },
+            }),
         );
         // MediaAdded events describe the negotiated tracks.
         self.drive(now, id);
