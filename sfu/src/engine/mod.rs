@@ -645,7 +645,7 @@ impl Engine {
             .enable_vp9(true)
             .enable_av1(true)
             .set_stats_interval(Some(Duration::from_secs(2)));
-        if viewer && std::env::var("NOBWE").is_err() {
+        if viewer {
             config = config.enable_bwe(Some(Bitrate::bps(self.config.initial_bwe_bps)));
         }
         config
