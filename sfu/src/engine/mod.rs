@@ -718,7 +718,7 @@ impl Engine {
         if peer.rtc.close().is_ok() {
             for _ in 0..64 {
                 match peer.rtc.poll_output() {
-                    Ok(Output::Transmit(t)) => self.push_transmit(t),
+                    Ok(Output::Transmit(t)) => push_transmit(&mut self.stats, &mut self.transmits, t),
                     Ok(Output::Event(_)) => {}
                     Ok(Output::Timeout(_)) | Err(_) => break,
                 }
@@ -791,15 +791,7 @@ impl Engine {
                         self.timers.insert((at, id));
                         break;
                     }
-                    Ok(Output::Transmit(t)) => {
-                        self.stats.packets_out += 1;
-                        self.stats.bytes_out += t.contents.len() as u64;
-                        self.transmits.push_back(Transmit {
-                            source: t.source,
-                            destination: t.destination,
-                            contents: t.contents.into(),
-                        });
-                    }
+                    Ok(Output::Transmit(t)) => push_transmit(&mut self.stats, &mut self.transmits, t),
                     Ok(Output::Event(RtcEvent::RtpPacket(p))) => packets.push(p),
                     Ok(Output::Event(e)) => events.push(e),
                     Err(e) => {
@@ -824,16 +816,6 @@ impl Engine {
         if !alive {
             self.remove_peer(now, id, "closed");
         }
-    }
-
-    fn push_transmit(&mut self, t: str0m::net::Transmit) {
-        self.stats.packets_out += 1;
-        self.stats.bytes_out += t.contents.len() as u64;
-        self.transmits.push_back(Transmit {
-            source: t.source,
-            destination: t.destination,
-            contents: t.contents.into(),
-        });
     }
 
     fn handle_rtc_event(&mut self, now: Instant, id: PeerId, event: RtcEvent) {
@@ -1487,6 +1469,17 @@ impl SourceLayer {
         self.last_packet
             .is_some_and(|t| now.saturating_duration_since(t) <= LAYER_ACTIVE)
     }
+}
+
+/// Queues one of str0m's datagrams for the driver and counts it.
+fn push_transmit(stats: &mut EngineStats, out: &mut VecDeque<Transmit>, t: str0m::net::Transmit) {
+    stats.packets_out += 1;
+    stats.bytes_out += t.contents.len() as u64;
+    out.push_back(Transmit {
+        source: t.source,
+        destination: t.destination,
+        contents: t.contents.into(),
+    });
 }
 
 /// Active layers from lowest to highest: by measured bitrate once every
