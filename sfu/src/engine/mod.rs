@@ -25,7 +25,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use tracing::{debug, info, trace, warn};
+use tracing::{Span, debug, info, info_span, trace, warn};
 
 pub use rewrite::{Rewriter, Rewritten, Vp8Rewriter};
 use sdp::Intent;
@@ -213,6 +213,9 @@ struct Peer {
     dirty: bool,
     /// Stats counters from str0m, to turn its absolute values into deltas.
     nacks_seen: HashMap<(Mid, Option<Rid>), u64>,
+    /// `peer{room session peer role}`: entered for the peer's control-plane
+    /// work (commands, str0m events, removal), not per forwarded packet.
+    span: Span,
 }
 
 enum Role {
@@ -402,6 +405,17 @@ impl Engine {
 
     /// Executes a control-plane command.
     pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Reply, MediaError> {
+        let span = match &cmd {
+            Command::Patch { session, .. }
+            | Command::SetLayer { session, .. }
+            | Command::Delete { session } => self
+                .by_session
+                .get(session)
+                .and_then(|id| self.peers.get(id))
+                .map_or_else(Span::none, |p| p.span.clone()),
+            _ => Span::none(),
+        };
+        let _entered = span.enter();
         let reply = self.command(now, cmd);
         self.flush_dirty(now);
         reply
@@ -596,7 +610,8 @@ impl Engine {
                 desired_bps: 0,
             })),
         };
-        info!(%room, %session, peer = id.0, role = ?intent, "peer added");
+        let span = info_span!("peer", %room, %session, peer = id.0, role = ?intent);
+        span.in_scope(|| info!("peer added"));
         self.by_session.insert(session.clone(), id);
         self.by_ufrag.insert(local_ufrag.clone(), id);
         self.rooms.entry(room.clone()).or_default();
@@ -615,6 +630,7 @@ impl Engine {
                 role,
                 dirty: false,
                 nacks_seen: HashMap::new(),
+                span,
             }),
         );
         // MediaAdded events describe the negotiated tracks.
@@ -697,7 +713,7 @@ impl Engine {
                 let old = std::mem::replace(&mut peer.local_ufrag, creds.ufrag.clone());
                 self.by_ufrag.remove(&old);
                 self.by_ufrag.insert(creds.ufrag.clone(), id);
-                info!(%session, "ICE restarted");
+                info!("ICE restarted");
                 self.drive(now, id);
                 Ok(Some(IceRestartAnswer {
                     ufrag: creds.ufrag,
@@ -713,7 +729,9 @@ impl Engine {
         let Some(mut peer) = self.peers.remove(&id) else {
             return;
         };
-        info!(room = %peer.room, session = %peer.session, peer = id.0, reason, "peer removed");
+        let span = peer.span.clone();
+        let _entered = span.enter();
+        info!(reason, "peer removed");
         // RTCP BYE and DTLS close_notify go out before the state is dropped.
         if peer.rtc.close().is_ok() {
             for _ in 0..64 {
@@ -822,6 +840,8 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        let span = peer.span.clone();
+        let _entered = span.enter();
         match event {
             RtcEvent::MediaAdded(m) => match &mut peer.role {
                 Role::Publisher(p) => {
@@ -829,7 +849,7 @@ impl Engine {
                         Some(s) if !s.recv.is_empty() => s.recv.iter().map(|l| Some(l.rid)).collect(),
                         _ => vec![None],
                     };
-                    debug!(session = %peer.session, mid = %m.mid, kind = ?m.kind, layers = rids.len(), "track");
+                    debug!(mid = %m.mid, kind = ?m.kind, layers = rids.len(), "track");
                     p.tracks.push(SourceTrack {
                         mid: m.mid,
                         kind: m.kind,
@@ -847,7 +867,7 @@ impl Engine {
                         s.ssrc()
                     });
                     let Some(ssrc) = ssrc else {
-                        warn!(session = %peer.session, mid = %m.mid, "no send stream for viewer track");
+                        warn!(mid = %m.mid, "no send stream for viewer track");
                         return;
                     };
                     let params: Vec<PayloadParams> = {
@@ -900,7 +920,7 @@ impl Engine {
                 let (Some(source), Some(layer)) = (v.source, v.current.or(v.target)) else {
                     return;
                 };
-                trace!(session = %peer.session, kind = ?req.kind, "viewer keyframe request");
+                trace!(kind = ?req.kind, "viewer keyframe request");
                 self.want_keyframe(now, source, layer);
             }
             RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
@@ -909,14 +929,14 @@ impl Engine {
                 }
             }
             RtcEvent::IceConnectionStateChange(state) => {
-                debug!(session = %peer.session, ?state, "ice");
+                debug!(?state, "ice");
                 if state == IceConnectionState::Disconnected {
                     // Consent lost; the idle timeout reaps it if it does not come back.
-                    trace!(session = %peer.session, "ice disconnected");
+                    trace!("ice disconnected");
                 }
             }
             RtcEvent::Connected => {
-                info!(room = %peer.room, session = %peer.session, "connected");
+                info!("connected");
                 if matches!(peer.role, Role::Viewer(_)) {
                     self.select_layer(now, id);
                 }
@@ -932,7 +952,7 @@ impl Engine {
                 *seen = s.nacks;
             }
             RtcEvent::StreamPaused(p) => {
-                debug!(session = %peer.session, mid = %p.mid, rid = ?p.rid, paused = p.paused, "layer paused");
+                debug!(mid = %p.mid, rid = ?p.rid, paused = p.paused, "layer paused");
             }
             RtcEvent::Closed => {}
             _ => {}

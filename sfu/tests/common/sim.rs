@@ -87,6 +87,14 @@ pub struct Client {
     pub keyframe_requests: Vec<(Instant, Option<Rid>, KeyframeRequestKind)>,
     publisher: Option<PublisherMedia>,
     pub connected: bool,
+    /// Loss on this client's links: every n-th RTP datagram (RTX included)
+    /// towards it / from it is dropped. Deterministic, so NACK recovery
+    /// is tested the same way every run.
+    pub drop_every_to: Option<u64>,
+    pub drop_every_from: Option<u64>,
+    pub rtp_to: u64,
+    pub rtp_from: u64,
+    pub dropped: u64,
 }
 
 struct PublisherMedia {
@@ -239,6 +247,11 @@ impl Sim {
                     sending: [true; 3],
                 }),
                 connected: false,
+                drop_every_to: None,
+                drop_every_from: None,
+                rtp_to: 0,
+                rtp_from: 0,
+                dropped: 0,
             },
         );
         n
@@ -282,6 +295,11 @@ impl Sim {
                 keyframe_requests: Vec::new(),
                 publisher: None,
                 connected: false,
+                drop_every_to: None,
+                drop_every_from: None,
+                rtp_to: 0,
+                rtp_from: 0,
+                dropped: 0,
             },
         );
         n
@@ -367,6 +385,10 @@ impl Sim {
                 else {
                     continue;
                 };
+                if is_rtp(&t.contents) && lose(&mut c.rtp_to, c.drop_every_to) {
+                    c.dropped += 1;
+                    continue;
+                }
                 if c.sink == Sink::Discard && is_rtp(&t.contents) {
                     c.rtp_packets += 1;
                     c.rtp_bytes += t.contents.len() as u64;
@@ -407,11 +429,23 @@ fn is_rtp(b: &[u8]) -> bool {
     b.len() >= 12 && b[0] >> 6 == 2 && !(192..=223).contains(&b[1])
 }
 
+/// Counts one RTP datagram on a link and says whether it is lost.
+fn lose(counter: &mut u64, every: Option<u64>) -> bool {
+    *counter += 1;
+    every.is_some_and(|n| counter.is_multiple_of(n))
+}
+
 fn drain(c: &mut Client, now: Instant, out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
     loop {
         match c.rtc.poll_output().unwrap() {
             Output::Timeout(_) => break,
-            Output::Transmit(t) => out.push((t.source, t.destination, Vec::<u8>::from(t.contents))),
+            Output::Transmit(t) => {
+                if is_rtp(&t.contents) && lose(&mut c.rtp_from, c.drop_every_from) {
+                    c.dropped += 1;
+                    continue;
+                }
+                out.push((t.source, t.destination, Vec::<u8>::from(t.contents)))
+            }
             Output::Event(e) => record(c, now, e),
         }
     }
