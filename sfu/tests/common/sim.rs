@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sfu::engine::{Command, Engine, EngineConfig, Reply, Transmit};
 use signaling::{LayerPref, RoomId, SessionId};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
@@ -28,13 +29,15 @@ pub struct Received {
     pub ssrc: u32,
     pub seq: u64,
     pub ts: u32,
+    /// The codec of the payload type, as the receiving client negotiated it.
+    pub codec: Option<Codec>,
     pub payload: Vec<u8>,
 }
 
 impl Received {
     /// For video: (publisher tag, layer index, frame number, keyframe start).
     pub fn video_tag(&self) -> Option<(u8, usize, u32, bool)> {
-        video_tag(&self.payload)
+        video_tag(self.codec, &self.payload)
     }
 
     /// The VP8 PictureID and TL0PICIDX of a video packet.
@@ -44,7 +47,19 @@ impl Received {
     }
 }
 
-fn video_tag(p: &[u8]) -> Option<(u8, usize, u32, bool)> {
+/// Bytes at the end of every non-VP8 video payload: tag, layer, frame (3),
+/// index of the packet in its frame, keyframe flag.
+const TAIL: usize = 7;
+
+fn video_tag(codec: Option<Codec>, p: &[u8]) -> Option<(u8, usize, u32, bool)> {
+    if codec != Some(Codec::Vp8) {
+        let t = p.get(p.len().checked_sub(TAIL)?..)?;
+        if t[5] != 0 {
+            return None; // not the first packet of a frame
+        }
+        let frame = u32::from_be_bytes([0, t[2], t[3], t[4]]);
+        return Some((t[0], t[1] as usize, frame, t[6] == 1));
+    }
     if p.len() < DESC + 15 || p[0] & 0x10 == 0 {
         return None; // not the first packet of a frame
     }
@@ -107,6 +122,8 @@ struct PublisherMedia {
     seq: [u64; 3],
     audio_seq: u64,
     force_key: [bool; 3],
+    codec: Codec,
+    simulcast: bool,
     /// Layers this publisher sends (a subset models a layer paused by BWE).
     pub sending: [bool; 3],
 }
@@ -120,6 +137,10 @@ pub struct Sim {
     by_addr: HashMap<SocketAddr, u32>,
     /// Wall time spent inside engine calls (including draining `poll_transmit`).
     pub engine_time: Duration,
+    /// The one video codec clients created from now on offer and send.
+    pub video_codec: Codec,
+    /// Whether publishers created from now on send 3 simulcast layers or one.
+    pub simulcast: bool,
     transmits: Vec<Transmit>,
 }
 
@@ -146,17 +167,24 @@ impl Sim {
             engine_addr,
             by_addr: HashMap::new(),
             engine_time: Duration::ZERO,
+            video_codec: Codec::Vp8,
+            simulcast: true,
             transmits: Vec::new(),
         }
     }
 
     fn client_rtc(&self) -> Rtc {
-        RtcConfig::new()
+        let config = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(self.now)
+            .enable_opus(true, false);
+        let config = match self.video_codec {
+            Codec::H264 => config.enable_h264(true),
+            Codec::Vp9 => config.enable_vp9(true),
+            Codec::Av1 => config.enable_av1(true),
+            _ => config.enable_vp8(true),
+        };
+        config.build(self.now)
     }
 
     fn new_client(&mut self) -> (u32, Rtc, SocketAddr) {
@@ -199,16 +227,19 @@ impl Sim {
             Some("a".into()),
             None,
         );
-        let mut sim = Simulcast::new();
-        for rid in RIDS {
-            sim.add_send_layer(SimulcastLayer::new(rid));
-        }
+        let simulcast = self.simulcast.then(|| {
+            let mut sim = Simulcast::new();
+            for rid in RIDS {
+                sim.add_send_layer(SimulcastLayer::new(rid));
+            }
+            sim
+        });
         let video = api.add_media(
             MediaKind::Video,
             Direction::SendOnly,
             Some("s".into()),
             Some("v".into()),
-            Some(sim),
+            simulcast,
         );
         let (offer, pending) = api.apply().unwrap();
         let session = SessionId::random();
@@ -244,6 +275,8 @@ impl Sim {
                     seq: [1, 1, 1],
                     audio_seq: 1,
                     force_key: [true; 3],
+                    codec: self.video_codec,
+                    simulcast: self.simulcast,
                     sending: [true; 3],
                 }),
                 connected: false,
@@ -472,7 +505,8 @@ fn record(c: &mut Client, now: Instant, e: Event) {
             };
             c.rtp_packets += 1;
             c.rtp_bytes += p.payload.len() as u64;
-            if kind == MediaKind::Video && video_tag(&p.payload).is_some_and(|t| t.3) {
+            let codec = codec_of(&c.rtc, p.header.payload_type);
+            if kind == MediaKind::Video && video_tag(codec, &p.payload).is_some_and(|t| t.3) {
                 c.keyframes += 1;
             }
             if c.sink == Sink::Record {
@@ -482,6 +516,7 @@ fn record(c: &mut Client, now: Instant, e: Event) {
                     ssrc: *p.header.ssrc,
                     seq: *p.seq_no,
                     ts: p.header.timestamp,
+                    codec,
                     payload: p.payload.to_vec(),
                 });
             }
@@ -492,6 +527,9 @@ fn record(c: &mut Client, now: Instant, e: Event) {
                 && let Some(i) = RIDS.iter().position(|x| *x == &*rid)
             {
                 p.force_key[i] = true;
+            }
+            if let (Some(p), None) = (c.publisher.as_mut(), r.rid) {
+                p.force_key[0] = true;
             }
         }
         _ => {}
@@ -507,13 +545,48 @@ fn opus_pt(rtc: &Rtc) -> str0m::media::Pt {
         .unwrap()
 }
 
-fn vp8_pt(rtc: &Rtc) -> str0m::media::Pt {
+fn video_pt(rtc: &Rtc, codec: Codec) -> str0m::media::Pt {
     rtc.codec_config()
         .params()
         .iter()
-        .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+        .find(|p| p.spec().codec == codec)
         .map(|p| p.pt())
         .unwrap()
+}
+
+fn codec_of(rtc: &Rtc, pt: str0m::media::Pt) -> Option<Codec> {
+    rtc.codec_config()
+        .params()
+        .iter()
+        .find(|p| p.pt() == pt)
+        .map(|p| p.spec().codec)
+}
+
+/// A non-VP8 video payload: the codec's keyframe signalling where the node
+/// looks for it, then filler, then the `TAIL` tag.
+fn tagged_payload(codec: Codec, size: usize, first: bool, key: bool, tail: [u8; TAIL]) -> Vec<u8> {
+    let mut payload = vec![0u8; size];
+    match codec {
+        // A keyframe starts with a STAP-A of SPS, PPS and an IDR slice
+        // (RFC 6184 §5.7.1); its other packets are further IDR slices and
+        // other frames' are non-IDR slices, each a single NAL unit (§5.6).
+        Codec::H264 if first && key => {
+            let mut stap = vec![0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce];
+            let idr = size - stap.len() - 2;
+            stap.extend_from_slice(&(idr as u16).to_be_bytes());
+            stap.push(0x65);
+            payload[..stap.len()].copy_from_slice(&stap);
+        }
+        Codec::H264 => payload[0] = if key { 0x65 } else { 0x41 },
+        // VP9 descriptor (RFC 9628 §4.2): B on the frame's first packet, P
+        // on predicted frames.
+        Codec::Vp9 => payload[0] = if first { 0x08 } else { 0 } | if key { 0 } else { 0x40 },
+        // AV1 aggregation header (AV1 RTP §4.4): N starts a coded video sequence.
+        Codec::Av1 => payload[0] = if first && key { 0x08 } else { 0x10 },
+        _ => unreachable!("VP8 payloads are built by write_media"),
+    }
+    payload[size - TAIL..].copy_from_slice(&tail);
+    payload
 }
 
 /// Writes the publisher's due audio and video packets.
@@ -521,7 +594,8 @@ fn write_media(c: &mut Client, now: Instant) {
     if !c.connected || c.publisher.is_none() {
         return;
     }
-    let vp8 = vp8_pt(&c.rtc);
+    let codec = c.publisher.as_ref().map_or(Codec::Vp8, |p| p.codec);
+    let video_pt = video_pt(&c.rtc, codec);
     let opus = opus_pt(&c.rtc);
     let Some(p) = c.publisher.as_mut() else { return };
     if now >= p.next_audio {
@@ -544,17 +618,29 @@ fn write_media(c: &mut Client, now: Instant) {
         p.frame += 1;
         let ts = p.frame * 3000;
         for (layer, rid) in RIDS.iter().enumerate() {
-            if !p.sending[layer] {
+            if !p.sending[layer] || (!p.simulcast && layer > 0) {
                 continue;
             }
+            let rid = p.simulcast.then(|| (*rid).into());
             // Periodic keyframes every 3 s, and on request.
             let key = std::mem::take(&mut p.force_key[layer]) || p.frame % 90 == 1;
             let (size, count) = LAYER_SHAPE[layer];
             let mut api = c.rtc.direct_api();
-            let Some(s) = api.stream_tx_by_mid(p.video, Some((*rid).into())) else {
+            let Some(s) = api.stream_tx_by_mid(p.video, rid) else {
                 continue;
             };
             for i in 0..count {
+                if p.codec != Codec::Vp8 {
+                    let f = p.frame.to_be_bytes();
+                    let tail = [p.tag, layer as u8, f[1], f[2], f[3], i as u8, key as u8];
+                    let payload = tagged_payload(p.codec, size, i == 0, key, tail);
+                    let write = RtpWrite::new(video_pt, SeqNo::from(p.seq[layer]), ts, now, payload)
+                        .marker(i + 1 == count)
+                        .nackable(true);
+                    s.write_rtp(write);
+                    p.seq[layer] += 1;
+                    continue;
+                }
                 let mut payload = vec![0u8; size];
                 // Each layer's encoder counts PictureID and TL0PICIDX from its own origin.
                 let pid = (p.frame as u16).wrapping_add(1000 * layer as u16 + 77) & 0x7fff;
@@ -579,7 +665,7 @@ fn write_media(c: &mut Client, now: Instant) {
                     payload[DESC + 11] = layer as u8;
                     payload[DESC + 12..DESC + 15].copy_from_slice(&p.frame.to_be_bytes()[1..]);
                 }
-                let write = RtpWrite::new(vp8, SeqNo::from(p.seq[layer]), ts, now, payload)
+                let write = RtpWrite::new(video_pt, SeqNo::from(p.seq[layer]), ts, now, payload)
                     .marker(i + 1 == count)
                     .nackable(true);
                 s.write_rtp(write);
