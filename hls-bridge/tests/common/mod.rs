@@ -120,3 +120,6 @@ pub fn length_prefixed(nalus: &[Vec<u8>]) -> Vec<u8> {
         })
         .collect()
 }
+
+pub mod checker;
+pub mod room;
