@@ -16,6 +16,7 @@ use tracing::debug;
 mod error;
 pub mod fmp4;
 pub mod h264;
+pub mod http;
 pub mod opus;
 pub mod playlist;
 mod rtp;

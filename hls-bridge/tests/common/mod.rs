@@ -122,4 +122,5 @@ pub fn length_prefixed(nalus: &[Vec<u8>]) -> Vec<u8> {
 }
 
 pub mod checker;
+pub mod http;
 pub mod room;
