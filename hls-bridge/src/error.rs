@@ -25,6 +25,9 @@ pub enum Error {
     /// The MP4 box encoder failed (a value out of range for its field).
     #[error("fMP4 encoding: {0}")]
     Mp4(#[from] mp4_atom::Error),
+    /// A segmenter setting out of range.
+    #[error("HLS config: {0}")]
+    Config(&'static str),
     /// A fragment whose sample sizes do not add up to its data.
     #[error("fragment: samples describe {described} bytes, data has {actual}")]
     FragmentSize { described: u64, actual: u64 },

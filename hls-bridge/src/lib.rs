@@ -16,13 +16,17 @@ use tracing::debug;
 mod error;
 pub mod fmp4;
 pub mod h264;
+pub mod http;
 pub mod opus;
+pub mod playlist;
 mod rtp;
+pub mod segmenter;
 
 pub use error::Error;
 use h264::{AccessUnit, AvcConfig, H264Depacketizer, H264Stats};
 use opus::OpusFrame;
 use rtp::{OwnedPacket, Reorder, SeqUnwrapper, TsUnwrapper};
+pub use segmenter::{AudioCodec, AudioSample, HlsConfig, Packager, RenditionKind, RoomSnapshot};
 
 /// A track of a room, as the node numbers them (e.g. one per simulcast
 /// layer SSRC, one for audio).

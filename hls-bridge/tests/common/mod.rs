@@ -120,3 +120,7 @@ pub fn length_prefixed(nalus: &[Vec<u8>]) -> Vec<u8> {
         })
         .collect()
 }
+
+pub mod checker;
+pub mod http;
+pub mod room;

@@ -1,0 +1,663 @@
+//! LL-HLS over HTTP (hyper 1): an [`HlsStore`] the node pushes each room's
+//! [`RoomSnapshot`] into, and an [`HlsService`] that answers
+//! `/hls/{room}/...` from it (checklist C13–C15, C19, Appendix B).
+//!
+//! Paths: `/hls/{room}/index.m3u8` (multivariant), `/hls/{room}/manifest.mpd`
+//! (DASH), `/hls/{room}/{session}/{rendition}/index.m3u8` and the files next
+//! to it (`init_{n}.mp4`, `seg_{msn}.m4s`, `part_{msn}_{i}.m4s`).
+//!
+//! - Blocking playlist reload (`_HLS_msn`, `_HLS_part`): held until the
+//!   part (or segment) exists, never answered early; the whole playlist
+//!   even for an MSN that left the window; 400 for `_HLS_part` without
+//!   `_HLS_msn`, for an MSN past the last + 2 and a part past the Advance
+//!   Part Limit; 503 after 3 target durations; directives ignored once the
+//!   playlist ended.
+//! - A part named by the PRELOAD-HINT is held until it is whole, then sent
+//!   in one piece; anything neither published nor hinted is a 404.
+//! - `Cache-Control` per Appendix B.1: blocking playlist 6 TD, its 404
+//!   4 TD, plain playlists ½ TD (404: 1 TD), hinted parts 6 TD, published
+//!   files immutable. Playlists gzipped when the client accepts it. CORS
+//!   open (`*`): the media is public unless signed URLs are on.
+//! - Signed URLs: with a secret, every request needs `?token=` (HMAC-SHA256
+//!   over room and expiry, see [`sign_token`]); playlists carry the token
+//!   into every URI they name.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::playlist;
+use crate::segmenter::{RenditionSnapshot, RoomSnapshot};
+
+const PLAYLIST: &str = "application/vnd.apple.mpegurl";
+const DASH: &str = "application/dash+xml";
+/// Playlists shorter than this are not worth compressing.
+const GZIP_MIN: usize = 512;
+
+type Snapshot = Option<Arc<RoomSnapshot>>;
+
+/// What the HTTP layer counts (rendered on the node's `/metrics`).
+#[derive(Debug, Default)]
+pub struct HlsMetrics {
+    pub requests: AtomicU64,
+    pub playlist_requests: AtomicU64,
+    pub media_requests: AtomicU64,
+    /// Blocking requests being held right now.
+    pub blocking_held: AtomicU64,
+    pub blocking_total: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub not_found: AtomicU64,
+    pub forbidden: AtomicU64,
+}
+
+impl HlsMetrics {
+    /// Prometheus text lines.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# TYPE wave_hls_requests_total counter");
+        let _ = writeln!(out, "wave_hls_requests_total {}", g(&self.requests));
+        let _ = writeln!(
+            out,
+            "wave_hls_playlist_requests_total {}",
+            g(&self.playlist_requests)
+        );
+        let _ = writeln!(out, "wave_hls_media_requests_total {}", g(&self.media_requests));
+        let _ = writeln!(out, "# TYPE wave_hls_blocking_held gauge");
+        let _ = writeln!(out, "wave_hls_blocking_held {}", g(&self.blocking_held));
+        let _ = writeln!(
+            out,
+            "wave_hls_blocking_requests_total {}",
+            g(&self.blocking_total)
+        );
+        let _ = writeln!(out, "wave_hls_bad_requests_total {}", g(&self.bad_requests));
+        let _ = writeln!(out, "wave_hls_blocking_timeouts_total {}", g(&self.timeouts));
+        let _ = writeln!(out, "wave_hls_not_found_total {}", g(&self.not_found));
+        let _ = writeln!(out, "wave_hls_forbidden_total {}", g(&self.forbidden));
+    }
+}
+
+/// The rooms' latest snapshots. The node publishes; requests wait on it.
+#[derive(Debug, Default)]
+pub struct HlsStore {
+    rooms: Mutex<HashMap<String, watch::Sender<Snapshot>>>,
+}
+
+impl HlsStore {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Replaces room `room`'s snapshot and wakes the requests waiting on it.
+    pub fn publish(&self, room: &str, snapshot: RoomSnapshot) {
+        let snapshot = Some(Arc::new(snapshot));
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        match rooms.get(room) {
+            Some(tx) => {
+                tx.send_replace(snapshot);
+            }
+            None => {
+                rooms.insert(room.to_string(), watch::channel(snapshot).0);
+            }
+        }
+    }
+
+    /// Forgets a room: its URLs answer 404 and held requests end.
+    pub fn remove(&self, room: &str) {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).remove(room);
+    }
+
+    pub fn rooms(&self) -> usize {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn subscribe(&self, room: &str) -> Option<watch::Receiver<Snapshot>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+            .map(|tx| tx.subscribe())
+    }
+}
+
+/// The `/hls/` request handler.
+#[derive(Debug)]
+pub struct HlsService {
+    store: Arc<HlsStore>,
+    secret: Option<Vec<u8>>,
+    /// Overrides the 3 TD hold limit (tests).
+    block_limit: Option<Duration>,
+    pub metrics: HlsMetrics,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    NotFound(&'static str),
+    BadRequest(&'static str),
+    Forbidden(&'static str),
+    Timeout,
+}
+
+struct Query<'a> {
+    token: Option<&'a str>,
+    msn: Option<u64>,
+    part: Option<u32>,
+    skip: bool,
+}
+
+fn parse_query(q: &str) -> Result<Query<'_>, Refusal> {
+    let mut out = Query {
+        token: None,
+        msn: None,
+        part: None,
+        skip: false,
+    };
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "token" => out.token = Some(v),
+            "_HLS_msn" => out.msn = Some(v.parse().map_err(|_| Refusal::BadRequest("bad _HLS_msn"))?),
+            "_HLS_part" => out.part = Some(v.parse().map_err(|_| Refusal::BadRequest("bad _HLS_part"))?),
+            "_HLS_skip" => out.skip = v == "YES" || v == "v2",
+            _ => {}
+        }
+    }
+    if out.part.is_some() && out.msn.is_none() {
+        return Err(Refusal::BadRequest("_HLS_part without _HLS_msn"));
+    }
+    Ok(out)
+}
+
+/// A signed-URL token for `room` valid until `expires` (seconds since the
+/// UNIX epoch): `{expires}-{hex HMAC-SHA256(secret, "{room}\n{expires}")}`.
+/// `_HLS_*` directives stay outside the signature (players add them).
+pub fn sign_token(secret: &[u8], room: &str, expires: u64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(room.as_bytes());
+    mac.update(b"\n");
+    mac.update(expires.to_string().as_bytes());
+    let sig = mac.finalize().into_bytes();
+    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{expires}-{hex}")
+}
+
+fn verify_token(secret: &[u8], room: &str, token: &str, now: u64) -> Result<(), &'static str> {
+    let (expires, sig) = token.split_once('-').ok_or("malformed token")?;
+    let expires: u64 = expires.parse().map_err(|_| "malformed token")?;
+    let bytes: Vec<u8> = (0..sig.len() / 2)
+        .map(|i| u8::from_str_radix(sig.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "malformed token")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "bad secret")?;
+    mac.update(room.as_bytes());
+    mac.update(b"\n");
+    mac.update(expires.to_string().as_bytes());
+    mac.verify_slice(&bytes)
+        .map_err(|_| "token signature does not match this room")?;
+    if expires <= now {
+        return Err("token expired");
+    }
+    Ok(())
+}
+
+/// Whether a blocking request for `(msn, part)` can be answered.
+fn reload_ready(r: &RenditionSnapshot, msn: u64, part: Option<u32>) -> bool {
+    if r.ended {
+        return true;
+    }
+    match part {
+        None => {
+            r.last_complete_msn().is_some_and(|m| m >= msn) || r.last_part().is_some_and(|(m, _)| m > msn)
+        }
+        Some(p) => r.last_part().is_some_and(|last| last >= (msn, p)),
+    }
+}
+
+/// §6.2.5.2: 400 for an MSN past the last + 2 or a part past the Advance
+/// Part Limit.
+fn reload_in_range(
+    room: &RoomSnapshot,
+    r: &RenditionSnapshot,
+    msn: u64,
+    part: Option<u32>,
+) -> Result<(), Refusal> {
+    let last_msn = r.last_msn().unwrap_or(0);
+    if msn > last_msn + 2 {
+        return Err(Refusal::BadRequest("_HLS_msn more than 2 past the last segment"));
+    }
+    let pt = room.config.part_target.as_secs_f64();
+    let limit = if pt < 1.0 { (3.0 / pt).ceil() as u32 } else { 3 };
+    if let Some(p) = part {
+        let base = match r.last_part() {
+            Some((m, i)) if m == msn => i,
+            _ if msn > last_msn => 0,
+            _ => u32::MAX - limit,
+        };
+        if p > base.saturating_add(limit) {
+            return Err(Refusal::BadRequest("_HLS_part past the Advance Part Limit"));
+        }
+    }
+    Ok(())
+}
+
+struct Held<'a>(&'a AtomicU64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl HlsService {
+    pub fn new(store: Arc<HlsStore>, secret: Option<Vec<u8>>) -> Self {
+        Self {
+            store,
+            secret: secret.filter(|s| !s.is_empty()),
+            block_limit: None,
+            metrics: HlsMetrics::default(),
+        }
+    }
+
+    /// Holds blocking requests at most `limit` instead of 3 target
+    /// durations.
+    pub fn with_block_limit(mut self, limit: Duration) -> Self {
+        self.block_limit = Some(limit);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<HlsStore> {
+        &self.store
+    }
+
+    /// Whether `path` belongs to this service.
+    pub fn matches(path: &str) -> bool {
+        path.starts_with("/hls/")
+    }
+
+    /// Answers one request under `/hls/`.
+    pub async fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let method = req.method();
+        if method == Method::OPTIONS {
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("*"),
+            );
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+            return resp;
+        }
+        if method != Method::GET && method != Method::HEAD {
+            let mut resp = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "GET, HEAD or OPTIONS only",
+                "no-store",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+            return resp;
+        }
+        let gzip = req
+            .headers()
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+        let path = req.uri().path();
+        let query = req.uri().query().unwrap_or("");
+        let mut resp = match self.route(path, query, gzip).await {
+            Ok(resp) => resp,
+            Err((refusal, td)) => self.refuse(path, refusal, td),
+        };
+        if method == Method::HEAD {
+            *resp.body_mut() = Full::new(Bytes::new());
+        }
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Age, Date"),
+        );
+        resp
+    }
+
+    fn refuse(&self, path: &str, refusal: Refusal, td: u32) -> Response<Full<Bytes>> {
+        let m = &self.metrics;
+        match refusal {
+            Refusal::NotFound(why) => {
+                m.not_found.fetch_add(1, Ordering::Relaxed);
+                debug!(path, why, "HLS 404");
+                text(StatusCode::NOT_FOUND, why, &format!("public, max-age={td}"))
+            }
+            Refusal::BadRequest(why) => {
+                m.bad_requests.fetch_add(1, Ordering::Relaxed);
+                debug!(path, why, "HLS 400");
+                text(StatusCode::BAD_REQUEST, why, "no-store")
+            }
+            Refusal::Forbidden(why) => {
+                m.forbidden.fetch_add(1, Ordering::Relaxed);
+                debug!(path, why, "HLS 403");
+                text(StatusCode::FORBIDDEN, why, "no-store")
+            }
+            Refusal::Timeout => {
+                m.timeouts.fetch_add(1, Ordering::Relaxed);
+                warn!(path, "HLS blocking request timed out");
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "nothing new within 3 target durations",
+                    "no-store",
+                )
+            }
+        }
+    }
+
+    async fn route(
+        &self,
+        path: &str,
+        query: &str,
+        gzip: bool,
+    ) -> Result<Response<Full<Bytes>>, (Refusal, u32)> {
+        let rest = path
+            .strip_prefix("/hls/")
+            .ok_or((Refusal::NotFound("not an HLS path"), 1))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let room = parts[0];
+        let q = parse_query(query).map_err(|r| (r, 1))?;
+        if let Some(secret) = &self.secret {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let token = q.token.ok_or((Refusal::Forbidden("token required"), 1))?;
+            verify_token(secret, room, token, now).map_err(|why| (Refusal::Forbidden(why), 1))?;
+        }
+        let suffix = match (&self.secret, q.token) {
+            (Some(_), Some(t)) => format!("?token={t}"),
+            _ => String::new(),
+        };
+        let mut rx = self
+            .store
+            .subscribe(room)
+            .ok_or((Refusal::NotFound("no such room"), 1))?;
+        let snap = rx
+            .borrow_and_update()
+            .clone()
+            .ok_or((Refusal::NotFound("room has no media"), 1))?;
+        let td = snap.config.target_duration();
+        let half = td.div_ceil(2).max(1);
+        let nf = |why| (Refusal::NotFound(why), td);
+        match parts[1..] {
+            ["index.m3u8"] => {
+                self.metrics.playlist_requests.fetch_add(1, Ordering::Relaxed);
+                let body = playlist::multivariant(&snap, &suffix).ok_or(nf("no rendition has media yet"))?;
+                Ok(respond(
+                    body.into(),
+                    PLAYLIST,
+                    &format!("public, max-age={half}"),
+                    gzip,
+                ))
+            }
+            ["manifest.mpd"] => {
+                self.metrics.playlist_requests.fetch_add(1, Ordering::Relaxed);
+                let body = playlist::dash_mpd(&snap, &suffix).ok_or(nf("no complete segment yet"))?;
+                Ok(respond(
+                    body.into(),
+                    DASH,
+                    &format!("public, max-age={half}"),
+                    gzip,
+                ))
+            }
+            [session, rendition, file] => {
+                if session != snap.session {
+                    return Err(nf("unknown session"));
+                }
+                if file == "index.m3u8" {
+                    self.metrics.playlist_requests.fetch_add(1, Ordering::Relaxed);
+                    self.media_playlist(&mut rx, snap, rendition, &q, &suffix, gzip)
+                        .await
+                } else {
+                    self.metrics.media_requests.fetch_add(1, Ordering::Relaxed);
+                    self.media_file(&mut rx, snap, rendition, file).await
+                }
+            }
+            _ => Err(nf("unknown HLS path")),
+        }
+    }
+
+    fn limit(&self, td: u32) -> Duration {
+        self.block_limit.unwrap_or(Duration::from_secs(3 * u64::from(td)))
+    }
+
+    /// Waits until `ready` holds for the room's snapshot, at most 3 TD.
+    async fn hold(
+        &self,
+        rx: &mut watch::Receiver<Snapshot>,
+        td: u32,
+        ready: impl Fn(&RoomSnapshot) -> bool,
+    ) -> Result<Arc<RoomSnapshot>, (Refusal, u32)> {
+        self.metrics.blocking_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.blocking_held.fetch_add(1, Ordering::Relaxed);
+        let _held = Held(&self.metrics.blocking_held);
+        let wait = rx.wait_for(|s| s.as_ref().is_some_and(|s| ready(s)));
+        match tokio::time::timeout(self.limit(td), wait).await {
+            Ok(Ok(s)) => s.clone().ok_or((Refusal::NotFound("room ended"), td)),
+            Ok(Err(_)) => Err((Refusal::NotFound("room ended"), td)),
+            Err(_) => Err((Refusal::Timeout, td)),
+        }
+    }
+
+    async fn media_playlist(
+        &self,
+        rx: &mut watch::Receiver<Snapshot>,
+        mut snap: Arc<RoomSnapshot>,
+        rendition: &str,
+        q: &Query<'_>,
+        suffix: &str,
+        gzip: bool,
+    ) -> Result<Response<Full<Bytes>>, (Refusal, u32)> {
+        let td = snap.config.target_duration();
+        let r = snap
+            .renditions
+            .get(rendition)
+            .ok_or((Refusal::NotFound("unknown rendition"), td))?;
+        let blocking = q.msn.is_some() && !r.ended;
+        if let (Some(msn), false) = (q.msn, r.ended) {
+            reload_in_range(&snap, r, msn, q.part).map_err(|e| (e, td))?;
+            if !reload_ready(r, msn, q.part) {
+                let name = rendition.to_string();
+                let part = q.part;
+                snap = self
+                    .hold(rx, td, move |s| {
+                        s.renditions
+                            .get(&name)
+                            .is_some_and(|r| reload_ready(r, msn, part))
+                    })
+                    .await?;
+            }
+        }
+        let not_found_age = if blocking { 4 * td } else { td };
+        let body = playlist::media_playlist(&snap, rendition, q.skip, suffix)
+            .ok_or((Refusal::NotFound("rendition has no media yet"), not_found_age))?;
+        let cache = if blocking {
+            format!("public, max-age={}", 6 * td)
+        } else {
+            format!("public, max-age={}", td.div_ceil(2).max(1))
+        };
+        Ok(respond(body.into(), PLAYLIST, &cache, gzip))
+    }
+
+    async fn media_file(
+        &self,
+        rx: &mut watch::Receiver<Snapshot>,
+        snap: Arc<RoomSnapshot>,
+        rendition: &str,
+        file: &str,
+    ) -> Result<Response<Full<Bytes>>, (Refusal, u32)> {
+        let td = snap.config.target_duration();
+        let r = snap
+            .renditions
+            .get(rendition)
+            .ok_or((Refusal::NotFound("unknown rendition"), td))?;
+        let content_type = if r.kind.is_video() {
+            "video/mp4"
+        } else {
+            "audio/mp4"
+        };
+        if let Some(bytes) = r.files.get(file) {
+            return Ok(respond(
+                bytes.clone(),
+                content_type,
+                "public, max-age=86400, immutable",
+                false,
+            ));
+        }
+        let hinted = r.next_part().map(|(m, i)| format!("part_{m}_{i}.m4s")).as_deref() == Some(file)
+            || r.next_map().map(|n| format!("init_{n}.mp4")).as_deref() == Some(file);
+        if !hinted {
+            return Err((Refusal::NotFound("neither published nor hinted"), td));
+        }
+        // C14: held until the whole part exists, then sent in one piece.
+        let (name, wanted) = (rendition.to_string(), file.to_string());
+        let snap = self
+            .hold(rx, td, move |s| {
+                s.renditions
+                    .get(&name)
+                    .is_some_and(|r| r.files.contains_key(&wanted) || r.ended)
+            })
+            .await?;
+        let bytes = snap
+            .renditions
+            .get(rendition)
+            .and_then(|r| r.files.get(file))
+            .ok_or((Refusal::NotFound("the stream ended before this part"), td))?;
+        Ok(respond(
+            bytes.clone(),
+            content_type,
+            &format!("public, max-age={}", 6 * td),
+            false,
+        ))
+    }
+}
+
+fn respond(body: Bytes, content_type: &'static str, cache: &str, gzip: bool) -> Response<Full<Bytes>> {
+    let mut encoded = None;
+    if gzip && body.len() >= GZIP_MIN {
+        let mut enc =
+            flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::fast());
+        if enc.write_all(&body).is_ok()
+            && let Ok(out) = enc.finish()
+        {
+            encoded = Some(Bytes::from(out));
+        }
+    }
+    let compressed = encoded.is_some();
+    let mut resp = Response::new(Full::new(encoded.unwrap_or(body)));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(cache) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if content_type == PLAYLIST || content_type == DASH {
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    if compressed {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
+}
+
+fn text(status: StatusCode, why: &str, cache: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(cache) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    resp
+}
+
+/// Serves `service` alone on `listener` (HTTP/1.1 and h2c), for a bridge
+/// running on its own machine and for tests; the node mounts
+/// [`HlsService::handle`] in its own server instead.
+pub async fn serve(listener: TcpListener, service: Arc<HlsService>) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(service.handle(&req).await) }
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "HLS connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        let t = sign_token(b"k", "room1", 1000);
+        assert_eq!(verify_token(b"k", "room1", &t, 999), Ok(()));
+        assert_eq!(verify_token(b"k", "room1", &t, 1000), Err("token expired"));
+        assert!(verify_token(b"k", "room2", &t, 999).is_err());
+        assert!(verify_token(b"other", "room1", &t, 999).is_err());
+        assert!(verify_token(b"k", "room1", "1000-zz", 999).is_err());
+        assert!(verify_token(b"k", "room1", "nonsense", 999).is_err());
+        let forged = t.replace("1000-", "2000-");
+        assert!(verify_token(b"k", "room1", &forged, 999).is_err());
+    }
+
+    #[test]
+    fn queries() {
+        assert!(matches!(parse_query("_HLS_part=1"), Err(Refusal::BadRequest(_))));
+        assert!(matches!(parse_query("_HLS_msn=x"), Err(Refusal::BadRequest(_))));
+        let q = parse_query("_HLS_part=2&_HLS_msn=5&_HLS_skip=YES&token=a").unwrap();
+        assert_eq!(
+            (q.msn, q.part, q.skip, q.token),
+            (Some(5), Some(2), true, Some("a"))
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! The HLS service over real HTTP on loopback (HTTP/1.1 and h2c): content
+//! types, gzip, cache headers, CORS, blocking playlist reload and its
+//! 400/503 cases, preload-hinted parts, delta updates, signed URLs
+//! (checklist C13–C15, C19, Appendix B).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::checker;
+use common::http::{get, request, start};
+use common::room::{Room, ladder};
+use hls_bridge::http::{HlsService, HlsStore, sign_token};
+use hls_bridge::{HlsConfig, RoomSnapshot};
+use hyper::StatusCode;
+
+const ROOM: &str = "demo";
+
+/// Snapshots of a 3-layer + Opus room over 12 s of simulated time.
+fn snapshots() -> Vec<RoomSnapshot> {
+    let mut room = Room::new(HlsConfig::default(), &ladder(), true);
+    room.run(Duration::from_secs(12));
+    room.snapshots
+}
+
+async fn setup(
+    limit: Duration,
+    secret: Option<&[u8]>,
+) -> (std::net::SocketAddr, Arc<HlsService>, Vec<RoomSnapshot>) {
+    let store = HlsStore::new();
+    let service = Arc::new(HlsService::new(store, secret.map(<[u8]>::to_vec)).with_block_limit(limit));
+    let addr = start(service.clone()).await;
+    (addr, service, snapshots())
+}
+
+fn media_path(s: &RoomSnapshot, rendition: &str, file: &str) -> String {
+    format!("/hls/{ROOM}/{}/{rendition}/{file}", s.session)
+}
+
+#[tokio::test]
+async fn serves_playlists_and_files_with_types_gzip_cache_and_cors_over_h1_and_h2c() {
+    let (addr, service, snaps) = setup(Duration::from_secs(9), None).await;
+    let snap = snaps.last().unwrap().clone();
+    service.store().publish(ROOM, snap.clone());
+    for h2 in [false, true] {
+        let mv = get(
+            addr,
+            &format!("/hls/{ROOM}/index.m3u8"),
+            h2,
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
+        assert_eq!(mv.status, StatusCode::OK);
+        assert_eq!(
+            mv.version,
+            if h2 {
+                hyper::Version::HTTP_2
+            } else {
+                hyper::Version::HTTP_11
+            }
+        );
+        assert_eq!(mv.header("content-type"), "application/vnd.apple.mpegurl");
+        assert_eq!(mv.header("content-encoding"), "gzip");
+        assert_eq!(mv.header("access-control-allow-origin"), "*");
+        assert_eq!(mv.header("cache-control"), "public, max-age=2");
+        assert!(mv.text().contains("#EXT-X-STREAM-INF"));
+        let pl = get(
+            addr,
+            &media_path(&snap, "v1", "index.m3u8"),
+            h2,
+            &[("accept-encoding", "gzip, br")],
+        )
+        .await;
+        assert_eq!(pl.status, StatusCode::OK);
+        assert_eq!(pl.header("content-encoding"), "gzip");
+        let (m, v) = checker::check_media(&pl.text());
+        assert!(v.is_empty(), "{v:?}");
+        // Every file the playlist names downloads whole, with its type.
+        let seg = m.complete().last().unwrap();
+        let part = &m.segments.last().unwrap().parts[0];
+        for (file, len) in [
+            (seg.map.clone().unwrap(), None),
+            (seg.uri.clone().unwrap(), None),
+            (
+                part.uri.clone(),
+                Some(snap.renditions["v1"].files[&part.uri].len()),
+            ),
+        ] {
+            let a = get(
+                addr,
+                &media_path(&snap, "v1", &file),
+                h2,
+                &[("accept-encoding", "gzip")],
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK, "{file}");
+            assert_eq!(a.header("content-type"), "video/mp4");
+            assert_eq!(a.header("content-encoding"), "", "media is not gzipped");
+            assert!(a.header("cache-control").contains("immutable"));
+            if let Some(len) = len {
+                assert_eq!(a.body.len(), len);
+            }
+        }
+        let audio = get(addr, &media_path(&snap, "opus", "init_0.mp4"), h2, &[]).await;
+        assert_eq!(audio.header("content-type"), "audio/mp4");
+        let mpd = get(addr, &format!("/hls/{ROOM}/manifest.mpd"), h2, &[]).await;
+        assert_eq!(mpd.header("content-type"), "application/dash+xml");
+        assert!(mpd.text().contains("<MPD"));
+    }
+    // Without Accept-Encoding: plain. HEAD: headers only. OPTIONS: CORS preflight.
+    let plain = get(addr, &format!("/hls/{ROOM}/index.m3u8"), false, &[]).await;
+    assert_eq!(plain.header("content-encoding"), "");
+    let head = request(addr, "HEAD", &format!("/hls/{ROOM}/index.m3u8"), false, &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    let pre = request(
+        addr,
+        "OPTIONS",
+        &media_path(&snap, "v0", "index.m3u8"),
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT);
+    assert!(pre.header("access-control-allow-methods").contains("GET"));
+    let post = request(addr, "POST", &format!("/hls/{ROOM}/index.m3u8"), false, &[]).await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    // 404s: unknown room, rendition, session, and files neither there nor hinted.
+    for path in [
+        "/hls/nope/index.m3u8".to_string(),
+        media_path(&snap, "v9", "index.m3u8"),
+        format!("/hls/{ROOM}/ffffffffffff/v0/index.m3u8"),
+        media_path(&snap, "v0", "seg_999.m4s"),
+        media_path(&snap, "v0", "part_999_0.m4s"),
+        media_path(&snap, "v0", "../../index.m3u8"),
+    ] {
+        let a = get(addr, &path, false, &[]).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(a.header("access-control-allow-origin"), "*");
+    }
+}
+
+/// The first snapshot after `from` in which `ready` holds.
+fn next_where(snaps: &[RoomSnapshot], from: usize, ready: impl Fn(&RoomSnapshot) -> bool) -> usize {
+    (from + 1..snaps.len())
+        .find(|&i| ready(&snaps[i]))
+        .expect("a later snapshot")
+}
+
+#[tokio::test]
+async fn blocking_reload_holds_until_the_part_exists_and_never_answers_early() {
+    let (addr, service, snaps) = setup(Duration::from_secs(9), None).await;
+    let k = snaps.len() / 2;
+    service.store().publish(ROOM, snaps[k].clone());
+    let (msn, part) = snaps[k].renditions["v2"].next_part().unwrap();
+    let path = format!(
+        "{}?_HLS_msn={msn}&_HLS_part={part}",
+        media_path(&snaps[k], "v2", "index.m3u8")
+    );
+    for h2 in [false, true] {
+        service.store().publish(ROOM, snaps[k].clone());
+        let pending = tokio::spawn({
+            let path = path.clone();
+            async move { (get(addr, &path, h2, &[]).await, Instant::now()) }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!pending.is_finished(), "answered before the part existed");
+        assert_eq!(
+            service
+                .metrics
+                .blocking_held
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Other renditions' parts do not release it.
+        let want = format!("part_{msn}_{part}.m4s");
+        let ready = next_where(&snaps, k, |s| s.renditions["v2"].files.contains_key(&want));
+        for s in &snaps[k + 1..ready] {
+            service.store().publish(ROOM, s.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pending.is_finished());
+        let published = Instant::now();
+        service.store().publish(ROOM, snaps[ready].clone());
+        let (a, answered) = pending.await.unwrap();
+        assert!(answered >= published);
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            a.header("cache-control"),
+            "public, max-age=18",
+            "6 TD for a blocking reload"
+        );
+        let text = a.text();
+        assert!(text.contains(&format!("URI=\"{want}\"")), "{text}");
+        assert!(checker::check_media(&text).1.is_empty());
+    }
+    // Already there: no wait. Left the window: the whole playlist at once.
+    for q in ["_HLS_msn=0", "_HLS_msn=0&_HLS_part=0", "_HLS_msn=1&_HLS_part=40"] {
+        let t = Instant::now();
+        let a = get(
+            addr,
+            &format!("{}?{q}", media_path(&snaps[0], "v2", "index.m3u8")),
+            false,
+            &[],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{q}");
+        assert!(t.elapsed() < Duration::from_millis(500));
+        assert!(a.text().contains("#EXT-X-MEDIA-SEQUENCE:"));
+    }
+    // N past the last part of M means part 0 of M + 1.
+    let last = snaps[k].renditions["v2"].segments.last().unwrap().clone();
+    let n = last.parts.len();
+    let a = get(
+        addr,
+        &format!(
+            "{}?_HLS_msn={}&_HLS_part={n}",
+            media_path(&snaps[0], "v2", "index.m3u8"),
+            last.msn
+        ),
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.text().contains(&format!("part_{}_0.m4s", last.msn + 1)));
+}
+
+#[tokio::test]
+async fn bad_directives_are_400_and_a_long_wait_is_503() {
+    let (addr, service, snaps) = setup(Duration::from_millis(300), None).await;
+    let k = snaps.len() / 2;
+    service.store().publish(ROOM, snaps[k].clone());
+    let r = &snaps[k].renditions["v0"];
+    let last = r.last_msn().unwrap();
+    let (pm, pi) = r.last_part().unwrap();
+    let base = media_path(&snaps[k], "v0", "index.m3u8");
+    for q in [
+        "_HLS_part=1".to_string(),
+        format!("_HLS_msn={}", last + 3),
+        format!("_HLS_msn={pm}&_HLS_part={}", pi + 11),
+        format!("_HLS_msn={}&_HLS_part=11", last + 1),
+        "_HLS_msn=-1".to_string(),
+        "_HLS_msn=1&_HLS_part=x".to_string(),
+    ] {
+        let a = get(addr, &format!("{base}?{q}"), false, &[]).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{q}");
+        assert_eq!(a.header("cache-control"), "no-store");
+    }
+    // Within the limits but never coming: 503 after the hold limit.
+    let t = Instant::now();
+    let a = get(addr, &format!("{base}?_HLS_msn={}", last + 2), true, &[]).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        service
+            .metrics
+            .timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        service
+            .metrics
+            .blocking_held
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_hinted_part_is_held_until_whole_and_the_ended_stream_ignores_directives() {
+    let (addr, service, snaps) = setup(Duration::from_secs(9), None).await;
+    let k = snaps.len() / 2;
+    service.store().publish(ROOM, snaps[k].clone());
+    let (msn, i) = snaps[k].renditions["opus"].next_part().unwrap();
+    let file = format!("part_{msn}_{i}.m4s");
+    let path = media_path(&snaps[k], "opus", &file);
+    let pending = tokio::spawn(async move { get(addr, &path, true, &[]).await });
+    // One past the hint is not hinted: 404 at once.
+    let beyond = get(
+        addr,
+        &media_path(&snaps[k], "opus", &format!("part_{msn}_{}.m4s", i + 1)),
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(beyond.status, StatusCode::NOT_FOUND);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!pending.is_finished());
+    let ready = next_where(&snaps, k, |s| s.renditions["opus"].files.contains_key(&file));
+    service.store().publish(ROOM, snaps[ready].clone());
+    let a = pending.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, snaps[ready].renditions["opus"].files[&file]);
+    assert_eq!(a.header("cache-control"), "public, max-age=18");
+    assert!(checker::check_fragments(&a.body).is_ok());
+
+    // The publisher leaves: ENDLIST, directives ignored, no hint.
+    let mut room = Room::new(HlsConfig::default(), &ladder()[..1], false);
+    room.run(Duration::from_secs(5));
+    room.stop();
+    let ended = room.last().clone();
+    service.store().publish(ROOM, ended.clone());
+    let a = get(
+        addr,
+        &format!(
+            "{}?_HLS_msn=999&_HLS_part=3",
+            media_path(&ended, "v0", "index.m3u8")
+        ),
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.text().contains("#EXT-X-ENDLIST") && !a.text().contains("PRELOAD-HINT"));
+}
+
+#[tokio::test]
+async fn delta_update_skips_old_segments() {
+    let store = HlsStore::new();
+    let service = Arc::new(HlsService::new(store, None));
+    let addr = start(service.clone()).await;
+    let mut room = Room::new(HlsConfig::default(), &ladder()[..1], true);
+    room.run(Duration::from_secs(34));
+    let snap = room.last().clone();
+    service.store().publish(ROOM, snap.clone());
+    let base = media_path(&snap, "v0", "index.m3u8");
+    let full = get(addr, &base, false, &[]).await.text();
+    let (f, _) = checker::check_media(&full);
+    let (msn, part) = snap.renditions["v0"].last_part().unwrap();
+    let a = get(
+        addr,
+        &format!("{base}?_HLS_msn={msn}&_HLS_part={part}&_HLS_skip=YES"),
+        false,
+        &[],
+    )
+    .await;
+    let (d, v) = checker::check_media(&a.text());
+    assert!(v.is_empty(), "{v:?}");
+    assert!(d.skipped > 0);
+    assert_eq!(&f.segments[d.skipped as usize..], &d.segments[..]);
+}
+
+#[tokio::test]
+async fn signed_urls_are_checked_everywhere_and_carried_into_playlists() {
+    let secret = b"hls-secret";
+    let (addr, service, snaps) = setup(Duration::from_secs(9), Some(secret)).await;
+    let snap = snaps.last().unwrap().clone();
+    service.store().publish(ROOM, snap.clone());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = sign_token(secret, ROOM, now + 60);
+    let mv = get(addr, &format!("/hls/{ROOM}/index.m3u8?token={token}"), false, &[]).await;
+    assert_eq!(mv.status, StatusCode::OK);
+    let text = mv.text();
+    let uri = text
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap();
+    assert!(uri.ends_with(&format!("?token={token}")), "{uri}");
+    let pl = get(addr, &format!("/hls/{ROOM}/{uri}"), false, &[]).await;
+    assert_eq!(pl.status, StatusCode::OK);
+    let (m, _) = checker::check_media(&pl.text());
+    let part = &m.segments.last().unwrap().parts[0].uri;
+    assert!(part.ends_with(&token));
+    assert!(m.hints.iter().all(|(_, u)| u.ends_with(&token)));
+    assert!(m.reports.iter().all(|(u, _, _)| u.ends_with(&token)));
+    let dir = uri.rsplit_once('/').unwrap().0;
+    let a = get(addr, &format!("/hls/{ROOM}/{dir}/{part}"), false, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    // Missing, expired, forged, and another room's tokens.
+    let expired = sign_token(secret, ROOM, now - 1);
+    let other = sign_token(secret, "other", now + 60);
+    let forged = sign_token(b"guess", ROOM, now + 60);
+    for q in [
+        "".to_string(),
+        format!("?token={expired}"),
+        format!("?token={other}"),
+        format!("?token={forged}"),
+    ] {
+        for path in [
+            format!("/hls/{ROOM}/index.m3u8"),
+            media_path(&snap, "v0", "index.m3u8"),
+            media_path(&snap, "v0", "init_0.mp4"),
+        ] {
+            let a = get(addr, &format!("{path}{q}"), false, &[]).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}{q}");
+        }
+    }
+}
