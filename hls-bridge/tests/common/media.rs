@@ -1,0 +1,78 @@
+//! Real media for the transcoding tests: tones encoded with libopus,
+//! frequency analysis, and the external `ffprobe`/`ffmpeg` tools.
+#![allow(dead_code)]
+
+use std::f64::consts::PI;
+use std::path::Path;
+use std::process::Command;
+
+/// Interleaved stereo 16-bit PCM of a `freq` Hz sine at 48 kHz, starting
+/// at sample `from` of an endless tone.
+pub fn tone(freq: f64, from: usize, samples: usize, amplitude: f64) -> Vec<i16> {
+    (from..from + samples)
+        .flat_map(|i| {
+            let v = (amplitude * (2.0 * PI * freq * i as f64 / 48_000.0).sin()) as i16;
+            [v, v]
+        })
+        .collect()
+}
+
+/// 20 ms stereo Opus packets of `pcm` (48 kHz interleaved), as a browser
+/// would send them.
+pub fn opus_packets(pcm: &[i16]) -> Vec<Vec<u8>> {
+    let mut enc = opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();
+    enc.set_bitrate(opus::Bitrate::Bits(96_000)).unwrap();
+    pcm.chunks_exact(960 * 2)
+        .map(|frame| enc.encode_vec(frame, 4000).unwrap())
+        .collect()
+}
+
+/// Samples libopus's encoder delays its input by (its lookahead).
+pub fn opus_lookahead() -> usize {
+    let mut enc = opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();
+    enc.get_lookahead().unwrap() as usize
+}
+
+/// The left channel of interleaved stereo PCM.
+pub fn left(pcm: &[i16]) -> Vec<f64> {
+    pcm.chunks_exact(2).map(|s| f64::from(s[0])).collect()
+}
+
+/// Goertzel power of `freq` Hz in 48 kHz `samples`.
+pub fn power_at(samples: &[f64], freq: f64) -> f64 {
+    let w = 2.0 * PI * freq / 48_000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in samples {
+        let s = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - coeff * s1 * s2
+}
+
+/// The strongest frequency among 100 Hz .. 8 kHz in 50 Hz steps.
+pub fn dominant_frequency(samples: &[f64]) -> f64 {
+    (2..=160)
+        .map(|k| f64::from(k) * 50.0)
+        .max_by(|a, b| power_at(samples, *a).total_cmp(&power_at(samples, *b)))
+        .unwrap()
+}
+
+/// Runs a tool of the Debian `ffmpeg` package (installed by
+/// scripts/setup.sh); a missing tool fails the test rather than skipping it.
+pub fn ffmpeg_tool(tool: &str, args: &[&str], input: &Path) -> Vec<u8> {
+    let out = Command::new(tool)
+        .args(["-v", "error"])
+        .arg("-i")
+        .arg(input)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} not runnable ({e}); run scripts/setup.sh"));
+    assert!(
+        out.status.success(),
+        "{tool} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
