@@ -31,7 +31,10 @@ pub enum Error {
     /// An audio track configuration the init segment cannot describe.
     #[error("audio config: {0}")]
     AudioConfig(&'static str),
-    /// A codec library (libopus, FDK AAC) refused an operation.
+    /// A codec library (libopus, FDK AAC, openh264) refused an operation.
     #[error("{codec}: {reason}")]
     Codec { codec: &'static str, reason: String },
+    /// Encoding a thumbnail image failed.
+    #[error("image: {0}")]
+    Image(String),
 }

@@ -18,6 +18,7 @@ pub mod fmp4;
 pub mod h264;
 pub mod opus;
 mod rtp;
+pub mod thumbnail;
 pub mod transcode;
 
 pub use error::Error;

@@ -2,5 +2,7 @@
 //! frames out, timestamps carried through, no clock):
 //!
 //! - [`aac`]: Opus → AAC-LC for the rendition Apple players require.
+//! - [`video`]: openh264 decode/encode of access units, I420 scaling.
 
 pub mod aac;
+pub mod video;

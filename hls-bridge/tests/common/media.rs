@@ -76,3 +76,49 @@ pub fn ffmpeg_tool(tool: &str, args: &[&str], input: &Path) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// Interleaved RGB8 → I420 (BT.601 limited range), 2x2 chroma averages.
+pub fn rgb_to_picture(rgb: &[u8], width: usize, height: usize) -> hls_bridge::transcode::video::Picture {
+    let px = |x: usize, y: usize| {
+        let i = (y * width + x) * 3;
+        (f64::from(rgb[i]), f64::from(rgb[i + 1]), f64::from(rgb[i + 2]))
+    };
+    let mut y_plane = Vec::with_capacity(width * height);
+    for y in 0..height {
+        for x in 0..width {
+            let (r, g, b) = px(x, y);
+            y_plane.push((16.0 + 0.257 * r + 0.504 * g + 0.098 * b).round() as u8);
+        }
+    }
+    let (cw, ch) = (width.div_ceil(2), height.div_ceil(2));
+    let (mut u, mut v) = (Vec::with_capacity(cw * ch), Vec::with_capacity(cw * ch));
+    for cy in 0..ch {
+        for cx in 0..cw {
+            let (r, g, b) = px((2 * cx).min(width - 1), (2 * cy).min(height - 1));
+            u.push((128.0 - 0.148 * r - 0.291 * g + 0.439 * b).round() as u8);
+            v.push((128.0 + 0.439 * r - 0.368 * g - 0.071 * b).round() as u8);
+        }
+    }
+    hls_bridge::transcode::video::Picture {
+        width,
+        height,
+        y: y_plane,
+        u,
+        v,
+    }
+}
+
+/// Quadrants red | green over blue | white: a picture whose regions a
+/// thumbnail must keep.
+pub const QUADRANTS: [[u8; 3]; 4] = [[220, 30, 30], [30, 200, 40], [30, 40, 210], [240, 240, 240]];
+
+pub fn quadrant_pattern(width: usize, height: usize) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            let q = usize::from(x >= width / 2) + 2 * usize::from(y >= height / 2);
+            rgb.extend_from_slice(&QUADRANTS[q]);
+        }
+    }
+    rgb
+}
