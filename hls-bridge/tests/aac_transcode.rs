@@ -7,7 +7,9 @@ mod common;
 
 use std::io::Cursor;
 
-use common::media::{dominant_frequency, ffmpeg_tool, left, opus_lookahead, opus_packets, tone};
+use common::media::{
+    dominant_frequency, ffmpeg_tool, left, opus_lookahead, opus_packets, tone, with_audio_entry,
+};
 use hls_bridge::fmp4::{self, Sample, TrackConfig};
 use hls_bridge::transcode::aac::{AacAccessUnit, AacTranscoderConfig, OpusToAac};
 
@@ -92,26 +94,19 @@ fn aac_fmp4_parses_back_and_plays_in_ffmpeg() {
     let file = cmaf_file(&t, &aus);
 
     // mp4parse (Firefox): mp4a with an esds carrying our AudioSpecificConfig.
-    let ctx = mp4parse::read_mp4(&mut Cursor::new(&file)).unwrap();
-    let track = &ctx.tracks[0];
-    assert_eq!(track.track_type, mp4parse::TrackType::Audio);
-    assert_eq!(track.timescale.map(|t| t.0), Some(48_000));
-    let stsd = track.stsd.as_ref().unwrap();
-    let mp4parse::SampleEntry::Audio(a) = &stsd.descriptions[0] else {
-        panic!("not an audio sample entry");
-    };
-    assert_eq!(a.codec_type, mp4parse::CodecType::AAC);
-    assert_eq!(a.channelcount, 2);
-    let mp4parse::AudioCodecSpecific::ES_Descriptor(esds) = &a.codec_specific else {
-        panic!("no esds");
-    };
-    assert_eq!(esds.audio_object_type, Some(2));
-    assert_eq!(esds.audio_sample_rate, Some(48_000));
-    assert_eq!(esds.audio_channel_count, Some(2));
-    assert_eq!(
-        esds.decoder_specific_data.iter().copied().collect::<Vec<u8>>(),
-        [0x11, 0x90]
-    );
+    with_audio_entry(&file, |a| {
+        assert_eq!(a.codec_type, mp4parse::CodecType::AAC);
+        let mp4parse::AudioCodecSpecific::ES_Descriptor(esds) = &a.codec_specific else {
+            panic!("no esds");
+        };
+        assert_eq!(esds.audio_object_type, Some(2));
+        assert_eq!(esds.audio_sample_rate, Some(48_000));
+        assert_eq!(esds.audio_channel_count, Some(2));
+        assert_eq!(
+            esds.decoder_specific_data.iter().copied().collect::<Vec<u8>>(),
+            [0x11, 0x90]
+        );
+    });
 
     // `mp4` reads the fragment's samples.
     let reader = mp4::Mp4Reader::read_header(Cursor::new(file.clone()), file.len() as u64).unwrap();

@@ -6,11 +6,7 @@
 use openh264::formats::{YUVBuffer, YUVSource};
 
 use crate::Error;
-use crate::h264::AccessUnit;
-
-const NAL_SPS: u8 = 7;
-const NAL_PPS: u8 = 8;
-const NAL_IDR: u8 = 5;
+use crate::h264::{AccessUnit, NAL_IDR, NAL_PPS, NAL_SPS};
 
 /// A decoded picture, I420 with tight planes (chroma rounded up).
 #[derive(Debug, Clone, PartialEq, Eq)]

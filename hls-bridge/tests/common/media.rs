@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::f64::consts::PI;
+use std::io::Cursor;
 use std::path::Path;
 use std::process::Command;
 
@@ -121,4 +122,21 @@ pub fn quadrant_pattern(width: usize, height: usize) -> Vec<u8> {
         }
     }
     rgb
+}
+
+/// Parses a one-track audio init segment with Mozilla's `mp4parse` (what
+/// Firefox runs), checks the parts every audio entry shares (audio handler,
+/// 48 kHz timescale, stereo) and hands the sample entry to `check`.
+pub fn with_audio_entry<T>(init: &[u8], check: impl FnOnce(&mp4parse::AudioSampleEntry) -> T) -> T {
+    let ctx = mp4parse::read_mp4(&mut Cursor::new(init)).unwrap();
+    assert_eq!(ctx.tracks.len(), 1);
+    let track = &ctx.tracks[0];
+    assert_eq!(track.track_type, mp4parse::TrackType::Audio);
+    assert_eq!(track.timescale.map(|t| t.0), Some(48_000));
+    let stsd = track.stsd.as_ref().unwrap();
+    let mp4parse::SampleEntry::Audio(a) = &stsd.descriptions[0] else {
+        panic!("not an audio sample entry");
+    };
+    assert_eq!(a.channelcount, 2);
+    check(a)
 }
