@@ -442,6 +442,19 @@ mod tests {
     }
 
     #[test]
+    fn mono_opus_becomes_stereo_aac() {
+        let mut mono = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let mut t = OpusToAac::new(AacTranscoderConfig::default()).unwrap();
+        for i in 0..20 {
+            let p = mono.encode_vec(&[0i16; 960], 4000).unwrap();
+            assert_eq!(parse_toc(&p).map(|(_, stereo)| stereo), Ok(false));
+            t.handle_opus(i * 960, &p).unwrap();
+        }
+        assert_eq!(drain(&mut t).len(), 20 * 960 / 1024);
+        assert_eq!(t.aac_config().channels, 2);
+    }
+
+    #[test]
     fn garbage_is_an_error_and_keeps_the_timeline() {
         let mut opus = encoder();
         let mut t = OpusToAac::new(AacTranscoderConfig::default()).unwrap();
