@@ -31,4 +31,13 @@ pub enum Error {
     /// A fragment whose sample sizes do not add up to its data.
     #[error("fragment: samples describe {described} bytes, data has {actual}")]
     FragmentSize { described: u64, actual: u64 },
+    /// An audio track configuration the init segment cannot describe.
+    #[error("audio config: {0}")]
+    AudioConfig(&'static str),
+    /// A codec library (libopus, FDK AAC, openh264) refused an operation.
+    #[error("{codec}: {reason}")]
+    Codec { codec: &'static str, reason: String },
+    /// Encoding a thumbnail image failed.
+    #[error("image: {0}")]
+    Image(String),
 }

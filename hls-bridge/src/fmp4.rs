@@ -7,9 +7,10 @@
 //! the init, `mvex`/`trex`, `tfdt` in every `traf`, `default-base-is-moof`.
 
 use mp4_atom::{
-    Audio, Avc1, Avcc, Dinf, Dops, Dref, Encode, FourCC, Ftyp, Hdlr, Mdhd, Mdia, Mfhd, Minf, Moof, Moov,
-    Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Styp, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, Url,
-    Visual, Vmhd,
+    Audio, Avc1, Avcc, Codec, Dinf, Dops, Dref, Encode, Esds, FourCC, Ftyp, Hdlr, Mdhd, Mdia, Mfhd, Minf,
+    Moof, Moov, Mp4a, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Styp, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex,
+    Trun, TrunEntry, Url, Visual, Vmhd,
+    esds::{DecoderConfig, DecoderSpecific, EsDescriptor, SLConfig},
 };
 
 use crate::Error;
@@ -31,6 +32,7 @@ const FLAGS_NON_SYNC: u32 = 0x0101_0000; // depends_on = 1, is_non_sync_sample
 pub enum TrackConfig {
     Avc(AvcConfig),
     Opus(OpusConfig),
+    Aac(AacConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,7 @@ impl TrackConfig {
         match self {
             TrackConfig::Avc(_) => VIDEO_TIMESCALE,
             TrackConfig::Opus(_) => OPUS_TIMESCALE,
+            TrackConfig::Aac(aac) => aac.sample_rate,
         }
     }
 
@@ -55,6 +58,7 @@ impl TrackConfig {
         match self {
             TrackConfig::Avc(c) => c.codec_string(),
             TrackConfig::Opus(_) => "opus".to_string(),
+            TrackConfig::Aac(aac) => aac.codec_string(),
         }
     }
 }
@@ -149,6 +153,17 @@ pub fn init_segment(config: &TrackConfig) -> Result<Vec<u8>, Error> {
                 1,
             )
         }
+        TrackConfig::Aac(aac) => (
+            Hdlr {
+                handler: FourCC::new(b"soun"),
+                name: "SoundHandler".into(),
+            },
+            (None, Some(Smhd::default())),
+            aac_sample_entry(aac)?,
+            0,
+            0,
+            1,
+        ),
     };
     let moov = Moov {
         mvhd: Mvhd {
@@ -210,6 +225,82 @@ pub fn init_segment(config: &TrackConfig) -> Result<Vec<u8>, Error> {
     ftyp.encode(&mut out)?;
     moov.encode(&mut out)?;
     Ok(out)
+}
+
+/// An AAC track (ISO/IEC 14496-3) as the `mp4a` sample entry describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AacConfig {
+    /// The AudioSpecificConfig (ISO/IEC 14496-3 §1.6.2.1), from the encoder.
+    pub audio_specific_config: Vec<u8>,
+    pub channels: u8,
+    /// Also the media timescale: one tick per sample.
+    pub sample_rate: u32,
+    /// Bits per second, for the `esds` DecoderConfigDescriptor.
+    pub bitrate: u32,
+}
+
+impl AacConfig {
+    /// The MPEG-4 audio object type, the first 5 bits of the
+    /// AudioSpecificConfig (2 = AAC-LC); 0 if it is empty.
+    pub fn audio_object_type(&self) -> u8 {
+        self.audio_specific_config.first().map_or(0, |b| b >> 3)
+    }
+
+    /// RFC 6381 §3.3: `mp4a.40.<audio object type>`, e.g. `mp4a.40.2`.
+    pub fn codec_string(&self) -> String {
+        format!("mp4a.40.{}", self.audio_object_type())
+    }
+}
+
+/// `mp4a` with an `esds` (ISO/IEC 14496-14 §3.1.2): ES descriptor with
+/// objectTypeIndication 0x40 (MPEG-4 audio) and streamType 5 (audio), the
+/// AudioSpecificConfig as DecoderSpecificInfo.
+fn aac_sample_entry(aac: &AacConfig) -> Result<Codec, Error> {
+    const OBJECT_TYPE_MPEG4_AUDIO: u8 = 0x40;
+    const STREAM_TYPE_AUDIO: u8 = 0x05;
+    let asc = &aac.audio_specific_config;
+    if asc.len() < 2 {
+        return Err(Error::AudioConfig("AudioSpecificConfig shorter than 2 bytes"));
+    }
+    // A raw AAC frame holds at most 6144 bits per channel (ISO/IEC 14496-3 §4.5.3.2).
+    let buffer_size = 6144 / 8 * u32::from(aac.channels);
+    Ok(Mp4a {
+        audio: Audio {
+            data_reference_index: 1,
+            channel_count: u16::from(aac.channels),
+            sample_size: 16,
+            sample_rate: u16::try_from(aac.sample_rate)
+                .map_err(|_| Error::AudioConfig("sample rate above 65535"))?
+                .into(),
+        },
+        esds: Esds {
+            es_desc: EsDescriptor {
+                es_id: TRACK_ID as u16,
+                dec_config: DecoderConfig {
+                    object_type_indication: OBJECT_TYPE_MPEG4_AUDIO,
+                    stream_type: STREAM_TYPE_AUDIO,
+                    up_stream: 0,
+                    buffer_size_db: {
+                        let [_, a, b, c] = buffer_size.to_be_bytes();
+                        [a, b, c].into()
+                    },
+                    max_bitrate: aac.bitrate,
+                    avg_bitrate: aac.bitrate,
+                    dec_specific: Some(DecoderSpecific {
+                        profile: asc[0] >> 3,
+                        freq_index: ((asc[0] & 0x07) << 1) | (asc[1] >> 7),
+                        chan_conf: (asc[1] >> 3) & 0x0f,
+                        raw: asc.clone(),
+                    }),
+                },
+                sl_config: SLConfig {},
+                ..Default::default()
+            },
+        },
+        btrt: None,
+        taic: None,
+    }
+    .into())
 }
 
 /// The `styp` that opens a full segment (CMAF §7.3.2.2); a segment is this

@@ -10,9 +10,9 @@ use std::collections::VecDeque;
 
 use crate::Error;
 
-const NAL_IDR: u8 = 5;
-const NAL_SPS: u8 = 7;
-const NAL_PPS: u8 = 8;
+pub(crate) const NAL_IDR: u8 = 5;
+pub(crate) const NAL_SPS: u8 = 7;
+pub(crate) const NAL_PPS: u8 = 8;
 const NAL_AUD: u8 = 9;
 /// RFC 6184 §5.4 aggregation and fragmentation payload types.
 const STAP_A: u8 = 24;

@@ -21,6 +21,8 @@ pub mod opus;
 pub mod playlist;
 mod rtp;
 pub mod segmenter;
+pub mod thumbnail;
+pub mod transcode;
 
 pub use error::Error;
 use h264::{AccessUnit, AvcConfig, H264Depacketizer, H264Stats};

@@ -124,22 +124,16 @@ fn opus_init_carries_dops() {
         pre_skip: 312,
     }))
     .unwrap();
-    let ctx = mp4parse::read_mp4(&mut Cursor::new(&init)).unwrap();
-    let track = &ctx.tracks[0];
-    assert_eq!(track.track_type, mp4parse::TrackType::Audio);
-    assert_eq!(track.timescale.map(|t| t.0), Some(48_000));
-    let stsd = track.stsd.as_ref().unwrap();
-    let mp4parse::SampleEntry::Audio(a) = &stsd.descriptions[0] else {
-        panic!("not an audio sample entry");
-    };
-    assert_eq!(a.codec_type, mp4parse::CodecType::Opus);
-    assert_eq!(a.channelcount, 2);
-    let mp4parse::AudioCodecSpecific::OpusSpecificBox(dops) = &a.codec_specific else {
-        panic!("no dOps");
-    };
-    // RFC 7845 §5.1 OpusHead, rebuilt by mp4parse from the dOps it read.
-    let mut head = Vec::new();
-    mp4parse::serialize_opus_header(dops, &mut head).unwrap();
+    let head = common::media::with_audio_entry(&init, |a| {
+        assert_eq!(a.codec_type, mp4parse::CodecType::Opus);
+        let mp4parse::AudioCodecSpecific::OpusSpecificBox(dops) = &a.codec_specific else {
+            panic!("no dOps");
+        };
+        // RFC 7845 §5.1 OpusHead, rebuilt by mp4parse from the dOps it read.
+        let mut head = Vec::new();
+        mp4parse::serialize_opus_header(dops, &mut head).unwrap();
+        head
+    });
     assert_eq!(&head[..8], b"OpusHead");
     assert_eq!(head[9], 2, "channels");
     assert_eq!(u16::from_le_bytes([head[10], head[11]]), 312, "pre-skip");

@@ -2,6 +2,8 @@
 //! STAP-A, FU-A) over synthetic access units.
 #![allow(dead_code)]
 
+pub mod media;
+
 /// A 1080p High-profile SPS (level 4.0) as written by a real encoder.
 pub const SPS_1080P: [u8; 26] = [
     103, 100, 0, 40, 172, 217, 64, 120, 2, 39, 229, 132, 0, 0, 3, 0, 4, 0, 0, 3, 0, 240, 60, 96, 198, 88,
