@@ -8,7 +8,7 @@ quiet() { "$@" >/dev/null 2>&1; }
 
 # System packages (Debian/Ubuntu). Each is checked first so a ready machine
 # never touches apt.
-APT_PACKAGES=(build-essential cmake pkg-config libopus-dev chromium coturn curl ffmpeg)
+APT_PACKAGES=(build-essential cmake pkg-config libopus-dev chromium coturn curl ffmpeg nasm)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -215,7 +215,7 @@ impl OpusToAac {
         let frame = AAC_FRAME as usize * CHANNELS;
         // Everything fed must reach sample index fed + delay in the output.
         let pending = self.pcm.len() / CHANNELS + self.delay as usize;
-        let pad = pending.div_ceil(AAC_FRAME as usize) * frame - self.pcm.len() % frame;
+        let pad = pending.div_ceil(AAC_FRAME as usize) * frame - self.pcm.len();
         self.pcm.extend(std::iter::repeat_n(0, pad));
         self.encode_ready()?;
         self.next = None;

@@ -8,3 +8,15 @@
 pub mod aac;
 pub mod ladder;
 pub mod video;
+
+#[cfg(test)]
+mod tests {
+    /// The node moves transcoders into its worker threads.
+    #[test]
+    fn transcoders_are_send() {
+        fn send<T: Send>() {}
+        send::<super::aac::OpusToAac>();
+        send::<super::ladder::Ladder>();
+        send::<crate::thumbnail::ThumbnailCache<String>>();
+    }
+}
