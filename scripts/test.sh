@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
+# Lints and tests both on the release profile: the binaries the tests start
+# are the ones the browser tests and users run, and the build scripts' C
+# (aws-lc, openh264, FDK AAC) compile once for both, not once per profile.
 echo "== cargo clippy"
-cargo clippy --quiet --workspace --all-targets -- -D warnings
-# Tests run on the release profile: the binaries they start are the ones the
-# browser tests and users run, and the workspace compiles once, not twice.
+cargo clippy --quiet --release --workspace --all-targets -- -D warnings
 echo "== cargo test (release)"
 cargo test --quiet --release --workspace
 if [ -f e2e/package.json ]; then
