@@ -248,3 +248,20 @@ export async function diagnostics(node, pages) {
   parts.push(`--- full sfu log: ${node.logPath} ---`);
   return parts.join('\n');
 }
+
+// Wraps test steps: a failing step gets the node's log tail and the pages'
+// state appended to its error, and `failed` is set so `after` keeps the log.
+// `node` is a getter because the node starts in `before`.
+export function failureContext(node, pages) {
+  const ctx = { failed: false };
+  ctx.step = (fn) => async (t) => {
+    try {
+      await fn(t);
+    } catch (e) {
+      ctx.failed = true;
+      if (node()) e.message += `\n\n${await diagnostics(node(), Object.values(pages))}`;
+      throw e;
+    }
+  };
+  return ctx;
+}

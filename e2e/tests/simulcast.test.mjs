@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { diagnostics, launchBrowser, startNode, stats, until } from './helpers.mjs';
+import { failureContext, launchBrowser, startNode, stats, until } from './helpers.mjs';
 
 const ROOM = `e2e-${randomBytes(4).toString('hex')}`;
 // Widths Chrome encodes for a 1280x720 fake camera with scaleResolutionDownBy 4/2/1.
@@ -24,18 +24,9 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
   let browser;
   const pages = {};
   const watched = {};
-  let failed = false;
 
-  // Runs one step; on failure appends the node's and the pages' state.
-  const step = (fn) => async (t) => {
-    try {
-      await fn(t);
-    } catch (e) {
-      failed = true;
-      if (node) e.message += `\n\n${await diagnostics(node, Object.values(pages))}`;
-      throw e;
-    }
-  };
+  const ctx = failureContext(() => node, pages);
+  const step = ctx.step;
 
   // Samples `wave.stats()` every 250 ms for up to `ms` (times reported in ms
   // since `origin`), asserting framesDecoded never goes backwards and
@@ -134,7 +125,7 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
   after(async () => {
     await browser?.close();
     await node?.kill();
-    const keepLog = failed || !!process.env.WAVE_E2E_KEEP_LOGS;
+    const keepLog = ctx.failed || !!process.env.WAVE_E2E_KEEP_LOGS;
     if (keepLog && node) console.error(`sfu log kept at ${node.logPath}`);
     node?.cleanup({ keepLog });
   });

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { diagnostics, freePort, launchBrowser, startNode, stats, until } from './helpers.mjs';
+import { failureContext, freePort, launchBrowser, startNode, stats, until } from './helpers.mjs';
 
 const ROOM = `turn-${randomBytes(4).toString('hex')}`;
 const SAMPLE_MS = 2000;
@@ -20,17 +20,9 @@ describe(`TURN relay end to end (room ${ROOM})`, { timeout: 120_000 }, () => {
   let browser;
   let turnPort;
   const pages = {};
-  let failed = false;
 
-  const step = (fn) => async (t) => {
-    try {
-      await fn(t);
-    } catch (e) {
-      failed = true;
-      if (node) e.message += `\n\n${await diagnostics(node, Object.values(pages))}`;
-      throw e;
-    }
-  };
+  const ctx = failureContext(() => node, pages);
+  const step = ctx.step;
 
   before(async () => {
     turnPort = await freePort();
@@ -44,7 +36,7 @@ describe(`TURN relay end to end (room ${ROOM})`, { timeout: 120_000 }, () => {
     await browser?.close();
     if (node) {
       await node.kill();
-      node.cleanup({ keepLog: failed });
+      node.cleanup({ keepLog: ctx.failed });
     }
   });
 
