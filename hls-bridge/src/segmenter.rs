@@ -340,9 +340,9 @@ impl Packager {
         frame: &Frame,
         capture: Option<Duration>,
     ) -> Result<(), Error> {
-        let wall = self.wall(now);
+        let wall = capture.unwrap_or_else(|| self.wall(now));
         let r = self.renditions.get_mut(&id).ok_or(Error::UnknownTrack(id))?;
-        match frame {
+        let input = match frame {
             Frame::Video { au, new_config } => {
                 if !r.kind.is_video() {
                     return Err(Error::UnknownTrack(id));
@@ -357,41 +357,28 @@ impl Packager {
                 if r.init.is_none() {
                     return Ok(());
                 }
-                let new_init = new_config.is_some();
-                r.push(
-                    &self.config,
-                    &mut self.epoch,
-                    &mut self.stats,
-                    Input {
-                        timestamp: au.timestamp,
-                        wall: capture.unwrap_or(wall),
-                        keyframe: au.keyframe,
-                        new_init,
-                        data: &au.data,
-                    },
-                )?;
+                Input {
+                    timestamp: au.timestamp,
+                    wall,
+                    keyframe: au.keyframe,
+                    new_init: new_config.is_some(),
+                    data: &au.data,
+                }
             }
             Frame::Audio(opus) => {
                 if !matches!(r.kind, RenditionKind::Audio(AudioCodec::Opus { .. })) {
                     return Err(Error::UnknownTrack(id));
                 }
-                r.push(
-                    &self.config,
-                    &mut self.epoch,
-                    &mut self.stats,
-                    Input {
-                        timestamp: opus.timestamp,
-                        wall: capture.unwrap_or(wall),
-                        keyframe: true,
-                        new_init: false,
-                        data: &opus.data,
-                    },
-                )?;
+                Input {
+                    timestamp: opus.timestamp,
+                    wall,
+                    keyframe: true,
+                    new_init: false,
+                    data: &opus.data,
+                }
             }
-        }
-        self.changed |= r.changed;
-        r.changed = false;
-        Ok(())
+        };
+        self.feed(id, input)
     }
 
     /// An audio sample for a rendition added with [`AudioCodec::AacLc`]:
@@ -403,26 +390,29 @@ impl Packager {
         sample: &AudioSample,
         capture: Option<Duration>,
     ) -> Result<(), Error> {
-        let wall = self.wall(now);
-        let r = self.renditions.get_mut(&id).ok_or(Error::UnknownTrack(id))?;
+        let wall = capture.unwrap_or_else(|| self.wall(now));
+        let r = self.renditions.get(&id).ok_or(Error::UnknownTrack(id))?;
         if !matches!(r.kind, RenditionKind::Audio(AudioCodec::AacLc { .. })) {
             return Err(Error::UnknownTrack(id));
         }
-        r.push(
-            &self.config,
-            &mut self.epoch,
-            &mut self.stats,
+        self.feed(
+            id,
             Input {
                 timestamp: sample.timestamp,
-                wall: capture.unwrap_or(wall),
+                wall,
                 keyframe: true,
                 new_init: false,
                 data: &sample.data,
             },
-        )?;
+        )
+    }
+
+    fn feed(&mut self, id: TrackId, input: Input<'_>) -> Result<(), Error> {
+        let r = self.renditions.get_mut(&id).ok_or(Error::UnknownTrack(id))?;
+        let result = r.push(&self.config, &mut self.epoch, &mut self.stats, input);
         self.changed |= r.changed;
         r.changed = false;
-        Ok(())
+        result
     }
 
     /// The publisher of track `id` stopped: its last part and segment are

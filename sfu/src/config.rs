@@ -95,6 +95,22 @@ pub struct ServeArgs {
     /// Allocate only, so calls outlive it [default: 1h].
     #[arg(long, env = "SFU_TURN_TTL", value_parser = parse_duration)]
     pub turn_ttl: Option<Duration>,
+    /// Do not serve rooms as LL-HLS under /hls/ [default: every room with an H.264 publisher].
+    #[arg(long, env = "SFU_NO_HLS")]
+    pub no_hls: bool,
+    /// LL-HLS part target in milliseconds, 200-1000 [default: 333].
+    #[arg(long, env = "SFU_HLS_PART_MS")]
+    pub hls_part_ms: Option<u64>,
+    /// LL-HLS segment target in milliseconds (keyframes are requested at
+    /// this period; TARGETDURATION is 1.5x, rounded up) [default: 2000].
+    #[arg(long, env = "SFU_HLS_SEGMENT_MS")]
+    pub hls_segment_ms: Option<u64>,
+    /// LL-HLS DVR window [default: 30s].
+    #[arg(long, env = "SFU_HLS_DVR", value_parser = parse_duration)]
+    pub hls_dvr: Option<Duration>,
+    /// HMAC secret for signed HLS URLs (`?token=`); without one HLS is public.
+    #[arg(long, env = "SFU_HLS_SECRET", hide_env_values = true)]
+    pub hls_secret: Option<String>,
 }
 
 /// The same keys as the flags, for `--config FILE`.
@@ -161,6 +177,10 @@ pub struct NodeConfig {
     pub initial_bwe_bps: u64,
     /// TURN advertised with per-session REST credentials; `None`: no TURN.
     pub turn: Option<TurnConfig>,
+    /// LL-HLS for rooms with an H.264 publisher; `None`: off.
+    pub hls: Option<hls_bridge::HlsConfig>,
+    /// Signed HLS URLs when set.
+    pub hls_secret: Option<String>,
 }
 
 /// TURN the node advertises: its embedded server, or an external one
@@ -225,6 +245,8 @@ impl Default for NodeConfig {
             ice_lite: true,
             initial_bwe_bps: 2_500_000,
             turn: None,
+            hls: Some(hls_bridge::HlsConfig::default()),
+            hls_secret: None,
         }
     }
 }
@@ -296,6 +318,22 @@ impl NodeConfig {
             ice_lite: !(args.full_ice || file.full_ice.unwrap_or(false)),
             initial_bwe_bps: args.initial_bwe.or(file.initial_bwe).unwrap_or(d.initial_bwe_bps),
             turn,
+            hls: if args.no_hls {
+                None
+            } else {
+                let mut hls = hls_bridge::HlsConfig::default();
+                if let Some(ms) = args.hls_part_ms {
+                    hls.part_target = Duration::from_millis(ms);
+                }
+                if let Some(ms) = args.hls_segment_ms {
+                    hls.segment_target = Duration::from_millis(ms);
+                }
+                if let Some(dvr) = args.hls_dvr {
+                    hls.dvr_window = dvr;
+                }
+                Some(hls.validated().map_err(|e| ConfigError::Invalid(e.to_string()))?)
+            },
+            hls_secret: args.hls_secret.filter(|s| !s.is_empty()),
         };
         config.check()?;
         Ok(config)

@@ -47,8 +47,15 @@ pub async fn run(
         max_room_peers: config.max_room_peers,
         initial_bwe_bps: config.initial_bwe_bps,
         seed: rand::random(),
+        hls: config.hls,
         ..EngineConfig::default()
     };
+    let hls = config.hls.map(|_| {
+        Arc::new(hls_bridge::http::HlsService::new(
+            hls_bridge::http::HlsStore::new(),
+            config.hls_secret.clone().map(String::into_bytes),
+        ))
+    });
     let bind = SocketAddr::new(config.media_ip, config.media_port);
     let http_sessions = Arc::new(std::sync::OnceLock::new());
     let node = Arc::new(Node::start(
@@ -58,6 +65,7 @@ pub async fn run(
         engine,
         config.max_peers,
         http_sessions.clone(),
+        hls,
     )?);
     let media = node.media_addrs();
     let (mut turn, ice_server_source) = start_turn(&config, &media).await?;

@@ -14,6 +14,8 @@ use signaling::{
     SessionId,
 };
 
+use hls_bridge::http::HlsService;
+
 use crate::engine::{Command, EngineConfig, Reply};
 use crate::worker::{self, WorkerHandle};
 
@@ -25,6 +27,8 @@ pub struct Node {
     sessions: Sessions,
     max_peers: usize,
     started: std::time::Instant,
+    /// LL-HLS under `/hls/`, fed by the workers.
+    hls: Option<Arc<HlsService>>,
 }
 
 impl Node {
@@ -36,6 +40,7 @@ impl Node {
         config: EngineConfig,
         max_peers: usize,
         http_sessions: Arc<std::sync::OnceLock<signaling::Sessions>>,
+        hls: Option<Arc<HlsService>>,
     ) -> std::io::Result<Node> {
         let sessions: Sessions = Arc::default();
         let mut workers = Vec::with_capacity(count);
@@ -57,13 +62,22 @@ impl Node {
                     h.ended(&s);
                 }
             });
-            workers.push(worker::spawn(i, addr, public_ip, config.clone(), on_closed)?);
+            let store = hls.as_ref().map(|h| h.store().clone());
+            workers.push(worker::spawn(
+                i,
+                addr,
+                public_ip,
+                config.clone(),
+                on_closed,
+                store,
+            )?);
         }
         Ok(Node {
             workers,
             sessions,
             max_peers,
             started: std::time::Instant::now(),
+            hls,
         })
     }
 
@@ -205,6 +219,15 @@ impl MediaNode for Node {
         rooms
     }
 
+    async fn other(
+        &self,
+        req: hyper::Request<()>,
+    ) -> Option<hyper::Response<http_body_util::Full<bytes::Bytes>>> {
+        let hls = self.hls.as_ref()?;
+        HlsService::matches(req.uri().path()).then_some(())?;
+        Some(hls.handle(&req).await)
+    }
+
     async fn metrics(&self, out: &mut String) {
         let sum = |f: fn(&crate::worker::WorkerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
             self.workers
@@ -280,6 +303,24 @@ impl MediaNode for Node {
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        if let Some(hls) = &self.hls {
+            let _ = writeln!(
+                out,
+                "# HELP wave_hls_rooms Rooms packaged as LL-HLS.\n# TYPE wave_hls_rooms gauge\nwave_hls_rooms {}",
+                sum(|s| &s.hls_rooms)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP wave_hls_parts_total LL-HLS parts produced.\n# TYPE wave_hls_parts_total counter\nwave_hls_parts_total {}",
+                sum(|s| &s.hls_parts)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP wave_hls_segments_total LL-HLS segments produced.\n# TYPE wave_hls_segments_total counter\nwave_hls_segments_total {}",
+                sum(|s| &s.hls_segments)
+            );
+            hls.metrics.render(out);
         }
         let p = crate::process::sample();
         let _ = writeln!(

@@ -8,7 +8,9 @@ use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hls_bridge::http::HlsStore;
 
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
 use signaling::{MediaError, SessionId};
@@ -41,6 +43,9 @@ pub struct WorkerStats {
     pub nacks_sent: AtomicU64,
     pub dropped_datagrams: AtomicU64,
     pub send_errors: AtomicU64,
+    pub hls_rooms: AtomicU64,
+    pub hls_parts: AtomicU64,
+    pub hls_segments: AtomicU64,
 }
 
 impl WorkerStats {
@@ -59,6 +64,9 @@ impl WorkerStats {
         set(&self.nacks_received, s.nacks_received);
         set(&self.nacks_sent, s.nacks_sent);
         set(&self.dropped_datagrams, s.dropped_datagrams);
+        set(&self.hls_rooms, s.hls_rooms);
+        set(&self.hls_parts, s.hls_parts);
+        set(&self.hls_segments, s.hls_segments);
     }
 }
 
@@ -107,6 +115,7 @@ pub fn spawn(
     advertised_ip: Option<std::net::IpAddr>,
     mut config: EngineConfig,
     on_closed: Arc<dyn Fn(SessionId) + Send + Sync>,
+    hls: Option<Arc<HlsStore>>,
 ) -> io::Result<WorkerHandle> {
     let socket = StdUdpSocket::bind(bind)?;
     socket.set_nonblocking(true)?;
@@ -114,6 +123,8 @@ pub fn spawn(
     let advertised = SocketAddr::new(advertised_ip.unwrap_or(local_addr.ip()), local_addr.port());
     config.candidates = vec![advertised];
     config.seed ^= index as u64;
+    // The driver reads the wall clock once; the engine dates HLS media from it.
+    config.wall_clock = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let engine = Engine::new(config, now()).map_err(|e| io::Error::other(e.to_string()))?;
     let stats = Arc::new(WorkerStats::default());
     let (tx, rx) = mpsc::channel(1024);
@@ -128,7 +139,7 @@ pub fn spawn(
                     return;
                 }
             };
-            let result = runtime.block_on(run(engine, socket, advertised, rx, thread_stats, on_closed));
+            let result = runtime.block_on(run(engine, socket, advertised, rx, thread_stats, on_closed, hls));
             if let Err(e) = result {
                 warn!(worker = index, error = %e, "worker stopped");
             }
@@ -153,6 +164,7 @@ async fn run(
     mut rx: mpsc::Receiver<Request>,
     stats: Arc<WorkerStats>,
     on_closed: Arc<dyn Fn(SessionId) + Send + Sync>,
+    hls: Option<Arc<HlsStore>>,
 ) -> io::Result<()> {
     let state = UdpSocketState::new((&socket).into())?;
     // Fan-out bursts: a large send buffer keeps them from being dropped locally.
@@ -221,6 +233,11 @@ async fn run(
         while let Some(event) = engine.poll_event() {
             match event {
                 Event::SessionClosed { session, .. } => on_closed(session),
+            }
+        }
+        while let Some((room, snapshot)) = engine.poll_hls() {
+            if let Some(store) = &hls {
+                store.publish(room.as_str(), snapshot);
             }
         }
         stats.publish(&engine.stats());

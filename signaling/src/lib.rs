@@ -12,6 +12,7 @@
 //! | `/whip/{room}/{session}`, `/whep/{room}/{session}` | `PATCH` sdpfrag (trickle 204, restart 200), `DELETE` 200, `GET`/`HEAD` 204, `OPTIONS` |
 //! | `/whep/{room}/{session}/layer` | `POST` `{"maxLayer": "low"\|"mid"\|"high"}`, `{"rid": "q"}` or `{}` (automatic) → 200 |
 //! | `/healthz`, `/metrics`, `/v1/rooms`, `/v1/rooms/{room}` | `GET` |
+//! | `/hls/...` | whatever the node serves there ([`MediaNode::other`]; LL-HLS in `sfu`) |
 //! | `/`, `/app.js`, `/style.css` | the demo page |
 //!
 //! # WHEP query parameters

@@ -227,4 +227,13 @@ pub trait MediaNode: Send + Sync + 'static {
     fn rooms(&self) -> impl Future<Output = Vec<RoomInfo>> + Send;
     /// Appends the node's Prometheus text exposition to `out`.
     fn metrics(&self, out: &mut String) -> impl Future<Output = ()> + Send;
+    /// Serves `/hls/...` (the node's LL-HLS); `None` answers 404. The body
+    /// of the request is not read.
+    fn other(
+        &self,
+        req: hyper::Request<()>,
+    ) -> impl Future<Output = Option<hyper::Response<http_body_util::Full<bytes::Bytes>>>> + Send {
+        let _ = req;
+        std::future::ready(None)
+    }
 }

@@ -53,6 +53,8 @@ enum Route {
     Endpoint(Kind, String),
     Resource(Kind, String, String),
     Layer(String, String),
+    /// `/hls/...`: served by the node ([`MediaNode::other`]).
+    Hls,
     NotFound,
 }
 
@@ -70,6 +72,7 @@ impl Route {
         match segs[..] {
             ["healthz"] => Route::Healthz,
             ["metrics"] => Route::Metrics,
+            ["hls", ..] => Route::Hls,
             ["v1", "rooms"] => Route::Rooms,
             ["v1", "rooms", room] => Route::Room(room.to_owned()),
             ["whep", room, session, "layer"] => Route::Layer(room.to_owned(), session.to_owned()),
@@ -97,6 +100,7 @@ impl Route {
             Route::Resource(Kind::Whip, ..) => "whip_session",
             Route::Resource(Kind::Whep, ..) => "whep_session",
             Route::Layer(..) => "whep_layer",
+            Route::Hls => "hls",
             Route::NotFound => "not_found",
         }
     }
@@ -217,6 +221,13 @@ impl<M: MediaNode> Shared<M> {
                     Method::OPTIONS => Ok(options(req.headers(), LAYER_METHODS, Some(JSON), None)),
                     Method::POST => self.set_layer(room, id, req, peer).await,
                     _ => Err(HttpError::method_not_allowed(LAYER_METHODS)),
+                }
+            }
+            Route::Hls => {
+                let (parts, _body) = req.into_parts();
+                match self.node.other(Request::from_parts(parts, ())).await {
+                    Some(resp) => Ok(resp),
+                    None => Err(HttpError::not_found()),
                 }
             }
             Route::NotFound => Err(HttpError::not_found()),

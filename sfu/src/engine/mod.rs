@@ -6,6 +6,7 @@
 //! transmits and events. After touching an `Rtc` the engine drains that
 //! `Rtc`'s `poll_output` to its next timeout before touching it again.
 
+mod hls;
 mod rewrite;
 pub mod sdp;
 
@@ -71,6 +72,11 @@ pub struct EngineConfig {
     pub initial_bwe_bps: u64,
     /// Seed of the engine's RNG (sequence number origins).
     pub seed: u64,
+    /// LL-HLS for every room with an H.264 publisher; `None` disables it.
+    pub hls: Option<hls_bridge::HlsConfig>,
+    /// Wall-clock time (since the UNIX epoch) at the `now` given to
+    /// [`Engine::new`]: HLS dates media without reading a clock.
+    pub wall_clock: Duration,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +88,8 @@ impl Default for EngineConfig {
             max_room_peers: 5_000,
             initial_bwe_bps: 2_500_000,
             seed: 0,
+            hls: None,
+            wall_clock: Duration::ZERO,
         }
     }
 }
@@ -159,6 +167,10 @@ pub struct EngineStats {
     pub nacks_received: u64,
     pub nacks_sent: u64,
     pub dropped_datagrams: u64,
+    /// Gauge: rooms packaged as LL-HLS.
+    pub hls_rooms: u64,
+    pub hls_parts: u64,
+    pub hls_segments: u64,
 }
 
 /// The media engine of one worker.
@@ -188,6 +200,9 @@ pub struct Engine {
     dirty: Vec<PeerId>,
     /// The time of the last datagram, when dirty viewers are due.
     last_input: Instant,
+    hls: Option<hls::HlsTap>,
+    /// Keyframes the HLS tap asked for, sent after the packet path.
+    hls_keyframes: Vec<(PeerId, usize)>,
 }
 
 #[derive(Default)]
@@ -315,6 +330,7 @@ impl Engine {
             .dtls_provider
             .generate_certificate()
             .ok_or_else(|| MediaError::Internal("DTLS certificate generation failed".into()))?;
+        let hls = config.hls.map(|c| hls::HlsTap::new(c, now, config.wall_clock));
         Ok(Engine {
             rng: SmallRng::seed_from_u64(config.seed),
             config,
@@ -335,6 +351,8 @@ impl Engine {
             scratch_due: Vec::new(),
             dirty: Vec::new(),
             last_input: now,
+            hls,
+            hls_keyframes: Vec::new(),
         })
     }
 
@@ -343,8 +361,16 @@ impl Engine {
             rooms: self.rooms.len() as u64,
             publishers: self.rooms.values().map(|r| r.publishers.len() as u64).sum(),
             viewers: self.rooms.values().map(|r| r.viewers.len() as u64).sum(),
+            hls_rooms: self.hls.as_ref().map_or(0, |h| h.stats().rooms),
+            hls_parts: self.hls.as_ref().map_or(0, |h| h.stats().parts),
+            hls_segments: self.hls.as_ref().map_or(0, |h| h.stats().segments),
             ..self.stats
         }
+    }
+
+    /// The next LL-HLS snapshot of a room, for the driver's HLS store.
+    pub fn poll_hls(&mut self) -> Option<(RoomId, hls_bridge::RoomSnapshot)> {
+        self.hls.as_mut()?.poll_snapshot()
     }
 
     pub fn peer_count(&self) -> usize {
@@ -499,6 +525,11 @@ impl Engine {
             self.drive(now, id);
         }
         self.scratch_due = due;
+        if let Some(tap) = &mut self.hls {
+            let wanted = tap.timeout(now);
+            self.hls_keyframes.extend(wanted);
+        }
+        self.hls_keyframe_requests(now);
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);
@@ -519,9 +550,13 @@ impl Engine {
         if !self.dirty.is_empty() {
             return self.last_input;
         }
-        match self.timers.first() {
+        let next = match self.timers.first() {
             Some(&(at, _)) => at.min(self.next_tick),
             None => self.next_tick,
+        };
+        match self.hls.as_ref().and_then(|h| h.poll_timeout()) {
+            Some(at) => next.min(at),
+            None => next,
         }
     }
 
@@ -760,6 +795,9 @@ impl Engine {
                 }
             }
             Role::Publisher(_) => {
+                if let Some(tap) = &mut self.hls {
+                    tap.publisher_left(id);
+                }
                 let room_id = peer.room.clone();
                 let viewers: Vec<PeerId> = match self.rooms.get_mut(&room_id) {
                     Some(room) => {
@@ -829,6 +867,7 @@ impl Engine {
         for p in packets.drain(..) {
             self.forward(now, id, p);
         }
+        self.hls_keyframe_requests(now);
         self.scratch_packets = packets;
         self.scratch_events = events;
         if !alive {
@@ -1146,6 +1185,16 @@ impl Engine {
     }
 
     /// Asks a publisher's layer for a keyframe, merged and throttled per layer.
+    /// Sends the keyframe requests the HLS tap made (all layers at once).
+    fn hls_keyframe_requests(&mut self, now: Instant) {
+        if self.hls_keyframes.is_empty() {
+            return;
+        }
+        for (pid, layer) in std::mem::take(&mut self.hls_keyframes) {
+            self.want_keyframe(now, pid, layer);
+        }
+    }
+
     fn want_keyframe(&mut self, now: Instant, publisher: PeerId, layer: usize) {
         let Some(peer) = self.peers.get_mut(&publisher) else {
             return;
@@ -1224,6 +1273,11 @@ impl Engine {
                 .find(|pp| pp.pt() == pt)
                 .map(|pp| pp.spec().codec)
         };
+        if let Some(tap) = &mut self.hls {
+            let seed = self.config.seed ^ pid.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let wanted = tap.packet(now, &peer.room, pid, p.tracks[ti].kind, li, codec, seed, &packet);
+            self.hls_keyframes.extend(wanted.into_iter().map(|l| (pid, l)));
+        }
         let track = &mut p.tracks[ti];
         let kind = track.kind;
         let layer = &mut track.layers[li];
