@@ -50,7 +50,7 @@
 
 pub mod auth;
 pub mod bus;
-
+pub mod cluster;
 mod config;
 mod http;
 mod locks;

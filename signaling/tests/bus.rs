@@ -6,29 +6,8 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::nats::NatsServer;
+use common::nats::{NatsServer, connect, on_both};
 use signaling::bus::{Bus, BusError, BusStatus, HistoryLimits, NatsOptions, Subscription};
-
-/// Runs `$scenario(&bus)` on the in-process bus and on NATS.
-macro_rules! on_both {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use super::*;
-
-            #[tokio::test]
-            async fn in_process() {
-                super::$scenario(&Bus::in_process()).await;
-            }
-
-            #[tokio::test]
-            async fn nats() {
-                let server = NatsServer::start();
-                let bus = connect(&server).await;
-                super::$scenario(&bus).await;
-            }
-        }
-    )*};
-}
 
 on_both!(
     publish_reaches_matching_wildcards_in_order,
@@ -38,17 +17,6 @@ on_both!(
     history_keeps_the_last_messages_per_subject,
     bad_subjects_and_keys_are_refused,
 );
-
-async fn connect(server: &NatsServer) -> Bus {
-    let opts = NatsOptions {
-        url: server.url(),
-        name: Some("bus-test".into()),
-        ..Default::default()
-    };
-    Bus::connect(&opts)
-        .await
-        .expect("connect to the test nats-server")
-}
 
 async fn next(sub: &mut Subscription) -> String {
     let m = tokio::time::timeout(Duration::from_secs(2), sub.next())

