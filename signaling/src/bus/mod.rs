@@ -219,7 +219,7 @@ pub struct KvEntry {
 #[derive(Clone)]
 pub enum Kv {
     Local(local::LocalKv),
-    Nats(Arc<async_nats::jetstream::kv::Store>),
+    Nats(Arc<nats::NatsKv>),
 }
 
 impl Kv {
@@ -228,7 +228,7 @@ impl Kv {
         check_key(key)?;
         match self {
             Kv::Local(kv) => kv.create(key, value),
-            Kv::Nats(kv) => nats::kv_create(kv, key, value).await,
+            Kv::Nats(kv) => kv.create(key, value).await,
         }
     }
 
@@ -237,7 +237,7 @@ impl Kv {
         check_key(key)?;
         match self {
             Kv::Local(kv) => kv.update(key, value, revision),
-            Kv::Nats(kv) => nats::kv_update(kv, key, value, revision).await,
+            Kv::Nats(kv) => kv.update(key, value, revision).await,
         }
     }
 
@@ -246,7 +246,7 @@ impl Kv {
         check_key(key)?;
         match self {
             Kv::Local(kv) => Ok(kv.put(key, value)),
-            Kv::Nats(kv) => nats::kv_put(kv, key, value).await,
+            Kv::Nats(kv) => kv.put(key, value).await,
         }
     }
 
@@ -255,7 +255,7 @@ impl Kv {
         check_key(key)?;
         match self {
             Kv::Local(kv) => Ok(kv.get(key)),
-            Kv::Nats(kv) => nats::kv_get(kv, key).await,
+            Kv::Nats(kv) => kv.get(key).await,
         }
     }
 
@@ -264,7 +264,7 @@ impl Kv {
         check_key(key)?;
         match self {
             Kv::Local(kv) => kv.delete(key, revision),
-            Kv::Nats(kv) => nats::kv_delete(kv, key, revision).await,
+            Kv::Nats(kv) => kv.delete(key, revision).await,
         }
     }
 
@@ -272,7 +272,7 @@ impl Kv {
     pub async fn entries(&self) -> Result<Vec<KvEntry>, BusError> {
         match self {
             Kv::Local(kv) => Ok(kv.entries()),
-            Kv::Nats(kv) => nats::kv_entries(kv).await,
+            Kv::Nats(kv) => kv.entries().await,
         }
     }
 }

@@ -125,7 +125,7 @@ impl NatsBus {
         }
     }
 
-    pub(super) async fn kv(&self, bucket: &str, ttl: Duration) -> Result<kv::Store, BusError> {
+    pub(super) async fn kv(&self, bucket: &str, ttl: Duration) -> Result<NatsKv, BusError> {
         self.check_connected()?;
         let config = kv::Config {
             bucket: bucket.to_owned(),
@@ -135,14 +135,18 @@ impl NatsBus {
         };
         // Creating an existing bucket with the same config succeeds; with
         // another config (another TTL) it fails, and the existing one is used.
-        match self.js.create_key_value(config).await {
-            Ok(store) => Ok(store),
+        let store = match self.js.create_key_value(config).await {
+            Ok(store) => store,
             Err(create) => self
                 .js
                 .get_key_value(bucket)
                 .await
-                .map_err(|e| BusError::Other(format!("kv bucket {bucket}: {create}; {e}"))),
-        }
+                .map_err(|e| BusError::Other(format!("kv bucket {bucket}: {create}; {e}")))?,
+        };
+        Ok(NatsKv {
+            bus: self.clone(),
+            store,
+        })
     }
 
     pub(super) async fn history(
@@ -181,69 +185,83 @@ fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis(rand::random_range(50..=cap_ms.max(50)))
 }
 
-pub(super) async fn kv_create(kv: &kv::Store, key: &str, value: Bytes) -> Result<u64, BusError> {
-    kv.create(key, value).await.map_err(|e| match e.kind() {
-        kv::CreateErrorKind::AlreadyExists => BusError::KeyExists(key.to_owned()),
-        kv::CreateErrorKind::InvalidKey => BusError::InvalidSubject(key.to_owned()),
-        _ => BusError::Unavailable(e.to_string()),
-    })
+/// A JetStream KV bucket; every call fails fast while disconnected.
+pub struct NatsKv {
+    bus: NatsBus,
+    store: kv::Store,
 }
 
-pub(super) async fn kv_update(
-    kv: &kv::Store,
-    key: &str,
-    value: Bytes,
-    revision: u64,
-) -> Result<u64, BusError> {
-    kv.update(key, value, revision)
-        .await
-        .map_err(|e| update_error(key, e))
-}
-
-pub(super) async fn kv_put(kv: &kv::Store, key: &str, value: Bytes) -> Result<u64, BusError> {
-    kv.put(key, value)
-        .await
-        .map_err(|e| BusError::Unavailable(e.to_string()))
-}
-
-pub(super) async fn kv_get(kv: &kv::Store, key: &str) -> Result<Option<KvEntry>, BusError> {
-    let entry = kv
-        .entry(key)
-        .await
-        .map_err(|e| BusError::Unavailable(e.to_string()))?;
-    Ok(entry
-        .filter(|e| e.operation == kv::Operation::Put)
-        .map(|e| KvEntry {
-            key: e.key,
-            value: e.value,
-            revision: e.revision,
-        }))
-}
-
-pub(super) async fn kv_delete(kv: &kv::Store, key: &str, revision: Option<u64>) -> Result<(), BusError> {
-    kv.delete_expect_revision(key, revision)
-        .await
-        .map_err(|e| update_error(key, e))
-}
-
-pub(super) async fn kv_entries(kv: &kv::Store) -> Result<Vec<KvEntry>, BusError> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut stream = kv
-        .keys()
-        .await
-        .map_err(|e| BusError::Unavailable(e.to_string()))?;
-    while let Some(k) = stream.next().await {
-        keys.push(k.map_err(|e| BusError::Unavailable(e.to_string()))?);
+impl NatsKv {
+    pub(super) async fn create(&self, key: &str, value: Bytes) -> Result<u64, BusError> {
+        self.bus.check_connected()?;
+        self.store.create(key, value).await.map_err(|e| match e.kind() {
+            kv::CreateErrorKind::AlreadyExists => BusError::KeyExists(key.to_owned()),
+            kv::CreateErrorKind::InvalidKey => BusError::InvalidSubject(key.to_owned()),
+            _ => BusError::Unavailable(e.to_string()),
+        })
     }
-    keys.sort();
-    let mut out = Vec::with_capacity(keys.len());
-    for k in keys {
-        // A key may expire or go between the listing and the read.
-        if let Some(e) = kv_get(kv, &k).await? {
-            out.push(e);
+
+    pub(super) async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, BusError> {
+        self.bus.check_connected()?;
+        self.store
+            .update(key, value, revision)
+            .await
+            .map_err(|e| update_error(key, e))
+    }
+
+    pub(super) async fn put(&self, key: &str, value: Bytes) -> Result<u64, BusError> {
+        self.bus.check_connected()?;
+        self.store
+            .put(key, value)
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))
+    }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<KvEntry>, BusError> {
+        self.bus.check_connected()?;
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| KvEntry {
+                key: e.key,
+                value: e.value,
+                revision: e.revision,
+            }))
+    }
+
+    pub(super) async fn delete(&self, key: &str, revision: Option<u64>) -> Result<(), BusError> {
+        self.bus.check_connected()?;
+        self.store
+            .delete_expect_revision(key, revision)
+            .await
+            .map_err(|e| update_error(key, e))
+    }
+
+    pub(super) async fn entries(&self) -> Result<Vec<KvEntry>, BusError> {
+        self.bus.check_connected()?;
+        let mut keys: Vec<String> = Vec::new();
+        let mut stream = self
+            .store
+            .keys()
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        while let Some(k) = stream.next().await {
+            keys.push(k.map_err(|e| BusError::Unavailable(e.to_string()))?);
         }
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            // A key may expire or go between the listing and the read.
+            if let Some(e) = self.get(&k).await? {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 fn update_error(key: &str, e: kv::UpdateError) -> BusError {
