@@ -111,6 +111,28 @@ pub struct ServeArgs {
     /// HMAC secret for signed HLS URLs (`?token=`); without one HLS is public.
     #[arg(long, env = "SFU_HLS_SECRET", hide_env_values = true)]
     pub hls_secret: Option<String>,
+    /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
+    /// comma separated) [default: none, the in-process bus: a single node].
+    #[arg(long, env = "SFU_NATS")]
+    pub nats: Option<String>,
+    /// NATS credentials file (`.creds`: user JWT and nkey seed).
+    #[arg(long, env = "SFU_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// PEM CA certificates to verify the NATS server with; requires TLS.
+    #[arg(long, env = "SFU_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// This node's id in the registry, 1-64 of [A-Za-z0-9_-] [default: host name + random suffix].
+    #[arg(long, env = "SFU_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Base URL other nodes redirect clients to [default: http://<the bound HTTP address>].
+    #[arg(long, env = "SFU_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Interval of node heartbeats and room-claim refreshes [default: 1s].
+    #[arg(long, env = "SFU_HEARTBEAT", value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// A node and its room claims are dropped this long after its last heartbeat [default: 3s].
+    #[arg(long, env = "SFU_NODE_TTL", value_parser = parse_duration)]
+    pub node_ttl: Option<Duration>,
 }
 
 /// The same keys as the flags, for `--config FILE`.
@@ -136,6 +158,13 @@ pub struct FileConfig {
     pub turn_relay_ports: Option<PortRange>,
     pub turn_urls: Option<Vec<String>>,
     pub turn_ttl: Option<String>,
+    pub nats: Option<String>,
+    pub nats_creds: Option<PathBuf>,
+    pub nats_ca: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub advertise_url: Option<String>,
+    pub heartbeat: Option<String>,
+    pub node_ttl: Option<String>,
 }
 
 /// Flags of `sfu token`.
@@ -181,6 +210,41 @@ pub struct NodeConfig {
     pub hls: Option<hls_bridge::HlsConfig>,
     /// Signed HLS URLs when set.
     pub hls_secret: Option<String>,
+    pub cluster: ClusterArgs,
+}
+
+/// Control-plane settings.
+#[derive(Debug, Clone)]
+pub struct ClusterArgs {
+    /// `None`: the in-process bus.
+    pub nats: Option<signaling::bus::NatsOptions>,
+    pub node_id: signaling::cluster::NodeId,
+    /// `None`: derived from the bound HTTP address.
+    pub advertise_url: Option<String>,
+    pub heartbeat: Duration,
+    pub ttl: Duration,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        ClusterArgs {
+            nats: None,
+            node_id: default_node_id(),
+            advertise_url: None,
+            heartbeat: Duration::from_secs(1),
+            ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The host name plus 16 random bits, so two nodes on one host differ.
+fn default_node_id() -> signaling::cluster::NodeId {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".into());
+    let suffix: u16 = rand::random();
+    signaling::cluster::NodeId::sanitize(&format!("{}-{suffix:04x}", host.trim()))
 }
 
 /// TURN the node advertises: its embedded server, or an external one
@@ -247,6 +311,7 @@ impl Default for NodeConfig {
             turn: None,
             hls: Some(hls_bridge::HlsConfig::default()),
             hls_secret: None,
+            cluster: ClusterArgs::default(),
         }
     }
 }
@@ -268,6 +333,7 @@ impl NodeConfig {
             None => FileConfig::default(),
         };
         let d = NodeConfig::default();
+        let cluster = cluster_args(&args, &file, d.cluster.clone())?;
         let ice = if args.ice_servers.is_empty() {
             file.ice_servers.unwrap_or_default()
         } else {
@@ -334,6 +400,7 @@ impl NodeConfig {
                 Some(hls.validated().map_err(|e| ConfigError::Invalid(e.to_string()))?)
             },
             hls_secret: args.hls_secret.filter(|s| !s.is_empty()),
+            cluster,
         };
         config.check()?;
         Ok(config)
@@ -374,6 +441,68 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+fn cluster_args(args: &ServeArgs, file: &FileConfig, d: ClusterArgs) -> Result<ClusterArgs, ConfigError> {
+    let duration =
+        |flag: Option<Duration>, key: &Option<String>, name: &str| -> Result<Option<Duration>, ConfigError> {
+            match flag {
+                Some(d) => Ok(Some(d)),
+                None => key
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|e| ConfigError::Invalid(format!("{name}: {e}"))),
+            }
+        };
+    let heartbeat = duration(args.heartbeat, &file.heartbeat, "heartbeat")?.unwrap_or(d.heartbeat);
+    let ttl = duration(args.node_ttl, &file.node_ttl, "node_ttl")?.unwrap_or(d.ttl);
+    if heartbeat.is_zero() || ttl <= heartbeat {
+        return Err(ConfigError::Invalid(
+            "--node-ttl must be longer than --heartbeat (and both positive)".into(),
+        ));
+    }
+    let node_id = match args.node_id.clone().or_else(|| file.node_id.clone()) {
+        Some(id) => signaling::cluster::NodeId::parse(&id)
+            .ok_or_else(|| ConfigError::Invalid(format!("--node-id {id:?}: 1-64 of [A-Za-z0-9_-]")))?,
+        None => d.node_id,
+    };
+    let url = args
+        .nats
+        .clone()
+        .or_else(|| file.nats.clone())
+        .filter(|u| !u.is_empty());
+    let creds = args.nats_creds.clone().or_else(|| file.nats_creds.clone());
+    let ca = args.nats_ca.clone().or_else(|| file.nats_ca.clone());
+    let nats = match url {
+        Some(url) => Some(signaling::bus::NatsOptions {
+            url,
+            credentials: creds,
+            tls_ca: ca,
+            name: Some(format!("sfu {node_id}")),
+        }),
+        None if creds.is_some() || ca.is_some() => {
+            return Err(ConfigError::Invalid(
+                "--nats-creds and --nats-ca need --nats".into(),
+            ));
+        }
+        None => None,
+    };
+    let advertise_url = args.advertise_url.clone().or_else(|| file.advertise_url.clone());
+    if let Some(u) = &advertise_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "--advertise-url {u:?} must be an http(s) URL"
+        )));
+    }
+    Ok(ClusterArgs {
+        nats,
+        node_id,
+        advertise_url,
+        heartbeat,
+        ttl,
+    })
 }
 
 /// The TURN settings as given, before defaults.
@@ -486,14 +615,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, ""), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+    let per_unit = match unit {
+        "ms" => Duration::from_millis(1),
+        "" | "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        "d" => Duration::from_secs(86_400),
+        _ => return Err(format!("unknown unit {unit:?} (use ms, s, m, h or d)")),
     };
-    Ok(Duration::from_secs(secs))
+    let n = u32::try_from(n).map_err(|_| format!("{s:?} is too long"))?;
+    per_unit
+        .checked_mul(n)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[cfg(test)]
@@ -615,8 +748,50 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert!(parse_duration("1y").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         let s = parse_ice_server("turn:127.0.0.1:3478?transport=udp,user,pass").unwrap();
         assert_eq!(s.username.as_deref(), Some("user"));
         assert!(parse_ice_server("http://x").is_err());
+    }
+
+    #[test]
+    fn cluster_flags_default_to_the_in_process_bus() {
+        let d = NodeConfig::from_args(ServeArgs::default()).unwrap();
+        assert!(d.cluster.nats.is_none());
+        assert!(signaling::cluster::NodeId::parse(d.cluster.node_id.as_str()).is_some());
+        assert_eq!(d.cluster.heartbeat, Duration::from_secs(1));
+
+        let n = NodeConfig::from_args(ServeArgs {
+            nats: Some("nats://127.0.0.1:4222".into()),
+            node_id: Some("edge-1".into()),
+            heartbeat: Some(Duration::from_millis(200)),
+            node_ttl: Some(Duration::from_secs(1)),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(n.cluster.nats.unwrap().url, "nats://127.0.0.1:4222");
+        assert_eq!(n.cluster.node_id.as_str(), "edge-1");
+
+        for bad in [
+            ServeArgs {
+                node_id: Some("a.b".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                nats_creds: Some("x.creds".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                heartbeat: Some(Duration::from_secs(3)),
+                node_ttl: Some(Duration::from_secs(3)),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                advertise_url: Some("10.0.0.1:8080".into()),
+                ..ServeArgs::default()
+            },
+        ] {
+            assert!(matches!(NodeConfig::from_args(bad), Err(ConfigError::Invalid(_))));
+        }
     }
 }

@@ -76,7 +76,7 @@ pub async fn run(
         turn: turn.as_ref().map(|t| t.local_addrs().udp),
     };
     info!(http = %bound.http, media = ?bound.media, turn = ?bound.turn, "node ready");
-    on_bound(bound);
+    on_bound(bound.clone());
 
     let http = signaling::HttpConfig {
         auth_secret: config.auth_secret.map(String::into_bytes),
@@ -84,8 +84,17 @@ pub async fn run(
         ice_server_source,
         ..signaling::HttpConfig::default()
     };
-    let server = signaling::Server::new(node.clone(), http);
+    let cluster = join_cluster(&config.cluster, &bound, config.max_peers).await?;
+    let server = signaling::Server::new(node.clone(), http).with_cluster(cluster.clone());
     let _ = http_sessions.set(server.sessions());
+    let (stop_heartbeats, heartbeats_stopped) = tokio::sync::oneshot::channel::<()>();
+    let heartbeats = tokio::spawn(signaling::cluster::run_heartbeats(
+        cluster,
+        node.clone(),
+        async move {
+            let _ = heartbeats_stopped.await;
+        },
+    ));
     // TURN stops with the HTTP front door; its thread is joined below.
     let turn_stop = turn.as_mut().map(EmbeddedTurn::stop_handle);
     let shutdown = async move {
@@ -95,6 +104,14 @@ pub async fn run(
         }
     };
     server.serve(listener, shutdown).await?;
+    // Leave the registry (drop this node and its claims) before closing peers.
+    let _ = stop_heartbeats.send(());
+    if tokio::time::timeout(Duration::from_millis(500), heartbeats)
+        .await
+        .is_err()
+    {
+        warn!("leaving the registry timed out; entries expire by themselves");
+    }
 
     info!("closing peers");
     let closing = node.clone();
@@ -113,6 +130,31 @@ pub async fn run(
         warn!("workers did not stop in time");
     }
     Ok(())
+}
+
+/// The control plane: NATS when configured, else the in-process bus.
+async fn join_cluster(
+    args: &crate::config::ClusterArgs,
+    bound: &Bound,
+    max_peers: usize,
+) -> anyhow::Result<signaling::cluster::Cluster> {
+    use signaling::bus::Bus;
+    use signaling::cluster::{Cluster, ClusterConfig};
+    let bus = match &args.nats {
+        Some(opts) => Bus::connect(opts).await?,
+        None => Bus::in_process(),
+    };
+    let http_url = args
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", bound.http));
+    let mut config = ClusterConfig::new(args.node_id.clone(), http_url);
+    config.media_addr = bound.media.first().map(ToString::to_string);
+    config.max_peers = u32::try_from(max_peers).unwrap_or(u32::MAX);
+    config.heartbeat = args.heartbeat;
+    config.ttl = args.ttl;
+    info!(node = %args.node_id, nats = bus.is_nats(), url = %config.http_url, "joining the control plane");
+    Ok(Cluster::new(bus, config).await?)
 }
 
 /// Starts the embedded TURN server (allow-listing the node's media

@@ -50,8 +50,11 @@
 //! - Error bodies are RFC 9457 `application/problem+json`.
 
 pub mod auth;
+pub mod bus;
+pub mod cluster;
 mod config;
 mod http;
+mod locks;
 pub mod media;
 mod metrics;
 mod page;

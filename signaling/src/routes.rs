@@ -10,13 +10,14 @@ use hyper::{Method, Request, StatusCode};
 use tracing::{debug, info, warn};
 
 use crate::auth::{self, AuthError, Claims, Grant};
+use crate::cluster::{Claim, Cluster, RoomClaim};
 use crate::config::{HttpConfig, IceServer};
 use crate::http::{
     self, ACCEPT_PATCH, ACCEPT_POST, CORS_MAX_AGE, CORS_METHODS, CORS_REQUEST_HEADERS, HttpError, IfMatch,
     JSON, Resp, SDP, SDPFRAG,
 };
 use crate::media::{
-    IcePatch, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, RoomId, SessionId,
+    IcePatch, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, RoomId, RoomInfo, SessionId,
 };
 use crate::metrics::HttpMetrics;
 use crate::page;
@@ -38,6 +39,8 @@ pub struct Shared<M> {
     pub config: HttpConfig,
     pub sessions: Sessions,
     pub metrics: HttpMetrics,
+    /// The registries; `None` serves every room locally without claims.
+    pub cluster: Option<Cluster>,
     limiter: Option<Mutex<RateLimiter>>,
 }
 
@@ -122,6 +125,7 @@ impl<M: MediaNode> Shared<M> {
             config,
             sessions,
             metrics: HttpMetrics::default(),
+            cluster: None,
             limiter,
         }
     }
@@ -246,6 +250,9 @@ impl<M: MediaNode> Shared<M> {
         let claims = self.authorize(req.headers(), &room, grant_of(kind))?;
         if !http::content_type_is(req.headers(), SDP) {
             return Err(HttpError::unsupported_type(ACCEPT_POST, SDP));
+        }
+        if let Some(owner) = self.owner_elsewhere(kind, &room).await? {
+            return redirect(&owner, req.uri(), &room);
         }
         let (publisher, max_layer) = match kind {
             Kind::Whep => parse_play_query(req.uri().query().unwrap_or(""))?,
@@ -483,12 +490,65 @@ impl<M: MediaNode> Shared<M> {
         let rooms = self.node.rooms().await;
         match room {
             None => Ok(http::json(StatusCode::OK, &serde_json::json!({ "rooms": rooms }))),
-            Some(room) => match rooms.into_iter().find(|r| r.room == room) {
-                Some(info) => Ok(http::json(StatusCode::OK, &info)),
-                None => Err(HttpError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("room {room} is not active"),
-                )),
+            Some(room) => {
+                let owner = match &self.cluster {
+                    Some(cluster) => cluster.owner(&room).await.unwrap_or_else(|e| {
+                        debug!(%room, error = %e, "room registry unreachable; listing local state only");
+                        None
+                    }),
+                    None => None,
+                };
+                let local = rooms.into_iter().find(|r| r.room == room);
+                if local.is_none() && owner.is_none() {
+                    return Err(HttpError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("room {room} is not active"),
+                    ));
+                }
+                // A room hosted elsewhere is listed with its owner and no local peers.
+                let info = local.unwrap_or_else(|| RoomInfo {
+                    room,
+                    publishers: Vec::new(),
+                    viewers: Vec::new(),
+                });
+                let mut value = serde_json::to_value(&info).unwrap_or_default();
+                value["owner"] = serde_json::to_value(&owner).unwrap_or_default();
+                Ok(http::json(StatusCode::OK, &value))
+            }
+        }
+    }
+
+    /// The node a WHIP/WHEP `POST` belongs on when it is not this one. WHIP
+    /// claims the room (the node taking its first publisher owns it); WHEP
+    /// follows the claim. During a bus outage a node keeps serving the rooms
+    /// it owns, serves WHEP locally, and refuses to take new rooms (503).
+    async fn owner_elsewhere(&self, kind: Kind, room: &RoomId) -> Result<Option<RoomClaim>, HttpError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        if cluster.owns(room) {
+            return Ok(None);
+        }
+        match kind {
+            Kind::Whip => match cluster.claim(room).await {
+                Ok(Claim::Local) => Ok(None),
+                Ok(Claim::Elsewhere(owner)) => Ok(Some(owner)),
+                Err(e) => {
+                    warn!(%room, error = %e, "cannot claim the room");
+                    Err(HttpError::retry_after(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("room registry unreachable, cannot place room {room}"),
+                        2,
+                    ))
+                }
+            },
+            Kind::Whep => match cluster.owner(room).await {
+                Ok(Some(owner)) if owner.node != *cluster.node_id() => Ok(Some(owner)),
+                Ok(_) => Ok(None),
+                Err(e) => {
+                    debug!(%room, error = %e, "room registry unreachable; serving WHEP locally");
+                    Ok(None)
+                }
             },
         }
     }
@@ -611,6 +671,22 @@ fn grant_of(kind: Kind) -> Grant {
         Kind::Whip => Grant::Publish,
         Kind::Whep => Grant::Subscribe,
     }
+}
+
+/// 307 to the same path and query on the owner (WHIP RFC 9725 §4.5 and WHEP
+/// allow redirects; 307 keeps the method and body).
+fn redirect(owner: &RoomClaim, uri: &hyper::Uri, room: &RoomId) -> Result<Resp, HttpError> {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let target = format!("{}{path}", owner.http_url.trim_end_matches('/'));
+    let location = header_value(&target)?;
+    debug!(%room, owner = %owner.node, %target, "redirecting to the room's node");
+    let mut resp = http::with_body(
+        StatusCode::TEMPORARY_REDIRECT,
+        "text/plain; charset=utf-8",
+        format!("room {room} is hosted by node {}\n", owner.node),
+    );
+    resp.headers_mut().insert(header::LOCATION, location);
+    Ok(resp)
 }
 
 fn parse_room(s: &str) -> Result<RoomId, HttpError> {

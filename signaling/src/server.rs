@@ -37,6 +37,18 @@ impl<M: MediaNode> Server<M> {
         }
     }
 
+    /// Joins the cluster: WHIP claims rooms in its registry, WHEP and WHIP
+    /// for rooms hosted elsewhere are redirected (307) to their node, and
+    /// `/v1/rooms/{room}` shows the owner. Call before [`Server::serve`].
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.cluster = Some(cluster),
+            // `shared` is only cloned by `serve`, which consumes the server.
+            None => unreachable!("Server::with_cluster after serve"),
+        }
+        self
+    }
+
     /// The session table; the node calls [`Sessions::ended`] on it when it
     /// ends a session by itself.
     pub fn sessions(&self) -> Sessions {

@@ -1,4 +1,6 @@
 #![allow(dead_code)]
+#[path = "../../../signaling/tests/common/nats.rs"]
+pub mod nats;
 pub mod node;
 pub mod sim;
 

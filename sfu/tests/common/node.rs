@@ -23,8 +23,13 @@ pub struct Node {
 impl Node {
     /// Starts the binary with `args` after `serve --http 127.0.0.1:0`.
     pub fn start(args: &[&str]) -> Node {
+        Node::start_at("127.0.0.1:0", args)
+    }
+
+    /// Starts the binary with `args` after `serve --http <http>`.
+    pub fn start_at(http: &str, args: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sfu"))
-            .args(["serve", "--http", "127.0.0.1:0", "--workers", "2"])
+            .args(["serve", "--http", http, "--workers", "2"])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

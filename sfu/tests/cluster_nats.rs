@@ -1,0 +1,152 @@
+//! Several real `sfu` nodes on 127.0.0.x sharing a real nats-server: room
+//! claims, 307 redirects to the owner, owner death, NATS restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nats::NatsServer;
+use common::node::{Http, Node, play_offer, publish_offer};
+use hyper::{Method, StatusCode};
+
+/// Short heartbeats so a dead node is gone within about a second.
+fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
+    let url = nats.url();
+    Node::start_at(
+        &format!("{ip}:0"),
+        &[
+            "--nats",
+            &url,
+            "--node-id",
+            id,
+            "--media-ip",
+            ip,
+            "--heartbeat",
+            "200ms",
+            "--node-ttl",
+            "1s",
+        ],
+    )
+}
+
+async fn room_owner(http: &Http, node: &Node, room: &str) -> Option<String> {
+    let r = http
+        .send(Method::GET, &node.url(&format!("/v1/rooms/{room}")), &[], "")
+        .await;
+    if r.status != StatusCode::OK {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("room JSON");
+    v["owner"]["node"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn whep_at_another_node_is_redirected_and_a_dead_owners_room_moves() {
+    let nats = NatsServer::start();
+    let mut a = start(&nats, "a", "127.0.0.2");
+    let b = start(&nats, "b", "127.0.0.3");
+    let http = Http::default();
+
+    let p = http.post_sdp(&a.url("/whip/live"), &publish_offer(), None).await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+
+    // WHEP at b: 307 to the same resource on a, query kept.
+    let v = http
+        .post_sdp(&b.url("/whep/live?layer=low"), &play_offer(), None)
+        .await;
+    assert_eq!(v.status, StatusCode::TEMPORARY_REDIRECT, "{}", v.body);
+    let target = v.header("location").expect("Location").to_owned();
+    assert_eq!(target, a.url("/whep/live?layer=low"));
+    // Following it plays from a.
+    let followed = http.post_sdp(&target, &play_offer(), None).await;
+    assert_eq!(followed.status, StatusCode::CREATED, "{}", followed.body);
+    assert!(followed.body.contains("a=sendonly"));
+
+    // A second publisher at b is sent to a as well.
+    let p2 = http.post_sdp(&b.url("/whip/live"), &publish_offer(), None).await;
+    assert_eq!(p2.status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(p2.header("location"), Some(a.url("/whip/live").as_str()));
+
+    // Both nodes report the owner.
+    assert_eq!(room_owner(&http, &a, "live").await.as_deref(), Some("a"));
+    assert_eq!(room_owner(&http, &b, "live").await.as_deref(), Some("a"));
+
+    // Unclaimed rooms are served where the request lands.
+    let other = http.post_sdp(&b.url("/whip/other"), &publish_offer(), None).await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.body);
+
+    // kill -9 a: once its heartbeats stop, b takes the room's next publisher.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let started = tokio::time::Instant::now();
+    loop {
+        let r = http.post_sdp(&b.url("/whip/live"), &publish_offer(), None).await;
+        if r.status == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT, "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the dead owner's claim held for {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(room_owner(&http, &b, "live").await.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn nodes_keep_serving_through_a_nats_restart_and_reannounce() {
+    let mut nats = NatsServer::start();
+    let a = start(&nats, "a", "127.0.0.4");
+    let b = start(&nats, "b", "127.0.0.5");
+    let http = Http::default();
+
+    let p = http.post_sdp(&b.url("/whip/show"), &publish_offer(), None).await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+    let session = b.url(p.header("location").unwrap());
+
+    // NATS down for longer than the TTL: everything in the registry expires.
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // b still serves its publisher and viewers of its room.
+    let alive = http.send(Method::GET, &session, &[], "").await;
+    assert_eq!(alive.status, StatusCode::NO_CONTENT);
+    let local = http.post_sdp(&b.url("/whep/show"), &play_offer(), None).await;
+    assert_eq!(local.status, StatusCode::CREATED, "{}", local.body);
+    // A node that cannot reach the registry takes no new rooms.
+    let refused = http
+        .post_sdp(&a.url("/whip/new-room"), &publish_offer(), None)
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert!(refused.header("retry-after").is_some());
+
+    nats.restart();
+    // Both reconnect; b re-claims its room, so a redirects viewers there.
+    let started = tokio::time::Instant::now();
+    loop {
+        let v = http.post_sdp(&a.url("/whep/show"), &play_offer(), None).await;
+        if v.status == StatusCode::TEMPORARY_REDIRECT {
+            assert_eq!(v.header("location"), Some(b.url("/whep/show").as_str()));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no re-announce after {:?}: {} {}",
+            started.elapsed(),
+            v.status,
+            v.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(room_owner(&http, &a, "show").await.as_deref(), Some("b"));
+    assert_eq!(
+        http.send(Method::GET, &session, &[], "").await.status,
+        StatusCode::NO_CONTENT
+    );
+}

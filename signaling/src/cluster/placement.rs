@@ -1,0 +1,141 @@
+//! Where a new room goes: weighted rendezvous (highest random weight)
+//! hashing over live nodes, skipping overloaded ones. Every node computes
+//! the same answer from the same view, and removing a node moves only its
+//! own rooms.
+
+use super::{NodeId, NodeInfo};
+use crate::media::RoomId;
+
+/// Nodes at or above this load take no new rooms (Jicofo's stress threshold).
+pub const OVERLOAD: f64 = 0.8;
+
+/// The node that should host `room`, or `None` when every node is overloaded
+/// (or there are none). Score = −w / ln(h), h ∈ (0, 1) a hash of
+/// (room, node), w the node's capacity weight.
+pub fn place<'a>(room: &RoomId, nodes: impl IntoIterator<Item = &'a NodeInfo>) -> Option<NodeId> {
+    nodes
+        .into_iter()
+        .filter(|n| n.load.factor() < OVERLOAD && n.weight > 0.0)
+        .map(|n| (score(room, n), n))
+        // Ties (practically impossible) break on the id so the order of the
+        // input never matters.
+        .max_by(|(a, na), (b, nb)| a.total_cmp(b).then_with(|| nb.id.cmp(&na.id)))
+        .map(|(_, n)| n.id.clone())
+}
+
+fn score(room: &RoomId, node: &NodeInfo) -> f64 {
+    let h = hash(room.as_str(), node.id.as_str());
+    // 53 random bits to a double strictly inside (0, 1).
+    let unit = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -node.weight / unit.ln()
+}
+
+/// FNV-1a over both names with a separator, then a splitmix64 finaliser for
+/// avalanche; stable across processes and versions (no std `Hasher`).
+fn hash(room: &str, node: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.bytes().chain([0u8]).chain(node.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::cluster::Load;
+
+    fn node(id: &str, weight: f64, load: f64) -> NodeInfo {
+        NodeInfo {
+            id: NodeId::parse(id).unwrap(),
+            http_url: format!("http://{id}"),
+            media_addr: None,
+            weight,
+            load: Load {
+                cpu: load,
+                ..Load::default()
+            },
+        }
+    }
+
+    fn rooms(n: usize) -> Vec<RoomId> {
+        (0..n)
+            .map(|i| RoomId::parse(&format!("room-{i}")).unwrap())
+            .collect()
+    }
+
+    fn counts(nodes: &[NodeInfo], rooms: &[RoomId]) -> BTreeMap<String, usize> {
+        let mut c = BTreeMap::new();
+        for r in rooms {
+            *c.entry(place(r, nodes).unwrap().to_string()).or_default() += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn same_answer_whatever_the_order() {
+        let a = [node("a", 1.0, 0.1), node("b", 1.0, 0.1), node("c", 1.0, 0.1)];
+        let b = [a[2].clone(), a[0].clone(), a[1].clone()];
+        for r in rooms(200) {
+            assert_eq!(place(&r, &a), place(&r, &b));
+        }
+    }
+
+    #[test]
+    fn equal_weights_spread_evenly() {
+        let nodes = [node("a", 1.0, 0.0), node("b", 1.0, 0.0), node("c", 1.0, 0.0)];
+        let c = counts(&nodes, &rooms(3000));
+        for (id, n) in &c {
+            assert!((850..=1150).contains(n), "{id}: {n} of 3000");
+        }
+    }
+
+    #[test]
+    fn weights_bias_the_share() {
+        let nodes = [node("big", 3.0, 0.0), node("small", 1.0, 0.0)];
+        let c = counts(&nodes, &rooms(4000));
+        let big = c["big"] as f64 / 4000.0;
+        assert!((0.70..=0.80).contains(&big), "big got {big}");
+    }
+
+    #[test]
+    fn removing_a_node_moves_only_its_rooms() {
+        let all = [node("a", 1.0, 0.0), node("b", 1.0, 0.0), node("c", 1.0, 0.0)];
+        let without_c = [all[0].clone(), all[1].clone()];
+        for r in rooms(500) {
+            let before = place(&r, &all).unwrap();
+            if before.as_str() != "c" {
+                assert_eq!(place(&r, &without_c).unwrap(), before);
+            }
+        }
+    }
+
+    #[test]
+    fn overloaded_nodes_are_skipped() {
+        let nodes = [node("a", 1.0, 0.85), node("b", 1.0, 0.5), node("c", 1.0, 0.8)];
+        for r in rooms(100) {
+            assert_eq!(place(&r, &nodes).unwrap().as_str(), "b");
+        }
+        let all_busy = [node("a", 1.0, 0.9), node("b", 1.0, 0.95)];
+        assert_eq!(place(&rooms(1)[0], &all_busy), None);
+        assert_eq!(place(&rooms(1)[0], &[]), None);
+    }
+
+    #[test]
+    fn load_factor_is_the_busiest_resource() {
+        let l = Load {
+            cpu: 0.2,
+            peers: 90,
+            max_peers: 100,
+            bandwidth_bps: 10,
+            max_bandwidth_bps: 100,
+        };
+        assert!((l.factor() - 0.9).abs() < 1e-9);
+        assert_eq!(Load::default().factor(), 0.0);
+    }
+}
