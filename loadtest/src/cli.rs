@@ -33,6 +33,24 @@ pub enum Scenario {
     Meeting(MeetingArgs),
     /// N viewers of one publisher; then viewers leave and join at a rate.
     Churn(ChurnArgs),
+    /// Start a release `sfu` per fixed scenario, measure the floor, write BENCHMARKS.md.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct BenchArgs {
+    /// The node binary (default: `sfu` next to this binary).
+    #[arg(long, env = "LOADTEST_SFU")]
+    pub sfu: Option<PathBuf>,
+    /// Markdown file whose benchmark section is replaced.
+    #[arg(long, env = "LOADTEST_BENCH_OUT", default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// `--workers` of the node.
+    #[arg(long, env = "LOADTEST_NODE_WORKERS", default_value_t = 1)]
+    pub node_workers: usize,
+    /// Only the scenarios whose names start with one of these (comma-separated), e.g. `fanout,churn`.
+    #[arg(long, env = "LOADTEST_ONLY", value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 /// Flags every scenario takes.
@@ -211,6 +229,7 @@ pub fn parse() -> Result<Cli, Error> {
         Scenario::Fanout(a) => Scenario::Fanout(merge(a, sub, &table, &mut used)?),
         Scenario::Meeting(a) => Scenario::Meeting(merge(a, sub, &table, &mut used)?),
         Scenario::Churn(a) => Scenario::Churn(merge(a, sub, &table, &mut used)?),
+        Scenario::Bench(a) => Scenario::Bench(merge(a, sub, &table, &mut used)?),
     };
     cli.common = common;
     if let Some(unknown) = table.keys().find(|k| !used.contains(k)) {
@@ -234,6 +253,8 @@ impl Cli {
             Scenario::Fanout(a) => (Plan::Fanout, a.publishers, a.viewers, a.layer),
             Scenario::Meeting(a) => (Plan::Meeting, a.peers, 0, a.layer),
             Scenario::Churn(a) => (Plan::Churn { rate: a.churn }, 1, a.viewers, a.layer),
+            // The template of the benchmark's cases; each sets its own shape.
+            Scenario::Bench(_) => (Plan::Fanout, 1, 0, LayerChoice::Low),
         };
         if publishers == 0 {
             return Err(Error::Config("at least one publisher".into()));

@@ -3,6 +3,7 @@
 //! Every status and failure is counted; nothing here panics or waits forever.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,17 +35,22 @@ pub struct Signaling {
     pub outcomes: Mutex<BTreeMap<String, u64>>,
 }
 
+fn client(local: Option<IpAddr>, timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(timeout));
+    connector.set_nodelay(true);
+    connector.set_local_address(local);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 const MAX_REDIRECTS: usize = 5;
 /// Longest wait honoured from a Retry-After header.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 impl Signaling {
     pub fn new(token: Option<String>, timeout: Duration, retries: u32) -> Signaling {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
         Signaling {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: client(None, timeout),
             token,
             timeout,
             retries,
@@ -61,6 +67,7 @@ impl Signaling {
     /// Sends one request and reads the whole response within the timeout.
     async fn send(
         &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
         method: Method,
         url: &str,
         body: &str,
@@ -77,7 +84,7 @@ impl Signaling {
             .body(Full::new(Bytes::from(body.to_owned())))
             .map_err(|e| Error::Http(format!("bad request for {url}: {e}")))?;
         let fut = async {
-            let res = self.client.request(req).await.map_err(|e| {
+            let res = client.request(req).await.map_err(|e| {
                 self.count("connect");
                 Error::Http(format!("{url}: {e}"))
             })?;
@@ -106,13 +113,23 @@ impl Signaling {
         }
     }
 
-    /// POSTs an SDP offer to a WHIP or WHEP endpoint; returns the answer.
-    pub async fn offer(&self, url: &str, sdp: &str) -> Result<Session, Error> {
+    /// POSTs an SDP offer to a WHIP or WHEP endpoint from `local` (each
+    /// simulated peer connects from its own address, as real clients do, so
+    /// per-IP limits see many clients); returns the answer.
+    pub async fn offer(&self, url: &str, sdp: &str, local: Option<IpAddr>) -> Result<Session, Error> {
+        let own;
+        let client = match local {
+            Some(ip) => {
+                own = client(Some(ip), self.timeout);
+                &own
+            }
+            None => &self.client,
+        };
         let mut target = url.to_owned();
         let mut redirects = 0;
         let mut attempts = 0;
         loop {
-            let (status, headers, body) = self.send(Method::POST, &target, sdp, true).await?;
+            let (status, headers, body) = self.send(client, Method::POST, &target, sdp, true).await?;
             let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
             match status.as_u16() {
                 201 | 200 => {
@@ -158,14 +175,14 @@ impl Signaling {
 
     /// Ends a session (best effort; the outcome is counted).
     pub async fn delete(&self, location: &str) {
-        if let Err(e) = self.send(Method::DELETE, location, "", true).await {
+        if let Err(e) = self.send(&self.client, Method::DELETE, location, "", true).await {
             debug!(%location, error = %e, "DELETE failed");
         }
     }
 
     /// GETs a text resource (the server's metrics); non-2xx is an error.
     pub async fn get(&self, url: &str) -> Result<String, Error> {
-        let (status, _, body) = self.send(Method::GET, url, "", false).await?;
+        let (status, _, body) = self.send(&self.client, Method::GET, url, "", false).await?;
         if status.is_success() {
             Ok(body)
         } else {

@@ -2,6 +2,7 @@
 //! the real protocols to a real server, many str0m peers per thread, and the
 //! numbers viewers feel and the server pays.
 
+pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod floor;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use loadtest::{cli, report, run};
+use loadtest::{bench, cli, report, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -35,6 +35,22 @@ fn execute(cli: &cli::Cli) -> Result<ExitCode, loadtest::Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let cli::Scenario::Bench(b) = &cli.command {
+        let sfu = match &b.sfu {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("sfu"),
+        };
+        let cfg = bench::BenchConfig {
+            sfu,
+            out: b.out.clone(),
+            node_workers: b.node_workers,
+            base: config,
+            only: b.only.clone(),
+        };
+        let section = runtime.block_on(bench::bench(cfg))?;
+        println!("{section}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = runtime.block_on(run::run(config))?;
     print!("{}", report.table());
     if let Some(path) = &cli.common.json {

@@ -198,11 +198,17 @@ impl Ctx {
         (s.allocate(), s.sender())
     }
 
+    /// The address a peer's HTTP requests come from: its own on a loopback target.
+    fn http_from(&self, local: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+        let loopback = self.cfg.url.contains("://127.") || self.cfg.url.contains("://localhost");
+        loopback.then_some(local.ip())
+    }
+
     async fn join_publisher(&self, index: usize) -> Result<(), Error> {
         let (local, tx) = self.place(index);
         let (mut rtc, offer, pending, amid, vmid) = peer::publisher_offer(local, Instant::now())?;
         let url = endpoint(&self.cfg, &self.cfg.whip_path, &room(&self.cfg, index));
-        let session = self.sig.offer(&url, &offer).await?;
+        let session = self.sig.offer(&url, &offer, self.http_from(local)).await?;
         peer::accept_answer(&mut rtc, pending, &session.answer)?;
         let mut sessions = lock(&self.publisher_sessions);
         if sessions.len() <= index {
@@ -258,7 +264,7 @@ impl Ctx {
                     url.push_str(&format!("{k}={v}"));
                 }
             }
-            let session = self.sig.offer(&url, &offer).await?;
+            let session = self.sig.offer(&url, &offer, self.http_from(local)).await?;
             peer::accept_answer(&mut rtc, pending, &session.answer)?;
             Ok::<_, Error>((rtc, session.location))
         }
