@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use openh264::OpenH264API;
-use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, IntraFramePeriod};
+use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, RateControlMode};
 use openh264::formats::YUVBuffer;
+use openh264::{OpenH264API, Timestamp};
 
 use crate::error::Error;
 
@@ -240,7 +240,7 @@ fn pattern(width: usize, height: usize, t: usize) -> YUVBuffer {
     let by = (t * 3) % height.saturating_sub(height / 8).max(1);
     for y in 0..height {
         for x in 0..width {
-            let mut v = ((x + y + 4 * t) & 0xff) as u8 / 2 + 32;
+            let mut v = (((x + y + 2 * t) / 4) % 128) as u8 + 48;
             if x.abs_diff(bar) < width / 40 + 1 {
                 v = 235;
             }
@@ -251,11 +251,12 @@ fn pattern(width: usize, height: usize, t: usize) -> YUVBuffer {
         }
     }
     let (u_plane, v_plane) = uv.split_at_mut(width * height / 4);
+    let cw = width / 2;
     for (i, u) in u_plane.iter_mut().enumerate() {
-        *u = (128 + (i + t) % 64) as u8;
+        *u = (112 + ((i % cw + t) / 8) % 32) as u8;
     }
     for (i, v) in v_plane.iter_mut().enumerate() {
-        *v = (160 - (i / 3 + 2 * t) % 64) as u8;
+        *v = (144 - ((i / cw) / 8) % 32) as u8;
     }
     YUVBuffer::from_vec(yuv, width, height)
 }
@@ -302,6 +303,7 @@ pub fn encode(frames: usize, gop: usize, bitrates: [u32; 3]) -> Result<MediaSet,
             .max_frame_rate(FrameRate::from_hz(FPS as f32))
             // Rate control needs frame skipping; a skipped frame is left out of the loop.
             .skip_frames(true)
+            .rate_control_mode(RateControlMode::Bitrate)
             .intra_frame_period(IntraFramePeriod::from_num_frames(gop as u32));
         let mut enc = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| Error::Media(format!("openh264: {e}")))?;
@@ -310,25 +312,32 @@ pub fn encode(frames: usize, gop: usize, bitrates: [u32; 3]) -> Result<MediaSet,
             keyframes: Vec::new(),
             bytes: 0,
         };
-        for t in 0..frames {
-            if t % gop.max(1) == 0 {
+        // One GOP is encoded first and thrown away, so the rate control has
+        // settled on the target bitrate when the looped frames start.
+        let warmup = gop.max(1);
+        for t in 0..warmup + frames {
+            if t % gop.max(1) == 0 || t == warmup {
                 enc.force_intra_frame();
             }
             let yuv = pattern(w, h, t);
             let stream = enc
-                .encode(&yuv)
+                .encode_at(&yuv, Timestamp::from_millis(t as u64 * 1000 / u64::from(FPS)))
                 .map_err(|e| Error::Media(format!("openh264 encode: {e}")))?
                 .to_vec();
+            if t < warmup {
+                continue;
+            }
             let units = annex_b_units(&stream);
+            // A frame the rate control skipped has no slice: leave it out.
             if !units.iter().any(|u| matches!(u[0] & 0x1f, 1 | 5)) {
-                if t % gop.max(1) == 0 && track.frames.is_empty() {
-                    return Err(Error::Media(format!(
-                        "layer {layer}: the encoder skipped the first frame"
-                    )));
-                }
                 continue;
             }
             let frame = packetize(&units, MAX_PAYLOAD);
+            if track.frames.is_empty() && !frame.keyframe {
+                // The loop must start with a keyframe; ask again.
+                enc.force_intra_frame();
+                continue;
+            }
             if frame.keyframe {
                 track.keyframes.push(track.frames.len());
             }
