@@ -63,6 +63,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub client_send_errors: u64,
     pub keyframe_requests: u64,
+    /// Bitrate of each looped layer as encoded (payload), kbit/s.
+    pub publisher_layer_kbps: [u64; 3],
 }
 
 impl Report {
@@ -147,6 +149,7 @@ impl Report {
             errors,
             client_send_errors,
             keyframe_requests: publishers.iter().map(|p| p.keyframe_requests).sum(),
+            publisher_layer_kbps: [0; 3],
         }
     }
 
@@ -253,7 +256,11 @@ impl Report {
             f(s.mem_per_viewer_kib, 1),
             f(s.rss_mib, 1)
         );
-        let _ = writeln!(o, "  http: {:?}", self.http);
+        let _ = writeln!(
+            o,
+            "  publisher layers as encoded: {:?} kbit/s; http: {:?}",
+            self.publisher_layer_kbps, self.http
+        );
         if !self.errors.is_empty() {
             let _ = writeln!(o, "  errors: {:?}", self.errors);
         }

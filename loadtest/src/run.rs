@@ -342,6 +342,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
         high_kbps = media.video[2].bitrate() / 1000,
         "media encoded"
     );
+    let layer_kbps = [0, 1, 2].map(|l| media.video[l].bitrate() / 1000);
     let shared = Arc::new(Shared::new(cfg.publishers));
     let mut shards = Vec::new();
     for i in 0..cfg.threads.max(1) {
@@ -523,7 +524,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
         live_viewers,
         Some(window_packets),
     );
-    Ok(Report::build(
+    let mut report = Report::build(
         cfg.plan.name(),
         cfg.seed,
         cfg.duration.as_secs_f64(),
@@ -534,7 +535,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
         server,
         sig.outcomes(),
         send_errors,
-    ))
+    );
+    report.publisher_layer_kbps = layer_kbps;
+    Ok(report)
 }
 
 /// Viewers the initial plan joins (churn adds more as it runs).
