@@ -1,0 +1,281 @@
+//! `loadtest bench`: starts an `sfu` node per scenario on loopback, runs
+//! the fixed scenarios, measures the per-packet floor on the same machine,
+//! and writes the table into BENCHMARKS.md.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::floor::{self, Floor};
+use crate::report::Report;
+use crate::run::{self, LayerChoice, Plan, RunConfig};
+
+/// One fixed scenario of the benchmark.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub plan: Plan,
+    pub publishers: usize,
+    pub viewers: usize,
+    pub layer: LayerChoice,
+}
+
+/// The issue's scenarios: fanout 100/500/1,000/2,000 low and 500 high;
+/// meeting 10 and 25; churn 200 viewers at 20 leaves+joins per second.
+pub fn cases() -> Vec<Case> {
+    let fanout = |v: usize, layer: LayerChoice, l: &str| Case {
+        name: format!("fanout 1×{v} {l}"),
+        plan: Plan::Fanout,
+        publishers: 1,
+        viewers: v,
+        layer,
+    };
+    let mut c: Vec<Case> = [100, 500, 1000, 2000]
+        .into_iter()
+        .map(|v| fanout(v, LayerChoice::Low, "low"))
+        .collect();
+    c.push(fanout(500, LayerChoice::High, "high"));
+    for peers in [10, 25] {
+        c.push(Case {
+            name: format!("meeting {peers}"),
+            plan: Plan::Meeting,
+            publishers: peers,
+            viewers: 0,
+            layer: LayerChoice::Low,
+        });
+    }
+    c.push(Case {
+        name: "churn 200 @20/s".into(),
+        plan: Plan::Churn { rate: 20.0 },
+        publishers: 1,
+        viewers: 200,
+        layer: LayerChoice::Low,
+    });
+    c
+}
+
+/// A node under test, killed on drop.
+struct NodeProcess {
+    child: Child,
+    url: String,
+}
+
+impl NodeProcess {
+    fn start(binary: &Path, workers: usize) -> Result<NodeProcess, Error> {
+        let mut child = Command::new(binary)
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--workers",
+                &workers.to_string(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::Config(format!("{}: {e}", binary.display())))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Config("node stdout".into()))?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let http = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .ok_or_else(|| Error::Config(format!("node did not say where it listens: {line:?}")))?;
+        Ok(NodeProcess {
+            url: format!("http://{http}"),
+            child,
+        })
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options of `loadtest bench`.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub sfu: PathBuf,
+    pub out: PathBuf,
+    pub node_workers: usize,
+    /// Template for every case (rate, duration, threads, bitrates, seed).
+    pub base: RunConfig,
+    /// Only these cases (by name prefix); all when empty.
+    pub only: Vec<String>,
+}
+
+/// What the machine is, for the table's heading.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown CPU");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{model}, {cores} cores, {mem} RAM, Linux {}; load average at start {}",
+        kernel.trim(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    )
+}
+
+fn fmt(v: Option<f64>, d: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.d$}"))
+}
+
+/// One Markdown row.
+pub fn row(name: &str, r: &Report, floor: &Floor) -> String {
+    let s = &r.server;
+    let multiple = s.cpu_us_per_packet.map(|c| c / floor.total_us());
+    format!(
+        "| {name} | {}/{} | {} | {} | {:.3} | {:.0} | {:.2} / {:.2} | {} | {} | {} |",
+        r.viewers_joined,
+        r.viewers_planned,
+        fmt(s.cpu_us_per_packet, 2),
+        fmt(s.packets_per_sec, 0),
+        r.loss_pct,
+        r.join_ms.first_keyframe.p95,
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+        fmt(s.mem_per_viewer_kib, 1),
+        fmt(multiple, 1),
+        fmt(s.cpu_cores, 2),
+    )
+}
+
+/// Runs the benchmark; returns the Markdown section it wrote.
+pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
+    let machine = machine();
+    let floor = tokio::task::spawn_blocking(|| floor::measure(Duration::from_secs(2)))
+        .await
+        .map_err(|e| Error::Media(format!("floor task: {e}")))??;
+    eprintln!(
+        "floor: AES-128-GCM seal of 1,200 bytes {:.0} ns + batched loopback send {:.0} ns = {:.2} µs per packet",
+        floor.seal_ns,
+        floor.send_ns,
+        floor.total_us()
+    );
+    let mut rows = Vec::new();
+    for case in cases() {
+        if !cfg.only.is_empty() && !cfg.only.iter().any(|o| case.name.starts_with(o.as_str())) {
+            continue;
+        }
+        let node = NodeProcess::start(&cfg.sfu, cfg.node_workers)?;
+        let mut rc = cfg.base.clone();
+        rc.url = node.url.clone();
+        rc.plan = case.plan;
+        rc.publishers = case.publishers;
+        rc.viewers = case.viewers;
+        rc.layer = case.layer;
+        rc.server_pid = Some(node.child.id());
+        rc.metrics_path = Some("/metrics".into());
+        eprintln!("== {}", case.name);
+        match run::run(rc).await {
+            Ok(report) => {
+                eprint!("{}", report.table());
+                rows.push(row(&case.name, &report, &floor));
+            }
+            Err(e) => rows.push(format!("| {} | run failed: {e} | | | | | | | | |", case.name)),
+        }
+        drop(node);
+    }
+    let section = format!(
+        "{BEGIN}\n## loadtest bench (end to end, loopback)\n\n\
+         Machine: {machine}. Node: `sfu serve --workers {workers}` (release); load tester: {threads} media thread(s), \
+         join rate {rate}/s, {duration:.0} s measured after the last join; node and load tester share the machine \
+         (and, when this was run, other jobs: see the load average).\n\n\
+         Floor on this machine, same run: AES-128-GCM seal of 1,200 bytes (aws-lc-rs) {seal:.0} ns + its share of \
+         a batched (GSO) loopback UDP send {send:.0} ns = **{total:.2} µs per packet**.\n\n\
+         | scenario | viewers joined | node µs CPU / fwd pkt | fwd pkt/s | loss % | join p95 ms | latency p50 / p99 ms | node KiB / viewer | × floor | node cores |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n{rows}\n\n\
+         Join p95 is POST → first keyframe at the viewer. Latency is publisher send → viewer receive of the \
+         same frame, both in the load tester's process, so it includes the load tester's own queueing.\n{END}\n",
+        BEGIN = BEGIN,
+        END = END,
+        workers = cfg.node_workers,
+        threads = cfg.base.threads,
+        rate = cfg.base.rate,
+        duration = cfg.base.duration.as_secs_f64(),
+        seal = floor.seal_ns,
+        send = floor.send_ns,
+        total = floor.total_us(),
+        rows = rows.join("\n"),
+    );
+    let old = std::fs::read_to_string(&cfg.out).unwrap_or_default();
+    std::fs::write(&cfg.out, replace_section(&old, &section))?;
+    Ok(section)
+}
+
+const BEGIN: &str = "<!-- loadtest-bench:begin -->";
+const END: &str = "<!-- loadtest-bench:end -->";
+
+/// Replaces the marked section of `doc`, or appends it.
+pub fn replace_section(doc: &str, section: &str) -> String {
+    match (doc.find(BEGIN), doc.find(END)) {
+        (Some(a), Some(b)) if b > a => {
+            let tail = &doc[b + END.len()..];
+            format!("{}{}{}", &doc[..a], section.trim_end(), tail)
+        }
+        _ => {
+            let sep = if doc.is_empty() || doc.ends_with("\n\n") {
+                ""
+            } else if doc.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            format!("{doc}{sep}{section}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_replaced_in_place() {
+        let doc = "# Benchmarks\n\nother\n";
+        let s1 = format!("{BEGIN}\nfirst\n{END}\n");
+        let once = replace_section(doc, &s1);
+        assert_eq!(once, format!("# Benchmarks\n\nother\n\n{s1}"));
+        let s2 = format!("{BEGIN}\nsecond\n{END}\n");
+        let twice = replace_section(&format!("{once}after\n"), &s2);
+        assert_eq!(
+            twice,
+            format!("# Benchmarks\n\nother\n\n{BEGIN}\nsecond\n{END}\nafter\n")
+        );
+    }
+
+    #[test]
+    fn cases_are_the_issue_s() {
+        let names: Vec<String> = cases().into_iter().map(|c| c.name).collect();
+        assert_eq!(names.len(), 8);
+        assert!(names.contains(&"fanout 1×2000 low".to_string()));
+        assert!(names.contains(&"churn 200 @20/s".to_string()));
+    }
+}

@@ -1,0 +1,18 @@
+//! WAVE's load tester: simulated WHIP publishers and WHEP viewers speaking
+//! the real protocols to a real server, many str0m peers per thread, and the
+//! numbers viewers feel and the server pays.
+
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod floor;
+pub mod http;
+pub mod media;
+pub mod peer;
+pub mod report;
+pub mod run;
+pub mod server;
+pub mod shard;
+pub mod stats;
+
+pub use error::Error;

@@ -1,0 +1,570 @@
+//! One simulated WebRTC peer: a str0m `Rtc` in RTP mode plus what it does
+//! with media — a publisher looping the encoded layers, or a viewer
+//! measuring what arrives. Sans-IO: the shard thread feeds it datagrams and
+//! time, and sends what it returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt, Simulcast, SimulcastLayer};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Rtc, RtcConfig};
+
+use crate::error::Error;
+use crate::media::{
+    AUDIO_FRAME_MS, Cursor, FPS, FrameTag, MediaSet, RIDS, TS_PER_AUDIO_FRAME, TS_PER_FRAME, VIDEO_CLOCK,
+    find_tag, is_keyframe_payload,
+};
+use crate::stats::{Histogram, Jitter, SeqTracker};
+
+/// A gap without a new video frame longer than this is a freeze.
+pub const FREEZE: Duration = Duration::from_millis(300);
+const SEND_LOG_SLOTS: usize = 1024;
+
+/// When each publisher sent each recent frame, readable from any thread.
+pub struct SendLog {
+    frames: Vec<AtomicU32>,
+    nanos: Vec<AtomicU64>,
+}
+
+impl Default for SendLog {
+    fn default() -> Self {
+        SendLog {
+            frames: (0..3 * SEND_LOG_SLOTS)
+                .map(|_| AtomicU32::new(u32::MAX))
+                .collect(),
+            nanos: (0..3 * SEND_LOG_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl SendLog {
+    fn slot(layer: usize, frame: u32) -> usize {
+        layer.min(2) * SEND_LOG_SLOTS + frame as usize % SEND_LOG_SLOTS
+    }
+
+    pub fn record(&self, layer: usize, frame: u32, nanos: u64) {
+        let s = SendLog::slot(layer, frame);
+        self.nanos[s].store(nanos, Ordering::Relaxed);
+        self.frames[s].store(frame, Ordering::Release);
+    }
+
+    pub fn lookup(&self, layer: usize, frame: u32) -> Option<u64> {
+        let s = SendLog::slot(layer, frame);
+        (self.frames[s].load(Ordering::Acquire) == frame).then(|| self.nanos[s].load(Ordering::Relaxed))
+    }
+}
+
+/// Process-wide state shared by every shard: the clock origin, the
+/// publishers' send logs and the live counters behind the progress line.
+pub struct Shared {
+    pub epoch: Instant,
+    pub send_logs: Vec<SendLog>,
+    pub progress: Progress,
+}
+
+impl Shared {
+    pub fn new(publishers: usize) -> Shared {
+        Shared {
+            epoch: Instant::now(),
+            send_logs: (0..publishers).map(|_| SendLog::default()).collect(),
+            progress: Progress::default(),
+        }
+    }
+
+    pub fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+}
+
+/// Live counters for the progress line.
+#[derive(Default)]
+pub struct Progress {
+    pub posted: AtomicU64,
+    pub answered: AtomicU64,
+    pub connected: AtomicU64,
+    pub media: AtomicU64,
+    pub failed: AtomicU64,
+    pub left: AtomicU64,
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub publishers_sending: AtomicU64,
+}
+
+/// The str0m configuration every simulated peer uses: RTP mode, Opus and H.264.
+pub fn rtc_config() -> RtcConfig {
+    RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_h264(true)
+}
+
+/// A WHIP offer: sendonly Opus and 3-layer simulcast H.264.
+pub fn publisher_offer(
+    local: SocketAddr,
+    now: Instant,
+) -> Result<(Rtc, String, SdpPendingOffer, Mid, Mid), Error> {
+    let mut rtc = rtc_config().build(now);
+    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?);
+    let mut api = rtc.sdp_api();
+    let audio = api.add_media(
+        MediaKind::Audio,
+        Direction::SendOnly,
+        Some("lt".into()),
+        Some("a".into()),
+        None,
+    );
+    let mut sim = Simulcast::new();
+    for rid in RIDS {
+        sim.add_send_layer(SimulcastLayer::new(rid));
+    }
+    let video = api.add_media(
+        MediaKind::Video,
+        Direction::SendOnly,
+        Some("lt".into()),
+        Some("v".into()),
+        Some(sim),
+    );
+    let (offer, pending) = api.apply().ok_or_else(|| Error::Rtc("no offer".into()))?;
+    Ok((rtc, offer.to_sdp_string(), pending, audio, video))
+}
+
+/// A WHEP offer: recvonly Opus and H.264.
+pub fn viewer_offer(local: SocketAddr, now: Instant) -> Result<(Rtc, String, SdpPendingOffer), Error> {
+    let mut rtc = rtc_config().build(now);
+    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?);
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().ok_or_else(|| Error::Rtc("no offer".into()))?;
+    Ok((rtc, offer.to_sdp_string(), pending))
+}
+
+/// Applies the server's SDP answer.
+pub fn accept_answer(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), Error> {
+    let answer =
+        SdpAnswer::from_sdp_string(answer).map_err(|e| Error::Rtc(format!("answer does not parse: {e}")))?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| Error::Rtc(format!("answer rejected: {e}")))
+}
+
+fn pt_of(rtc: &Rtc, codec: Codec) -> Option<Pt> {
+    rtc.codec_config()
+        .params()
+        .iter()
+        .find(|p| {
+            p.spec().codec == codec && (codec != Codec::H264 || p.spec().format.packetization_mode == Some(1))
+        })
+        .map(|p| p.pt())
+}
+
+/// A peer and its role, owned by one shard thread.
+pub struct Peer {
+    pub local: SocketAddr,
+    pub rtc: Rtc,
+    pub role: Role,
+    /// When str0m next wants `Input::Timeout`.
+    pub next_timeout: Instant,
+    /// Set when the peer stopped (ICE gave up, str0m error); it is then dropped.
+    pub dead: bool,
+}
+
+pub enum Role {
+    Publisher(Box<Publisher>),
+    Viewer(Box<Viewer>),
+}
+
+/// A publisher: loops the encoded layers and the Opus tone in real time.
+pub struct Publisher {
+    pub index: u32,
+    pub media: Arc<MediaSet>,
+    audio_mid: Mid,
+    video_mid: Mid,
+    video_pt: Option<Pt>,
+    audio_pt: Option<Pt>,
+    cursors: [Cursor; 3],
+    audio: Cursor,
+    start: Option<Instant>,
+    force_key: [bool; 3],
+    pub stats: PublisherStats,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PublisherStats {
+    pub index: u32,
+    pub connected: bool,
+    pub frames: u64,
+    pub packets: u64,
+    pub keyframe_requests: u64,
+    pub error: Option<String>,
+}
+
+impl Publisher {
+    pub fn new(index: u32, media: Arc<MediaSet>, audio_mid: Mid, video_mid: Mid, seed: u64) -> Publisher {
+        // Per-stream origins from the seed (RFC 3550 §5.1), sequence numbers below 2^15.
+        let s = |k: u64| {
+            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(k as u32 * 13)
+                ^ k
+        };
+        let cursor = |k: u64, step| Cursor::new(s(k) & 0x7fff, (s(k) >> 16) as u32, step);
+        Publisher {
+            index,
+            media,
+            audio_mid,
+            video_mid,
+            video_pt: None,
+            audio_pt: None,
+            cursors: [
+                cursor(1, TS_PER_FRAME),
+                cursor(2, TS_PER_FRAME),
+                cursor(3, TS_PER_FRAME),
+            ],
+            audio: cursor(4, TS_PER_AUDIO_FRAME),
+            start: None,
+            force_key: [false; 3],
+            stats: PublisherStats {
+                index,
+                ..PublisherStats::default()
+            },
+        }
+    }
+
+    /// When the next frame (audio or video) is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let start = self.start?;
+        let video =
+            start + Duration::from_nanos(u64::from(self.cursors[0].frame) * 1_000_000_000 / u64::from(FPS));
+        let audio = start + Duration::from_millis(u64::from(self.audio.frame) * AUDIO_FRAME_MS);
+        Some(video.min(audio))
+    }
+
+    /// Writes every frame due by `now`.
+    pub fn write_due(&mut self, rtc: &mut Rtc, shared: &Shared, now: Instant) {
+        let Some(start) = self.start else { return };
+        let (Some(vpt), Some(apt)) = (self.video_pt, self.audio_pt) else {
+            return;
+        };
+        let mut api = rtc.direct_api();
+        // Audio.
+        while start + Duration::from_millis(u64::from(self.audio.frame) * AUDIO_FRAME_MS) <= now {
+            let n = self.media.audio.len();
+            let payload = self.media.audio[self.audio.pos].clone();
+            let (seq, ts) = self.audio.advance(1, n);
+            if let Some(s) = api.stream_tx_by_mid(self.audio_mid, None) {
+                s.write_rtp(RtpWrite::new(apt, SeqNo::from(seq), ts, now, payload).nackable(true));
+                self.stats.packets += 1;
+            }
+        }
+        // Video, all layers on the same frame clock.
+        while start + Duration::from_nanos(u64::from(self.cursors[0].frame) * 1_000_000_000 / u64::from(FPS))
+            <= now
+        {
+            let sent_at = shared.nanos(now);
+            for (layer, rid) in RIDS.iter().enumerate() {
+                let track = &self.media.video[layer];
+                let c = &mut self.cursors[layer];
+                if std::mem::take(&mut self.force_key[layer]) {
+                    c.pos = track.next_keyframe(c.pos);
+                }
+                let frame = &track.frames[c.pos];
+                let tag = FrameTag {
+                    publisher: self.index,
+                    layer,
+                    keyframe: frame.keyframe,
+                    frame: c.frame,
+                };
+                let count = frame.packet_count();
+                let (seq, ts) = c.advance(count, track.frames.len());
+                let Some(s) = api.stream_tx_by_mid(self.video_mid, Some((*rid).into())) else {
+                    continue;
+                };
+                if let Some(log) = shared.send_logs.get(self.index as usize) {
+                    log.record(layer, tag.frame, sent_at);
+                }
+                let first: Arc<[u8]> = Arc::from(frame.first_packet(tag));
+                for (i, payload) in std::iter::once(first)
+                    .chain(frame.rest.iter().cloned())
+                    .enumerate()
+                {
+                    let w = RtpWrite::new(vpt, SeqNo::from(seq + i as u64), ts, now, payload)
+                        .marker(i + 1 == count)
+                        .nackable(true);
+                    s.write_rtp(w);
+                }
+                self.stats.packets += count as u64;
+            }
+            self.stats.frames += 1;
+        }
+    }
+
+    pub fn on_event(&mut self, rtc: &Rtc, shared: &Shared, now: Instant, event: &Event) {
+        match event {
+            Event::Connected => {
+                self.start = Some(now);
+                self.stats.connected = true;
+                self.audio_pt = pt_of(rtc, Codec::Opus);
+                self.video_pt = rtc
+                    .media(self.video_mid)
+                    .and_then(|m| {
+                        m.remote_pts().iter().copied().find(|pt| {
+                            rtc.codec_config().params().iter().any(|p| {
+                                p.pt() == *pt
+                                    && p.spec().codec == Codec::H264
+                                    && p.spec().format.packetization_mode == Some(1)
+                            })
+                        })
+                    })
+                    .or_else(|| pt_of(rtc, Codec::H264));
+                shared.progress.publishers_sending.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::KeyframeRequest(r) => {
+                self.stats.keyframe_requests += 1;
+                match r
+                    .rid
+                    .as_ref()
+                    .and_then(|rid| RIDS.iter().position(|x| *x == &**rid))
+                {
+                    Some(i) => self.force_key[i] = true,
+                    None => self.force_key = [true; 3],
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A viewer and what it measured.
+pub struct Viewer {
+    pub stats: ViewerStats,
+    posted: Instant,
+    audio_pt: Option<Pt>,
+    video: SeqTracker,
+    audio: SeqTracker,
+    video_ssrc: Option<u32>,
+    audio_ssrc: Option<u32>,
+    jitter: Jitter,
+    last_ts: Option<u32>,
+    last_frame_at: Option<Instant>,
+    /// (RTP timestamp, send instant in epoch nanos) of the frame being received.
+    frame_sent: Option<(u32, u64)>,
+    first_media_at: Option<Instant>,
+    last_media_at: Option<Instant>,
+}
+
+/// What one viewer saw, from its POST to its end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ViewerStats {
+    pub id: u32,
+    pub room: String,
+    pub layer_asked: Option<usize>,
+    /// Milliseconds from the POST to each join step.
+    pub answer_ms: Option<f64>,
+    pub ice_ms: Option<f64>,
+    pub dtls_ms: Option<f64>,
+    pub first_packet_ms: Option<f64>,
+    pub first_keyframe_ms: Option<f64>,
+    pub error: Option<String>,
+    pub packets: u64,
+    pub bytes_per_layer: [u64; 3],
+    pub packets_per_layer: [u64; 3],
+    pub video_expected: u64,
+    pub video_lost: u64,
+    pub audio_expected: u64,
+    pub audio_lost: u64,
+    pub jitter_ms: f64,
+    pub frames: u64,
+    pub freezes: u64,
+    pub freeze_ms: f64,
+    pub layer: Option<usize>,
+    pub layer_switches: u64,
+    /// Seconds between the first and last media packet.
+    pub media_secs: f64,
+    pub left: bool,
+}
+
+impl ViewerStats {
+    /// The layer most of the video bytes came from.
+    pub fn main_layer(&self) -> Option<usize> {
+        let (i, b) = self.bytes_per_layer.iter().enumerate().max_by_key(|(_, b)| **b)?;
+        (*b > 0).then_some(i)
+    }
+
+    pub fn loss(&self) -> f64 {
+        let e = self.video_expected + self.audio_expected;
+        if e == 0 {
+            return 0.0;
+        }
+        (self.video_lost + self.audio_lost) as f64 / e as f64
+    }
+
+    pub fn joined(&self) -> bool {
+        self.first_keyframe_ms.is_some()
+    }
+
+    /// Received video bitrate of the main layer, kbit/s.
+    pub fn kbps(&self) -> f64 {
+        if self.media_secs <= 0.0 {
+            return 0.0;
+        }
+        self.bytes_per_layer.iter().sum::<u64>() as f64 * 8.0 / self.media_secs / 1000.0
+    }
+}
+
+impl Viewer {
+    pub fn new(id: u32, room: String, layer_asked: Option<usize>, posted: Instant) -> Viewer {
+        Viewer {
+            stats: ViewerStats {
+                id,
+                room,
+                layer_asked,
+                ..ViewerStats::default()
+            },
+            posted,
+            audio_pt: None,
+            video: SeqTracker::default(),
+            audio: SeqTracker::default(),
+            video_ssrc: None,
+            audio_ssrc: None,
+            jitter: Jitter::default(),
+            last_ts: None,
+            last_frame_at: None,
+            frame_sent: None,
+            first_media_at: None,
+            last_media_at: None,
+        }
+    }
+
+    fn ms_since_post(&self, at: Instant) -> Option<f64> {
+        Some(at.saturating_duration_since(self.posted).as_secs_f64() * 1000.0)
+    }
+
+    pub fn on_event(
+        &mut self,
+        rtc: &Rtc,
+        shared: &Shared,
+        latency: &mut Histogram,
+        now: Instant,
+        event: Event,
+    ) {
+        match event {
+            Event::IceConnectionStateChange(state) if state.is_connected() && self.stats.ice_ms.is_none() => {
+                self.stats.ice_ms = self.ms_since_post(now);
+            }
+            Event::Connected => {
+                self.stats.dtls_ms = self.ms_since_post(now);
+                self.audio_pt = pt_of(rtc, Codec::Opus);
+                shared.progress.connected.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::RtpPacket(p) => {
+                let at = p.timestamp;
+                self.stats.packets += 1;
+                shared.progress.packets.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .progress
+                    .bytes
+                    .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                if self.stats.first_packet_ms.is_none() {
+                    self.stats.first_packet_ms = self.ms_since_post(at);
+                    shared.progress.media.fetch_add(1, Ordering::Relaxed);
+                }
+                self.first_media_at.get_or_insert(at);
+                self.last_media_at = Some(at);
+                let ssrc = *p.header.ssrc;
+                if Some(p.header.payload_type) == self.audio_pt {
+                    if self.audio_ssrc.replace(ssrc).is_some_and(|s| s != ssrc) {
+                        self.fold_audio();
+                    }
+                    self.audio.record(*p.seq_no);
+                    return;
+                }
+                if self.video_ssrc.replace(ssrc).is_some_and(|s| s != ssrc) {
+                    self.fold_video();
+                }
+                self.video.record(*p.seq_no);
+                let arrival = (at.saturating_duration_since(shared.epoch).as_nanos()
+                    * u128::from(VIDEO_CLOCK)
+                    / 1_000_000_000) as i64;
+                self.jitter.update(arrival, p.header.timestamp);
+                if self.stats.first_keyframe_ms.is_none() && is_keyframe_payload(&p.payload) {
+                    self.stats.first_keyframe_ms = self.ms_since_post(at);
+                }
+                if let Some(tag) = find_tag(&p.payload) {
+                    if self.stats.layer.is_some_and(|l| l != tag.layer) {
+                        self.stats.layer_switches += 1;
+                    }
+                    self.stats.layer = Some(tag.layer);
+                    self.frame_sent = shared
+                        .send_logs
+                        .get(tag.publisher as usize)
+                        .and_then(|l| l.lookup(tag.layer, tag.frame))
+                        .map(|n| (p.header.timestamp, n));
+                }
+                if let Some(layer) = self.stats.layer {
+                    self.stats.bytes_per_layer[layer] += p.payload.len() as u64;
+                    self.stats.packets_per_layer[layer] += 1;
+                }
+                if let Some((ts, sent)) = self.frame_sent
+                    && ts == p.header.timestamp
+                {
+                    let recv = shared.nanos(at);
+                    latency.record(recv.saturating_sub(sent) / 1000);
+                }
+                // A new frame: a timestamp ahead of the last one.
+                let newer = self.last_ts.is_none_or(|l| {
+                    p.header.timestamp != l && p.header.timestamp.wrapping_sub(l) < u32::MAX / 2
+                });
+                if newer {
+                    if let Some(last) = self.last_frame_at {
+                        let gap = at.saturating_duration_since(last);
+                        if gap > FREEZE {
+                            self.stats.freezes += 1;
+                            self.stats.freeze_ms += gap.as_secs_f64() * 1000.0;
+                        }
+                    }
+                    self.last_ts = Some(p.header.timestamp);
+                    self.last_frame_at = Some(at);
+                    self.stats.frames += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fold_video(&mut self) {
+        self.stats.video_expected += self.video.expected();
+        self.stats.video_lost += self.video.lost();
+        self.video = SeqTracker::default();
+    }
+
+    fn fold_audio(&mut self) {
+        self.stats.audio_expected += self.audio.expected();
+        self.stats.audio_lost += self.audio.lost();
+        self.audio = SeqTracker::default();
+    }
+
+    /// Closes the books at `now` (end of run or leave): a stall at the end counts as a freeze.
+    pub fn finish(mut self, now: Instant) -> ViewerStats {
+        self.fold_video();
+        self.fold_audio();
+        self.stats.jitter_ms = self.jitter.value() / f64::from(VIDEO_CLOCK) * 1000.0;
+        if let Some(last) = self.last_frame_at {
+            let gap = now.saturating_duration_since(last);
+            if gap > FREEZE {
+                self.stats.freezes += 1;
+                self.stats.freeze_ms += gap.as_secs_f64() * 1000.0;
+            }
+        }
+        if let (Some(a), Some(b)) = (self.first_media_at, self.last_media_at) {
+            self.stats.media_secs = b.saturating_duration_since(a).as_secs_f64();
+        }
+        self.stats
+    }
+}

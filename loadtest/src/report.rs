@@ -1,0 +1,406 @@
+//! The run's numbers: aggregated from every viewer, printed as a table or
+//! JSON, and checked against `--expect` thresholds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::peer::{PublisherStats, ViewerStats};
+use crate::server::ServerCost;
+use crate::stats::{Histogram, Summary};
+
+/// Join time split, milliseconds from the POST.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JoinTimes {
+    pub answer: Summary,
+    pub ice_connected: Summary,
+    pub dtls_connected: Summary,
+    pub first_packet: Summary,
+    pub first_keyframe: Summary,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LayerReport {
+    pub layer: String,
+    /// Viewers whose video came mostly from this layer.
+    pub viewers: usize,
+    pub kbps: Summary,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub duration_secs: f64,
+    pub publishers: usize,
+    pub publishers_connected: usize,
+    pub viewers_planned: usize,
+    /// Viewers that got a first keyframe.
+    pub viewers_joined: usize,
+    pub viewers_failed: usize,
+    /// Churn: viewers made to leave before their first keyframe (not failures).
+    pub viewers_left_early: usize,
+    /// Viewers whose video came mostly from the layer they asked for (of those that asked).
+    pub viewers_on_asked_layer: usize,
+    pub viewers_asking_layer: usize,
+    pub join_ms: JoinTimes,
+    /// Packet loss after retransmission, over all viewers' packets, percent.
+    pub loss_pct: f64,
+    /// Per-viewer loss, percent.
+    pub viewer_loss_pct: Summary,
+    pub jitter_ms: Summary,
+    pub latency_ms: Summary,
+    pub layers: Vec<LayerReport>,
+    pub freezes: u64,
+    pub viewer_freezes: Summary,
+    pub layer_switches: u64,
+    pub server: ServerCost,
+    /// HTTP responses by status ("201", "429") and failures ("timeout", "connect").
+    pub http: BTreeMap<String, u64>,
+    /// Join and peer errors, by message.
+    pub errors: BTreeMap<String, u64>,
+    pub client_send_errors: u64,
+    pub keyframe_requests: u64,
+    /// Bitrate of each looped layer as encoded (payload), kbit/s.
+    pub publisher_layer_kbps: [u64; 3],
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        scenario: &str,
+        seed: u64,
+        duration_secs: f64,
+        planned: usize,
+        viewers: &[ViewerStats],
+        publishers: &[PublisherStats],
+        latency: &Histogram,
+        server: ServerCost,
+        http: BTreeMap<String, u64>,
+        client_send_errors: u64,
+    ) -> Report {
+        let joined: Vec<&ViewerStats> = viewers.iter().filter(|v| v.joined()).collect();
+        let left_early = viewers
+            .iter()
+            .filter(|v| v.left && !v.joined() && v.error.is_none())
+            .count();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for e in viewers
+            .iter()
+            .filter_map(|v| v.error.clone())
+            .chain(publishers.iter().filter_map(|p| p.error.clone()))
+        {
+            *errors.entry(e).or_default() += 1;
+        }
+        let pick = |f: fn(&ViewerStats) -> Option<f64>| Summary::of(viewers.iter().filter_map(f));
+        let (lost, expected) = viewers.iter().fold((0u64, 0u64), |(l, e), v| {
+            (
+                l + v.video_lost + v.audio_lost,
+                e + v.video_expected + v.audio_expected,
+            )
+        });
+        let names = ["low", "mid", "high"];
+        let layers = (0..3)
+            .map(|l| {
+                let on: Vec<&&ViewerStats> = joined.iter().filter(|v| v.main_layer() == Some(l)).collect();
+                LayerReport {
+                    layer: names[l].into(),
+                    viewers: on.len(),
+                    kbps: Summary::of(on.iter().map(|v| v.kbps())),
+                }
+            })
+            .collect();
+        let asking: Vec<&&ViewerStats> = joined.iter().filter(|v| v.layer_asked.is_some()).collect();
+        Report {
+            scenario: scenario.into(),
+            seed,
+            duration_secs,
+            publishers: publishers.len(),
+            publishers_connected: publishers.iter().filter(|p| p.connected).count(),
+            viewers_planned: planned,
+            viewers_joined: joined.len(),
+            viewers_failed: planned.saturating_sub(joined.len() + left_early),
+            viewers_left_early: left_early,
+            viewers_on_asked_layer: asking.iter().filter(|v| v.main_layer() == v.layer_asked).count(),
+            viewers_asking_layer: asking.len(),
+            join_ms: JoinTimes {
+                answer: pick(|v| v.answer_ms),
+                ice_connected: pick(|v| v.ice_ms),
+                dtls_connected: pick(|v| v.dtls_ms),
+                first_packet: pick(|v| v.first_packet_ms),
+                first_keyframe: pick(|v| v.first_keyframe_ms),
+            },
+            loss_pct: if expected == 0 {
+                0.0
+            } else {
+                lost as f64 * 100.0 / expected as f64
+            },
+            viewer_loss_pct: Summary::of(joined.iter().map(|v| v.loss() * 100.0)),
+            jitter_ms: Summary::of(joined.iter().map(|v| v.jitter_ms)),
+            latency_ms: latency.summary_ms(),
+            layers,
+            freezes: joined.iter().map(|v| v.freezes).sum(),
+            viewer_freezes: Summary::of(joined.iter().map(|v| v.freezes as f64)),
+            layer_switches: joined.iter().map(|v| v.layer_switches).sum(),
+            server,
+            http,
+            errors,
+            client_send_errors,
+            keyframe_requests: publishers.iter().map(|p| p.keyframe_requests).sum(),
+            publisher_layer_kbps: [0; 3],
+        }
+    }
+
+    /// A metric by its `--expect` name, in its base unit (ms, %, µs, KiB, count).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let j = &self.join_ms.first_keyframe;
+        let l = &self.latency_ms;
+        Some(match name {
+            "loss" => self.loss_pct,
+            "loss_p95" => self.viewer_loss_pct.p95,
+            "loss_max" => self.viewer_loss_pct.max,
+            "join_p50" => j.p50,
+            "join_p95" => j.p95,
+            "join_p99" => j.p99,
+            "join_max" => j.max,
+            "latency_p50" => l.p50,
+            "latency_p95" => l.p95,
+            "latency_p99" => l.p99,
+            "latency_max" => l.max,
+            "jitter_p95" => self.jitter_ms.p95,
+            "freezes" => self.freezes as f64,
+            "layer_switches" => self.layer_switches as f64,
+            "failed" => self.viewers_failed as f64,
+            "joined" => {
+                let planned = self.viewers_planned.saturating_sub(self.viewers_left_early);
+                if planned == 0 {
+                    100.0
+                } else {
+                    self.viewers_joined as f64 * 100.0 / planned as f64
+                }
+            }
+            "cpu_us_per_packet" => self.server.cpu_us_per_packet?,
+            "mem_per_viewer" => self.server.mem_per_viewer_kib?,
+            "packets_per_sec" => self.server.packets_per_sec?,
+            _ => return None,
+        })
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let row = |o: &mut String, name: &str, s: &Summary, unit: &str| {
+            let _ = writeln!(
+                o,
+                "  {name:<22} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {unit}",
+                s.p50, s.p95, s.p99, s.max
+            );
+        };
+        let _ = writeln!(
+            o,
+            "scenario {} (seed {}), {:.1} s measured: {} publishers ({} connected), viewers {}/{} joined, {} failed",
+            self.scenario,
+            self.seed,
+            self.duration_secs,
+            self.publishers,
+            self.publishers_connected,
+            self.viewers_joined,
+            self.viewers_planned,
+            self.viewers_failed
+        );
+        let _ = writeln!(
+            o,
+            "  {:<22} {:>9} {:>9} {:>9} {:>9}",
+            "", "p50", "p95", "p99", "max"
+        );
+        row(&mut o, "join: answer", &self.join_ms.answer, "ms");
+        row(&mut o, "join: ICE connected", &self.join_ms.ice_connected, "ms");
+        row(&mut o, "join: DTLS connected", &self.join_ms.dtls_connected, "ms");
+        row(&mut o, "join: first packet", &self.join_ms.first_packet, "ms");
+        row(&mut o, "join: first keyframe", &self.join_ms.first_keyframe, "ms");
+        row(&mut o, "forwarding latency", &self.latency_ms, "ms");
+        row(&mut o, "jitter", &self.jitter_ms, "ms");
+        row(&mut o, "loss per viewer", &self.viewer_loss_pct, "%");
+        row(&mut o, "freezes per viewer", &self.viewer_freezes, "");
+        for l in &self.layers {
+            if l.viewers > 0 {
+                row(
+                    &mut o,
+                    &format!("{} layer ({} viewers)", l.layer, l.viewers),
+                    &l.kbps,
+                    "kbit/s",
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "  loss {:.3}% overall; {} freezes; {} layer switches; {} keyframe requests at publishers; on asked layer {}/{}",
+            self.loss_pct,
+            self.freezes,
+            self.layer_switches,
+            self.keyframe_requests,
+            self.viewers_on_asked_layer,
+            self.viewers_asking_layer
+        );
+        let s = &self.server;
+        let f = |v: Option<f64>, d: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.d$}"));
+        let _ = writeln!(
+            o,
+            "  server: {} µs CPU per forwarded packet, {} packets/s ({}), {} cores, {} KiB per viewer, RSS {} MiB",
+            f(s.cpu_us_per_packet, 2),
+            f(s.packets_per_sec, 0),
+            s.packet_source,
+            f(s.cpu_cores, 2),
+            f(s.mem_per_viewer_kib, 1),
+            f(s.rss_mib, 1)
+        );
+        let _ = writeln!(
+            o,
+            "  publisher layers as encoded: {:?} kbit/s; http: {:?}",
+            self.publisher_layer_kbps, self.http
+        );
+        if !self.errors.is_empty() {
+            let _ = writeln!(o, "  errors: {:?}", self.errors);
+        }
+        if self.client_send_errors > 0 {
+            let _ = writeln!(o, "  client send errors: {}", self.client_send_errors);
+        }
+        o
+    }
+}
+
+/// One `--expect` clause, e.g. `loss<0.5%` or `join_p95<=300ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectation {
+    pub metric: String,
+    pub op: Op,
+    /// The threshold in the metric's base unit.
+    pub value: f64,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// Parses `loss<0.5%,join_p95<300ms`.
+pub fn parse_expect(spec: &str) -> Result<Vec<Expectation>, Error> {
+    let mut out = Vec::new();
+    for clause in spec.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let (pos, op, len) = ["<=", ">=", "<", ">"]
+            .iter()
+            .find_map(|o| clause.find(o).map(|p| (p, *o, o.len())))
+            .ok_or_else(|| Error::Config(format!("expect `{clause}`: no <, <=, > or >=")))?;
+        let metric = clause[..pos].trim().to_owned();
+        let raw = clause[pos + len..].trim();
+        let split = raw
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+            .unwrap_or(raw.len());
+        let number: f64 = raw[..split]
+            .parse()
+            .map_err(|_| Error::Config(format!("expect `{clause}`: `{raw}` is not a number")))?;
+        let unit = raw[split..].trim();
+        let time_ms =
+            metric.starts_with("join_") || metric.starts_with("latency") || metric.starts_with("jitter");
+        let value = match (unit, time_ms) {
+            ("" | "ms", true) => number,
+            ("us" | "µs", true) => number / 1000.0,
+            ("s", true) => number * 1000.0,
+            ("us" | "µs" | "", false) if metric == "cpu_us_per_packet" => number,
+            ("%" | "", false) if metric.starts_with("loss") || metric == "joined" => number,
+            ("KiB" | "kib" | "", false) if metric == "mem_per_viewer" => number,
+            ("", false) => number,
+            _ => {
+                return Err(Error::Config(format!(
+                    "expect `{clause}`: unit `{unit}` does not fit `{metric}`"
+                )));
+            }
+        };
+        if Report::default().metric(&metric).is_none()
+            && !matches!(
+                metric.as_str(),
+                "cpu_us_per_packet" | "mem_per_viewer" | "packets_per_sec"
+            )
+        {
+            return Err(Error::Config(format!(
+                "expect `{clause}`: unknown metric `{metric}`"
+            )));
+        }
+        let op = match op {
+            "<" => Op::Lt,
+            "<=" => Op::Le,
+            ">" => Op::Gt,
+            _ => Op::Ge,
+        };
+        out.push(Expectation {
+            metric,
+            op,
+            value,
+            text: clause.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// The clauses the report misses, with what was measured (a metric the
+/// run could not measure misses too).
+pub fn check(report: &Report, expect: &[Expectation]) -> Vec<String> {
+    expect
+        .iter()
+        .filter_map(|e| {
+            let Some(v) = report.metric(&e.metric) else {
+                return Some(format!("{}: not measured", e.text));
+            };
+            let ok = match e.op {
+                Op::Lt => v < e.value,
+                Op::Le => v <= e.value,
+                Op::Gt => v > e.value,
+                Op::Ge => v >= e.value,
+            };
+            (!ok).then(|| format!("{}: measured {v:.3}", e.text))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_checks_expectations() {
+        let e = parse_expect("loss<0.5%, join_p95<300ms,latency_p99<=1000us,joined>=99%").unwrap();
+        assert_eq!(e.len(), 4);
+        assert_eq!((e[0].metric.as_str(), e[0].op, e[0].value), ("loss", Op::Lt, 0.5));
+        assert_eq!(e[2].value, 1.0);
+        let mut r = Report {
+            loss_pct: 0.2,
+            viewers_planned: 100,
+            viewers_joined: 100,
+            ..Report::default()
+        };
+        r.join_ms.first_keyframe.p95 = 250.0;
+        r.latency_ms.p99 = 0.8;
+        assert!(check(&r, &e).is_empty());
+        r.loss_pct = 0.7;
+        r.viewers_joined = 98;
+        let missed = check(&r, &e);
+        assert_eq!(missed.len(), 2, "{missed:?}");
+        assert!(missed[0].starts_with("loss<0.5%"));
+        // Not measured counts as missed.
+        let cpu = parse_expect("cpu_us_per_packet<4us").unwrap();
+        assert_eq!(check(&r, &cpu).len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_expectations() {
+        for bad in ["loss", "loss<abc", "nosuch<1", "join_p95<3%", "loss<1ms"] {
+            assert!(parse_expect(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Statistics: percentiles, a log-bucket histogram, RFC 3550 jitter, and
+//! loss counting over extended sequence numbers.
+
+use serde::Serialize;
+
+/// p50/p95/p99/max of a set of values (nearest-rank percentiles).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Summary {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// Nearest-rank percentile `p` (0–100) of sorted `v`.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+impl Summary {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Summary {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Summary::default();
+        }
+        v.sort_by(f64::total_cmp);
+        Summary {
+            count: v.len(),
+            p50: percentile(&v, 50.0),
+            p95: percentile(&v, 95.0),
+            p99: percentile(&v, 99.0),
+            max: v[v.len() - 1],
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+        }
+    }
+}
+
+/// Counts of microsecond values in buckets ~1% wide: bounded memory for
+/// millions of latency samples, quantiles within 1%.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max: u64,
+    sum: u128,
+}
+
+const BUCKETS_PER_E: f64 = 100.0;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; 2000],
+            total: 0,
+            max: 0,
+            sum: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(us: u64) -> usize {
+        ((us as f64 + 1.0).ln() * BUCKETS_PER_E) as usize
+    }
+
+    fn value(bucket: usize) -> f64 {
+        // The bucket's midpoint.
+        ((bucket as f64 + 0.5) / BUCKETS_PER_E).exp() - 1.0
+    }
+
+    pub fn record(&mut self, us: u64) {
+        let b = Histogram::bucket(us).min(self.counts.len() - 1);
+        self.counts[b] += 1;
+        self.total += 1;
+        self.max = self.max.max(us);
+        self.sum += u128::from(us);
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The value at percentile `p` (0–100), in microseconds.
+    pub fn quantile(&self, p: f64) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * self.total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (b, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Histogram::value(b).min(self.max as f64);
+            }
+        }
+        self.max as f64
+    }
+
+    /// p50/p95/p99/max in milliseconds.
+    pub fn summary_ms(&self) -> Summary {
+        if self.total == 0 {
+            return Summary::default();
+        }
+        Summary {
+            count: self.total as usize,
+            p50: self.quantile(50.0) / 1000.0,
+            p95: self.quantile(95.0) / 1000.0,
+            p99: self.quantile(99.0) / 1000.0,
+            max: self.max as f64 / 1000.0,
+            mean: (self.sum as f64 / self.total as f64) / 1000.0,
+        }
+    }
+}
+
+/// Interarrival jitter (RFC 3550 §6.4.1 and A.8), in RTP clock units.
+#[derive(Debug, Clone, Default)]
+pub struct Jitter {
+    last_transit: Option<i64>,
+    jitter: f64,
+}
+
+impl Jitter {
+    /// `arrival` in RTP clock units on the receiver's clock; `rtp_ts` from the header.
+    pub fn update(&mut self, arrival: i64, rtp_ts: u32) {
+        let transit = arrival - i64::from(rtp_ts);
+        if let Some(last) = self.last_transit {
+            // Timestamps wrap at 2^32: the difference is taken in that space.
+            let d = (transit - last) as i32;
+            self.jitter += (f64::from(d.unsigned_abs()) - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    pub fn value(&self) -> f64 {
+        self.jitter
+    }
+}
+
+/// Unique packets received against those expected, over extended sequence
+/// numbers; duplicates (retransmissions that raced the original) count once.
+#[derive(Debug, Clone, Default)]
+pub struct SeqTracker {
+    first: Option<u64>,
+    max: u64,
+    received: u64,
+    window: [u64; WINDOW / 64],
+}
+
+const WINDOW: usize = 1024;
+
+impl SeqTracker {
+    fn bit(&mut self, seq: u64) -> (usize, u64) {
+        let i = (seq % WINDOW as u64) as usize;
+        (i / 64, 1u64 << (i % 64))
+    }
+
+    pub fn record(&mut self, seq: u64) {
+        let Some(first) = self.first else {
+            self.first = Some(seq);
+            self.max = seq;
+            self.received = 1;
+            let (w, b) = self.bit(seq);
+            self.window[w] |= b;
+            return;
+        };
+        if seq < first || seq + WINDOW as u64 <= self.max {
+            return; // older than the window: too late to count
+        }
+        if seq > self.max {
+            if seq - self.max >= WINDOW as u64 {
+                self.window = [0; WINDOW / 64];
+            } else {
+                for s in self.max + 1..seq {
+                    let (w, b) = self.bit(s);
+                    self.window[w] &= !b;
+                }
+            }
+            self.max = seq;
+        }
+        let (w, b) = self.bit(seq);
+        if self.window[w] & b == 0 {
+            self.window[w] |= b;
+            self.received += 1;
+        }
+    }
+
+    pub fn expected(&self) -> u64 {
+        self.first.map_or(0, |f| self.max - f + 1)
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.received)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let s = Summary::of((1..=100).map(f64::from));
+        assert_eq!((s.p50, s.p95, s.p99, s.max), (50.0, 95.0, 99.0, 100.0));
+        assert_eq!(s.mean, 50.5);
+        let one = Summary::of([7.0]);
+        assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
+        assert_eq!(Summary::of([]).count, 0);
+        let s = Summary::of([3.0, 1.0, 2.0, f64::NAN]);
+        assert_eq!((s.count, s.p50, s.max), (3, 2.0, 3.0));
+    }
+
+    #[test]
+    fn histogram_quantiles_within_one_percent() {
+        let mut h = Histogram::default();
+        for us in 1..=10_000u64 {
+            h.record(us);
+        }
+        for (p, want) in [(50.0, 5000.0), (95.0, 9500.0), (99.0, 9900.0)] {
+            let got = h.quantile(p);
+            assert!((got - want).abs() / want < 0.01, "p{p}: {got} vs {want}");
+        }
+        let mut other = Histogram::default();
+        other.record(1_000_000);
+        h.merge(&other);
+        assert_eq!(h.count(), 10_001);
+        assert_eq!(h.summary_ms().max, 1000.0);
+    }
+
+    #[test]
+    fn jitter_follows_rfc3550() {
+        // Perfectly paced arrivals: no jitter.
+        let mut j = Jitter::default();
+        for i in 0..100 {
+            j.update(1000 + i * 3000, (i * 3000) as u32);
+        }
+        assert_eq!(j.value(), 0.0);
+        // One packet 160 units late: J = 160/16 = 10, then the next on time
+        // is again 160 off the late one: J = 10 + (160 - 10)/16.
+        let mut j = Jitter::default();
+        j.update(0, 0);
+        j.update(3160, 3000);
+        assert_eq!(j.value(), 10.0);
+        j.update(6000, 6000);
+        assert_eq!(j.value(), 10.0 + 150.0 / 16.0);
+        // Across the 32-bit timestamp wrap.
+        let mut j = Jitter::default();
+        j.update(0, u32::MAX - 1499);
+        j.update(3000, 1500);
+        assert_eq!(j.value(), 0.0);
+    }
+
+    #[test]
+    fn seq_tracker_counts_loss_and_ignores_duplicates() {
+        let mut t = SeqTracker::default();
+        for s in [100, 101, 103, 103, 104, 102] {
+            t.record(s);
+        }
+        assert_eq!((t.expected(), t.received(), t.lost()), (5, 5, 0));
+        t.record(110);
+        assert_eq!((t.expected(), t.received(), t.lost()), (11, 6, 5));
+        // A late retransmission inside the window repairs a loss.
+        t.record(107);
+        assert_eq!(t.lost(), 4);
+        // A jump beyond the window, then something older than it: ignored.
+        t.record(5000);
+        t.record(200);
+        assert_eq!(t.received(), 8);
+        assert_eq!(t.expected(), 4901);
+    }
+}

@@ -1,0 +1,93 @@
+//! The real `sfu` binary on loopback, and the real `loadtest` binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+/// The `sfu` binary next to `loadtest` in the target dir, built on first use
+/// (`cargo test --workspace` has already built it).
+pub fn sfu_binary() -> PathBuf {
+    let loadtest = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
+    let dir = loadtest.parent().expect("target dir");
+    let sfu = dir.join("sfu");
+    if !sfu.exists() {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "sfu", "--bin", "sfu"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building the sfu binary failed");
+    }
+    sfu
+}
+
+/// A running `sfu serve` on loopback, killed on drop.
+pub struct Node {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Node {
+    pub fn start() -> Node {
+        let mut child = Command::new(sfu_binary())
+            .args(["serve", "--http", "127.0.0.1:0", "--workers", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sfu starts");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("listening line");
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        // "sfu listening on http://127.0.0.1:PORT (media UDP [...])"
+        let http = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Node {
+            child,
+            url: format!("http://{http}"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `loadtest` with `args`; returns its output and the JSON report.
+pub fn loadtest(args: &[&str]) -> (Output, serde_json::Value) {
+    let json = std::env::temp_dir().join(format!(
+        "loadtest-{}-{}.json",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .args(["--quiet", "--json", json.to_str().expect("utf-8 path")])
+        .args(["--loop-frames", "30", "--gop", "15"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("loadtest runs");
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let _ = std::fs::remove_file(&json);
+    (out, report)
+}

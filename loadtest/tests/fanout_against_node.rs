@@ -1,0 +1,121 @@
+//! `loadtest fanout` against the real `sfu` binary on loopback.
+
+mod common;
+
+use common::{Node, loadtest};
+
+fn num(v: &serde_json::Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(|x| x.as_f64())
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
+}
+
+#[test]
+fn fifty_viewers_join_and_get_the_low_layer() {
+    let node = Node::start();
+    let pid = node.pid().to_string();
+    let (out, r) = loadtest(&[
+        "fanout",
+        "--url",
+        &node.url,
+        "--server-pid",
+        &pid,
+        "--viewers",
+        "50",
+        "--layer",
+        "low",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--expect",
+        "loss<1%,joined>=100%",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(num(&r, "/publishers_connected"), 1.0, "{stdout}");
+    assert_eq!(num(&r, "/viewers_joined"), 50.0, "{stdout}");
+    assert_eq!(num(&r, "/viewers_asking_layer"), 50.0, "{stdout}");
+    assert_eq!(num(&r, "/viewers_on_asked_layer"), 50.0, "{stdout}");
+    assert_eq!(num(&r, "/layers/0/viewers"), 50.0, "{stdout}");
+    assert!(num(&r, "/loss_pct") < 1.0, "{stdout}");
+    assert!(num(&r, "/layers/0/kbps/p50") > 30.0, "{stdout}");
+    // Every join step was measured, in order.
+    let j = |s: &str| num(&r, &format!("/join_ms/{s}/p50"));
+    assert!(
+        j("answer") <= j("dtls_connected") && j("dtls_connected") <= j("first_keyframe"),
+        "{stdout}"
+    );
+    assert_eq!(num(&r, "/join_ms/first_keyframe/count"), 50.0);
+    // Latency was measured on the packets themselves, and the server's cost read.
+    assert!(num(&r, "/latency_ms/count") > 1000.0, "{stdout}");
+    assert!(num(&r, "/latency_ms/p50") > 0.0);
+    assert!(num(&r, "/server/packets_per_sec") > 0.0, "{stdout}");
+    assert!(
+        r.pointer("/server/cpu_us_per_packet")
+            .is_some_and(|v| v.is_number()),
+        "{stdout}"
+    );
+    assert_eq!(
+        r.pointer("/server/packet_source").and_then(|v| v.as_str()),
+        Some("server")
+    );
+    assert!(stdout.contains("join: first keyframe"), "{stdout}");
+}
+
+#[test]
+fn a_missed_expectation_fails_the_run() {
+    let node = Node::start();
+    let (out, r) = loadtest(&[
+        "fanout",
+        "--url",
+        &node.url,
+        "--viewers",
+        "3",
+        "--rate",
+        "50",
+        "--duration",
+        "0.5",
+        "--expect",
+        "join_p95<0.001ms",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("expectation missed: join_p95<0.001ms"),
+        "{stderr}"
+    );
+    // The run itself worked; only the threshold failed.
+    assert_eq!(num(&r, "/viewers_joined"), 3.0);
+}
+
+#[test]
+fn a_server_that_is_not_there_is_counted_not_fatal() {
+    // A port nothing listens on: every POST fails to connect.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let url = format!("http://127.0.0.1:{port}");
+    let (out, r) = loadtest(&[
+        "fanout",
+        "--url",
+        &url,
+        "--viewers",
+        "4",
+        "--rate",
+        "100",
+        "--duration",
+        "0.2",
+        "--timeout",
+        "2",
+        "--expect",
+        "joined>=100%",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(num(&r, "/viewers_joined"), 0.0);
+    assert_eq!(num(&r, "/viewers_failed"), 4.0);
+    assert!(num(&r, "/http/connect") >= 5.0, "{r}");
+}
