@@ -192,9 +192,9 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 const RANDOM_PORT_ATTEMPTS: usize = 16;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
-/// Datagrams read from one relay socket before the worker moves on, so one
-/// busy peer cannot starve the rest.
-const RELAY_READ_BUDGET: usize = 64;
+/// `recvmmsg` batches read from one relay socket before the worker moves
+/// on, so one busy peer cannot starve the rest.
+const RELAY_READ_ROUNDS: usize = 4;
 
 enum Inbound {
     Opened {
@@ -212,6 +212,7 @@ enum Inbound {
 
 struct Relay {
     socket: UdpSocket,
+    state: UdpSocketState,
     /// Queues this relay on [`ReadyList`] when its socket turns readable.
     waker: Waker,
 }
@@ -290,7 +291,6 @@ impl Worker {
         let mut bufs = vec![0u8; buf_len * batch];
         let mut iovs: Vec<IoSliceMut<'_>> = bufs.chunks_mut(buf_len).map(IoSliceMut::new).collect();
         let mut metas = vec![RecvMeta::default(); batch];
-        let mut peer_buf = vec![0u8; MAX_DATAGRAM];
         let mut woken = Vec::new();
         let ready = self.ready.clone();
         let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
@@ -307,7 +307,7 @@ impl Worker {
                     self.read_udp(&mut iovs, &mut metas);
                 }
                 () = ready.notify.notified() => {
-                    self.read_relays(&mut woken, &mut peer_buf);
+                    self.read_relays(&mut woken, &mut iovs, &mut metas);
                 }
                 msg = rx.recv() => {
                     // `self._tx` keeps the channel open; `None` cannot happen.
@@ -333,26 +333,9 @@ impl Worker {
         let five_base = self.local.udp;
         // Bounded so a flood on the client port cannot starve relay traffic.
         for _ in 0..8 {
-            // A short batch means the socket queue is empty: report
-            // WouldBlock to `try_io` after keeping the count, so tokio clears
-            // readiness without a second, empty recvmmsg. Tokio clears only
-            // if no readiness event arrived since this readiness was
-            // observed (it compares the event tick), so a datagram landing
-            // meanwhile still wakes us.
-            let mut short = None;
-            let res = self.udp.try_io(tokio::io::Interest::READABLE, || {
-                let n = self.udp_state.recv((&self.udp).into(), iovs, metas)?;
-                if n < iovs.len() {
-                    short = Some(n);
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
-            });
-            let n = match (res, short) {
-                (_, Some(n)) => n,
-                (Ok(n), None) => n,
-                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => return,
-                (Err(e), None) => {
+            let (n, empty) = match recv_batch(&self.udp, &self.udp_state, iovs, metas) {
+                Ok(x) => x,
+                Err(e) => {
                     debug!(error = %e, "udp recv");
                     return;
                 }
@@ -370,41 +353,56 @@ impl Worker {
                 }
             }
             self.drain();
-            if short.is_some() {
+            if empty {
                 return;
             }
         }
     }
 
     /// Reads the relay sockets whose wakers fired, each until it would block
-    /// (or its budget runs out), handing the core a slice of `buf`.
-    fn read_relays(&mut self, woken: &mut Vec<SocketAddr>, buf: &mut [u8]) {
+    /// (or its rounds run out), handing the core slices of the batch buffers.
+    fn read_relays(
+        &mut self,
+        woken: &mut Vec<SocketAddr>,
+        iovs: &mut [IoSliceMut<'_>],
+        metas: &mut [RecvMeta],
+    ) {
         self.ready.take(woken);
         let now = clock();
         for &relay in woken.iter() {
             let Some(r) = self.relays.get(&relay) else {
                 continue;
             };
-            // Stays true when the budget runs out before the socket is empty.
+            // Stays true when the rounds run out before the socket is empty.
             let mut again = true;
-            for _ in 0..RELAY_READ_BUDGET {
-                match r.socket.try_recv_from(buf) {
-                    Ok((n, peer)) => self.core.handle_peer(now, relay, peer, &buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Re-arms the waker; Ready means data raced in.
-                        let mut cx = Context::from_waker(&r.waker);
-                        again = r.socket.poll_recv_ready(&mut cx).is_ready();
-                        break;
-                    }
+            for _ in 0..RELAY_READ_ROUNDS {
+                let (n, empty) = match recv_batch(&r.socket, &r.state, iovs, metas) {
+                    Ok(x) => x,
                     // ICMP errors surface as recv errors on unconnected sockets.
-                    Err(e) => trace!(%relay, error = %e, "relay recv"),
+                    Err(e) => {
+                        trace!(%relay, error = %e, "relay recv");
+                        continue;
+                    }
+                };
+                for (meta, iov) in metas.iter().zip(iovs.iter()).take(n) {
+                    for datagram in iov[..meta.len].chunks(meta.stride.max(1)) {
+                        self.core.handle_peer(now, relay, meta.addr, datagram);
+                    }
+                }
+                if empty {
+                    // Re-arms the waker; Ready means data raced in.
+                    let mut cx = Context::from_waker(&r.waker);
+                    again = r.socket.poll_recv_ready(&mut cx).is_ready();
+                    break;
                 }
             }
             if again {
                 self.ready.push(relay);
             }
+            // Per relay, so the core's transmit queue stays one relay's
+            // rounds long however many relays woke.
+            self.drain();
         }
-        self.drain();
     }
 
     fn handle_inbound(&mut self, now: Now, msg: Inbound) {
@@ -534,11 +532,45 @@ impl Worker {
             }));
             // The first read pass registers the waker.
             self.ready.push(advertised);
-            self.relays.insert(advertised, Relay { socket, waker });
+            let Ok(state) = UdpSocketState::new((&socket).into()) else {
+                return Err(());
+            };
+            self.relays.insert(advertised, Relay { socket, state, waker });
             return Ok(advertised);
         }
         warn!(%allocation, "no free relay port");
         Err(())
+    }
+}
+
+/// One `recvmmsg` batch: the datagram count, and whether the socket is now
+/// empty (tokio's readiness cleared).
+///
+/// A short batch means the queue is empty: the closure reports WouldBlock to
+/// `try_io` after keeping the count, so tokio clears readiness without a
+/// second, empty `recvmmsg`. Tokio clears only if no readiness event arrived
+/// since this readiness was observed (it compares the event tick), so a
+/// datagram landing meanwhile still wakes the worker.
+fn recv_batch(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    iovs: &mut [IoSliceMut<'_>],
+    metas: &mut [RecvMeta],
+) -> io::Result<(usize, bool)> {
+    let mut short = None;
+    let res = socket.try_io(tokio::io::Interest::READABLE, || {
+        let n = state.recv(socket.into(), iovs, metas)?;
+        if n < iovs.len() {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (res, short) {
+        (_, Some(n)) => Ok((n, true)),
+        (Ok(n), None) => Ok((n, false)),
+        (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => Ok((0, true)),
+        (Err(e), None) => Err(e),
     }
 }
 
