@@ -202,7 +202,8 @@ serve_args! {
     /// Relayed kbit/s for the whole server [default: unlimited].
     #[arg(long, env = "TURN_TOTAL_KBPS")]
     total_kbps: Option<u64>,
-    /// Requests/s per source IP without an allocation [default: 20].
+    /// Requests/s per source IP without an allocation [default: 20]. The
+    /// burst allowed is one second's worth, and at least 50.
     #[arg(long, env = "TURN_UNAUTH_RATE")]
     unauth_rate: Option<f64>,
     /// Default allocation lifetime [default: 10m].
@@ -316,6 +317,10 @@ impl ServeArgs {
             allocation_bandwidth: self.allocation_kbps.map(|k| k * 1000 / 8),
             total_bandwidth: self.total_kbps.map(|k| k * 1000 / 8),
             unauth_rate: self.unauth_rate.unwrap_or(d.unauth_rate),
+            // A raised rate raises the burst too: with a fixed burst, a crowd
+            // of clients behind one address (a NAT, or a load test) that
+            // arrives at once is dropped whatever the rate says.
+            unauth_burst: self.unauth_rate.map_or(d.unauth_burst, |r| r.max(d.unauth_burst)),
             ..d
         };
         Ok(Config {

@@ -1,23 +1,28 @@
 //! The tokio driver: sockets, the clock and the OS RNG around the Sans-IO
 //! [`Server`].
 //!
-//! One task owns the core and the client UDP socket (batched receive with
-//! `quinn-udp`). Relay sockets and TCP/TLS connections each have a small
-//! reader task that moves datagrams and frames to the core over one bounded
-//! channel; nothing on the packet path takes a lock.
+//! One task owns the core, the client UDP socket (batched receive with
+//! `quinn-udp`) and every relay socket. A relay socket's readiness waker
+//! queues its address on a shared ready list and wakes the worker, which
+//! reads only the sockets on that list straight into its own buffer: no task,
+//! channel hop, copy or allocation per peer datagram. TCP/TLS connections
+//! each have a small reader task that moves frames to the core over one
+//! bounded channel.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
 use rand::Rng as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
@@ -169,8 +174,9 @@ impl Bound {
             advertised_ip,
             relay_ports: config.relay_ports,
             relays: HashMap::new(),
+            ready: Arc::new(ReadyList::default()),
             streams: HashMap::new(),
-            tx,
+            _tx: tx,
             stats: stats_tx,
             send_errors: 0,
         };
@@ -186,29 +192,72 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 const RANDOM_PORT_ATTEMPTS: usize = 16;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// `recvmmsg` batches read from one relay socket before the worker moves
+/// on, so one busy peer cannot starve the rest.
+const RELAY_READ_ROUNDS: usize = 4;
 
 enum Inbound {
-    Peer {
-        relay: SocketAddr,
-        peer: SocketAddr,
-        data: Vec<u8>,
-    },
-    StreamOpened {
+    Opened {
         five: FiveTuple,
         writer: mpsc::Sender<Vec<u8>>,
     },
-    StreamFrame {
+    Frame {
         five: FiveTuple,
         frame: Vec<u8>,
     },
-    StreamClosed {
+    Closed {
         five: FiveTuple,
     },
 }
 
 struct Relay {
-    socket: Arc<UdpSocket>,
-    _reader: AbortOnDrop,
+    socket: UdpSocket,
+    state: UdpSocketState,
+    /// Queues this relay on [`ReadyList`] when its socket turns readable.
+    waker: Waker,
+}
+
+/// Relay sockets that turned readable since the worker last looked. The
+/// wakers run on the runtime's I/O driver, the worker drains the list; the
+/// lock is held for one push or one swap.
+#[derive(Default)]
+struct ReadyList {
+    relays: Mutex<Vec<SocketAddr>>,
+    notify: Notify,
+}
+
+impl ReadyList {
+    fn push(&self, relay: SocketAddr) {
+        let mut list = self.relays.lock().unwrap_or_else(|e| e.into_inner());
+        let was_empty = list.is_empty();
+        list.push(relay);
+        drop(list);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Moves the queued relays into `out` (emptied first).
+    fn take(&self, out: &mut Vec<SocketAddr>) {
+        out.clear();
+        let mut list = self.relays.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *list, out);
+    }
+}
+
+/// The waker registered on one relay socket's read readiness.
+struct RelayWake {
+    relay: SocketAddr,
+    ready: Arc<ReadyList>,
+}
+
+impl Wake for RelayWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.push(self.relay);
+    }
 }
 
 struct Worker {
@@ -221,8 +270,10 @@ struct Worker {
     relay_ports: (u16, u16),
     /// By advertised relay address.
     relays: HashMap<SocketAddr, Relay>,
+    ready: Arc<ReadyList>,
     streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
-    tx: mpsc::Sender<Inbound>,
+    /// Keeps the inbound channel open whatever the accept loops do.
+    _tx: mpsc::Sender<Inbound>,
     stats: watch::Sender<Stats>,
     send_errors: u64,
 }
@@ -238,7 +289,10 @@ impl Worker {
         let buf_len = (MAX_DATAGRAM).max(1500 * gro);
         let batch = quinn_udp::BATCH_SIZE.min(32);
         let mut bufs = vec![0u8; buf_len * batch];
+        let mut iovs: Vec<IoSliceMut<'_>> = bufs.chunks_mut(buf_len).map(IoSliceMut::new).collect();
         let mut metas = vec![RecvMeta::default(); batch];
+        let mut woken = Vec::new();
+        let ready = self.ready.clone();
         let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(sleep);
         loop {
@@ -250,10 +304,13 @@ impl Worker {
                 () = &mut shutdown => break,
                 r = self.udp.readable() => {
                     r.map_err(Error::Udp)?;
-                    self.read_udp(&mut bufs, buf_len, &mut metas);
+                    self.read_udp(&mut iovs, &mut metas);
+                }
+                () = ready.notify.notified() => {
+                    self.read_relays(&mut woken, &mut iovs, &mut metas);
                 }
                 msg = rx.recv() => {
-                    // `self.tx` keeps the channel open; `None` cannot happen.
+                    // `self._tx` keeps the channel open; `None` cannot happen.
                     let Some(msg) = msg else { break };
                     let now = clock();
                     self.handle_inbound(now, msg);
@@ -272,17 +329,12 @@ impl Worker {
         Ok(())
     }
 
-    fn read_udp(&mut self, bufs: &mut [u8], buf_len: usize, metas: &mut [RecvMeta]) {
+    fn read_udp(&mut self, iovs: &mut [IoSliceMut<'_>], metas: &mut [RecvMeta]) {
         let five_base = self.local.udp;
         // Bounded so a flood on the client port cannot starve relay traffic.
         for _ in 0..8 {
-            let mut iovs: Vec<IoSliceMut<'_>> = bufs.chunks_mut(buf_len).map(IoSliceMut::new).collect();
-            let res = self.udp.try_io(tokio::io::Interest::READABLE, || {
-                self.udp_state.recv((&self.udp).into(), &mut iovs, metas)
-            });
-            let n = match res {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            let (n, empty) = match recv_batch(&self.udp, &self.udp_state, iovs, metas) {
+                Ok(x) => x,
                 Err(e) => {
                     debug!(error = %e, "udp recv");
                     return;
@@ -301,17 +353,65 @@ impl Worker {
                 }
             }
             self.drain();
+            if empty {
+                return;
+            }
+        }
+    }
+
+    /// Reads the relay sockets whose wakers fired, each until it would block
+    /// (or its rounds run out), handing the core slices of the batch buffers.
+    fn read_relays(
+        &mut self,
+        woken: &mut Vec<SocketAddr>,
+        iovs: &mut [IoSliceMut<'_>],
+        metas: &mut [RecvMeta],
+    ) {
+        self.ready.take(woken);
+        let now = clock();
+        for &relay in woken.iter() {
+            let Some(r) = self.relays.get(&relay) else {
+                continue;
+            };
+            // Stays true when the rounds run out before the socket is empty.
+            let mut again = true;
+            for _ in 0..RELAY_READ_ROUNDS {
+                let (n, empty) = match recv_batch(&r.socket, &r.state, iovs, metas) {
+                    Ok(x) => x,
+                    // ICMP errors surface as recv errors on unconnected sockets.
+                    Err(e) => {
+                        trace!(%relay, error = %e, "relay recv");
+                        continue;
+                    }
+                };
+                for (meta, iov) in metas.iter().zip(iovs.iter()).take(n) {
+                    for datagram in iov[..meta.len].chunks(meta.stride.max(1)) {
+                        self.core.handle_peer(now, relay, meta.addr, datagram);
+                    }
+                }
+                if empty {
+                    // Re-arms the waker; Ready means data raced in.
+                    let mut cx = Context::from_waker(&r.waker);
+                    again = r.socket.poll_recv_ready(&mut cx).is_ready();
+                    break;
+                }
+            }
+            if again {
+                self.ready.push(relay);
+            }
+            // Per relay, so the core's transmit queue stays one relay's
+            // rounds long however many relays woke.
+            self.drain();
         }
     }
 
     fn handle_inbound(&mut self, now: Now, msg: Inbound) {
         match msg {
-            Inbound::Peer { relay, peer, data } => self.core.handle_peer(now, relay, peer, &data),
-            Inbound::StreamOpened { five, writer } => {
+            Inbound::Opened { five, writer } => {
                 self.streams.insert(five, writer);
             }
-            Inbound::StreamFrame { five, frame } => self.core.handle_client(now, five, &frame),
-            Inbound::StreamClosed { five } => {
+            Inbound::Frame { five, frame } => self.core.handle_client(now, five, &frame),
+            Inbound::Closed { five } => {
                 self.streams.remove(&five);
                 self.core.handle_connection_closed(five);
             }
@@ -426,15 +526,16 @@ impl Worker {
             let Ok(socket) = UdpSocket::from_std(socket) else {
                 return Err(());
             };
-            let socket = Arc::new(socket);
-            let reader = tokio::spawn(relay_reader(socket.clone(), advertised, self.tx.clone()));
-            self.relays.insert(
-                advertised,
-                Relay {
-                    socket,
-                    _reader: AbortOnDrop(reader),
-                },
-            );
+            let waker = Waker::from(Arc::new(RelayWake {
+                relay: advertised,
+                ready: self.ready.clone(),
+            }));
+            // The first read pass registers the waker.
+            self.ready.push(advertised);
+            let Ok(state) = UdpSocketState::new((&socket).into()) else {
+                return Err(());
+            };
+            self.relays.insert(advertised, Relay { socket, state, waker });
             return Ok(advertised);
         }
         warn!(%allocation, "no free relay port");
@@ -442,36 +543,34 @@ impl Worker {
     }
 }
 
-/// Reads a relay socket and hands datagrams to the core. Holds no buffer
-/// across awaits, so an idle allocation costs only its socket and this
-/// task's small state.
-async fn relay_reader(socket: Arc<UdpSocket>, relay: SocketAddr, tx: mpsc::Sender<Inbound>) {
-    loop {
-        if socket.readable().await.is_err() {
-            return;
+/// One `recvmmsg` batch: the datagram count, and whether the socket is now
+/// empty (tokio's readiness cleared).
+///
+/// A short batch means the queue is empty: the closure reports WouldBlock to
+/// `try_io` after keeping the count, so tokio clears readiness without a
+/// second, empty `recvmmsg`. Tokio clears only if no readiness event arrived
+/// since this readiness was observed (it compares the event tick), so a
+/// datagram landing meanwhile still wakes the worker.
+fn recv_batch(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    iovs: &mut [IoSliceMut<'_>],
+    metas: &mut [RecvMeta],
+) -> io::Result<(usize, bool)> {
+    let mut short = None;
+    let res = socket.try_io(tokio::io::Interest::READABLE, || {
+        let n = state.recv(socket.into(), iovs, metas)?;
+        if n < iovs.len() {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
         }
-        loop {
-            let mut buf = [0u8; MAX_DATAGRAM];
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, peer)) => {
-                    let msg = Inbound::Peer {
-                        relay,
-                        peer,
-                        data: buf[..n].to_vec(),
-                    };
-                    match tx.try_send(msg) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            trace!(%relay, "core busy, dropped peer datagram");
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors surface as recv errors on unconnected sockets.
-                Err(e) => trace!(%relay, error = %e, "relay recv"),
-            }
-        }
+        Ok(n)
+    });
+    match (res, short) {
+        (_, Some(n)) => Ok((n, true)),
+        (Ok(n), None) => Ok((n, false)),
+        (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => Ok((0, true)),
+        (Err(e), None) => Err(e),
     }
 }
 
@@ -527,11 +626,7 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
-    if tx
-        .send(Inbound::StreamOpened { five, writer: wtx })
-        .await
-        .is_err()
-    {
+    if tx.send(Inbound::Opened { five, writer: wtx }).await.is_err() {
         return;
     }
     let writer = AbortOnDrop(tokio::spawn(async move {
@@ -563,11 +658,11 @@ where
         if rd.read_exact(&mut frame[4..]).await.is_err() {
             break;
         }
-        if tx.send(Inbound::StreamFrame { five, frame }).await.is_err() {
+        if tx.send(Inbound::Frame { five, frame }).await.is_err() {
             break;
         }
     }
-    let _ = tx.send(Inbound::StreamClosed { five }).await;
+    let _ = tx.send(Inbound::Closed { five }).await;
     drop(writer);
 }
 
