@@ -68,26 +68,24 @@ impl HlsMetrics {
     /// Prometheus text lines.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# TYPE wave_hls_requests_total counter");
-        let _ = writeln!(out, "wave_hls_requests_total {}", g(&self.requests));
-        let _ = writeln!(
-            out,
-            "wave_hls_playlist_requests_total {}",
-            g(&self.playlist_requests)
-        );
-        let _ = writeln!(out, "wave_hls_media_requests_total {}", g(&self.media_requests));
-        let _ = writeln!(out, "# TYPE wave_hls_blocking_held gauge");
-        let _ = writeln!(out, "wave_hls_blocking_held {}", g(&self.blocking_held));
-        let _ = writeln!(
-            out,
-            "wave_hls_blocking_requests_total {}",
-            g(&self.blocking_total)
-        );
-        let _ = writeln!(out, "wave_hls_bad_requests_total {}", g(&self.bad_requests));
-        let _ = writeln!(out, "wave_hls_blocking_timeouts_total {}", g(&self.timeouts));
-        let _ = writeln!(out, "wave_hls_not_found_total {}", g(&self.not_found));
-        let _ = writeln!(out, "wave_hls_forbidden_total {}", g(&self.forbidden));
+        // (name, TYPE line to print before it, value), in exposition order.
+        let lines: [(&str, Option<&str>, &AtomicU64); 9] = [
+            ("wave_hls_requests_total", Some("counter"), &self.requests),
+            ("wave_hls_playlist_requests_total", None, &self.playlist_requests),
+            ("wave_hls_media_requests_total", None, &self.media_requests),
+            ("wave_hls_blocking_held", Some("gauge"), &self.blocking_held),
+            ("wave_hls_blocking_requests_total", None, &self.blocking_total),
+            ("wave_hls_bad_requests_total", None, &self.bad_requests),
+            ("wave_hls_blocking_timeouts_total", None, &self.timeouts),
+            ("wave_hls_not_found_total", None, &self.not_found),
+            ("wave_hls_forbidden_total", None, &self.forbidden),
+        ];
+        for (name, kind, value) in lines {
+            if let Some(kind) = kind {
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+            }
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
     }
 }
 

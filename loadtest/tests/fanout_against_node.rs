@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Node, loadtest};
+use common::{Node, loadtest, succeeded};
 
 fn num(v: &serde_json::Value, path: &str) -> f64 {
     v.pointer(path)
@@ -31,9 +31,7 @@ fn fifty_viewers_join_and_get_the_low_layer() {
         "--expect",
         "loss<1%,joined>=100%",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let stdout = succeeded(&out);
     assert_eq!(num(&r, "/publishers_connected"), 1.0, "{stdout}");
     assert_eq!(num(&r, "/viewers_joined"), 50.0, "{stdout}");
     assert_eq!(num(&r, "/viewers_asking_layer"), 50.0, "{stdout}");

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Node, loadtest};
+use common::{Node, loadtest, succeeded};
 
 fn num(v: &serde_json::Value, path: &str) -> f64 {
     v.pointer(path)
@@ -24,13 +24,7 @@ fn every_meeting_peer_sees_every_other() {
         "--duration",
         "1",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert_eq!(num(&r, "/publishers_connected"), 3.0, "{stdout}");
     assert_eq!(num(&r, "/viewers_planned"), 6.0, "{stdout}");
     assert_eq!(num(&r, "/viewers_joined"), 6.0, "{stdout}");
@@ -55,13 +49,7 @@ fn churned_viewers_leave_and_new_ones_join() {
         "--expect",
         "joined>=100%",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     // 10 at first, then about 5 per second for the 1.5 s before the last second.
     let planned = num(&r, "/viewers_planned");
     assert!((15.0..=19.0).contains(&planned), "{stdout}");

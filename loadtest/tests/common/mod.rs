@@ -91,3 +91,12 @@ pub fn loadtest(args: &[&str]) -> (Output, serde_json::Value) {
     let _ = std::fs::remove_file(&json);
     (out, report)
 }
+
+/// Asserts the run exited 0 (showing both streams if not); returns stdout
+/// for the messages of the assertions that follow.
+pub fn succeeded(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
