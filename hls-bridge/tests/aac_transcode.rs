@@ -3,7 +3,7 @@
 //! and comes back out of two AAC decoders (FDK's and ffmpeg's) as 1 kHz,
 //! at the right time; `ffprobe` reads the init segment + fragment.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 

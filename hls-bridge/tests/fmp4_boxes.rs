@@ -2,7 +2,7 @@
 //! `mp4` (reads fragmented files: moov + moof/traf/trun) and Mozilla's
 //! `mp4parse` (Firefox's parser: avcC and dOps).
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 

@@ -1,7 +1,7 @@
 //! The bridge depacketizes generated H.264 RTP (RFC 6184) into access
 //! units, through loss, reordering and broken FU-A fragments.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! out whose pictures decode at the right size, keep moving, and start
 //! with IDRs exactly where the source has them or where one was asked for.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 

@@ -2,7 +2,7 @@
 //! in an otherwise valid playlist (or file) from a simulated room and
 //! expects the checklist item in the checker's answer.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! 400/503 cases, preload-hinted parts, delta updates, signed URLs
 //! (checklist C13–C15, C19, Appendix B).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! the bridge's requests, every playlist of every update checked against
 //! checklist C1–C12, C16–C18.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Thumbnails: an IDR encoded by openh264 from a known picture comes back
 //! out of the JPEG/PNG a browser would load with the right size and colours.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! `loadtest fanout` against the real `sfu` binary on loopback.
 
-mod common;
+use crate::common;
 
 use common::{Node, loadtest, succeeded};
 

@@ -1,6 +1,6 @@
 //! `loadtest meeting` and `loadtest churn` against the real `sfu` binary.
 
-mod common;
+use crate::common;
 
 use common::{Node, loadtest, succeeded};
 

@@ -1,7 +1,7 @@
 //! Several real `sfu` nodes on 127.0.0.x sharing a real nats-server: room
 //! claims, 307 redirects to the owner, owner death, NATS restarts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

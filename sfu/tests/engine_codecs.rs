@@ -1,7 +1,7 @@
 //! Every video codec a publisher may negotiate reaches viewers: H.264 (with
 //! simulcast switches), and VP9 and AV1 passed through.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

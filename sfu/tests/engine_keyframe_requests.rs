@@ -1,6 +1,6 @@
 //! Keyframe requests from many viewers are merged and throttled per layer.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

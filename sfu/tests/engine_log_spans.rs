@@ -1,7 +1,7 @@
 //! Operators read a peer's log lines with its room and session attached:
 //! the engine logs control-plane work inside a `peer` span.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! A WHEP viewer receives a WHIP publisher's audio and video through the engine.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! or between the node and a viewer, are asked for again and the viewer
 //! ends up with every packet of its stream.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! A publisher that reconnects (new WHIP session, same room) resumes for
 //! existing viewers without renegotiation, and their streams stay continuous.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

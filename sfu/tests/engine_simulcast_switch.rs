@@ -1,7 +1,7 @@
 //! Simulcast layer switches happen only at a keyframe of the target layer,
 //! and the viewer's stream stays continuous across them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! A viewer that leaves stops costing anything: nothing is forwarded for it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

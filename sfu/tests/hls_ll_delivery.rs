@@ -4,7 +4,7 @@
 //! blocking playlist reload, the preload-hinted part, a delta update and
 //! the 400/503 answers, and `/metrics`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! With a secret, WHIP/WHEP need a bearer token with the right grant and room.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! WHIP/WHEP HTTP behaviour of the real node (reference/whip-whep.md §5 A–C).
 
-mod common;
+use crate::common;
 
 use common::node::{Http, Node, play_offer, publish_offer};
 use hyper::{Method, StatusCode};

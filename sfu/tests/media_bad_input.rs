@@ -1,6 +1,6 @@
 //! Garbage at the media port is dropped and counted; good peers keep working.
 
-mod common;
+use crate::common;
 
 use std::net::UdpSocket;
 

@@ -1,6 +1,6 @@
 //! SIGTERM closes every peer and the process exits within 2 s.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! and may open permissions to the node's media address (and nothing else
 //! on loopback).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

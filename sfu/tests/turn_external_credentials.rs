@@ -2,7 +2,7 @@
 //! node advertises an external one (turn-server, coturn) on every 201, with
 //! fresh REST credentials that server can verify from the shared secret.
 
-mod common;
+use crate::common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,5 +1,5 @@
 //! Bearer tokens: 401 + WWW-Authenticate when missing/invalid/expired, 403 without the grant.
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

@@ -1,5 +1,5 @@
 //! Garbage, empty and oversized bodies: 400/400/413, and the node never sees them.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

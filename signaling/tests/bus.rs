@@ -1,7 +1,7 @@
 //! The bus keeps one behaviour on both implementations: every scenario runs
 //! against the in-process bus and against a real nats-server with JetStream.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

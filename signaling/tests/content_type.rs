@@ -1,5 +1,5 @@
 //! POST with a content type other than application/sdp: 415 + Accept-Post, no session.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

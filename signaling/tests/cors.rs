@@ -1,5 +1,5 @@
 //! OPTIONS (preflight and plain) and the CORS headers every response carries.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

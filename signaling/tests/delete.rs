@@ -1,5 +1,5 @@
 //! DELETE ends a session: 200 (If-Match ignored), then 404 for DELETE, PATCH and GET.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

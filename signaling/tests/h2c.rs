@@ -1,5 +1,5 @@
 //! HTTP/2 with prior knowledge (h2c) on the same listener as HTTP/1.1.
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::*;

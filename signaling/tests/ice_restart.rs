@@ -1,5 +1,5 @@
 //! ICE restart PATCH: If-Match "*" + new credentials → 200 sdpfrag + new ETag.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

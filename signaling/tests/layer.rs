@@ -1,5 +1,5 @@
 //! WHEP layer extension: POST {session}/layer with JSON → node.set_layer → 200.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

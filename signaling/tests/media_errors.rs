@@ -1,5 +1,5 @@
 //! Each MediaError becomes its status, with Retry-After where the client should come back.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

@@ -1,6 +1,6 @@
 //! GET is 2xx without a body, WHEP HEAD is 200 + application/sdp, other methods 405 + Allow,
 //! unknown paths 404, bad room names 400.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

@@ -1,5 +1,5 @@
 //! /healthz, /metrics (HTTP counters + the node's text) and /v1/rooms.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

@@ -1,5 +1,5 @@
 //! The demo page and its assets are served with their content types.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

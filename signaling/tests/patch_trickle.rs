@@ -1,5 +1,5 @@
 //! Trickle PATCH: 204 without body or ETag; mDNS/TCP candidates dropped; If-Match rules.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

@@ -1,5 +1,5 @@
 //! A burst of POSTs from one address: 429 + Retry-After once the bucket is empty.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

@@ -1,7 +1,7 @@
 //! Node and room registries, on the in-process bus and on a real nats-server:
 //! heartbeats, dead-node removal, exclusive room claims, expiry, release.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

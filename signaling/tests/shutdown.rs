@@ -1,5 +1,5 @@
 //! Graceful shutdown: stop accepting, let in-flight requests finish, return.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

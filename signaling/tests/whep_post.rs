@@ -1,5 +1,5 @@
 //! WHEP POST: 201 with the layer extension Link; `publisher=` and `layer=` reach the node.
-mod common;
+use crate::common;
 
 use common::*;
 use hyper::StatusCode;

@@ -1,5 +1,5 @@
 //! A valid WHIP POST creates a session: 201, answer, Location, ETag, Link, Accept-Patch.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,6 +1,6 @@
 //! Allocate: success attributes, retransmission, 437, 400, 442, 440.
 
-mod common;
+use crate::common;
 
 use common::*;
 use stun_types::AddressFamily;

@@ -2,7 +2,7 @@
 //! wrong MESSAGE-INTEGRITY, 441 wrong credentials, REST expiry checked at
 //! Allocate only, static users.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! unknown methods (400), garbage on TCP. The server answers what it can,
 //! drops the rest, and keeps serving.
 
-mod common;
+use crate::common;
 
 use common::*;
 use stun_types::attribute::{RawAttribute, UnknownAttributes};

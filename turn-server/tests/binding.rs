@@ -1,6 +1,6 @@
 //! Plain STUN Binding over UDP and TCP: no credentials, XOR-MAPPED-ADDRESS.
 
-mod common;
+use crate::common;
 
 use common::*;
 use stun_types::message::BINDING;

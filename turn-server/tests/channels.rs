@@ -1,6 +1,6 @@
 //! ChannelBind and ChannelData both ways; Send and Data indications.
 
-mod common;
+use crate::common;
 
 use common::*;
 

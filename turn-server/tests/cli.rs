@@ -1,7 +1,7 @@
 //! The command line: `credentials` prints TURN REST JSON the server
 //! accepts; `serve` reads a TOML file and rejects unknown keys.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! rate limited, allocate nothing, keep memory bounded, and legitimate
 //! clients are still served.
 
-mod common;
+use crate::common;
 
 use common::*;
 use stun_types::message::{Message, MessageClass, MessageType, MessageWriteVec, TransactionId};

@@ -2,7 +2,7 @@
 //! allocates through our server, relays to a loopback echo peer
 //! (`turnutils_peer`, allow-listed) and gets every message back.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

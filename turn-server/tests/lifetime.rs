@@ -1,6 +1,6 @@
 //! Allocation lifetimes: refresh, refresh to zero, expiry.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

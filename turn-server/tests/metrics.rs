@@ -1,7 +1,7 @@
 //! `/metrics`: allocations, relayed packets and bytes, auth failures,
 //! denied peers in Prometheus text.
 
-mod common;
+use crate::common;
 
 use common::*;
 

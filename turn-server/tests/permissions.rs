@@ -1,7 +1,7 @@
 //! CreatePermission: every peer in the request, 403 for denied peers, 437
 //! without an allocation, and no relaying without a permission.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

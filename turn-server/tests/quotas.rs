@@ -1,7 +1,7 @@
 //! Quotas and capacity: 486 per user and per client IP, 508 when the server
 //! is full or out of relay ports.
 
-mod common;
+use crate::common;
 
 use common::*;
 

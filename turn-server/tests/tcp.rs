@@ -1,7 +1,7 @@
 //! TURN over TCP: allocate, channel data (padded) and indications both
 //! ways; closing the connection deletes its allocation.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -1,6 +1,6 @@
 //! TURN over TLS when a certificate is configured.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

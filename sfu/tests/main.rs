@@ -1,0 +1,20 @@
+//! Every integration test of this crate, one module per behaviour, linked
+//! into one test binary: one release link per crate instead of one per file.
+
+mod cluster_nats;
+mod common;
+mod engine_codecs;
+mod engine_keyframe_requests;
+mod engine_log_spans;
+mod engine_media_arrives;
+mod engine_nack_recovers_loss;
+mod engine_publisher_reconnect;
+mod engine_simulcast_switch;
+mod engine_viewer_leaves;
+mod hls_ll_delivery;
+mod http_auth;
+mod http_whip_whep;
+mod media_bad_input;
+mod shutdown;
+mod turn_embedded_credentials;
+mod turn_external_credentials;
