@@ -1,6 +1,7 @@
 //! Every integration test of this crate, one module per behaviour, linked
 //! into one test binary: one release link per crate instead of one per file.
 
+mod cluster_redirect;
 mod common;
 mod fanout_against_node;
 mod meeting_and_churn_against_node;

@@ -133,6 +133,9 @@ pub struct ServeArgs {
     /// A node and its room claims are dropped this long after its last heartbeat [default: 3s].
     #[arg(long, env = "SFU_NODE_TTL", value_parser = parse_duration)]
     pub node_ttl: Option<Duration>,
+    /// Relative capacity for placing new rooms (a node of weight 2 gets about twice the rooms) [default: 1].
+    #[arg(long, env = "SFU_NODE_WEIGHT")]
+    pub node_weight: Option<f64>,
 }
 
 /// The same keys as the flags, for `--config FILE`.
@@ -165,6 +168,7 @@ pub struct FileConfig {
     pub advertise_url: Option<String>,
     pub heartbeat: Option<String>,
     pub node_ttl: Option<String>,
+    pub node_weight: Option<f64>,
 }
 
 /// Flags of `sfu token`.
@@ -223,6 +227,8 @@ pub struct ClusterArgs {
     pub advertise_url: Option<String>,
     pub heartbeat: Duration,
     pub ttl: Duration,
+    /// Placement weight (> 0).
+    pub weight: f64,
 }
 
 impl Default for ClusterArgs {
@@ -233,6 +239,7 @@ impl Default for ClusterArgs {
             advertise_url: None,
             heartbeat: Duration::from_secs(1),
             ttl: Duration::from_secs(3),
+            weight: 1.0,
         }
     }
 }
@@ -462,6 +469,12 @@ fn cluster_args(args: &ServeArgs, file: &FileConfig, d: ClusterArgs) -> Result<C
             "--node-ttl must be longer than --heartbeat (and both positive)".into(),
         ));
     }
+    let weight = args.node_weight.or(file.node_weight).unwrap_or(d.weight);
+    if !(weight.is_finite() && weight > 0.0) {
+        return Err(ConfigError::Invalid(format!(
+            "--node-weight {weight}: must be a positive number"
+        )));
+    }
     let node_id = match args.node_id.clone().or_else(|| file.node_id.clone()) {
         Some(id) => signaling::cluster::NodeId::parse(&id)
             .ok_or_else(|| ConfigError::Invalid(format!("--node-id {id:?}: 1-64 of [A-Za-z0-9_-]")))?,
@@ -502,6 +515,7 @@ fn cluster_args(args: &ServeArgs, file: &FileConfig, d: ClusterArgs) -> Result<C
         advertise_url,
         heartbeat,
         ttl,
+        weight,
     })
 }
 

@@ -153,6 +153,7 @@ async fn join_cluster(
     config.max_peers = u32::try_from(max_peers).unwrap_or(u32::MAX);
     config.heartbeat = args.heartbeat;
     config.ttl = args.ttl;
+    config.weight = args.weight;
     info!(node = %args.node_id, nats = bus.is_nats(), url = %config.http_url, "joining the control plane");
     Ok(Cluster::new(bus, config).await?)
 }

@@ -1,5 +1,6 @@
 //! Several real `sfu` nodes on 127.0.0.x sharing a real nats-server: room
-//! claims, 307 redirects to the owner, owner death, NATS restarts.
+//! placement of new rooms, claims, 307 redirects to the owner, owner death,
+//! NATS restarts.
 
 use crate::common;
 
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use common::nats::NatsServer;
 use common::node::{Http, Node, play_offer, publish_offer};
+use common::placement::room_placed_on;
 use hyper::{Method, StatusCode};
 
 /// Short heartbeats so a dead node is gone within about a second.
@@ -40,47 +42,101 @@ async fn room_owner(http: &Http, node: &Node, room: &str) -> Option<String> {
     v["owner"]["node"].as_str().map(str::to_owned)
 }
 
+/// Waits until every node's `GET /v1/nodes` lists `n` live nodes, so all
+/// of them place new rooms alike.
+async fn wait_for_view(http: &Http, nodes: &[&Node], n: usize) {
+    let started = tokio::time::Instant::now();
+    for node in nodes {
+        loop {
+            let r = http.send(Method::GET, &node.url("/v1/nodes"), &[], "").await;
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            let seen = v["nodes"].as_array().map_or(0, Vec::len);
+            if r.status == StatusCode::OK && seen == n {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} sees {seen} nodes: {} {}",
+                node.url(""),
+                r.status,
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn whep_at_another_node_is_redirected_and_a_dead_owners_room_moves() {
     let nats = NatsServer::start();
     let mut a = start(&nats, "a", "127.0.0.2");
     let b = start(&nats, "b", "127.0.0.3");
     let http = Http::default();
+    wait_for_view(&http, &[&a, &b], 2).await;
+    let live = room_placed_on("live", "a", &["a", "b"]);
+    let live_path = |p: &str| p.replace("{room}", &live);
 
-    let p = http.post_sdp(&a.url("/whip/live"), &publish_offer(), None).await;
+    let p = http
+        .post_sdp(&a.url(&live_path("/whip/{room}")), &publish_offer(), None)
+        .await;
     assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
 
     // WHEP at b: 307 to the same resource on a, query kept.
     let v = http
-        .post_sdp(&b.url("/whep/live?layer=low"), &play_offer(), None)
+        .post_sdp(&b.url(&live_path("/whep/{room}?layer=low")), &play_offer(), None)
         .await;
     assert_eq!(v.status, StatusCode::TEMPORARY_REDIRECT, "{}", v.body);
     let target = v.header("location").expect("Location").to_owned();
-    assert_eq!(target, a.url("/whep/live?layer=low"));
+    assert_eq!(target, a.url(&live_path("/whep/{room}?layer=low")));
     // Following it plays from a.
     let followed = http.post_sdp(&target, &play_offer(), None).await;
     assert_eq!(followed.status, StatusCode::CREATED, "{}", followed.body);
     assert!(followed.body.contains("a=sendonly"));
 
     // A second publisher at b is sent to a as well.
-    let p2 = http.post_sdp(&b.url("/whip/live"), &publish_offer(), None).await;
+    let p2 = http
+        .post_sdp(&b.url(&live_path("/whip/{room}")), &publish_offer(), None)
+        .await;
     assert_eq!(p2.status, StatusCode::TEMPORARY_REDIRECT);
-    assert_eq!(p2.header("location"), Some(a.url("/whip/live").as_str()));
+    assert_eq!(
+        p2.header("location"),
+        Some(a.url(&live_path("/whip/{room}")).as_str())
+    );
 
     // Both nodes report the owner.
-    assert_eq!(room_owner(&http, &a, "live").await.as_deref(), Some("a"));
-    assert_eq!(room_owner(&http, &b, "live").await.as_deref(), Some("a"));
+    assert_eq!(room_owner(&http, &a, &live).await.as_deref(), Some("a"));
+    assert_eq!(room_owner(&http, &b, &live).await.as_deref(), Some("a"));
 
-    // Unclaimed rooms are served where the request lands.
-    let other = http.post_sdp(&b.url("/whip/other"), &publish_offer(), None).await;
-    assert_eq!(other.status, StatusCode::CREATED, "{}", other.body);
+    // A new room goes where placement puts it, whichever node is asked:
+    // b takes its own, and sends a's to a without claiming it.
+    let on_b = room_placed_on("other", "b", &["a", "b"]);
+    let here = http
+        .post_sdp(&b.url(&format!("/whip/{on_b}")), &publish_offer(), None)
+        .await;
+    assert_eq!(here.status, StatusCode::CREATED, "{}", here.body);
+    let on_a = room_placed_on("other", "a", &["a", "b"]);
+    let sent = http
+        .post_sdp(&b.url(&format!("/whip/{on_a}")), &publish_offer(), None)
+        .await;
+    assert_eq!(sent.status, StatusCode::TEMPORARY_REDIRECT, "{}", sent.body);
+    assert_eq!(
+        sent.header("location"),
+        Some(a.url(&format!("/whip/{on_a}")).as_str())
+    );
+    assert_eq!(
+        room_owner(&http, &b, &on_a).await,
+        None,
+        "placement claims nothing"
+    );
 
     // kill -9 a: once its heartbeats stop, b takes the room's next publisher.
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let started = tokio::time::Instant::now();
     loop {
-        let r = http.post_sdp(&b.url("/whip/live"), &publish_offer(), None).await;
+        let r = http
+            .post_sdp(&b.url(&live_path("/whip/{room}")), &publish_offer(), None)
+            .await;
         if r.status == StatusCode::CREATED {
             break;
         }
@@ -92,7 +148,7 @@ async fn whep_at_another_node_is_redirected_and_a_dead_owners_room_moves() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(room_owner(&http, &b, "live").await.as_deref(), Some("b"));
+    assert_eq!(room_owner(&http, &b, &live).await.as_deref(), Some("b"));
 }
 
 #[tokio::test]
@@ -101,8 +157,13 @@ async fn nodes_keep_serving_through_a_nats_restart_and_reannounce() {
     let a = start(&nats, "a", "127.0.0.4");
     let b = start(&nats, "b", "127.0.0.5");
     let http = Http::default();
+    wait_for_view(&http, &[&a, &b], 2).await;
+    let show = room_placed_on("show", "b", &["a", "b"]);
+    let show_path = |p: &str| p.replace("{room}", &show);
 
-    let p = http.post_sdp(&b.url("/whip/show"), &publish_offer(), None).await;
+    let p = http
+        .post_sdp(&b.url(&show_path("/whip/{room}")), &publish_offer(), None)
+        .await;
     assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
     let session = b.url(p.header("location").unwrap());
 
@@ -112,7 +173,9 @@ async fn nodes_keep_serving_through_a_nats_restart_and_reannounce() {
     // b still serves its publisher and viewers of its room.
     let alive = http.send(Method::GET, &session, &[], "").await;
     assert_eq!(alive.status, StatusCode::NO_CONTENT);
-    let local = http.post_sdp(&b.url("/whep/show"), &play_offer(), None).await;
+    let local = http
+        .post_sdp(&b.url(&show_path("/whep/{room}")), &play_offer(), None)
+        .await;
     assert_eq!(local.status, StatusCode::CREATED, "{}", local.body);
     // A node that cannot reach the registry takes no new rooms.
     let refused = http
@@ -130,9 +193,14 @@ async fn nodes_keep_serving_through_a_nats_restart_and_reannounce() {
     // Both reconnect; b re-claims its room, so a redirects viewers there.
     let started = tokio::time::Instant::now();
     loop {
-        let v = http.post_sdp(&a.url("/whep/show"), &play_offer(), None).await;
+        let v = http
+            .post_sdp(&a.url(&show_path("/whep/{room}")), &play_offer(), None)
+            .await;
         if v.status == StatusCode::TEMPORARY_REDIRECT {
-            assert_eq!(v.header("location"), Some(b.url("/whep/show").as_str()));
+            assert_eq!(
+                v.header("location"),
+                Some(b.url(&show_path("/whep/{room}")).as_str())
+            );
             break;
         }
         assert!(
@@ -144,7 +212,7 @@ async fn nodes_keep_serving_through_a_nats_restart_and_reannounce() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(room_owner(&http, &a, "show").await.as_deref(), Some("b"));
+    assert_eq!(room_owner(&http, &a, &show).await.as_deref(), Some("b"));
     assert_eq!(
         http.send(Method::GET, &session, &[], "").await.status,
         StatusCode::NO_CONTENT

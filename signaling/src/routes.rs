@@ -53,6 +53,7 @@ enum Route {
     Metrics,
     Rooms,
     Room(String),
+    Nodes,
     Endpoint(Kind, String),
     Resource(Kind, String, String),
     Layer(String, String),
@@ -77,6 +78,7 @@ impl Route {
             ["metrics"] => Route::Metrics,
             ["hls", ..] => Route::Hls,
             ["v1", "rooms"] => Route::Rooms,
+            ["v1", "nodes"] => Route::Nodes,
             ["v1", "rooms", room] => Route::Room(room.to_owned()),
             ["whep", room, session, "layer"] => Route::Layer(room.to_owned(), session.to_owned()),
             [k, ref rest @ ..] => match (kind(k), rest) {
@@ -98,6 +100,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Rooms => "rooms",
             Route::Room(_) => "room",
+            Route::Nodes => "nodes",
             Route::Endpoint(Kind::Whip, _) => "whip",
             Route::Endpoint(Kind::Whep, _) => "whep",
             Route::Resource(Kind::Whip, ..) => "whip_session",
@@ -180,6 +183,10 @@ impl<M: MediaNode> Shared<M> {
             },
             Route::Rooms => match method {
                 Method::GET | Method::HEAD => self.rooms(req.headers(), None).await,
+                _ => Err(HttpError::method_not_allowed(READ_METHODS)),
+            },
+            Route::Nodes => match method {
+                Method::GET | Method::HEAD => self.nodes(req.headers()),
                 _ => Err(HttpError::method_not_allowed(READ_METHODS)),
             },
             Route::Room(room) => match method {
@@ -530,18 +537,12 @@ impl<M: MediaNode> Shared<M> {
             return Ok(None);
         }
         match kind {
-            Kind::Whip => match cluster.claim(room).await {
-                Ok(Claim::Local) => Ok(None),
-                Ok(Claim::Elsewhere(owner)) => Ok(Some(owner)),
-                Err(e) => {
-                    warn!(%room, error = %e, "cannot claim the room");
-                    Err(HttpError::retry_after(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("room registry unreachable, cannot place room {room}"),
-                        2,
-                    ))
+            Kind::Whip => {
+                if let Some(placed) = self.placed_elsewhere(cluster, room).await {
+                    return Ok(Some(placed));
                 }
-            },
+                self.claim(cluster, room).await
+            }
             Kind::Whep => match cluster.owner(room).await {
                 Ok(Some(owner)) if owner.node != *cluster.node_id() => Ok(Some(owner)),
                 Ok(_) => Ok(None),
@@ -551,6 +552,66 @@ impl<M: MediaNode> Shared<M> {
                 }
             },
         }
+    }
+
+    /// A room nobody holds goes to the live node weighted rendezvous
+    /// hashing picks (overloaded nodes skipped); `None` when that is this
+    /// node, when every node is overloaded (this one takes it rather than
+    /// refusing), or when the registry cannot say (the claim decides).
+    async fn placed_elsewhere(&self, cluster: &Cluster, room: &RoomId) -> Option<RoomClaim> {
+        match cluster.owner(room).await {
+            Ok(None) => {}
+            // Held (the claim answers with the holder, or takes over a dead
+            // one), or the registry is down (the claim answers 503).
+            Ok(Some(_)) | Err(_) => return None,
+        }
+        let target = cluster.placement(room)?;
+        if target.id == *cluster.node_id() {
+            return None;
+        }
+        debug!(%room, node = %target.id, "placing the new room on another node");
+        Some(RoomClaim {
+            node: target.id,
+            http_url: target.http_url,
+        })
+    }
+
+    async fn claim(&self, cluster: &Cluster, room: &RoomId) -> Result<Option<RoomClaim>, HttpError> {
+        match cluster.claim(room).await {
+            Ok(Claim::Local) => Ok(None),
+            Ok(Claim::Elsewhere(owner)) => Ok(Some(owner)),
+            Err(e) => {
+                warn!(%room, error = %e, "cannot claim the room");
+                Err(HttpError::retry_after(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("room registry unreachable, cannot place room {room}"),
+                    2,
+                ))
+            }
+        }
+    }
+
+    /// `GET /v1/nodes`: the cluster as this node sees it (the last
+    /// heartbeat's view), or this node alone without a bus.
+    fn nodes(&self, headers: &HeaderMap) -> Result<Resp, HttpError> {
+        if self.config.auth_secret.is_some() {
+            let claims = self.claims(headers)?;
+            if claims.room != auth::ANY_ROOM {
+                return Err(HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    "listing nodes needs a token for every room",
+                ));
+            }
+        }
+        let nodes = match &self.cluster {
+            Some(cluster) => cluster.live_nodes(),
+            None => Vec::new(),
+        };
+        let me = self.cluster.as_ref().map(|c| c.node_id().to_string());
+        Ok(http::json(
+            StatusCode::OK,
+            &serde_json::json!({ "node": me, "nodes": nodes }),
+        ))
     }
 
     async fn metrics_page(&self) -> Resp {

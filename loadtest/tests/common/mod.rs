@@ -1,5 +1,9 @@
 //! The real `sfu` binary on loopback, and the real `loadtest` binary.
 #![allow(dead_code)]
+#[path = "../../../signaling/tests/common/nats.rs"]
+pub mod nats;
+#[path = "../../../signaling/tests/common/placement.rs"]
+pub mod placement;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -32,8 +36,14 @@ pub struct Node {
 
 impl Node {
     pub fn start() -> Node {
+        Node::start_at("127.0.0.1:0", &[])
+    }
+
+    /// `sfu serve --http <http> --workers 1 <args>`.
+    pub fn start_at(http: &str, args: &[&str]) -> Node {
         let mut child = Command::new(sfu_binary())
-            .args(["serve", "--http", "127.0.0.1:0", "--workers", "1"])
+            .args(["serve", "--http", http, "--workers", "1"])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -57,6 +67,30 @@ impl Node {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `GET path` on the node with a plain HTTP/1.1 request: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let host = self.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(host).expect("connect to the node");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read the answer");
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 }
 

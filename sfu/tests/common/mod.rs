@@ -2,6 +2,8 @@
 #[path = "../../../signaling/tests/common/nats.rs"]
 pub mod nats;
 pub mod node;
+#[path = "../../../signaling/tests/common/placement.rs"]
+pub mod placement;
 pub mod sim;
 
 use sim::Received;

@@ -238,9 +238,12 @@ impl Cluster {
         read(&self.inner.live).values().cloned().collect()
     }
 
-    /// Where a new room should go, by the last heartbeat's view.
-    pub fn place(&self, room: &RoomId) -> Option<NodeId> {
-        place(room, read(&self.inner.live).values())
+    /// The live node a new `room` should go to (by the last heartbeat's
+    /// view), with its address.
+    pub fn placement(&self, room: &RoomId) -> Option<NodeInfo> {
+        let live = read(&self.inner.live);
+        let id = place(room, live.values())?;
+        live.get(&id).cloned()
     }
 
     /// Whether this node holds `room`'s claim.

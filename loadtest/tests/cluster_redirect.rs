@@ -1,0 +1,98 @@
+//! `loadtest` against two real nodes sharing a real nats-server: the room is
+//! placed on node a, every publisher and viewer is sent to node b, answered
+//! with a 307 to a, and plays there.
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::nats::NatsServer;
+use common::placement::room_placed_on;
+use common::{Node, loadtest, succeeded};
+
+fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
+    let url = nats.url();
+    Node::start_at(
+        &format!("{ip}:0"),
+        &[
+            "--nats",
+            &url,
+            "--node-id",
+            id,
+            "--media-ip",
+            ip,
+            "--heartbeat",
+            "200ms",
+            "--node-ttl",
+            "1s",
+        ],
+    )
+}
+
+/// Waits until every node's view (`GET /v1/nodes`) lists `n` nodes, so all
+/// of them place rooms alike.
+fn wait_for_view(nodes: &[&Node], n: usize) {
+    let started = Instant::now();
+    for node in nodes {
+        loop {
+            let (status, body) = node.get("/v1/nodes");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let seen = v["nodes"].as_array().map_or(0, Vec::len);
+            if status == 200 && seen == n {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} sees {seen} nodes: {status} {body}",
+                node.url
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn peers_sent_to_the_wrong_node_are_redirected_and_play() {
+    let nats = NatsServer::start();
+    let a = start(&nats, "a", "127.0.0.6");
+    let b = start(&nats, "b", "127.0.0.7");
+    wait_for_view(&[&a, &b], 2);
+    let room = room_placed_on("placed", "a", &["a", "b"]);
+
+    let whip = format!("/whip/{room}");
+    let whep = format!("/whep/{room}");
+    let (out, r) = loadtest(&[
+        "fanout",
+        "--url",
+        &b.url,
+        "--whip-path",
+        &whip,
+        "--whep-path",
+        &whep,
+        "--metrics-path",
+        "",
+        "--viewers",
+        "10",
+        "--layer",
+        "low",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+        "--expect",
+        "loss<1%,joined>=100%",
+    ]);
+    let stdout = succeeded(&out);
+    let num = |p: &str| r.pointer(p).and_then(serde_json::Value::as_f64).unwrap_or(-1.0);
+    assert_eq!(num("/publishers_connected"), 1.0, "{stdout}");
+    assert_eq!(num("/viewers_joined"), 10.0, "{stdout}");
+    assert_eq!(num("/viewers_on_asked_layer"), 10.0, "{stdout}");
+    assert!(num("/layers/0/kbps/p50") > 30.0, "{stdout}");
+    assert!(num("/join_ms/first_keyframe/count") == 10.0, "{stdout}");
+
+    // The peers ended up on a; b only knows the owner.
+    let (_, at_b) = b.get(&format!("/v1/rooms/{room}"));
+    let at_b: serde_json::Value = serde_json::from_str(&at_b).expect("room JSON at b");
+    assert_eq!(at_b["owner"]["node"], "a", "{at_b}");
+    assert_eq!(at_b["viewers"].as_array().map(Vec::len), Some(0), "{at_b}");
+}
