@@ -10,13 +10,15 @@
 //! - One [`Room`] per room with local members: a task subscribed to the
 //!   three subjects fans out to the members' bounded queues; a member whose
 //!   queue is full is disconnected (close 1013) instead of slowing the room.
+//!   The task keeps the room's recent messages (seeded from the stream when
+//!   the room opens), which is what a joining member gets as history.
 //!
 //! While the bus is unreachable, sends are refused to the sender with an
 //! `unavailable` error frame (nothing is queued: a chat line minutes late is
 //! worse than a visible "not sent"); the members stay connected and the
 //! room's subscriptions resume when the client reconnects.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -217,6 +219,11 @@ struct RoomState {
     limiter: SendLimiter,
     sanctions: HashMap<String, Sanction>,
     deleted: HashSet<String>,
+    /// The last `history_len` messages: loaded from the stream once when the
+    /// room opens on this node, then kept from the live subject, so a join
+    /// costs no bus call and history and live frames meet without a gap or
+    /// a repeat (both are taken under this state's lock).
+    recent: VecDeque<ChatMessage>,
     /// Each node's last presence report and when it came.
     nodes: BTreeMap<String, (NodePresence, Instant)>,
     pushed: Option<PresenceCounts>,
@@ -232,11 +239,6 @@ struct Member {
 #[derive(Debug)]
 enum Out {
     Frame(Arc<str>),
-    /// A message frame (skipped when already sent as history).
-    Chat {
-        id: String,
-        frame: Arc<str>,
-    },
     Close(u16, &'static str),
 }
 
@@ -248,6 +250,8 @@ pub struct Admission {
     identity: String,
     role: Role,
     rx: mpsc::Receiver<Out>,
+    /// What the member is sent first: the room's recent messages.
+    history: Vec<ChatMessage>,
 }
 
 impl ChatHub {
@@ -314,6 +318,9 @@ impl ChatHub {
                 tx,
             },
         );
+        let oldest = unix_ms(SystemTime::now())
+            .saturating_sub(u64::try_from(self.inner.config.history_age.as_millis()).unwrap_or(u64::MAX));
+        let history = state.recent.iter().filter(|m| m.ts >= oldest).cloned().collect();
         drop(state);
         Ok(Admission {
             room: room.clone(),
@@ -322,6 +329,7 @@ impl ChatHub {
             identity,
             role,
             rx,
+            history,
         })
     }
 
@@ -460,6 +468,13 @@ impl ChatHub {
                 state.sanctions.insert(identity, s);
             }
         }
+        state.recent = match self.stored_history(room).await {
+            Ok(m) => m.into_iter().filter(|m| !state.deleted.contains(&m.id)).collect(),
+            Err(e) => {
+                warn!(%room, error = %e, "chat history unavailable; starting the room without it");
+                VecDeque::new()
+            }
+        };
         let now = Instant::now();
         for p in presence::stored(&self.inner.presence, room).await? {
             state.nodes.insert(p.node.clone(), (p, now));
@@ -470,6 +485,7 @@ impl ChatHub {
         });
         let task = tokio::spawn(run_room(
             shared.clone(),
+            self.inner.config.history_len,
             self.inner.config.presence_interval,
             [chat, moderation, presence],
         ));
@@ -549,25 +565,20 @@ impl ChatHub {
         Ok(())
     }
 
-    /// The room's recent messages, without deleted ones.
-    async fn history(&self, a: &Admission) -> Result<Vec<ChatMessage>, BusError> {
-        let room = &a.room;
+    /// What the history stream retains for `room`, oldest first.
+    async fn stored_history(&self, room: &RoomId) -> Result<Vec<ChatMessage>, BusError> {
         let subject = format!("room.{}.chat", room_token(room));
         let entries = self
             .inner
             .history
             .last(&subject, self.inner.config.history_len)
             .await?;
-        let deleted = lock(&a.shared.state).deleted.clone();
-        let oldest = unix_ms(SystemTime::now())
-            .saturating_sub(u64::try_from(self.inner.config.history_age.as_millis()).unwrap_or(u64::MAX));
         Ok(entries
             .into_iter()
             .filter_map(|e| match serde_json::from_slice::<ServerFrame>(&e.payload) {
                 Ok(ServerFrame::Message(m)) => Some(m),
                 _ => None,
             })
-            .filter(|m| m.ts >= oldest && !deleted.contains(&m.id))
             .collect())
     }
 
@@ -602,24 +613,9 @@ where
         if self.send(&welcome).await.is_err() {
             return "write failed";
         }
-        let room = self.admission.room.clone();
-        let (messages, history_error) = match self.hub.history(&self.admission).await {
-            Ok(m) => (m, None),
-            Err(e) => {
-                debug!(%room, error = %e, "chat history unavailable");
-                (Vec::new(), Some(e))
-            }
-        };
-        // Messages that arrived live while history was read are not sent twice.
-        let mut seen: HashSet<String> = messages.iter().map(|m| m.id.clone()).collect();
+        let messages = std::mem::take(&mut self.admission.history);
         if self.send(&ServerFrame::History { messages }).await.is_err() {
             return "write failed";
-        }
-        if history_error.is_some() {
-            let e = error_frame("history_unavailable", "chat history is unavailable", None);
-            if self.send(&e).await.is_err() {
-                return "write failed";
-            }
         }
         let counts = ChatHub::presence_now(&self.admission);
         if self.send(&ServerFrame::Presence(counts)).await.is_err() {
@@ -631,14 +627,6 @@ where
                 out = self.admission.rx.recv() => match out {
                     Some(Out::Frame(f)) => {
                         if self.write(&f).await.is_err() {
-                            return "write failed";
-                        }
-                    }
-                    Some(Out::Chat { id, frame }) => {
-                        if !seen.is_empty() && seen.remove(&id) {
-                            continue;
-                        }
-                        if self.write(&frame).await.is_err() {
                             return "write failed";
                         }
                     }
@@ -721,7 +709,7 @@ where
 
 /// The room's task: bus messages in, member queues out, presence pushed
 /// at most once per `interval`.
-async fn run_room(room: Arc<RoomShared>, interval: Duration, subs: [Subscription; 3]) {
+async fn run_room(room: Arc<RoomShared>, history_len: usize, interval: Duration, subs: [Subscription; 3]) {
     let [mut chat, mut moderation, mut presence] = subs;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -729,7 +717,7 @@ async fn run_room(room: Arc<RoomShared>, interval: Duration, subs: [Subscription
         tokio::select! {
             m = chat.next() => {
                 let Some(m) = m else { break };
-                room.on_chat(&m.payload);
+                room.on_chat(&m.payload, history_len);
             }
             m = moderation.next() => {
                 let Some(m) = m else { break };
@@ -746,7 +734,7 @@ async fn run_room(room: Arc<RoomShared>, interval: Duration, subs: [Subscription
 }
 
 impl RoomShared {
-    fn on_chat(&self, payload: &[u8]) {
+    fn on_chat(&self, payload: &[u8], history_len: usize) {
         let msg = match serde_json::from_slice::<ServerFrame>(payload) {
             Ok(ServerFrame::Message(m)) => m,
             _ => {
@@ -755,17 +743,17 @@ impl RoomShared {
             }
         };
         let mut state = lock(&self.state);
-        if state.deleted.contains(&msg.id) {
+        // Deleted, or already loaded from the stream when the room opened.
+        if state.deleted.contains(&msg.id) || state.recent.iter().rev().any(|m| m.id == msg.id) {
             return;
+        }
+        state.recent.push_back(msg);
+        while state.recent.len() > history_len {
+            state.recent.pop_front();
         }
         // The payload is already the client's frame: no re-encoding per member.
         let frame: Arc<str> = String::from_utf8_lossy(payload).into();
-        fan_out(&self.id, &mut state, |_| {
-            Some(Out::Chat {
-                id: msg.id.clone(),
-                frame: frame.clone(),
-            })
-        });
+        fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
     }
 
     fn on_moderation(&self, payload: &[u8]) {
@@ -819,6 +807,7 @@ impl RoomShared {
             }
             Action::Delete { id } => {
                 let frame = frame_text(&ServerFrame::Delete { id: id.clone() });
+                state.recent.retain(|m| m.id != id);
                 state.deleted.insert(id);
                 fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
             }
@@ -858,17 +847,21 @@ impl RoomShared {
 /// Queues `out(member)` to every member; a member whose queue is full is
 /// dropped (its connection closes with 1013).
 fn fan_out(room: &RoomId, state: &mut RoomState, mut out: impl FnMut(&Member) -> Option<Out>) {
-    let mut slow = Vec::new();
+    let mut gone = Vec::new();
     for (id, m) in &state.members {
         let Some(o) = out(m) else { continue };
-        if m.tx.try_send(o).is_err() {
-            slow.push(*id);
+        match m.tx.try_send(o) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(%room, member = id, identity = %m.identity, "chat member too slow; disconnecting");
+                gone.push(*id);
+            }
+            // Its connection just ended; `leave` is on its way.
+            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
         }
     }
-    for id in slow {
-        if let Some(m) = state.members.remove(&id) {
-            warn!(%room, member = id, identity = %m.identity, "chat member too slow; disconnecting");
-        }
+    for id in gone {
+        state.members.remove(&id);
     }
 }
 
