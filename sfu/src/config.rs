@@ -136,6 +136,117 @@ pub struct ServeArgs {
     /// Relative capacity for placing new rooms (a node of weight 2 gets about twice the rooms) [default: 1].
     #[arg(long, env = "SFU_NODE_WEIGHT")]
     pub node_weight: Option<f64>,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+}
+
+/// Chat flags of `sfu serve` (the same keys in `--config`).
+#[derive(Debug, Args, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatArgs {
+    /// Messages sent to a client on join, at most [default: 100].
+    #[arg(long, env = "SFU_CHAT_HISTORY")]
+    pub chat_history: Option<usize>,
+    /// Messages older than this are not kept or sent on join [default: 10m].
+    #[arg(long, env = "SFU_CHAT_HISTORY_AGE", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub chat_history_age: Option<Duration>,
+    /// Messages per second a streamer may send [default: 50].
+    #[arg(long, env = "SFU_CHAT_RATE_STREAMER")]
+    pub chat_rate_streamer: Option<f64>,
+    /// Messages per second a moderator may send [default: 50].
+    #[arg(long, env = "SFU_CHAT_RATE_MODERATOR")]
+    pub chat_rate_moderator: Option<f64>,
+    /// Messages per second a viewer may send [default: 10].
+    #[arg(long, env = "SFU_CHAT_RATE_VIEWER")]
+    pub chat_rate_viewer: Option<f64>,
+    /// Messages per second an anonymous member (open nodes) may send [default: 2].
+    #[arg(long, env = "SFU_CHAT_RATE_ANONYMOUS")]
+    pub chat_rate_anonymous: Option<f64>,
+    /// Longest message, in characters [default: 500].
+    #[arg(long, env = "SFU_CHAT_MAX_CHARS")]
+    pub chat_max_chars: Option<usize>,
+    /// Words refused in messages (comma separated, case-insensitive) [default: none].
+    #[arg(long, env = "SFU_CHAT_BANNED_WORDS", value_delimiter = ',')]
+    #[serde(default)]
+    pub chat_banned_words: Vec<String>,
+    /// Let viewers and anonymous members post links (streamers and moderators always may).
+    #[arg(long, env = "SFU_CHAT_ALLOW_LINKS")]
+    #[serde(default)]
+    pub chat_allow_links: bool,
+}
+
+impl ChatArgs {
+    /// These flags over `file` over the defaults.
+    fn resolve(&self, file: &ChatArgs) -> Result<signaling::chat::ChatConfig, ConfigError> {
+        let mut c = signaling::chat::ChatConfig::default();
+        let pick = |a: Option<f64>, b: Option<f64>, d: f64, name: &str| -> Result<f64, ConfigError> {
+            let v = a.or(b).unwrap_or(d);
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(ConfigError::Invalid(format!(
+                    "--{name} must be a positive number"
+                )))
+            }
+        };
+        let r = c.rates;
+        c.rates.streamer = pick(
+            self.chat_rate_streamer,
+            file.chat_rate_streamer,
+            r.streamer,
+            "chat-rate-streamer",
+        )?;
+        c.rates.moderator = pick(
+            self.chat_rate_moderator,
+            file.chat_rate_moderator,
+            r.moderator,
+            "chat-rate-moderator",
+        )?;
+        c.rates.viewer = pick(
+            self.chat_rate_viewer,
+            file.chat_rate_viewer,
+            r.viewer,
+            "chat-rate-viewer",
+        )?;
+        c.rates.anonymous = pick(
+            self.chat_rate_anonymous,
+            file.chat_rate_anonymous,
+            r.anonymous,
+            "chat-rate-anonymous",
+        )?;
+        c.history_len = self.chat_history.or(file.chat_history).unwrap_or(c.history_len);
+        c.history_age = self
+            .chat_history_age
+            .or(file.chat_history_age)
+            .unwrap_or(c.history_age);
+        if c.history_age.is_zero() {
+            return Err(ConfigError::Invalid("--chat-history-age must be positive".into()));
+        }
+        c.filter.max_chars = self
+            .chat_max_chars
+            .or(file.chat_max_chars)
+            .unwrap_or(c.filter.max_chars)
+            .max(1);
+        let words = if self.chat_banned_words.is_empty() {
+            &file.chat_banned_words
+        } else {
+            &self.chat_banned_words
+        };
+        c.filter.banned_words = words
+            .iter()
+            .map(|w| w.trim().to_lowercase())
+            .filter(|w| !w.is_empty())
+            .collect();
+        c.filter.block_links = !(self.chat_allow_links || file.chat_allow_links);
+        Ok(c)
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// The same keys as the flags, for `--config FILE`.
@@ -169,6 +280,8 @@ pub struct FileConfig {
     pub heartbeat: Option<String>,
     pub node_ttl: Option<String>,
     pub node_weight: Option<f64>,
+    #[serde(flatten)]
+    pub chat: ChatArgs,
 }
 
 /// Flags of `sfu token`.
@@ -189,6 +302,10 @@ pub struct TokenArgs {
     /// Grant WHEP playing.
     #[arg(long)]
     pub subscribe: bool,
+    /// Chat role: streamer, moderator or viewer [default: streamer with
+    /// --publish, else viewer]. Streamers and moderators may moderate.
+    #[arg(long, value_parser = parse_role)]
+    pub role: Option<signaling::auth::Role>,
     /// Lifetime: seconds, or with a unit (`90s`, `10m`, `6h`, `7d`) [default: 6h].
     #[arg(long, default_value = "6h", value_parser = parse_duration)]
     pub ttl: Duration,
@@ -215,6 +332,7 @@ pub struct NodeConfig {
     /// Signed HLS URLs when set.
     pub hls_secret: Option<String>,
     pub cluster: ClusterArgs,
+    pub chat: signaling::chat::ChatConfig,
 }
 
 /// Control-plane settings.
@@ -245,6 +363,15 @@ impl Default for ClusterArgs {
 }
 
 /// The host name plus 16 random bits, so two nodes on one host differ.
+fn parse_role(s: &str) -> Result<signaling::auth::Role, String> {
+    match signaling::auth::Role::parse(s) {
+        Some(signaling::auth::Role::Anonymous) | None => {
+            Err(format!("unknown role {s:?}: streamer, moderator or viewer"))
+        }
+        Some(r) => Ok(r),
+    }
+}
+
 fn default_node_id() -> signaling::cluster::NodeId {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -319,6 +446,7 @@ impl Default for NodeConfig {
             hls: Some(hls_bridge::HlsConfig::default()),
             hls_secret: None,
             cluster: ClusterArgs::default(),
+            chat: signaling::chat::ChatConfig::default(),
         }
     }
 }
@@ -407,6 +535,7 @@ impl NodeConfig {
                 Some(hls.validated().map_err(|e| ConfigError::Invalid(e.to_string()))?)
             },
             hls_secret: args.hls_secret.filter(|s| !s.is_empty()),
+            chat: args.chat.resolve(&file.chat)?,
             cluster,
         };
         config.check()?;

@@ -10,18 +10,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         CliCommand::Token(t) => {
-            if !(t.publish || t.subscribe) {
-                anyhow::bail!("a token needs --publish, --subscribe or both");
+            if !(t.publish || t.subscribe || t.role.is_some()) {
+                anyhow::bail!("a token needs --publish, --subscribe, --role or several");
             }
-            let token = signaling::auth::issue(
-                t.secret.as_bytes(),
-                &t.room,
-                &t.identity,
-                t.publish,
-                t.subscribe,
-                t.ttl,
-                SystemTime::now(),
-            );
+            let mut claims = signaling::auth::Claims::new(&t.room, &t.identity, t.ttl, SystemTime::now());
+            claims.publish = t.publish;
+            claims.subscribe = t.subscribe;
+            claims.role = t.role;
+            let token = signaling::auth::issue_claims(t.secret.as_bytes(), &claims);
             println!("{token}");
             Ok(())
         }

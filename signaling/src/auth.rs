@@ -31,6 +31,47 @@ pub struct Claims {
     pub exp: u64,
     /// Issue time, seconds since the Unix epoch.
     pub iat: u64,
+    /// The holder's chat role; absent means [`Role::Streamer`] for a
+    /// publishing token and [`Role::Viewer`] otherwise ([`Claims::chat_role`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+/// Who someone is in a room's chat: it sets their message rate and whether
+/// they may moderate. Anonymous members (open nodes only) carry no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Streamer,
+    Moderator,
+    Viewer,
+    Anonymous,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Streamer => "streamer",
+            Role::Moderator => "moderator",
+            Role::Viewer => "viewer",
+            Role::Anonymous => "anonymous",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "streamer" => Some(Role::Streamer),
+            "moderator" => Some(Role::Moderator),
+            "viewer" => Some(Role::Viewer),
+            "anonymous" => Some(Role::Anonymous),
+            _ => None,
+        }
+    }
+
+    /// Streamers and moderators may ban, time out and delete.
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Streamer | Role::Moderator)
+    }
 }
 
 /// The right a request needs.
@@ -67,20 +108,19 @@ pub fn issue(
     ttl: Duration,
     now: SystemTime,
 ) -> String {
-    let iat = unix_secs(now);
-    let claims = Claims {
-        room: room.to_owned(),
-        sub: identity.to_owned(),
-        publish,
-        subscribe,
-        exp: iat.saturating_add(ttl.as_secs()),
-        iat,
-    };
+    let mut claims = Claims::new(room, identity, ttl, now);
+    claims.publish = publish;
+    claims.subscribe = subscribe;
+    issue_claims(secret, &claims)
+}
+
+/// Signs `claims` as they are (for a token with a [`Role`]).
+pub fn issue_claims(secret: &[u8], claims: &Claims) -> String {
     // Invariant: an HMAC key always matches the HS256 header and `Claims`
     // always serialises, so encoding cannot fail.
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(secret),
     )
     .expect("HS256 encoding of plain claims cannot fail")
@@ -102,6 +142,20 @@ pub fn verify(secret: &[u8], token: &str, now: SystemTime) -> Result<Claims, Aut
 }
 
 impl Claims {
+    /// Claims for `identity` in `room` valid for `ttl` from `now`, granting nothing yet.
+    pub fn new(room: &str, identity: &str, ttl: Duration, now: SystemTime) -> Claims {
+        let iat = unix_secs(now);
+        Claims {
+            room: room.to_owned(),
+            sub: identity.to_owned(),
+            publish: false,
+            subscribe: false,
+            exp: iat.saturating_add(ttl.as_secs()),
+            iat,
+            role: None,
+        }
+    }
+
     /// Whether these claims allow `grant` in `room`.
     pub fn allows(&self, room: &RoomId, grant: Grant) -> bool {
         let room_ok = self.room == ANY_ROOM || self.room == room.as_str();
@@ -110,6 +164,22 @@ impl Claims {
             Grant::Subscribe => self.subscribe,
         };
         room_ok && grant_ok
+    }
+
+    /// Whether these claims let their holder into `room`'s chat: any grant
+    /// or an explicit role, for that room or every room.
+    pub fn allows_chat(&self, room: &RoomId) -> bool {
+        let room_ok = self.room == ANY_ROOM || self.room == room.as_str();
+        room_ok && (self.publish || self.subscribe || self.role.is_some())
+    }
+
+    /// The chat role: the explicit one, else streamer for a publisher.
+    pub fn chat_role(&self) -> Role {
+        match self.role {
+            Some(role) => role,
+            None if self.publish => Role::Streamer,
+            None => Role::Viewer,
+        }
     }
 }
 
@@ -152,6 +222,7 @@ mod tests {
                 subscribe: false,
                 exp: 1_060,
                 iat: 1_000,
+                role: None,
             }
         );
     }
@@ -277,6 +348,7 @@ mod tests {
             subscribe,
             exp: 2,
             iat: 1,
+            role: None,
         };
         assert!(claims("live", true, false).allows(&room("live"), Grant::Publish));
         assert!(!claims("live", true, false).allows(&room("live"), Grant::Subscribe));

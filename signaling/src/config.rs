@@ -30,6 +30,8 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
     /// How long in-flight requests may run after shutdown is signalled. Default 1 s.
     pub shutdown_grace: Duration,
+    /// Chat, moderation and presence (`/v1/chat/{room}`).
+    pub chat: crate::chat::ChatConfig,
 }
 
 impl Default for HttpConfig {
@@ -43,6 +45,7 @@ impl Default for HttpConfig {
             public_base_url: None,
             body_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
+            chat: crate::chat::ChatConfig::default(),
         }
     }
 }
@@ -58,6 +61,7 @@ impl fmt::Debug for HttpConfig {
             .field("public_base_url", &self.public_base_url)
             .field("body_timeout", &self.body_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("chat", &self.chat)
             .finish()
     }
 }

@@ -11,9 +11,11 @@
 //! | `/whep/{room}` | same, for viewers; query parameters below |
 //! | `/whip/{room}/{session}`, `/whep/{room}/{session}` | `PATCH` sdpfrag (trickle 204, restart 200), `DELETE` 200, `GET`/`HEAD` 204, `OPTIONS` |
 //! | `/whep/{room}/{session}/layer` | `POST` `{"maxLayer": "low"\|"mid"\|"high"}`, `{"rid": "q"}` or `{}` (automatic) → 200 |
-//! | `/healthz`, `/metrics`, `/v1/rooms`, `/v1/rooms/{room}` | `GET` |
+//! | `/healthz`, `/metrics`, `/v1/rooms`, `/v1/rooms/{room}` | `GET` (`/v1/rooms/{room}` includes `presence`) |
+//! | `/v1/chat/{room}` | `GET` WebSocket upgrade: the room's chat ([`chat`]) |
+//! | `/v1/moderation/{room}/actions` | `POST` a moderator action ([`chat::Action`]) |
 //! | `/hls/...` | whatever the node serves there ([`MediaNode::other`]; LL-HLS in `sfu`) |
-//! | `/`, `/app.js`, `/style.css` | the demo page |
+//! | `/`, `/app.js`, `/chat.js`, `/style.css` | the demo page |
 //!
 //! # WHEP query parameters
 //!
@@ -51,6 +53,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod chat;
 pub mod cluster;
 mod config;
 mod http;

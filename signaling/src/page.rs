@@ -20,6 +20,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_str!("../static/app.js"),
     },
     Asset {
+        path: "/chat.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../static/chat.js"),
+    },
+    Asset {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
         body: include_str!("../static/style.css"),

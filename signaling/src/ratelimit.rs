@@ -16,12 +16,6 @@ pub struct RateLimiter {
     buckets: HashMap<IpAddr, Bucket>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 impl RateLimiter {
     pub fn new(limit: RateLimit) -> Self {
         RateLimiter {
@@ -35,25 +29,49 @@ impl RateLimiter {
         let burst = f64::from(self.limit.burst.max(1));
         let rate = self.limit.per_second.max(f64::MIN_POSITIVE);
         if self.buckets.len() > PRUNE_ABOVE {
-            self.buckets.retain(|_, b| b.refilled(now, rate, burst) < burst);
+            self.buckets.retain(|_, b| !b.is_full(now, rate, burst));
         }
-        let bucket = self.buckets.entry(ip).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        let tokens = bucket.refilled(now, rate, burst);
-        bucket.at = now;
-        if tokens >= 1.0 {
-            bucket.tokens = tokens - 1.0;
-            Ok(())
-        } else {
-            bucket.tokens = tokens;
-            Err(Duration::from_secs_f64(((1.0 - tokens) / rate).min(3600.0)))
-        }
+        self.buckets
+            .entry(ip)
+            .or_insert_with(|| Bucket::full(burst, now))
+            .take(now, rate, burst)
     }
 }
 
+/// One token bucket; the chat limits senders with these too.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 impl Bucket {
+    pub fn full(burst: f64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes one token; `Err(wait)` says when the next one is there.
+    pub fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), Duration> {
+        let rate = rate.max(f64::MIN_POSITIVE);
+        let tokens = self.refilled(now, rate, burst);
+        self.at = now;
+        if tokens >= 1.0 {
+            self.tokens = tokens - 1.0;
+            Ok(())
+        } else {
+            self.tokens = tokens;
+            Err(Duration::from_secs_f64(((1.0 - tokens) / rate).min(3600.0)))
+        }
+    }
+
+    /// Whether a bucket left alone this long would be full (safe to forget).
+    pub fn is_full(&self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.refilled(now, rate, burst) >= burst
+    }
+
     fn refilled(&self, now: Instant, rate: f64, burst: f64) -> f64 {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         (self.tokens + elapsed * rate).min(burst)

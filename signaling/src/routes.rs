@@ -9,8 +9,10 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use tracing::{debug, info, warn};
 
-use crate::auth::{self, AuthError, Claims, Grant};
-use crate::cluster::{Claim, Cluster, RoomClaim};
+use crate::auth::{self, AuthError, Claims, Grant, Role};
+use crate::bus::Bus;
+use crate::chat::{self, Action, ChatError, ChatHub};
+use crate::cluster::{Claim, Cluster, NodeId, RoomClaim};
 use crate::config::{HttpConfig, IceServer};
 use crate::http::{
     self, ACCEPT_PATCH, ACCEPT_POST, CORS_MAX_AGE, CORS_METHODS, CORS_REQUEST_HEADERS, HttpError, IfMatch,
@@ -32,6 +34,8 @@ const ENDPOINT_METHODS: &str = "GET, HEAD, POST, OPTIONS";
 const SESSION_METHODS: &str = "GET, HEAD, PATCH, DELETE, OPTIONS";
 const LAYER_METHODS: &str = "POST, OPTIONS";
 const READ_METHODS: &str = "GET, HEAD";
+const CHAT_METHODS: &str = "GET";
+const MODERATION_METHODS: &str = "POST, OPTIONS";
 
 /// Everything a request handler needs; one per server, shared by connections.
 pub struct Shared<M> {
@@ -42,6 +46,10 @@ pub struct Shared<M> {
     /// The registries; `None` serves every room locally without claims.
     pub cluster: Option<Cluster>,
     limiter: Option<Mutex<RateLimiter>>,
+    /// The chat, opened on first use (on the cluster's bus, else on
+    /// `local_bus`).
+    pub chat: tokio::sync::OnceCell<ChatHub>,
+    local_bus: Bus,
 }
 
 /// A parsed request path. Names are validated by the handlers, so that a bad
@@ -57,6 +65,10 @@ enum Route {
     Endpoint(Kind, String),
     Resource(Kind, String, String),
     Layer(String, String),
+    /// `/v1/chat/{room}`: WebSocket.
+    Chat(String),
+    /// `/v1/moderation/{room}/actions`.
+    Moderation(String),
     /// `/hls/...`: served by the node ([`MediaNode::other`]).
     Hls,
     NotFound,
@@ -80,6 +92,8 @@ impl Route {
             ["v1", "rooms"] => Route::Rooms,
             ["v1", "nodes"] => Route::Nodes,
             ["v1", "rooms", room] => Route::Room(room.to_owned()),
+            ["v1", "chat", room] => Route::Chat(room.to_owned()),
+            ["v1", "moderation", room, "actions"] => Route::Moderation(room.to_owned()),
             ["whep", room, session, "layer"] => Route::Layer(room.to_owned(), session.to_owned()),
             [k, ref rest @ ..] => match (kind(k), rest) {
                 (Some(kind), [room]) => Route::Endpoint(kind, (*room).to_owned()),
@@ -106,6 +120,8 @@ impl Route {
             Route::Resource(Kind::Whip, ..) => "whip_session",
             Route::Resource(Kind::Whep, ..) => "whep_session",
             Route::Layer(..) => "whep_layer",
+            Route::Chat(_) => "chat",
+            Route::Moderation(_) => "moderation",
             Route::Hls => "hls",
             Route::NotFound => "not_found",
         }
@@ -113,7 +129,7 @@ impl Route {
 
     fn room_and_session(&self) -> (Option<&str>, Option<&str>) {
         match self {
-            Route::Room(r) | Route::Endpoint(_, r) => (Some(r), None),
+            Route::Room(r) | Route::Endpoint(_, r) | Route::Chat(r) | Route::Moderation(r) => (Some(r), None),
             Route::Resource(_, r, s) | Route::Layer(r, s) => (Some(r), Some(s)),
             _ => (None, None),
         }
@@ -130,6 +146,8 @@ impl<M: MediaNode> Shared<M> {
             metrics: HttpMetrics::default(),
             cluster: None,
             limiter,
+            chat: tokio::sync::OnceCell::new(),
+            local_bus: Bus::in_process(),
         }
     }
 
@@ -232,6 +250,21 @@ impl<M: MediaNode> Shared<M> {
                     Method::OPTIONS => Ok(options(req.headers(), LAYER_METHODS, Some(JSON), None)),
                     Method::POST => self.set_layer(room, id, req, peer).await,
                     _ => Err(HttpError::method_not_allowed(LAYER_METHODS)),
+                }
+            }
+            Route::Chat(room) => {
+                let room = parse_room(&room)?;
+                match method {
+                    Method::GET => self.chat(room, req).await,
+                    _ => Err(HttpError::method_not_allowed(CHAT_METHODS)),
+                }
+            }
+            Route::Moderation(room) => {
+                let room = parse_room(&room)?;
+                match method {
+                    Method::OPTIONS => Ok(options(req.headers(), MODERATION_METHODS, Some(JSON), None)),
+                    Method::POST => self.moderate(room, req, peer).await,
+                    _ => Err(HttpError::method_not_allowed(MODERATION_METHODS)),
                 }
             }
             Route::Hls => {
@@ -506,7 +539,14 @@ impl<M: MediaNode> Shared<M> {
                     None => None,
                 };
                 let local = rooms.into_iter().find(|r| r.room == room);
-                if local.is_none() && owner.is_none() {
+                let presence = match self.chat_hub().await {
+                    Ok(hub) => chat::presence::room(hub, &room).await.unwrap_or_else(|e| {
+                        debug!(%room, error = %e, "presence unreachable; listing without it");
+                        chat::RoomPresence::default()
+                    }),
+                    Err(_) => chat::RoomPresence::default(),
+                };
+                if local.is_none() && owner.is_none() && presence.is_empty() {
                     return Err(HttpError::new(
                         StatusCode::NOT_FOUND,
                         format!("room {room} is not active"),
@@ -520,6 +560,7 @@ impl<M: MediaNode> Shared<M> {
                 });
                 let mut value = serde_json::to_value(&info).unwrap_or_default();
                 value["owner"] = serde_json::to_value(&owner).unwrap_or_default();
+                value["presence"] = serde_json::to_value(&presence).unwrap_or_default();
                 Ok(http::json(StatusCode::OK, &value))
             }
         }
@@ -611,6 +652,123 @@ impl<M: MediaNode> Shared<M> {
         Ok(http::json(
             StatusCode::OK,
             &serde_json::json!({ "node": me, "nodes": nodes }),
+        ))
+    }
+
+    /// The chat, opened on the first call; 503 while its bus is unreachable.
+    pub async fn chat_hub(&self) -> Result<&ChatHub, HttpError> {
+        self.chat
+            .get_or_try_init(|| async {
+                let (bus, node) = match &self.cluster {
+                    Some(c) => (c.bus().clone(), c.node_id().clone()),
+                    None => (self.local_bus.clone(), NodeId::sanitize("local")),
+                };
+                ChatHub::new(bus, node, self.config.chat.clone()).await
+            })
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "chat cannot open its stream and buckets");
+                HttpError::retry_after(StatusCode::SERVICE_UNAVAILABLE, "chat unavailable", 2)
+            })
+    }
+
+    /// Publishes this node's presence (retrying until the chat opens).
+    pub async fn run_presence(self: std::sync::Arc<Self>) {
+        let hub = loop {
+            match self.chat_hub().await {
+                Ok(hub) => break hub.clone(),
+                Err(_) => tokio::time::sleep(self.config.chat.presence_interval).await,
+            }
+        };
+        chat::presence::run(hub, self.node.clone()).await;
+    }
+
+    /// `GET /v1/chat/{room}`: admits the member, then answers 101 and runs
+    /// the WebSocket (RFC 6455 §4.2) on the upgraded connection.
+    async fn chat(&self, room: RoomId, req: Request<Incoming>) -> Result<Resp, HttpError> {
+        let key = websocket_key(req.headers())?;
+        let (identity, role) = self.chat_member(req.headers(), req.uri().query(), &room)?;
+        let hub = self.chat_hub().await?.clone();
+        let admission = hub.admit(&room, identity, role).await.map_err(chat_error)?;
+        let upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => hub.serve(admission, hyper_util::rt::TokioIo::new(upgraded)).await,
+                Err(e) => {
+                    debug!(error = %e, "chat upgrade failed");
+                    hub.abandon(admission).await;
+                }
+            }
+        });
+        let mut resp = http::empty(StatusCode::SWITCHING_PROTOCOLS);
+        let h = resp.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, header_value(&key)?);
+        Ok(resp)
+    }
+
+    /// Who is joining: the token's identity and role (`?token=` or
+    /// `Authorization`), or a generated anonymous identity on an open node.
+    fn chat_member(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        room: &RoomId,
+    ) -> Result<(String, Role), HttpError> {
+        let Some(secret) = &self.config.auth_secret else {
+            return Ok((format!("anon-{:08x}", rand::random::<u32>()), Role::Anonymous));
+        };
+        let token = match query_param(query.unwrap_or(""), "token")? {
+            Some(t) => t,
+            None => http::bearer(headers).ok_or(AuthError::Missing)?.to_owned(),
+        };
+        let claims = auth::verify(secret, &token, SystemTime::now())?;
+        if !claims.allows_chat(room) {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                format!("token does not grant the chat of room {room}"),
+            ));
+        }
+        let role = claims.chat_role();
+        Ok((claims.sub, role))
+    }
+
+    /// `POST /v1/moderation/{room}/actions`: a streamer's or moderator's
+    /// ban, unban, timeout or delete, applied on every node.
+    async fn moderate(
+        &self,
+        room: RoomId,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, HttpError> {
+        self.rate_limit(peer)?;
+        let by = match &self.config.auth_secret {
+            None => "open-node".to_owned(),
+            Some(_) => {
+                let claims = self.claims(req.headers())?;
+                if !claims.allows_chat(&room) || !claims.chat_role().moderates() {
+                    return Err(HttpError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("moderating room {room} needs a streamer or moderator token for it"),
+                    ));
+                }
+                claims.sub
+            }
+        };
+        if req.headers().contains_key(header::CONTENT_TYPE) && !http::content_type_is(req.headers(), JSON) {
+            return Err(HttpError::unsupported_type(ACCEPT_POST, JSON));
+        }
+        let (parts, body) = req.into_parts();
+        let text = self.read_text(body, &parts.headers).await?;
+        let action = Action::parse(&text).map_err(HttpError::bad_request)?;
+        let hub = self.chat_hub().await?;
+        hub.moderate(&room, action.clone(), &by)
+            .await
+            .map_err(chat_error)?;
+        Ok(http::json(
+            StatusCode::OK,
+            &serde_json::json!({ "room": room, "applied": action }),
         ))
     }
 
@@ -725,6 +883,63 @@ impl<M: MediaNode> Shared<M> {
         }
         servers
     }
+}
+
+fn chat_error(e: ChatError) -> HttpError {
+    match e {
+        ChatError::Banned { .. } => HttpError::new(StatusCode::FORBIDDEN, e.to_string()),
+        ChatError::Bus(_) => {
+            debug!(error = %e, "chat bus unavailable");
+            HttpError::retry_after(StatusCode::SERVICE_UNAVAILABLE, "chat unavailable, retry", 2)
+        }
+    }
+}
+
+/// Checks a WebSocket opening handshake (RFC 6455 §4.2.1) and returns the
+/// `Sec-WebSocket-Accept` value. A plain GET is 426.
+fn websocket_key(headers: &HeaderMap) -> Result<String, HttpError> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(HttpError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint (Upgrade: websocket)",
+        )
+        .with(header::UPGRADE, HeaderValue::from_static("websocket")));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(
+            HttpError::new(StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13")
+                .with(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")),
+        );
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(HttpError::bad_request("missing Sec-WebSocket-Key"));
+    };
+    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+        key.as_bytes(),
+    ))
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: &str, name: &str) -> Result<Option<String>, HttpError> {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            return percent_decode(v)
+                .map(Some)
+                .ok_or_else(|| HttpError::bad_request(format!("bad percent-encoding in {k}=")));
+        }
+    }
+    Ok(None)
 }
 
 fn grant_of(kind: Kind) -> Grant {
@@ -924,6 +1139,9 @@ mod tests {
         assert!(matches!(Route::parse("/whip/live/abc/layer"), Route::NotFound));
         assert!(matches!(Route::parse("/whip/live/"), Route::Resource(..)));
         assert!(matches!(Route::parse("/v1/rooms/x"), Route::Room(_)));
+        assert!(matches!(Route::parse("/v1/chat/x"), Route::Chat(r) if r == "x"));
+        assert!(matches!(Route::parse("/v1/moderation/x/actions"), Route::Moderation(r) if r == "x"));
+        assert!(matches!(Route::parse("/v1/moderation/x"), Route::NotFound));
         assert!(matches!(Route::parse("/nope"), Route::NotFound));
         assert!(matches!(Route::parse(""), Route::NotFound));
     }

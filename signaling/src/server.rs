@@ -71,6 +71,7 @@ impl<M: MediaNode> Server<M> {
             .max_concurrent_streams(MAX_H2_STREAMS);
         let graceful = GracefulShutdown::new();
         info!(%addr, "HTTP listening");
+        let presence = tokio::spawn(self.shared.clone().run_presence());
 
         tokio::pin!(shutdown);
         loop {
@@ -93,7 +94,7 @@ impl<M: MediaNode> Server<M> {
                 async move { Ok::<_, Infallible>(shared.handle(req, peer).await) }
             });
             let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
@@ -104,6 +105,10 @@ impl<M: MediaNode> Server<M> {
         }
 
         drop(listener);
+        presence.abort();
+        if let Some(hub) = self.shared.chat.get() {
+            hub.close_all().await;
+        }
         info!(%addr, connections = graceful.count(), "HTTP shutting down");
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             warn!(?grace, "in-flight requests did not finish in time");

@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod chat;
 #[path = "../../../signaling/tests/common/nats.rs"]
 pub mod nats;
 pub mod node;

@@ -1,0 +1,963 @@
+//! Room chat over WebSocket, moderation and presence, on the bus.
+//!
+//! - Subjects: `room.<room>.chat` (messages; captured by the history
+//!   stream `CHAT` on `room.*.chat`), `room.<room>.moderation` (actions),
+//!   `room.<room>.presence` (each node's counts, every second). `<room>` is
+//!   [`room_token`]: a room's dots would otherwise split the subject.
+//! - KV: `chat-sanctions` (bans, timeouts, deleted message ids) so a node
+//!   that opens a room later knows them; `presence` (`<room>/<node>` → that
+//!   node's [`NodePresence`]) for `/v1/rooms/{room}`.
+//! - One [`Room`] per room with local members: a task subscribed to the
+//!   three subjects fans out to the members' bounded queues; a member whose
+//!   queue is full is disconnected (close 1013) instead of slowing the room.
+//!   The task keeps the room's recent messages (seeded from the stream when
+//!   the room opens), which is what a joining member gets as history.
+//!
+//! While the bus is unreachable, sends are refused to the sender with an
+//! `unavailable` error frame (nothing is queued: a chat line minutes late is
+//! worse than a visible "not sent"); the members stay connected and the
+//! room's subscriptions resume when the client reconnects.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tracing::{debug, info, warn};
+
+use crate::auth::Role;
+use crate::bus::{Bus, BusError, History, HistoryLimits, Kv, Subscription};
+use crate::cluster::NodeId;
+use crate::locks::lock;
+use crate::media::RoomId;
+
+mod moderation;
+pub mod presence;
+
+pub use moderation::{Action, RoleRates, Sanction, TextFilter};
+pub use presence::{NodePresence, PresenceCounts, RoleCounts, RoomPresence};
+
+use moderation::SendLimiter;
+
+/// Chat settings (the node's `--chat-*` flags).
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Messages sent on join, at most.
+    pub history_len: usize,
+    /// Messages older than this are not sent on join.
+    pub history_age: Duration,
+    /// Messages per second by role.
+    pub rates: RoleRates,
+    /// Length, banned words, links.
+    pub filter: TextFilter,
+    /// Largest WebSocket message a client may send; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Frames queued for one client before it counts as too slow.
+    pub client_queue: usize,
+    /// How often presence is published and pushed to clients (at most once
+    /// per interval per room per client).
+    pub presence_interval: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            history_len: 100,
+            history_age: Duration::from_secs(600),
+            rates: RoleRates::default(),
+            filter: TextFilter::default(),
+            max_frame_bytes: 8 * 1024,
+            client_queue: 1024,
+            presence_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One chat message as clients and the bus see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// 16 hex digits, unique per message.
+    pub id: String,
+    /// Server time of the send, Unix milliseconds.
+    pub ts: u64,
+    pub room: String,
+    pub sender: Sender,
+    pub text: String,
+    /// The sender's own tag for the message, echoed back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// Who sent a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sender {
+    pub identity: String,
+    pub role: Role,
+}
+
+/// What the server sends on the WebSocket (JSON text frames, `type` tagged).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame {
+    /// First frame: who the server thinks you are.
+    Welcome {
+        room: String,
+        identity: String,
+        role: Role,
+        node: String,
+        /// Messages per second this member may send.
+        rate: f64,
+        max_chars: usize,
+    },
+    /// Second frame: recent messages, oldest first.
+    History {
+        messages: Vec<ChatMessage>,
+    },
+    Message(ChatMessage),
+    /// A moderator removed message `id`.
+    Delete {
+        id: String,
+    },
+    /// Who is in the room (at most once per second).
+    Presence(PresenceCounts),
+    /// A refused frame or a sanction; the connection stays open unless a
+    /// close frame follows.
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    Pong,
+}
+
+/// What a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientFrame {
+    Message {
+        text: String,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    Ping,
+}
+
+/// Why a chat could not be joined or moderated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    #[error("{identity} is banned from the chat of room {room}")]
+    Banned { room: RoomId, identity: String },
+    #[error("chat bus unavailable: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// A moderator action on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ModEvent {
+    action: Action,
+    by: String,
+    at_ms: u64,
+}
+
+/// A message id is KV-key and subject safe: hex only.
+const MAX_CLIENT_ID: usize = 64;
+/// Buckets' TTL for sanctions and deleted ids (bucket-wide on NATS).
+const SANCTIONS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Close codes (RFC 6455 §7.4.1).
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_AGAIN_LATER: u16 = 1013;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_UNSUPPORTED: u16 = 1003;
+
+/// The chat of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    bus: Bus,
+    node: NodeId,
+    config: ChatConfig,
+    history: History,
+    sanctions: Kv,
+    presence: Kv,
+    rooms: tokio::sync::Mutex<HashMap<RoomId, Room>>,
+    next_member: AtomicU64,
+}
+
+/// A room with local members; dropping it stops its task.
+struct Room {
+    shared: Arc<RoomShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct RoomShared {
+    id: RoomId,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Default)]
+struct RoomState {
+    members: BTreeMap<u64, Member>,
+    limiter: SendLimiter,
+    sanctions: HashMap<String, Sanction>,
+    deleted: HashSet<String>,
+    /// The last `history_len` messages: loaded from the stream once when the
+    /// room opens on this node, then kept from the live subject, so a join
+    /// costs no bus call and history and live frames meet without a gap or
+    /// a repeat (both are taken under this state's lock).
+    recent: VecDeque<ChatMessage>,
+    /// Each node's last presence report and when it came.
+    nodes: BTreeMap<String, (NodePresence, Instant)>,
+    pushed: Option<PresenceCounts>,
+}
+
+struct Member {
+    identity: String,
+    role: Role,
+    tx: mpsc::Sender<Out>,
+}
+
+/// What a room hands a member's connection.
+#[derive(Debug)]
+enum Out {
+    Frame(Arc<str>),
+    Close(u16, &'static str),
+}
+
+/// A member admitted to a room, before its WebSocket runs.
+pub struct Admission {
+    room: RoomId,
+    shared: Arc<RoomShared>,
+    member: u64,
+    identity: String,
+    role: Role,
+    rx: mpsc::Receiver<Out>,
+    /// What the member is sent first: the room's recent messages.
+    history: Vec<ChatMessage>,
+}
+
+impl ChatHub {
+    /// Opens the chat's stream and buckets on `bus`.
+    pub async fn new(bus: Bus, node: NodeId, config: ChatConfig) -> Result<ChatHub, BusError> {
+        let limits = HistoryLimits {
+            max_per_subject: config.history_len.max(1),
+            max_age: config.history_age,
+        };
+        let history = bus.history("CHAT", "room.*.chat", limits).await?;
+        let sanctions = bus.kv("chat-sanctions", SANCTIONS_TTL).await?;
+        let presence = bus.kv("presence", presence_ttl(&config)).await?;
+        Ok(ChatHub {
+            inner: Arc::new(HubInner {
+                bus,
+                node,
+                config,
+                history,
+                sanctions,
+                presence,
+                rooms: tokio::sync::Mutex::new(HashMap::new()),
+                next_member: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ChatConfig {
+        &self.inner.config
+    }
+
+    /// Admits `identity` to `room` (opening the room on this node if
+    /// needed): refused when banned, or when the room cannot subscribe.
+    pub async fn admit(&self, room: &RoomId, identity: String, role: Role) -> Result<Admission, ChatError> {
+        let mut rooms = self.inner.rooms.lock().await;
+        if !rooms.contains_key(room) {
+            let opened = self.open(room).await?;
+            rooms.insert(room.clone(), opened);
+        }
+        // Invariant: inserted just above when it was missing.
+        let shared = rooms[room].shared.clone();
+        let mut state = lock(&shared.state);
+        if state
+            .sanctions
+            .get(&identity)
+            .is_some_and(|s| s.ban && s.active(unix_ms(SystemTime::now())))
+        {
+            let empty = state.members.is_empty();
+            drop(state);
+            if empty {
+                rooms.remove(room);
+            }
+            return Err(ChatError::Banned {
+                room: room.clone(),
+                identity,
+            });
+        }
+        let (tx, rx) = mpsc::channel(self.inner.config.client_queue.max(8));
+        let member = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
+        state.members.insert(
+            member,
+            Member {
+                identity: identity.clone(),
+                role,
+                tx,
+            },
+        );
+        let oldest = unix_ms(SystemTime::now())
+            .saturating_sub(u64::try_from(self.inner.config.history_age.as_millis()).unwrap_or(u64::MAX));
+        let history = state.recent.iter().filter(|m| m.ts >= oldest).cloned().collect();
+        drop(state);
+        Ok(Admission {
+            room: room.clone(),
+            shared,
+            member,
+            identity,
+            role,
+            rx,
+            history,
+        })
+    }
+
+    /// Runs one member's WebSocket until either side ends it, then removes
+    /// the member (and the room, when it was the last).
+    pub async fn serve<S>(&self, admission: Admission, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.inner.config.max_frame_bytes))
+            .max_frame_size(Some(self.inner.config.max_frame_bytes));
+        let ws =
+            WebSocketStream::from_raw_socket(stream, tungstenite::protocol::Role::Server, Some(config)).await;
+        let room = admission.room.clone();
+        let member = admission.member;
+        let identity = admission.identity.clone();
+        info!(%room, member, "chat member joined");
+        let reason = Connection {
+            hub: self,
+            admission,
+            ws,
+        }
+        .run()
+        .await;
+        debug!(%room, member, %identity, reason, "chat member left");
+        self.leave(&room, member).await;
+    }
+
+    /// Drops a member admitted but never served (the upgrade failed).
+    pub async fn abandon(&self, admission: Admission) {
+        self.leave(&admission.room, admission.member).await;
+    }
+
+    /// Applies a moderator's action on every node: stored for rooms opened
+    /// later, then published for rooms open now.
+    pub async fn moderate(&self, room: &RoomId, action: Action, by: &str) -> Result<(), ChatError> {
+        let token = room_token(room);
+        let now_ms = unix_ms(SystemTime::now());
+        let kv = &self.inner.sanctions;
+        match &action {
+            Action::Ban { identity } => {
+                let s = Sanction {
+                    until_ms: None,
+                    ban: true,
+                };
+                kv.put(&sanction_key(&token, identity), json_bytes(&(identity, s)))
+                    .await?;
+            }
+            Action::Timeout { identity, seconds } => {
+                let s = Sanction {
+                    until_ms: Some(now_ms.saturating_add(seconds.saturating_mul(1000))),
+                    ban: false,
+                };
+                kv.put(&sanction_key(&token, identity), json_bytes(&(identity, s)))
+                    .await?;
+            }
+            Action::Unban { identity } => kv.delete(&sanction_key(&token, identity), None).await?,
+            Action::Delete { id } => {
+                if !is_message_id(id) {
+                    // Not an id this server makes: nothing to delete anywhere.
+                    return Ok(());
+                }
+                kv.put(&format!("{token}/d/{id}"), Bytes::from_static(b"{}"))
+                    .await?;
+            }
+        }
+        let event = ModEvent {
+            action,
+            by: by.to_owned(),
+            at_ms: now_ms,
+        };
+        self.inner
+            .bus
+            .publish(&format!("room.{token}.moderation"), json_bytes(&event))
+            .await?;
+        info!(%room, by, action = ?event.action, "moderation action");
+        Ok(())
+    }
+
+    /// Local chat members per room and role, for presence.
+    pub async fn local_members(&self) -> BTreeMap<RoomId, RoleCounts> {
+        let rooms = self.inner.rooms.lock().await;
+        let mut out = BTreeMap::new();
+        for (id, room) in rooms.iter() {
+            let state = lock(&room.shared.state);
+            let mut counts = RoleCounts::default();
+            for m in state.members.values() {
+                counts.add(m.role);
+            }
+            out.insert(id.clone(), counts);
+        }
+        out
+    }
+
+    /// Every member is sent close 1001 (the node is shutting down).
+    pub async fn close_all(&self) {
+        let rooms = self.inner.rooms.lock().await;
+        for room in rooms.values() {
+            let state = lock(&room.shared.state);
+            for m in state.members.values() {
+                let _ = m.tx.try_send(Out::Close(CLOSE_GOING_AWAY, "node shutting down"));
+            }
+        }
+    }
+
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    pub(crate) fn node(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    pub(crate) fn presence_kv(&self) -> &Kv {
+        &self.inner.presence
+    }
+
+    /// Subscribes to the room's subjects and loads its sanctions and
+    /// presence, then starts its task.
+    async fn open(&self, room: &RoomId) -> Result<Room, BusError> {
+        let token = room_token(room);
+        let bus = &self.inner.bus;
+        let chat = bus.subscribe(&format!("room.{token}.chat")).await?;
+        let moderation = bus.subscribe(&format!("room.{token}.moderation")).await?;
+        let presence = bus.subscribe(&format!("room.{token}.presence")).await?;
+        let mut state = RoomState::default();
+        let prefix = format!("{token}/");
+        for entry in self.inner.sanctions.entries().await? {
+            let Some(rest) = entry.key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let Some(id) = rest.strip_prefix("d/") {
+                state.deleted.insert(id.to_owned());
+            } else if let Ok((identity, s)) = serde_json::from_slice::<(String, Sanction)>(&entry.value) {
+                state.sanctions.insert(identity, s);
+            }
+        }
+        state.recent = match self.stored_history(room).await {
+            Ok(m) => m.into_iter().filter(|m| !state.deleted.contains(&m.id)).collect(),
+            Err(e) => {
+                warn!(%room, error = %e, "chat history unavailable; starting the room without it");
+                VecDeque::new()
+            }
+        };
+        let now = Instant::now();
+        for p in presence::stored(&self.inner.presence, room).await? {
+            state.nodes.insert(p.node.clone(), (p, now));
+        }
+        let shared = Arc::new(RoomShared {
+            id: room.clone(),
+            state: Mutex::new(state),
+        });
+        let task = tokio::spawn(run_room(
+            shared.clone(),
+            self.inner.config.history_len,
+            self.inner.config.presence_interval,
+            [chat, moderation, presence],
+        ));
+        debug!(%room, "chat room opened");
+        Ok(Room { shared, task })
+    }
+
+    async fn leave(&self, room: &RoomId, member: u64) {
+        let mut rooms = self.inner.rooms.lock().await;
+        let Some(r) = rooms.get(room) else { return };
+        let empty = {
+            let mut state = lock(&r.shared.state);
+            state.members.remove(&member);
+            state.members.is_empty()
+        };
+        if empty {
+            rooms.remove(room);
+            debug!(%room, "chat room closed (no local members)");
+        }
+    }
+
+    /// Checks and publishes one message from a member.
+    async fn send(&self, a: &Admission, text: String, client_id: Option<String>) -> Result<(), ServerFrame> {
+        let now_ms = unix_ms(SystemTime::now());
+        {
+            let mut state = lock(&a.shared.state);
+            if let Some(s) = state.sanctions.get(&a.identity)
+                && s.active(now_ms)
+            {
+                let wait = s.until_ms.map(|u| u.saturating_sub(now_ms));
+                return Err(error_frame("timed_out", "you are muted in this chat", wait));
+            }
+            let rate = self.inner.config.rates.of(a.role);
+            if let Err(wait) = state.limiter.check(&a.identity, rate, Instant::now()) {
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                return Err(error_frame(
+                    "rate_limited",
+                    &format!("at most {rate} messages per second"),
+                    Some(ms),
+                ));
+            }
+        }
+        if let Err(refusal) = self.inner.config.filter.check(&text, a.role) {
+            return Err(error_frame(refusal.code(), &refusal.message(), None));
+        }
+        if client_id.as_ref().is_some_and(|c| c.len() > MAX_CLIENT_ID) {
+            return Err(error_frame(
+                "bad_frame",
+                &format!("client_id is longer than {MAX_CLIENT_ID} bytes"),
+                None,
+            ));
+        }
+        let msg = ChatMessage {
+            id: format!("{:016x}", rand::random::<u64>()),
+            ts: now_ms,
+            room: a.room.as_str().to_owned(),
+            sender: Sender {
+                identity: a.identity.clone(),
+                role: a.role,
+            },
+            text,
+            client_id,
+        };
+        let subject = format!("room.{}.chat", room_token(&a.room));
+        self.inner
+            .history
+            .append(&subject, json_bytes(&ServerFrame::Message(msg)))
+            .await
+            .map_err(|e| {
+                debug!(room = %a.room, error = %e, "chat send refused: bus unavailable");
+                error_frame(
+                    "unavailable",
+                    "chat is unavailable, message not sent; retry",
+                    Some(1000),
+                )
+            })?;
+        Ok(())
+    }
+
+    /// What the history stream retains for `room`, oldest first.
+    async fn stored_history(&self, room: &RoomId) -> Result<Vec<ChatMessage>, BusError> {
+        let subject = format!("room.{}.chat", room_token(room));
+        let entries = self
+            .inner
+            .history
+            .last(&subject, self.inner.config.history_len)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| match serde_json::from_slice::<ServerFrame>(&e.payload) {
+                Ok(ServerFrame::Message(m)) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn presence_now(a: &Admission) -> PresenceCounts {
+        presence::total(lock(&a.shared.state).nodes.values().map(|(p, _)| p))
+    }
+}
+
+/// One member's WebSocket.
+struct Connection<'a, S> {
+    hub: &'a ChatHub,
+    admission: Admission,
+    ws: WebSocketStream<S>,
+}
+
+impl<S> Connection<'_, S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    /// Returns why the connection ended.
+    async fn run(mut self) -> &'static str {
+        let a = &self.admission;
+        let config = &self.hub.inner.config;
+        let welcome = ServerFrame::Welcome {
+            room: a.room.as_str().to_owned(),
+            identity: a.identity.clone(),
+            role: a.role,
+            node: self.hub.inner.node.as_str().to_owned(),
+            rate: config.rates.of(a.role),
+            max_chars: config.filter.max_chars,
+        };
+        if self.send(&welcome).await.is_err() {
+            return "write failed";
+        }
+        let messages = std::mem::take(&mut self.admission.history);
+        if self.send(&ServerFrame::History { messages }).await.is_err() {
+            return "write failed";
+        }
+        let counts = ChatHub::presence_now(&self.admission);
+        if self.send(&ServerFrame::Presence(counts)).await.is_err() {
+            return "write failed";
+        }
+
+        loop {
+            tokio::select! {
+                out = self.admission.rx.recv() => match out {
+                    Some(Out::Frame(f)) => {
+                        if self.write(&f).await.is_err() {
+                            return "write failed";
+                        }
+                    }
+                    Some(Out::Close(code, reason)) => {
+                        self.close(code, reason).await;
+                        return reason;
+                    }
+                    None => {
+                        self.close(CLOSE_AGAIN_LATER, "too slow, reconnect").await;
+                        return "too slow";
+                    }
+                },
+                incoming = self.ws.next() => match incoming {
+                    None => return "closed by client",
+                    Some(Ok(WsMessage::Text(text))) => {
+                        if let Err(frame) = self.handle_text(text.as_str()).await
+                            && self.send(&frame).await.is_err()
+                        {
+                            return "write failed";
+                        }
+                    }
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        self.close(CLOSE_UNSUPPORTED, "binary frames are not accepted").await;
+                        return "binary frame";
+                    }
+                    Some(Ok(WsMessage::Close(_))) => return "closed by client",
+                    Some(Ok(_)) => {}
+                    Some(Err(tungstenite::Error::Capacity(e))) => {
+                        debug!(room = %self.admission.room, error = %e, "chat frame too big");
+                        self.close(CLOSE_TOO_BIG, "message too big").await;
+                        return "message too big";
+                    }
+                    Some(Err(e)) => {
+                        debug!(room = %self.admission.room, error = %e, "chat connection error");
+                        return "protocol error";
+                    }
+                },
+            }
+        }
+    }
+
+    /// One text frame from the client; `Err` is the frame to answer with.
+    async fn handle_text(&mut self, text: &str) -> Result<(), ServerFrame> {
+        let frame: ClientFrame = serde_json::from_str(text).map_err(|e| {
+            debug!(room = %self.admission.room, error = %e, "bad chat frame");
+            let code = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+                "bad_frame"
+            } else {
+                "bad_json"
+            };
+            error_frame(
+                code,
+                &format!("expected {{\"type\":\"message\",\"text\":...}}: {e}"),
+                None,
+            )
+        })?;
+        match frame {
+            ClientFrame::Ping => Err(ServerFrame::Pong),
+            ClientFrame::Message { text, client_id } => self.hub.send(&self.admission, text, client_id).await,
+        }
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), tungstenite::Error> {
+        let text = serde_json::to_string(frame).unwrap_or_default();
+        self.ws.send(WsMessage::text(text)).await
+    }
+
+    async fn write(&mut self, frame: &str) -> Result<(), tungstenite::Error> {
+        self.ws.send(WsMessage::text(frame)).await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
+    }
+}
+
+/// The room's task: bus messages in, member queues out, presence pushed
+/// at most once per `interval`.
+async fn run_room(room: Arc<RoomShared>, history_len: usize, interval: Duration, subs: [Subscription; 3]) {
+    let [mut chat, mut moderation, mut presence] = subs;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            m = chat.next() => {
+                let Some(m) = m else { break };
+                room.on_chat(&m.payload, history_len);
+            }
+            m = moderation.next() => {
+                let Some(m) = m else { break };
+                room.on_moderation(&m.payload);
+            }
+            m = presence.next() => {
+                let Some(m) = m else { break };
+                room.on_presence(&m.payload, Instant::now());
+            }
+            _ = tick.tick() => room.push_presence(Instant::now(), interval),
+        }
+    }
+    warn!(room = %room.id, "chat room subscriptions ended");
+}
+
+impl RoomShared {
+    fn on_chat(&self, payload: &[u8], history_len: usize) {
+        let msg = match serde_json::from_slice::<ServerFrame>(payload) {
+            Ok(ServerFrame::Message(m)) => m,
+            _ => {
+                debug!(room = %self.id, "dropping a malformed chat message from the bus");
+                return;
+            }
+        };
+        let mut state = lock(&self.state);
+        // Deleted, or already loaded from the stream when the room opened.
+        if state.deleted.contains(&msg.id) || state.recent.iter().rev().any(|m| m.id == msg.id) {
+            return;
+        }
+        state.recent.push_back(msg);
+        while state.recent.len() > history_len {
+            state.recent.pop_front();
+        }
+        // The payload is already the client's frame: no re-encoding per member.
+        let frame: Arc<str> = String::from_utf8_lossy(payload).into();
+        fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
+    }
+
+    fn on_moderation(&self, payload: &[u8]) {
+        let Ok(event) = serde_json::from_slice::<ModEvent>(payload) else {
+            debug!(room = %self.id, "dropping a malformed moderation event from the bus");
+            return;
+        };
+        let mut state = lock(&self.state);
+        match event.action {
+            Action::Ban { identity } => {
+                state.sanctions.insert(
+                    identity.clone(),
+                    Sanction {
+                        until_ms: None,
+                        ban: true,
+                    },
+                );
+                let banned = frame_text(&error_frame("banned", "you are banned from this chat", None));
+                let mut closed = Vec::new();
+                for (id, m) in &state.members {
+                    if m.identity == identity {
+                        let _ = m.tx.try_send(Out::Frame(banned.clone()));
+                        let _ = m.tx.try_send(Out::Close(CLOSE_POLICY, "banned"));
+                        closed.push(*id);
+                    }
+                }
+                for id in closed {
+                    state.members.remove(&id);
+                }
+            }
+            Action::Timeout { identity, seconds } => {
+                let until_ms = event.at_ms.saturating_add(seconds.saturating_mul(1000));
+                state.sanctions.insert(
+                    identity.clone(),
+                    Sanction {
+                        until_ms: Some(until_ms),
+                        ban: false,
+                    },
+                );
+                let muted = frame_text(&error_frame(
+                    "timed_out",
+                    "you are muted in this chat",
+                    Some(seconds.saturating_mul(1000)),
+                ));
+                fan_out(&self.id, &mut state, |m| {
+                    (m.identity == identity).then(|| Out::Frame(muted.clone()))
+                });
+            }
+            Action::Unban { identity } => {
+                state.sanctions.remove(&identity);
+            }
+            Action::Delete { id } => {
+                let frame = frame_text(&ServerFrame::Delete { id: id.clone() });
+                state.recent.retain(|m| m.id != id);
+                state.deleted.insert(id);
+                fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
+            }
+        }
+    }
+
+    fn on_presence(&self, payload: &[u8], now: Instant) {
+        let Ok(p) = serde_json::from_slice::<NodePresence>(payload) else {
+            debug!(room = %self.id, "dropping a malformed presence report from the bus");
+            return;
+        };
+        let mut state = lock(&self.state);
+        if p.is_empty() {
+            state.nodes.remove(&p.node);
+        } else {
+            state.nodes.insert(p.node.clone(), (p, now));
+        }
+    }
+
+    /// Forgets silent nodes and pushes the counts when they changed.
+    fn push_presence(&self, now: Instant, interval: Duration) {
+        let stale = interval * presence::STALE_INTERVALS;
+        let mut state = lock(&self.state);
+        state
+            .nodes
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < stale);
+        let counts = presence::total(state.nodes.values().map(|(p, _)| p));
+        if state.pushed.as_ref() == Some(&counts) {
+            return;
+        }
+        let frame = frame_text(&ServerFrame::Presence(counts.clone()));
+        state.pushed = Some(counts);
+        fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
+    }
+}
+
+/// Queues `out(member)` to every member; a member whose queue is full is
+/// dropped (its connection closes with 1013).
+fn fan_out(room: &RoomId, state: &mut RoomState, mut out: impl FnMut(&Member) -> Option<Out>) {
+    let mut gone = Vec::new();
+    for (id, m) in &state.members {
+        let Some(o) = out(m) else { continue };
+        match m.tx.try_send(o) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(%room, member = id, identity = %m.identity, "chat member too slow; disconnecting");
+                gone.push(*id);
+            }
+            // Its connection just ended; `leave` is on its way.
+            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
+        }
+    }
+    for id in gone {
+        state.members.remove(&id);
+    }
+}
+
+/// A room name as one subject token: `.` (allowed in room names) becomes
+/// `=2e`; `=` never appears in room names, so this is one-to-one.
+pub fn room_token(room: &RoomId) -> String {
+    room.as_str().replace('.', "=2e")
+}
+
+fn sanction_key(token: &str, identity: &str) -> String {
+    let hex: String = identity.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{token}/s/{hex}")
+}
+
+fn is_message_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn presence_ttl(config: &ChatConfig) -> Duration {
+    config.presence_interval * presence::STALE_INTERVALS
+}
+
+fn error_frame(code: &str, message: &str, retry_after_ms: Option<u64>) -> ServerFrame {
+    ServerFrame::Error {
+        code: code.to_owned(),
+        message: message.to_owned(),
+        retry_after_ms,
+    }
+}
+
+fn frame_text(frame: &ServerFrame) -> Arc<str> {
+    serde_json::to_string(frame).unwrap_or_default().into()
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// Wall-clock milliseconds; the one place the chat reads the clock for ids
+/// and timestamps.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_tokens_are_single_subject_tokens() {
+        let r = RoomId::parse("a.b-c_d").unwrap();
+        assert_eq!(room_token(&r), "a=2eb-c_d");
+        assert!(!room_token(&RoomId::parse("..").unwrap()).contains('.'));
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let m = ChatMessage {
+            id: "0123456789abcdef".into(),
+            ts: 1,
+            room: "r".into(),
+            sender: Sender {
+                identity: "a".into(),
+                role: Role::Viewer,
+            },
+            text: "hi".into(),
+            client_id: None,
+        };
+        let text = serde_json::to_string(&ServerFrame::Message(m.clone())).unwrap();
+        assert!(
+            text.starts_with(r#"{"type":"message","id":"0123456789abcdef""#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<ServerFrame>(&text).unwrap(),
+            ServerFrame::Message(m)
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"message","text":"x"}"#).unwrap(),
+            ClientFrame::Message {
+                text: "x".into(),
+                client_id: None
+            }
+        );
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"shout"}"#).is_err());
+    }
+
+    #[test]
+    fn sanction_keys_are_kv_safe() {
+        let k = sanction_key("room", "bob smith/.*");
+        assert!(
+            k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'=' | b'-' | b'_'))
+        );
+        assert!(is_message_id("0123456789abcdef"));
+        assert!(!is_message_id("0123456789abcdeg"));
+    }
+}
