@@ -85,13 +85,10 @@ impl NodeProcess {
         let mut line = String::new();
         reader.read_line(&mut line)?;
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let http = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
+        let at = sfu::listening::parse(&line)
             .ok_or_else(|| Error::Config(format!("node did not say where it listens: {line:?}")))?;
         Ok(NodeProcess {
-            url: format!("http://{http}"),
+            url: format!("http://{}", at.http),
             child,
         })
     }
@@ -152,7 +149,7 @@ pub fn row(name: &str, r: &Report, floor: &Floor) -> String {
     let s = &r.server;
     let multiple = s.cpu_us_per_packet.map(|c| c / floor.total_us());
     format!(
-        "| {name} | {}/{} | {} | {} | {:.3} | {:.0} | {:.2} / {:.2} | {} | {} | {} |",
+        "| {name} | {}/{} | {} | {} | {:.3} | {:.0} | {:.2} / {:.2} | {} | {} | {} | {} / {} |",
         r.viewers_joined,
         r.viewers_planned,
         fmt(s.cpu_us_per_packet, 2),
@@ -164,6 +161,8 @@ pub fn row(name: &str, r: &Report, floor: &Floor) -> String {
         fmt(s.mem_per_viewer_kib, 1),
         fmt(multiple, 1),
         fmt(s.cpu_cores, 2),
+        fmt(r.client.cpu_us_per_packet, 2),
+        fmt(r.client.cpu_cores, 2),
     )
 }
 
@@ -199,7 +198,7 @@ pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
                 eprint!("{}", report.table());
                 rows.push(row(&case.name, &report, &floor));
             }
-            Err(e) => rows.push(format!("| {} | run failed: {e} | | | | | | | | |", case.name)),
+            Err(e) => rows.push(format!("| {} | run failed: {e} | | | | | | | | | |", case.name)),
         }
         drop(node);
     }
@@ -210,10 +209,12 @@ pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
          (and, when this was run, other jobs: see the load average).\n\n\
          Floor on this machine, same run: AES-128-GCM seal of 1,200 bytes (aws-lc-rs) {seal:.0} ns + its share of \
          a batched (GSO) loopback UDP send {send:.0} ns = **{total:.2} µs per packet**.\n\n\
-         | scenario | viewers joined | node µs CPU / fwd pkt | fwd pkt/s | loss % | join p95 ms | latency p50 / p99 ms | node KiB / viewer | × floor | node cores |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n{rows}\n\n\
+         | scenario | viewers joined | node µs CPU / fwd pkt | fwd pkt/s | loss % | join p95 ms | latency p50 / p99 ms | node KiB / viewer | × floor | node cores | tester µs / rcvd pkt, cores |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\n\
          Join p95 is POST → first keyframe at the viewer. Latency is publisher send → viewer receive of the \
-         same frame, both in the load tester's process, so it includes the load tester's own queueing.\n{END}\n",
+         same frame, both in the load tester's process, so it includes the load tester's own queueing. The last \
+         column is the load tester's own CPU (all threads) per RTP packet its viewers received: where its cores \
+         near what the machine has left, the tester, not the node, is the limit.\n{END}\n",
         BEGIN = BEGIN,
         END = END,
         workers = cfg.node_workers,

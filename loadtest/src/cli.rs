@@ -103,8 +103,8 @@ pub struct Common {
     /// Seconds measured after the last viewer joined.
     #[arg(long, env = "LOADTEST_DURATION", default_value_t = 10.0, global = true)]
     pub duration: f64,
-    /// Media threads (each one UDP socket, many peers).
-    #[arg(long, env = "LOADTEST_THREADS", default_value_t = 1, global = true)]
+    /// Media threads (each one UDP socket, many peers); 0 = one per core.
+    #[arg(long, env = "LOADTEST_THREADS", default_value_t = 0, global = true)]
     pub threads: usize,
     /// Seconds before a signaling request or a publisher's connection gives up.
     #[arg(long, env = "LOADTEST_TIMEOUT", default_value_t = 10.0, global = true)]
@@ -281,7 +281,10 @@ impl Cli {
             transport: ViewerTransport::Whep,
             rate: c.rate,
             duration: secs(c.duration, "duration")?,
-            threads: c.threads.max(1),
+            threads: match c.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             timeout: secs(c.timeout, "timeout")?,
             retries: c.retries,
             bitrates: [c.low_bps, c.mid_bps, c.high_bps],

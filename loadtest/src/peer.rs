@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Simulcast, SimulcastLayer};
 use str0m::rtp::{RtpWrite, SeqNo};
@@ -96,9 +97,20 @@ pub struct Progress {
     pub publishers_sending: AtomicU64,
 }
 
+/// One DTLS certificate for every peer of a run: generating a key pair per
+/// peer was a large share of a join's client-side cost.
+pub fn dtls_cert() -> Result<DtlsCert, Error> {
+    str0m::crypto::from_feature_flags().install_process_default();
+    str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .ok_or_else(|| Error::Rtc("DTLS certificate generation failed".into()))
+}
+
 /// The str0m configuration every simulated peer uses: RTP mode, Opus and H.264.
-pub fn rtc_config() -> RtcConfig {
+pub fn rtc_config(cert: &DtlsCert) -> RtcConfig {
     RtcConfig::new()
+        .set_dtls_cert(cert.clone())
         .set_rtp_mode(true)
         .clear_codecs()
         .enable_opus(true, false)
@@ -107,10 +119,11 @@ pub fn rtc_config() -> RtcConfig {
 
 /// A WHIP offer: sendonly Opus and 3-layer simulcast H.264.
 pub fn publisher_offer(
+    cert: &DtlsCert,
     local: SocketAddr,
     now: Instant,
 ) -> Result<(Rtc, String, SdpPendingOffer, Mid, Mid), Error> {
-    let mut rtc = rtc_config().build(now);
+    let mut rtc = rtc_config(cert).build(now);
     rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?);
     let mut api = rtc.sdp_api();
     let audio = api.add_media(
@@ -136,8 +149,12 @@ pub fn publisher_offer(
 }
 
 /// A WHEP offer: recvonly Opus and H.264.
-pub fn viewer_offer(local: SocketAddr, now: Instant) -> Result<(Rtc, String, SdpPendingOffer), Error> {
-    let mut rtc = rtc_config().build(now);
+pub fn viewer_offer(
+    cert: &DtlsCert,
+    local: SocketAddr,
+    now: Instant,
+) -> Result<(Rtc, String, SdpPendingOffer), Error> {
+    let mut rtc = rtc_config(cert).build(now);
     rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?);
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
@@ -466,11 +483,6 @@ impl Viewer {
             Event::RtpPacket(p) => {
                 let at = p.timestamp;
                 self.stats.packets += 1;
-                shared.progress.packets.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .progress
-                    .bytes
-                    .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
                 if self.stats.first_packet_ms.is_none() {
                     self.stats.first_packet_ms = self.ms_since_post(at);
                     shared.progress.media.fetch_add(1, Ordering::Relaxed);

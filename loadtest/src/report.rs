@@ -65,6 +65,27 @@ pub struct Report {
     pub keyframe_requests: u64,
     /// Bitrate of each looped layer as encoded (payload), kbit/s.
     pub publisher_layer_kbps: [u64; 3],
+    /// What the load tester itself paid in the measured window.
+    pub client: ClientCost,
+}
+
+/// The load tester's own CPU over the measured window (all its threads):
+/// when it nears the cores it has, it, not the server, is the limit.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientCost {
+    /// CPU microseconds per RTP packet the viewers received.
+    pub cpu_us_per_packet: Option<f64>,
+    /// Cores the load tester used.
+    pub cpu_cores: Option<f64>,
+}
+
+impl ClientCost {
+    pub fn compute(cpu_seconds: f64, secs: f64, packets: u64) -> ClientCost {
+        ClientCost {
+            cpu_us_per_packet: (packets > 0).then(|| cpu_seconds * 1e6 / packets as f64),
+            cpu_cores: (secs > 0.0).then(|| cpu_seconds / secs),
+        }
+    }
 }
 
 impl Report {
@@ -150,6 +171,7 @@ impl Report {
             client_send_errors,
             keyframe_requests: publishers.iter().map(|p| p.keyframe_requests).sum(),
             publisher_layer_kbps: [0; 3],
+            client: ClientCost::default(),
         }
     }
 
@@ -184,6 +206,7 @@ impl Report {
             "cpu_us_per_packet" => self.server.cpu_us_per_packet?,
             "mem_per_viewer" => self.server.mem_per_viewer_kib?,
             "packets_per_sec" => self.server.packets_per_sec?,
+            "client_us_per_packet" => self.client.cpu_us_per_packet?,
             _ => return None,
         })
     }
@@ -264,6 +287,12 @@ impl Report {
         if !self.errors.is_empty() {
             let _ = writeln!(o, "  errors: {:?}", self.errors);
         }
+        let _ = writeln!(
+            o,
+            "  load tester: {} µs CPU per received packet, {} cores",
+            f(self.client.cpu_us_per_packet, 2),
+            f(self.client.cpu_cores, 2)
+        );
         if self.client_send_errors > 0 {
             let _ = writeln!(o, "  client send errors: {}", self.client_send_errors);
         }

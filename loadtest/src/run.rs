@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::http::Signaling;
 use crate::media::{self, MediaSet};
 use crate::peer::{self, Peer, Publisher, Role, Shared, Viewer, ViewerStats};
-use crate::report::Report;
+use crate::report::{ClientCost, Report};
 use crate::server::{Probe, ServerCost};
 use crate::shard::{self, Shard, ShardResult};
 
@@ -178,6 +178,7 @@ struct Ctx {
     sig: Arc<Signaling>,
     shared: Arc<Shared>,
     media: Arc<MediaSet>,
+    cert: str0m::config::DtlsCert,
     shards: Mutex<Vec<Shard>>,
     /// Publishers' session URLs, by index.
     publisher_sessions: Mutex<Vec<Option<String>>>,
@@ -206,7 +207,7 @@ impl Ctx {
 
     async fn join_publisher(&self, index: usize) -> Result<(), Error> {
         let (local, tx) = self.place(index);
-        let (mut rtc, offer, pending, amid, vmid) = peer::publisher_offer(local, Instant::now())?;
+        let (mut rtc, offer, pending, amid, vmid) = peer::publisher_offer(&self.cert, local, Instant::now())?;
         let url = endpoint(&self.cfg, &self.cfg.whip_path, &room(&self.cfg, index));
         let session = self.sig.offer(&url, &offer, self.http_from(local)).await?;
         peer::accept_answer(&mut rtc, pending, &session.answer)?;
@@ -252,7 +253,7 @@ impl Ctx {
         let mut viewer = Viewer::new(id, room.clone(), join.layer.index(), posted);
         self.shared.progress.posted.fetch_add(1, Ordering::Relaxed);
         let result = async {
-            let (mut rtc, offer, pending) = peer::viewer_offer(local, posted)?;
+            let (mut rtc, offer, pending) = peer::viewer_offer(&self.cert, local, posted)?;
             let mut url = endpoint(&self.cfg, &self.cfg.whep_path, &room);
             let params = [
                 ("layer", join.layer.query().map(str::to_owned)),
@@ -361,6 +362,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
         sig: sig.clone(),
         shared: shared.clone(),
         media: Arc::new(media),
+        cert: peer::dtls_cert()?,
         shards: Mutex::new(shards),
         publisher_sessions: Mutex::new(Vec::new()),
         live: Mutex::new(Vec::new()),
@@ -426,6 +428,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let window_start = probe.sample(&sig).await;
     let window_packets0 = shared.progress.packets.load(Ordering::Relaxed);
+    let client0 = sfu::process::sample();
     match cfg.plan {
         Plan::Churn { rate } if rate > 0.0 => {
             // Each tick one seeded-random viewer leaves and a new one joins.
@@ -472,6 +475,14 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     }
     let window_end = probe.sample(&sig).await;
     let window_packets = shared.progress.packets.load(Ordering::Relaxed) - window_packets0;
+    let client = ClientCost::compute(
+        sfu::process::sample().cpu_seconds - client0.cpu_seconds,
+        window_end
+            .at
+            .saturating_duration_since(window_start.at)
+            .as_secs_f64(),
+        window_packets,
+    );
     let planned = next_id as usize;
     if let Some(t) = progress_task {
         t.abort();
@@ -537,6 +548,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
         send_errors,
     );
     report.publisher_layer_kbps = layer_kbps;
+    report.client = client;
     Ok(report)
 }
 

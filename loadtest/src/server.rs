@@ -1,6 +1,7 @@
 //! What the server under test pays: its `/metrics` (Prometheus text:
 //! process CPU seconds, resident memory, RTP packets forwarded) or, with a
-//! pid, `/proc/<pid>` for CPU and memory.
+//! pid, `/proc/<pid>` for CPU and memory (read with the node's own
+//! `sfu::process`).
 
 use std::time::Instant;
 
@@ -21,31 +22,6 @@ pub struct Sample {
 pub struct Probe {
     pub metrics_url: Option<String>,
     pub pid: Option<u32>,
-}
-
-/// Linux reports /proc/<pid>/stat times in USER_HZ, 100 on every
-/// architecture the kernel exposes to user space (proc(5)).
-const USER_HZ: f64 = 100.0;
-
-/// CPU seconds (user + system) and resident bytes of a process, from procfs.
-pub fn proc_sample(pid: u32) -> (Option<f64>, Option<u64>) {
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-            Some((ticks(11)? + ticks(12)?) as f64 / USER_HZ)
-        });
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-        });
-    (cpu, rss)
 }
 
 /// The value of an unlabelled metric in Prometheus text exposition format.
@@ -71,10 +47,11 @@ impl Probe {
             s.rss_bytes = prom_value(&text, "process_resident_memory_bytes").map(|v| v as u64);
             s.forwarded = prom_value(&text, "wave_rtp_forwarded_total").map(|v| v as u64);
         }
-        if let Some(pid) = self.pid {
-            let (cpu, rss) = proc_sample(pid);
-            s.cpu_seconds = cpu.or(s.cpu_seconds);
-            s.rss_bytes = rss.or(s.rss_bytes);
+        if let Some(pid) = self.pid
+            && let Some(p) = sfu::process::sample_pid(pid)
+        {
+            s.cpu_seconds = Some(p.cpu_seconds);
+            s.rss_bytes = Some(p.rss_bytes).filter(|b| *b > 0).or(s.rss_bytes);
         }
         s
     }
@@ -143,12 +120,6 @@ mod tests {
         assert_eq!(prom_value(t, "process_cpu_seconds_total"), Some(1.25));
         assert_eq!(prom_value(t, "wave_rtp_forwarded_total"), Some(42.0));
         assert_eq!(prom_value(t, "wave_rtp"), None);
-    }
-
-    #[test]
-    fn reads_own_process() {
-        let (cpu, rss) = proc_sample(std::process::id());
-        assert!(cpu.is_some() && rss.unwrap() > 0);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! to peers by their destination address (IP_PKTINFO) and sent with the
 //! peer's source address. Receives and sends are batched through quinn-udp.
 
-use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -43,6 +42,9 @@ pub struct ShardResult {
     pub send_errors: u64,
     pub datagrams_in: u64,
     pub datagrams_out: u64,
+    /// RTP packets and payload bytes received since the progress counters were last updated.
+    tally_packets: u64,
+    tally_bytes: u64,
 }
 
 /// A running shard: its port and command channel.
@@ -104,8 +106,51 @@ impl Shard {
     }
 }
 
+/// Peers indexed by their address's last two octets (what `allocate`
+/// hands out): a datagram finds its peer without hashing.
+#[derive(Default)]
+struct Slots {
+    peers: Vec<Option<Peer>>,
+}
+
+impl Slots {
+    fn index(ip: IpAddr) -> Option<usize> {
+        let IpAddr::V4(v4) = ip else { return None };
+        let [_, _, hi, lo] = v4.octets();
+        let (hi, lo) = (usize::from(hi).checked_sub(1)?, usize::from(lo).checked_sub(1)?);
+        (hi < 254 && lo < 254).then_some(hi * 254 + lo)
+    }
+
+    fn insert(&mut self, peer: Peer) {
+        let Some(i) = Slots::index(peer.local.ip()) else {
+            warn!(local = %peer.local, "peer address outside the shard's range");
+            return;
+        };
+        if self.peers.len() <= i {
+            self.peers.resize_with(i + 1, || None);
+        }
+        self.peers[i] = Some(peer);
+    }
+
+    fn get_mut(&mut self, ip: IpAddr) -> Option<&mut Peer> {
+        self.peers.get_mut(Slots::index(ip)?)?.as_mut()
+    }
+
+    fn remove(&mut self, ip: IpAddr) -> Option<Peer> {
+        self.peers.get_mut(Slots::index(ip)?)?.take()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
+        self.peers.iter_mut().flatten()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Peer> + '_ {
+        self.peers.drain(..).flatten()
+    }
+}
+
 struct State {
-    peers: HashMap<IpAddr, Peer>,
+    peers: Slots,
     result: ShardResult,
     shared: Arc<Shared>,
     out: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
@@ -115,9 +160,10 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
     let gro = udp.gro_segments().max(1);
     let chunk = BUF * gro.min(4);
     let mut flat = vec![0u8; chunk * BATCH];
+    let mut bufs: Vec<IoSliceMut<'_>> = flat.chunks_mut(chunk).map(IoSliceMut::new).collect();
     let mut meta = [RecvMeta::default(); BATCH];
     let mut st = State {
-        peers: HashMap::new(),
+        peers: Slots::default(),
         result: ShardResult::default(),
         shared,
         out: Vec::new(),
@@ -129,16 +175,16 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
                 Ok(Command::Add(peer)) => {
                     let mut peer = *peer;
                     let now = Instant::now();
-                    poll(&mut peer, &st.shared, &mut st.result.latency_us, now, &mut st.out);
-                    st.peers.insert(peer.local.ip(), peer);
+                    poll(&mut peer, &st.shared, &mut st.result, now, &mut st.out);
+                    st.peers.insert(peer);
                 }
-                Ok(Command::Leave(addr)) => match st.peers.remove(&addr.ip()) {
+                Ok(Command::Leave(addr)) => match st.peers.remove(addr.ip()) {
                     Some(p) => retire(p, &mut st.result, &st.shared, Instant::now(), true),
                     None => debug!(local = %addr, "leave: no such peer"),
                 },
                 Ok(Command::Stop(reply)) => {
                     let now = Instant::now();
-                    for (_, p) in st.peers.drain() {
+                    for p in st.peers.drain() {
                         retire(p, &mut st.result, &st.shared, now, false);
                     }
                     let _ = reply.send(std::mem::take(&mut st.result));
@@ -150,7 +196,6 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
         }
         // Receive a batch (blocks at most one tick).
         let n = {
-            let mut bufs: Vec<IoSliceMut<'_>> = flat.chunks_mut(chunk).map(IoSliceMut::new).collect();
             match udp.recv((&socket).into(), &mut bufs, &mut meta) {
                 Ok(n) => n,
                 Err(e)
@@ -168,9 +213,9 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
             }
         };
         let now = Instant::now();
-        for (m, buf) in meta.iter().zip(flat.chunks(chunk)).take(n) {
+        for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
             let Some(dst) = m.dst_ip else { continue };
-            let Some(peer) = st.peers.get_mut(&dst) else {
+            let Some(peer) = st.peers.get_mut(dst) else {
                 continue;
             };
             for seg in buf[..m.len].chunks(m.stride.max(1)) {
@@ -184,7 +229,7 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
                     break;
                 }
                 // str0m's rule: drain after every input (RTP mode holds one packet).
-                poll(peer, &st.shared, &mut st.result.latency_us, now, &mut st.out);
+                poll(peer, &st.shared, &mut st.result, now, &mut st.out);
             }
         }
         flush(&socket, &udp, &mut st);
@@ -192,7 +237,7 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + TICK;
-            for peer in st.peers.values_mut() {
+            for peer in st.peers.iter_mut() {
                 let due_media = match &peer.role {
                     Role::Publisher(p) => p.next_due().is_some_and(|d| d <= now),
                     Role::Viewer(_) => false,
@@ -205,16 +250,25 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
                         debug!(error = %e, "peer timeout failed");
                         peer.dead = true;
                     }
-                    poll(peer, &st.shared, &mut st.result.latency_us, now, &mut st.out);
+                    poll(peer, &st.shared, &mut st.result, now, &mut st.out);
                 }
             }
             flush(&socket, &udp, &mut st);
-            let dead: Vec<IpAddr> = st.peers.iter().filter(|(_, p)| p.dead).map(|(a, _)| *a).collect();
-            for a in dead {
-                if let Some(p) = st.peers.remove(&a) {
+            for slot in st.peers.peers.iter_mut() {
+                if slot.as_ref().is_some_and(|p| p.dead)
+                    && let Some(p) = slot.take()
+                {
                     retire(p, &mut st.result, &st.shared, now, false);
                 }
             }
+            // The progress line's counters, once per tick rather than per packet.
+            let progress = &st.shared.progress;
+            progress
+                .packets
+                .fetch_add(std::mem::take(&mut st.result.tally_packets), Ordering::Relaxed);
+            progress
+                .bytes
+                .fetch_add(std::mem::take(&mut st.result.tally_bytes), Ordering::Relaxed);
         }
     }
 }
@@ -223,7 +277,7 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
 fn poll(
     peer: &mut Peer,
     shared: &Shared,
-    latency: &mut Histogram,
+    result: &mut ShardResult,
     now: Instant,
     out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
 ) {
@@ -242,9 +296,13 @@ fn poll(
                 if let str0m::Event::IceConnectionStateChange(str0m::IceConnectionState::Disconnected) = e {
                     debug!(local = %peer.local, "ICE disconnected");
                 }
+                if let str0m::Event::RtpPacket(p) = &e {
+                    result.tally_packets += 1;
+                    result.tally_bytes += p.payload.len() as u64;
+                }
                 match &mut peer.role {
                     Role::Publisher(p) => p.on_event(&peer.rtc, shared, now, &e),
-                    Role::Viewer(v) => v.on_event(&peer.rtc, shared, latency, now, e),
+                    Role::Viewer(v) => v.on_event(&peer.rtc, shared, &mut result.latency_us, now, e),
                 }
             }
             Err(e) => {

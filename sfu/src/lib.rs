@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod listening;
 pub mod node;
 pub mod process;
 pub mod turn;

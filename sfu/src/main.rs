@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(sfu::run(config, shutdown_signal(), |b| {
-                println!("sfu listening on http://{} (media UDP {:?})", b.http, b.media);
+                println!("{}", sfu::listening::line(b.http, &b.media));
             }))
         }
     }

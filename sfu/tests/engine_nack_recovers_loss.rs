@@ -56,7 +56,9 @@ fn assert_no_holes(seqs: &BTreeSet<u64>) {
 #[test]
 fn viewer_leg_loss_is_repaired_by_the_node() {
     let (seqs, dropped) = run_with_loss(true, 20);
-    assert!(dropped > 20, "the link lost {dropped} datagrams");
+    // A low-layer viewer gets media only (~80 RTP packets/s, no BWE probe
+    // padding): every 20th of 4 s is ~16 datagrams lost.
+    assert!(dropped > 10, "the link lost {dropped} datagrams");
     assert!(seqs.len() > 100, "video packets: {}", seqs.len());
     assert_no_holes(&seqs);
 }

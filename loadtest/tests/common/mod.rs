@@ -53,15 +53,10 @@ impl Node {
         let mut line = String::new();
         reader.read_line(&mut line).expect("listening line");
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        // "sfu listening on http://127.0.0.1:PORT (media UDP [...])"
-        let http = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let at = sfu::listening::parse(&line).unwrap_or_else(|| panic!("no listening line: {line:?}"));
         Node {
             child,
-            url: format!("http://{http}"),
+            url: format!("http://{}", at.http),
         }
     }
 

@@ -610,7 +610,11 @@ impl Engine {
         let sdp_offer =
             SdpOffer::from_sdp_string(&offer).map_err(|e| MediaError::BadRequest(format!("SDP: {e}")))?;
 
-        let mut rtc = self.rtc_config(intent == Intent::Play).build(now);
+        // A viewer pinned to the lowest layer has nothing to choose: without
+        // the estimator str0m drains its queue in one poll instead of one
+        // pacer timeout per packet (~25 % of the per-packet cost).
+        let bwe = intent == Intent::Play && max_layer != Some(LayerPref::Low);
+        let mut rtc = self.rtc_config(bwe).build(now);
         for addr in &self.config.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
@@ -684,7 +688,7 @@ impl Engine {
         Ok(Reply::Answer(sdp::with_end_of_candidates(&answer)))
     }
 
-    fn rtc_config(&self, viewer: bool) -> RtcConfig {
+    fn rtc_config(&self, bwe: bool) -> RtcConfig {
         let mut config = RtcConfig::new()
             .set_rtp_mode(true)
             .set_ice_lite(self.config.ice_lite)
@@ -696,7 +700,7 @@ impl Engine {
             .enable_vp9(true)
             .enable_av1(true)
             .set_stats_interval(Some(Duration::from_secs(2)));
-        if viewer {
+        if bwe {
             config = config.enable_bwe(Some(Bitrate::bps(self.config.initial_bwe_bps)));
         }
         config

@@ -42,22 +42,11 @@ impl Node {
         reader.read_line(&mut line).expect("listening line");
         // Keep draining so the node never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        // "sfu listening on http://127.0.0.1:PORT (media UDP [127.0.0.1:A, 127.0.0.1:B])"
-        let http = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .expect(&line);
-        let media = line
-            .split('[')
-            .nth(1)
-            .and_then(|r| r.split(']').next())
-            .map(|l| l.split(", ").filter_map(|a| a.parse().ok()).collect())
-            .unwrap_or_default();
+        let at = sfu::listening::parse(&line).unwrap_or_else(|| panic!("no listening line: {line:?}"));
         Node {
             child,
-            http: http.parse().unwrap(),
-            media,
+            http: at.http,
+            media: at.media,
         }
     }
 
