@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -47,7 +47,64 @@ const DASH: &str = "application/dash+xml";
 /// Playlists shorter than this are not worth compressing.
 const GZIP_MIN: usize = 512;
 
-type Snapshot = Option<Arc<RoomSnapshot>>;
+/// A room's snapshot and the instant the node published it (where the
+/// blocked-answer delay starts: the worker publishes as soon as the
+/// packager closed a part).
+#[derive(Debug, Clone)]
+struct Published {
+    snap: Arc<RoomSnapshot>,
+    at: Instant,
+}
+
+type Snapshot = Option<Published>;
+
+/// Upper bounds (seconds) of [`AnswerHistogram`]'s buckets.
+const ANSWER_BUCKETS: [f64; 20] = [
+    0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.001_5, 0.002, 0.003, 0.004, 0.005, 0.007_5, 0.01, 0.015,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Delay from a snapshot's publication (a part completed) to the answer
+/// of a playlist request that was blocked waiting for it, as a Prometheus
+/// histogram.
+#[derive(Debug, Default)]
+pub struct AnswerHistogram {
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; 21],
+    sum_us: AtomicU64,
+}
+
+impl AnswerHistogram {
+    pub fn record(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = ANSWER_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(ANSWER_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut total = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            total += b.load(Ordering::Relaxed);
+            match ANSWER_BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
+}
 
 /// What the HTTP layer counts (rendered on the node's `/metrics`).
 #[derive(Debug, Default)]
@@ -62,6 +119,8 @@ pub struct HlsMetrics {
     pub timeouts: AtomicU64,
     pub not_found: AtomicU64,
     pub forbidden: AtomicU64,
+    /// Part published → blocked playlist request answered.
+    pub blocked_answer: AnswerHistogram,
 }
 
 impl HlsMetrics {
@@ -86,6 +145,7 @@ impl HlsMetrics {
             }
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        self.blocked_answer.render("wave_hls_blocked_answer_seconds", out);
     }
 }
 
@@ -102,7 +162,10 @@ impl HlsStore {
 
     /// Replaces room `room`'s snapshot and wakes the requests waiting on it.
     pub fn publish(&self, room: &str, snapshot: RoomSnapshot) {
-        let snapshot = Some(Arc::new(snapshot));
+        let snapshot = Some(Published {
+            snap: Arc::new(snapshot),
+            at: Instant::now(),
+        });
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         match rooms.get(room) {
             Some(tx) => {
@@ -401,7 +464,8 @@ impl HlsService {
         let snap = rx
             .borrow_and_update()
             .clone()
-            .ok_or((Refusal::NotFound("room has no media"), 1))?;
+            .ok_or((Refusal::NotFound("room has no media"), 1))?
+            .snap;
         let td = snap.config.target_duration();
         let half = td.div_ceil(2).max(1);
         let nf = |why| (Refusal::NotFound(why), td);
@@ -453,11 +517,11 @@ impl HlsService {
         rx: &mut watch::Receiver<Snapshot>,
         td: u32,
         ready: impl Fn(&RoomSnapshot) -> bool,
-    ) -> Result<Arc<RoomSnapshot>, (Refusal, u32)> {
+    ) -> Result<Published, (Refusal, u32)> {
         self.metrics.blocking_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.blocking_held.fetch_add(1, Ordering::Relaxed);
         let _held = Held(&self.metrics.blocking_held);
-        let wait = rx.wait_for(|s| s.as_ref().is_some_and(|s| ready(s)));
+        let wait = rx.wait_for(|s| s.as_ref().is_some_and(|s| ready(&s.snap)));
         match tokio::time::timeout(self.limit(td), wait).await {
             Ok(Ok(s)) => s.clone().ok_or((Refusal::NotFound("room ended"), td)),
             Ok(Err(_)) => Err((Refusal::NotFound("room ended"), td)),
@@ -480,18 +544,21 @@ impl HlsService {
             .get(rendition)
             .ok_or((Refusal::NotFound("unknown rendition"), td))?;
         let blocking = q.msn.is_some() && !r.ended;
+        let mut held_until = None;
         if let (Some(msn), false) = (q.msn, r.ended) {
             reload_in_range(&snap, r, msn, q.part).map_err(|e| (e, td))?;
             if !reload_ready(r, msn, q.part) {
                 let name = rendition.to_string();
                 let part = q.part;
-                snap = self
+                let published = self
                     .hold(rx, td, move |s| {
                         s.renditions
                             .get(&name)
                             .is_some_and(|r| reload_ready(r, msn, part))
                     })
                     .await?;
+                held_until = Some(published.at);
+                snap = published.snap;
             }
         }
         let not_found_age = if blocking { 4 * td } else { td };
@@ -502,7 +569,11 @@ impl HlsService {
         } else {
             format!("public, max-age={}", td.div_ceil(2).max(1))
         };
-        Ok(respond(body.into(), PLAYLIST, &cache, gzip))
+        let resp = respond(body.into(), PLAYLIST, &cache, gzip);
+        if let Some(at) = held_until {
+            self.metrics.blocked_answer.record(at.elapsed());
+        }
+        Ok(resp)
     }
 
     async fn media_file(
@@ -543,7 +614,8 @@ impl HlsService {
                     .get(&name)
                     .is_some_and(|r| r.files.contains_key(&wanted) || r.ended)
             })
-            .await?;
+            .await?
+            .snap;
         let bytes = snap
             .renditions
             .get(rendition)

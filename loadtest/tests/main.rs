@@ -3,4 +3,5 @@
 
 mod common;
 mod fanout_against_node;
+mod hls_against_node;
 mod meeting_and_churn_against_node;
