@@ -54,7 +54,26 @@ const GZIP_MIN: usize = 512;
 struct Published {
     snap: Arc<RoomSnapshot>,
     at: Instant,
+    /// Media playlists rendered from this snapshot: the requests a new
+    /// part wakes all want the same bytes, so they are rendered (and
+    /// gzipped) once.
+    rendered: Arc<Mutex<Vec<Rendered>>>,
 }
+
+/// One rendered media playlist body.
+#[derive(Debug)]
+struct Rendered {
+    rendition: String,
+    skip: bool,
+    suffix: String,
+    gzip: bool,
+    body: Bytes,
+    compressed: bool,
+}
+
+/// Distinct renderings kept per snapshot (renditions × skip × gzip, and
+/// a few signed-URL suffixes).
+const RENDERED_MAX: usize = 32;
 
 type Snapshot = Option<Published>;
 
@@ -165,6 +184,7 @@ impl HlsStore {
         let snapshot = Some(Published {
             snap: Arc::new(snapshot),
             at: Instant::now(),
+            rendered: Arc::default(),
         });
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         match rooms.get(room) {
@@ -461,11 +481,11 @@ impl HlsService {
             .store
             .subscribe(room)
             .ok_or((Refusal::NotFound("no such room"), 1))?;
-        let snap = rx
+        let published = rx
             .borrow_and_update()
             .clone()
-            .ok_or((Refusal::NotFound("room has no media"), 1))?
-            .snap;
+            .ok_or((Refusal::NotFound("room has no media"), 1))?;
+        let snap = published.snap.clone();
         let td = snap.config.target_duration();
         let half = td.div_ceil(2).max(1);
         let nf = |why| (Refusal::NotFound(why), td);
@@ -496,7 +516,7 @@ impl HlsService {
                 }
                 if file == "index.m3u8" {
                     self.metrics.playlist_requests.fetch_add(1, Ordering::Relaxed);
-                    self.media_playlist(&mut rx, snap, rendition, &q, &suffix, gzip)
+                    self.media_playlist(&mut rx, published, rendition, &q, &suffix, gzip)
                         .await
                 } else {
                     self.metrics.media_requests.fetch_add(1, Ordering::Relaxed);
@@ -532,25 +552,26 @@ impl HlsService {
     async fn media_playlist(
         &self,
         rx: &mut watch::Receiver<Snapshot>,
-        mut snap: Arc<RoomSnapshot>,
+        mut published: Published,
         rendition: &str,
         q: &Query<'_>,
         suffix: &str,
         gzip: bool,
     ) -> Result<Response<Full<Bytes>>, (Refusal, u32)> {
-        let td = snap.config.target_duration();
-        let r = snap
+        let td = published.snap.config.target_duration();
+        let r = published
+            .snap
             .renditions
             .get(rendition)
             .ok_or((Refusal::NotFound("unknown rendition"), td))?;
         let blocking = q.msn.is_some() && !r.ended;
         let mut held_until = None;
         if let (Some(msn), false) = (q.msn, r.ended) {
-            reload_in_range(&snap, r, msn, q.part).map_err(|e| (e, td))?;
+            reload_in_range(&published.snap, r, msn, q.part).map_err(|e| (e, td))?;
             if !reload_ready(r, msn, q.part) {
                 let name = rendition.to_string();
                 let part = q.part;
-                let published = self
+                published = self
                     .hold(rx, td, move |s| {
                         s.renditions
                             .get(&name)
@@ -558,18 +579,17 @@ impl HlsService {
                     })
                     .await?;
                 held_until = Some(published.at);
-                snap = published.snap;
             }
         }
         let not_found_age = if blocking { 4 * td } else { td };
-        let body = playlist::media_playlist(&snap, rendition, q.skip, suffix)
+        let (body, compressed) = rendered(&published, rendition, q.skip, suffix, gzip)
             .ok_or((Refusal::NotFound("rendition has no media yet"), not_found_age))?;
         let cache = if blocking {
             format!("public, max-age={}", 6 * td)
         } else {
             format!("public, max-age={}", td.div_ceil(2).max(1))
         };
-        let resp = respond(body.into(), PLAYLIST, &cache, gzip);
+        let resp = respond_encoded(body, compressed, PLAYLIST, &cache);
         if let Some(at) = held_until {
             self.metrics.blocked_answer.record(at.elapsed());
         }
@@ -630,19 +650,64 @@ impl HlsService {
     }
 }
 
-fn respond(body: Bytes, content_type: &'static str, cache: &str, gzip: bool) -> Response<Full<Bytes>> {
-    let mut encoded = None;
+/// The media playlist of `rendition` in `published`, rendered and encoded
+/// once per snapshot and variant of the request; (body, gzipped).
+fn rendered(
+    published: &Published,
+    rendition: &str,
+    skip: bool,
+    suffix: &str,
+    gzip: bool,
+) -> Option<(Bytes, bool)> {
+    let mut cache = published.rendered.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache
+        .iter()
+        .find(|r| r.rendition == rendition && r.skip == skip && r.gzip == gzip && r.suffix == suffix)
+    {
+        return Some((r.body.clone(), r.compressed));
+    }
+    let text = playlist::media_playlist(&published.snap, rendition, skip, suffix)?;
+    let (body, compressed) = encode(text.into(), gzip);
+    if cache.len() >= RENDERED_MAX {
+        cache.remove(0);
+    }
+    cache.push(Rendered {
+        rendition: rendition.to_string(),
+        skip,
+        suffix: suffix.to_string(),
+        gzip,
+        body: body.clone(),
+        compressed,
+    });
+    Some((body, compressed))
+}
+
+/// `body` gzipped when the client takes it and it is worth it; (bytes, gzipped).
+fn encode(body: Bytes, gzip: bool) -> (Bytes, bool) {
     if gzip && body.len() >= GZIP_MIN {
         let mut enc =
             flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::fast());
         if enc.write_all(&body).is_ok()
             && let Ok(out) = enc.finish()
         {
-            encoded = Some(Bytes::from(out));
+            return (Bytes::from(out), true);
         }
     }
-    let compressed = encoded.is_some();
-    let mut resp = Response::new(Full::new(encoded.unwrap_or(body)));
+    (body, false)
+}
+
+fn respond(body: Bytes, content_type: &'static str, cache: &str, gzip: bool) -> Response<Full<Bytes>> {
+    let (body, compressed) = encode(body, gzip);
+    respond_encoded(body, compressed, content_type, cache)
+}
+
+fn respond_encoded(
+    body: Bytes,
+    compressed: bool,
+    content_type: &'static str,
+    cache: &str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(cache) {
