@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -47,7 +47,83 @@ const DASH: &str = "application/dash+xml";
 /// Playlists shorter than this are not worth compressing.
 const GZIP_MIN: usize = 512;
 
-type Snapshot = Option<Arc<RoomSnapshot>>;
+/// A room's snapshot and the instant the node published it (where the
+/// blocked-answer delay starts: the worker publishes as soon as the
+/// packager closed a part).
+#[derive(Debug, Clone)]
+struct Published {
+    snap: Arc<RoomSnapshot>,
+    at: Instant,
+    /// Media playlists rendered from this snapshot: the requests a new
+    /// part wakes all want the same bytes, so they are rendered (and
+    /// gzipped) once.
+    rendered: Arc<Mutex<Vec<Rendered>>>,
+}
+
+/// One rendered media playlist body.
+#[derive(Debug)]
+struct Rendered {
+    rendition: String,
+    skip: bool,
+    suffix: String,
+    gzip: bool,
+    body: Bytes,
+    compressed: bool,
+}
+
+/// Distinct renderings kept per snapshot (renditions × skip × gzip, and
+/// a few signed-URL suffixes).
+const RENDERED_MAX: usize = 32;
+
+type Snapshot = Option<Published>;
+
+/// Upper bounds (seconds) of [`AnswerHistogram`]'s buckets.
+const ANSWER_BUCKETS: [f64; 20] = [
+    0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.001_5, 0.002, 0.003, 0.004, 0.005, 0.007_5, 0.01, 0.015,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Delay from a snapshot's publication (a part completed) to the answer
+/// of a playlist request that was blocked waiting for it, as a Prometheus
+/// histogram.
+#[derive(Debug, Default)]
+pub struct AnswerHistogram {
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; 21],
+    sum_us: AtomicU64,
+}
+
+impl AnswerHistogram {
+    pub fn record(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = ANSWER_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(ANSWER_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut total = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            total += b.load(Ordering::Relaxed);
+            match ANSWER_BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
+}
 
 /// What the HTTP layer counts (rendered on the node's `/metrics`).
 #[derive(Debug, Default)]
@@ -62,6 +138,8 @@ pub struct HlsMetrics {
     pub timeouts: AtomicU64,
     pub not_found: AtomicU64,
     pub forbidden: AtomicU64,
+    /// Part published → blocked playlist request answered.
+    pub blocked_answer: AnswerHistogram,
 }
 
 impl HlsMetrics {
@@ -86,6 +164,7 @@ impl HlsMetrics {
             }
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        self.blocked_answer.render("wave_hls_blocked_answer_seconds", out);
     }
 }
 
@@ -102,7 +181,11 @@ impl HlsStore {
 
     /// Replaces room `room`'s snapshot and wakes the requests waiting on it.
     pub fn publish(&self, room: &str, snapshot: RoomSnapshot) {
-        let snapshot = Some(Arc::new(snapshot));
+        let snapshot = Some(Published {
+            snap: Arc::new(snapshot),
+            at: Instant::now(),
+            rendered: Arc::default(),
+        });
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         match rooms.get(room) {
             Some(tx) => {
@@ -398,10 +481,11 @@ impl HlsService {
             .store
             .subscribe(room)
             .ok_or((Refusal::NotFound("no such room"), 1))?;
-        let snap = rx
+        let published = rx
             .borrow_and_update()
             .clone()
             .ok_or((Refusal::NotFound("room has no media"), 1))?;
+        let snap = published.snap.clone();
         let td = snap.config.target_duration();
         let half = td.div_ceil(2).max(1);
         let nf = |why| (Refusal::NotFound(why), td);
@@ -432,7 +516,7 @@ impl HlsService {
                 }
                 if file == "index.m3u8" {
                     self.metrics.playlist_requests.fetch_add(1, Ordering::Relaxed);
-                    self.media_playlist(&mut rx, snap, rendition, &q, &suffix, gzip)
+                    self.media_playlist(&mut rx, published, rendition, &q, &suffix, gzip)
                         .await
                 } else {
                     self.metrics.media_requests.fetch_add(1, Ordering::Relaxed);
@@ -453,11 +537,11 @@ impl HlsService {
         rx: &mut watch::Receiver<Snapshot>,
         td: u32,
         ready: impl Fn(&RoomSnapshot) -> bool,
-    ) -> Result<Arc<RoomSnapshot>, (Refusal, u32)> {
+    ) -> Result<Published, (Refusal, u32)> {
         self.metrics.blocking_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.blocking_held.fetch_add(1, Ordering::Relaxed);
         let _held = Held(&self.metrics.blocking_held);
-        let wait = rx.wait_for(|s| s.as_ref().is_some_and(|s| ready(s)));
+        let wait = rx.wait_for(|s| s.as_ref().is_some_and(|s| ready(&s.snap)));
         match tokio::time::timeout(self.limit(td), wait).await {
             Ok(Ok(s)) => s.clone().ok_or((Refusal::NotFound("room ended"), td)),
             Ok(Err(_)) => Err((Refusal::NotFound("room ended"), td)),
@@ -468,41 +552,48 @@ impl HlsService {
     async fn media_playlist(
         &self,
         rx: &mut watch::Receiver<Snapshot>,
-        mut snap: Arc<RoomSnapshot>,
+        mut published: Published,
         rendition: &str,
         q: &Query<'_>,
         suffix: &str,
         gzip: bool,
     ) -> Result<Response<Full<Bytes>>, (Refusal, u32)> {
-        let td = snap.config.target_duration();
-        let r = snap
+        let td = published.snap.config.target_duration();
+        let r = published
+            .snap
             .renditions
             .get(rendition)
             .ok_or((Refusal::NotFound("unknown rendition"), td))?;
         let blocking = q.msn.is_some() && !r.ended;
+        let mut held_until = None;
         if let (Some(msn), false) = (q.msn, r.ended) {
-            reload_in_range(&snap, r, msn, q.part).map_err(|e| (e, td))?;
+            reload_in_range(&published.snap, r, msn, q.part).map_err(|e| (e, td))?;
             if !reload_ready(r, msn, q.part) {
                 let name = rendition.to_string();
                 let part = q.part;
-                snap = self
+                published = self
                     .hold(rx, td, move |s| {
                         s.renditions
                             .get(&name)
                             .is_some_and(|r| reload_ready(r, msn, part))
                     })
                     .await?;
+                held_until = Some(published.at);
             }
         }
         let not_found_age = if blocking { 4 * td } else { td };
-        let body = playlist::media_playlist(&snap, rendition, q.skip, suffix)
+        let (body, compressed) = rendered(&published, rendition, q.skip, suffix, gzip)
             .ok_or((Refusal::NotFound("rendition has no media yet"), not_found_age))?;
         let cache = if blocking {
             format!("public, max-age={}", 6 * td)
         } else {
             format!("public, max-age={}", td.div_ceil(2).max(1))
         };
-        Ok(respond(body.into(), PLAYLIST, &cache, gzip))
+        let resp = respond_encoded(body, compressed, PLAYLIST, &cache);
+        if let Some(at) = held_until {
+            self.metrics.blocked_answer.record(at.elapsed());
+        }
+        Ok(resp)
     }
 
     async fn media_file(
@@ -543,7 +634,8 @@ impl HlsService {
                     .get(&name)
                     .is_some_and(|r| r.files.contains_key(&wanted) || r.ended)
             })
-            .await?;
+            .await?
+            .snap;
         let bytes = snap
             .renditions
             .get(rendition)
@@ -558,19 +650,64 @@ impl HlsService {
     }
 }
 
-fn respond(body: Bytes, content_type: &'static str, cache: &str, gzip: bool) -> Response<Full<Bytes>> {
-    let mut encoded = None;
+/// The media playlist of `rendition` in `published`, rendered and encoded
+/// once per snapshot and variant of the request; (body, gzipped).
+fn rendered(
+    published: &Published,
+    rendition: &str,
+    skip: bool,
+    suffix: &str,
+    gzip: bool,
+) -> Option<(Bytes, bool)> {
+    let mut cache = published.rendered.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache
+        .iter()
+        .find(|r| r.rendition == rendition && r.skip == skip && r.gzip == gzip && r.suffix == suffix)
+    {
+        return Some((r.body.clone(), r.compressed));
+    }
+    let text = playlist::media_playlist(&published.snap, rendition, skip, suffix)?;
+    let (body, compressed) = encode(text.into(), gzip);
+    if cache.len() >= RENDERED_MAX {
+        cache.remove(0);
+    }
+    cache.push(Rendered {
+        rendition: rendition.to_string(),
+        skip,
+        suffix: suffix.to_string(),
+        gzip,
+        body: body.clone(),
+        compressed,
+    });
+    Some((body, compressed))
+}
+
+/// `body` gzipped when the client takes it and it is worth it; (bytes, gzipped).
+fn encode(body: Bytes, gzip: bool) -> (Bytes, bool) {
     if gzip && body.len() >= GZIP_MIN {
         let mut enc =
             flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::fast());
         if enc.write_all(&body).is_ok()
             && let Ok(out) = enc.finish()
         {
-            encoded = Some(Bytes::from(out));
+            return (Bytes::from(out), true);
         }
     }
-    let compressed = encoded.is_some();
-    let mut resp = Response::new(Full::new(encoded.unwrap_or(body)));
+    (body, false)
+}
+
+fn respond(body: Bytes, content_type: &'static str, cache: &str, gzip: bool) -> Response<Full<Bytes>> {
+    let (body, compressed) = encode(body, gzip);
+    respond_encoded(body, compressed, content_type, cache)
+}
+
+fn respond_encoded(
+    body: Bytes,
+    compressed: bool,
+    content_type: &'static str,
+    cache: &str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(cache) {

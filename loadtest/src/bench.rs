@@ -57,13 +57,13 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// A node under test, killed on drop.
-struct NodeProcess {
-    child: Child,
-    url: String,
+pub(crate) struct NodeProcess {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl NodeProcess {
-    fn start(binary: &Path, workers: usize) -> Result<NodeProcess, Error> {
+    pub(crate) fn start(binary: &Path, workers: usize) -> Result<NodeProcess, Error> {
         let mut child = Command::new(binary)
             .args([
                 "serve",
@@ -236,9 +236,14 @@ const END: &str = "<!-- loadtest-bench:end -->";
 
 /// Replaces the marked section of `doc`, or appends it.
 pub fn replace_section(doc: &str, section: &str) -> String {
-    match (doc.find(BEGIN), doc.find(END)) {
+    replace_marked(doc, section, BEGIN, END)
+}
+
+/// Replaces the section of `doc` between the `begin` and `end` markers, or appends it.
+pub fn replace_marked(doc: &str, section: &str, begin: &str, end: &str) -> String {
+    match (doc.find(begin), doc.find(end)) {
         (Some(a), Some(b)) if b > a => {
-            let tail = &doc[b + END.len()..];
+            let tail = &doc[b + end.len()..];
             format!("{}{}{}", &doc[..a], section.trim_end(), tail)
         }
         _ => {

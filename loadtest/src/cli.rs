@@ -35,6 +35,52 @@ pub enum Scenario {
     Churn(ChurnArgs),
     /// Start a release `sfu` per fixed scenario, measure the floor, write BENCHMARKS.md.
     Bench(BenchArgs),
+    /// LL-HLS viewers (blocking playlist reloads, parts) of one room.
+    Hls(HlsArgs),
+    /// Start a release `sfu`, publish, run LL-HLS viewers, write BENCHMARKS.md.
+    BenchHls(BenchHlsArgs),
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct HlsArgs {
+    /// LL-HLS viewers.
+    #[arg(long, env = "LOADTEST_VIEWERS", default_value_t = 10)]
+    pub viewers: usize,
+    /// Watch this room (already published, any LL-HLS origin); without it
+    /// the load tester publishes its own stream to room `lt{seed}-0`.
+    #[arg(long, env = "LOADTEST_ROOM")]
+    pub room: Option<String>,
+    /// Multivariant playlist path; `{room}` is replaced.
+    #[arg(long, env = "LOADTEST_HLS_PATH", default_value = "/hls/{room}/index.m3u8")]
+    pub hls_path: String,
+    /// Variant: lowest, middle or highest bandwidth (auto: lowest).
+    #[arg(long, env = "LOADTEST_LAYER", value_enum, default_value_t = LayerChoice::Low)]
+    pub layer: LayerChoice,
+    /// Video only: do not follow the audio rendition.
+    #[arg(long, env = "LOADTEST_HLS_NO_AUDIO")]
+    pub no_audio: bool,
+    /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1 keep-alive.
+    #[arg(long, env = "LOADTEST_H2C")]
+    pub h2c: bool,
+    /// Do not fetch the preload-hinted part (hls.js 1.x does not).
+    #[arg(long, env = "LOADTEST_HLS_NO_HINT")]
+    pub no_hint: bool,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct BenchHlsArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub hls: HlsArgs,
+    /// The node binary (default: `sfu` next to this binary).
+    #[arg(long, env = "LOADTEST_SFU")]
+    pub sfu: Option<PathBuf>,
+    /// Markdown file whose LL-HLS benchmark section is replaced ("" for none).
+    #[arg(long, env = "LOADTEST_BENCH_OUT", default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// `--workers` of the node.
+    #[arg(long, env = "LOADTEST_NODE_WORKERS", default_value_t = 1)]
+    pub node_workers: usize,
 }
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -230,6 +276,8 @@ pub fn parse() -> Result<Cli, Error> {
         Scenario::Meeting(a) => Scenario::Meeting(merge(a, sub, &table, &mut used)?),
         Scenario::Churn(a) => Scenario::Churn(merge(a, sub, &table, &mut used)?),
         Scenario::Bench(a) => Scenario::Bench(merge(a, sub, &table, &mut used)?),
+        Scenario::Hls(a) => Scenario::Hls(merge(a, sub, &table, &mut used)?),
+        Scenario::BenchHls(a) => Scenario::BenchHls(merge(a, sub, &table, &mut used)?),
     };
     cli.common = common;
     if let Some(unknown) = table.keys().find(|k| !used.contains(k)) {
@@ -255,6 +303,8 @@ impl Cli {
             Scenario::Churn(a) => (Plan::Churn { rate: a.churn }, 1, a.viewers, a.layer),
             // The template of the benchmark's cases; each sets its own shape.
             Scenario::Bench(_) => (Plan::Fanout, 1, 0, LayerChoice::Low),
+            // The LL-HLS runs' publisher.
+            Scenario::Hls(_) | Scenario::BenchHls(_) => (Plan::Fanout, 1, 0, LayerChoice::Low),
         };
         if publishers == 0 {
             return Err(Error::Config("at least one publisher".into()));

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use loadtest::{bench, cli, report, run};
+use loadtest::{bench, cli, hls_bench, report, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -27,6 +27,9 @@ fn main() -> ExitCode {
 }
 
 fn execute(cli: &cli::Cli) -> Result<ExitCode, loadtest::Error> {
+    if let cli::Scenario::Hls(_) | cli::Scenario::BenchHls(_) = &cli.command {
+        return hls_bench::execute(cli);
+    }
     let expect = match &cli.common.expect {
         Some(spec) => report::parse_expect(spec)?,
         None => Vec::new(),
@@ -52,18 +55,5 @@ fn execute(cli: &cli::Cli) -> Result<ExitCode, loadtest::Error> {
         return Ok(ExitCode::SUCCESS);
     }
     let report = runtime.block_on(run::run(config))?;
-    print!("{}", report.table());
-    if let Some(path) = &cli.common.json {
-        let json =
-            serde_json::to_string_pretty(&report).map_err(|e| loadtest::Error::Config(e.to_string()))?;
-        std::fs::write(path, json)?;
-    }
-    let missed = report::check(&report, &expect);
-    if missed.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    for m in &missed {
-        eprintln!("expectation missed: {m}");
-    }
-    Ok(ExitCode::from(3))
+    report::finish(&report, &report.table(), cli.common.json.as_deref(), &expect)
 }

@@ -318,8 +318,53 @@ pub enum Op {
     Ge,
 }
 
-/// Parses `loss<0.5%,join_p95<300ms`.
+/// The unit a metric is compared in (what `--expect` accepts after the number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Milliseconds; `us`/`µs`/`s` are converted.
+    Ms,
+    Micros,
+    Percent,
+    KiB,
+    Count,
+}
+
+/// A report `--expect` can check.
+pub trait Expectable {
+    /// A metric by its `--expect` name, in its base unit.
+    fn metric(&self, name: &str) -> Option<f64>;
+}
+
+impl Expectable for Report {
+    fn metric(&self, name: &str) -> Option<f64> {
+        Report::metric(self, name)
+    }
+}
+
+/// The unit of a WebRTC report metric; `None` for an unknown name.
+pub fn unit(metric: &str) -> Option<Unit> {
+    let known = Report::default().metric(metric).is_some()
+        || matches!(metric, "cpu_us_per_packet" | "mem_per_viewer" | "packets_per_sec");
+    Some(match metric {
+        _ if !known => return None,
+        m if m.starts_with("join_") || m.starts_with("latency") || m.starts_with("jitter") => Unit::Ms,
+        "cpu_us_per_packet" => Unit::Micros,
+        m if m.starts_with("loss") || m == "joined" => Unit::Percent,
+        "mem_per_viewer" => Unit::KiB,
+        _ => Unit::Count,
+    })
+}
+
+/// Parses `loss<0.5%,join_p95<300ms` for the WebRTC report.
 pub fn parse_expect(spec: &str) -> Result<Vec<Expectation>, Error> {
+    parse_expect_with(spec, unit)
+}
+
+/// Parses `--expect` clauses whose metrics `unit_of` knows.
+pub fn parse_expect_with(
+    spec: &str,
+    unit_of: impl Fn(&str) -> Option<Unit>,
+) -> Result<Vec<Expectation>, Error> {
     let mut out = Vec::new();
     for clause in spec.split(',').map(str::trim).filter(|c| !c.is_empty()) {
         let (pos, op, len) = ["<=", ">=", "<", ">"]
@@ -335,32 +380,19 @@ pub fn parse_expect(spec: &str) -> Result<Vec<Expectation>, Error> {
             .parse()
             .map_err(|_| Error::Config(format!("expect `{clause}`: `{raw}` is not a number")))?;
         let unit = raw[split..].trim();
-        let time_ms =
-            metric.starts_with("join_") || metric.starts_with("latency") || metric.starts_with("jitter");
-        let value = match (unit, time_ms) {
-            ("" | "ms", true) => number,
-            ("us" | "µs", true) => number / 1000.0,
-            ("s", true) => number * 1000.0,
-            ("us" | "µs" | "", false) if metric == "cpu_us_per_packet" => number,
-            ("%" | "", false) if metric.starts_with("loss") || metric == "joined" => number,
-            ("KiB" | "kib" | "", false) if metric == "mem_per_viewer" => number,
-            ("", false) => number,
+        let kind = unit_of(&metric)
+            .ok_or_else(|| Error::Config(format!("expect `{clause}`: unknown metric `{metric}`")))?;
+        let value = match (kind, unit) {
+            (Unit::Ms, "" | "ms") | (Unit::Micros, "" | "us" | "µs") | (Unit::Percent, "" | "%") => number,
+            (Unit::KiB, "" | "KiB" | "kib") | (Unit::Count, "") => number,
+            (Unit::Ms, "us" | "µs") => number / 1000.0,
+            (Unit::Ms, "s") => number * 1000.0,
             _ => {
                 return Err(Error::Config(format!(
                     "expect `{clause}`: unit `{unit}` does not fit `{metric}`"
                 )));
             }
         };
-        if Report::default().metric(&metric).is_none()
-            && !matches!(
-                metric.as_str(),
-                "cpu_us_per_packet" | "mem_per_viewer" | "packets_per_sec"
-            )
-        {
-            return Err(Error::Config(format!(
-                "expect `{clause}`: unknown metric `{metric}`"
-            )));
-        }
         let op = match op {
             "<" => Op::Lt,
             "<=" => Op::Le,
@@ -379,7 +411,7 @@ pub fn parse_expect(spec: &str) -> Result<Vec<Expectation>, Error> {
 
 /// The clauses the report misses, with what was measured (a metric the
 /// run could not measure misses too).
-pub fn check(report: &Report, expect: &[Expectation]) -> Vec<String> {
+pub fn check(report: &impl Expectable, expect: &[Expectation]) -> Vec<String> {
     expect
         .iter()
         .filter_map(|e| {
@@ -395,6 +427,30 @@ pub fn check(report: &Report, expect: &[Expectation]) -> Vec<String> {
             (!ok).then(|| format!("{}: measured {v:.3}", e.text))
         })
         .collect()
+}
+
+/// Prints the table, writes the JSON, checks the expectations: the end of
+/// every scenario's run. Exit code 3 when an expectation is missed.
+pub fn finish<R: Expectable + Serialize>(
+    report: &R,
+    table: &str,
+    json: Option<&std::path::Path>,
+    expect: &[Expectation],
+) -> Result<std::process::ExitCode, Error> {
+    print!("{table}");
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report).map_err(|e| Error::Config(e.to_string()))?;
+        std::fs::write(path, text)?;
+    }
+    let missed = check(report, expect);
+    for m in &missed {
+        eprintln!("expectation missed: {m}");
+    }
+    Ok(if missed.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(3)
+    })
 }
 
 #[cfg(test)]

@@ -4,4 +4,5 @@
 mod cluster_redirect;
 mod common;
 mod fanout_against_node;
+mod hls_against_node;
 mod meeting_and_churn_against_node;

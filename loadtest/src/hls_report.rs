@@ -1,0 +1,410 @@
+//! The LL-HLS run's numbers: per-viewer samples aggregated, the node's
+//! side (requests served per CPU core, the blocked-request answer delay from
+//! its histogram), a table, JSON and the `--expect` metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::hls::{HlsConfig, ViewerHls, histogram};
+use crate::report::{Expectable, Unit};
+use crate::stats::Summary;
+
+/// The node's histogram of "part published → blocked playlist answered".
+pub const BLOCKED_HISTOGRAM: &str = "wave_hls_blocked_answer_seconds";
+
+/// Cumulative bucket counts of a Prometheus histogram: (upper bound in
+/// seconds, count ≤ bound), `+Inf` last.
+pub type Buckets = Vec<(f64, f64)>;
+
+/// The `{name}_bucket{le="…"}` lines of a Prometheus text page.
+pub fn prom_histogram(text: &str, name: &str) -> Option<Buckets> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut out: Buckets = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, value) = rest.split_once("\"}")?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, value.trim().parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (!out.is_empty()).then_some(out)
+}
+
+/// Quantile `q` (0–1) of the observations between two readings of a
+/// cumulative histogram, interpolated linearly inside the bucket (as
+/// Prometheus' `histogram_quantile` does); in seconds. `None` without
+/// observations; the largest finite bound when it falls in `+Inf`.
+pub fn histogram_quantile(before: Option<&Buckets>, after: &Buckets, q: f64) -> Option<f64> {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(b, c)| {
+            let old = before
+                .and_then(|v| v.iter().find(|(x, _)| x == b))
+                .map_or(0.0, |x| x.1);
+            (*b, (c - old).max(0.0))
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(bound, count) in &delta {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(lower.0);
+            }
+            let width = count - lower.1;
+            let frac = if width > 0.0 {
+                (rank - lower.1) / width
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (bound - lower.0) * frac);
+        }
+        lower = (bound, count);
+    }
+    Some(lower.0)
+}
+
+/// Client-side summaries `--expect` names as `{name}_p50|p95|p99|max`.
+const SUMMARIES: [&str; 5] = ["tune_in", "part", "reload", "reload_wait", "playlist"];
+
+/// One reading of the node.
+#[derive(Debug, Clone)]
+pub struct ServerSample {
+    pub at: Instant,
+    pub cpu_seconds: Option<f64>,
+    /// `wave_hls_requests_total`.
+    pub requests: Option<f64>,
+    pub blocked: Option<Buckets>,
+}
+
+impl Default for ServerSample {
+    fn default() -> Self {
+        ServerSample {
+            at: Instant::now(),
+            cpu_seconds: None,
+            requests: None,
+            blocked: None,
+        }
+    }
+}
+
+/// What the node did in the measured window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerHls {
+    /// HLS requests the node answered per second.
+    pub requests_per_sec: Option<f64>,
+    /// Share of one core the node used.
+    pub cpu_cores: Option<f64>,
+    /// Requests per second per core of node CPU.
+    pub requests_per_core: Option<f64>,
+    /// Blocked playlist requests answered in the window.
+    pub blocked_answers: Option<f64>,
+    /// Part published → blocked playlist answered (node side), ms.
+    pub blocked_p50_ms: Option<f64>,
+    pub blocked_p99_ms: Option<f64>,
+}
+
+impl ServerHls {
+    pub fn compute(start: &ServerSample, end: &ServerSample) -> ServerHls {
+        let secs = end.at.saturating_duration_since(start.at).as_secs_f64();
+        let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?).filter(|_| secs > 0.0);
+        let requests = diff(start.requests, end.requests);
+        let cpu = diff(start.cpu_seconds, end.cpu_seconds);
+        let q = |p: f64| {
+            end.blocked
+                .as_ref()
+                .and_then(|after| histogram_quantile(start.blocked.as_ref(), after, p))
+                .map(|s| s * 1000.0)
+        };
+        ServerHls {
+            requests_per_sec: requests.map(|r| r / secs),
+            cpu_cores: cpu.map(|c| c / secs),
+            requests_per_core: match (requests, cpu) {
+                (Some(r), Some(c)) if c > 0.0 => Some(r / c),
+                _ => None,
+            },
+            blocked_answers: end.blocked.as_ref().and_then(|after| {
+                let before = start.blocked.as_ref().and_then(|b| b.last()).map_or(0.0, |x| x.1);
+                Some(after.last()?.1 - before)
+            }),
+            blocked_p50_ms: q(0.50),
+            blocked_p99_ms: q(0.99),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HlsReport {
+    pub scenario: String,
+    pub seed: u64,
+    pub room: String,
+    /// "http/1.1" or "h2c".
+    pub transport: String,
+    pub duration_secs: f64,
+    /// Our own publisher's state, when the run published.
+    pub publisher: Option<String>,
+    pub viewers_planned: usize,
+    /// Viewers that held a first part.
+    pub viewers_joined: usize,
+    pub viewers_failed: usize,
+    /// Start → first part held, ms.
+    pub tune_in_ms: Summary,
+    /// Part media end (PROGRAM-DATE-TIME) → whole part held, ms.
+    pub part_ms: Summary,
+    /// Part media end → blocking playlist answer listing it arrived, ms.
+    pub reload_ms: Summary,
+    /// How long a blocking playlist request was held, ms.
+    pub reload_wait_ms: Summary,
+    /// Non-blocking playlist round trip, ms.
+    pub playlist_ms: Summary,
+    /// Parts held in the window (every viewer, video and audio).
+    pub parts: u64,
+    /// Media the viewers received in the window.
+    pub mbit_per_sec: f64,
+    pub stalls: u64,
+    pub stall_ms: f64,
+    pub viewer_stalls: Summary,
+    /// Failed requests: by HTTP status, "timeout", "connect", "body", "playlist".
+    pub failures: BTreeMap<String, u64>,
+    pub errors_total: u64,
+    /// Why viewers never got going, by message.
+    pub errors: BTreeMap<String, u64>,
+    /// Requests the viewers sent per second in the window.
+    pub client_requests_per_sec: f64,
+    pub server: ServerHls,
+}
+
+impl HlsReport {
+    pub fn build(
+        cfg: &HlsConfig,
+        viewers: &[ViewerHls],
+        server: ServerHls,
+        client_rps: f64,
+        client_mbps: f64,
+    ) -> HlsReport {
+        let secs = cfg.duration.as_secs_f64();
+        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for v in viewers {
+            for (k, n) in &v.failures {
+                *failures.entry(k.clone()).or_default() += n;
+            }
+            if let Some(e) = &v.error {
+                *errors.entry(e.clone()).or_default() += 1;
+            }
+        }
+        let joined = viewers.iter().filter(|v| v.tune_in_ms.is_some()).count();
+        HlsReport {
+            scenario: "hls".into(),
+            seed: cfg.seed,
+            room: cfg.room.clone(),
+            transport: if cfg.h2 { "h2c" } else { "http/1.1" }.into(),
+            duration_secs: secs,
+            publisher: None,
+            viewers_planned: cfg.viewers,
+            viewers_joined: joined,
+            viewers_failed: cfg.viewers.saturating_sub(joined),
+            tune_in_ms: Summary::of(viewers.iter().filter_map(|v| v.tune_in_ms)),
+            part_ms: histogram(viewers.iter().map(|v| &v.part_us)).summary_ms(),
+            reload_ms: histogram(viewers.iter().map(|v| &v.reload_us)).summary_ms(),
+            reload_wait_ms: histogram(viewers.iter().map(|v| &v.reload_wait_us)).summary_ms(),
+            playlist_ms: histogram(viewers.iter().map(|v| &v.playlist_us)).summary_ms(),
+            parts: viewers.iter().map(|v| v.part_us.len() as u64).sum(),
+            mbit_per_sec: client_mbps,
+            stalls: viewers.iter().map(|v| v.stalls).sum(),
+            stall_ms: viewers.iter().map(|v| v.stall_ms).sum(),
+            viewer_stalls: Summary::of(viewers.iter().map(|v| v.stalls as f64)),
+            errors_total: failures.values().sum(),
+            failures,
+            errors,
+            client_requests_per_sec: client_rps,
+            server,
+        }
+    }
+
+    /// The unit of a metric `--expect` can name; `None` for an unknown one.
+    pub fn unit(metric: &str) -> Option<Unit> {
+        Some(match metric {
+            "joined" => Unit::Percent,
+            "errors" | "timeouts" | "stalls" | "parts" | "requests_per_core" | "requests_per_sec" => {
+                Unit::Count
+            }
+            "blocked_p50" | "blocked_p99" => Unit::Ms,
+            m => {
+                let (base, q) = m.rsplit_once('_')?;
+                let known = SUMMARIES.contains(&base) && matches!(q, "p50" | "p95" | "p99" | "max");
+                return known.then_some(Unit::Ms);
+            }
+        })
+    }
+
+    /// The table.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "scenario hls (seed {}) room {} over {}, {:.1} s measured: viewers {}/{} got parts, {} failed{}",
+            self.seed,
+            self.room,
+            self.transport,
+            self.duration_secs,
+            self.viewers_joined,
+            self.viewers_planned,
+            self.viewers_failed,
+            self.publisher
+                .as_ref()
+                .map_or(String::new(), |p| format!("; publisher {p}"))
+        );
+        let _ = writeln!(
+            o,
+            "  {:<34} {:>9} {:>9} {:>9} {:>9}",
+            "", "p50", "p95", "p99", "max"
+        );
+        let row = |o: &mut String, name: &str, s: &Summary| {
+            let _ = writeln!(
+                o,
+                "  {name:<34} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  ms ({} samples)",
+                s.p50, s.p95, s.p99, s.max, s.count
+            );
+        };
+        row(&mut o, "tune-in (start → first part)", &self.tune_in_ms);
+        row(&mut o, "part: media end → held", &self.part_ms);
+        row(&mut o, "reload: media end → answer", &self.reload_ms);
+        row(&mut o, "reload: held by the server", &self.reload_wait_ms);
+        row(&mut o, "playlist round trip (no block)", &self.playlist_ms);
+        let _ = writeln!(
+            o,
+            "  {} parts held in the window, {:.1} Mbit/s; {} stalls ({:.0} ms); {:.0} requests/s sent",
+            self.parts, self.mbit_per_sec, self.stalls, self.stall_ms, self.client_requests_per_sec
+        );
+        let s = &self.server;
+        let f = |v: Option<f64>, d: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.d$}"));
+        let _ = writeln!(
+            o,
+            "  node: {} requests/s on {} cores = {} requests/s per core; blocked playlist answered {} ms p50, {} ms p99 after the part ({} answers)",
+            f(s.requests_per_sec, 0),
+            f(s.cpu_cores, 2),
+            f(s.requests_per_core, 0),
+            f(s.blocked_p50_ms, 2),
+            f(s.blocked_p99_ms, 2),
+            f(s.blocked_answers, 0),
+        );
+        let _ = writeln!(o, "  failed requests: {} {:?}", self.errors_total, self.failures);
+        if !self.errors.is_empty() {
+            let _ = writeln!(o, "  viewer errors: {:?}", self.errors);
+        }
+        o
+    }
+}
+
+impl Expectable for HlsReport {
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (base, q) = name.rsplit_once('_').unwrap_or((name, ""));
+        let summary = match base {
+            "tune_in" => Some(&self.tune_in_ms),
+            "part" => Some(&self.part_ms),
+            "reload" => Some(&self.reload_ms),
+            "reload_wait" => Some(&self.reload_wait_ms),
+            "playlist" => Some(&self.playlist_ms),
+            _ => None,
+        };
+        if let Some(s) = summary {
+            return match q {
+                "p50" => Some(s.p50),
+                "p95" => Some(s.p95),
+                "p99" => Some(s.p99),
+                "max" => Some(s.max),
+                _ => None,
+            };
+        }
+        Some(match name {
+            "joined" => {
+                if self.viewers_planned == 0 {
+                    100.0
+                } else {
+                    self.viewers_joined as f64 * 100.0 / self.viewers_planned as f64
+                }
+            }
+            "errors" => self.errors_total as f64,
+            "timeouts" => self.failures.get("timeout").copied().unwrap_or(0) as f64,
+            "stalls" => self.stalls as f64,
+            "parts" => self.parts as f64,
+            "blocked_p50" => self.server.blocked_p50_ms?,
+            "blocked_p99" => self.server.blocked_p99_ms?,
+            "requests_per_core" => self.server.requests_per_core?,
+            "requests_per_sec" => self.server.requests_per_sec?,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{check, parse_expect_with};
+
+    #[test]
+    fn histogram_from_metrics_text() {
+        let t0 = "wave_hls_blocked_answer_seconds_bucket{le=\"0.001\"} 10\n\
+wave_hls_blocked_answer_seconds_bucket{le=\"0.005\"} 10\n\
+wave_hls_blocked_answer_seconds_bucket{le=\"+Inf\"} 10\nwave_hls_blocked_answer_seconds_count 10\n";
+        let t1 = "wave_hls_blocked_answer_seconds_bucket{le=\"0.001\"} 60\n\
+wave_hls_blocked_answer_seconds_bucket{le=\"0.005\"} 109\n\
+wave_hls_blocked_answer_seconds_bucket{le=\"+Inf\"} 110\n";
+        let a = prom_histogram(t0, BLOCKED_HISTOGRAM).unwrap();
+        let b = prom_histogram(t1, BLOCKED_HISTOGRAM).unwrap();
+        assert_eq!(b.len(), 3);
+        // 100 new: 50 ≤ 1 ms, 49 in (1, 5] ms, 1 above.
+        let p50 = histogram_quantile(Some(&a), &b, 0.5).unwrap();
+        assert!((p50 - 0.001).abs() < 1e-9, "{p50}");
+        let p75 = histogram_quantile(Some(&a), &b, 0.75).unwrap();
+        assert!((p75 - (0.001 + 0.004 * 25.0 / 49.0)).abs() < 1e-9, "{p75}");
+        assert_eq!(histogram_quantile(Some(&a), &b, 1.0), Some(0.005));
+        assert_eq!(histogram_quantile(Some(&a), &a, 0.5), None);
+        assert!(prom_histogram("x 1\n", BLOCKED_HISTOGRAM).is_none());
+    }
+
+    #[test]
+    fn expectations_on_hls_numbers() {
+        let e = parse_expect_with(
+            "part_p99<500ms,errors<1,joined>=100%,blocked_p99<=5ms",
+            HlsReport::unit,
+        )
+        .unwrap();
+        assert_eq!(e.len(), 4);
+        let mut r = HlsReport {
+            viewers_planned: 4,
+            viewers_joined: 4,
+            ..HlsReport::default()
+        };
+        r.part_ms.p99 = 120.0;
+        r.server.blocked_p99_ms = Some(2.0);
+        assert!(check(&r, &e).is_empty(), "{:?}", check(&r, &e));
+        r.errors_total = 2;
+        r.server.blocked_p99_ms = None;
+        let missed = check(&r, &e);
+        assert_eq!(missed.len(), 2, "{missed:?}");
+        for bad in [
+            "part_p98<1ms",
+            "errors<1ms",
+            "joined<1ms",
+            "nosuch<1",
+            "part_p99<1%",
+        ] {
+            assert!(parse_expect_with(bad, HlsReport::unit).is_err(), "{bad}");
+        }
+    }
+}
