@@ -1,7 +1,11 @@
 #![allow(dead_code)]
+/// hls-bridge's LL-HLS conformance checker (C1–C12, C16–C18).
+#[path = "../../../hls-bridge/tests/common/checker.rs"]
+pub mod checker;
 #[path = "../../../signaling/tests/common/nats.rs"]
 pub mod nats;
 pub mod node;
+pub mod publisher;
 pub mod sim;
 
 use sim::Received;
