@@ -4,7 +4,8 @@
 //!
 //! Paths: `/hls/{room}/index.m3u8` (multivariant), `/hls/{room}/manifest.mpd`
 //! (DASH), `/hls/{room}/{session}/{rendition}/index.m3u8` and the files next
-//! to it (`init_{n}.mp4`, `seg_{msn}.m4s`, `part_{msn}_{i}.m4s`).
+//! to it (`init_{n}.mp4`, `seg_{msn}.m4s`, `part_{msn}_{i}.m4s`), and
+//! `/hls/{room}/thumbnail.jpg` / `.png` (the latest top-layer IDR).
 //!
 //! - Blocking playlist reload (`_HLS_msn`, `_HLS_part`): held until the
 //!   part (or segment) exists, never answered early; the whole playlist
@@ -41,6 +42,7 @@ use tracing::{debug, warn};
 
 use crate::playlist;
 use crate::segmenter::{RenditionSnapshot, RoomSnapshot};
+use crate::thumbnail::{ImageFormat, Keyframe};
 
 const PLAYLIST: &str = "application/vnd.apple.mpegurl";
 const DASH: &str = "application/dash+xml";
@@ -510,6 +512,10 @@ impl HlsService {
                     gzip,
                 ))
             }
+            [file @ ("thumbnail.jpg" | "thumbnail.png")] => {
+                self.metrics.media_requests.fetch_add(1, Ordering::Relaxed);
+                thumbnail(&snap, file).await
+            }
             [session, rendition, file] => {
                 if session != snap.session {
                     return Err(nf("unknown session"));
@@ -647,6 +653,51 @@ impl HlsService {
             &format!("public, max-age={}", 6 * td),
             false,
         ))
+    }
+}
+
+/// `thumbnail.jpg` / `thumbnail.png`: the latest top-layer IDR, decoded on
+/// the first request for it (on tokio's blocking pool: a 720p IDR takes
+/// milliseconds) and cached in the snapshot's [`Keyframe`] until the next
+/// IDR replaces it. 404 before the first IDR. Cached by clients and CDNs
+/// for one segment target, the keyframe period.
+async fn thumbnail(snap: &RoomSnapshot, file: &str) -> Result<Response<Full<Bytes>>, (Refusal, u32)> {
+    let format = file
+        .rsplit_once('.')
+        .and_then(|(_, ext)| ImageFormat::from_extension(ext))
+        .ok_or((Refusal::NotFound("unknown image format"), 1))?;
+    let keyframe: Arc<Keyframe> = snap
+        .thumbnail
+        .clone()
+        .ok_or((Refusal::NotFound("no keyframe yet"), 1))?;
+    let rendered = if keyframe.is_rendered(format) {
+        keyframe.render(format)
+    } else {
+        let k = keyframe.clone();
+        match tokio::task::spawn_blocking(move || k.render(format)).await {
+            Ok(r) => r,
+            Err(e) => Err(crate::Error::Image(e.to_string())),
+        }
+    };
+    let image = rendered.map_err(|e| {
+        warn!(error = %e, "thumbnail: the latest keyframe does not decode");
+        (Refusal::NotFound("the latest keyframe does not decode"), 1)
+    })?;
+    let max_age = snap.config.segment_target.as_secs().max(1);
+    Ok(respond(
+        Bytes::from_owner(SharedImage(image)),
+        format.content_type(),
+        &format!("public, max-age={max_age}"),
+        false,
+    ))
+}
+
+/// A rendered thumbnail served without copying it.
+struct SharedImage(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedImage {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

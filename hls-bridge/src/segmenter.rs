@@ -25,12 +25,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::fmp4::{self, OpusConfig, TrackConfig};
+use crate::thumbnail::Keyframe;
 use crate::{Error, Frame, TrackId};
 
 /// Decode time of the room's first sample: keeps every `tfdt` positive even
@@ -232,6 +234,10 @@ pub struct RoomSnapshot {
     pub epoch: Option<Duration>,
     /// Bumped on every change.
     pub version: u64,
+    /// The latest IDR of the top layer, for `thumbnail.jpg`/`.png`. The
+    /// driver that keeps a [`crate::thumbnail::ThumbnailCache`] attaches it
+    /// (the packager leaves it `None`); rendered lazily on request.
+    pub thumbnail: Option<Arc<Keyframe>>,
 }
 
 impl RoomSnapshot {
@@ -454,6 +460,7 @@ impl Packager {
                 .collect(),
             epoch: self.epoch.map(|e| e.saturating_sub(BASE)),
             version: self.version,
+            thumbnail: None,
         }
     }
 

@@ -7,7 +7,7 @@
 //! takes milliseconds, so the HTTP layer calls it from a blocking task.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -80,14 +80,73 @@ pub fn render(
     encode_image(&picture, format, config.jpeg_quality)
 }
 
-/// One room's stored IDR and what was rendered from it.
+/// One stored IDR and what was rendered from it: each format is rendered
+/// at most once, on the first request, by whichever caller asks first
+/// (others wait for that result). Shared (`Arc`) so the HTTP layer can
+/// render it off the media path without holding any lock of the cache.
 #[derive(Debug)]
-struct Entry {
+pub struct Keyframe {
     layer: u8,
     received: Instant,
     avc: AvcConfig,
     au: AccessUnit,
-    rendered: BTreeMap<ImageFormat, Arc<Vec<u8>>>,
+    config: ThumbnailConfig,
+    jpeg: OnceLock<Result<Arc<Vec<u8>>, String>>,
+    png: OnceLock<Result<Arc<Vec<u8>>, String>>,
+}
+
+impl Keyframe {
+    /// The IDR `au` of a stream with parameters `avc`, of simulcast `layer`.
+    pub fn new(
+        layer: u8,
+        received: Instant,
+        avc: AvcConfig,
+        au: AccessUnit,
+        config: ThumbnailConfig,
+    ) -> Self {
+        Self {
+            layer,
+            received,
+            avc,
+            au,
+            config,
+            jpeg: OnceLock::new(),
+            png: OnceLock::new(),
+        }
+    }
+
+    pub fn layer(&self) -> u8 {
+        self.layer
+    }
+
+    /// RTP timestamp (90 kHz, unwrapped) of the IDR: names this picture.
+    pub fn timestamp(&self) -> i64 {
+        self.au.timestamp
+    }
+
+    /// The picture as `format`; decoded and encoded on the first call only
+    /// (a failure is remembered too: the same IDR never decodes later).
+    pub fn render(&self, format: ImageFormat) -> Result<Arc<Vec<u8>>, Error> {
+        let cell = match format {
+            ImageFormat::Jpeg => &self.jpeg,
+            ImageFormat::Png => &self.png,
+        };
+        cell.get_or_init(|| {
+            render(&self.avc, &self.au, format, &self.config)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(Error::Image)
+    }
+
+    /// Whether `format` was rendered already (cheap to serve).
+    pub fn is_rendered(&self, format: ImageFormat) -> bool {
+        match format {
+            ImageFormat::Jpeg => self.jpeg.get().is_some(),
+            ImageFormat::Png => self.png.get().is_some(),
+        }
+    }
 }
 
 /// The latest top-layer IDR per room, rendered on demand. `K` is the
@@ -95,7 +154,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct ThumbnailCache<K> {
     config: ThumbnailConfig,
-    rooms: BTreeMap<K, Entry>,
+    rooms: BTreeMap<K, Arc<Keyframe>>,
 }
 
 impl<K: Ord> ThumbnailCache<K> {
@@ -121,28 +180,22 @@ impl<K: Ord> ThumbnailCache<K> {
         }
         self.rooms.insert(
             room,
-            Entry {
-                layer,
-                received: now,
-                avc: avc.clone(),
-                au: au.clone(),
-                rendered: BTreeMap::new(),
-            },
+            Arc::new(Keyframe::new(layer, now, avc.clone(), au.clone(), self.config)),
         );
+    }
+
+    /// The room's stored IDR, to render (possibly on another thread).
+    pub fn latest(&self, room: &K) -> Option<Arc<Keyframe>> {
+        self.rooms.get(room).cloned()
     }
 
     /// The room's thumbnail as `format`; `Ok(None)` when the room has sent
     /// no IDR yet (a 404 for the HTTP layer). Rendered once per IDR.
-    pub fn thumbnail(&mut self, room: &K, format: ImageFormat) -> Result<Option<Arc<Vec<u8>>>, Error> {
-        let Some(entry) = self.rooms.get_mut(room) else {
-            return Ok(None);
-        };
-        if let Some(image) = entry.rendered.get(&format) {
-            return Ok(Some(image.clone()));
+    pub fn thumbnail(&self, room: &K, format: ImageFormat) -> Result<Option<Arc<Vec<u8>>>, Error> {
+        match self.rooms.get(room) {
+            Some(keyframe) => keyframe.render(format).map(Some),
+            None => Ok(None),
         }
-        let image = Arc::new(render(&entry.avc, &entry.au, format, &self.config)?);
-        entry.rendered.insert(format, image.clone());
-        Ok(Some(image))
     }
 
     /// The room closed.

@@ -108,6 +108,16 @@ pub struct ServeArgs {
     /// LL-HLS DVR window [default: 30s].
     #[arg(long, env = "SFU_HLS_DVR", value_parser = parse_duration)]
     pub hls_dvr: Option<Duration>,
+    /// How long an ended room's LL-HLS playlists (EXT-X-ENDLIST) stay
+    /// served after its publisher left before the room's HLS state is
+    /// removed [default: 60s].
+    #[arg(long, env = "SFU_HLS_LINGER", value_parser = parse_duration)]
+    pub hls_linger: Option<Duration>,
+    /// Transcode an ABR ladder (half and quarter size, openh264) for
+    /// publishers that send one H.264 layer; costs about half a core per
+    /// 720p30 room [default: off].
+    #[arg(long, env = "SFU_HLS_LADDER")]
+    pub hls_ladder: bool,
     /// HMAC secret for signed HLS URLs (`?token=`); without one HLS is public.
     #[arg(long, env = "SFU_HLS_SECRET", hide_env_values = true)]
     pub hls_secret: Option<String>,
@@ -331,6 +341,10 @@ pub struct NodeConfig {
     pub hls: Option<hls_bridge::HlsConfig>,
     /// Signed HLS URLs when set.
     pub hls_secret: Option<String>,
+    /// How long an ended room's HLS stays served.
+    pub hls_linger: Duration,
+    /// ABR ladder for single-layer publishers.
+    pub hls_ladder: bool,
     pub cluster: ClusterArgs,
     pub chat: signaling::chat::ChatConfig,
 }
@@ -445,6 +459,8 @@ impl Default for NodeConfig {
             turn: None,
             hls: Some(hls_bridge::HlsConfig::default()),
             hls_secret: None,
+            hls_linger: Duration::from_secs(60),
+            hls_ladder: false,
             cluster: ClusterArgs::default(),
             chat: signaling::chat::ChatConfig::default(),
         }
@@ -536,6 +552,8 @@ impl NodeConfig {
             },
             hls_secret: args.hls_secret.filter(|s| !s.is_empty()),
             chat: args.chat.resolve(&file.chat)?,
+            hls_linger: args.hls_linger.unwrap_or(d.hls_linger),
+            hls_ladder: args.hls_ladder,
             cluster,
         };
         config.check()?;

@@ -49,6 +49,8 @@ pub async fn run(
         initial_bwe_bps: config.initial_bwe_bps,
         seed: rand::random(),
         hls: config.hls,
+        hls_linger: config.hls_linger,
+        hls_ladder: config.hls_ladder,
         ..EngineConfig::default()
     };
     let hls = config.hls.map(|_| {

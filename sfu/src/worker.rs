@@ -18,7 +18,7 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::engine::{Command, Engine, EngineConfig, EngineStats, Event, Reply, Transmit};
+use crate::engine::{Command, Engine, EngineConfig, EngineStats, Event, HlsUpdate, Reply, Transmit};
 
 /// What the control plane sends a worker.
 pub struct Request {
@@ -235,9 +235,11 @@ async fn run(
                 Event::SessionClosed { session, .. } => on_closed(session),
             }
         }
-        while let Some((room, snapshot)) = engine.poll_hls() {
-            if let Some(store) = &hls {
-                store.publish(room.as_str(), snapshot);
+        while let Some(update) = engine.poll_hls() {
+            let Some(store) = &hls else { continue };
+            match update {
+                HlsUpdate::Publish(room, snapshot) => store.publish(room.as_str(), snapshot),
+                HlsUpdate::Remove(room) => store.remove(room.as_str()),
             }
         }
         stats.publish(&engine.stats());

@@ -84,3 +84,107 @@ fn h264_simulcast_switches_up_on_a_keyframe() {
     );
     assert_continuous(&of_kind(got, MediaKind::Video));
 }
+
+/// A browser-like WHIP offer: VP8 first, then VP9 and the H.264 profiles
+/// (Chromium's default order), audio and video sendonly.
+fn browser_offer(h264: bool) -> String {
+    use str0m::media::Direction;
+    use str0m::{Rtc, RtcConfig};
+    let mut config = RtcConfig::new()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .enable_vp9(true);
+    if h264 {
+        config = config.enable_h264(true);
+    }
+    let mut rtc: Rtc = config.build(std::time::Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(
+        MediaKind::Audio,
+        Direction::SendOnly,
+        Some("s".into()),
+        Some("a".into()),
+        None,
+    );
+    api.add_media(
+        MediaKind::Video,
+        Direction::SendOnly,
+        Some("s".into()),
+        Some("v".into()),
+        None,
+    );
+    let (offer, _pending) = api.apply().unwrap();
+    offer.to_sdp_string()
+}
+
+/// The answer's video payload types in order, each with its rtpmap and fmtp.
+fn answered_video(answer: &str) -> Vec<(String, String)> {
+    let video = &answer[answer.find("m=video").expect("video m-line")..];
+    let mline = video.lines().next().unwrap();
+    let pts: Vec<&str> = mline.split_whitespace().skip(3).collect();
+    pts.iter()
+        .map(|pt| {
+            let find = |prefix: &str| {
+                video
+                    .lines()
+                    .find_map(|l| {
+                        l.trim_end()
+                            .strip_prefix(&format!("{prefix}{pt} "))
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_default()
+            };
+            (find("a=rtpmap:"), find("a=fmtp:"))
+        })
+        .collect()
+}
+
+fn publish_answer(offer: String) -> String {
+    use sfu::engine::{Command, Engine, EngineConfig, Reply};
+    use signaling::{RoomId, SessionId};
+    let now = std::time::Instant::now();
+    let config = EngineConfig {
+        candidates: vec![common::sim::ENGINE_ADDR.parse().unwrap()],
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config, now).unwrap();
+    let reply = engine
+        .handle_command(
+            now,
+            Command::Publish {
+                room: RoomId::parse("codecs").unwrap(),
+                session: SessionId::random(),
+                identity: None,
+                offer,
+            },
+        )
+        .expect("offer accepted");
+    let Reply::Answer(answer) = reply else {
+        panic!("no answer: {reply:?}");
+    };
+    answer
+}
+
+#[test]
+fn whip_answer_puts_h264_first_when_offered() {
+    let answer = publish_answer(browser_offer(true));
+    let video = answered_video(&answer);
+    let (rtpmap, fmtp) = &video[0];
+    assert!(rtpmap.starts_with("H264/90000"), "first codec {video:?}");
+    assert!(fmtp.contains("packetization-mode=1"), "first codec {video:?}");
+    assert!(
+        fmtp.contains("profile-level-id=42e01f") || fmtp.contains("profile-level-id=42001f"),
+        "first codec is not constrained baseline: {video:?}"
+    );
+    // VP8 stays in the answer (after H.264) for a sender that prefers it.
+    assert!(video.iter().any(|(m, _)| m.starts_with("VP8/")), "{video:?}");
+}
+
+#[test]
+fn whip_answer_keeps_vp8_for_a_vp8_only_offer() {
+    let answer = publish_answer(browser_offer(false));
+    let video = answered_video(&answer);
+    assert!(video[0].0.starts_with("VP8/90000"), "{video:?}");
+    assert!(!video.iter().any(|(m, _)| m.starts_with("H264/")), "{video:?}");
+}

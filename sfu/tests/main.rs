@@ -14,6 +14,7 @@ mod engine_publisher_reconnect;
 mod engine_simulcast_switch;
 mod engine_viewer_leaves;
 mod hls_ll_delivery;
+mod hls_node_rooms;
 mod http_auth;
 mod http_whip_whep;
 mod media_bad_input;

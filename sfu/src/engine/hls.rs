@@ -1,26 +1,45 @@
 //! The engine's LL-HLS tap: every room whose publisher sends H.264 gets an
 //! `hls_bridge::Bridge` + `Packager`, fed from the publisher's RTP (with
 //! the sender reports str0m attaches to each packet). Sans-IO like the
-//! engine: time comes in, keyframe requests and snapshots go out.
+//! engine: time comes in, keyframe requests and updates go out.
+//!
+//! Per room: Opus is packaged as it arrives and also transcoded once to
+//! AAC-LC (`OpusToAac`, ≈1% of a core) for the default audio rendition;
+//! the latest top-layer IDR is kept for thumbnails (rendered by the HTTP
+//! side on request); with the ladder on, a single-layer publisher's video
+//! is decoded, scaled and re-encoded on a thread of its own
+//! ([`super::ladder::LadderRunner`]) into two more variants. A room whose
+//! publisher left keeps its ended playlists for `linger`, then its HLS
+//! state is removed from the node's store.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use hls_bridge::fmp4::{self, TrackConfig};
+use hls_bridge::h264::AvcConfig;
+use hls_bridge::thumbnail::{ThumbnailCache, ThumbnailConfig};
+use hls_bridge::transcode::aac::{self, AacTranscoderConfig, OpusToAac};
 use hls_bridge::{
-    AudioCodec, Bridge, BridgeConfig, HlsConfig, Packager, RoomSnapshot, RtpPacket as BridgeRtp,
-    SenderReport, TrackId, TrackKind,
+    AudioCodec, AudioSample, Bridge, BridgeConfig, Frame, HlsConfig, Packager, RoomSnapshot,
+    RtpPacket as BridgeRtp, SenderReport, TrackId, TrackKind,
 };
 use signaling::RoomId;
 use str0m::format::Codec;
 use str0m::media::MediaKind;
 use str0m::rtp::RtpPacket;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::PeerId;
+use super::ladder::LadderRunner;
 
 /// RFC 5905: NTP era 0 starts 2,208,988,800 s before the UNIX epoch.
 const NTP_UNIX: u64 = 2_208_988_800;
-const AUDIO_TRACK: TrackId = TrackId(1000);
+/// The publisher's Opus, packaged as it is (rendition `opus`).
+const OPUS_TRACK: TrackId = TrackId(1000);
+/// AAC-LC transcoded from [`OPUS_TRACK`] (rendition `aac`, the default).
+const AAC_TRACK: TrackId = TrackId(1001);
+/// Ladder rung `i` is packaged as track `RUNG_TRACK + i`.
+const RUNG_TRACK: u32 = 2000;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,32 +49,68 @@ pub struct HlsStats {
     pub segments: u64,
 }
 
+/// What the driver does with the node's HLS store.
+#[derive(Debug)]
+pub enum HlsUpdate {
+    /// The room's latest snapshot replaces the one served.
+    Publish(RoomId, RoomSnapshot),
+    /// The room ended `linger` ago: forget it (its URLs answer 404).
+    Remove(RoomId),
+}
+
+/// The node's HLS knobs beyond the packager's.
+#[derive(Debug, Clone, Copy)]
+pub struct TapConfig {
+    pub hls: HlsConfig,
+    /// How long an ended room's playlists stay served.
+    pub linger: Duration,
+    /// Transcode a ladder for single-layer publishers.
+    pub ladder: bool,
+}
+
 pub(super) struct HlsTap {
-    config: HlsConfig,
+    config: TapConfig,
     /// `(now, wall clock since the UNIX epoch)` of one instant.
     anchor: (Instant, Duration),
-    rooms: BTreeMap<RoomId, HlsRoom>,
-    out: VecDeque<(RoomId, RoomSnapshot)>,
+    /// By publisher: the packet path finds its room by the peer id it
+    /// already has, never by the room's name.
+    rooms: BTreeMap<PeerId, HlsRoom>,
+    /// Publishers of rooms whose HLS another publisher feeds.
+    refused: BTreeMap<PeerId, RoomId>,
+    /// Rooms that ended, with the time their state goes.
+    ended: BTreeMap<RoomId, Instant>,
+    thumbnails: ThumbnailCache<RoomId>,
+    out: VecDeque<HlsUpdate>,
     /// Parts and segments of rooms that ended.
     done: HlsStats,
 }
 
 struct HlsRoom {
-    publisher: PeerId,
+    room: RoomId,
     bridge: Bridge,
     packager: Packager,
-    /// Bridge track -> video layer index (audio: none).
-    tracks: BTreeMap<TrackId, Option<usize>>,
+    /// Bridge video track -> the engine's layer index.
+    layers: BTreeMap<TrackId, usize>,
+    has_audio: bool,
+    /// Current SPS/PPS per video track (thumbnails, ladder input).
+    avc: BTreeMap<TrackId, AvcConfig>,
     /// Last sender report fed per track.
     reports: BTreeMap<TrackId, u64>,
+    aac: Option<OpusToAac>,
+    /// Rendition layer of the publisher's (single) layer when a ladder
+    /// runs under it.
+    ladder: Option<LadderRunner>,
 }
 
 impl HlsTap {
-    pub(super) fn new(config: HlsConfig, now: Instant, wall: Duration) -> Self {
+    pub(super) fn new(config: TapConfig, now: Instant, wall: Duration) -> Self {
         Self {
             config,
             anchor: (now, wall),
             rooms: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            thumbnails: ThumbnailCache::new(ThumbnailConfig::default()),
             out: VecDeque::new(),
             done: HlsStats::default(),
         }
@@ -73,7 +128,8 @@ impl HlsTap {
     }
 
     /// One RTP packet of publisher `pid` in `room`, track kind `kind`,
-    /// simulcast layer `layer`. Returns the layers to ask for a keyframe.
+    /// simulcast layer `layer` of `layers`. Returns the layers to ask for
+    /// a keyframe.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn packet(
         &mut self,
@@ -82,66 +138,46 @@ impl HlsTap {
         pid: PeerId,
         kind: MediaKind,
         layer: usize,
+        layers: usize,
         codec: Option<Codec>,
         session_seed: u64,
         packet: &RtpPacket,
     ) -> Vec<usize> {
-        let id = match (kind, codec) {
-            (MediaKind::Video, Some(Codec::H264)) => TrackId(layer as u32 + 1),
-            (MediaKind::Audio, Some(Codec::Opus)) => AUDIO_TRACK,
+        let video = match (kind, codec) {
+            (MediaKind::Video, Some(Codec::H264)) => true,
+            (MediaKind::Audio, Some(Codec::Opus)) => false,
             _ => return Vec::new(),
         };
-        if !self.rooms.contains_key(room) {
-            if kind != MediaKind::Video {
+        if !self.rooms.contains_key(&pid) {
+            // Audio alone never starts HLS; a second publisher's video
+            // never takes a room over from the first.
+            if !video || self.refused.contains_key(&pid) {
                 return Vec::new();
             }
-            let wall = self.anchor.1 + now.saturating_duration_since(self.anchor.0);
-            let packager = match Packager::new(self.config, session_seed, now, wall) {
-                Ok(p) => p,
-                Err(e) => {
-                    debug!(%room, error = %e, "HLS packager refused its config");
-                    return Vec::new();
-                }
-            };
-            let bridge = Bridge::new(BridgeConfig {
-                segment_target: self.config.segment_target,
-                ..BridgeConfig::default()
-            });
-            info!(%room, publisher = pid.0, "HLS started");
-            self.rooms.insert(
-                room.clone(),
-                HlsRoom {
-                    publisher: pid,
-                    bridge,
-                    packager,
-                    tracks: BTreeMap::new(),
-                    reports: BTreeMap::new(),
-                },
-            );
+            if !self.start(now, room, pid, layers, session_seed) {
+                return Vec::new();
+            }
         }
-        let Some(r) = self.rooms.get_mut(room) else {
+        let ladder = self.config.ladder;
+        let Some(r) = self.rooms.get_mut(&pid) else {
             return Vec::new();
         };
-        if r.publisher != pid {
-            return Vec::new();
-        }
-        if !r.tracks.contains_key(&id) {
-            let added = match kind {
-                MediaKind::Video => r
-                    .bridge
-                    .add_track(now, id, TrackKind::H264 { layer: layer as u8 })
-                    .and_then(|()| r.packager.add_video(id, layer as u8)),
-                MediaKind::Audio => r
-                    .bridge
-                    .add_track(now, id, TrackKind::Opus { stereo: true })
-                    .and_then(|()| r.packager.add_audio(id, AudioCodec::Opus { stereo: true })),
-            };
-            if let Err(e) = added {
-                debug!(%room, track = %id, error = %e, "HLS track refused");
+        let id = if video {
+            let id = r.video_track(layer);
+            if r.layers.contains_key(&id) {
+                id
+            } else {
+                match r.add_video(now, layer, layers, ladder) {
+                    Some(id) => id,
+                    None => return Vec::new(),
+                }
+            }
+        } else {
+            if !r.has_audio && !r.add_audio(now) {
                 return Vec::new();
             }
-            r.tracks.insert(id, (kind == MediaKind::Video).then_some(layer));
-        }
+            OPUS_TRACK
+        };
         if let Some(sr) = &packet.last_sender_info
             && let Ok(unix) = sr.ntp_time.duration_since(UNIX_EPOCH)
         {
@@ -164,81 +200,281 @@ impl HlsTap {
             payload: &packet.payload,
         };
         if let Err(e) = r.bridge.handle_rtp(now, id, rtp) {
-            debug!(%room, track = %id, error = %e, "HLS dropped a packet");
+            debug!(room = %r.room, track = %id, error = %e, "HLS dropped a packet");
         }
-        Self::pump(room, r, now, &mut self.out)
+        r.pump(now, &mut self.thumbnails, &mut self.out)
     }
 
-    /// Moves frames into the packager; returns keyframe requests.
-    fn pump(
-        room: &RoomId,
-        r: &mut HlsRoom,
-        now: Instant,
-        out: &mut VecDeque<(RoomId, RoomSnapshot)>,
-    ) -> Vec<usize> {
-        while let Some((id, frame)) = r.bridge.poll_frame() {
-            let ts = match &frame {
-                hls_bridge::Frame::Video { au, .. } => au.timestamp,
-                hls_bridge::Frame::Audio(a) => a.timestamp,
-            };
-            let capture = r.bridge.capture_time(id, ts);
-            if let Err(e) = r.packager.push_frame(now, id, &frame, capture) {
-                debug!(%room, track = %id, error = %e, "HLS frame refused");
+    /// The first H.264 packet of `pid`: its room gets HLS unless another
+    /// publisher's feeds it already.
+    fn start(&mut self, now: Instant, room: &RoomId, pid: PeerId, layers: usize, seed: u64) -> bool {
+        if self.rooms.values().any(|r| &r.room == room) {
+            debug!(%room, publisher = pid.0, "HLS already fed by another publisher");
+            self.refused.insert(pid, room.clone());
+            return false;
+        }
+        let wall = self.anchor.1 + now.saturating_duration_since(self.anchor.0);
+        let packager = match Packager::new(self.config.hls, seed, now, wall) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(%room, error = %e, "HLS packager refused its config");
+                self.refused.insert(pid, room.clone());
+                return false;
             }
-        }
-        if let Some(s) = r.packager.take_snapshot() {
-            out.push_back((room.clone(), s));
-        }
-        let mut layers = Vec::new();
-        while let Some(id) = r.bridge.poll_keyframe_request() {
-            if let Some(Some(layer)) = r.tracks.get(&id) {
-                layers.push(*layer);
-            }
-        }
-        layers
+        };
+        let bridge = Bridge::new(BridgeConfig {
+            segment_target: self.config.hls.segment_target,
+            ..BridgeConfig::default()
+        });
+        // A new session of a room that just ended replaces it in the store.
+        self.ended.remove(room);
+        info!(%room, publisher = pid.0, layers, "HLS started");
+        self.rooms.insert(
+            pid,
+            HlsRoom {
+                room: room.clone(),
+                bridge,
+                packager,
+                layers: BTreeMap::new(),
+                has_audio: false,
+                avc: BTreeMap::new(),
+                reports: BTreeMap::new(),
+                aac: None,
+                ladder: None,
+            },
+        );
+        true
     }
 
     /// Time passed: `(publisher, layer)` keyframe requests that fell due.
     pub(super) fn timeout(&mut self, now: Instant) -> Vec<(PeerId, usize)> {
         let mut wanted = Vec::new();
-        for (room, r) in &mut self.rooms {
+        for (&pid, r) in &mut self.rooms {
             if r.bridge.poll_timeout().is_some_and(|at| at <= now) {
                 r.bridge.handle_timeout(now);
             }
-            for layer in Self::pump(room, r, now, &mut self.out) {
-                wanted.push((r.publisher, layer));
+            for layer in r.pump(now, &mut self.thumbnails, &mut self.out) {
+                wanted.push((pid, layer));
             }
+        }
+        let due: Vec<RoomId> = self
+            .ended
+            .iter()
+            .filter(|&(_, &at)| at <= now)
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in due {
+            self.ended.remove(&room);
+            self.thumbnails.remove(&room);
+            info!(%room, "HLS state removed after linger");
+            self.out.push_back(HlsUpdate::Remove(room));
         }
         wanted
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        self.rooms.values().filter_map(|r| r.bridge.poll_timeout()).min()
+        let rooms = self.rooms.values().filter_map(|r| r.bridge.poll_timeout());
+        rooms.chain(self.ended.values().copied()).min()
     }
 
-    /// The publisher left: its room's playlists end.
-    pub(super) fn publisher_left(&mut self, pid: PeerId) {
-        let ended: Vec<RoomId> = self
-            .rooms
-            .iter()
-            .filter(|(_, r)| r.publisher == pid)
-            .map(|(room, _)| room.clone())
-            .collect();
-        for room in ended {
-            if let Some(mut r) = self.rooms.remove(&room) {
-                let _ = r.packager.end();
-                let s = r.packager.stats();
-                self.done.parts += s.parts;
-                self.done.segments += s.segments;
-                if let Some(snap) = r.packager.take_snapshot() {
-                    self.out.push_back((room.clone(), snap));
-                }
-                info!(%room, parts = s.parts, "HLS ended");
-            }
+    /// The publisher left: its room's playlists end (EXT-X-ENDLIST) and
+    /// stay served for `linger`.
+    pub(super) fn publisher_left(&mut self, now: Instant, pid: PeerId) {
+        self.refused.remove(&pid);
+        let Some(mut r) = self.rooms.remove(&pid) else {
+            return;
+        };
+        let room = r.room.clone();
+        // Whatever the transcoders still hold goes into the last parts.
+        if let Some(aac) = &mut r.aac
+            && let Err(e) = aac.finish()
+        {
+            debug!(%room, error = %e, "AAC flush failed");
+        }
+        r.pump(now, &mut self.thumbnails, &mut self.out);
+        let _ = r.packager.end();
+        let s = r.packager.stats();
+        self.done.parts += s.parts;
+        self.done.segments += s.segments;
+        if let Some(mut snap) = r.packager.take_snapshot() {
+            snap.thumbnail = self.thumbnails.latest(&room);
+            self.out.push_back(HlsUpdate::Publish(room.clone(), snap));
+        }
+        info!(%room, parts = s.parts, linger_s = self.config.linger.as_secs(), "HLS ended");
+        // Another publisher of the room may take it over from its next packet.
+        self.refused.retain(|_, r| *r != room);
+        self.ended.insert(room, now + self.config.linger);
+    }
+
+    pub(super) fn poll_update(&mut self) -> Option<HlsUpdate> {
+        self.out.pop_front()
+    }
+}
+
+impl HlsRoom {
+    /// The bridge track of the engine's video `layer`. With a ladder the
+    /// publisher's only layer is the top rendition, above the rungs.
+    fn video_track(&self, layer: usize) -> TrackId {
+        match &self.ladder {
+            Some(l) => TrackId(l.rungs() as u32 + 1),
+            None => TrackId(layer as u32 + 1),
         }
     }
 
-    pub(super) fn poll_snapshot(&mut self) -> Option<(RoomId, RoomSnapshot)> {
-        self.out.pop_front()
+    /// The publisher's video `layer` (of `layers`) becomes a rendition;
+    /// a single layer gets a ladder under it when `ladder` is on.
+    fn add_video(&mut self, now: Instant, layer: usize, layers: usize, ladder: bool) -> Option<TrackId> {
+        let mut rendition_layer = layer as u8;
+        let mut id = TrackId(layer as u32 + 1);
+        if ladder && layers == 1 && self.layers.is_empty() && self.ladder.is_none() {
+            match LadderRunner::start(&self.room) {
+                Ok(runner) => {
+                    rendition_layer = runner.rungs() as u8;
+                    id = TrackId(u32::from(rendition_layer) + 1);
+                    self.ladder = Some(runner);
+                }
+                Err(e) => warn!(room = %self.room, error = %e, "HLS ladder unavailable"),
+            }
+        }
+        let added = self
+            .bridge
+            .add_track(
+                now,
+                id,
+                TrackKind::H264 {
+                    layer: rendition_layer,
+                },
+            )
+            .and_then(|()| self.packager.add_video(id, rendition_layer));
+        if let Err(e) = added {
+            debug!(room = %self.room, track = %id, error = %e, "HLS track refused");
+            return None;
+        }
+        if let Some(runner) = &self.ladder {
+            for rung in 0..runner.rungs() {
+                let rung_layer = (runner.rungs() - 1 - rung) as u8;
+                if let Err(e) = self
+                    .packager
+                    .add_video(TrackId(RUNG_TRACK + rung as u32), rung_layer)
+                {
+                    debug!(room = %self.room, rung, error = %e, "HLS rung refused");
+                }
+            }
+        }
+        self.layers.insert(id, layer);
+        Some(id)
+    }
+
+    /// Opus passed through, plus AAC-LC transcoded from it.
+    fn add_audio(&mut self, now: Instant) -> bool {
+        self.has_audio = true;
+        let added = self
+            .bridge
+            .add_track(now, OPUS_TRACK, TrackKind::Opus { stereo: true })
+            .and_then(|()| {
+                self.packager
+                    .add_audio(OPUS_TRACK, AudioCodec::Opus { stereo: true })
+            });
+        if let Err(e) = added {
+            debug!(room = %self.room, error = %e, "HLS audio refused");
+            return false;
+        }
+        let aac = OpusToAac::new(AacTranscoderConfig::default()).and_then(|t| {
+            let init = fmp4::init_segment(&TrackConfig::Aac(t.aac_config().clone()))?;
+            self.packager.add_audio(
+                AAC_TRACK,
+                AudioCodec::AacLc {
+                    init,
+                    timescale: aac::SAMPLE_RATE,
+                    channels: 2,
+                },
+            )?;
+            Ok(t)
+        });
+        match aac {
+            Ok(t) => self.aac = Some(t),
+            Err(e) => warn!(room = %self.room, error = %e, "no AAC rendition"),
+        }
+        true
+    }
+
+    /// Moves frames into the packager (through the AAC transcoder and the
+    /// ladder where they apply); returns keyframe requests.
+    fn pump(
+        &mut self,
+        now: Instant,
+        thumbnails: &mut ThumbnailCache<RoomId>,
+        out: &mut VecDeque<HlsUpdate>,
+    ) -> Vec<usize> {
+        while let Some((id, frame)) = self.bridge.poll_frame() {
+            let ts = match &frame {
+                Frame::Video { au, .. } => au.timestamp,
+                Frame::Audio(a) => a.timestamp,
+            };
+            let capture = self.bridge.capture_time(id, ts);
+            if let Err(e) = self.packager.push_frame(now, id, &frame, capture) {
+                debug!(room = %self.room, track = %id, error = %e, "HLS frame refused");
+            }
+            match &frame {
+                Frame::Video { au, new_config } => {
+                    if let Some(c) = new_config {
+                        self.avc.insert(id, c.clone());
+                    }
+                    if let Some(avc) = self.avc.get(&id) {
+                        if au.keyframe {
+                            let layer = (id.0 - 1) as u8;
+                            thumbnails.handle_access_unit(now, self.room.clone(), layer, avc, au);
+                        }
+                        if let Some(ladder) = &mut self.ladder {
+                            ladder.push(avc, au);
+                        }
+                    }
+                }
+                Frame::Audio(opus) => {
+                    if let Some(aac) = &mut self.aac
+                        && let Err(e) = aac.handle_frame(opus)
+                    {
+                        debug!(room = %self.room, error = %e, "AAC transcoder refused a frame");
+                    }
+                }
+            }
+        }
+        if let Some(aac) = &mut self.aac {
+            while let Some(unit) = aac.poll_access_unit() {
+                let capture = self.bridge.capture_time(OPUS_TRACK, unit.timestamp);
+                let sample = AudioSample {
+                    timestamp: unit.timestamp,
+                    data: unit.data,
+                };
+                if let Err(e) = self.packager.push_audio_sample(now, AAC_TRACK, &sample, capture) {
+                    debug!(room = %self.room, error = %e, "AAC sample refused");
+                }
+            }
+        }
+        if let Some(ladder) = &mut self.ladder {
+            let source = TrackId(ladder.rungs() as u32 + 1);
+            while let Some((rung, frame)) = ladder.poll_frame() {
+                let ts = match &frame {
+                    Frame::Video { au, .. } => au.timestamp,
+                    Frame::Audio(a) => a.timestamp,
+                };
+                let capture = self.bridge.capture_time(source, ts);
+                let id = TrackId(RUNG_TRACK + rung.0 as u32);
+                if let Err(e) = self.packager.push_frame(now, id, &frame, capture) {
+                    debug!(room = %self.room, rung = rung.0, error = %e, "HLS rung frame refused");
+                }
+            }
+        }
+        if let Some(mut s) = self.packager.take_snapshot() {
+            s.thumbnail = thumbnails.latest(&self.room);
+            out.push_back(HlsUpdate::Publish(self.room.clone(), s));
+        }
+        let mut layers = Vec::new();
+        while let Some(id) = self.bridge.poll_keyframe_request() {
+            if let Some(&layer) = self.layers.get(&id) {
+                layers.push(layer);
+            }
+        }
+        layers
     }
 }

@@ -7,6 +7,7 @@
 //! `Rtc`'s `poll_output` to its next timeout before touching it again.
 
 mod hls;
+mod ladder;
 mod rewrite;
 pub mod sdp;
 
@@ -28,6 +29,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{Span, debug, info, info_span, trace, warn};
 
+pub use hls::HlsUpdate;
 pub use rewrite::{Rewriter, Rewritten, Vp8Rewriter};
 use sdp::Intent;
 
@@ -74,6 +76,11 @@ pub struct EngineConfig {
     pub seed: u64,
     /// LL-HLS for every room with an H.264 publisher; `None` disables it.
     pub hls: Option<hls_bridge::HlsConfig>,
+    /// How long an ended room's playlists stay served before its HLS
+    /// state is removed.
+    pub hls_linger: Duration,
+    /// Transcode an ABR ladder for publishers that send one H.264 layer.
+    pub hls_ladder: bool,
     /// Wall-clock time (since the UNIX epoch) at the `now` given to
     /// [`Engine::new`]: HLS dates media without reading a clock.
     pub wall_clock: Duration,
@@ -89,6 +96,8 @@ impl Default for EngineConfig {
             initial_bwe_bps: 2_500_000,
             seed: 0,
             hls: None,
+            hls_linger: Duration::from_secs(60),
+            hls_ladder: false,
             wall_clock: Duration::ZERO,
         }
     }
@@ -330,7 +339,14 @@ impl Engine {
             .dtls_provider
             .generate_certificate()
             .ok_or_else(|| MediaError::Internal("DTLS certificate generation failed".into()))?;
-        let hls = config.hls.map(|c| hls::HlsTap::new(c, now, config.wall_clock));
+        let hls = config.hls.map(|c| {
+            let tap = hls::TapConfig {
+                hls: c,
+                linger: config.hls_linger,
+                ladder: config.hls_ladder,
+            };
+            hls::HlsTap::new(tap, now, config.wall_clock)
+        });
         Ok(Engine {
             rng: SmallRng::seed_from_u64(config.seed),
             config,
@@ -368,9 +384,9 @@ impl Engine {
         }
     }
 
-    /// The next LL-HLS snapshot of a room, for the driver's HLS store.
-    pub fn poll_hls(&mut self) -> Option<(RoomId, hls_bridge::RoomSnapshot)> {
-        self.hls.as_mut()?.poll_snapshot()
+    /// The next LL-HLS change for the driver's HLS store.
+    pub fn poll_hls(&mut self) -> Option<HlsUpdate> {
+        self.hls.as_mut()?.poll_update()
     }
 
     pub fn peer_count(&self) -> usize {
@@ -688,6 +704,11 @@ impl Engine {
         Ok(Reply::Answer(sdp::with_end_of_candidates(&answer)))
     }
 
+    /// The codec order is the answer's: str0m lists the offered codecs it
+    /// accepts in this order, and a browser sends the first codec of the
+    /// answer. H.264 comes first (str0m's list starts with constrained
+    /// baseline, packetization-mode=1), so every room whose publisher can
+    /// send H.264 gets LL-HLS; a VP8-only offer still gets VP8.
     fn rtc_config(&self, bwe: bool) -> RtcConfig {
         let mut config = RtcConfig::new()
             .set_rtp_mode(true)
@@ -800,7 +821,7 @@ impl Engine {
             }
             Role::Publisher(_) => {
                 if let Some(tap) = &mut self.hls {
-                    tap.publisher_left(id);
+                    tap.publisher_left(now, id);
                 }
                 let room_id = peer.room.clone();
                 let viewers: Vec<PeerId> = match self.rooms.get_mut(&room_id) {
@@ -1279,7 +1300,18 @@ impl Engine {
         };
         if let Some(tap) = &mut self.hls {
             let seed = self.config.seed ^ pid.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let wanted = tap.packet(now, &peer.room, pid, p.tracks[ti].kind, li, codec, seed, &packet);
+            let t = &p.tracks[ti];
+            let wanted = tap.packet(
+                now,
+                &peer.room,
+                pid,
+                t.kind,
+                li,
+                t.layers.len(),
+                codec,
+                seed,
+                &packet,
+            );
             self.hls_keyframes.extend(wanted.into_iter().map(|l| (pid, l)));
         }
         let track = &mut p.tracks[ti];

@@ -1,10 +1,14 @@
 #![allow(dead_code)]
 pub mod chat;
+/// hls-bridge's LL-HLS conformance checker (C1–C12, C16–C18).
+#[path = "../../../hls-bridge/tests/common/checker.rs"]
+pub mod checker;
 #[path = "../../../signaling/tests/common/nats.rs"]
 pub mod nats;
 pub mod node;
 #[path = "../../../signaling/tests/common/placement.rs"]
 pub mod placement;
+pub mod publisher;
 pub mod sim;
 
 use sim::Received;

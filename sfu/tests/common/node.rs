@@ -123,6 +123,22 @@ impl Http {
         }
     }
 
+    /// GET with the body as bytes (images, media files).
+    pub async fn get_bytes(&self, url: &str) -> (StatusCode, HeaderMap, Bytes) {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = self.client.request(req).await.expect("request");
+        let (status, headers) = (res.status(), res.headers().clone());
+        (
+            status,
+            headers,
+            res.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+
     pub async fn post_sdp(&self, url: &str, sdp: &str, token: Option<&str>) -> Resp {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut h = vec![("content-type", "application/sdp")];
