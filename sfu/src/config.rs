@@ -111,6 +111,11 @@ pub struct ServeArgs {
     /// HMAC secret for signed HLS URLs (`?token=`); without one HLS is public.
     #[arg(long, env = "SFU_HLS_SECRET", hide_env_values = true)]
     pub hls_secret: Option<String>,
+    /// hls.js's `dist` directory, served at /vendor/hls.js/ for the demo
+    /// page's HLS player; relative paths start at the working directory
+    /// [default: web/node_modules/hls.js/dist, installed by scripts/setup.sh].
+    #[arg(long, env = "SFU_HLSJS_DIR")]
+    pub hlsjs_dir: Option<PathBuf>,
     /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
     /// comma separated) [default: none, the in-process bus: a single node].
     #[arg(long, env = "SFU_NATS")]
@@ -158,6 +163,7 @@ pub struct FileConfig {
     pub turn_relay_ports: Option<PortRange>,
     pub turn_urls: Option<Vec<String>>,
     pub turn_ttl: Option<String>,
+    pub hlsjs_dir: Option<PathBuf>,
     pub nats: Option<String>,
     pub nats_creds: Option<PathBuf>,
     pub nats_ca: Option<PathBuf>,
@@ -210,6 +216,8 @@ pub struct NodeConfig {
     pub hls: Option<hls_bridge::HlsConfig>,
     /// Signed HLS URLs when set.
     pub hls_secret: Option<String>,
+    /// hls.js for the demo page (see `--hlsjs-dir`).
+    pub hlsjs_dir: PathBuf,
     pub cluster: ClusterArgs,
 }
 
@@ -311,6 +319,7 @@ impl Default for NodeConfig {
             turn: None,
             hls: Some(hls_bridge::HlsConfig::default()),
             hls_secret: None,
+            hlsjs_dir: PathBuf::from("web/node_modules/hls.js/dist"),
             cluster: ClusterArgs::default(),
         }
     }
@@ -400,6 +409,7 @@ impl NodeConfig {
                 Some(hls.validated().map_err(|e| ConfigError::Invalid(e.to_string()))?)
             },
             hls_secret: args.hls_secret.filter(|s| !s.is_empty()),
+            hlsjs_dir: args.hlsjs_dir.or(file.hlsjs_dir).unwrap_or(d.hlsjs_dir),
             cluster,
         };
         config.check()?;

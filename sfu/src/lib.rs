@@ -82,6 +82,7 @@ pub async fn run(
         auth_secret: config.auth_secret.map(String::into_bytes),
         ice_servers: config.ice_servers,
         ice_server_source,
+        hlsjs_dir: Some(config.hlsjs_dir.clone()),
         ..signaling::HttpConfig::default()
     };
     let cluster = join_cluster(&config.cluster, &bound, config.max_peers).await?;

@@ -1,6 +1,7 @@
 //! What the embedder (the `sfu` binary) tells the HTTP front door.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +31,9 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
     /// How long in-flight requests may run after shutdown is signalled. Default 1 s.
     pub shutdown_grace: Duration,
+    /// hls.js's `dist` directory, served under `/vendor/hls.js/` for the
+    /// demo page's HLS player. `None` (default): 404 with a hint.
+    pub hlsjs_dir: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -43,6 +47,7 @@ impl Default for HttpConfig {
             public_base_url: None,
             body_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
+            hlsjs_dir: None,
         }
     }
 }
@@ -58,6 +63,7 @@ impl fmt::Debug for HttpConfig {
             .field("public_base_url", &self.public_base_url)
             .field("body_timeout", &self.body_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("hlsjs_dir", &self.hlsjs_dir)
             .finish()
     }
 }
