@@ -27,10 +27,13 @@ if ! command -v nats-server >/dev/null 2>&1; then
   hash -r
 fi
 
-# Browser test tooling: playwright-core drives Debian's chromium, hls.js plays LL-HLS.
-if [ -f e2e/package.json ]; then
-  if [ ! -d e2e/node_modules ] || [ e2e/package-lock.json -nt e2e/node_modules/.package-lock.json ]; then
-    echo "setup: npm ci in e2e/" >&2
-    (cd e2e && quiet npm ci --no-audit --no-fund)
+# Node packages: e2e/ (playwright-core drives Debian's chromium) and web/
+# (hls.js, which the node serves to the demo page from web/node_modules).
+for dir in e2e web; do
+  if [ -f "$dir/package.json" ]; then
+    if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+      echo "setup: npm ci in $dir/" >&2
+      (cd "$dir" && quiet npm ci --no-audit --no-fund)
+    fi
   fi
-fi
+done

@@ -11,6 +11,8 @@ import { chromium } from 'playwright-core';
 
 export const BIN_DIR = resolve(process.env.WAVE_BIN_DIR ?? new URL('../../target/release', import.meta.url).pathname);
 export const CHROMIUM = process.env.WAVE_CHROMIUM ?? '/usr/bin/chromium';
+// hls.js's dist directory (web/'s npm package) that the node serves to the page.
+export const HLSJS_DIR = resolve(process.env.WAVE_HLSJS_DIR ?? new URL('../../web/node_modules/hls.js/dist', import.meta.url).pathname);
 
 export const CHROMIUM_ARGS = [
   '--no-sandbox',
@@ -183,21 +185,23 @@ export async function launchBrowser() {
 }
 
 export const stats = (page) => page.evaluate(() => window.wave.stats());
+/** `{ hls: wave.hlsStats() }`, shaped like `stats` so `until` can poll it. */
+export const hlsStats = (page) => page.evaluate(() => ({ hls: window.wave.hlsStats() }));
 
 /**
  * Polls `wave.stats()` every 250 ms until `pred(stats)` holds; resolves with
  * those stats and the time it took. Times out with the last sample.
  */
-export async function until(page, pred, ms = 20_000, what = 'condition') {
+export async function until(page, pred, ms = 20_000, what = 'condition', sample = stats) {
   const t0 = Date.now();
   let s;
   for (;;) {
-    s = await stats(page);
+    s = await sample(page);
     if (pred(s)) return Object.assign(s, { elapsedMs: Date.now() - t0 });
     if (Date.now() - t0 >= ms) break;
     await sleep(250);
   }
-  const err = new Error(`${page.waveName ?? 'page'}: timed out after ${ms} ms waiting for ${what}; last wave.stats(): ${JSON.stringify(s)}`);
+  const err = new Error(`${page.waveName ?? 'page'}: timed out after ${ms} ms waiting for ${what}; last sample: ${JSON.stringify(s)}`);
   err.lastStats = s;
   throw err;
 }
@@ -241,6 +245,7 @@ export async function diagnostics(node, pages) {
   await safe('/metrics (wave_*)', () => node.metrics());
   for (const p of pages.filter(Boolean)) {
     await safe(`${p.waveName} getStats`, async () => JSON.stringify(await rawStats(p)));
+    await safe(`${p.waveName} wave.hlsStats()`, async () => JSON.stringify((await hlsStats(p)).hls));
     await safe(`${p.waveName} console`, () => p.consoleLines.slice(-20).join('\n'));
   }
   await safe('sfu log (warnings/errors)', () => node.logTail(40, /WARN|ERROR/));

@@ -132,7 +132,7 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
 
   it('the publisher sends three simulcast rids over WHIP', step(async (t) => {
     pages.publisher = await browser.page(`${node.base}/`, 'publisher');
-    const res = await pages.publisher.evaluate((room) => window.wave.publish(room), ROOM);
+    const res = await pages.publisher.evaluate((room) => window.wave.publish(room, { codec: 'vp8' }), ROOM);
     assert.match(res.location, /\/whip\//);
     assert.deepEqual(res.rids, ['q', 'h', 'f']);
     const s = await until(

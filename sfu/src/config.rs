@@ -121,6 +121,11 @@ pub struct ServeArgs {
     /// HMAC secret for signed HLS URLs (`?token=`); without one HLS is public.
     #[arg(long, env = "SFU_HLS_SECRET", hide_env_values = true)]
     pub hls_secret: Option<String>,
+    /// hls.js's `dist` directory, served at /vendor/hls.js/ for the demo
+    /// page's HLS player; relative paths start at the working directory
+    /// [default: web/node_modules/hls.js/dist, installed by scripts/setup.sh].
+    #[arg(long, env = "SFU_HLSJS_DIR")]
+    pub hlsjs_dir: Option<PathBuf>,
     /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
     /// comma separated) [default: none, the in-process bus: a single node].
     #[arg(long, env = "SFU_NATS")]
@@ -282,6 +287,7 @@ pub struct FileConfig {
     pub turn_relay_ports: Option<PortRange>,
     pub turn_urls: Option<Vec<String>>,
     pub turn_ttl: Option<String>,
+    pub hlsjs_dir: Option<PathBuf>,
     pub nats: Option<String>,
     pub nats_creds: Option<PathBuf>,
     pub nats_ca: Option<PathBuf>,
@@ -345,6 +351,8 @@ pub struct NodeConfig {
     pub hls_linger: Duration,
     /// ABR ladder for single-layer publishers.
     pub hls_ladder: bool,
+    /// hls.js for the demo page (see `--hlsjs-dir`).
+    pub hlsjs_dir: PathBuf,
     pub cluster: ClusterArgs,
     pub chat: signaling::chat::ChatConfig,
 }
@@ -461,6 +469,7 @@ impl Default for NodeConfig {
             hls_secret: None,
             hls_linger: Duration::from_secs(60),
             hls_ladder: false,
+            hlsjs_dir: PathBuf::from("web/node_modules/hls.js/dist"),
             cluster: ClusterArgs::default(),
             chat: signaling::chat::ChatConfig::default(),
         }
@@ -554,6 +563,7 @@ impl NodeConfig {
             chat: args.chat.resolve(&file.chat)?,
             hls_linger: args.hls_linger.unwrap_or(d.hls_linger),
             hls_ladder: args.hls_ladder,
+            hlsjs_dir: args.hlsjs_dir.or(file.hlsjs_dir).unwrap_or(d.hlsjs_dir),
             cluster,
         };
         config.check()?;

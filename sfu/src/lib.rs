@@ -86,6 +86,7 @@ pub async fn run(
         ice_servers: config.ice_servers,
         ice_server_source,
         chat: config.chat.clone(),
+        hlsjs_dir: Some(config.hlsjs_dir.clone()),
         ..signaling::HttpConfig::default()
     };
     let cluster = join_cluster(&config.cluster, &bound, config.max_peers).await?;

@@ -1,6 +1,7 @@
 //! What the embedder (the `sfu` binary) tells the HTTP front door.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +33,9 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// Chat, moderation and presence (`/v1/chat/{room}`).
     pub chat: crate::chat::ChatConfig,
+    /// hls.js's `dist` directory, served under `/vendor/hls.js/` for the
+    /// demo page's HLS player. `None` (default): 404 with a hint.
+    pub hlsjs_dir: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +50,7 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
             chat: crate::chat::ChatConfig::default(),
+            hlsjs_dir: None,
         }
     }
 }
@@ -62,6 +67,7 @@ impl fmt::Debug for HttpConfig {
             .field("body_timeout", &self.body_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("chat", &self.chat)
+            .field("hlsjs_dir", &self.hlsjs_dir)
             .finish()
     }
 }

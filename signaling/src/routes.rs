@@ -57,6 +57,8 @@ pub struct Shared<M> {
 #[derive(Debug)]
 enum Route {
     Asset(&'static page::Asset),
+    /// `/vendor/hls.js/{file}`: hls.js from its installed package.
+    HlsJs(String),
     Healthz,
     Metrics,
     Rooms,
@@ -78,6 +80,9 @@ impl Route {
     fn parse(path: &str) -> Route {
         if let Some(asset) = page::find(path) {
             return Route::Asset(asset);
+        }
+        if let Some(file) = path.strip_prefix(page::HLSJS_PREFIX) {
+            return Route::HlsJs(file.to_owned());
         }
         let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
         let kind = |s: &str| match s {
@@ -110,6 +115,7 @@ impl Route {
     fn label(&self) -> &'static str {
         match self {
             Route::Asset(_) => "page",
+            Route::HlsJs(_) => "vendor",
             Route::Healthz => "healthz",
             Route::Metrics => "metrics",
             Route::Rooms => "rooms",
@@ -189,6 +195,10 @@ impl<M: MediaNode> Shared<M> {
         match route {
             Route::Asset(a) => match method {
                 Method::GET | Method::HEAD => Ok(http::with_body(StatusCode::OK, a.content_type, a.body)),
+                _ => Err(HttpError::method_not_allowed(READ_METHODS)),
+            },
+            Route::HlsJs(file) => match method {
+                Method::GET | Method::HEAD => page::hlsjs(self.config.hlsjs_dir.as_deref(), &file).await,
                 _ => Err(HttpError::method_not_allowed(READ_METHODS)),
             },
             Route::Healthz => match method {

@@ -6,8 +6,10 @@
 // status and the server's problem+json detail):
 //
 //   wave.publish(room, { token?, width = 1280, height = 720, simulcast = true, audio = true,
-//                        iceTransportPolicy?: 'all'|'relay', iceServers? })
-//       -> { location, etag, rids, iceServers }  camera+mic over WHIP, VP8 preferred, rids q/h/f
+//                        codec = 'h264'|'vp8', iceTransportPolicy?: 'all'|'relay', iceServers? })
+//       -> { location, etag, rids, codec, iceServers }  camera+mic over WHIP, rids q/h/f; `codec` is
+//          the one offered (H.264 by default so the node can package the room as LL-HLS; VP8 where
+//          the browser has no H.264)
 //   wave.watch(room, { token?, layer?: 'low'|'mid'|'high', publisher?, iceTransportPolicy?, iceServers? })
 //       -> { location, etag, layerUrl, iceServers }  WHEP viewer; `layer` and `publisher` become query parameters
 //   wave.setLayer(layer: 'low'|'mid'|'high'|'auto')
@@ -15,8 +17,8 @@
 //   wave.stop(which?: 'publish'|'watch')
 //       -> { publish?: status, watch?: status }  DELETE the session(s), close the peer connection(s)
 //   wave.stats()
-//       -> { publish: { state, path, layers: [{ rid, frameWidth, frameHeight, framesEncoded, bitrate,
-//                                                qualityLimitationReason, pliCount }] } | null,
+//       -> { publish: { state, path, layers: [{ rid, codec, frameWidth, frameHeight, framesEncoded, bitrate,
+//                                                qualityLimitationReason, pliCount, encoder }] } | null,
 //            watch: { state, path, frameWidth, frameHeight, bitrate, packetsLost, framesDecoded,
 //                     keyFramesDecoded, framesReceived, packetsReceived, freezeCount,
 //                     nackCount, pliCount, fps, jitter, audioSamples } | null }
@@ -192,27 +194,53 @@
     log(`sent ${candidates.length} candidates`);
   }
 
-  // Offers VP8 alone (plus the repair codecs): an answerer may pick by its
-  // own codec order and ignore the offer's, so ordering VP8 first is not
-  // enough to get it.
-  function preferVp8(transceiver) {
-    if (!transceiver.setCodecPreferences || !window.RTCRtpReceiver?.getCapabilities) return;
+  // Offers one video codec alone (plus the repair codecs): an answerer may
+  // pick by its own codec order and ignore the offer's, so ordering the
+  // wanted codec first is not enough to get it. H.264 is what the node
+  // packages as LL-HLS; only packetization-mode=1 (FU-A, needed above one
+  // MTU per NAL), constrained baseline first. Returns the codec offered.
+  function preferCodec(transceiver, codec) {
+    if (!transceiver.setCodecPreferences || !window.RTCRtpReceiver?.getCapabilities) return null;
     // setCodecPreferences takes receiver capabilities in current browsers.
     const caps = RTCRtpReceiver.getCapabilities('video')?.codecs ?? [];
+    const h264 = caps
+      .filter((c) => /video\/h264/i.test(c.mimeType) && /packetization-mode=1/.test(c.sdpFmtpLine ?? ''))
+      .sort((a, b) => h264Rank(a) - h264Rank(b));
     const vp8 = caps.filter((c) => /video\/vp8/i.test(c.mimeType));
     const repair = caps.filter((c) => /video\/(rtx|red|ulpfec|flexfec)/i.test(c.mimeType));
-    if (vp8.length) {
-      try {
-        transceiver.setCodecPreferences([...vp8, ...repair]);
-      } catch (e) {
-        log(`setCodecPreferences: ${e.message}`);
-      }
+    let chosen = codec === 'vp8' ? vp8 : h264;
+    let name = codec === 'vp8' ? 'vp8' : 'h264';
+    if (!chosen.length) {
+      log(`this browser cannot send ${name}; offering ${name === 'vp8' ? 'H.264' : 'VP8'}`, true);
+      [chosen, name] = name === 'vp8' ? [h264, 'h264'] : [vp8, 'vp8'];
+    }
+    if (!chosen.length) return null;
+    try {
+      transceiver.setCodecPreferences([...chosen, ...repair]);
+      return name;
+    } catch (e) {
+      log(`setCodecPreferences: ${e.message}`);
+      return null;
     }
   }
 
+  // profile-level-id order: constrained baseline (42e0), baseline (4200), the rest.
+  function h264Rank(c) {
+    const plid = /profile-level-id=([0-9a-f]{4})/i.exec(c.sdpFmtpLine ?? '')?.[1]?.toLowerCase();
+    return plid === '42e0' ? 0 : plid === '4200' ? 1 : 2;
+  }
+
   async function publish(room, opts = {}) {
-    const { token = '', width = 1280, height = 720, simulcast = true, audio = true, iceTransportPolicy = 'all', iceServers } =
-      opts;
+    const {
+      token = '',
+      width = 1280,
+      height = 720,
+      simulcast = true,
+      audio = true,
+      codec = 'h264',
+      iceTransportPolicy = 'all',
+      iceServers,
+    } = opts;
     if (sessions.publish) await stop('publish');
     let stream;
     try {
@@ -230,13 +258,14 @@
         pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
       }
       const video = stream.getVideoTracks()[0];
+      let offered = null;
       if (video) {
         const t = pc.addTransceiver(video, {
           direction: 'sendonly',
           streams: [stream],
           sendEncodings: simulcast ? SIMULCAST.map((e) => ({ ...e })) : undefined,
         });
-        preferVp8(t);
+        offered = preferCodec(t, codec);
       }
       const session = await negotiate(pc, `/whip/${encodeURIComponent(room)}`, token, iceServers);
       session.stream = stream;
@@ -249,6 +278,7 @@
         location: session.location,
         etag: session.etag,
         rids: simulcast ? SIMULCAST.map((e) => e.rid) : [],
+        codec: offered,
         iceServers: session.iceServers,
       };
     } catch (e) {
@@ -380,6 +410,8 @@
       if (r.type !== 'outbound-rtp' || r.kind !== 'video') return;
       layers.push({
         rid: r.rid ?? null,
+        codec: report.get(r.codecId)?.mimeType ?? null,
+        encoder: r.encoderImplementation ?? null,
         frameWidth: r.frameWidth ?? 0,
         frameHeight: r.frameHeight ?? 0,
         framesEncoded: r.framesEncoded ?? 0,
@@ -454,7 +486,7 @@
             .concat(
               publish.layers.map(
                 (l) =>
-                  `rid ${l.rid ?? '-'}: ${l.frameWidth}x${l.frameHeight} ${kbps(l.bitrate)}` +
+                  `rid ${l.rid ?? '-'}: ${l.codec?.replace(/^video\//, '') ?? ''} ${l.frameWidth}x${l.frameHeight} ${kbps(l.bitrate)}` +
                   `${l.qualityLimitationReason && l.qualityLimitationReason !== 'none' ? ` (limited: ${l.qualityLimitationReason})` : ''}`,
               ),
             )
@@ -495,7 +527,7 @@
     $('publish-form')?.addEventListener('submit', (e) => {
       e.preventDefault();
       const f = e.target;
-      publish(f.room.value, { token: f.token.value.trim() }).catch(() => {});
+      publish(f.room.value, { token: f.token.value.trim(), codec: f.codec?.value }).catch(() => {});
     });
     $('publish-stop')?.addEventListener('click', () => stop('publish'));
     $('watch-form')?.addEventListener('submit', (e) => {

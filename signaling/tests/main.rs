@@ -9,6 +9,7 @@ mod content_type;
 mod cors;
 mod delete;
 mod h2c;
+mod hlsjs;
 mod ice_restart;
 mod layer;
 mod media_errors;

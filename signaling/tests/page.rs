@@ -12,6 +12,7 @@ async fn page_and_assets_are_served() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
     assert!(r.body.contains("<script src=\"/app.js\">") && r.body.contains("/style.css"));
+    assert!(r.body.contains("<script src=\"/hls-player.js\">") && r.body.contains("id=\"hls-video\""));
 
     let r = srv.get("/app.js").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -19,6 +20,14 @@ async fn page_and_assets_are_served() {
     assert!(
         r.body
             .contains("window.wave = { publish, watch, setLayer, stop, stats")
+    );
+
+    let r = srv.get("/hls-player.js").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(
+        r.body
+            .contains("Object.assign(window.wave, { playHls, stopHls, hlsStats })")
     );
 
     let r = srv.get("/style.css").await;
