@@ -3,18 +3,28 @@
 
 use crate::common;
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Once;
 use std::time::Duration;
 
 use common::sim::Sim;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// Where this thread's log lines go while a test captures them.
+    static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
 
-impl Write for Buffer {
+/// Writes each line into the emitting thread's capture, if it has one.
+struct ThreadCapture;
+
+impl Write for ThreadCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURED.with(|c| {
+            if let Some(out) = c.borrow_mut().as_mut() {
+                out.extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
 
@@ -23,16 +33,30 @@ impl Write for Buffer {
     }
 }
 
+/// Runs `f` and returns what it logged on this thread. The subscriber is the
+/// process-wide default, installed once: a scoped (`with_default`) one races
+/// with the other tests of this binary registering the same callsites on
+/// their threads, and can miss lines.
+fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, String) {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(|| ThreadCapture)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in the sfu tests");
+    });
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let result = f();
+    let log = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (result, String::from_utf8_lossy(&log).into_owned())
+}
+
 #[test]
 fn peer_lines_carry_room_session_and_role() {
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let (publisher_session, viewer_session) = tracing::subscriber::with_default(subscriber, || {
+    let ((publisher_session, viewer_session), log) = capture_logs(|| {
         let mut sim = Sim::new();
         let publisher = sim.publish("spans", 1);
         let viewer = sim.play("spans", None);
@@ -45,7 +69,6 @@ fn peer_lines_carry_room_session_and_role() {
         sessions
     });
 
-    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     let line = |session: &str, message: &str| {
         log.lines()
             .find(|l| l.contains(session) && l.contains(message))
