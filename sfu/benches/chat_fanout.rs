@@ -43,21 +43,7 @@ fn main() {
 }
 
 fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
-    let url = nats.url();
-    Node::start_at(
-        &format!("{ip}:0"),
-        &[
-            "--nats",
-            &url,
-            "--node-id",
-            id,
-            "--media-ip",
-            ip,
-            "--auth-secret",
-            SECRET,
-            "--no-hls",
-        ],
-    )
+    Node::start_in_cluster(&nats.url(), id, ip, &["--auth-secret", SECRET, "--no-hls"])
 }
 
 async fn run(clients: usize, rate: f64, duration: Duration) {

@@ -14,16 +14,11 @@ use hyper::{Method, StatusCode};
 use serde_json::Value;
 
 fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
-    let url = nats.url();
-    Node::start_at(
-        &format!("{ip}:0"),
+    Node::start_in_cluster(
+        &nats.url(),
+        id,
+        ip,
         &[
-            "--nats",
-            &url,
-            "--node-id",
-            id,
-            "--media-ip",
-            ip,
             "--auth-secret",
             SECRET,
             "--heartbeat",

@@ -13,22 +13,7 @@ use hyper::{Method, StatusCode};
 
 /// Short heartbeats so a dead node is gone within about a second.
 fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
-    let url = nats.url();
-    Node::start_at(
-        &format!("{ip}:0"),
-        &[
-            "--nats",
-            &url,
-            "--node-id",
-            id,
-            "--media-ip",
-            ip,
-            "--heartbeat",
-            "200ms",
-            "--node-ttl",
-            "1s",
-        ],
-    )
+    Node::start_in_cluster(&nats.url(), id, ip, &["--heartbeat", "200ms", "--node-ttl", "1s"])
 }
 
 async fn room_owner(http: &Http, node: &Node, room: &str) -> Option<String> {

@@ -26,6 +26,14 @@ impl Node {
         Node::start_at("127.0.0.1:0", args)
     }
 
+    /// A cluster member on `ip` (HTTP port 0, media on `ip`) joined to the
+    /// NATS server at `nats_url` as `id`, with `extra` flags after those.
+    pub fn start_in_cluster(nats_url: &str, id: &str, ip: &str, extra: &[&str]) -> Node {
+        let mut args = vec!["--nats", nats_url, "--node-id", id, "--media-ip", ip];
+        args.extend_from_slice(extra);
+        Node::start_at(&format!("{ip}:0"), &args)
+    }
+
     /// Starts the binary with `args` after `serve --http <http>`.
     pub fn start_at(http: &str, args: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sfu"))
