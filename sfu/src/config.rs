@@ -189,6 +189,12 @@ pub struct ChatArgs {
     #[arg(long, env = "SFU_CHAT_ALLOW_LINKS")]
     #[serde(default)]
     pub chat_allow_links: bool,
+    /// On a node without `--auth-secret`, let anyone ban, time out and
+    /// delete (`POST /v1/moderation/{room}/actions`); without this flag an
+    /// open node refuses moderation with 403.
+    #[arg(long, env = "SFU_OPEN_MODERATION")]
+    #[serde(default)]
+    pub open_moderation: bool,
 }
 
 impl ChatArgs {
@@ -254,6 +260,7 @@ impl ChatArgs {
             .filter(|w| !w.is_empty())
             .collect();
         c.filter.block_links = !(self.chat_allow_links || file.chat_allow_links);
+        c.open_moderation = self.open_moderation || file.open_moderation;
         Ok(c)
     }
 }

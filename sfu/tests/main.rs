@@ -1,6 +1,7 @@
 //! Every integration test of this crate, one module per behaviour, linked
 //! into one test binary: one release link per crate instead of one per file.
 
+mod chat_authority;
 mod chat_cluster;
 mod chat_single_node;
 mod cluster_nats;

@@ -754,7 +754,15 @@ impl<M: MediaNode> Shared<M> {
     ) -> Result<Resp, HttpError> {
         self.rate_limit(peer)?;
         let by = match &self.config.auth_secret {
-            None => "open-node".to_owned(),
+            None if self.config.chat.open_moderation => "open-node".to_owned(),
+            None => {
+                debug!(%room, %peer, "moderation refused: open node without --open-moderation");
+                return Err(HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    "moderation needs tokens: configure --auth-secret (or pass --open-moderation \
+                     to let anyone moderate this open node)",
+                ));
+            }
             Some(_) => {
                 let claims = self.claims(req.headers())?;
                 if !claims.allows_chat(&room) || !claims.chat_role().moderates() {

@@ -65,6 +65,10 @@ pub struct ChatConfig {
     /// How often presence is published and pushed to clients (at most once
     /// per interval per room per client).
     pub presence_interval: Duration,
+    /// On a node without an auth secret, let anyone call
+    /// `POST /v1/moderation/{room}/actions` (`--open-moderation`). Off by
+    /// default: an open node refuses moderation with 403.
+    pub open_moderation: bool,
 }
 
 impl Default for ChatConfig {
@@ -77,6 +81,7 @@ impl Default for ChatConfig {
             max_frame_bytes: 8 * 1024,
             client_queue: 1024,
             presence_interval: Duration::from_secs(1),
+            open_moderation: false,
         }
     }
 }
