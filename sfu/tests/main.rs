@@ -3,6 +3,7 @@
 
 mod chat_authority;
 mod chat_cluster;
+mod chat_presence;
 mod chat_single_node;
 mod cluster_nats;
 mod common;

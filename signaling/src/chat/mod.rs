@@ -43,7 +43,9 @@ mod moderation;
 pub mod presence;
 
 pub use moderation::{Action, RoleRates, Sanction, TextFilter};
-pub use presence::{NodePresence, PresenceCounts, RoleCounts, RoomPresence};
+pub use presence::{
+    Changes, NodePresence, Participant, PresenceCounts, PresenceUpdate, RoleCounts, RoomPresence,
+};
 
 use moderation::SendLimiter;
 
@@ -131,8 +133,8 @@ pub enum ServerFrame {
     Delete {
         id: String,
     },
-    /// Who is in the room (at most once per second).
-    Presence(PresenceCounts),
+    /// Who is in the room and who joined or left (at most once per second).
+    Presence(PresenceUpdate),
     /// A refused frame or a sanction; the connection stays open unless a
     /// close frame follows.
     Error {
@@ -232,6 +234,9 @@ struct RoomState {
     /// Each node's last presence report and when it came.
     nodes: BTreeMap<String, (NodePresence, Instant)>,
     pushed: Option<PresenceCounts>,
+    /// Joins and leaves reported since the last push.
+    pending: Changes,
+    last_push: Option<Instant>,
 }
 
 struct Member {
@@ -415,17 +420,19 @@ impl ChatHub {
         Ok(())
     }
 
-    /// Local chat members per room and role, for presence.
-    pub async fn local_members(&self) -> BTreeMap<RoomId, RoleCounts> {
+    /// Local chat members per room (identity and role, one per
+    /// connection), for presence.
+    pub async fn local_members(&self) -> BTreeMap<RoomId, Vec<presence::LocalMember>> {
         let rooms = self.inner.rooms.lock().await;
         let mut out = BTreeMap::new();
         for (id, room) in rooms.iter() {
             let state = lock(&room.shared.state);
-            let mut counts = RoleCounts::default();
-            for m in state.members.values() {
-                counts.add(m.role);
-            }
-            out.insert(id.clone(), counts);
+            let members = state
+                .members
+                .values()
+                .map(|m| (m.identity.clone(), m.role))
+                .collect();
+            out.insert(id.clone(), members);
         }
         out
     }
@@ -587,8 +594,17 @@ impl ChatHub {
             .collect())
     }
 
-    fn presence_now(a: &Admission) -> PresenceCounts {
-        presence::total(lock(&a.shared.state).nodes.values().map(|(p, _)| p))
+    /// The presence frame a joining member gets: totals and who is here.
+    fn presence_now(a: &Admission) -> PresenceUpdate {
+        let state = lock(&a.shared.state);
+        let (participants, participants_truncated) = presence::listed(state.nodes.values().map(|(p, _)| p));
+        PresenceUpdate {
+            ts: unix_ms(SystemTime::now()),
+            counts: presence::total(state.nodes.values().map(|(p, _)| p)),
+            changes: Changes::default(),
+            participants: Some(participants),
+            participants_truncated,
+        }
     }
 }
 
@@ -716,7 +732,9 @@ where
 /// at most once per `interval`.
 async fn run_room(room: Arc<RoomShared>, history_len: usize, interval: Duration, subs: [Subscription; 3]) {
     let [mut chat, mut moderation, mut presence] = subs;
-    let mut tick = tokio::time::interval(interval);
+    // Checked four times per interval so a report is pushed within a quarter
+    // interval of arriving; `push_presence` keeps pushes `interval` apart.
+    let mut tick = tokio::time::interval(interval / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -825,6 +843,7 @@ impl RoomShared {
             return;
         };
         let mut state = lock(&self.state);
+        state.pending.absorb(&p.changes);
         if p.is_empty() {
             state.nodes.remove(&p.node);
         } else {
@@ -832,19 +851,33 @@ impl RoomShared {
         }
     }
 
-    /// Forgets silent nodes and pushes the counts when they changed.
+    /// Forgets silent nodes and pushes the counts and pending joins and
+    /// leaves when anything changed, at most once per `interval`.
     fn push_presence(&self, now: Instant, interval: Duration) {
         let stale = interval * presence::STALE_INTERVALS;
         let mut state = lock(&self.state);
+        if state
+            .last_push
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            return;
+        }
         state
             .nodes
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < stale);
         let counts = presence::total(state.nodes.values().map(|(p, _)| p));
-        if state.pushed.as_ref() == Some(&counts) {
+        if state.pushed.as_ref() == Some(&counts) && state.pending.is_empty() {
             return;
         }
-        let frame = frame_text(&ServerFrame::Presence(counts.clone()));
+        let update = PresenceUpdate {
+            ts: unix_ms(SystemTime::now()),
+            counts: counts.clone(),
+            changes: std::mem::take(&mut state.pending),
+            ..PresenceUpdate::default()
+        };
+        let frame = frame_text(&ServerFrame::Presence(update));
         state.pushed = Some(counts);
+        state.last_push = Some(now);
         fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
     }
 }
