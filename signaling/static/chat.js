@@ -6,7 +6,8 @@
 //   waveChat.say(text)               sends one message
 //   waveChat.leave()
 //   waveChat.messages()              -> [{ id, ts, sender: { identity, role }, text }]
-//   waveChat.presence()              -> { publishers, viewers, chat, chat_roles } | null
+//   waveChat.presence()              -> { ts, publishers, viewers, chat, chat_roles,
+//                                         joined?, left?, truncated?, participants? } | null
 //
 // The server sends JSON frames tagged by `type`: welcome, history, message,
 // delete, presence (at most once a second), error, pong. A token goes in
