@@ -7,11 +7,10 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::chat::{ChatClient, SECRET, token};
+use common::chat::{ChatClient, SECRET, room_json, token};
 use common::nats::NatsServer;
 use common::node::{Http, Node};
 use hyper::{Method, StatusCode};
-use serde_json::Value;
 
 fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
     Node::start_in_cluster(
@@ -30,20 +29,7 @@ fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
 }
 
 async fn presence_chat(http: &Http, node: &Node, room: &str) -> Option<u64> {
-    let auth = format!("Bearer {}", token(room, "watcher", false, None));
-    let r = http
-        .send(
-            Method::GET,
-            &node.url(&format!("/v1/rooms/{room}")),
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
-    if r.status != StatusCode::OK {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&r.body).expect("room JSON");
-    v["presence"]["chat"].as_u64()
+    room_json(http, node, room).await?["presence"]["chat"].as_u64()
 }
 
 #[tokio::test]

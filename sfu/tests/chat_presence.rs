@@ -8,7 +8,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::chat::{ChatClient, SECRET, token};
+use common::chat::{ChatClient, SECRET, room_json, token};
 use common::nats::NatsServer;
 use common::node::{Http, Node, play_offer, publish_offer};
 use common::placement::room_placed_on;
@@ -70,20 +70,6 @@ impl Watcher {
     }
 }
 
-async fn room_json(http: &Http, node: &Node, room: &str) -> Value {
-    let auth = format!("Bearer {}", token(room, "lister", false, None));
-    let r = http
-        .send(
-            Method::GET,
-            &node.url(&format!("/v1/rooms/{room}")),
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    serde_json::from_str(&r.body).unwrap()
-}
-
 /// A publisher, then a WHEP viewer and a chat member join and leave at
 /// `at`; `watcher` (on `seen_at`) sees each with its kind, role and node.
 async fn joins_and_leaves_are_seen(at: &Node, at_id: &str, seen_at: &Node, room: &str) -> Vec<Duration> {
@@ -142,7 +128,7 @@ async fn joins_and_leaves_are_seen(at: &Node, at_id: &str, seen_at: &Node, room:
     watcher.assert_spaced();
 
     // The room's listing names its participants.
-    let v = room_json(&http, seen_at, room).await;
+    let v = room_json(&http, seen_at, room).await.expect("the room is listed");
     let listed = v["presence"]["participants"].as_array().unwrap().clone();
     assert!(
         listed

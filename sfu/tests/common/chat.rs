@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::node::Node;
+use super::node::{Http, Node};
 
 pub const SECRET: &str = "chat-test-secret";
 
@@ -19,6 +19,24 @@ pub fn token(room: &str, identity: &str, publish: bool, role: Option<&str>) -> S
     c.subscribe = true;
     c.role = role.map(|r| signaling::auth::Role::parse(r).expect("a role"));
     signaling::auth::issue_claims(SECRET.as_bytes(), &c)
+}
+
+/// `GET /v1/rooms/{room}` with a viewer's token for the room: its JSON, or
+/// `None` unless `200`.
+pub async fn room_json(http: &Http, node: &Node, room: &str) -> Option<Value> {
+    let auth = format!("Bearer {}", token(room, "lister", false, None));
+    let r = http
+        .send(
+            hyper::Method::GET,
+            &node.url(&format!("/v1/rooms/{room}")),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+    if r.status != hyper::StatusCode::OK {
+        return None;
+    }
+    Some(serde_json::from_str(&r.body).expect("room JSON"))
 }
 
 pub struct ChatClient {
