@@ -7,25 +7,13 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::chat::{ChatClient, SECRET, room_json, token};
+use common::chat::{ChatClient, cluster_node, room_json, token};
 use common::nats::NatsServer;
 use common::node::{Http, Node};
 use hyper::{Method, StatusCode};
 
 fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
-    Node::start_in_cluster(
-        &nats.url(),
-        id,
-        ip,
-        &[
-            "--auth-secret",
-            SECRET,
-            "--heartbeat",
-            "200ms",
-            "--node-ttl",
-            "1s",
-        ],
-    )
+    cluster_node(nats, id, ip)
 }
 
 async fn presence_chat(http: &Http, node: &Node, room: &str) -> Option<u64> {

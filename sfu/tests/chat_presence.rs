@@ -8,7 +8,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::chat::{ChatClient, SECRET, room_json, token};
+use common::chat::{ChatClient, SECRET, cluster_node, room_json, token};
 use common::nats::NatsServer;
 use common::node::{Http, Node, play_offer, publish_offer};
 use common::placement::room_placed_on;
@@ -147,16 +147,8 @@ async fn joins_and_leaves_are_seen(at: &Node, at_id: &str, seen_at: &Node, room:
 #[tokio::test]
 async fn presence_events_cross_nodes_over_nats() {
     let nats = NatsServer::start();
-    let flags = [
-        "--auth-secret",
-        SECRET,
-        "--heartbeat",
-        "200ms",
-        "--node-ttl",
-        "1s",
-    ];
-    let a = Node::start_in_cluster(&nats.url(), "a", "127.0.0.10", &flags);
-    let b = Node::start_in_cluster(&nats.url(), "b", "127.0.0.11", &flags);
+    let a = cluster_node(&nats, "a", "127.0.0.10");
+    let b = cluster_node(&nats, "b", "127.0.0.11");
     let http = Http::default();
     // Both nodes must see each other so the WHIP at a is not sent to b.
     let admin = format!("Bearer {}", token("*", "admin", false, None));

@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::nats::NatsServer;
 use super::node::{Http, Node};
 
 pub const SECRET: &str = "chat-test-secret";
@@ -19,6 +20,19 @@ pub fn token(room: &str, identity: &str, publish: bool, role: Option<&str>) -> S
     c.subscribe = true;
     c.role = role.map(|r| signaling::auth::Role::parse(r).expect("a role"));
     signaling::auth::issue_claims(SECRET.as_bytes(), &c)
+}
+
+/// A cluster member with tokens ([`SECRET`]) and short heartbeats.
+pub fn cluster_node(nats: &NatsServer, id: &str, ip: &str) -> Node {
+    let flags = [
+        "--auth-secret",
+        SECRET,
+        "--heartbeat",
+        "200ms",
+        "--node-ttl",
+        "1s",
+    ];
+    Node::start_in_cluster(&nats.url(), id, ip, &flags)
 }
 
 /// `GET /v1/rooms/{room}` with a viewer's token for the room: its JSON, or
