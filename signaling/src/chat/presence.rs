@@ -571,6 +571,14 @@ mod tests {
         assert_eq!(v["joined"][0]["node"], "a");
         assert!(v.get("left").is_none() && v.get("truncated").is_none());
         assert_eq!(serde_json::from_value::<PresenceUpdate>(v).unwrap(), u);
+        // As the tagged frame clients get.
+        let frame = super::super::ServerFrame::Presence(u);
+        let text = serde_json::to_string(&frame).unwrap();
+        assert!(text.starts_with(r#"{"type":"presence","ts":0,"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<super::super::ServerFrame>(&text).unwrap(),
+            frame
+        );
     }
 
     #[test]
