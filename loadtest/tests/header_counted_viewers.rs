@@ -6,13 +6,7 @@
 
 use crate::common;
 
-use common::{Node, loadtest, succeeded};
-
-fn num(v: &serde_json::Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(|x| x.as_f64())
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
-}
+use common::{Node, loadtest, num, succeeded};
 
 /// `all_switch`: every non-sampled viewer reaches its asked layer in the run
 /// (so exactly 30 are header-counted); with bandwidth estimation on a busy
