@@ -206,8 +206,8 @@ pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
     let section = format!(
         "{BEGIN}\n## loadtest bench (end to end, loopback)\n\n\
          Machine: {machine}. Node: `sfu serve --workers {workers}` (release); load tester: {threads} media thread(s), \
-         one viewer in {full_every} a full str0m peer for the whole run (the others full until their first keyframe on \
-         the asked layer, then counted from RTP headers), join rate {rate}/s, {duration:.0} s measured after the last join; node and load tester share the machine \
+         one low-layer viewer in {full_every} a full str0m peer for the whole run (the other low-layer viewers full \
+         until their first keyframe, then counted from RTP headers; other layers all full), join rate {rate}/s, {duration:.0} s measured after the last join; node and load tester share the machine \
          (and, when this was run, other jobs: see the load average).\n\n\
          Floor on this machine, same run: AES-128-GCM seal of 1,200 bytes (aws-lc-rs) {seal:.0} ns + its share of \
          a batched (GSO) loopback UDP send {send:.0} ns = **{total:.2} µs per packet**.\n\n\

@@ -177,15 +177,15 @@ pub struct Common {
     /// Thresholds, e.g. `loss<0.5%,join_p95<300ms`; exit 3 when one is missed.
     #[arg(long, env = "LOADTEST_EXPECT", global = true)]
     pub expect: Option<String>,
-    /// One viewer in K stays a full str0m peer for the whole run; the others
-    /// are full peers only until their first keyframe on the layer they asked
-    /// for (join time is measured for all), then count media from the cleartext RTP header (sequence →
+    /// One viewer in K of those asking for the low layer stays a full str0m
+    /// peer for the whole run; the others are full peers only until their
+    /// first keyframe (join time is measured for all), then count media from the cleartext RTP header (sequence →
     /// loss before retransmission, size → bitrate, timestamp → jitter and
     /// freezes) without SRTP, while STUN/DTLS/RTCP still go to str0m.
     /// Forwarding latency and loss after NACK come from the full viewers
-    /// only; a header-counted viewer sends no NACK or transport feedback, so
-    /// a server's bandwidth estimate stops moving it between layers.
-    /// 1 = every viewer full (costly: the tester becomes the limit).
+    /// only. Viewers of other layers (or auto) stay full: they would send no
+    /// transport feedback, and a server's bandwidth estimate then moves them
+    /// off their layer unseen. 1 = every viewer full (costly: the tester becomes the limit).
     #[arg(long, env = "LOADTEST_FULL_EVERY", default_value_t = 10, global = true)]
     pub full_every: u32,
     /// No live progress line.

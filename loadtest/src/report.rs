@@ -300,7 +300,7 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  viewers: {} full str0m peers, {} header-counted from their first keyframe on the asked layer \
+            "  viewers: {} full str0m peers, {} header-counted (low layer) from their first keyframe \
              (loss {:.3}% after NACK / {:.3}% before any repair; latency from full viewers only)",
             self.viewers_joined - self.viewers_header_counted,
             self.viewers_header_counted,
