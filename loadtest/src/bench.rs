@@ -149,9 +149,10 @@ pub fn row(name: &str, r: &Report, floor: &Floor) -> String {
     let s = &r.server;
     let multiple = s.cpu_us_per_packet.map(|c| c / floor.total_us());
     format!(
-        "| {name} | {}/{} | {} | {} | {:.3} | {:.0} | {:.2} / {:.2} | {} | {} | {} | {} / {} |",
+        "| {name} | {}/{} ({} full) | {} | {} | {:.3} | {:.0} | {:.2} / {:.2} | {} | {} | {} | {} / {} |",
         r.viewers_joined,
         r.viewers_planned,
+        r.viewers_joined - r.viewers_header_counted,
         fmt(s.cpu_us_per_packet, 2),
         fmt(s.packets_per_sec, 0),
         r.loss_pct,
@@ -205,20 +206,23 @@ pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
     let section = format!(
         "{BEGIN}\n## loadtest bench (end to end, loopback)\n\n\
          Machine: {machine}. Node: `sfu serve --workers {workers}` (release); load tester: {threads} media thread(s), \
-         join rate {rate}/s, {duration:.0} s measured after the last join; node and load tester share the machine \
+         one low-layer viewer in {full_every} a full str0m peer for the whole run (the other low-layer viewers full \
+         until their first keyframe, then counted from RTP headers; other layers all full), join rate {rate}/s, {duration:.0} s measured after the last join; node and load tester share the machine \
          (and, when this was run, other jobs: see the load average).\n\n\
          Floor on this machine, same run: AES-128-GCM seal of 1,200 bytes (aws-lc-rs) {seal:.0} ns + its share of \
          a batched (GSO) loopback UDP send {send:.0} ns = **{total:.2} µs per packet**.\n\n\
          | scenario | viewers joined | node µs CPU / fwd pkt | fwd pkt/s | loss % | join p95 ms | latency p50 / p99 ms | node KiB / viewer | × floor | node cores | tester µs / rcvd pkt, cores |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\n\
-         Join p95 is POST → first keyframe at the viewer. Latency is publisher send → viewer receive of the \
-         same frame, both in the load tester's process, so it includes the load tester's own queueing. The last \
+         Join p95 is POST → first keyframe at the viewer, for every viewer. Loss is after NACK repair for full \
+         viewers and before any repair for header-counted ones (they send no NACK). Latency is publisher send → viewer receive of the \
+         same frame, measured at the full viewers, both in the load tester's process, so it includes the load tester's own queueing. The last \
          column is the load tester's own CPU (all threads) per RTP packet its viewers received: where its cores \
          near what the machine has left, the tester, not the node, is the limit.\n{END}\n",
         BEGIN = BEGIN,
         END = END,
         workers = cfg.node_workers,
         threads = cfg.base.threads,
+        full_every = cfg.base.full_every,
         rate = cfg.base.rate,
         duration = cfg.base.duration.as_secs_f64(),
         seal = floor.seal_ns,

@@ -177,6 +177,17 @@ pub struct Common {
     /// Thresholds, e.g. `loss<0.5%,join_p95<300ms`; exit 3 when one is missed.
     #[arg(long, env = "LOADTEST_EXPECT", global = true)]
     pub expect: Option<String>,
+    /// One viewer in K of those asking for the low layer stays a full str0m
+    /// peer for the whole run; the others are full peers only until their
+    /// first keyframe (join time is measured for all), then count media from the cleartext RTP header (sequence →
+    /// loss before retransmission, size → bitrate, timestamp → jitter and
+    /// freezes) without SRTP, while STUN/DTLS/RTCP still go to str0m.
+    /// Forwarding latency and loss after NACK come from the full viewers
+    /// only. Viewers of other layers (or auto) stay full: they would send no
+    /// transport feedback, and a server's bandwidth estimate then moves them
+    /// off their layer unseen. 1 = every viewer full (costly: the tester becomes the limit).
+    #[arg(long, env = "LOADTEST_FULL_EVERY", default_value_t = 10, global = true)]
+    pub full_every: u32,
     /// No live progress line.
     #[arg(long, env = "LOADTEST_QUIET", global = true)]
     pub quiet: bool,
@@ -314,6 +325,9 @@ impl Cli {
                 "at most 16,000 publishers (the frame tag's width)".into(),
             ));
         }
+        if c.full_every == 0 {
+            return Err(Error::Config("full_every must be at least 1".into()));
+        }
         if c.loop_frames == 0 || c.gop == 0 {
             return Err(Error::Config("loop_frames and gop must be positive".into()));
         }
@@ -341,6 +355,7 @@ impl Cli {
             loop_frames: c.loop_frames,
             gop: c.gop,
             server_pid: c.server_pid,
+            full_every: c.full_every,
             progress: !c.quiet,
         })
     }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod media;
 pub mod peer;
 pub mod report;
+pub mod rtp;
 pub mod run;
 pub mod server;
 pub mod shard;

@@ -46,8 +46,22 @@ pub struct Report {
     pub viewers_on_asked_layer: usize,
     pub viewers_asking_layer: usize,
     pub join_ms: JoinTimes,
-    /// Packet loss after retransmission, over all viewers' packets, percent.
+    /// Joined viewers that counted media from RTP headers after their first
+    /// keyframe (`--full-every`); the rest stayed full str0m peers.
+    pub viewers_header_counted: usize,
+    /// Packet loss over all viewers' packets, percent: after retransmission
+    /// for full viewers, before it for header-counted ones (they send no NACK).
     pub loss_pct: f64,
+    /// The same over full viewers only (after NACK repair).
+    pub loss_full_pct: f64,
+    /// The same over header-counted viewers only (no repair).
+    pub loss_header_counted_pct: f64,
+    /// Received video bitrate per viewer, full and header-counted apart, kbit/s.
+    pub full_kbps: Summary,
+    pub header_counted_kbps: Summary,
+    /// The least time between a header-counted viewer's first and last
+    /// media packet, seconds: short when the server stopped sending to one.
+    pub header_counted_min_media_secs: f64,
     /// Per-viewer loss, percent.
     pub viewer_loss_pct: Summary,
     pub jitter_ms: Summary,
@@ -116,12 +130,22 @@ impl Report {
             *errors.entry(e).or_default() += 1;
         }
         let pick = |f: fn(&ViewerStats) -> Option<f64>| Summary::of(viewers.iter().filter_map(f));
-        let (lost, expected) = viewers.iter().fold((0u64, 0u64), |(l, e), v| {
-            (
-                l + v.video_lost + v.audio_lost,
-                e + v.video_expected + v.audio_expected,
-            )
-        });
+        let loss_of = |keep: &dyn Fn(&ViewerStats) -> bool| {
+            let (lost, expected) = viewers
+                .iter()
+                .filter(|v| keep(v))
+                .fold((0u64, 0u64), |(l, e), v| {
+                    (
+                        l + v.video_lost + v.audio_lost,
+                        e + v.video_expected + v.audio_expected,
+                    )
+                });
+            if expected == 0 {
+                0.0
+            } else {
+                lost as f64 * 100.0 / expected as f64
+            }
+        };
         let names = ["low", "mid", "high"];
         let layers = (0..3)
             .map(|l| {
@@ -153,11 +177,18 @@ impl Report {
                 first_packet: pick(|v| v.first_packet_ms),
                 first_keyframe: pick(|v| v.first_keyframe_ms),
             },
-            loss_pct: if expected == 0 {
-                0.0
-            } else {
-                lost as f64 * 100.0 / expected as f64
-            },
+            viewers_header_counted: joined.iter().filter(|v| v.header_counted).count(),
+            loss_pct: loss_of(&|_| true),
+            loss_full_pct: loss_of(&|v| !v.header_counted),
+            loss_header_counted_pct: loss_of(&|v| v.header_counted),
+            full_kbps: Summary::of(joined.iter().filter(|v| !v.header_counted).map(|v| v.kbps())),
+            header_counted_kbps: Summary::of(joined.iter().filter(|v| v.header_counted).map(|v| v.kbps())),
+            header_counted_min_media_secs: joined
+                .iter()
+                .filter(|v| v.header_counted)
+                .map(|v| v.media_secs)
+                .reduce(f64::min)
+                .unwrap_or(0.0),
             viewer_loss_pct: Summary::of(joined.iter().map(|v| v.loss() * 100.0)),
             jitter_ms: Summary::of(joined.iter().map(|v| v.jitter_ms)),
             latency_ms: latency.summary_ms(),
@@ -266,6 +297,15 @@ impl Report {
             self.keyframe_requests,
             self.viewers_on_asked_layer,
             self.viewers_asking_layer
+        );
+        let _ = writeln!(
+            o,
+            "  viewers: {} full str0m peers, {} header-counted (low layer) from their first keyframe \
+             (loss {:.3}% after NACK / {:.3}% before any repair; latency from full viewers only)",
+            self.viewers_joined - self.viewers_header_counted,
+            self.viewers_header_counted,
+            self.loss_full_pct,
+            self.loss_header_counted_pct
         );
         let s = &self.server;
         let f = |v: Option<f64>, d: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.d$}"));

@@ -107,6 +107,8 @@ pub struct RunConfig {
     pub loop_frames: usize,
     pub gop: usize,
     pub server_pid: Option<u32>,
+    /// One viewer in this many stays a full str0m peer (see `Viewer`).
+    pub full_every: u32,
     pub progress: bool,
 }
 
@@ -250,7 +252,8 @@ impl Ctx {
                 .and_then(|l| l.rsplit('/').next().map(str::to_owned)),
             _ => None,
         };
-        let mut viewer = Viewer::new(id, room.clone(), join.layer.index(), posted);
+        let full = id.is_multiple_of(self.cfg.full_every.max(1));
+        let mut viewer = Viewer::new(id, room.clone(), join.layer.index(), posted, full);
         self.shared.progress.posted.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let (mut rtc, offer, pending) = peer::viewer_offer(&self.cert, local, posted)?;

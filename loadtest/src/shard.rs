@@ -18,6 +18,7 @@ use str0m::{Input, Output};
 use tracing::{debug, warn};
 
 use crate::peer::{Peer, PublisherStats, Role, Shared, ViewerStats};
+use crate::rtp::RtpHeader;
 use crate::stats::Histogram;
 
 const BATCH: usize = 32;
@@ -220,6 +221,18 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
             };
             for seg in buf[..m.len].chunks(m.stride.max(1)) {
                 st.result.datagrams_in += 1;
+                if let Role::Viewer(v) = &mut peer.role {
+                    if v.header_counted()
+                        && let Some(h) = RtpHeader::parse(seg)
+                    {
+                        if let Some(bytes) = v.count_header(&h, seg.len(), &st.shared, now) {
+                            st.result.tally_packets += 1;
+                            st.result.tally_bytes += bytes as u64;
+                        }
+                        continue;
+                    }
+                    v.set_datagram_len(seg.len());
+                }
                 let Ok(r) = Receive::new(Protocol::Udp, m.addr, peer.local, seg) else {
                     continue;
                 };

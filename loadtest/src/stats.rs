@@ -185,7 +185,9 @@ impl SeqTracker {
             if seq - self.max >= WINDOW as u64 {
                 self.window = [0; WINDOW / 64];
             } else {
-                for s in self.max + 1..seq {
+                // Up to and including `seq`: its slot still holds the bit of
+                // `seq - WINDOW`, which would count `seq` as a duplicate.
+                for s in self.max + 1..=seq {
                     let (w, b) = self.bit(s);
                     self.window[w] &= !b;
                 }
@@ -196,6 +198,27 @@ impl SeqTracker {
         if self.window[w] & b == 0 {
             self.window[w] |= b;
             self.received += 1;
+        }
+    }
+
+    /// Extends a 16-bit RTP sequence number to the value nearest the highest
+    /// one recorded (RFC 3550 A.1: a jump of less than half the space is
+    /// taken as forward, else as a late or reordered packet), so a packet
+    /// counted from its header continues the numbering str0m started.
+    pub fn extend(&self, seq: u16) -> u64 {
+        // Before the first packet: one full cycle up, so a reordered
+        // predecessor still has a value.
+        let Some(_) = self.first else {
+            return (1 << 16) | u64::from(seq);
+        };
+        let cycle = self.max & !0xffff;
+        let candidate = cycle | u64::from(seq);
+        if candidate > self.max && candidate - self.max > 1 << 15 && cycle > 0 {
+            candidate - (1 << 16)
+        } else if candidate < self.max && self.max - candidate > 1 << 15 {
+            candidate + (1 << 16)
+        } else {
+            candidate
         }
     }
 
@@ -285,5 +308,67 @@ mod tests {
         t.record(200);
         assert_eq!(t.received(), 8);
         assert_eq!(t.expected(), 4901);
+    }
+
+    #[test]
+    fn seq_tracker_counts_in_order_packets_beyond_its_window() {
+        let mut t = SeqTracker::default();
+        for s in 0..5 * WINDOW as u64 {
+            t.record(s);
+        }
+        assert_eq!((t.expected(), t.lost()), (5 * WINDOW as u64, 0));
+    }
+
+    /// Feeds 16-bit sequence numbers as a header-counted viewer does.
+    fn feed(t: &mut SeqTracker, seqs: impl IntoIterator<Item = u16>) {
+        for s in seqs {
+            t.record(t.extend(s));
+        }
+    }
+
+    #[test]
+    fn extended_sequence_numbers_cross_the_wrap() {
+        let mut t = SeqTracker::default();
+        // 65,530 .. 65,535, 0 .. 9 with 65,534 and 3 lost.
+        feed(&mut t, (65_530..=65_535).filter(|&s| s != 65_534));
+        feed(&mut t, (0..10).filter(|&s| s != 3));
+        assert_eq!((t.expected(), t.received(), t.lost()), (16, 14, 2));
+        // The late 65,534 arrives after the wrap: it repairs, not a new cycle.
+        feed(&mut t, [65_534]);
+        assert_eq!((t.expected(), t.lost()), (16, 1));
+        // Several more cycles without loss keep the count exact.
+        let mut s = 10u16;
+        for _ in 0..3 * 65_536 {
+            feed(&mut t, [s]);
+            s = s.wrapping_add(1);
+        }
+        assert_eq!((t.expected(), t.lost()), (16 + 3 * 65_536, 1));
+    }
+
+    #[test]
+    fn extended_sequence_numbers_survive_reordering() {
+        let mut t = SeqTracker::default();
+        // Swapped pairs around the wrap, and a duplicate.
+        feed(&mut t, [65_533, 65_535, 65_534, 1, 0, 2, 2, 4, 3]);
+        assert_eq!((t.expected(), t.received(), t.lost()), (8, 8, 0));
+        // A first packet followed by its predecessor (reordered at the start).
+        let mut t = SeqTracker::default();
+        feed(&mut t, [0, 65_535, 1]);
+        assert_eq!(t.extend(2), t.extend(1) + 1);
+        assert_eq!((t.expected(), t.received()), (2, 2));
+    }
+
+    #[test]
+    fn header_counting_continues_str0m_numbering() {
+        // str0m handed over at extended 3 * 65,536 + 65,535; the header path goes on.
+        let mut t = SeqTracker::default();
+        let base = 3 * 65_536 + 65_530;
+        for s in base..base + 6 {
+            t.record(s);
+        }
+        assert_eq!(t.extend(0), 4 * 65_536);
+        assert_eq!(t.extend(65_534), 3 * 65_536 + 65_534);
+        feed(&mut t, [0, 2]);
+        assert_eq!((t.expected(), t.lost()), (9, 1));
     }
 }

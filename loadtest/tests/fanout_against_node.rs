@@ -2,13 +2,7 @@
 
 use crate::common;
 
-use common::{Node, loadtest, succeeded};
-
-fn num(v: &serde_json::Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(|x| x.as_f64())
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
-}
+use common::{Node, loadtest, num, succeeded};
 
 #[test]
 fn fifty_viewers_join_and_get_the_low_layer() {
@@ -28,6 +22,9 @@ fn fifty_viewers_join_and_get_the_low_layer() {
         "100",
         "--duration",
         "2",
+        // Every viewer a full str0m peer (latency on every packet).
+        "--full-every",
+        "1",
         "--expect",
         "loss<1%,joined>=100%",
     ]);
@@ -38,6 +35,7 @@ fn fifty_viewers_join_and_get_the_low_layer() {
     assert_eq!(num(&r, "/viewers_on_asked_layer"), 50.0, "{stdout}");
     assert_eq!(num(&r, "/layers/0/viewers"), 50.0, "{stdout}");
     assert!(num(&r, "/loss_pct") < 1.0, "{stdout}");
+    assert_eq!(num(&r, "/viewers_header_counted"), 0.0, "{stdout}");
     assert!(num(&r, "/layers/0/kbps/p50") > 30.0, "{stdout}");
     // Every join step was measured, in order.
     let j = |s: &str| num(&r, &format!("/join_ms/{s}/p50"));

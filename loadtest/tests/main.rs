@@ -4,5 +4,6 @@
 mod cluster_redirect;
 mod common;
 mod fanout_against_node;
+mod header_counted_viewers;
 mod hls_against_node;
 mod meeting_and_churn_against_node;

@@ -2,13 +2,7 @@
 
 use crate::common;
 
-use common::{Node, loadtest, succeeded};
-
-fn num(v: &serde_json::Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(|x| x.as_f64())
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
-}
+use common::{Node, loadtest, num, succeeded};
 
 #[test]
 fn every_meeting_peer_sees_every_other() {

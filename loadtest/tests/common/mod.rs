@@ -129,3 +129,10 @@ pub fn succeeded(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     stdout
 }
+
+/// The number at JSON pointer `path` of a report; panics naming it when absent.
+pub fn num(v: &serde_json::Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(|x| x.as_f64())
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
+}
