@@ -136,6 +136,9 @@ pub struct HlsMetrics {
     /// Blocking requests being held right now.
     pub blocking_held: AtomicU64,
     pub blocking_total: AtomicU64,
+    /// Readiness checks of held requests: one when a request is held, one
+    /// per wake-up after (only its rendition's progress wakes it).
+    pub blocking_checks: AtomicU64,
     pub bad_requests: AtomicU64,
     pub timeouts: AtomicU64,
     pub not_found: AtomicU64,
@@ -149,12 +152,13 @@ impl HlsMetrics {
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
         // (name, TYPE line to print before it, value), in exposition order.
-        let lines: [(&str, Option<&str>, &AtomicU64); 9] = [
+        let lines: [(&str, Option<&str>, &AtomicU64); 10] = [
             ("wave_hls_requests_total", Some("counter"), &self.requests),
             ("wave_hls_playlist_requests_total", None, &self.playlist_requests),
             ("wave_hls_media_requests_total", None, &self.media_requests),
             ("wave_hls_blocking_held", Some("gauge"), &self.blocking_held),
             ("wave_hls_blocking_requests_total", None, &self.blocking_total),
+            ("wave_hls_blocking_checks_total", None, &self.blocking_checks),
             ("wave_hls_bad_requests_total", None, &self.bad_requests),
             ("wave_hls_blocking_timeouts_total", None, &self.timeouts),
             ("wave_hls_not_found_total", None, &self.not_found),
@@ -171,9 +175,43 @@ impl HlsMetrics {
 }
 
 /// The rooms' latest snapshots. The node publishes; requests wait on it.
+///
+/// Blocked requests wait on their rendition's channel, which changes only
+/// when that rendition made progress (a part, a segment, an init section,
+/// its end): a part of one rendition wakes the requests waiting for that
+/// rendition and no others (no thundering herd of audio waiters on every
+/// video part, or of all waiters on every snapshot of the room).
 #[derive(Debug, Default)]
 pub struct HlsStore {
-    rooms: Mutex<HashMap<String, watch::Sender<Snapshot>>>,
+    rooms: Mutex<HashMap<String, RoomChannels>>,
+}
+
+#[derive(Debug)]
+struct RoomChannels {
+    /// The latest snapshot, read by requests that do not block.
+    latest: watch::Sender<Snapshot>,
+    /// Per rendition: the latest snapshot in which it made progress.
+    renditions: HashMap<String, RenditionChannel>,
+}
+
+#[derive(Debug)]
+struct RenditionChannel {
+    progress: Progress,
+    tx: watch::Sender<Snapshot>,
+}
+
+/// What a held request of one rendition can be waiting for: its last part,
+/// last complete segment, end, next init section and set of files.
+type Progress = (Option<(u64, u32)>, Option<u64>, bool, Option<u32>, usize);
+
+fn progress(r: &RenditionSnapshot) -> Progress {
+    (
+        r.last_part(),
+        r.last_complete_msn(),
+        r.ended,
+        r.next_map(),
+        r.files.len(),
+    )
 }
 
 impl HlsStore {
@@ -181,20 +219,43 @@ impl HlsStore {
         Arc::new(Self::default())
     }
 
-    /// Replaces room `room`'s snapshot and wakes the requests waiting on it.
+    /// Replaces room `room`'s snapshot and wakes the requests waiting on
+    /// the renditions that made progress. Cheap (no rendering): the node
+    /// calls it on its media worker the moment the packager closed a part.
     pub fn publish(&self, room: &str, snapshot: RoomSnapshot) {
-        let snapshot = Some(Published {
+        let published = Published {
             snap: Arc::new(snapshot),
             at: Instant::now(),
             rendered: Arc::default(),
-        });
+        };
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        match rooms.get(room) {
-            Some(tx) => {
-                tx.send_replace(snapshot);
+        let channels = match rooms.get_mut(room) {
+            Some(c) => {
+                c.latest.send_replace(Some(published.clone()));
+                c
             }
-            None => {
-                rooms.insert(room.to_string(), watch::channel(snapshot).0);
+            None => rooms.entry(room.to_string()).or_insert(RoomChannels {
+                latest: watch::channel(Some(published.clone())).0,
+                renditions: HashMap::new(),
+            }),
+        };
+        for (name, r) in &published.snap.renditions {
+            let now = progress(r);
+            match channels.renditions.get_mut(name) {
+                Some(c) if c.progress == now => {}
+                Some(c) => {
+                    c.progress = now;
+                    c.tx.send_replace(Some(published.clone()));
+                }
+                None => {
+                    channels.renditions.insert(
+                        name.clone(),
+                        RenditionChannel {
+                            progress: now,
+                            tx: watch::channel(Some(published.clone())).0,
+                        },
+                    );
+                }
             }
         }
     }
@@ -208,12 +269,23 @@ impl HlsStore {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    fn subscribe(&self, room: &str) -> Option<watch::Receiver<Snapshot>> {
+    fn latest(&self, room: &str) -> Option<Snapshot> {
         self.rooms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(room)
-            .map(|tx| tx.subscribe())
+            .map(|c| c.latest.borrow().clone())
+    }
+
+    /// The channel a request blocked on `rendition` of `room` waits on.
+    fn subscribe(&self, room: &str, rendition: &str) -> Option<watch::Receiver<Snapshot>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)?
+            .renditions
+            .get(rendition)
+            .map(|c| c.tx.subscribe())
     }
 }
 
@@ -479,13 +551,10 @@ impl HlsService {
             (Some(_), Some(t)) => format!("?token={t}"),
             _ => String::new(),
         };
-        let mut rx = self
+        let published = self
             .store
-            .subscribe(room)
-            .ok_or((Refusal::NotFound("no such room"), 1))?;
-        let published = rx
-            .borrow_and_update()
-            .clone()
+            .latest(room)
+            .ok_or((Refusal::NotFound("no such room"), 1))?
             .ok_or((Refusal::NotFound("room has no media"), 1))?;
         let snap = published.snap.clone();
         let td = snap.config.target_duration();
@@ -522,11 +591,11 @@ impl HlsService {
                 }
                 if file == "index.m3u8" {
                     self.metrics.playlist_requests.fetch_add(1, Ordering::Relaxed);
-                    self.media_playlist(&mut rx, published, rendition, &q, &suffix, gzip)
+                    self.media_playlist(room, published, rendition, &q, &suffix, gzip)
                         .await
                 } else {
                     self.metrics.media_requests.fetch_add(1, Ordering::Relaxed);
-                    self.media_file(&mut rx, snap, rendition, file).await
+                    self.media_file(room, snap, rendition, file).await
                 }
             }
             _ => Err(nf("unknown HLS path")),
@@ -537,27 +606,53 @@ impl HlsService {
         self.block_limit.unwrap_or(Duration::from_secs(3 * u64::from(td)))
     }
 
-    /// Waits until `ready` holds for the room's snapshot, at most 3 TD.
+    /// Waits until `ready` holds for `rendition` of `room`, at most 3 TD;
+    /// woken only when that rendition makes progress.
     async fn hold(
         &self,
-        rx: &mut watch::Receiver<Snapshot>,
+        room: &str,
+        rendition: &str,
         td: u32,
-        ready: impl Fn(&RoomSnapshot) -> bool,
+        ready: impl Fn(&RenditionSnapshot) -> bool,
     ) -> Result<Published, (Refusal, u32)> {
+        let mut rx = self
+            .store
+            .subscribe(room, rendition)
+            .ok_or((Refusal::NotFound("room ended"), td))?;
         self.metrics.blocking_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.blocking_held.fetch_add(1, Ordering::Relaxed);
         let _held = Held(&self.metrics.blocking_held);
-        let wait = rx.wait_for(|s| s.as_ref().is_some_and(|s| ready(&s.snap)));
-        match tokio::time::timeout(self.limit(td), wait).await {
-            Ok(Ok(s)) => s.clone().ok_or((Refusal::NotFound("room ended"), td)),
-            Ok(Err(_)) => Err((Refusal::NotFound("room ended"), td)),
-            Err(_) => Err((Refusal::Timeout, td)),
+        let wait = rx.wait_for(|s| {
+            self.metrics.blocking_checks.fetch_add(1, Ordering::Relaxed);
+            s.as_ref()
+                .and_then(|s| s.snap.renditions.get(rendition))
+                .is_some_and(&ready)
+        });
+        let woken = match tokio::time::timeout(self.limit(td), wait).await {
+            Ok(Ok(s)) => s.clone().ok_or((Refusal::NotFound("room ended"), td))?,
+            Ok(Err(_)) => return Err((Refusal::NotFound("room ended"), td)),
+            Err(_) => return Err((Refusal::Timeout, td)),
+        };
+        // Answer from the room's newest snapshot (its RENDITION-REPORTs
+        // are the freshest); the delay still counts from the publication
+        // that made this request ready.
+        match self.store.latest(room).flatten() {
+            Some(latest)
+                if latest.snap.session == woken.snap.session
+                    && latest.snap.renditions.get(rendition).is_some_and(&ready) =>
+            {
+                Ok(Published {
+                    at: woken.at,
+                    ..latest
+                })
+            }
+            _ => Ok(woken),
         }
     }
 
     async fn media_playlist(
         &self,
-        rx: &mut watch::Receiver<Snapshot>,
+        room: &str,
         mut published: Published,
         rendition: &str,
         q: &Query<'_>,
@@ -575,14 +670,9 @@ impl HlsService {
         if let (Some(msn), false) = (q.msn, r.ended) {
             reload_in_range(&published.snap, r, msn, q.part).map_err(|e| (e, td))?;
             if !reload_ready(r, msn, q.part) {
-                let name = rendition.to_string();
                 let part = q.part;
                 published = self
-                    .hold(rx, td, move |s| {
-                        s.renditions
-                            .get(&name)
-                            .is_some_and(|r| reload_ready(r, msn, part))
-                    })
+                    .hold(room, rendition, td, |r| reload_ready(r, msn, part))
                     .await?;
                 held_until = Some(published.at);
             }
@@ -604,7 +694,7 @@ impl HlsService {
 
     async fn media_file(
         &self,
-        rx: &mut watch::Receiver<Snapshot>,
+        room: &str,
         snap: Arc<RoomSnapshot>,
         rendition: &str,
         file: &str,
@@ -633,13 +723,8 @@ impl HlsService {
             return Err((Refusal::NotFound("neither published nor hinted"), td));
         }
         // C14: held until the whole part exists, then sent in one piece.
-        let (name, wanted) = (rendition.to_string(), file.to_string());
         let snap = self
-            .hold(rx, td, move |s| {
-                s.renditions
-                    .get(&name)
-                    .is_some_and(|r| r.files.contains_key(&wanted) || r.ended)
-            })
+            .hold(room, rendition, td, |r| r.files.contains_key(file) || r.ended)
             .await?
             .snap;
         let bytes = snap

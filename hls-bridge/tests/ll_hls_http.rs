@@ -148,16 +148,27 @@ fn next_where(snaps: &[RoomSnapshot], from: usize, ready: impl Fn(&RoomSnapshot)
         .expect("a later snapshot")
 }
 
+/// Publishes the middle snapshot; the blocking reload of `rendition`'s
+/// next part there: (index of that snapshot, MSN, part, path).
+fn blocking_reload(
+    service: &HlsService,
+    snaps: &[RoomSnapshot],
+    rendition: &str,
+) -> (usize, u64, u32, String) {
+    let k = snaps.len() / 2;
+    service.store().publish(ROOM, snaps[k].clone());
+    let (msn, part) = snaps[k].renditions[rendition].next_part().unwrap();
+    let path = format!(
+        "{}?_HLS_msn={msn}&_HLS_part={part}",
+        media_path(&snaps[k], rendition, "index.m3u8")
+    );
+    (k, msn, part, path)
+}
+
 #[tokio::test]
 async fn blocking_reload_holds_until_the_part_exists_and_never_answers_early() {
     let (addr, service, snaps) = setup(Duration::from_secs(9), None).await;
-    let k = snaps.len() / 2;
-    service.store().publish(ROOM, snaps[k].clone());
-    let (msn, part) = snaps[k].renditions["v2"].next_part().unwrap();
-    let path = format!(
-        "{}?_HLS_msn={msn}&_HLS_part={part}",
-        media_path(&snaps[k], "v2", "index.m3u8")
-    );
+    let (k, msn, part, path) = blocking_reload(&service, &snaps, "v2");
     for h2 in [false, true] {
         service.store().publish(ROOM, snaps[k].clone());
         let pending = tokio::spawn({
@@ -391,4 +402,49 @@ async fn signed_urls_are_checked_everywhere_and_carried_into_playlists() {
             assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}{q}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_held_request_wakes_only_when_its_rendition_progresses() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (addr, service, snaps) = setup(Duration::from_secs(9), None).await;
+    let (k, msn, part, path) = blocking_reload(&service, &snaps, "v0");
+    let pending = tokio::spawn(async move { get(addr, &path, false, &[]).await });
+    let m = &service.metrics;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.blocking_held.load(Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "never held");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(m.blocking_checks.load(Relaxed), 1);
+    // Snapshots in which every other rendition (video layers, audio) got
+    // parts but v0 did not: none of them re-checks the held request.
+    let want = format!("part_{msn}_{part}.m4s");
+    let ready = next_where(&snaps, k, |s| s.renditions["v0"].files.contains_key(&want));
+    for s in &snaps[k + 1..=ready] {
+        let mut others = s.clone();
+        others
+            .renditions
+            .insert("v0".into(), snaps[k].renditions["v0"].clone());
+        service.store().publish(ROOM, others);
+    }
+    for other in ["v1", "v2"] {
+        assert_ne!(
+            snaps[ready].renditions[other].last_part(),
+            snaps[k].renditions[other].last_part()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!pending.is_finished());
+    assert_eq!(
+        m.blocking_checks.load(Relaxed),
+        1,
+        "{} snapshots without v0 progress woke the held request",
+        ready - k
+    );
+    service.store().publish(ROOM, snaps[ready].clone());
+    let a = pending.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.text().contains(&format!("URI=\"{want}\"")));
+    assert_eq!(m.blocking_checks.load(Relaxed), 2);
 }

@@ -320,6 +320,11 @@ impl MediaNode for Node {
                 "# HELP wave_hls_segments_total LL-HLS segments produced.\n# TYPE wave_hls_segments_total counter\nwave_hls_segments_total {}",
                 sum(|s| &s.hls_segments)
             );
+            let _ = writeln!(
+                out,
+                "# HELP wave_hls_aac_dropped_total Opus frames dropped because an AAC transcoder thread fell behind.\n# TYPE wave_hls_aac_dropped_total counter\nwave_hls_aac_dropped_total {}",
+                sum(|s| &s.hls_aac_dropped)
+            );
             hls.metrics.render(out);
         }
         let p = crate::process::sample();

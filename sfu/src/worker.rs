@@ -46,6 +46,7 @@ pub struct WorkerStats {
     pub hls_rooms: AtomicU64,
     pub hls_parts: AtomicU64,
     pub hls_segments: AtomicU64,
+    pub hls_aac_dropped: AtomicU64,
 }
 
 impl WorkerStats {
@@ -67,6 +68,7 @@ impl WorkerStats {
         set(&self.hls_rooms, s.hls_rooms);
         set(&self.hls_parts, s.hls_parts);
         set(&self.hls_segments, s.hls_segments);
+        set(&self.hls_aac_dropped, s.hls_aac_dropped);
     }
 }
 

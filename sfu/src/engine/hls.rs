@@ -4,7 +4,9 @@
 //! engine: time comes in, keyframe requests and updates go out.
 //!
 //! Per room: Opus is packaged as it arrives and also transcoded once to
-//! AAC-LC (`OpusToAac`, ≈1% of a core) for the default audio rendition;
+//! AAC-LC (`OpusToAac`, ≈1% of a core) for the default audio rendition,
+//! on a thread of its own ([`super::aac::AacRunner`]: never on the
+//! worker's packet path);
 //! the latest top-layer IDR is kept for thumbnails (rendered by the HTTP
 //! side on request); with the ladder on, a single-layer publisher's video
 //! is decoded, scaled and re-encoded on a thread of its own
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use hls_bridge::fmp4::{self, TrackConfig};
 use hls_bridge::h264::AvcConfig;
 use hls_bridge::thumbnail::{ThumbnailCache, ThumbnailConfig};
-use hls_bridge::transcode::aac::{self, AacTranscoderConfig, OpusToAac};
+use hls_bridge::transcode::aac::{self, AacAccessUnit};
 use hls_bridge::{
     AudioCodec, AudioSample, Bridge, BridgeConfig, Frame, HlsConfig, Packager, RoomSnapshot,
     RtpPacket as BridgeRtp, SenderReport, TrackId, TrackKind,
@@ -30,6 +32,7 @@ use str0m::rtp::RtpPacket;
 use tracing::{debug, info, warn};
 
 use super::PeerId;
+use super::aac::AacRunner;
 use super::ladder::LadderRunner;
 
 /// RFC 5905: NTP era 0 starts 2,208,988,800 s before the UNIX epoch.
@@ -47,6 +50,7 @@ pub struct HlsStats {
     pub rooms: u64,
     pub parts: u64,
     pub segments: u64,
+    pub aac_dropped: u64,
 }
 
 /// What the driver does with the node's HLS store.
@@ -96,7 +100,7 @@ struct HlsRoom {
     avc: BTreeMap<TrackId, AvcConfig>,
     /// Last sender report fed per track.
     reports: BTreeMap<TrackId, u64>,
-    aac: Option<OpusToAac>,
+    aac: Option<AacRunner>,
     /// Rendition layer of the publisher's (single) layer when a ladder
     /// runs under it.
     ladder: Option<LadderRunner>,
@@ -123,6 +127,7 @@ impl HlsTap {
             let p = r.packager.stats();
             s.parts += p.parts;
             s.segments += p.segments;
+            s.aac_dropped += r.aac.as_ref().map_or(0, AacRunner::dropped);
         }
         s
     }
@@ -285,17 +290,19 @@ impl HlsTap {
             return;
         };
         let room = r.room.clone();
-        // Whatever the transcoders still hold goes into the last parts.
-        if let Some(aac) = &mut r.aac
-            && let Err(e) = aac.finish()
-        {
-            debug!(%room, error = %e, "AAC flush failed");
-        }
         r.pump(now, &mut self.thumbnails, &mut self.out);
+        // Whatever the AAC transcoder still holds goes into the last parts.
+        if let Some(aac) = &mut r.aac {
+            let units = aac.finish();
+            for unit in units {
+                r.push_aac(now, unit);
+            }
+        }
         let _ = r.packager.end();
         let s = r.packager.stats();
         self.done.parts += s.parts;
         self.done.segments += s.segments;
+        self.done.aac_dropped += r.aac.as_ref().map_or(0, AacRunner::dropped);
         if let Some(mut snap) = r.packager.take_snapshot() {
             snap.thumbnail = self.thumbnails.latest(&room);
             self.out.push_back(HlsUpdate::Publish(room.clone(), snap));
@@ -379,7 +386,7 @@ impl HlsRoom {
             debug!(room = %self.room, error = %e, "HLS audio refused");
             return false;
         }
-        let aac = OpusToAac::new(AacTranscoderConfig::default()).and_then(|t| {
+        let aac = AacRunner::start(&self.room).and_then(|t| {
             let init = fmp4::init_segment(&TrackConfig::Aac(t.aac_config().clone()))?;
             self.packager.add_audio(
                 AAC_TRACK,
@@ -396,6 +403,18 @@ impl HlsRoom {
             Err(e) => warn!(room = %self.room, error = %e, "no AAC rendition"),
         }
         true
+    }
+
+    /// One access unit from the AAC thread into the AAC rendition.
+    fn push_aac(&mut self, now: Instant, unit: AacAccessUnit) {
+        let capture = self.bridge.capture_time(OPUS_TRACK, unit.timestamp);
+        let sample = AudioSample {
+            timestamp: unit.timestamp,
+            data: unit.data,
+        };
+        if let Err(e) = self.packager.push_audio_sample(now, AAC_TRACK, &sample, capture) {
+            debug!(room = %self.room, error = %e, "AAC sample refused");
+        }
     }
 
     /// Moves frames into the packager (through the AAC transcoder and the
@@ -431,25 +450,14 @@ impl HlsRoom {
                     }
                 }
                 Frame::Audio(opus) => {
-                    if let Some(aac) = &mut self.aac
-                        && let Err(e) = aac.handle_frame(opus)
-                    {
-                        debug!(room = %self.room, error = %e, "AAC transcoder refused a frame");
+                    if let Some(aac) = &mut self.aac {
+                        aac.push(opus);
                     }
                 }
             }
         }
-        if let Some(aac) = &mut self.aac {
-            while let Some(unit) = aac.poll_access_unit() {
-                let capture = self.bridge.capture_time(OPUS_TRACK, unit.timestamp);
-                let sample = AudioSample {
-                    timestamp: unit.timestamp,
-                    data: unit.data,
-                };
-                if let Err(e) = self.packager.push_audio_sample(now, AAC_TRACK, &sample, capture) {
-                    debug!(room = %self.room, error = %e, "AAC sample refused");
-                }
-            }
+        while let Some(unit) = self.aac.as_mut().and_then(AacRunner::poll_access_unit) {
+            self.push_aac(now, unit);
         }
         if let Some(ladder) = &mut self.ladder {
             let source = TrackId(ladder.rungs() as u32 + 1);

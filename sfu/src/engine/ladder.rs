@@ -15,6 +15,22 @@ use hls_bridge::{Error, Frame};
 use signaling::RoomId;
 use tracing::{debug, warn};
 
+/// Starts thread `hls-{codec}-{room}` running `work`.
+pub(super) fn spawn_codec_thread(
+    codec: &'static str,
+    room: &RoomId,
+    work: impl FnOnce() + Send + 'static,
+) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name(format!("hls-{codec}-{room}"))
+        .spawn(work)
+        .map(drop)
+        .map_err(|e| Error::Codec {
+            codec,
+            reason: e.to_string(),
+        })
+}
+
 /// Source access units queued for the ladder thread at most.
 const QUEUE: usize = 8;
 
@@ -38,25 +54,19 @@ impl LadderRunner {
         let (input, jobs) = mpsc::sync_channel::<(AvcConfig, AccessUnit)>(QUEUE);
         let (results, output) = mpsc::channel();
         let name = room.to_string();
-        std::thread::Builder::new()
-            .name(format!("hls-ladder-{name}"))
-            .spawn(move || {
-                for (avc, au) in jobs {
-                    if let Err(error) = ladder.handle_access_unit(&avc, &au) {
-                        debug!(room = %name, %error, "ladder refused an access unit");
-                    }
-                    while let Some(frame) = ladder.poll_frame() {
-                        if results.send(frame).is_err() {
-                            return;
-                        }
+        spawn_codec_thread("ladder", room, move || {
+            for (avc, au) in jobs {
+                if let Err(error) = ladder.handle_access_unit(&avc, &au) {
+                    debug!(room = %name, %error, "ladder refused an access unit");
+                }
+                while let Some(frame) = ladder.poll_frame() {
+                    if results.send(frame).is_err() {
+                        return;
                     }
                 }
-                debug!(room = %name, stats = ?ladder.stats(), "ladder thread ends");
-            })
-            .map_err(|e| Error::Codec {
-                codec: "ladder",
-                reason: e.to_string(),
-            })?;
+            }
+            debug!(room = %name, stats = ?ladder.stats(), "ladder thread ends");
+        })?;
         Ok(Self {
             rungs,
             input: Some(input),

@@ -6,6 +6,7 @@
 //! transmits and events. After touching an `Rtc` the engine drains that
 //! `Rtc`'s `poll_output` to its next timeout before touching it again.
 
+mod aac;
 mod hls;
 mod ladder;
 mod rewrite;
@@ -180,6 +181,8 @@ pub struct EngineStats {
     pub hls_rooms: u64,
     pub hls_parts: u64,
     pub hls_segments: u64,
+    /// Opus frames the AAC transcoder threads were too far behind to take.
+    pub hls_aac_dropped: u64,
 }
 
 /// The media engine of one worker.
@@ -380,6 +383,7 @@ impl Engine {
             hls_rooms: self.hls.as_ref().map_or(0, |h| h.stats().rooms),
             hls_parts: self.hls.as_ref().map_or(0, |h| h.stats().parts),
             hls_segments: self.hls.as_ref().map_or(0, |h| h.stats().segments),
+            hls_aac_dropped: self.hls.as_ref().map_or(0, |h| h.stats().aac_dropped),
             ..self.stats
         }
     }
