@@ -614,20 +614,22 @@ impl ChatHub {
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let c = &self.inner.counters;
-        out.push_str("# HELP wave_chat_slow_clients_total Chat members disconnected (1013) because their queue was full.\n");
-        out.push_str("# TYPE wave_chat_slow_clients_total counter\n");
-        let _ = writeln!(
-            out,
-            "wave_chat_slow_clients_total {}",
-            c.slow_clients.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP wave_chat_deliveries_total Chat messages queued to local members.\n");
-        out.push_str("# TYPE wave_chat_deliveries_total counter\n");
-        let _ = writeln!(
-            out,
-            "wave_chat_deliveries_total {}",
-            c.deliveries.load(Ordering::Relaxed)
-        );
+        let counters = [
+            (
+                "wave_chat_slow_clients_total",
+                "Chat members disconnected (1013) because their queue was full.",
+                &c.slow_clients,
+            ),
+            (
+                "wave_chat_deliveries_total",
+                "Chat messages queued to local members.",
+                &c.deliveries,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
     }
 
     /// What the history stream retains for `room`, oldest first.
