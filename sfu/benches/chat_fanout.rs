@@ -234,9 +234,10 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         sinks.push(sink);
     }
     let send_secs = t_send.elapsed().as_secs_f64();
-    let cpu1 = cpu(&nodes, &nats);
     // Keep the connections (and reading) until everything is delivered.
     tokio::time::sleep(DRAIN).await;
+    let cpu1 = cpu(&nodes, &nats);
+    let window = t_send.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     let mut all: Vec<u32> = Vec::with_capacity(per_client * clients);
     let mut closed = 0;
@@ -255,9 +256,11 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
     let delivered = all.len() as u64;
     let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)));
     let ms = |v: Option<&u32>| v.map_or(f64::NAN, |v| f64::from(*v) / 1000.0);
-    let node_cores = (cpu1.0 - cpu0.0) / send_secs;
-    let nats_cores = (cpu1.1 - cpu0.1) / send_secs;
-    let bench_cores = (cpu1.2 - cpu0.2) / send_secs;
+    // CPU over sending and draining, the window every delivery fell in.
+    let node_cpu = cpu1.0 - cpu0.0;
+    let node_cores = node_cpu / window;
+    let nats_cores = (cpu1.1 - cpu0.1) / window;
+    let bench_cores = (cpu1.2 - cpu0.2) / window;
     let per_sec = delivered as f64 / send_secs;
     println!(
         "chat_fanout: {clients} clients, {senders} senders, {sent} messages sent at {:.0}/s over {send_secs:.1} s",
@@ -274,8 +277,8 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         ms(all.last())
     );
     println!(
-        "chat_fanout: CPU while sending: nodes {node_cores:.2} cores ({:.0} deliveries/s per node core), nats-server {nats_cores:.2}, bench clients {bench_cores:.2}",
-        per_sec / node_cores.max(f64::EPSILON)
+        "chat_fanout: CPU over the {window:.1} s of sending and draining: nodes {node_cores:.2} cores ({:.0} deliveries per node CPU second), nats-server {nats_cores:.2}, bench clients {bench_cores:.2}",
+        delivered as f64 / node_cpu.max(f64::EPSILON)
     );
     println!("chat_fanout: load average at start {load_start}, at the end {load_end}");
 }
