@@ -17,6 +17,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -30,8 +32,11 @@ use common::node::Node;
 const ROOM: &str = "bench";
 /// Each sender stays under the streamer limit (50/s).
 const PER_SENDER_RATE: f64 = 40.0;
-/// How long receivers keep reading after the last send.
-const DRAIN: Duration = Duration::from_secs(3);
+/// After the last send, receivers keep reading until everything arrived or
+/// nothing did for this long (then what is missing counts as lost).
+const QUIET: Duration = Duration::from_secs(3);
+/// ... and never longer than this.
+const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -160,9 +165,11 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
     let per_sender = rate / senders as f64;
     let per_client = (per_sender * duration.as_secs_f64()) as usize * senders;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let arrived = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(clients);
     for mut ws in receivers {
         let mut stop = stop_rx.clone();
+        let arrived = arrived.clone();
         tasks.push(tokio::spawn(async move {
             let mut r = Received {
                 latencies_us: Vec::with_capacity(per_client),
@@ -176,6 +183,7 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
                                 let now = epoch.elapsed().as_micros() as u64;
                                 r.latencies_us
                                     .push(u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX));
+                                arrived.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         Some(Ok(_)) => {}
@@ -191,30 +199,37 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         }));
     }
 
-    // Senders: streamers, one connection each, spread over the nodes; each
-    // also receives the room, read and dropped by its own task.
+    // Senders: streamers, one connection each, spread over the nodes, on
+    // their own runtime (one thread) so that the receivers cannot delay the
+    // send schedule.
+    let sender_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("sender runtime");
     let mut sender_tasks = Vec::new();
     let mut readers = Vec::new();
     for s in 0..senders {
-        let node = &nodes[s % nodes.len()];
+        let url = format!("ws://{}/v1/chat/{ROOM}", nodes[s % nodes.len()].http);
         let tok = token(ROOM, &format!("streamer-{s}"), true, None);
-        let c = ChatClient::connect(node, ROOM, Some(&tok))
+        let stop = stop_rx.clone();
+        let (mut sink, reader) = sender_rt
+            .spawn(async move {
+                let c = ChatClient::connect_url(&format!("{url}?token={tok}"))
+                    .await
+                    .expect("sender joins");
+                let (sink, stream) = c.into_ws().split();
+                (sink, tokio::spawn(count_refused(stream, stop)))
+            })
             .await
             .expect("sender joins");
-        let (mut sink, mut stream) = c.into_ws().split();
-        let mut stop = stop_rx.clone();
-        readers.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    m = stream.next() => if !matches!(m, Some(Ok(_))) { break },
-                    _ = stop.changed() => break,
-                }
-            }
-        }));
+        readers.push(reader);
         let n = (per_sender * duration.as_secs_f64()) as u64;
         let period = Duration::from_secs_f64(1.0 / per_sender);
-        sender_tasks.push(tokio::spawn(async move {
+        sender_tasks.push(sender_rt.spawn(async move {
             let mut tick = tokio::time::interval(period);
+            // A starved sender sends late, never in a burst over its limit.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for seq in 0..n {
                 tick.tick().await;
                 let now = epoch.elapsed().as_micros();
@@ -235,7 +250,18 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
     }
     let send_secs = t_send.elapsed().as_secs_f64();
     // Keep the connections (and reading) until everything is delivered.
-    tokio::time::sleep(DRAIN).await;
+    let expected = sent * clients as u64;
+    let (mut last, mut last_change) = (0, Instant::now());
+    while t_send.elapsed() < duration + MAX_DRAIN && last_change.elapsed() < QUIET {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = arrived.load(Ordering::Relaxed);
+        if now >= expected {
+            break;
+        }
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
+    }
     let cpu1 = cpu(&nodes, &nats);
     let window = t_send.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
@@ -246,14 +272,16 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         closed += usize::from(r.closed);
         all.extend(r.latencies_us);
     }
+    let mut refused = 0;
     for r in readers {
-        let _ = r.await;
+        refused += r.await.unwrap_or(0);
     }
     drop(sinks);
+    sender_rt.shutdown_background();
     let load_end = loadavg();
     all.sort_unstable();
-    let expected = sent * clients as u64;
     let delivered = all.len() as u64;
+    let accepted = sent.saturating_sub(refused) * clients as u64;
     let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)));
     let ms = |v: Option<&u32>| v.map_or(f64::NAN, |v| f64::from(*v) / 1000.0);
     // CPU over sending and draining, the window every delivery fell in.
@@ -263,12 +291,12 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
     let bench_cores = (cpu1.2 - cpu0.2) / window;
     let per_sec = delivered as f64 / send_secs;
     println!(
-        "chat_fanout: {clients} clients, {senders} senders, {sent} messages sent at {:.0}/s over {send_secs:.1} s",
+        "chat_fanout: {clients} clients, {senders} senders, {sent} messages sent at {:.0}/s over {send_secs:.1} s, {refused} refused",
         sent as f64 / send_secs
     );
     println!(
-        "chat_fanout: delivered {delivered} of {expected} ({} lost, {closed} clients closed by the server), {per_sec:.0} msgs/s delivered",
-        expected.saturating_sub(delivered),
+        "chat_fanout: delivered {delivered} of {accepted} accepted ({} lost, {closed} clients closed by the server), {per_sec:.0} msgs/s delivered",
+        accepted.saturating_sub(delivered),
     );
     println!(
         "chat_fanout: latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -281,4 +309,31 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         delivered as f64 / node_cpu.max(f64::EPSILON)
     );
     println!("chat_fanout: load average at start {load_start}, at the end {load_end}");
+}
+
+/// Reads a sender's own connection (it receives the room too) and counts
+/// its refused messages (error frames: rate limit, bus unavailable), which
+/// no client is expected to receive.
+async fn count_refused(
+    mut stream: futures_util::stream::SplitStream<
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    >,
+    mut stop: watch::Receiver<bool>,
+) -> u64 {
+    let mut refused = 0u64;
+    loop {
+        tokio::select! {
+            m = stream.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    if t.as_str().starts_with(r#"{"type":"error""#) {
+                        refused += 1;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    refused
 }
