@@ -114,11 +114,12 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// CPU seconds of the nodes, nats-server and this process.
+/// CPU seconds of the nodes, nats-server and this process (whose
+/// descendants they are: subtracted).
 fn cpu(nodes: &[Node], nats: &NatsServer) -> (f64, f64, f64) {
     let node: f64 = nodes.iter().map(|n| tree_cpu_secs(n.child.id())).sum();
     let nats = nats.pid().map_or(0.0, tree_cpu_secs);
-    (node, nats, tree_cpu_secs(std::process::id()))
+    (node, nats, tree_cpu_secs(std::process::id()) - node - nats)
 }
 
 /// What one receiving client saw.
