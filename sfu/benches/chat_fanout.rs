@@ -2,18 +2,28 @@
 //! 127.0.0.2-4, N WebSocket clients spread over them in one room, senders
 //! (streamers, within their 50/s limit) producing R messages/s in total.
 //! Prints delivery latency p50/p99 (send → receipt by each client, one
-//! clock: this process) and messages/s delivered, and the loss count.
+//! clock: this process), messages/s delivered, the loss count, and the CPU
+//! the nodes, nats-server and this process used while sending (from
+//! `/proc`), so deliveries per node core can be read off.
 //!
 //! `cargo bench -p sfu --bench chat_fanout` (defaults: 5000 clients, 200
 //! msg/s, 10 s). Override with `CHAT_BENCH_CLIENTS`, `CHAT_BENCH_RATE`,
 //! `CHAT_BENCH_SECS`. Needs `ulimit -n` above the client count plus slack.
+//!
+//! The receiving clients parse only what latency needs: the send time in a
+//! message frame's text (`"<seq> <µs since the bench's epoch>"`), found by
+//! substring, no JSON tree per frame.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
 
 use common::chat::{ChatClient, SECRET, token};
 use common::nats::NatsServer;
@@ -22,6 +32,11 @@ use common::node::Node;
 const ROOM: &str = "bench";
 /// Each sender stays under the streamer limit (50/s).
 const PER_SENDER_RATE: f64 = 40.0;
+/// After the last send, receivers keep reading until everything arrived or
+/// nothing did for this long (then what is missing counts as lost).
+const QUIET: Duration = Duration::from_secs(3);
+/// ... and never longer than this.
+const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -46,7 +61,76 @@ fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
     Node::start_in_cluster(&nats.url(), id, ip, &["--auth-secret", SECRET, "--no-hls"])
 }
 
+/// The send time (µs since the epoch) in a message frame, found without
+/// parsing the JSON: the text is `"<seq> <µs>"`, and only message frames
+/// carry a `"text"` field.
+fn sent_micros(frame: &str) -> Option<u64> {
+    const KEY: &str = "\"text\":\"";
+    let start = frame.find(KEY)? + KEY.len();
+    let text = &frame[start..];
+    let text = &text[..text.find('"')?];
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// CPU seconds (user + system) used so far by `pid` and its descendants.
+fn tree_cpu_secs(pid: u32) -> f64 {
+    let ticks = ticks_per_sec();
+    let mut total = 0.0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            // Fields after the `)` closing the command: state is field 3,
+            // utime 14 and stime 15.
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                total += (t(14) + t(15)) / ticks;
+            }
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+                    stack.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                }
+            }
+        }
+    }
+    total
+}
+
+fn ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// CPU seconds of the nodes, nats-server and this process (whose
+/// descendants they are: subtracted).
+fn cpu(nodes: &[Node], nats: &NatsServer) -> (f64, f64, f64) {
+    let node: f64 = nodes.iter().map(|n| tree_cpu_secs(n.child.id())).sum();
+    let nats = nats.pid().map_or(0.0, tree_cpu_secs);
+    (node, nats, tree_cpu_secs(std::process::id()) - node - nats)
+}
+
+/// What one receiving client saw.
+struct Received {
+    latencies_us: Vec<u32>,
+    /// The server closed the connection (e.g. 1013, too slow).
+    closed: bool,
+}
+
 async fn run(clients: usize, rate: f64, duration: Duration) {
+    let load_start = loadavg();
     let nats = NatsServer::start();
     let nodes = [
         start(&nats, "a", "127.0.0.2"),
@@ -67,7 +151,7 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
                 let http = node.http;
                 async move {
                     let url = format!("ws://{http}/v1/chat/{ROOM}?token={tok}");
-                    ChatClient::connect_url(&url).await.expect("join")
+                    ChatClient::connect_url(&url).await.expect("join").into_ws()
                 }
             })
             .collect();
@@ -78,86 +162,142 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         t0.elapsed().as_secs_f64()
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let senders = ((rate / PER_SENDER_RATE).ceil() as usize).max(1);
+    let per_sender = rate / senders as f64;
+    let per_client = (per_sender * duration.as_secs_f64()) as usize * senders;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let arrived = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(clients);
-    for mut c in receivers {
-        let stop = stop.clone();
+    for mut ws in receivers {
+        let mut stop = stop_rx.clone();
+        let arrived = arrived.clone();
         tasks.push(tokio::spawn(async move {
-            let mut latencies_us: Vec<u32> = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(frame) = c.next_within(Duration::from_millis(200)).await else {
-                    continue;
-                };
-                let Some(f) = frame else { break };
-                if f["type"] != "message" {
-                    continue;
+            let mut r = Received {
+                latencies_us: Vec::with_capacity(per_client),
+                closed: false,
+            };
+            loop {
+                tokio::select! {
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(t))) => {
+                            if let Some(sent) = sent_micros(t.as_str()) {
+                                let now = epoch.elapsed().as_micros() as u64;
+                                r.latencies_us
+                                    .push(u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX));
+                                arrived.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => {
+                            r.closed = true;
+                            break;
+                        }
+                    },
+                    _ = stop.changed() => break,
                 }
-                let sent: u64 = f["text"]
-                    .as_str()
-                    .and_then(|t| t.split(' ').nth(1))
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(0);
-                let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-                latencies_us.push(u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX));
             }
-            latencies_us
+            r
         }));
     }
 
-    // Senders: streamers, one connection each, spread over the nodes.
-    let senders = ((rate / PER_SENDER_RATE).ceil() as usize).max(1);
-    let per_sender = rate / senders as f64;
+    // Senders: streamers, one connection each, spread over the nodes, on
+    // their own runtime (one thread) so that the receivers cannot delay the
+    // send schedule.
+    let sender_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("sender runtime");
     let mut sender_tasks = Vec::new();
+    let mut readers = Vec::new();
     for s in 0..senders {
-        let node = &nodes[s % nodes.len()];
+        let url = format!("ws://{}/v1/chat/{ROOM}", nodes[s % nodes.len()].http);
         let tok = token(ROOM, &format!("streamer-{s}"), true, None);
-        let mut c = ChatClient::connect(node, ROOM, Some(&tok))
+        let stop = stop_rx.clone();
+        let (mut sink, reader) = sender_rt
+            .spawn(async move {
+                let c = ChatClient::connect_url(&format!("{url}?token={tok}"))
+                    .await
+                    .expect("sender joins");
+                let (sink, stream) = c.into_ws().split();
+                (sink, tokio::spawn(count_refused(stream, stop)))
+            })
             .await
             .expect("sender joins");
+        readers.push(reader);
         let n = (per_sender * duration.as_secs_f64()) as u64;
         let period = Duration::from_secs_f64(1.0 / per_sender);
-        sender_tasks.push(tokio::spawn(async move {
+        sender_tasks.push(sender_rt.spawn(async move {
             let mut tick = tokio::time::interval(period);
+            // A starved sender sends late, never in a burst over its limit.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for seq in 0..n {
                 tick.tick().await;
                 let now = epoch.elapsed().as_micros();
-                c.say(&format!("{seq} {now}")).await;
-                // A sender receives the room too: read what is there, or
-                // the node would count it as a slow client.
-                while let Ok(Some(_)) = c.next_within(Duration::ZERO).await {}
+                let frame = format!(r#"{{"type":"message","text":"{seq} {now}"}}"#);
+                sink.send(Message::text(frame)).await.expect("send a chat frame");
             }
-            // Keep the connection (and reading) until everything is delivered.
-            let drain_until = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < drain_until {
-                let _ = c.next_within(Duration::from_millis(100)).await;
-            }
-            n
+            (n, sink)
         }));
     }
+    let cpu0 = cpu(&nodes, &nats);
     let t_send = Instant::now();
     let mut sent = 0;
+    let mut sinks = Vec::new();
     for t in sender_tasks {
-        sent += t.await.expect("sender");
+        let (n, sink) = t.await.expect("sender");
+        sent += n;
+        sinks.push(sink);
     }
-    let send_secs = t_send.elapsed().as_secs_f64() - 3.0;
-    stop.store(true, Ordering::Relaxed);
-    let mut all: Vec<u32> = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("receiver"));
-    }
-    all.sort_unstable();
+    let send_secs = t_send.elapsed().as_secs_f64();
+    // Keep the connections (and reading) until everything is delivered.
     let expected = sent * clients as u64;
+    let (mut last, mut last_change) = (0, Instant::now());
+    while t_send.elapsed() < duration + MAX_DRAIN && last_change.elapsed() < QUIET {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = arrived.load(Ordering::Relaxed);
+        if now >= expected {
+            break;
+        }
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
+    }
+    let cpu1 = cpu(&nodes, &nats);
+    let window = t_send.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let mut all: Vec<u32> = Vec::with_capacity(per_client * clients);
+    let mut closed = 0;
+    for t in tasks {
+        let r = t.await.expect("receiver");
+        closed += usize::from(r.closed);
+        all.extend(r.latencies_us);
+    }
+    let mut refused = 0;
+    for r in readers {
+        refused += r.await.unwrap_or(0);
+    }
+    drop(sinks);
+    sender_rt.shutdown_background();
+    let load_end = loadavg();
+    all.sort_unstable();
     let delivered = all.len() as u64;
+    let accepted = sent.saturating_sub(refused) * clients as u64;
     let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)));
     let ms = |v: Option<&u32>| v.map_or(f64::NAN, |v| f64::from(*v) / 1000.0);
+    // CPU over sending and draining, the window every delivery fell in.
+    let node_cpu = cpu1.0 - cpu0.0;
+    let node_cores = node_cpu / window;
+    let nats_cores = (cpu1.1 - cpu0.1) / window;
+    let bench_cores = (cpu1.2 - cpu0.2) / window;
+    let per_sec = delivered as f64 / send_secs;
     println!(
-        "chat_fanout: {clients} clients, {senders} senders, {sent} messages sent at {:.0}/s over {send_secs:.1} s",
+        "chat_fanout: {clients} clients, {senders} senders, {sent} messages sent at {:.0}/s over {send_secs:.1} s, {refused} refused",
         sent as f64 / send_secs
     );
     println!(
-        "chat_fanout: delivered {delivered} of {expected} ({} lost), {:.0} msgs/s delivered",
-        expected.saturating_sub(delivered),
-        delivered as f64 / send_secs
+        "chat_fanout: delivered {delivered} of {accepted} accepted ({} lost, {closed} clients closed by the server), {per_sec:.0} msgs/s delivered",
+        accepted.saturating_sub(delivered),
     );
     println!(
         "chat_fanout: latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -165,4 +305,36 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         ms(pct(0.99)),
         ms(all.last())
     );
+    println!(
+        "chat_fanout: CPU over the {window:.1} s of sending and draining: nodes {node_cores:.2} cores ({:.0} deliveries per node CPU second), nats-server {nats_cores:.2}, bench clients {bench_cores:.2}",
+        delivered as f64 / node_cpu.max(f64::EPSILON)
+    );
+    println!("chat_fanout: load average at start {load_start}, at the end {load_end}");
+}
+
+/// Reads a sender's own connection (it receives the room too) and counts
+/// its refused messages (error frames: rate limit, bus unavailable), which
+/// no client is expected to receive.
+async fn count_refused(
+    mut stream: futures_util::stream::SplitStream<
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    >,
+    mut stop: watch::Receiver<bool>,
+) -> u64 {
+    let mut refused = 0u64;
+    loop {
+        tokio::select! {
+            m = stream.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    if t.as_str().starts_with(r#"{"type":"error""#) {
+                        refused += 1;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    refused
 }

@@ -793,6 +793,9 @@ impl<M: MediaNode> Shared<M> {
     async fn metrics_page(&self) -> Resp {
         let mut out = String::new();
         self.metrics.render(self.sessions.len(), &mut out);
+        if let Some(hub) = self.chat.get() {
+            hub.render_metrics(&mut out);
+        }
         self.node.metrics(&mut out).await;
         http::with_body(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", out)
     }

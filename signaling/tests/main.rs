@@ -4,6 +4,7 @@
 mod auth;
 mod bad_body;
 mod bus;
+mod chat_fanout;
 mod common;
 mod content_type;
 mod cors;

@@ -105,6 +105,12 @@ impl ChatClient {
         Ok(c)
     }
 
+    /// The WebSocket itself, after the welcome and history frames (for
+    /// readers that parse only what they need, like the fan-out bench).
+    pub fn into_ws(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.ws
+    }
+
     pub async fn say(&mut self, text: &str) {
         self.send_raw(&json!({"type": "message", "text": text}).to_string())
             .await;

@@ -292,6 +292,9 @@ pub struct HistoryEntry {
     pub payload: Bytes,
 }
 
+/// An append's acknowledgement still to come: the stream sequence.
+pub type PendingAppend = futures_util::future::BoxFuture<'static, Result<u64, BusError>>;
+
 /// A history stream: appends are kept per subject within its limits.
 #[derive(Clone)]
 pub enum History {
@@ -302,10 +305,20 @@ pub enum History {
 impl History {
     /// Stores a message (live subscribers of `subject` receive it too).
     pub async fn append(&self, subject: &str, payload: Bytes) -> Result<u64, BusError> {
+        self.start_append(subject, payload).await?.await
+    }
+
+    /// Sends a message on its way and returns its acknowledgement (the
+    /// stream sequence) as a future: appends started one after another are
+    /// stored in that order, while their acknowledgements overlap.
+    pub async fn start_append(&self, subject: &str, payload: Bytes) -> Result<PendingAppend, BusError> {
         check_subject(subject, false)?;
         match self {
-            History::Local(h) => h.append(subject, payload),
-            History::Nats(h) => h.append(subject, payload).await,
+            History::Local(h) => {
+                let seq = h.append(subject, payload);
+                Ok(Box::pin(std::future::ready(seq)))
+            }
+            History::Nats(h) => h.start_append(subject, payload).await,
         }
     }
 

@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{BusError, BusStatus, HistoryEntry, HistoryLimits, KvEntry, NatsOptions, subject_matches};
+use super::{
+    BusError, BusStatus, HistoryEntry, HistoryLimits, KvEntry, NatsOptions, PendingAppend, subject_matches,
+};
 
 /// JetStream API calls give up after this long (async-nats' default is 5 s;
 /// the control plane would rather fail and retry).
@@ -288,7 +290,14 @@ pub struct NatsHistory {
 }
 
 impl NatsHistory {
-    pub(super) async fn append(&self, subject: &str, payload: Bytes) -> Result<u64, BusError> {
+    /// Hands the message to the connection (in call order) and returns the
+    /// stream's acknowledgement still to come, so a caller can keep
+    /// several appends in flight.
+    pub(super) async fn start_append(
+        &self,
+        subject: &str,
+        payload: Bytes,
+    ) -> Result<PendingAppend, BusError> {
         if !subject_matches(&self.pattern, subject) {
             return Err(BusError::NotInStream(subject.to_owned()));
         }
@@ -298,10 +307,12 @@ impl NatsHistory {
             .js
             .publish(subject.to_owned(), payload)
             .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?
-            .await
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        Ok(ack.sequence)
+        Ok(Box::pin(async move {
+            ack.await
+                .map(|a| a.sequence)
+                .map_err(|e| BusError::Unavailable(e.to_string()))
+        }))
     }
 
     /// Reads what the stream retains for `subject` through a short-lived

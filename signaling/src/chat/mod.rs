@@ -19,22 +19,23 @@
 //! room's subscriptions resume when the client reconnects.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tracing::{debug, info, warn};
 
 use crate::auth::Role;
-use crate::bus::{Bus, BusError, History, HistoryLimits, Kv, Subscription};
+use crate::bus::{Bus, BusError, History, HistoryLimits, Kv, PendingAppend, Subscription};
 use crate::cluster::NodeId;
 use crate::locks::lock;
 use crate::media::RoomId;
@@ -62,7 +63,8 @@ pub struct ChatConfig {
     pub filter: TextFilter,
     /// Largest WebSocket message a client may send; larger closes with 1009.
     pub max_frame_bytes: usize,
-    /// Frames queued for one client before it counts as too slow.
+    /// Frames queued for one client (not yet handed to its WebSocket) at
+    /// which it counts as too slow and is disconnected (close 1013).
     pub client_queue: usize,
     /// How often presence is published and pushed to clients (at most once
     /// per interval per room per client).
@@ -185,6 +187,17 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_AGAIN_LATER: u16 = 1013;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_UNSUPPORTED: u16 = 1003;
+/// Read buffer of a member's WebSocket; larger frames grow it.
+const READ_BUFFER: usize = 4 * 1024;
+/// Chat messages the room task takes off the bus at once and hands each
+/// member as one delivery (they are written with one flush).
+pub const MAX_BATCH: usize = 64;
+/// Queued deliveries a member's writer takes before it flushes.
+const MAX_DRAIN: usize = 32;
+/// A member's messages on their way to the history stream whose
+/// acknowledgement has not come back; at this many the connection stops
+/// reading until the oldest is acknowledged.
+const MAX_IN_FLIGHT: usize = 16;
 
 /// The chat of one node. Cheap to clone.
 #[derive(Clone)]
@@ -201,6 +214,16 @@ struct HubInner {
     presence: Kv,
     rooms: tokio::sync::Mutex<HashMap<RoomId, Room>>,
     next_member: AtomicU64,
+    counters: Arc<ChatCounters>,
+}
+
+/// The chat's counters for `/metrics`.
+#[derive(Debug, Default)]
+struct ChatCounters {
+    /// Members disconnected (close 1013) because their queue was full.
+    slow_clients: AtomicU64,
+    /// Chat messages queued to local members (one per member and message).
+    deliveries: AtomicU64,
 }
 
 /// A room with local members; dropping it stops its task.
@@ -218,6 +241,9 @@ impl Drop for Room {
 struct RoomShared {
     id: RoomId,
     state: Mutex<RoomState>,
+    counters: Arc<ChatCounters>,
+    /// [`ChatConfig::client_queue`].
+    client_queue: usize,
 }
 
 #[derive(Default)]
@@ -242,14 +268,28 @@ struct RoomState {
 struct Member {
     identity: String,
     role: Role,
-    tx: mpsc::Sender<Out>,
+    /// Unbounded: `queued` is the bound, counted in frames.
+    tx: mpsc::UnboundedSender<Out>,
+    /// Frames queued and not yet handed to the WebSocket.
+    queued: Arc<AtomicUsize>,
 }
 
-/// What a room hands a member's connection.
+/// What a room hands a member's connection. The frames are encoded once
+/// per room and shared by every member (a clone is a reference count).
 #[derive(Debug)]
 enum Out {
-    Frame(Arc<str>),
+    Frames(Arc<[Utf8Bytes]>),
     Close(u16, &'static str),
+}
+
+impl Out {
+    /// What this counts against the member's queue bound.
+    fn frames(&self) -> usize {
+        match self {
+            Out::Frames(f) => f.len(),
+            Out::Close(..) => 0,
+        }
+    }
 }
 
 /// A member admitted to a room, before its WebSocket runs.
@@ -259,7 +299,8 @@ pub struct Admission {
     member: u64,
     identity: String,
     role: Role,
-    rx: mpsc::Receiver<Out>,
+    rx: mpsc::UnboundedReceiver<Out>,
+    queued: Arc<AtomicUsize>,
     /// What the member is sent first: the room's recent messages.
     history: Vec<ChatMessage>,
 }
@@ -284,6 +325,7 @@ impl ChatHub {
                 presence,
                 rooms: tokio::sync::Mutex::new(HashMap::new()),
                 next_member: AtomicU64::new(1),
+                counters: Arc::default(),
             }),
         })
     }
@@ -318,7 +360,8 @@ impl ChatHub {
                 identity,
             });
         }
-        let (tx, rx) = mpsc::channel(self.inner.config.client_queue.max(8));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let member = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
         state.members.insert(
             member,
@@ -326,6 +369,7 @@ impl ChatHub {
                 identity: identity.clone(),
                 role,
                 tx,
+                queued: queued.clone(),
             },
         );
         let oldest = unix_ms(SystemTime::now())
@@ -339,6 +383,7 @@ impl ChatHub {
             identity,
             role,
             rx,
+            queued,
             history,
         })
     }
@@ -351,7 +396,11 @@ impl ChatHub {
     {
         let config = WebSocketConfig::default()
             .max_message_size(Some(self.inner.config.max_frame_bytes))
-            .max_frame_size(Some(self.inner.config.max_frame_bytes));
+            .max_frame_size(Some(self.inner.config.max_frame_bytes))
+            // Each read fills (zeroes) the buffer's spare room first: the
+            // 128 KiB default costs a 128 KiB memset per wake-up, which was
+            // the largest cost of the fan-out. Clients send small frames.
+            .read_buffer_size(READ_BUFFER);
         let ws =
             WebSocketStream::from_raw_socket(stream, tungstenite::protocol::Role::Server, Some(config)).await;
         let room = admission.room.clone();
@@ -362,6 +411,7 @@ impl ChatHub {
             hub: self,
             admission,
             ws,
+            acks: FuturesOrdered::new(),
         }
         .run()
         .await;
@@ -443,7 +493,7 @@ impl ChatHub {
         for room in rooms.values() {
             let state = lock(&room.shared.state);
             for m in state.members.values() {
-                let _ = m.tx.try_send(Out::Close(CLOSE_GOING_AWAY, "node shutting down"));
+                let _ = m.tx.send(Out::Close(CLOSE_GOING_AWAY, "node shutting down"));
             }
         }
     }
@@ -494,6 +544,8 @@ impl ChatHub {
         let shared = Arc::new(RoomShared {
             id: room.clone(),
             state: Mutex::new(state),
+            counters: self.inner.counters.clone(),
+            client_queue: self.inner.config.client_queue.max(8),
         });
         let task = tokio::spawn(run_room(
             shared.clone(),
@@ -519,8 +571,15 @@ impl ChatHub {
         }
     }
 
-    /// Checks and publishes one message from a member.
-    async fn send(&self, a: &Admission, text: String, client_id: Option<String>) -> Result<(), ServerFrame> {
+    /// Checks one message from a member and sends it on its way to the
+    /// history stream (which delivers it to the room on every node); the
+    /// stream's acknowledgement is returned still to come.
+    async fn start_send(
+        &self,
+        a: &Admission,
+        text: String,
+        client_id: Option<String>,
+    ) -> Result<PendingAppend, ServerFrame> {
         let now_ms = unix_ms(SystemTime::now());
         {
             let mut state = lock(&a.shared.state);
@@ -564,17 +623,31 @@ impl ChatHub {
         let subject = format!("room.{}.chat", room_token(&a.room));
         self.inner
             .history
-            .append(&subject, json_bytes(&ServerFrame::Message(msg)))
+            .start_append(&subject, json_bytes(&ServerFrame::Message(msg)))
             .await
-            .map_err(|e| {
-                debug!(room = %a.room, error = %e, "chat send refused: bus unavailable");
-                error_frame(
-                    "unavailable",
-                    "chat is unavailable, message not sent; retry",
-                    Some(1000),
-                )
-            })?;
-        Ok(())
+            .map_err(|e| unavailable(&a.room, &e))
+    }
+
+    /// Appends the chat's counters to a `/metrics` page.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let c = &self.inner.counters;
+        let counters = [
+            (
+                "wave_chat_slow_clients_total",
+                "Chat members disconnected (1013) because their queue was full.",
+                &c.slow_clients,
+            ),
+            (
+                "wave_chat_deliveries_total",
+                "Chat messages queued to local members.",
+                &c.deliveries,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
     }
 
     /// What the history stream retains for `room`, oldest first.
@@ -613,6 +686,8 @@ struct Connection<'a, S> {
     hub: &'a ChatHub,
     admission: Admission,
     ws: WebSocketStream<S>,
+    /// Acknowledgements of this member's sends, oldest first.
+    acks: FuturesOrdered<PendingAppend>,
 }
 
 impl<S> Connection<'_, S>
@@ -646,21 +721,25 @@ where
         loop {
             tokio::select! {
                 out = self.admission.rx.recv() => match out {
-                    Some(Out::Frame(f)) => {
-                        if self.write(&f).await.is_err() {
-                            return "write failed";
+                    Some(out) => {
+                        if let Err(reason) = self.deliver(out).await {
+                            return reason;
                         }
-                    }
-                    Some(Out::Close(code, reason)) => {
-                        self.close(code, reason).await;
-                        return reason;
                     }
                     None => {
                         self.close(CLOSE_AGAIN_LATER, "too slow, reconnect").await;
                         return "too slow";
                     }
                 },
-                incoming = self.ws.next() => match incoming {
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => {
+                    if let Err(e) = ack
+                        && self.send(&unavailable(&self.admission.room, &e)).await.is_err()
+                    {
+                        return "write failed";
+                    }
+                }
+                // At MAX_IN_FLIGHT unacknowledged sends, stop reading.
+                incoming = self.ws.next(), if self.acks.len() < MAX_IN_FLIGHT => match incoming {
                     None => return "closed by client",
                     Some(Ok(WsMessage::Text(text))) => {
                         if let Err(frame) = self.handle_text(text.as_str()).await
@@ -706,17 +785,47 @@ where
         })?;
         match frame {
             ClientFrame::Ping => Err(ServerFrame::Pong),
-            ClientFrame::Message { text, client_id } => self.hub.send(&self.admission, text, client_id).await,
+            ClientFrame::Message { text, client_id } => {
+                let ack = self.hub.start_send(&self.admission, text, client_id).await?;
+                self.acks.push_back(ack);
+                Ok(())
+            }
         }
+    }
+
+    /// Writes `first` and what else is queued (up to [`MAX_DRAIN`]
+    /// deliveries), then flushes once: one write for many frames when the
+    /// member is behind. `Err` is why the connection ends.
+    async fn deliver(&mut self, first: Out) -> Result<(), &'static str> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Frames(frames) => {
+                    for f in frames.iter() {
+                        self.ws
+                            .feed(WsMessage::Text(f.clone()))
+                            .await
+                            .map_err(|_| "write failed")?;
+                    }
+                    self.admission.queued.fetch_sub(frames.len(), Ordering::Relaxed);
+                }
+                Out::Close(code, reason) => {
+                    self.close(code, reason).await;
+                    return Err(reason);
+                }
+            }
+            taken += 1;
+            if taken < MAX_DRAIN {
+                next = self.admission.rx.try_recv().ok();
+            }
+        }
+        self.ws.flush().await.map_err(|_| "write failed")
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), tungstenite::Error> {
         let text = serde_json::to_string(frame).unwrap_or_default();
         self.ws.send(WsMessage::text(text)).await
-    }
-
-    async fn write(&mut self, frame: &str) -> Result<(), tungstenite::Error> {
-        self.ws.send(WsMessage::text(frame)).await
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
@@ -740,7 +849,14 @@ async fn run_room(room: Arc<RoomShared>, history_len: usize, interval: Duration,
         tokio::select! {
             m = chat.next() => {
                 let Some(m) = m else { break };
-                room.on_chat(&m.payload, history_len);
+                // What else has arrived goes to the members with it.
+                let mut batch = vec![m.payload];
+                while batch.len() < MAX_BATCH
+                    && let Some(Some(m)) = chat.next().now_or_never()
+                {
+                    batch.push(m.payload);
+                }
+                room.on_chat(batch, history_len);
             }
             m = moderation.next() => {
                 let Some(m) = m else { break };
@@ -757,26 +873,43 @@ async fn run_room(room: Arc<RoomShared>, history_len: usize, interval: Duration,
 }
 
 impl RoomShared {
-    fn on_chat(&self, payload: &[u8], history_len: usize) {
-        let msg = match serde_json::from_slice::<ServerFrame>(payload) {
-            Ok(ServerFrame::Message(m)) => m,
-            _ => {
-                debug!(room = %self.id, "dropping a malformed chat message from the bus");
-                return;
-            }
-        };
+    /// Chat messages from the bus, in order: kept for history and queued
+    /// to every member as one delivery.
+    fn on_chat(&self, payloads: Vec<Bytes>, history_len: usize) {
         let mut state = lock(&self.state);
-        // Deleted, or already loaded from the stream when the room opened.
-        if state.deleted.contains(&msg.id) || state.recent.iter().rev().any(|m| m.id == msg.id) {
-            return;
+        let mut frames = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let msg = match serde_json::from_slice::<ServerFrame>(&payload) {
+                Ok(ServerFrame::Message(m)) => m,
+                _ => {
+                    debug!(room = %self.id, "dropping a malformed chat message from the bus");
+                    continue;
+                }
+            };
+            // Deleted, or already loaded from the stream when the room opened.
+            if state.deleted.contains(&msg.id) || state.recent.iter().rev().any(|m| m.id == msg.id) {
+                continue;
+            }
+            // The payload is already the client's frame (JSON, so UTF-8):
+            // shared by every member, no copy or re-encoding per member.
+            let Ok(frame) = Utf8Bytes::try_from(payload) else {
+                continue;
+            };
+            state.recent.push_back(msg);
+            frames.push(frame);
         }
-        state.recent.push_back(msg);
         while state.recent.len() > history_len {
             state.recent.pop_front();
         }
-        // The payload is already the client's frame: no re-encoding per member.
-        let frame: Arc<str> = String::from_utf8_lossy(payload).into();
-        fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
+        if frames.is_empty() {
+            return;
+        }
+        let n = frames.len() as u64;
+        let frames: Arc<[Utf8Bytes]> = frames.into();
+        let members = fan_out(self, &mut state, |_| Some(Out::Frames(frames.clone())));
+        self.counters
+            .deliveries
+            .fetch_add(n * members as u64, Ordering::Relaxed);
     }
 
     fn on_moderation(&self, payload: &[u8]) {
@@ -798,8 +931,8 @@ impl RoomShared {
                 let mut closed = Vec::new();
                 for (id, m) in &state.members {
                     if m.identity == identity {
-                        let _ = m.tx.try_send(Out::Frame(banned.clone()));
-                        let _ = m.tx.try_send(Out::Close(CLOSE_POLICY, "banned"));
+                        let _ = m.tx.send(Out::Frames(banned.clone()));
+                        let _ = m.tx.send(Out::Close(CLOSE_POLICY, "banned"));
                         closed.push(*id);
                     }
                 }
@@ -821,8 +954,8 @@ impl RoomShared {
                     "you are muted in this chat",
                     Some(seconds.saturating_mul(1000)),
                 ));
-                fan_out(&self.id, &mut state, |m| {
-                    (m.identity == identity).then(|| Out::Frame(muted.clone()))
+                fan_out(self, &mut state, |m| {
+                    (m.identity == identity).then(|| Out::Frames(muted.clone()))
                 });
             }
             Action::Unban { identity } => {
@@ -832,7 +965,7 @@ impl RoomShared {
                 let frame = frame_text(&ServerFrame::Delete { id: id.clone() });
                 state.recent.retain(|m| m.id != id);
                 state.deleted.insert(id);
-                fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
+                fan_out(self, &mut state, |_| Some(Out::Frames(frame.clone())));
             }
         }
     }
@@ -878,29 +1011,37 @@ impl RoomShared {
         let frame = frame_text(&ServerFrame::Presence(update));
         state.pushed = Some(counts);
         state.last_push = Some(now);
-        fan_out(&self.id, &mut state, |_| Some(Out::Frame(frame.clone())));
+        fan_out(self, &mut state, |_| Some(Out::Frames(frame.clone())));
     }
 }
 
 /// Queues `out(member)` to every member; a member whose queue is full is
-/// dropped (its connection closes with 1013).
-fn fan_out(room: &RoomId, state: &mut RoomState, mut out: impl FnMut(&Member) -> Option<Out>) {
+/// dropped (its connection closes with 1013), never waited for. Returns
+/// how many members it was queued to.
+fn fan_out(room: &RoomShared, state: &mut RoomState, mut out: impl FnMut(&Member) -> Option<Out>) -> usize {
     let mut gone = Vec::new();
+    let mut queued = 0;
     for (id, m) in &state.members {
         let Some(o) = out(m) else { continue };
-        match m.tx.try_send(o) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(%room, member = id, identity = %m.identity, "chat member too slow; disconnecting");
-                gone.push(*id);
-            }
+        // A member already `client_queue` frames behind is too slow; one
+        // delivery (at most MAX_BATCH frames) may go past the bound.
+        if m.queued.fetch_add(o.frames(), Ordering::Relaxed) >= room.client_queue {
+            warn!(room = %room.id, member = id, identity = %m.identity, "chat member too slow; disconnecting");
+            room.counters.slow_clients.fetch_add(1, Ordering::Relaxed);
+            gone.push(*id);
+            continue;
+        }
+        if m.tx.send(o).is_ok() {
+            queued += 1;
+        } else {
             // Its connection just ended; `leave` is on its way.
-            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
+            gone.push(*id);
         }
     }
     for id in gone {
         state.members.remove(&id);
     }
+    queued
 }
 
 /// A room name as one subject token: `.` (allowed in room names) becomes
@@ -930,8 +1071,19 @@ fn error_frame(code: &str, message: &str, retry_after_ms: Option<u64>) -> Server
     }
 }
 
-fn frame_text(frame: &ServerFrame) -> Arc<str> {
-    serde_json::to_string(frame).unwrap_or_default().into()
+/// One server frame, encoded once, as a delivery's frames.
+fn frame_text(frame: &ServerFrame) -> Arc<[Utf8Bytes]> {
+    Arc::new([Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())])
+}
+
+/// The answer to a send the bus did not take (or did not acknowledge).
+fn unavailable(room: &RoomId, e: &BusError) -> ServerFrame {
+    debug!(%room, error = %e, "chat send refused: bus unavailable");
+    error_frame(
+        "unavailable",
+        "chat is unavailable, message not sent; retry",
+        Some(1000),
+    )
 }
 
 fn json_bytes<T: Serialize>(value: &T) -> Bytes {
