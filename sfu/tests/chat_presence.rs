@@ -210,7 +210,10 @@ async fn join_storm(at: &Node, seen_at: &Node, room: &str, n: usize) {
             continue;
         }
         watcher.frames.push((Instant::now(), f.clone()));
-        joined += f["joined"].as_array().map_or(0, Vec::len);
+        // The watcher's own join may land in a batch after its welcome frame.
+        joined += f["joined"]
+            .as_array()
+            .map_or(0, |j| j.iter().filter(|p| p["id"] != "watcher").count());
         truncated |= f["truncated"] == true;
         if f["chat"] == n + 1 {
             break;
