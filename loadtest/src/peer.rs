@@ -377,7 +377,7 @@ pub struct Viewer {
     /// Length of the datagram being fed to str0m, to learn `trailer`.
     datagram_len: usize,
     /// SRTP bytes after the payload (auth tag), learned from full packets.
-    trailer: usize,
+    trailer: Option<usize>,
     audio_pt: Option<Pt>,
     video_pt: Option<u8>,
     video: SeqTracker,
@@ -469,7 +469,7 @@ impl Viewer {
             full,
             header_counted: false,
             datagram_len: 0,
-            trailer: usize::MAX,
+            trailer: None,
             audio_pt: None,
             video_pt: None,
             video: SeqTracker::default(),
@@ -534,7 +534,7 @@ impl Viewer {
                 let trailer = self
                     .datagram_len
                     .saturating_sub(p.header.header_len + p.payload.len());
-                self.trailer = self.trailer.min(trailer);
+                self.trailer = Some(self.trailer.map_or(trailer, |t| t.min(trailer)));
                 if self.stats.first_keyframe_ms.is_none() && is_keyframe_payload(&p.payload) {
                     self.stats.first_keyframe_ms = self.ms_since_post(at);
                 }
@@ -615,6 +615,7 @@ impl Viewer {
     /// jitter and frames from the RTP timestamp. Returns the payload bytes.
     /// Packets of another payload type (RTX) are not counted.
     pub fn count_header(&mut self, h: &RtpHeader, len: usize, shared: &Shared, at: Instant) -> Option<usize> {
+        let payload = len.saturating_sub(h.header_len + self.trailer.unwrap_or(0));
         if Some(h.payload_type) == self.audio_pt.map(|p| *p) {
             if self.audio_ssrc.replace(h.ssrc).is_some_and(|s| s != h.ssrc) {
                 self.fold_audio();
@@ -626,7 +627,6 @@ impl Viewer {
             }
             self.video.record(self.video.extend(h.seq));
             self.jitter.update(rtp_arrival(shared, at), h.timestamp);
-            let payload = self.payload_len(h, len);
             if let Some(layer) = self.stats.layer {
                 self.stats.bytes_per_layer[layer] += payload as u64;
                 self.stats.packets_per_layer[layer] += 1;
@@ -637,16 +637,7 @@ impl Viewer {
         }
         self.stats.packets += 1;
         self.last_media_at = Some(at);
-        Some(self.payload_len(h, len))
-    }
-
-    fn payload_len(&self, h: &RtpHeader, len: usize) -> usize {
-        let trailer = if self.trailer == usize::MAX {
-            0
-        } else {
-            self.trailer
-        };
-        len.saturating_sub(h.header_len + trailer)
+        Some(payload)
     }
 
     fn fold_video(&mut self) {
