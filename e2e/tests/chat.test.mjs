@@ -6,31 +6,14 @@
 // it stops. Everything runs on 127.0.0.1; the node is open (anonymous chat).
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
-import { failureContext, launchBrowser, startNode } from './helpers.mjs';
+import { describe, it } from 'node:test';
+import { browserSuite } from './helpers.mjs';
 
 const ROOM = `chat-${randomBytes(4).toString('hex')}`;
 
 describe(`demo page chat panel and viewer count (room ${ROOM})`, { timeout: 60_000 }, () => {
-  let node;
-  let browser;
-  const pages = {};
-
-  const ctx = failureContext(() => node, pages);
-  const step = ctx.step;
-
-  before(async () => {
-    node = await startNode();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    if (node) {
-      await node.kill();
-      node.cleanup({ keepLog: ctx.failed });
-    }
-  });
+  const suite = browserSuite();
+  const { pages, step } = suite;
 
   // Joins ROOM's chat through the panel's form, as a user would.
   async function joinChat(page) {
@@ -53,8 +36,8 @@ describe(`demo page chat panel and viewer count (room ${ROOM})`, { timeout: 60_0
   it(
     'a message typed in one page appears in the other',
     step(async () => {
-      pages.one = await browser.page(node.url, 'chat-1');
-      pages.two = await browser.page(node.url, 'chat-2');
+      pages.one = await suite.browser.page(suite.node.url, 'chat-1');
+      pages.two = await suite.browser.page(suite.node.url, 'chat-2');
       await joinChat(pages.one);
       await joinChat(pages.two);
       await countMatches(pages.one, /^0 watching · 2 in chat/);

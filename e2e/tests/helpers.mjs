@@ -6,6 +6,7 @@ import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { after, before } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 
@@ -269,4 +270,30 @@ export function failureContext(node, pages) {
     }
   };
   return ctx;
+}
+
+/**
+ * The common shape of a browser suite: registers `before` (start one `sfu`
+ * node with `await nodeOptions()`, then Chromium) and `after` (close both;
+ * keep the node's log when a step failed or WAVE_E2E_KEEP_LOGS is set) in
+ * the calling `describe`. Returns the live state: `suite.node` and
+ * `suite.browser` once `before` ran, `pages` (name -> page, quoted in
+ * failure diagnostics) and `step` (wraps a test to attach them).
+ */
+export function browserSuite(nodeOptions = () => ({})) {
+  const suite = { node: undefined, browser: undefined, pages: {} };
+  const ctx = failureContext(() => suite.node, suite.pages);
+  suite.step = ctx.step;
+  before(async () => {
+    suite.node = await startNode(await nodeOptions());
+    suite.browser = await launchBrowser();
+  });
+  after(async () => {
+    await suite.browser?.close();
+    await suite.node?.kill();
+    const keepLog = ctx.failed || !!process.env.WAVE_E2E_KEEP_LOGS;
+    if (keepLog && suite.node) console.error(`sfu log kept at ${suite.node.logPath}`);
+    suite.node?.cleanup({ keepLog });
+  });
+  return suite;
 }

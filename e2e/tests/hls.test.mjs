@@ -8,10 +8,10 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { HLSJS_DIR, failureContext, hlsStats, launchBrowser, startNode, until } from './helpers.mjs';
+import { browserSuite, HLSJS_DIR, hlsStats, until } from './helpers.mjs';
 
 const ROOM = `e2e-hls-${randomBytes(4).toString('hex')}`;
 // The ladder Chrome encodes for a 1280x720 fake camera with scaleResolutionDownBy 4/2/1.
@@ -29,30 +29,16 @@ const MIN_MEDIA_S = 15;
 const FFPROBE = process.env.WAVE_FFPROBE ?? '/usr/bin/ffprobe';
 
 describe(`LL-HLS end to end with hls.js (room ${ROOM})`, { timeout: 120_000 }, () => {
-  let node;
-  let browser;
-  const pages = {};
-  const ctx = failureContext(() => node, pages);
-  const step = ctx.step;
-  const playlistUrl = () => `${node.base}/hls/${ROOM}/index.m3u8`;
-
-  before(async () => {
+  const suite = browserSuite(async () => {
     if (!existsSync(`${HLSJS_DIR}/hls.min.js`)) throw new Error(`no hls.js at ${HLSJS_DIR}: run scripts/setup.sh (npm ci in web/)`);
     if (!existsSync(FFPROBE)) throw new Error(`no ffprobe at ${FFPROBE}: apt-get install ffmpeg`);
-    node = await startNode({ env: { SFU_HLSJS_DIR: HLSJS_DIR } });
-    browser = await launchBrowser();
+    return { env: { SFU_HLSJS_DIR: HLSJS_DIR } };
   });
-
-  after(async () => {
-    await browser?.close();
-    await node?.kill();
-    const keepLog = ctx.failed || !!process.env.WAVE_E2E_KEEP_LOGS;
-    if (keepLog && node) console.error(`sfu log kept at ${node.logPath}`);
-    node?.cleanup({ keepLog });
-  });
+  const { pages, step } = suite;
+  const playlistUrl = () => `${suite.node.base}/hls/${ROOM}/index.m3u8`;
 
   it('the publisher sends three H.264 simulcast layers over WHIP', step(async (t) => {
-    pages.publisher = await browser.page(`${node.base}/`, 'publisher');
+    pages.publisher = await suite.browser.page(`${suite.node.base}/`, 'publisher');
     const res = await pages.publisher.evaluate((room) => window.wave.publish(room), ROOM);
     assert.equal(res.codec, 'h264', 'the page offers H.264');
     assert.deepEqual(res.rids, ['q', 'h', 'f']);
@@ -97,7 +83,7 @@ describe(`LL-HLS end to end with hls.js (room ${ROOM})`, { timeout: 120_000 }, (
   }));
 
   it('hls.js plays it for 20 s: frames advance, latency < 3 s, no stall > 1 s, 3 levels', step(async (t) => {
-    pages.viewer = await browser.page(`${node.base}/`, 'hls viewer');
+    pages.viewer = await suite.browser.page(`${suite.node.base}/`, 'hls viewer');
     const t0 = Date.now();
     const played = await pages.viewer.evaluate((room) => window.wave.playHls(room), ROOM);
     t.diagnostic(`hls.js ${played.version} parsed ${played.url} after ${Date.now() - t0} ms: ${JSON.stringify(played.levels)}`);

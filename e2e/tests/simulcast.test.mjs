@@ -6,9 +6,9 @@
 // the node within 2 s.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { failureContext, launchBrowser, startNode, stats, until } from './helpers.mjs';
+import { browserSuite, stats, until } from './helpers.mjs';
 
 const ROOM = `e2e-${randomBytes(4).toString('hex')}`;
 // Widths Chrome encodes for a 1280x720 fake camera with scaleResolutionDownBy 4/2/1.
@@ -20,13 +20,9 @@ const MIN_DELTA = 20;
 const RAMP_MS = 25_000;
 
 describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
-  let node;
-  let browser;
-  const pages = {};
+  const suite = browserSuite();
+  const { pages, step } = suite;
   const watched = {};
-
-  const ctx = failureContext(() => node, pages);
-  const step = ctx.step;
 
   // Samples `wave.stats()` every 250 ms for up to `ms` (times reported in ms
   // since `origin`), asserting framesDecoded never goes backwards and
@@ -49,7 +45,7 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
     }
     let rooms = null;
     try {
-      rooms = await node.rooms();
+      rooms = await suite.node.rooms();
     } catch {}
     return {
       failed: `widths seen (ms, width, framesDecoded): ${JSON.stringify(timeline)}${stallNote(history)}; last samples: ${brief(history)}; ` +
@@ -117,21 +113,8 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
     return r;
   };
 
-  before(async () => {
-    node = await startNode();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await node?.kill();
-    const keepLog = ctx.failed || !!process.env.WAVE_E2E_KEEP_LOGS;
-    if (keepLog && node) console.error(`sfu log kept at ${node.logPath}`);
-    node?.cleanup({ keepLog });
-  });
-
   it('the publisher sends three simulcast rids over WHIP', step(async (t) => {
-    pages.publisher = await browser.page(`${node.base}/`, 'publisher');
+    pages.publisher = await suite.browser.page(`${suite.node.base}/`, 'publisher');
     const res = await pages.publisher.evaluate((room) => window.wave.publish(room, { codec: 'vp8' }), ROOM);
     assert.match(res.location, /\/whip\//);
     assert.deepEqual(res.rids, ['q', 'h', 'f']);
@@ -149,7 +132,7 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
     const t0 = Date.now();
     let room;
     while (Date.now() - t0 < 10_000) {
-      room = (await node.rooms()).find((r) => r.room === ROOM);
+      room = (await suite.node.rooms()).find((r) => r.room === ROOM);
       const rids = room?.publishers[0]?.tracks.filter((tr) => tr.kind === 'video').map((tr) => tr.rid) ?? [];
       if (rids.includes('q')) break;
       await sleep(250);
@@ -160,7 +143,7 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
   }));
 
   it('a WHEP viewer asking for the low layer decodes 320-wide frames', step(async (t) => {
-    pages.low = await browser.page(`${node.base}/`, 'low viewer');
+    pages.low = await suite.browser.page(`${suite.node.base}/`, 'low viewer');
     const t0 = Date.now();
     watched.low = await pages.low.evaluate((room) => window.wave.watch(room, { layer: 'low' }), ROOM);
     assert.ok(watched.low.layerUrl, 'the WHEP answer links a layer URL');
@@ -168,7 +151,7 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
   }));
 
   it('a WHEP viewer asking for the high layer reaches 1280-wide frames', step(async (t) => {
-    pages.high = await browser.page(`${node.base}/`, 'high viewer');
+    pages.high = await suite.browser.page(`${suite.node.base}/`, 'high viewer');
     const t0 = Date.now();
     watched.high = await pages.high.evaluate((room) => window.wave.watch(room, { layer: 'high' }), ROOM);
     const first = await until(pages.high, (s) => s.watch?.framesDecoded > 0, 15_000, 'first decoded frame');
@@ -205,7 +188,7 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
       const r = await page.evaluate(() => window.wave.stop('watch'));
       assert.equal(r.watch, 200, `${name} viewer: first DELETE`);
       assert.equal(await del(page, loc), 404, `${name} viewer: second DELETE on ${loc}`);
-      const rooms = await node.rooms();
+      const rooms = await suite.node.rooms();
       const listed = rooms.flatMap((room) => room.viewers).filter((v) => v.session === sessionId(loc));
       assert.deepEqual(listed, [], `${name} viewer still listed in /v1/rooms: ${JSON.stringify(rooms)}`);
     }
@@ -214,14 +197,14 @@ describe(`simulcast end to end (room ${ROOM})`, { timeout: 150_000 }, () => {
     const r = await pages.publisher.evaluate(() => window.wave.stop('publish'));
     assert.equal(r.publish, 200, 'publisher: first DELETE');
     assert.equal(await del(pages.publisher, pubLoc), 404, 'publisher: second DELETE');
-    const rooms = await node.rooms();
+    const rooms = await suite.node.rooms();
     const left = rooms.find((room) => room.room === ROOM);
     t.diagnostic(`/v1/rooms after the DELETEs: ${JSON.stringify(rooms)}`);
     assert.ok(!left || (left.publishers.length === 0 && left.viewers.length === 0), `room still populated: ${JSON.stringify(left)}`);
   }));
 
   it('SIGTERM stops the node within 2 s', step(async (t) => {
-    const r = await node.terminate(2000);
+    const r = await suite.node.terminate(2000);
     t.diagnostic(`sfu exit after SIGTERM: ${JSON.stringify(r)}`);
     assert.ok(r, 'the node did not exit within 3 s of SIGTERM');
     assert.ok(r.ms <= 2000, `the node took ${r.ms} ms to exit`);

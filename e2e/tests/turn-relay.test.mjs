@@ -7,43 +7,26 @@
 // the viewer must keep decoding frames. Everything runs on 127.0.0.1.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { failureContext, freePort, launchBrowser, startNode, stats, until } from './helpers.mjs';
+import { browserSuite, freePort, stats, until } from './helpers.mjs';
 
 const ROOM = `turn-${randomBytes(4).toString('hex')}`;
 const SAMPLE_MS = 2000;
 const MIN_DELTA = 20;
 
 describe(`TURN relay end to end (room ${ROOM})`, { timeout: 120_000 }, () => {
-  let node;
-  let browser;
   let turnPort;
-  const pages = {};
-
-  const ctx = failureContext(() => node, pages);
-  const step = ctx.step;
-
-  before(async () => {
+  const suite = browserSuite(async () => {
     turnPort = await freePort();
-    node = await startNode({
-      env: { SFU_TURN: 'true', SFU_TURN_LISTEN: `127.0.0.1:${turnPort}`, SFU_TURN_TTL: '10m' },
-    });
-    browser = await launchBrowser();
+    return { env: { SFU_TURN: 'true', SFU_TURN_LISTEN: `127.0.0.1:${turnPort}`, SFU_TURN_TTL: '10m' } };
   });
-
-  after(async () => {
-    await browser?.close();
-    if (node) {
-      await node.kill();
-      node.cleanup({ keepLog: ctx.failed });
-    }
-  });
+  const { pages, step } = suite;
 
   it(
     'publishes over a relay candidate from the node-advertised TURN server',
     step(async () => {
-      pages.publisher = await browser.page(node.url, 'publisher');
+      pages.publisher = await suite.browser.page(suite.node.url, 'publisher');
       const r = await pages.publisher.evaluate(
         (room) => window.wave.publish(room, { width: 640, height: 360, simulcast: false, iceTransportPolicy: 'relay' }),
         ROOM,
@@ -64,7 +47,7 @@ describe(`TURN relay end to end (room ${ROOM})`, { timeout: 120_000 }, () => {
   it(
     'plays over a relay candidate and keeps decoding',
     step(async () => {
-      pages.viewer = await browser.page(node.url, 'viewer');
+      pages.viewer = await suite.browser.page(suite.node.url, 'viewer');
       const r = await pages.viewer.evaluate(
         (room) => window.wave.watch(room, { iceTransportPolicy: 'relay' }),
         ROOM,
@@ -103,7 +86,7 @@ describe(`TURN relay end to end (room ${ROOM})`, { timeout: 120_000 }, () => {
         const r = await page.evaluate((k) => window.wave.stop(k), kind);
         assert.equal(r[kind], 200, `DELETE ${kind}`);
       }
-      const t = await node.terminate(2000);
+      const t = await suite.node.terminate(2000);
       assert.ok(t && t.ms <= 2000, `node with embedded TURN exits within 2 s: ${JSON.stringify(t)}`);
     }),
   );
