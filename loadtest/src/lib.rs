@@ -19,5 +19,6 @@ pub mod run;
 pub mod server;
 pub mod shard;
 pub mod stats;
+pub mod wake;
 
 pub use error::Error;

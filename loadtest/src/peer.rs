@@ -264,15 +264,21 @@ impl Publisher {
         Some(video.min(audio))
     }
 
-    /// Writes every frame due by `now`.
-    pub fn write_due(&mut self, rtc: &mut Rtc, shared: &Shared, now: Instant) {
+    /// Writes every frame due by `now`, recording in `lateness_us` how far
+    /// behind its schedule each frame was written.
+    pub fn write_due(&mut self, rtc: &mut Rtc, shared: &Shared, now: Instant, lateness_us: &mut Histogram) {
         let Some(start) = self.start else { return };
         let (Some(vpt), Some(apt)) = (self.video_pt, self.audio_pt) else {
             return;
         };
         let mut api = rtc.direct_api();
         // Audio.
-        while start + Duration::from_millis(u64::from(self.audio.frame) * AUDIO_FRAME_MS) <= now {
+        loop {
+            let due = start + Duration::from_millis(u64::from(self.audio.frame) * AUDIO_FRAME_MS);
+            if due > now {
+                break;
+            }
+            lateness_us.record(now.duration_since(due).as_micros() as u64);
             let n = self.media.audio.len();
             let payload = self.media.audio[self.audio.pos].clone();
             let (seq, ts) = self.audio.advance(1, n);
@@ -282,9 +288,13 @@ impl Publisher {
             }
         }
         // Video, all layers on the same frame clock.
-        while start + Duration::from_nanos(u64::from(self.cursors[0].frame) * 1_000_000_000 / u64::from(FPS))
-            <= now
-        {
+        loop {
+            let due = start
+                + Duration::from_nanos(u64::from(self.cursors[0].frame) * 1_000_000_000 / u64::from(FPS));
+            if due > now {
+                break;
+            }
+            lateness_us.record(now.duration_since(due).as_micros() as u64);
             let sent_at = shared.nanos(now);
             for (layer, rid) in RIDS.iter().enumerate() {
                 let track = &self.media.video[layer];

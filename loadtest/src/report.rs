@@ -66,6 +66,9 @@ pub struct Report {
     pub viewer_loss_pct: Summary,
     pub jitter_ms: Summary,
     pub latency_ms: Summary,
+    /// How late the publishers wrote their frames behind the 30 fps video and
+    /// 20 ms audio schedule: the media threads' wake-up precision.
+    pub send_lateness_ms: Summary,
     pub layers: Vec<LayerReport>,
     pub freezes: u64,
     pub viewer_freezes: Summary,
@@ -91,13 +94,17 @@ pub struct ClientCost {
     pub cpu_us_per_packet: Option<f64>,
     /// Cores the load tester used.
     pub cpu_cores: Option<f64>,
+    /// Times per second the media threads woke from their wait (all shards):
+    /// near the datagram and frame rates when busy, near zero when idle.
+    pub wakeups_per_sec: Option<f64>,
 }
 
 impl ClientCost {
-    pub fn compute(cpu_seconds: f64, secs: f64, packets: u64) -> ClientCost {
+    pub fn compute(cpu_seconds: f64, secs: f64, packets: u64, wakeups: u64) -> ClientCost {
         ClientCost {
             cpu_us_per_packet: (packets > 0).then(|| cpu_seconds * 1e6 / packets as f64),
             cpu_cores: (secs > 0.0).then(|| cpu_seconds / secs),
+            wakeups_per_sec: (secs > 0.0).then(|| wakeups as f64 / secs),
         }
     }
 }
@@ -192,6 +199,7 @@ impl Report {
             viewer_loss_pct: Summary::of(joined.iter().map(|v| v.loss() * 100.0)),
             jitter_ms: Summary::of(joined.iter().map(|v| v.jitter_ms)),
             latency_ms: latency.summary_ms(),
+            send_lateness_ms: Summary::default(),
             layers,
             freezes: joined.iter().map(|v| v.freezes).sum(),
             viewer_freezes: Summary::of(joined.iter().map(|v| v.freezes as f64)),
@@ -275,6 +283,7 @@ impl Report {
         row(&mut o, "join: first packet", &self.join_ms.first_packet, "ms");
         row(&mut o, "join: first keyframe", &self.join_ms.first_keyframe, "ms");
         row(&mut o, "forwarding latency", &self.latency_ms, "ms");
+        row(&mut o, "publisher send late", &self.send_lateness_ms, "ms");
         row(&mut o, "jitter", &self.jitter_ms, "ms");
         row(&mut o, "loss per viewer", &self.viewer_loss_pct, "%");
         row(&mut o, "freezes per viewer", &self.viewer_freezes, "");
@@ -329,9 +338,10 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "  load tester: {} µs CPU per received packet, {} cores",
+            "  load tester: {} µs CPU per received packet, {} cores, {} media-thread wake-ups/s",
             f(self.client.cpu_us_per_packet, 2),
-            f(self.client.cpu_cores, 2)
+            f(self.client.cpu_cores, 2),
+            f(self.client.wakeups_per_sec, 0)
         );
         if self.client_send_errors > 0 {
             let _ = writeln!(o, "  client send errors: {}", self.client_send_errors);

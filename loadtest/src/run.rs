@@ -124,7 +124,7 @@ pub struct Join {
 #[derive(Debug, Clone)]
 struct Live {
     local: std::net::SocketAddr,
-    tx: std::sync::mpsc::Sender<shard::Command>,
+    tx: shard::Handle,
     location: Option<String>,
 }
 
@@ -194,11 +194,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Ctx {
     /// Picks the least loaded shard (round-robin) and a fresh address on it.
-    fn place(&self, n: usize) -> (std::net::SocketAddr, std::sync::mpsc::Sender<shard::Command>) {
+    fn place(&self, n: usize) -> (std::net::SocketAddr, shard::Handle) {
         let mut shards = lock(&self.shards);
         let i = n % shards.len();
         let s = &mut shards[i];
-        (s.allocate(), s.sender())
+        (s.allocate(), s.handle())
+    }
+
+    /// Wake-ups of every media thread so far.
+    fn shard_wakeups(&self) -> u64 {
+        lock(&self.shards).iter().map(Shard::wakeups).sum()
     }
 
     /// The address a peer's HTTP requests come from: its own on a loopback target.
@@ -431,6 +436,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let window_start = probe.sample(&sig).await;
     let window_packets0 = shared.progress.packets.load(Ordering::Relaxed);
+    let wakeups0 = ctx.shard_wakeups();
     let client0 = sfu::process::sample();
     match cfg.plan {
         Plan::Churn { rate } if rate > 0.0 => {
@@ -478,6 +484,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     }
     let window_end = probe.sample(&sig).await;
     let window_packets = shared.progress.packets.load(Ordering::Relaxed) - window_packets0;
+    let wakeups = ctx.shard_wakeups() - wakeups0;
     let client = ClientCost::compute(
         sfu::process::sample().cpu_seconds - client0.cpu_seconds,
         window_end
@@ -485,6 +492,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
             .saturating_duration_since(window_start.at)
             .as_secs_f64(),
         window_packets,
+        wakeups,
     );
     let planned = next_id as usize;
     if let Some(t) = progress_task {
@@ -517,11 +525,13 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     let mut viewers: Vec<ViewerStats> = std::mem::take(&mut *lock(&ctx.failed));
     let mut publishers = Vec::new();
     let mut latency = crate::stats::Histogram::default();
+    let mut send_lateness = crate::stats::Histogram::default();
     let mut send_errors = 0;
     for r in results {
         viewers.extend(r.viewers);
         publishers.extend(r.publishers);
         latency.merge(&r.latency_us);
+        send_lateness.merge(&r.send_lateness_us);
         send_errors += r.send_errors;
     }
     for e in publisher_errors {
@@ -552,6 +562,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     );
     report.publisher_layer_kbps = layer_kbps;
     report.client = client;
+    report.send_lateness_ms = send_lateness.summary_ms();
     Ok(report)
 }
 

@@ -3,16 +3,22 @@
 //! distinct 5-tuples while the shard needs one socket; datagrams are routed
 //! to peers by their destination address (IP_PKTINFO) and sent with the
 //! peer's source address. Receives and sends are batched through quinn-udp.
+//!
+//! The thread sleeps in `ppoll` on its socket and an eventfd (woken by
+//! commands) until the earliest peer deadline (`wake::Deadlines`): an idle
+//! shard costs nothing, a busy one receives in `recvmmsg` batches.
 
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SendError, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use str0m::net::{Protocol, Receive};
 use str0m::{Input, Output};
 use tracing::{debug, warn};
@@ -20,11 +26,14 @@ use tracing::{debug, warn};
 use crate::peer::{Peer, PublisherStats, Role, Shared, ViewerStats};
 use crate::rtp::RtpHeader;
 use crate::stats::Histogram;
+use crate::wake::{Deadlines, sleep_for};
 
 const BATCH: usize = 32;
 const BUF: usize = 2048;
-/// How often due timeouts and publisher frames are checked.
-const TICK: Duration = Duration::from_millis(1);
+/// Receive batches per wake-up before due timers get their turn.
+const BATCHES_PER_WAKE: usize = 8;
+/// How long received-packet tallies may wait before they reach the progress counters.
+const TALLY_EVERY: Duration = Duration::from_millis(1);
 
 /// Orders a shard takes.
 pub enum Command {
@@ -40,6 +49,8 @@ pub struct ShardResult {
     pub viewers: Vec<ViewerStats>,
     pub publishers: Vec<PublisherStats>,
     pub latency_us: Histogram,
+    /// How late publishers wrote their frames behind schedule, µs.
+    pub send_lateness_us: Histogram,
     pub send_errors: u64,
     pub datagrams_in: u64,
     pub datagrams_out: u64,
@@ -48,11 +59,29 @@ pub struct ShardResult {
     tally_bytes: u64,
 }
 
+/// Sends a shard its commands and wakes its thread.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: Sender<Command>,
+    waker: Arc<OwnedFd>,
+}
+
+impl Handle {
+    /// Queues `cmd` and wakes the shard; fails when the shard has stopped.
+    pub fn send(&self, cmd: Command) -> Result<(), SendError<Command>> {
+        self.tx.send(cmd)?;
+        // An eventfd write only fails when its counter would overflow: it is then readable anyway.
+        let _ = rustix::io::write(&*self.waker, &1u64.to_ne_bytes());
+        Ok(())
+    }
+}
+
 /// A running shard: its port and command channel.
 pub struct Shard {
     pub index: usize,
     pub port: u16,
-    tx: Sender<Command>,
+    handle: Handle,
+    wakeups: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
     next_addr: u32,
 }
@@ -65,15 +94,23 @@ impl Shard {
         let state = UdpSocketState::new((&socket).into())?;
         let _ = state.set_send_buffer_size((&socket).into(), 8 << 20);
         let _ = state.set_recv_buffer_size((&socket).into(), 8 << 20);
-        socket.set_read_timeout(Some(TICK))?;
+        let waker = Arc::new(rustix::event::eventfd(
+            0,
+            EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
+        )?);
+        let wakeups = Arc::new(AtomicU64::new(0));
         let (tx, rx) = channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("loadtest-shard-{index}"))
-            .spawn(move || run(socket, state, rx, shared))?;
+        let thread = {
+            let (waker, wakeups) = (waker.clone(), wakeups.clone());
+            std::thread::Builder::new()
+                .name(format!("loadtest-shard-{index}"))
+                .spawn(move || run(socket, state, rx, waker, wakeups, shared))?
+        };
         Ok(Shard {
             index,
             port,
-            tx,
+            handle: Handle { tx, waker },
+            wakeups,
             thread: Some(thread),
             next_addr: 0,
         })
@@ -89,14 +126,19 @@ impl Shard {
         SocketAddr::new(IpAddr::V4(ip), self.port)
     }
 
-    pub fn sender(&self) -> Sender<Command> {
-        self.tx.clone()
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// How many times the thread has woken from its wait so far.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
     }
 
     /// Stops the thread and returns its measurements.
     pub fn stop(mut self) -> ShardResult {
         let (tx, rx) = channel();
-        if self.tx.send(Command::Stop(tx)).is_err() {
+        if self.handle.send(Command::Stop(tx)).is_err() {
             return ShardResult::default();
         }
         let r = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
@@ -104,6 +146,17 @@ impl Shard {
             let _ = t.join();
         }
         r
+    }
+}
+
+impl Drop for Shard {
+    /// A shard dropped without `stop` (an aborted run) still ends its thread,
+    /// which would otherwise sleep with nothing to wake it.
+    fn drop(&mut self) {
+        if self.thread.take().is_some() {
+            let (tx, _) = channel();
+            let _ = self.handle.send(Command::Stop(tx));
+        }
     }
 }
 
@@ -122,27 +175,27 @@ impl Slots {
         (hi < 254 && lo < 254).then_some(hi * 254 + lo)
     }
 
-    fn insert(&mut self, peer: Peer) {
+    /// Places `peer` in the slot its address names and returns that slot.
+    fn insert(&mut self, peer: Peer) -> Option<usize> {
         let Some(i) = Slots::index(peer.local.ip()) else {
             warn!(local = %peer.local, "peer address outside the shard's range");
-            return;
+            return None;
         };
         if self.peers.len() <= i {
             self.peers.resize_with(i + 1, || None);
         }
         self.peers[i] = Some(peer);
+        Some(i)
     }
 
-    fn get_mut(&mut self, ip: IpAddr) -> Option<&mut Peer> {
-        self.peers.get_mut(Slots::index(ip)?)?.as_mut()
+    fn get_mut(&mut self, ip: IpAddr) -> Option<(usize, &mut Peer)> {
+        let i = Slots::index(ip)?;
+        Some((i, self.peers.get_mut(i)?.as_mut()?))
     }
 
-    fn remove(&mut self, ip: IpAddr) -> Option<Peer> {
-        self.peers.get_mut(Slots::index(ip)?)?.take()
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
-        self.peers.iter_mut().flatten()
+    fn remove(&mut self, ip: IpAddr) -> Option<(usize, Peer)> {
+        let i = Slots::index(ip)?;
+        Some((i, self.peers.get_mut(i)?.take()?))
     }
 
     fn drain(&mut self) -> impl Iterator<Item = Peer> + '_ {
@@ -152,12 +205,88 @@ impl Slots {
 
 struct State {
     peers: Slots,
+    /// When each slot's peer next needs a timeout or a frame.
+    wake: Deadlines,
     result: ShardResult,
     shared: Arc<Shared>,
     out: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
 }
 
-fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Arc<Shared>) {
+impl State {
+    /// Sets the deadline of the peer in `slot` from its state: str0m's next
+    /// timeout, a publisher's next frame, or `now` for a dead peer (retired then).
+    fn schedule(&mut self, slot: usize, now: Instant) {
+        if let Some(Some(peer)) = self.peers.peers.get(slot) {
+            self.wake.set(slot, wake_at(peer, now));
+        }
+    }
+
+    /// Runs the peers whose deadline passed: frames, str0m timeouts, retiring the dead.
+    fn run_due(&mut self, now: Instant, due: &mut Vec<usize>) {
+        self.wake.take_due(now, due);
+        for &slot in due.iter() {
+            let Some(Some(peer)) = self.peers.peers.get_mut(slot) else {
+                continue;
+            };
+            if !peer.dead {
+                let due_media = match &peer.role {
+                    Role::Publisher(p) => p.next_due().is_some_and(|d| d <= now),
+                    Role::Viewer(_) => false,
+                };
+                if due_media && let Role::Publisher(p) = &mut peer.role {
+                    p.write_due(
+                        &mut peer.rtc,
+                        &self.shared,
+                        now,
+                        &mut self.result.send_lateness_us,
+                    );
+                }
+                if due_media || peer.next_timeout <= now {
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                        debug!(error = %e, "peer timeout failed");
+                        peer.dead = true;
+                    }
+                    poll(peer, &self.shared, &mut self.result, now, &mut self.out);
+                }
+            }
+            if peer.dead {
+                if let Some(p) = self.peers.peers[slot].take() {
+                    retire(p, &mut self.result, &self.shared, now, false);
+                }
+            } else {
+                self.schedule(slot, now);
+            }
+        }
+    }
+}
+
+/// When a peer next needs the shard.
+fn wake_at(peer: &Peer, now: Instant) -> Instant {
+    if peer.dead {
+        return now;
+    }
+    match &peer.role {
+        Role::Publisher(p) => p
+            .next_due()
+            .map_or(peer.next_timeout, |d| d.min(peer.next_timeout)),
+        Role::Viewer(_) => peer.next_timeout,
+    }
+}
+
+/// Reads the waker's counter back to zero (it is non-blocking: nothing to read is fine).
+fn drain_waker(fd: &OwnedFd) {
+    let mut buf = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut buf);
+}
+
+fn run(
+    socket: UdpSocket,
+    udp: UdpSocketState,
+    rx: Receiver<Command>,
+    waker: Arc<OwnedFd>,
+    wakeups: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+) {
     let gro = udp.gro_segments().max(1);
     let chunk = BUF * gro.min(4);
     let mut flat = vec![0u8; chunk * BATCH];
@@ -165,11 +294,14 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
     let mut meta = [RecvMeta::default(); BATCH];
     let mut st = State {
         peers: Slots::default(),
+        wake: Deadlines::default(),
         result: ShardResult::default(),
         shared,
         out: Vec::new(),
     };
-    let mut next_tick = Instant::now();
+    let mut due = Vec::new();
+    // When the received-packet tallies must reach the progress counters (set while some are pending).
+    let mut tally_due: Option<Instant> = None;
     loop {
         loop {
             match rx.try_recv() {
@@ -177,10 +309,15 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
                     let mut peer = *peer;
                     let now = Instant::now();
                     poll(&mut peer, &st.shared, &mut st.result, now, &mut st.out);
-                    st.peers.insert(peer);
+                    if let Some(slot) = st.peers.insert(peer) {
+                        st.schedule(slot, now);
+                    }
                 }
                 Ok(Command::Leave(addr)) => match st.peers.remove(addr.ip()) {
-                    Some(p) => retire(p, &mut st.result, &st.shared, Instant::now(), true),
+                    Some((slot, p)) => {
+                        st.wake.clear(slot);
+                        retire(p, &mut st.result, &st.shared, Instant::now(), true);
+                    }
                     None => debug!(local = %addr, "leave: no such peer"),
                 },
                 Ok(Command::Stop(reply)) => {
@@ -195,93 +332,105 @@ fn run(socket: UdpSocket, udp: UdpSocketState, rx: Receiver<Command>, shared: Ar
                 Err(TryRecvError::Disconnected) => return,
             }
         }
-        // Receive a batch (blocks at most one tick).
-        let n = {
-            match udp.recv((&socket).into(), &mut bufs, &mut meta) {
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    0
+        // Due frames and timeouts.
+        let now = Instant::now();
+        st.run_due(now, &mut due);
+        flush(&socket, &udp, &mut st);
+        // The progress line's counters, at most once per TALLY_EVERY rather than per packet.
+        if st.result.tally_packets > 0 || st.result.tally_bytes > 0 {
+            match tally_due {
+                Some(at) if at <= now => {
+                    let progress = &st.shared.progress;
+                    progress
+                        .packets
+                        .fetch_add(std::mem::take(&mut st.result.tally_packets), Ordering::Relaxed);
+                    progress
+                        .bytes
+                        .fetch_add(std::mem::take(&mut st.result.tally_bytes), Ordering::Relaxed);
+                    tally_due = None;
                 }
+                Some(_) => {}
+                None => tally_due = Some(now + TALLY_EVERY),
+            }
+        }
+        // Sleep until a datagram, a command or the next deadline.
+        let next = [st.wake.next(), tally_due].into_iter().flatten().min();
+        let timeout = sleep_for(Instant::now(), next).and_then(|d| Timespec::try_from(d).ok());
+        let mut fds = [
+            PollFd::new(&socket, PollFlags::IN),
+            PollFd::new(&*waker, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                warn!(error = %e, "shard poll failed");
+                std::thread::sleep(TALLY_EVERY);
+                continue;
+            }
+        }
+        wakeups.fetch_add(1, Ordering::Relaxed);
+        let readable = !fds[0].revents().is_empty();
+        if !fds[1].revents().is_empty() {
+            drain_waker(&waker);
+        }
+        if !readable {
+            continue;
+        }
+        // Receive batches while they come (recvmmsg), a bounded number before timers get their turn.
+        for _ in 0..BATCHES_PER_WAKE {
+            let n = match udp.recv((&socket).into(), &mut bufs, &mut meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
                 Err(e) => {
                     debug!(error = %e, "recv failed");
                     0
                 }
-            }
-        };
-        let now = Instant::now();
-        for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
-            let Some(dst) = m.dst_ip else { continue };
-            let Some(peer) = st.peers.get_mut(dst) else {
-                continue;
             };
-            for seg in buf[..m.len].chunks(m.stride.max(1)) {
-                st.result.datagrams_in += 1;
-                if let Role::Viewer(v) = &mut peer.role {
-                    if v.header_counted()
-                        && let Some(h) = RtpHeader::parse(seg)
-                    {
-                        if let Some(bytes) = v.count_header(&h, seg.len(), &st.shared, now) {
-                            st.result.tally_packets += 1;
-                            st.result.tally_bytes += bytes as u64;
-                        }
-                        continue;
-                    }
-                    v.set_datagram_len(seg.len());
-                }
-                let Ok(r) = Receive::new(Protocol::Udp, m.addr, peer.local, seg) else {
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
+                let Some(dst) = m.dst_ip else { continue };
+                let Some((slot, peer)) = st.peers.get_mut(dst) else {
                     continue;
                 };
-                if let Err(e) = peer.rtc.handle_input(Input::Receive(now, r)) {
-                    debug!(error = %e, "peer input failed");
-                    peer.dead = true;
-                    break;
-                }
-                // str0m's rule: drain after every input (RTP mode holds one packet).
-                poll(peer, &st.shared, &mut st.result, now, &mut st.out);
-            }
-        }
-        flush(&socket, &udp, &mut st);
-        // Timeouts and due media, once per tick.
-        let now = Instant::now();
-        if now >= next_tick {
-            next_tick = now + TICK;
-            for peer in st.peers.iter_mut() {
-                let due_media = match &peer.role {
-                    Role::Publisher(p) => p.next_due().is_some_and(|d| d <= now),
-                    Role::Viewer(_) => false,
-                };
-                if due_media && let Role::Publisher(p) = &mut peer.role {
-                    p.write_due(&mut peer.rtc, &st.shared, now);
-                }
-                if due_media || peer.next_timeout <= now {
-                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                        debug!(error = %e, "peer timeout failed");
-                        peer.dead = true;
+                let mut touched = false;
+                for seg in buf[..m.len].chunks(m.stride.max(1)) {
+                    st.result.datagrams_in += 1;
+                    if let Role::Viewer(v) = &mut peer.role {
+                        if v.header_counted()
+                            && let Some(h) = RtpHeader::parse(seg)
+                        {
+                            if let Some(bytes) = v.count_header(&h, seg.len(), &st.shared, now) {
+                                st.result.tally_packets += 1;
+                                st.result.tally_bytes += bytes as u64;
+                            }
+                            continue;
+                        }
+                        v.set_datagram_len(seg.len());
                     }
+                    let Ok(r) = Receive::new(Protocol::Udp, m.addr, peer.local, seg) else {
+                        continue;
+                    };
+                    touched = true;
+                    if let Err(e) = peer.rtc.handle_input(Input::Receive(now, r)) {
+                        debug!(error = %e, "peer input failed");
+                        peer.dead = true;
+                        break;
+                    }
+                    // str0m's rule: drain after every input (RTP mode holds one packet).
                     poll(peer, &st.shared, &mut st.result, now, &mut st.out);
+                }
+                if touched {
+                    st.wake.set(slot, wake_at(peer, now));
                 }
             }
             flush(&socket, &udp, &mut st);
-            for slot in st.peers.peers.iter_mut() {
-                if slot.as_ref().is_some_and(|p| p.dead)
-                    && let Some(p) = slot.take()
-                {
-                    retire(p, &mut st.result, &st.shared, now, false);
-                }
+            if n < BATCH {
+                break;
             }
-            // The progress line's counters, once per tick rather than per packet.
-            let progress = &st.shared.progress;
-            progress
-                .packets
-                .fetch_add(std::mem::take(&mut st.result.tally_packets), Ordering::Relaxed);
-            progress
-                .bytes
-                .fetch_add(std::mem::take(&mut st.result.tally_bytes), Ordering::Relaxed);
         }
     }
 }

@@ -48,6 +48,9 @@ fn fifty_viewers_join_and_get_the_low_layer() {
     assert!(num(&r, "/latency_ms/count") > 1000.0, "{stdout}");
     assert!(num(&r, "/latency_ms/p50") > 0.0);
     assert!(num(&r, "/server/packets_per_sec") > 0.0, "{stdout}");
+    // The publishers' frame schedule was measured, and the media threads' wake-ups counted.
+    assert!(num(&r, "/send_lateness_ms/count") > 0.0, "{stdout}");
+    assert!(num(&r, "/client/wakeups_per_sec") > 0.0, "{stdout}");
     assert!(
         r.pointer("/server/cpu_us_per_packet")
             .is_some_and(|v| v.is_number()),

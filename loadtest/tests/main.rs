@@ -6,4 +6,5 @@ mod common;
 mod fanout_against_node;
 mod header_counted_viewers;
 mod hls_against_node;
+mod idle_shard_sleeps;
 mod meeting_and_churn_against_node;
