@@ -331,12 +331,17 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
     to_origin.sort_unstable();
     let mut all: Vec<u32> = Vec::with_capacity(per_client * clients);
     let mut closed = 0;
-    // Receivers that got less than every accepted message (where loss sits).
+    // Receivers that got less than every accepted message (where loss
+    // sits), by node (receiver i is on node i % 3).
     let mut short = 0;
-    for t in tasks {
+    let mut short_by_node = [0usize; 3];
+    for (i, t) in tasks.into_iter().enumerate() {
         let r = t.await.expect("receiver");
         closed += usize::from(r.closed);
-        short += usize::from((r.latencies_us.len() as u64) < sent.saturating_sub(refused));
+        if (r.latencies_us.len() as u64) < sent.saturating_sub(refused) {
+            short += 1;
+            short_by_node[i % nodes.len()] += 1;
+        }
         all.extend(r.latencies_us);
     }
     drop(sinks);
@@ -358,7 +363,7 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         sent as f64 / send_secs
     );
     println!(
-        "chat_fanout: delivered {delivered} of {accepted} accepted ({} lost, {short} clients short of a message, {closed} clients closed by the server), {per_sec:.0} msgs/s delivered",
+        "chat_fanout: delivered {delivered} of {accepted} accepted ({} lost, {short} clients short of a message (by node a/b/c: {short_by_node:?}), {closed} clients closed by the server), {per_sec:.0} msgs/s delivered",
         accepted.saturating_sub(delivered),
     );
     println!(
