@@ -47,6 +47,15 @@ async fn next(ws: &mut Ws) -> Result<serde_json::Value, Option<u16>> {
     }
 }
 
+/// An in-process bus, a hub on it with `config`, and room `r`.
+async fn hub(config: ChatConfig) -> (Bus, ChatHub, RoomId) {
+    let bus = Bus::in_process();
+    let hub = ChatHub::new(bus.clone(), NodeId::parse("n").unwrap(), config)
+        .await
+        .unwrap();
+    (bus, hub, RoomId::parse("r").unwrap())
+}
+
 fn message(i: usize) -> bytes::Bytes {
     let m = ChatMessage {
         id: format!("{i:016x}"),
@@ -67,15 +76,11 @@ async fn a_member_that_stops_reading_is_dropped_and_the_room_keeps_going() {
     const QUEUE: usize = 64;
     const CHUNK: usize = 32;
     const CHUNKS: usize = 16;
-    let bus = Bus::in_process();
-    let config = ChatConfig {
+    let (bus, hub, room) = hub(ChatConfig {
         client_queue: QUEUE,
         ..ChatConfig::default()
-    };
-    let hub = ChatHub::new(bus.clone(), NodeId::parse("n").unwrap(), config)
-        .await
-        .unwrap();
-    let room = RoomId::parse("r").unwrap();
+    })
+    .await;
     let mut good = join(&hub, &room, "good", 64 * 1024).await;
     // 1 KiB of buffer: a few frames fill it, then its writer blocks.
     let mut slow = join(&hub, &room, "slow", 1024).await;
@@ -128,15 +133,11 @@ fn hop_count(page: &str, hop: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_within_the_fanout_window_go_out_together() {
     const WINDOW: Duration = Duration::from_millis(600);
-    let bus = Bus::in_process();
-    let config = ChatConfig {
+    let (bus, hub, room) = hub(ChatConfig {
         fanout_window: WINDOW,
         ..ChatConfig::default()
-    };
-    let hub = ChatHub::new(bus.clone(), NodeId::parse("n").unwrap(), config)
-        .await
-        .unwrap();
-    let room = RoomId::parse("r").unwrap();
+    })
+    .await;
     let mut ws = join(&hub, &room, "member", 64 * 1024).await;
     let next_message = async |ws: &mut Ws| loop {
         let f = next(ws).await.expect("connected");
