@@ -50,6 +50,9 @@ const PER_SENDER_RATE: f64 = 40.0;
 const QUIET: Duration = Duration::from_secs(3);
 /// ... and never longer than this.
 const MAX_DRAIN: Duration = Duration::from_secs(60);
+/// After a quiet period with messages missing, how long to keep reading to
+/// tell a stall (they still come) from a loss.
+const LATE: Duration = Duration::from_secs(10);
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -318,6 +321,14 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
     }
     let cpu1 = cpu(&nodes, &nats);
     let window = t_send.elapsed().as_secs_f64();
+    // Stalled or lost? Whatever still comes within LATE after the quiet
+    // period was stalled (it counts as delivered, very late).
+    let at_quiet = arrived.load(Ordering::Relaxed);
+    let t_quiet = Instant::now();
+    while at_quiet < expected && t_quiet.elapsed() < LATE && arrived.load(Ordering::Relaxed) < expected {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let late = arrived.load(Ordering::Relaxed) - at_quiet;
     let hops1 = hop_counts(&http, &nodes).await;
     let _ = stop_tx.send(true);
     let mut refused = 0;
@@ -366,6 +377,12 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
         "chat_fanout: delivered {delivered} of {accepted} accepted ({} lost, {short} clients short of a message (by node a/b/c: {short_by_node:?}), {closed} clients closed by the server), {per_sec:.0} msgs/s delivered",
         accepted.saturating_sub(delivered),
     );
+    if late > 0 {
+        println!(
+            "chat_fanout: {late} deliveries came after {} s without any (stalled, not lost; counted above)",
+            QUIET.as_secs()
+        );
+    }
     println!(
         "chat_fanout: latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         ms(pct(0.50)),
