@@ -195,6 +195,12 @@ pub struct ChatArgs {
     #[arg(long, env = "SFU_OPEN_MODERATION")]
     #[serde(default)]
     pub open_moderation: bool,
+    /// A room fans chat out at most once per this window: messages closer
+    /// together go to each member in one socket write, up to the window
+    /// later; `0ms` turns pacing off [default: 10ms].
+    #[arg(long, env = "SFU_CHAT_FANOUT_WINDOW", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub chat_fanout_window: Option<Duration>,
 }
 
 impl ChatArgs {
@@ -261,6 +267,15 @@ impl ChatArgs {
             .collect();
         c.filter.block_links = !(self.chat_allow_links || file.chat_allow_links);
         c.open_moderation = self.open_moderation || file.open_moderation;
+        c.fanout_window = self
+            .chat_fanout_window
+            .or(file.chat_fanout_window)
+            .unwrap_or(c.fanout_window);
+        if c.fanout_window > Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "--chat-fanout-window must be at most 1s".into(),
+            ));
+        }
         Ok(c)
     }
 }
@@ -852,6 +867,24 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(NodeConfig::from_args(secured).is_ok());
+    }
+
+    #[test]
+    fn chat_fanout_window_defaults_reads_and_is_bounded() {
+        let window = |w: Option<&str>| {
+            let args = ServeArgs {
+                chat: ChatArgs {
+                    chat_fanout_window: w.map(|w| parse_duration(w).unwrap()),
+                    ..ChatArgs::default()
+                },
+                ..ServeArgs::default()
+            };
+            NodeConfig::from_args(args).map(|c| c.chat.fanout_window)
+        };
+        assert_eq!(window(None).unwrap(), signaling::chat::DEFAULT_FANOUT_WINDOW);
+        assert_eq!(window(Some("0ms")).unwrap(), Duration::ZERO);
+        assert_eq!(window(Some("25ms")).unwrap(), Duration::from_millis(25));
+        assert!(matches!(window(Some("2s")), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

@@ -39,16 +39,31 @@ async fn chat_across_nodes_history_ban_and_presence() {
         .await
         .unwrap();
 
-    // Sent on a, received on b and c, in order.
+    // Sent on a, received on b and c (and a, by alice herself), in order.
     for i in 0..30 {
         alice.say(&format!("m{i}")).await;
     }
-    for client in [&mut bob, &mut carol] {
+    for client in [&mut alice, &mut bob, &mut carol] {
         for i in 0..30 {
             let m = client.next_of("message").await;
             assert_eq!(m["text"], format!("m{i}"));
             assert_eq!(m["sender"]["identity"], "alice");
         }
+    }
+
+    // Each hop is on /metrics: the sends were read and published on a
+    // only; every node took the 30 messages off NATS and wrote them to its
+    // members (a: alice herself).
+    for (node, published) in [(&a, 30), (&b, 0), (&c, 0)] {
+        let page = http.send(Method::GET, &node.url("/metrics"), &[], "").await.body;
+        let count = |hop: &str| {
+            let labels = format!("hop=\"{hop}\"");
+            signaling::metrics::BucketCounts::parse(&page, signaling::chat::HOP_METRIC, &labels).count()
+        };
+        assert_eq!(count("read_to_publish"), published, "{page}");
+        assert_eq!(count("origin_to_room"), 30, "{page}");
+        assert!((1..=30).contains(&count("fanout")), "{page}");
+        assert!(count("origin_to_write") >= 1, "{page}");
     }
 
     // History on join, at c.

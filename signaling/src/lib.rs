@@ -59,7 +59,7 @@ mod config;
 mod http;
 mod locks;
 pub mod media;
-mod metrics;
+pub mod metrics;
 mod page;
 mod ratelimit;
 mod routes;

@@ -79,7 +79,16 @@ impl ChatClient {
     }
 
     pub async fn connect_url(url: &str) -> Result<ChatClient, Refused> {
-        let (ws, _) = match tokio_tungstenite::connect_async(url).await {
+        Self::connect_url_with(url, None).await
+    }
+
+    /// [`ChatClient::connect_url`] with a WebSocket configuration (`None`:
+    /// tungstenite's defaults).
+    pub async fn connect_url_with(
+        url: &str,
+        config: Option<tungstenite::protocol::WebSocketConfig>,
+    ) -> Result<ChatClient, Refused> {
+        let (ws, _) = match tokio_tungstenite::connect_async_with_config(url, config, false).await {
             Ok(ok) => ok,
             Err(tungstenite::Error::Http(resp)) => {
                 let body = resp

@@ -29,14 +29,30 @@ impl Node {
     /// A cluster member on `ip` (HTTP port 0, media on `ip`) joined to the
     /// NATS server at `nats_url` as `id`, with `extra` flags after those.
     pub fn start_in_cluster(nats_url: &str, id: &str, ip: &str, extra: &[&str]) -> Node {
+        Node::start_bin_in_cluster(env!("CARGO_BIN_EXE_sfu").as_ref(), nats_url, id, ip, extra)
+    }
+
+    /// [`Node::start_in_cluster`] with another `sfu` binary (a benchmark
+    /// comparing builds).
+    pub fn start_bin_in_cluster(
+        bin: &std::path::Path,
+        nats_url: &str,
+        id: &str,
+        ip: &str,
+        extra: &[&str],
+    ) -> Node {
         let mut args = vec!["--nats", nats_url, "--node-id", id, "--media-ip", ip];
         args.extend_from_slice(extra);
-        Node::start_at(&format!("{ip}:0"), &args)
+        Node::start_bin(bin, &format!("{ip}:0"), &args)
     }
 
     /// Starts the binary with `args` after `serve --http <http>`.
     pub fn start_at(http: &str, args: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sfu"))
+        Node::start_bin(env!("CARGO_BIN_EXE_sfu").as_ref(), http, args)
+    }
+
+    fn start_bin(bin: &std::path::Path, http: &str, args: &[&str]) -> Node {
+        let mut child = Command::new(bin)
             .args(["serve", "--http", http, "--workers", "2"])
             .args(args)
             .env("RUST_LOG", "warn")

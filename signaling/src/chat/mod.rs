@@ -39,6 +39,7 @@ use crate::bus::{Bus, BusError, History, HistoryLimits, Kv, PendingAppend, Subsc
 use crate::cluster::NodeId;
 use crate::locks::lock;
 use crate::media::RoomId;
+use crate::metrics::Histogram;
 
 mod moderation;
 pub mod presence;
@@ -73,6 +74,12 @@ pub struct ChatConfig {
     /// `POST /v1/moderation/{room}/actions` (`--open-moderation`). Off by
     /// default: an open node refuses moderation with 403.
     pub open_moderation: bool,
+    /// A room fans chat out to its members at most once per window: a
+    /// message arriving sooner after the previous fan-out waits for the
+    /// window's end and goes out with whatever else arrived, so each member
+    /// gets one socket write for several messages. Messages further apart
+    /// than the window are not delayed; zero turns pacing off.
+    pub fanout_window: Duration,
 }
 
 impl Default for ChatConfig {
@@ -86,6 +93,7 @@ impl Default for ChatConfig {
             client_queue: 1024,
             presence_interval: Duration::from_secs(1),
             open_moderation: false,
+            fanout_window: DEFAULT_FANOUT_WINDOW,
         }
     }
 }
@@ -189,6 +197,19 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_UNSUPPORTED: u16 = 1003;
 /// Read buffer of a member's WebSocket; larger frames grow it.
 const READ_BUFFER: usize = 4 * 1024;
+/// [`ChatConfig::fanout_window`] by default: at most 100 writes a second
+/// per member, at most 10 ms added to a message.
+pub const DEFAULT_FANOUT_WINDOW: Duration = Duration::from_millis(10);
+/// The chat's per-hop latency histogram on `/metrics`, labelled `hop`.
+pub const HOP_METRIC: &str = "wave_chat_hop_seconds";
+/// Hops of [`HOP_METRIC`], in path order.
+pub const HOPS: [&str; 5] = [
+    "read_to_publish",
+    "origin_to_room",
+    "fanout",
+    "queue_to_write",
+    "origin_to_write",
+];
 /// Chat messages the room task takes off the bus at once and hands each
 /// member as one delivery (they are written with one flush).
 pub const MAX_BATCH: usize = 64;
@@ -224,6 +245,42 @@ struct ChatCounters {
     slow_clients: AtomicU64,
     /// Chat messages queued to local members (one per member and message).
     deliveries: AtomicU64,
+    /// Where a chat message's time goes, hop by hop.
+    hops: Hops,
+}
+
+/// Latency of each hop of a chat message on this node
+/// (`wave_chat_hop_seconds{hop}`). "Origin" is the `ts` the sending node
+/// stamped (wall clock, whole ms, so `origin_*` read up to 1 ms high);
+/// the rest are monotonic. Per message and node, except `queue_to_write`
+/// and `origin_to_write`: per member and delivery (a delivery may carry
+/// several messages; it is stamped with its oldest).
+#[derive(Debug, Default)]
+struct Hops {
+    /// Sending node: the client's frame read → handed to the bus client.
+    read_to_publish: Histogram,
+    /// Every node: origin stamp → the room task takes it off the bus.
+    origin_to_room: Histogram,
+    /// Every node: the room task took a batch → queued to every member.
+    fanout: Histogram,
+    /// Queued to a member → its socket write (flush) done.
+    queue_to_write: Histogram,
+    /// Origin stamp → the member's socket write done.
+    origin_to_write: Histogram,
+}
+
+impl Hops {
+    /// Each hop with its name ([`HOPS`], same order).
+    fn all(&self) -> [(&'static str, &Histogram); 5] {
+        let [a, b, c, d, e] = HOPS;
+        [
+            (a, &self.read_to_publish),
+            (b, &self.origin_to_room),
+            (c, &self.fanout),
+            (d, &self.queue_to_write),
+            (e, &self.origin_to_write),
+        ]
+    }
 }
 
 /// A room with local members; dropping it stops its task.
@@ -278,6 +335,10 @@ struct Member {
 /// per room and shared by every member (a clone is a reference count).
 #[derive(Debug)]
 enum Out {
+    /// Chat messages, with when they were queued and the oldest's origin
+    /// stamp (Unix ms), for [`Hops`].
+    Chat(Arc<[Utf8Bytes]>, Instant, u64),
+    /// Anything else (moderation, presence).
     Frames(Arc<[Utf8Bytes]>),
     Close(u16, &'static str),
 }
@@ -286,7 +347,7 @@ impl Out {
     /// What this counts against the member's queue bound.
     fn frames(&self) -> usize {
         match self {
-            Out::Frames(f) => f.len(),
+            Out::Chat(f, ..) | Out::Frames(f) => f.len(),
             Out::Close(..) => 0,
         }
     }
@@ -547,10 +608,12 @@ impl ChatHub {
             counters: self.inner.counters.clone(),
             client_queue: self.inner.config.client_queue.max(8),
         });
+        let c = &self.inner.config;
         let task = tokio::spawn(run_room(
             shared.clone(),
-            self.inner.config.history_len,
-            self.inner.config.presence_interval,
+            c.history_len,
+            c.presence_interval,
+            c.fanout_window,
             [chat, moderation, presence],
         ));
         debug!(%room, "chat room opened");
@@ -648,6 +711,14 @@ impl ChatHub {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        let name = HOP_METRIC;
+        let _ = writeln!(
+            out,
+            "# HELP {name} Chat message latency by hop: read_to_publish (sending node), origin_to_room, fanout, queue_to_write, origin_to_write (origin = the sending node's ms stamp).\n# TYPE {name} histogram"
+        );
+        for (hop, h) in c.hops.all() {
+            h.render(name, &format!("hop=\"{hop}\""), out);
+        }
     }
 
     /// What the history stream retains for `room`, oldest first.
@@ -669,15 +740,7 @@ impl ChatHub {
 
     /// The presence frame a joining member gets: totals and who is here.
     fn presence_now(a: &Admission) -> PresenceUpdate {
-        let state = lock(&a.shared.state);
-        let (participants, participants_truncated) = presence::listed(state.nodes.values().map(|(p, _)| p));
-        PresenceUpdate {
-            ts: unix_ms(SystemTime::now()),
-            counts: presence::total(state.nodes.values().map(|(p, _)| p)),
-            changes: Changes::default(),
-            participants: Some(participants),
-            participants_truncated,
-        }
+        lock(&a.shared.state).presence_update(Changes::default(), true)
     }
 }
 
@@ -742,7 +805,7 @@ where
                 incoming = self.ws.next(), if self.acks.len() < MAX_IN_FLIGHT => match incoming {
                     None => return "closed by client",
                     Some(Ok(WsMessage::Text(text))) => {
-                        if let Err(frame) = self.handle_text(text.as_str()).await
+                        if let Err(frame) = self.handle_text(text.as_str(), Instant::now()).await
                             && self.send(&frame).await.is_err()
                         {
                             return "write failed";
@@ -768,8 +831,9 @@ where
         }
     }
 
-    /// One text frame from the client; `Err` is the frame to answer with.
-    async fn handle_text(&mut self, text: &str) -> Result<(), ServerFrame> {
+    /// One text frame from the client, read at `read_at`; `Err` is the
+    /// frame to answer with.
+    async fn handle_text(&mut self, text: &str, read_at: Instant) -> Result<(), ServerFrame> {
         let frame: ClientFrame = serde_json::from_str(text).map_err(|e| {
             debug!(room = %self.admission.room, error = %e, "bad chat frame");
             let code = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
@@ -787,6 +851,12 @@ where
             ClientFrame::Ping => Err(ServerFrame::Pong),
             ClientFrame::Message { text, client_id } => {
                 let ack = self.hub.start_send(&self.admission, text, client_id).await?;
+                self.hub
+                    .inner
+                    .counters
+                    .hops
+                    .read_to_publish
+                    .observe(read_at.elapsed());
                 self.acks.push_back(ack);
                 Ok(())
             }
@@ -799,28 +869,46 @@ where
     async fn deliver(&mut self, first: Out) -> Result<(), &'static str> {
         let mut next = Some(first);
         let mut taken = 0;
+        // (queued at, origin ms) of the chat deliveries in this write.
+        let mut stamps = [(Instant::now(), 0); MAX_DRAIN];
+        let mut stamped = 0;
         while let Some(out) = next.take() {
-            match out {
-                Out::Frames(frames) => {
-                    for f in frames.iter() {
-                        self.ws
-                            .feed(WsMessage::Text(f.clone()))
-                            .await
-                            .map_err(|_| "write failed")?;
-                    }
-                    self.admission.queued.fetch_sub(frames.len(), Ordering::Relaxed);
+            let frames = match out {
+                Out::Chat(frames, queued_at, origin_ms) => {
+                    stamps[stamped] = (queued_at, origin_ms);
+                    stamped += 1;
+                    frames
                 }
+                Out::Frames(frames) => frames,
                 Out::Close(code, reason) => {
                     self.close(code, reason).await;
                     return Err(reason);
                 }
+            };
+            for f in frames.iter() {
+                self.ws
+                    .feed(WsMessage::Text(f.clone()))
+                    .await
+                    .map_err(|_| "write failed")?;
             }
+            self.admission.queued.fetch_sub(frames.len(), Ordering::Relaxed);
             taken += 1;
             if taken < MAX_DRAIN {
                 next = self.admission.rx.try_recv().ok();
             }
         }
-        self.ws.flush().await.map_err(|_| "write failed")
+        self.ws.flush().await.map_err(|_| "write failed")?;
+        if stamped > 0 {
+            let hops = &self.hub.inner.counters.hops;
+            let (now, now_us) = (Instant::now(), unix_us(SystemTime::now()));
+            for &(queued_at, origin_ms) in &stamps[..stamped] {
+                hops.queue_to_write
+                    .observe(now.saturating_duration_since(queued_at));
+                hops.origin_to_write
+                    .observe_us(now_us.saturating_sub(origin_ms.saturating_mul(1000)));
+            }
+        }
+        Ok(())
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), tungstenite::Error> {
@@ -837,10 +925,17 @@ where
     }
 }
 
-/// The room's task: bus messages in, member queues out, presence pushed
-/// at most once per `interval`.
-async fn run_room(room: Arc<RoomShared>, history_len: usize, interval: Duration, subs: [Subscription; 3]) {
+/// The room's task: bus messages in, member queues out (at most once per
+/// fan-out `window`), presence pushed at most once per `interval`.
+async fn run_room(
+    room: Arc<RoomShared>,
+    history_len: usize,
+    interval: Duration,
+    window: Duration,
+    subs: [Subscription; 3],
+) {
     let [mut chat, mut moderation, mut presence] = subs;
+    let mut last_fanout: Option<Instant> = None;
     // Checked four times per interval so a report is pushed within a quarter
     // interval of arriving; `push_presence` keeps pushes `interval` apart.
     let mut tick = tokio::time::interval(interval / 4);
@@ -849,14 +944,28 @@ async fn run_room(room: Arc<RoomShared>, history_len: usize, interval: Duration,
         tokio::select! {
             m = chat.next() => {
                 let Some(m) = m else { break };
-                // What else has arrived goes to the members with it.
+                let took = Instant::now();
                 let mut batch = vec![m.payload];
+                // Within the window of the previous fan-out: wait for its
+                // end, gathering what arrives meanwhile.
+                if let Some(due) = last_fanout.map(|t| t + window)
+                    && due > took
+                {
+                    let due = tokio::time::Instant::from_std(due);
+                    while batch.len() < MAX_BATCH
+                        && let Ok(Some(m)) = tokio::time::timeout_at(due, chat.next()).await
+                    {
+                        batch.push(m.payload);
+                    }
+                }
+                // What else has arrived goes to the members with it.
                 while batch.len() < MAX_BATCH
                     && let Some(Some(m)) = chat.next().now_or_never()
                 {
                     batch.push(m.payload);
                 }
-                room.on_chat(batch, history_len);
+                room.on_chat(batch, history_len, took);
+                last_fanout = Some(Instant::now());
             }
             m = moderation.next() => {
                 let Some(m) = m else { break };
@@ -873,9 +982,12 @@ async fn run_room(room: Arc<RoomShared>, history_len: usize, interval: Duration,
 }
 
 impl RoomShared {
-    /// Chat messages from the bus, in order: kept for history and queued
-    /// to every member as one delivery.
-    fn on_chat(&self, payloads: Vec<Bytes>, history_len: usize) {
+    /// Chat messages from the bus, in order, taken off it at `took`: kept
+    /// for history and queued to every member as one delivery.
+    fn on_chat(&self, payloads: Vec<Bytes>, history_len: usize, took: Instant) {
+        let hops = &self.counters.hops;
+        let took_us = unix_us(SystemTime::now());
+        let mut oldest_ms = u64::MAX;
         let mut state = lock(&self.state);
         let mut frames = Vec::with_capacity(payloads.len());
         for payload in payloads {
@@ -895,6 +1007,9 @@ impl RoomShared {
             let Ok(frame) = Utf8Bytes::try_from(payload) else {
                 continue;
             };
+            hops.origin_to_room
+                .observe_us(took_us.saturating_sub(msg.ts.saturating_mul(1000)));
+            oldest_ms = oldest_ms.min(msg.ts);
             state.recent.push_back(msg);
             frames.push(frame);
         }
@@ -906,7 +1021,11 @@ impl RoomShared {
         }
         let n = frames.len() as u64;
         let frames: Arc<[Utf8Bytes]> = frames.into();
-        let members = fan_out(self, &mut state, |_| Some(Out::Frames(frames.clone())));
+        let members = fan_out(self, &mut state, |_| {
+            Some(Out::Chat(frames.clone(), took, oldest_ms))
+        });
+        drop(state);
+        hops.fanout.observe(took.elapsed());
         self.counters
             .deliveries
             .fetch_add(n * members as u64, Ordering::Relaxed);
@@ -1002,16 +1121,33 @@ impl RoomShared {
         if state.pushed.as_ref() == Some(&counts) && state.pending.is_empty() {
             return;
         }
-        let update = PresenceUpdate {
-            ts: unix_ms(SystemTime::now()),
-            counts: counts.clone(),
-            changes: std::mem::take(&mut state.pending),
-            ..PresenceUpdate::default()
-        };
+        let changes = std::mem::take(&mut state.pending);
+        let update = state.presence_update(changes, false);
         let frame = frame_text(&ServerFrame::Presence(update));
         state.pushed = Some(counts);
         state.last_push = Some(now);
         fan_out(self, &mut state, |_| Some(Out::Frames(frame.clone())));
+    }
+}
+
+impl RoomState {
+    /// A presence frame from the nodes' last reports: the totals,
+    /// `changes`, and with `listed` who is here (up to 200, for a join).
+    fn presence_update(&self, changes: Changes, listed: bool) -> PresenceUpdate {
+        let reports = || self.nodes.values().map(|(p, _)| p);
+        let (participants, participants_truncated) = if listed {
+            let (p, truncated) = presence::listed(reports());
+            (Some(p), truncated)
+        } else {
+            (None, false)
+        };
+        PresenceUpdate {
+            ts: unix_ms(SystemTime::now()),
+            counts: presence::total(reports()),
+            changes,
+            participants,
+            participants_truncated,
+        }
     }
 }
 
@@ -1088,6 +1224,12 @@ fn unavailable(room: &RoomId, e: &BusError) -> ServerFrame {
 
 fn json_bytes<T: Serialize>(value: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// Wall-clock microseconds, for latency against a message's `ts`.
+fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Wall-clock milliseconds; the one place the chat reads the clock for ids
