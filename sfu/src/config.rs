@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Media worker threads [default: one per core].
     #[arg(long, env = "SFU_WORKERS")]
     pub workers: Option<usize>,
-    /// HTTP runtime threads (signalling, LL-HLS) [default: one per core the process may run on].
+    /// HTTP runtime threads (signalling, LL-HLS) [default: one per core the process may run on, at least 2].
     #[arg(long, env = "SFU_HTTP_THREADS")]
     pub http_threads: Option<usize>,
     /// Sessions the node accepts before answering 503 [default: 10000].
@@ -471,9 +471,9 @@ impl Default for NodeConfig {
             public_ip: None,
             auth_secret: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            // Affinity-aware: a node pinned to one core gets one thread
-            // (two would only take turns on it).
-            http_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // One per core the process may run on, at least 2: a node
+            // pinned to a core it shares did worse with one (BENCHMARKS.md).
+            http_threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             max_peers: 10_000,
             max_room_peers: 5_000,
             ice_servers: Vec::new(),
