@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Media worker threads [default: one per core].
     #[arg(long, env = "SFU_WORKERS")]
     pub workers: Option<usize>,
+    /// HTTP runtime threads (signalling, LL-HLS) [default: one per core the process may run on, at least 2].
+    #[arg(long, env = "SFU_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
     /// Sessions the node accepts before answering 503 [default: 10000].
     #[arg(long, env = "SFU_MAX_PEERS")]
     pub max_peers: Option<usize>,
@@ -296,6 +299,7 @@ pub struct FileConfig {
     pub public_ip: Option<IpAddr>,
     pub auth_secret: Option<String>,
     pub workers: Option<usize>,
+    pub http_threads: Option<usize>,
     pub max_peers: Option<usize>,
     pub max_room_peers: Option<usize>,
     pub ice_servers: Option<Vec<String>>,
@@ -358,6 +362,7 @@ pub struct NodeConfig {
     pub public_ip: Option<IpAddr>,
     pub auth_secret: Option<String>,
     pub workers: usize,
+    pub http_threads: usize,
     pub max_peers: usize,
     pub max_room_peers: usize,
     pub ice_servers: Vec<signaling::IceServer>,
@@ -481,6 +486,9 @@ impl Default for NodeConfig {
             public_ip: None,
             auth_secret: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // One per core the process may run on, at least 2: a node
+            // pinned to a core it shares did worse with one (BENCHMARKS.md).
+            http_threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             max_peers: 10_000,
             max_room_peers: 5_000,
             ice_servers: Vec::new(),
@@ -554,6 +562,11 @@ impl NodeConfig {
             public_ip: args.public_ip.or(file.public_ip),
             auth_secret,
             workers: args.workers.or(file.workers).unwrap_or(d.workers).max(1),
+            http_threads: args
+                .http_threads
+                .or(file.http_threads)
+                .unwrap_or(d.http_threads)
+                .max(1),
             max_peers: args.max_peers.or(file.max_peers).unwrap_or(d.max_peers),
             max_room_peers: args
                 .max_room_peers

@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let config = NodeConfig::from_args(*args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(config.http_threads)
                 .enable_all()
                 .build()?;
             runtime.block_on(sfu::run(config, shutdown_signal(), |b| {

@@ -1,79 +1,58 @@
 //! Runs a room's Opus -> AAC-LC transcoder (`hls_bridge::transcode::aac`)
-//! on a thread of its own, off the media worker's packet path: decoding
-//! Opus and encoding AAC costs ~1% of a core per room, and a worker serves
-//! many rooms' packets. Like [`super::ladder::LadderRunner`] this is only
-//! the hand-off: Opus frames go in through a bounded queue that never
-//! blocks the worker (a full queue drops the frame, counts it and warns;
-//! the transcoder conceals the gap, so the AAC timeline stays whole), and
-//! access units come back through another, drained by the tap whenever it
-//! runs.
-
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant};
+//! on a thread of its own ([`super::runner::CodecRunner`]), off the media
+//! worker's packet path: decoding Opus and encoding AAC costs ~1% of a core
+//! per room, and a worker serves many rooms' packets. A full queue drops
+//! the Opus frame, counts it and warns; the transcoder conceals the gap,
+//! so the AAC timeline stays whole. When the publisher leaves, the input
+//! closes and the thread flushes the encoder on its own; the tap collects
+//! the last access units on later ticks (the worker never waits for it).
 
 use hls_bridge::Error;
 use hls_bridge::fmp4::AacConfig;
 use hls_bridge::opus::OpusFrame;
 use hls_bridge::transcode::aac::{AacAccessUnit, AacTranscoderConfig, OpusToAac};
 use signaling::RoomId;
-use tracing::{debug, warn};
 
-use super::ladder::spawn_codec_thread;
+use super::runner::{CodecRunner, ThreadCodec};
 
 /// Opus frames queued for the transcoder thread at most (1 s of 20 ms
 /// frames).
 const QUEUE: usize = 50;
-/// How long [`AacRunner::finish`] waits for the thread to drain its queue.
-const FINISH_WAIT: Duration = Duration::from_millis(250);
+
+impl ThreadCodec for OpusToAac {
+    type In = OpusFrame;
+    type Out = AacAccessUnit;
+    const NAME: &'static str = "aac";
+    const WHEN_FULL: &'static str = "AAC transcoder behind the publisher; Opus frames dropped (concealed)";
+
+    fn handle(&mut self, frame: OpusFrame) -> Result<(), Error> {
+        self.handle_frame(&frame)
+    }
+    fn poll(&mut self) -> Option<AacAccessUnit> {
+        self.poll_access_unit()
+    }
+    fn flush(&mut self) -> Result<(), Error> {
+        self.finish()
+    }
+    fn stats(&self) -> impl std::fmt::Debug {
+        OpusToAac::stats(self)
+    }
+}
 
 pub(super) struct AacRunner {
     aac: AacConfig,
-    /// `None` once the thread is gone (or finishing).
-    input: Option<SyncSender<OpusFrame>>,
-    output: Receiver<AacAccessUnit>,
-    dropped: u64,
-    room: RoomId,
+    runner: CodecRunner<OpusToAac>,
 }
 
 impl AacRunner {
     /// Builds the transcoder (its AAC configuration is known at once, for
     /// the init segment) and starts its thread.
     pub(super) fn start(room: &RoomId) -> Result<Self, Error> {
-        let mut transcoder = OpusToAac::new(AacTranscoderConfig::default())?;
+        let transcoder = OpusToAac::new(AacTranscoderConfig::default())?;
         let aac = transcoder.aac_config().clone();
-        let (input, jobs) = mpsc::sync_channel::<OpusFrame>(QUEUE);
-        let (results, output) = mpsc::channel();
-        let name = room.to_string();
-        spawn_codec_thread("aac", room, move || {
-            let drain = |t: &mut OpusToAac| {
-                while let Some(unit) = t.poll_access_unit() {
-                    if results.send(unit).is_err() {
-                        return false;
-                    }
-                }
-                true
-            };
-            for frame in jobs {
-                if let Err(error) = transcoder.handle_frame(&frame) {
-                    debug!(room = %name, %error, "AAC transcoder refused a frame");
-                }
-                if !drain(&mut transcoder) {
-                    return;
-                }
-            }
-            // The input closed: the publisher left. Flush the encoder.
-            if let Err(error) = transcoder.finish() {
-                debug!(room = %name, %error, "AAC flush failed");
-            }
-            drain(&mut transcoder);
-            debug!(room = %name, stats = ?transcoder.stats(), "AAC thread ends");
-        })?;
         Ok(Self {
             aac,
-            input: Some(input),
-            output,
-            dropped: 0,
-            room: room.clone(),
+            runner: CodecRunner::start(room, transcoder, QUEUE)?,
         })
     }
 
@@ -84,51 +63,80 @@ impl AacRunner {
 
     /// Frames dropped because the thread was behind.
     pub(super) fn dropped(&self) -> u64 {
-        self.dropped
+        self.runner.dropped()
     }
 
     /// One Opus frame (never blocks).
     pub(super) fn push(&mut self, frame: &OpusFrame) {
-        let Some(input) = &self.input else { return };
-        match input.try_send(frame.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped += 1;
-                if self.dropped.is_power_of_two() {
-                    warn!(room = %self.room, dropped = self.dropped, "AAC transcoder behind the publisher; Opus frames dropped (concealed)");
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                warn!(room = %self.room, "AAC thread ended");
-                self.input = None;
-            }
-        }
+        self.runner.push(frame.clone());
     }
 
     /// The next AAC access unit, if the thread finished one.
     pub(super) fn poll_access_unit(&mut self) -> Option<AacAccessUnit> {
-        self.output.try_recv().ok()
+        self.runner.poll()
     }
 
-    /// The publisher left: closes the input and collects what the thread
-    /// still produces (the queue's remainder and the encoder's flush), for
-    /// the stream's last parts. Waits at most [`FINISH_WAIT`] (a queue
-    /// drains in well under that); what comes later is lost.
-    pub(super) fn finish(&mut self) -> Vec<AacAccessUnit> {
-        self.input = None;
-        let deadline = Instant::now() + FINISH_WAIT;
-        let mut units = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.output.recv_timeout(left) {
-                Ok(unit) => units.push(unit),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    warn!(room = %self.room, "AAC thread did not finish in time; the last audio is cut");
-                    break;
-                }
+    /// The publisher left: closes the input without waiting. The thread
+    /// transcodes what is queued and flushes the encoder;
+    /// [`Self::poll_access_unit`] returns those last units, then
+    /// [`Self::is_done`] holds.
+    pub(super) fn close(&mut self) {
+        self.runner.close();
+    }
+
+    /// The thread ended and all its access units were polled.
+    pub(super) fn is_done(&self) -> bool {
+        self.runner.is_done()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A 20 ms CELT frame of silence (TOC config 31, mono, one frame).
+    fn silence(i: i64) -> OpusFrame {
+        OpusFrame {
+            timestamp: 480_000 + i * 960,
+            duration: 960,
+            stereo: false,
+            data: vec![0xf8, 0xff, 0xfe],
+        }
+    }
+
+    #[test]
+    fn closing_never_waits_and_the_flushed_tail_still_comes_back() {
+        // What the transcoder gives for 40 frames, flush included.
+        let mut direct = OpusToAac::new(AacTranscoderConfig::default()).unwrap();
+        for i in 0..40 {
+            direct.handle_frame(&silence(i)).unwrap();
+        }
+        direct.finish().unwrap();
+        let want: Vec<i64> = std::iter::from_fn(|| direct.poll_access_unit())
+            .map(|u| u.timestamp)
+            .collect();
+        assert!(want.len() > 30, "{}", want.len());
+
+        let room = RoomId::parse("aac-runner").unwrap();
+        let mut runner = AacRunner::start(&room).unwrap();
+        for i in 0..40 {
+            runner.push(&silence(i));
+        }
+        // The worker's call returns at once (`runner::tests` shows it does
+        // not wait for a flush in progress); the tail comes back later.
+        runner.close();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while !runner.is_done() && Instant::now() < deadline {
+            match runner.poll_access_unit() {
+                Some(u) => got.push(u.timestamp),
+                None => std::thread::sleep(Duration::from_millis(1)),
             }
         }
-        units
+        assert!(runner.is_done(), "the AAC thread never ended");
+        assert_eq!(got, want, "every access unit, the encoder's flush included");
+        assert_eq!(runner.dropped(), 0);
     }
 }

@@ -43,6 +43,12 @@ const OPUS_TRACK: TrackId = TrackId(1000);
 const AAC_TRACK: TrackId = TrackId(1001);
 /// Ladder rung `i` is packaged as track `RUNG_TRACK + i`.
 const RUNG_TRACK: u32 = 2000;
+/// How long a room whose publisher left waits for the AAC thread's last
+/// access units (its queue and the encoder's flush: milliseconds) before
+/// its playlists end without them.
+const AAC_TAIL_WAIT: Duration = Duration::from_millis(250);
+/// How often the tap looks for those last access units meanwhile.
+const AAC_TAIL_POLL: Duration = Duration::from_millis(5);
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -81,6 +87,10 @@ pub(super) struct HlsTap {
     rooms: BTreeMap<PeerId, HlsRoom>,
     /// Publishers of rooms whose HLS another publisher feeds.
     refused: BTreeMap<PeerId, RoomId>,
+    /// Rooms whose publisher left, waiting for the AAC thread's last
+    /// access units: (room, give up at, next look). Never the worker's
+    /// wait: the tap looks on its timer.
+    finishing: Vec<(HlsRoom, Instant, Instant)>,
     /// Rooms that ended, with the time their state goes.
     ended: BTreeMap<RoomId, Instant>,
     thumbnails: ThumbnailCache<RoomId>,
@@ -113,6 +123,7 @@ impl HlsTap {
             anchor: (now, wall),
             rooms: BTreeMap::new(),
             refused: BTreeMap::new(),
+            finishing: Vec::new(),
             ended: BTreeMap::new(),
             thumbnails: ThumbnailCache::new(ThumbnailConfig::default()),
             out: VecDeque::new(),
@@ -123,7 +134,7 @@ impl HlsTap {
     pub(super) fn stats(&self) -> HlsStats {
         let mut s = self.done;
         s.rooms = self.rooms.len() as u64;
-        for r in self.rooms.values() {
+        for r in self.rooms.values().chain(self.finishing.iter().map(|(r, ..)| r)) {
             let p = r.packager.stats();
             s.parts += p.parts;
             s.segments += p.segments;
@@ -231,7 +242,13 @@ impl HlsTap {
             segment_target: self.config.hls.segment_target,
             ..BridgeConfig::default()
         });
-        // A new session of a room that just ended replaces it in the store.
+        // A new session of a room that just ended replaces it in the store
+        // (one still waiting for its AAC tail ends first, without it).
+        if let Some(i) = self.finishing.iter().position(|(r, ..)| &r.room == room) {
+            let (r, ..) = self.finishing.remove(i);
+            warn!(%room, "HLS restarted before the AAC tail of its last session; that audio is cut");
+            self.end_room(now, r);
+        }
         self.ended.remove(room);
         info!(%room, publisher = pid.0, layers, "HLS started");
         self.rooms.insert(
@@ -262,6 +279,7 @@ impl HlsTap {
                 wanted.push((pid, layer));
             }
         }
+        self.finish_rooms(now);
         let due: Vec<RoomId> = self
             .ended
             .iter()
@@ -279,25 +297,58 @@ impl HlsTap {
 
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         let rooms = self.rooms.values().filter_map(|r| r.bridge.poll_timeout());
-        rooms.chain(self.ended.values().copied()).min()
+        let finishing = self.finishing.iter().map(|&(_, _, next)| next);
+        rooms.chain(finishing).chain(self.ended.values().copied()).min()
     }
 
     /// The publisher left: its room's playlists end (EXT-X-ENDLIST) and
-    /// stay served for `linger`.
+    /// stay served for `linger`. With an AAC rendition they end once the
+    /// transcoder thread handed back its last access units (the queue's
+    /// rest and the encoder's flush), on a later [`Self::timeout`]: this
+    /// call never waits for that thread.
     pub(super) fn publisher_left(&mut self, now: Instant, pid: PeerId) {
         self.refused.remove(&pid);
         let Some(mut r) = self.rooms.remove(&pid) else {
             return;
         };
-        let room = r.room.clone();
         r.pump(now, &mut self.thumbnails, &mut self.out);
-        // Whatever the AAC transcoder still holds goes into the last parts.
+        // Another publisher of the room may take it over from its next packet.
+        self.refused.retain(|_, room| *room != r.room);
         if let Some(aac) = &mut r.aac {
-            let units = aac.finish();
-            for unit in units {
+            aac.close();
+            self.finishing.push((r, now + AAC_TAIL_WAIT, now));
+            self.finish_rooms(now);
+        } else {
+            self.end_room(now, r);
+        }
+    }
+
+    /// Moves the AAC tail of rooms whose publisher left into their last
+    /// parts; ends those whose thread is done (or that waited too long).
+    fn finish_rooms(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.finishing.len() {
+            let (r, give_up, next) = &mut self.finishing[i];
+            while let Some(unit) = r.aac.as_mut().and_then(AacRunner::poll_access_unit) {
                 r.push_aac(now, unit);
             }
+            let done = r.aac.as_ref().is_none_or(AacRunner::is_done);
+            if done || now >= *give_up {
+                if !done {
+                    warn!(room = %r.room, "AAC thread did not finish in time; the last audio is cut");
+                }
+                let (r, ..) = self.finishing.remove(i);
+                self.end_room(now, r);
+            } else {
+                *next = (now + AAC_TAIL_POLL).min(*give_up);
+                i += 1;
+            }
         }
+    }
+
+    /// Ends every rendition of `r` and keeps it served for `linger`.
+    fn end_room(&mut self, now: Instant, mut r: HlsRoom) {
+        let room = r.room.clone();
         let _ = r.packager.end();
         let s = r.packager.stats();
         self.done.parts += s.parts;
@@ -308,8 +359,6 @@ impl HlsTap {
             self.out.push_back(HlsUpdate::Publish(room.clone(), snap));
         }
         info!(%room, parts = s.parts, linger_s = self.config.linger.as_secs(), "HLS ended");
-        // Another publisher of the room may take it over from its next packet.
-        self.refused.retain(|_, r| *r != room);
         self.ended.insert(room, now + self.config.linger);
     }
 

@@ -10,6 +10,7 @@ mod aac;
 mod hls;
 mod ladder;
 mod rewrite;
+mod runner;
 pub mod sdp;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
