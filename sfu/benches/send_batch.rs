@@ -89,7 +89,7 @@ async fn run(viewers: usize, fanouts: usize, bytes: usize) -> std::io::Result<()
                         .send_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                if queue.pending_messages() > MAX_BATCH {
+                if queue.pending_messages() >= MAX_BATCH {
                     while send_queued(&mut queue, &socket, &state, &stats) {
                         blocked += 1;
                         socket.writable().await?;

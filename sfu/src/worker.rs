@@ -310,7 +310,7 @@ fn flush(
                     .fetch_add(dropped.datagrams as u64, Ordering::Relaxed);
                 debug!(dest = %dropped.destination, "send queue full, datagram dropped");
             }
-            if !blocked && queue.pending_messages() > MAX_BATCH {
+            if !blocked && queue.pending_messages() >= MAX_BATCH {
                 more = true;
                 break;
             }
