@@ -6,6 +6,7 @@ pub mod engine;
 pub mod listening;
 pub mod node;
 pub mod process;
+pub mod sendq;
 pub mod turn;
 pub mod worker;
 

@@ -1,8 +1,10 @@
 //! The thin driver around one [`Engine`]: a thread with its own current-thread
 //! tokio runtime and UDP socket. It reads the clock, feeds datagrams (batched
 //! with recvmmsg/GRO through quinn-udp), commands and timeouts to the engine,
-//! and sends what the engine produced (GSO through quinn-udp where several
-//! datagrams of one size go to one destination).
+//! and sends what the engine produced through a [`SendQueue`]: one
+//! `sendmmsg(2)` (rustix) per batch of datagrams to different destinations,
+//! GSO through quinn-udp where several datagrams of one size go to one
+//! destination. What the socket does not take yet waits for it to be writable.
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
@@ -19,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::engine::{Command, Engine, EngineConfig, EngineStats, Event, HlsUpdate, Reply, Transmit};
+use crate::sendq::{Batch, MAX_BATCH, Message, SendQueue};
 
 /// What the control plane sends a worker.
 pub struct Request {
@@ -158,6 +161,13 @@ pub fn spawn(
 
 const BATCH: usize = 32;
 const BUF: usize = 2048;
+/// Socket send buffer asked for: a keyframe fan-out burst (2,000 viewers × a
+/// few KiB) must fit while the NIC drains. Linux caps the request at
+/// `net.core.wmem_max` (then doubles it); the effective size is logged.
+const SEND_BUFFER: usize = 8 << 20;
+/// Unsent bytes the worker keeps while the socket would block, beyond which
+/// new datagrams are dropped and counted in `wave_udp_send_errors_total`.
+const SEND_QUEUE_BYTES: usize = 8 << 20;
 
 async fn run(
     mut engine: Engine,
@@ -170,9 +180,21 @@ async fn run(
 ) -> io::Result<()> {
     let state = UdpSocketState::new((&socket).into())?;
     // Fan-out bursts: a large send buffer keeps them from being dropped locally.
-    let _ = state.set_send_buffer_size((&socket).into(), 8 << 20);
+    let _ = state.set_send_buffer_size((&socket).into(), SEND_BUFFER);
     let _ = state.set_recv_buffer_size((&socket).into(), 8 << 20);
+    match state.send_buffer_size((&socket).into()) {
+        Ok(n) if n < SEND_BUFFER / 4 => {
+            warn!(
+                send_buffer = n,
+                wanted = SEND_BUFFER,
+                "small UDP send buffer: raise net.core.wmem_max"
+            )
+        }
+        Ok(n) => debug!(send_buffer = n, "UDP send buffer"),
+        Err(e) => debug!(error = %e, "cannot read the UDP send buffer size"),
+    }
     let socket = tokio::net::UdpSocket::from_std(socket)?;
+    let mut queue = SendQueue::new(state.max_gso_segments(), SEND_QUEUE_BYTES);
     let gro = state.gro_segments().max(1);
     let chunk = BUF * gro.min(4);
     let mut flat = vec![0u8; chunk * BATCH];
@@ -230,8 +252,12 @@ async fn run(
             _ = tokio::time::sleep_until(deadline) => {
                 engine.handle_timeout(now());
             }
+            // Only while datagrams wait: the socket would block on the last try.
+            ready = socket.writable(), if !queue.is_empty() => {
+                ready?;
+            }
         }
-        flush(&mut engine, &socket, &state, &stats);
+        flush(&mut engine, &mut queue, &socket, &state, &stats);
         while let Some(event) = engine.poll_event() {
             match event {
                 Event::SessionClosed { session, .. } => on_closed(session),
@@ -247,51 +273,227 @@ async fn run(
         stats.publish(&engine.stats());
         if closing && engine.peer_count() == 0 {
             // Every close_notify was written; let it leave before the socket drops.
-            flush(&mut engine, &socket, &state, &stats);
+            flush(&mut engine, &mut queue, &socket, &state, &stats);
+            let unsent = queue.clear();
+            if unsent > 0 {
+                stats.send_errors.fetch_add(unsent as u64, Ordering::Relaxed);
+                debug!(unsent, "datagrams left unsent at shutdown");
+            }
             return Ok(());
         }
     }
 }
 
-/// Sends every pending transmit, coalescing runs to one destination into GSO batches.
-fn flush(engine: &mut Engine, socket: &tokio::net::UdpSocket, state: &UdpSocketState, stats: &WorkerStats) {
-    let max_segments = state.max_gso_segments().max(1);
-    let mut batch: Vec<u8> = Vec::with_capacity(BUF * 8);
-    let mut pending: Option<(SocketAddr, usize, usize)> = None; // (destination, segment size, count)
-    let send = |batch: &mut Vec<u8>, dest: SocketAddr, seg: usize, count: usize| {
-        let transmit = UdpTransmit {
-            destination: dest,
-            ecn: None,
-            contents: batch,
-            segment_size: (count > 1).then_some(seg),
-            src_ip: None,
-        };
-        if let Err(e) = socket.try_io(Interest::WRITABLE, || state.try_send(socket.into(), &transmit)) {
-            stats.send_errors.fetch_add(1, Ordering::Relaxed);
-            debug!(error = %e, %dest, "send failed");
-        }
-        batch.clear();
-    };
-    while let Some(Transmit {
-        destination,
-        contents,
-        ..
-    }) = engine.poll_transmit()
-    {
-        if let Some((dest, seg, count)) = pending {
-            // GSO: equal segments to one destination; only the last may be shorter.
-            let joins = dest == destination && contents.len() == seg && count < max_segments;
-            if joins {
-                batch.extend_from_slice(&contents);
-                pending = Some((dest, seg, count + 1));
-                continue;
+/// Queues every transmit the engine produced and sends what the socket takes,
+/// a batch at a time as they fill (a keyframe fan-out is megabytes: it goes
+/// out while the rest is queued, not after).
+fn flush(
+    engine: &mut Engine,
+    queue: &mut SendQueue,
+    socket: &tokio::net::UdpSocket,
+    state: &UdpSocketState,
+    stats: &WorkerStats,
+) {
+    queue.set_max_segments(state.max_gso_segments());
+    let mut blocked = false;
+    loop {
+        let mut more = false;
+        while let Some(Transmit {
+            destination,
+            contents,
+            ..
+        }) = engine.poll_transmit()
+        {
+            if let Err(dropped) = queue.push(destination, &contents) {
+                stats
+                    .send_errors
+                    .fetch_add(dropped.datagrams as u64, Ordering::Relaxed);
+                debug!(dest = %dropped.destination, "send queue full, datagram dropped");
             }
-            send(&mut batch, dest, seg, count);
+            if !blocked && queue.pending_messages() >= MAX_BATCH {
+                more = true;
+                break;
+            }
         }
-        batch.extend_from_slice(&contents);
-        pending = Some((destination, contents.len(), 1));
+        if !blocked {
+            blocked = send_queued(queue, socket, state, stats);
+        }
+        if !more {
+            return;
+        }
     }
-    if let Some((dest, seg, count)) = pending {
-        send(&mut batch, dest, seg, count);
+}
+
+/// Sends queued batches until the queue is empty (`false`) or the socket
+/// would block (`true`: the rest waits for writability). Failed datagrams are
+/// dropped and counted in `stats.send_errors`. Public for the send benchmark.
+pub fn send_queued(
+    queue: &mut SendQueue,
+    socket: &tokio::net::UdpSocket,
+    state: &UdpSocketState,
+    stats: &WorkerStats,
+) -> bool {
+    loop {
+        let result = match queue.poll_batch() {
+            None => return false,
+            Some(Batch::Gso {
+                destination,
+                segment,
+                contents,
+            }) => {
+                let transmit = UdpTransmit {
+                    destination,
+                    ecn: None,
+                    contents,
+                    segment_size: Some(segment),
+                    src_ip: None,
+                };
+                socket
+                    .try_io(Interest::WRITABLE, || state.try_send(socket.into(), &transmit))
+                    .map(|()| 1)
+            }
+            Some(Batch::Many { messages, bytes }) => {
+                socket.try_io(Interest::WRITABLE, || send_many(socket, state, messages, bytes))
+            }
+        };
+        match result {
+            // The kernel's contract is at least one; zero is treated as blocked.
+            Ok(0) => return true,
+            Ok(sent) => queue.handle_sent(sent),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                if let Some(dropped) = queue.handle_refused() {
+                    stats
+                        .send_errors
+                        .fetch_add(dropped.datagrams as u64, Ordering::Relaxed);
+                    debug!(error = %e, dest = %dropped.destination, "send failed");
+                }
+            }
+        }
+    }
+}
+
+/// One `sendmmsg(2)` of single datagrams, each to its own destination: how
+/// many the kernel took (a nonblocking call may take fewer; an error means the
+/// first one failed). quinn-udp has no sendmmsg and nix cannot report the
+/// count without reading uninitialised headers, so rustix.
+#[cfg(target_os = "linux")]
+fn send_many(
+    socket: &impl std::os::fd::AsFd,
+    _state: &UdpSocketState,
+    messages: &[Message],
+    bytes: &[u8],
+) -> io::Result<usize> {
+    use std::io::IoSlice;
+
+    use rustix::net::addr::SocketAddrArg;
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+
+    let addrs: Vec<SocketAddrAny> = messages.iter().map(|m| m.destination.as_any()).collect();
+    let iovs: Vec<[IoSlice<'_>; 1]> = messages
+        .iter()
+        .map(|m| [IoSlice::new(&bytes[m.start..m.start + m.len])])
+        .collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
+        messages.iter().map(|_| SendAncillaryBuffer::default()).collect();
+    let mut headers: Vec<MMsgHdr<'_>> = addrs
+        .iter()
+        .zip(&iovs)
+        .zip(controls.iter_mut())
+        .map(|((addr, iov), control)| MMsgHdr::new_with_addr(addr, iov, control))
+        .collect();
+    loop {
+        match rustix::net::sendmmsg(socket, &mut headers, SendFlags::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            result => return result.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Elsewhere: one quinn-udp send per datagram.
+#[cfg(not(target_os = "linux"))]
+fn send_many(
+    socket: &tokio::net::UdpSocket,
+    state: &UdpSocketState,
+    messages: &[Message],
+    bytes: &[u8],
+) -> io::Result<usize> {
+    let Some(m) = messages.first() else { return Ok(0) };
+    let transmit = UdpTransmit {
+        destination: m.destination,
+        ecn: None,
+        contents: &bytes[m.start..m.start + m.len],
+        segment_size: None,
+        src_ip: None,
+    };
+    state.try_send(socket.into(), &transmit).map(|()| 1)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A real sendmmsg over loopback: every destination gets its own datagram,
+    /// and the count the kernel reports is the batch.
+    #[test]
+    fn send_many_delivers_each_datagram_to_its_destination() {
+        let sender = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = UdpSocketState::new((&sender).into()).unwrap();
+        let receivers: Vec<StdUdpSocket> = (0..5)
+            .map(|_| StdUdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut queue = SendQueue::new(1, 1 << 20);
+        for (i, r) in receivers.iter().enumerate() {
+            queue
+                .push(r.local_addr().unwrap(), &vec![i as u8; 100 + i])
+                .unwrap();
+        }
+        let Some(Batch::Many { messages, bytes }) = queue.poll_batch() else {
+            panic!("expected one sendmmsg batch");
+        };
+        assert_eq!(messages.len(), receivers.len());
+        assert_eq!(
+            send_many(&sender, &state, messages, bytes).unwrap(),
+            receivers.len()
+        );
+        queue.handle_sent(receivers.len());
+        assert!(queue.is_empty());
+        let from = sender.local_addr().unwrap();
+        for (i, r) in receivers.iter().enumerate() {
+            r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 2048];
+            let (n, src) = r.recv_from(&mut buf).unwrap();
+            assert_eq!(src, from);
+            assert_eq!(&buf[..n], &vec![i as u8; 100 + i][..]);
+        }
+    }
+
+    /// A destination the socket cannot reach (IPv6 on an IPv4 socket) is an
+    /// error for that message alone; the queue drops it and sends the rest.
+    #[test]
+    fn a_refused_destination_is_dropped_and_the_batch_goes_on() {
+        let sender = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = UdpSocketState::new((&sender).into()).unwrap();
+        let good = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut queue = SendQueue::new(1, 1 << 20);
+        queue.push("[::1]:9".parse().unwrap(), b"nope").unwrap();
+        queue.push(good.local_addr().unwrap(), b"yes").unwrap();
+        let mut refused = 0;
+        while let Some(batch) = queue.poll_batch() {
+            let Batch::Many { messages, bytes } = batch else {
+                panic!("no GSO run expected");
+            };
+            match send_many(&sender, &state, messages, bytes) {
+                Ok(n) => queue.handle_sent(n),
+                Err(_) => refused += queue.handle_refused().unwrap().datagrams,
+            }
+        }
+        assert_eq!(refused, 1);
+        good.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = good.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"yes");
     }
 }
