@@ -260,6 +260,15 @@ impl HlsStore {
         }
     }
 
+    /// The room's latest snapshot as it changes (`None` once it is gone).
+    fn watch_latest(&self, room: &str) -> Option<watch::Receiver<Snapshot>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+            .map(|c| c.latest.subscribe())
+    }
+
     /// Forgets a room: its URLs answer 404 and held requests end.
     pub fn remove(&self, room: &str) {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner()).remove(room);
@@ -501,6 +510,46 @@ impl HlsService {
         resp
     }
 
+    /// A player reads the multivariant playlist once, so a rendition
+    /// missing from it stays missing for that viewer: a simulcast layer
+    /// whose first part closes a moment after the others' would never be
+    /// offered to anyone who tuned in during that moment. While the stream
+    /// is younger than `wait` and some rendition has packets but no part
+    /// yet, the request waits for it, at most until the stream is `wait`
+    /// old; then it gets what has media.
+    async fn settled_ladder(
+        &self,
+        room: &str,
+        mut snap: Arc<RoomSnapshot>,
+        wait: Duration,
+    ) -> Arc<RoomSnapshot> {
+        let unsettled = |s: &RoomSnapshot| s.renditions.values().any(|r| !r.has_media());
+        if !unsettled(&snap) {
+            return snap;
+        }
+        let Some(started) = snap.started() else {
+            return snap;
+        };
+        let age = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(started);
+        let (Some(left), Some(mut rx)) = (wait.checked_sub(age), self.store.watch_latest(room)) else {
+            return snap;
+        };
+        let deadline = tokio::time::Instant::now() + left;
+        while let Ok(Ok(())) = tokio::time::timeout_at(deadline, rx.changed()).await {
+            let Some(latest) = rx.borrow_and_update().clone() else {
+                break;
+            };
+            snap = latest.snap;
+            if !unsettled(&snap) {
+                break;
+            }
+        }
+        snap
+    }
+
     fn refuse(&self, path: &str, refusal: Refusal, td: u32) -> Response<Full<Bytes>> {
         let m = &self.metrics;
         match refusal {
@@ -567,6 +616,9 @@ impl HlsService {
         match parts[1..] {
             ["index.m3u8"] => {
                 self.metrics.playlist_requests.fetch_add(1, Ordering::Relaxed);
+                let snap = self
+                    .settled_ladder(room, snap, Duration::from_secs(u64::from(td)))
+                    .await;
                 let body = playlist::multivariant(&snap, &suffix).ok_or(nf("no rendition has media yet"))?;
                 Ok(respond(
                     body.into(),

@@ -241,6 +241,11 @@ pub struct RoomSnapshot {
 }
 
 impl RoomSnapshot {
+    /// Wall time (since the UNIX epoch) of the room's first frame.
+    pub fn started(&self) -> Option<Duration> {
+        self.epoch.map(|e| e + BASE)
+    }
+
     pub fn ended(&self) -> bool {
         !self.renditions.is_empty() && self.renditions.values().all(|r| r.ended)
     }

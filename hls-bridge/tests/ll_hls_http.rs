@@ -6,7 +6,7 @@
 use crate::common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::checker;
 use common::http::{get, request, start};
@@ -36,6 +36,56 @@ async fn setup(
 
 fn media_path(s: &RoomSnapshot, rendition: &str, file: &str) -> String {
     format!("/hls/{ROOM}/{}/{rendition}/{file}", s.session)
+}
+
+/// A player reads the multivariant playlist once. A request in the
+/// stream's first target duration, while a layer has packets but no part
+/// yet, waits for that layer instead of leaving it out for good; an old
+/// stream's layer that never made a part does not hold anyone.
+#[tokio::test]
+async fn an_early_multivariant_request_waits_for_a_layer_without_parts_yet() {
+    let (addr, service, snaps) = setup(Duration::from_secs(9), None).await;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let mut full = snaps.last().unwrap().clone();
+    let lead = full.started().unwrap() - full.epoch.unwrap();
+    full.epoch = Some(now - lead);
+    let mut early = full.clone();
+    let top = early.renditions.get_mut("v2").expect("a v2 rendition");
+    top.segments.clear();
+    top.open = None;
+    service.store().publish(ROOM, early.clone());
+    let path = format!("/hls/{ROOM}/index.m3u8");
+    let held = tokio::spawn({
+        let path = path.clone();
+        async move {
+            let t0 = Instant::now();
+            let mv = get(addr, &path, false, &[]).await;
+            (mv, t0.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.store().publish(ROOM, full);
+    let (mv, took) = held.await.unwrap();
+    assert_eq!(mv.status, StatusCode::OK);
+    assert!(mv.text().contains("/v2/index.m3u8"), "{}", mv.text());
+    assert!(
+        took >= Duration::from_millis(250),
+        "answered after {took:?}, before the top layer had a part:\n{}",
+        mv.text()
+    );
+
+    let mut old = early;
+    old.epoch = Some(now - lead - Duration::from_secs(60));
+    service.store().publish(ROOM, old);
+    let t0 = Instant::now();
+    let mv = get(addr, &path, false, &[]).await;
+    assert_eq!(mv.status, StatusCode::OK);
+    assert!(t0.elapsed() < Duration::from_secs(1), "held {:?}", t0.elapsed());
+    assert!(
+        mv.text().contains("/v1/index.m3u8") && !mv.text().contains("/v2/"),
+        "{}",
+        mv.text()
+    );
 }
 
 #[tokio::test]
