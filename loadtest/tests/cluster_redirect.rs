@@ -61,7 +61,7 @@ fn peers_sent_to_the_wrong_node_are_redirected_and_play() {
 
     let whip = format!("/whip/{room}");
     let whep = format!("/whep/{room}");
-    let (out, r) = loadtest(&[
+    let args = [
         "fanout",
         "--url",
         &b.url,
@@ -81,7 +81,14 @@ fn peers_sent_to_the_wrong_node_are_redirected_and_play() {
         "2",
         "--expect",
         "loss<1%,joined>=100%",
-    ]);
+    ];
+    // Both nodes' views are read while the run is live: once it ends the
+    // publisher leaves and the claim is released.
+    let ((out, r), (at_a, at_b)) = std::thread::scope(|s| {
+        let run = s.spawn(|| loadtest(&args));
+        let views = live_views(&a, &b, &room, &run);
+        (run.join().expect("loadtest thread"), views)
+    });
     let stdout = succeeded(&out);
     let num = |p: &str| r.pointer(p).and_then(serde_json::Value::as_f64).unwrap_or(-1.0);
     assert_eq!(num("/publishers_connected"), 1.0, "{stdout}");
@@ -91,8 +98,29 @@ fn peers_sent_to_the_wrong_node_are_redirected_and_play() {
     assert!(num("/join_ms/first_keyframe/count") == 10.0, "{stdout}");
 
     // The peers ended up on a; b only knows the owner.
-    let (_, at_b) = b.get(&format!("/v1/rooms/{room}"));
-    let at_b: serde_json::Value = serde_json::from_str(&at_b).expect("room JSON at b");
-    assert_eq!(at_b["owner"]["node"], "a", "{at_b}");
+    assert_eq!(at_b["owner"]["node"], "a", "b: {at_b}\na: {at_a}");
     assert_eq!(at_b["viewers"].as_array().map(Vec::len), Some(0), "{at_b}");
+    assert_eq!(at_a["viewers"].as_array().map(Vec::len), Some(10), "{at_a}");
+}
+
+/// Polls `GET /v1/rooms/{room}` on both nodes until a lists the 10 viewers
+/// and b names a as the owner, or the run ends; returns the last views.
+fn live_views(
+    a: &Node,
+    b: &Node,
+    room: &str,
+    run: &std::thread::ScopedJoinHandle<'_, (std::process::Output, serde_json::Value)>,
+) -> (serde_json::Value, serde_json::Value) {
+    let view = |node: &Node| {
+        let (_, body) = node.get(&format!("/v1/rooms/{room}"));
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()
+    };
+    loop {
+        let (at_a, at_b) = (view(a), view(b));
+        let viewers = at_a["viewers"].as_array().map_or(0, Vec::len);
+        if (viewers == 10 && at_b["owner"]["node"] == "a") || run.is_finished() {
+            return (at_a, at_b);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
