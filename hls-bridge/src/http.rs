@@ -723,6 +723,24 @@ impl HlsService {
             .get(rendition)
             .ok_or((Refusal::NotFound("unknown rendition"), td))?;
         let blocking = q.msn.is_some() && !r.ended;
+        // hls.js takes a Media Playlist without a whole segment for an empty
+        // one and retries after a back-off of 1-2 s (audio: 2 s), so a viewer
+        // tuning in during a rendition's first segment would start seconds
+        // late. Such a request waits for that first segment (at most the
+        // blocking limit; then it gets the parts there are).
+        if q.msn.is_none() && !r.ended && r.segments.is_empty() {
+            let whole = |r: &RenditionSnapshot| r.ended || !r.segments.is_empty();
+            published = match self.hold(room, rendition, td, whole).await {
+                Ok(p) => p,
+                Err((Refusal::Timeout, _)) => self.store.latest(room).flatten().unwrap_or(published),
+                Err(e) => return Err(e),
+            };
+        }
+        let r = published
+            .snap
+            .renditions
+            .get(rendition)
+            .ok_or((Refusal::NotFound("unknown rendition"), td))?;
         let mut held_until = None;
         if let (Some(msn), false) = (q.msn, r.ended) {
             reload_in_range(&published.snap, r, msn, q.part).map_err(|e| (e, td))?;

@@ -88,6 +88,56 @@ async fn an_early_multivariant_request_waits_for_a_layer_without_parts_yet() {
     );
 }
 
+/// hls.js takes a Media Playlist with parts but no whole segment for an
+/// empty one and backs off for seconds: a request in a rendition's first
+/// segment waits for it; past the blocking limit it gets the parts there are.
+#[tokio::test]
+async fn a_media_playlist_request_in_the_first_segment_waits_for_it() {
+    let (addr, service, snaps) = setup(Duration::from_secs(9), None).await;
+    let full = snaps.last().unwrap().clone();
+    let mut early = full.clone();
+    let v1 = early.renditions.get_mut("v1").expect("a v1 rendition");
+    assert!(
+        v1.open.as_ref().is_some_and(|o| !o.parts.is_empty()),
+        "the fixture has an open segment with parts"
+    );
+    v1.segments.clear();
+    service.store().publish(ROOM, early.clone());
+    let path = media_path(&full, "v1", "index.m3u8");
+    let held = tokio::spawn({
+        let path = path.clone();
+        async move {
+            let t0 = Instant::now();
+            let pl = get(addr, &path, false, &[]).await;
+            (pl, t0.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.store().publish(ROOM, full.clone());
+    let (pl, took) = held.await.unwrap();
+    assert_eq!(pl.status, StatusCode::OK);
+    assert!(pl.text().contains("#EXTINF:"), "{}", pl.text());
+    assert!(
+        took >= Duration::from_millis(250),
+        "answered after {took:?}, before a whole segment:\n{}",
+        pl.text()
+    );
+
+    // A rendition whose first segment does not end in time is served as it is.
+    let (addr, service, _) = setup(Duration::from_millis(400), None).await;
+    service.store().publish(ROOM, early);
+    let t0 = Instant::now();
+    let pl = get(addr, &path, false, &[]).await;
+    let took = t0.elapsed();
+    assert_eq!(pl.status, StatusCode::OK);
+    assert!(took >= Duration::from_millis(350), "answered after {took:?}");
+    assert!(
+        pl.text().contains("#EXT-X-PART:") && !pl.text().contains("#EXTINF:"),
+        "{}",
+        pl.text()
+    );
+}
+
 #[tokio::test]
 async fn serves_playlists_and_files_with_types_gzip_cache_and_cors_over_h1_and_h2c() {
     let (addr, service, snaps) = setup(Duration::from_secs(9), None).await;
