@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
@@ -194,9 +194,16 @@ pub fn media_type(headers: &HeaderMap) -> Option<&str> {
     Some(v.split(';').next().unwrap_or("").trim())
 }
 
+/// A body over the limit but not over this is still read (and dropped)
+/// before the 413 goes out: a server that answers and closes while the
+/// client is still sending leaves unread bytes, the kernel resets the
+/// connection, and clients (hyper, curl, browsers) then report a broken
+/// pipe instead of the 413.
+const DRAIN_MAX: u64 = 4 << 20;
+
 /// Reads a whole body of at most `max` bytes within `timeout`.
 pub async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     headers: &HeaderMap,
     max: usize,
     timeout: Duration,
@@ -211,17 +218,35 @@ pub async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > DRAIN_MAX) {
         return Err(too_large());
     }
-    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+    let max_len = max as u64;
+    let read = async {
+        let mut kept = Vec::with_capacity(declared.map_or(0, |n| n.min(max_len) as usize));
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| HttpError::bad_request(format!("reading the body failed: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            total += data.len() as u64;
+            if total > DRAIN_MAX {
+                return Err(too_large());
+            }
+            if total <= max_len {
+                kept.extend_from_slice(&data);
+            }
+        }
+        if total > max_len {
+            return Err(too_large());
+        }
+        Ok(Bytes::from(kept))
+    };
+    match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(HttpError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request body took too long",
         )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(HttpError::bad_request(format!("reading the body failed: {e}"))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(result) => result,
     }
 }
 
