@@ -9,19 +9,9 @@ use crate::common;
 use std::time::Duration;
 
 use common::sim::Sim;
-use common::{assert_continuous, assert_vp8_continuous, frames, of_kind};
+use common::{assert_continuous, assert_vp8_continuous, frames, layers_seen, of_kind};
 use signaling::LayerPref;
 use str0m::media::MediaKind;
-
-fn layers_seen(f: &[(u8, usize, u32, bool)]) -> Vec<usize> {
-    let mut out: Vec<usize> = Vec::new();
-    for x in f {
-        if out.last() != Some(&x.1) {
-            out.push(x.1);
-        }
-    }
-    out
-}
 
 /// Every frame (the publisher numbers them alike on every layer), none
 /// skipped: nothing was lost between the engines. A switch lands on the
