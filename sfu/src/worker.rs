@@ -69,6 +69,9 @@ const RELAY_QUEUE: usize = 4096;
 #[derive(Default)]
 pub struct RelayInbox {
     queue: Mutex<Vec<(WorkerId, Relay)>>,
+    /// Set after a push, so the owner's every-turn check takes no lock
+    /// when nothing came.
+    pending: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
 }
 
@@ -94,15 +97,21 @@ impl RelayInbox {
                 dropped = batch.drain(..).filter(Relay::is_media).count() as u64;
             }
         }
+        self.pending.store(true, Ordering::Release);
         self.wake.notify_one();
         (handed, dropped)
     }
 
-    /// Moves everything queued into `into` (the lock is held for a swap).
-    fn take(&self, into: &mut Vec<(WorkerId, Relay)>) {
+    /// Moves everything queued into `into` (the lock is held for a swap);
+    /// whether there was anything. Without a lock when nothing was pushed.
+    fn take(&self, into: &mut Vec<(WorkerId, Relay)>) -> bool {
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return false;
+        }
         if let Ok(mut q) = self.queue.lock() {
             std::mem::swap(&mut *q, into);
         }
+        !into.is_empty()
     }
 }
 
@@ -323,15 +332,9 @@ async fn run(
                 // One flush of the viewers written to, for the whole batch.
                 engine.handle_timeout(now());
             },
-            () = inbox.wake.notified() => {
-                inbox.take(&mut relayed);
-                let t = now();
-                for (from, relay) in relayed.drain(..) {
-                    engine.handle_relay(t, from, relay);
-                }
-                // One flush of the viewers written to, as for a batch of datagrams.
-                engine.handle_timeout(now());
-            },
+            // Drained below, every turn: a socket that is always readable
+            // under load would otherwise starve this branch.
+            () = inbox.wake.notified() => {},
             _ = tokio::time::sleep_until(deadline) => {
                 engine.handle_timeout(now());
             }
@@ -339,6 +342,14 @@ async fn run(
             ready = socket.writable(), if !queue.is_empty() => {
                 ready?;
             }
+        }
+        if inbox.take(&mut relayed) {
+            let t = now();
+            for (from, relay) in relayed.drain(..) {
+                engine.handle_relay(t, from, relay);
+            }
+            // One flush of the viewers written to, as for a batch of datagrams.
+            engine.handle_timeout(now());
         }
         flush(&mut engine, &mut queue, &socket, &state, &stats);
         hand_relays(&mut engine, me, &inboxes, &mut outbox, &stats);
