@@ -238,6 +238,8 @@ pub fn spawn(
 }
 
 const BATCH: usize = 32;
+/// Receive batches read in one loop turn before the turn's sends and relays.
+const RECV_TURN: usize = 16;
 const BUF: usize = 2048;
 /// Socket send buffer asked for: a keyframe fan-out burst (2,000 viewers × a
 /// few KiB) must fit while the NIC drains. Linux caps the request at
@@ -304,7 +306,10 @@ async fn run(
             },
             ready = socket.ready(Interest::READABLE) => {
                 ready?;
-                loop {
+                // At most RECV_TURN batches per loop turn: a worker behind on
+                // its socket still sends, hands relays on and reads commands
+                // between them (the socket stays ready for the next turn).
+                for _ in 0..RECV_TURN {
                     let mut bufs: Vec<IoSliceMut<'_>> = flat.chunks_mut(chunk).map(IoSliceMut::new).collect();
                     let res = socket.try_io(Interest::READABLE, || state.recv((&socket).into(), &mut bufs, &mut meta));
                     let n = match res {
