@@ -8,3 +8,4 @@ mod header_counted_viewers;
 mod hls_against_node;
 mod idle_shard_sleeps;
 mod meeting_and_churn_against_node;
+mod spread_viewers;

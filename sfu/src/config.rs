@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// Media worker threads [default: one per core].
     #[arg(long, env = "SFU_WORKERS")]
     pub workers: Option<usize>,
+    /// Place a room's WHEP viewers on the least loaded media worker, fed
+    /// from the room's own worker, so one room's fan-out uses every core
+    /// (`--spread-viewers false`: a whole room on one worker) [default: true with more than one worker].
+    #[arg(long, env = "SFU_SPREAD_VIEWERS")]
+    pub spread_viewers: Option<bool>,
     /// HTTP runtime threads (signalling, LL-HLS) [default: one per core the process may run on, at least 2].
     #[arg(long, env = "SFU_HTTP_THREADS")]
     pub http_threads: Option<usize>,
@@ -362,6 +367,8 @@ pub struct NodeConfig {
     pub public_ip: Option<IpAddr>,
     pub auth_secret: Option<String>,
     pub workers: usize,
+    /// A room's viewers spread over the workers (see `--spread-viewers`).
+    pub spread_viewers: bool,
     pub http_threads: usize,
     pub max_peers: usize,
     pub max_room_peers: usize,
@@ -486,6 +493,7 @@ impl Default for NodeConfig {
             public_ip: None,
             auth_secret: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            spread_viewers: true,
             // One per core the process may run on, at least 2: a node
             // pinned to a core it shares did worse with one (BENCHMARKS.md).
             http_threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
@@ -562,6 +570,7 @@ impl NodeConfig {
             public_ip: args.public_ip.or(file.public_ip),
             auth_secret,
             workers: args.workers.or(file.workers).unwrap_or(d.workers).max(1),
+            spread_viewers: args.spread_viewers.unwrap_or(d.spread_viewers),
             http_threads: args
                 .http_threads
                 .or(file.http_threads)

@@ -70,6 +70,7 @@ pub async fn run(
         config.max_peers,
         http_sessions.clone(),
         hls,
+        config.spread_viewers,
     )?);
     let media = node.media_addrs();
     let (mut turn, ice_server_source) = start_turn(&config, &media).await?;

@@ -16,23 +16,32 @@ use signaling::{
 
 use hls_bridge::http::HlsService;
 
-use crate::engine::{Command, EngineConfig, Reply};
-use crate::worker::{self, WorkerHandle};
+use crate::engine::{Command, EngineConfig, Reply, WorkerId};
+use crate::worker::{self, RelayInbox, RelayInboxes, WorkerHandle};
 
-type Sessions = Arc<Mutex<HashMap<SessionId, usize>>>;
+/// Each session's worker and room.
+type Sessions = Arc<Mutex<HashMap<SessionId, (usize, RoomId)>>>;
 
 /// All media workers of one process.
 pub struct Node {
     workers: Vec<WorkerHandle>,
     sessions: Sessions,
     max_peers: usize,
+    /// Checked here as well as by each engine: a spread room has peers on several.
+    max_room_peers: usize,
     started: std::time::Instant,
     /// LL-HLS under `/hls/`, fed by the workers.
     hls: Option<Arc<HlsService>>,
+    /// Place a room's viewers on the least loaded worker, fed from the
+    /// room's home worker through relays (`--spread-viewers`).
+    spread: bool,
 }
 
 impl Node {
-    /// Starts `count` workers on consecutive ports from `bind` (port 0: each an ephemeral port).
+    /// Starts `count` workers on consecutive ports from `bind` (port 0: each
+    /// an ephemeral port). With `spread`, a room's viewers go to the least
+    /// loaded worker, not only the room's own.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         count: usize,
         bind: SocketAddr,
@@ -41,10 +50,14 @@ impl Node {
         max_peers: usize,
         http_sessions: Arc<std::sync::OnceLock<signaling::Sessions>>,
         hls: Option<Arc<HlsService>>,
+        spread: bool,
     ) -> std::io::Result<Node> {
         let sessions: Sessions = Arc::default();
+        let count = count.max(1);
+        let max_room_peers = config.max_room_peers;
         let mut workers = Vec::with_capacity(count);
-        for i in 0..count.max(1) {
+        let inboxes: RelayInboxes = (0..count).map(|_| Arc::new(RelayInbox::default())).collect();
+        for i in 0..count {
             let port = if bind.port() == 0 {
                 0
             } else {
@@ -70,14 +83,17 @@ impl Node {
                 config.clone(),
                 on_closed,
                 store,
+                inboxes.clone(),
             )?);
         }
         Ok(Node {
             workers,
             sessions,
             max_peers,
+            max_room_peers,
             started: std::time::Instant::now(),
             hls,
+            spread: spread && count > 1,
         })
     }
 
@@ -100,7 +116,8 @@ impl Node {
         }
     }
 
-    /// One room lives on one worker: every peer of it shares that engine.
+    /// A room's home worker: its publishers, HLS and (without spreading)
+    /// every viewer.
     fn worker_for_room(&self, room: &RoomId) -> usize {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         room.hash(&mut h);
@@ -112,14 +129,23 @@ impl Node {
             .sessions
             .lock()
             .ok()
-            .and_then(|m| m.get(session).copied())
+            .and_then(|m| m.get(session).map(|(i, _)| *i))
             .ok_or(MediaError::NotFound)?;
         Ok(&self.workers[index])
     }
 
-    async fn open(&self, room: &RoomId, session: SessionId, command: Command) -> Result<String, MediaError> {
-        let index = self.worker_for_room(room);
-        {
+    /// Opens a session on the room's home worker, or for a viewer with
+    /// spreading on, on the worker with the fewest sessions (ties: the home,
+    /// which needs no relay). `command` gets the home when it is another.
+    async fn open(
+        &self,
+        room: &RoomId,
+        session: SessionId,
+        viewer: bool,
+        command: impl FnOnce(Option<WorkerId>) -> Command,
+    ) -> Result<String, MediaError> {
+        let home = self.worker_for_room(room);
+        let index = {
             let mut m = self
                 .sessions
                 .lock()
@@ -127,8 +153,27 @@ impl Node {
             if m.len() >= self.max_peers {
                 return Err(MediaError::Overloaded { retry_after_secs: 5 });
             }
-            m.insert(session.clone(), index);
-        }
+            if m.values().filter(|(_, r)| r == room).count() >= self.max_room_peers {
+                return Err(MediaError::RoomFull {
+                    room: room.clone(),
+                    retry_after_secs: 5,
+                });
+            }
+            let index = if viewer && self.spread {
+                let mut load = vec![0usize; self.workers.len()];
+                for (i, _) in m.values() {
+                    load[*i] += 1;
+                }
+                (0..load.len())
+                    .min_by_key(|&i| (load[i], i != home))
+                    .unwrap_or(home)
+            } else {
+                home
+            };
+            m.insert(session.clone(), (index, room.clone()));
+            index
+        };
+        let command = command((index != home).then_some(WorkerId(home)));
         match self.workers[index].call(command).await {
             Ok(Reply::Answer(sdp)) => Ok(sdp),
             Ok(other) => Err(MediaError::Internal(format!("unexpected reply {other:?}"))),
@@ -144,25 +189,26 @@ impl Node {
 
 impl MediaNode for Node {
     async fn publish(&self, req: PublishRequest) -> Result<String, MediaError> {
-        let command = Command::Publish {
+        let command = |_| Command::Publish {
             room: req.room.clone(),
             session: req.session.clone(),
             identity: req.identity,
             offer: req.offer,
         };
-        self.open(&req.room, req.session, command).await
+        self.open(&req.room, req.session.clone(), false, command).await
     }
 
     async fn play(&self, req: PlayRequest) -> Result<String, MediaError> {
-        let command = Command::Play {
+        let command = |home| Command::Play {
             room: req.room.clone(),
             session: req.session.clone(),
             identity: req.identity,
             offer: req.offer,
             publisher: req.publisher,
             max_layer: req.max_layer,
+            home,
         };
-        self.open(&req.room, req.session, command).await
+        self.open(&req.room, req.session.clone(), true, command).await
     }
 
     async fn patch(
@@ -216,7 +262,19 @@ impl MediaNode for Node {
             }
         }
         rooms.sort_by(|a, b| a.room.cmp(&b.room));
-        rooms
+        // A spread room is on several workers: one entry, every peer once
+        // (publishers are listed by their home only).
+        let mut merged: Vec<RoomInfo> = Vec::with_capacity(rooms.len());
+        for r in rooms {
+            match merged.last_mut() {
+                Some(last) if last.room == r.room => {
+                    last.publishers.extend(r.publishers);
+                    last.viewers.extend(r.viewers);
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged
     }
 
     async fn other(
@@ -244,7 +302,29 @@ impl MediaNode for Node {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let counters: [(&str, &str, u64); 11] = [
+        let _ = writeln!(
+            out,
+            "# HELP wave_worker_viewers WHEP sessions per media worker.\n# TYPE wave_worker_viewers gauge"
+        );
+        for w in &self.workers {
+            let _ = writeln!(
+                out,
+                "wave_worker_viewers{{worker=\"{}\"}} {}",
+                w.index,
+                w.stats.viewers.load(Ordering::Relaxed)
+            );
+        }
+        let counters: [(&str, &str, u64); 13] = [
+            (
+                "wave_relay_packets_total",
+                "Media packets a room's home worker handed to workers with more of its viewers.",
+                sum(|s| &s.relay_handed),
+            ),
+            (
+                "wave_relay_dropped_total",
+                "Media packets dropped because a worker's relay queue was full.",
+                sum(|s| &s.relay_dropped),
+            ),
             (
                 "wave_udp_packets_received_total",
                 "UDP datagrams received.",

@@ -20,7 +20,9 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::engine::{Command, Engine, EngineConfig, EngineStats, Event, HlsUpdate, Reply, Transmit};
+use crate::engine::{
+    Command, Engine, EngineConfig, EngineStats, Event, HlsUpdate, Relay, Reply, Transmit, WorkerId,
+};
 use crate::sendq::{Batch, MAX_BATCH, Message, SendQueue};
 
 /// What the control plane sends a worker.
@@ -50,7 +52,72 @@ pub struct WorkerStats {
     pub hls_parts: AtomicU64,
     pub hls_segments: AtomicU64,
     pub hls_aac_dropped: AtomicU64,
+    /// Media packets this worker handed to other workers' mirrors.
+    pub relay_handed: AtomicU64,
+    /// Media packets it dropped because the other worker's queue was full.
+    pub relay_dropped: AtomicU64,
 }
+
+/// Media packets one worker's relay queue holds before further ones are
+/// dropped (and counted): ~1 s of a 3-layer publisher plus audio, far more
+/// than a worker loop turn produces.
+const RELAY_QUEUE: usize = 4096;
+
+/// What other workers hand one worker ([`Relay`]): a bounded queue filled a
+/// batch at a time (one lock per batch per loop turn, never per viewer) and
+/// a wake-up for the worker's loop.
+#[derive(Default)]
+pub struct RelayInbox {
+    queue: Mutex<Vec<(WorkerId, Relay)>>,
+    /// Set after a push, so the owner's every-turn check takes no lock
+    /// when nothing came.
+    pending: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl RelayInbox {
+    /// Appends a batch from worker `from` and wakes the owner; returns how
+    /// many media packets were handed and how many dropped (queue full).
+    /// Control messages are never dropped: mirrors must stay consistent.
+    fn push(&self, from: WorkerId, batch: &mut Vec<Relay>) -> (u64, u64) {
+        let (mut handed, mut dropped) = (0, 0);
+        match self.queue.lock() {
+            Ok(mut q) => {
+                for relay in batch.drain(..) {
+                    let media = relay.is_media();
+                    if media && q.len() >= RELAY_QUEUE {
+                        dropped += 1;
+                        continue;
+                    }
+                    handed += u64::from(media);
+                    q.push((from, relay));
+                }
+            }
+            Err(_) => {
+                dropped = batch.drain(..).filter(Relay::is_media).count() as u64;
+            }
+        }
+        self.pending.store(true, Ordering::Release);
+        self.wake.notify_one();
+        (handed, dropped)
+    }
+
+    /// Moves everything queued into `into` (the lock is held for a swap);
+    /// whether there was anything. Without a lock when nothing was pushed.
+    fn take(&self, into: &mut Vec<(WorkerId, Relay)>) -> bool {
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return false;
+        }
+        if let Ok(mut q) = self.queue.lock() {
+            std::mem::swap(&mut *q, into);
+        }
+        !into.is_empty()
+    }
+}
+
+/// Every worker's inbox, indexed by worker; each worker hands its engine's
+/// relays to the others through it.
+pub type RelayInboxes = Arc<[Arc<RelayInbox>]>;
 
 impl WorkerStats {
     fn publish(&self, s: &EngineStats) {
@@ -121,6 +188,7 @@ pub fn spawn(
     mut config: EngineConfig,
     on_closed: Arc<dyn Fn(SessionId) + Send + Sync>,
     hls: Option<Arc<HlsStore>>,
+    relays: RelayInboxes,
 ) -> io::Result<WorkerHandle> {
     let socket = StdUdpSocket::bind(bind)?;
     socket.set_nonblocking(true)?;
@@ -144,7 +212,17 @@ pub fn spawn(
                     return;
                 }
             };
-            let result = runtime.block_on(run(engine, socket, advertised, rx, thread_stats, on_closed, hls));
+            let me = WorkerId(index);
+            let result = runtime.block_on(run(
+                engine,
+                socket,
+                advertised,
+                rx,
+                thread_stats,
+                on_closed,
+                hls,
+                (me, relays),
+            ));
             if let Err(e) = result {
                 warn!(worker = index, error = %e, "worker stopped");
             }
@@ -160,6 +238,8 @@ pub fn spawn(
 }
 
 const BATCH: usize = 32;
+/// Receive batches read in one loop turn before the turn's sends and relays.
+const RECV_TURN: usize = 16;
 const BUF: usize = 2048;
 /// Socket send buffer asked for: a keyframe fan-out burst (2,000 viewers × a
 /// few KiB) must fit while the NIC drains. Linux caps the request at
@@ -169,6 +249,7 @@ const SEND_BUFFER: usize = 8 << 20;
 /// new datagrams are dropped and counted in `wave_udp_send_errors_total`.
 const SEND_QUEUE_BYTES: usize = 8 << 20;
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     mut engine: Engine,
     socket: StdUdpSocket,
@@ -177,7 +258,11 @@ async fn run(
     stats: Arc<WorkerStats>,
     on_closed: Arc<dyn Fn(SessionId) + Send + Sync>,
     hls: Option<Arc<HlsStore>>,
+    (me, inboxes): (WorkerId, RelayInboxes),
 ) -> io::Result<()> {
+    let inbox = inboxes.get(me.0).cloned().unwrap_or_default();
+    let mut relayed: Vec<(WorkerId, Relay)> = Vec::new();
+    let mut outbox: Vec<Vec<Relay>> = inboxes.iter().map(|_| Vec::new()).collect();
     let state = UdpSocketState::new((&socket).into())?;
     // Fan-out bursts: a large send buffer keeps them from being dropped locally.
     let _ = state.set_send_buffer_size((&socket).into(), SEND_BUFFER);
@@ -221,7 +306,10 @@ async fn run(
             },
             ready = socket.ready(Interest::READABLE) => {
                 ready?;
-                loop {
+                // At most RECV_TURN batches per loop turn: a worker behind on
+                // its socket still sends, hands relays on and reads commands
+                // between them (the socket stays ready for the next turn).
+                for _ in 0..RECV_TURN {
                     let mut bufs: Vec<IoSliceMut<'_>> = flat.chunks_mut(chunk).map(IoSliceMut::new).collect();
                     let res = socket.try_io(Interest::READABLE, || state.recv((&socket).into(), &mut bufs, &mut meta));
                     let n = match res {
@@ -249,6 +337,9 @@ async fn run(
                 // One flush of the viewers written to, for the whole batch.
                 engine.handle_timeout(now());
             },
+            // Drained below, every turn: a socket that is always readable
+            // under load would otherwise starve this branch.
+            () = inbox.wake.notified() => {},
             _ = tokio::time::sleep_until(deadline) => {
                 engine.handle_timeout(now());
             }
@@ -257,7 +348,16 @@ async fn run(
                 ready?;
             }
         }
+        if inbox.take(&mut relayed) {
+            let t = now();
+            for (from, relay) in relayed.drain(..) {
+                engine.handle_relay(t, from, relay);
+            }
+            // One flush of the viewers written to, as for a batch of datagrams.
+            engine.handle_timeout(now());
+        }
         flush(&mut engine, &mut queue, &socket, &state, &stats);
+        hand_relays(&mut engine, me, &inboxes, &mut outbox, &stats);
         while let Some(event) = engine.poll_event() {
             match event {
                 Event::SessionClosed { session, .. } => on_closed(session),
@@ -280,6 +380,34 @@ async fn run(
                 debug!(unsent, "datagrams left unsent at shutdown");
             }
             return Ok(());
+        }
+    }
+}
+
+/// Hands what the engine produced for other workers to their inboxes: one
+/// lock and one wake-up per destination per loop turn.
+fn hand_relays(
+    engine: &mut Engine,
+    me: WorkerId,
+    inboxes: &[Arc<RelayInbox>],
+    outbox: &mut [Vec<Relay>],
+    stats: &WorkerStats,
+) {
+    while let Some((to, relay)) = engine.poll_relay() {
+        match outbox.get_mut(to.0) {
+            Some(batch) if to != me => batch.push(relay),
+            _ => debug!(to = to.0, "relay for no other worker dropped"),
+        }
+    }
+    for (batch, inbox) in outbox.iter_mut().zip(inboxes) {
+        if batch.is_empty() {
+            continue;
+        }
+        let (handed, dropped) = inbox.push(me, batch);
+        stats.relay_handed.fetch_add(handed, Ordering::Relaxed);
+        if dropped > 0 {
+            stats.relay_dropped.fetch_add(dropped, Ordering::Relaxed);
+            debug!(dropped, "relay queue full, media dropped");
         }
     }
 }

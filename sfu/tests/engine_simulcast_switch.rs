@@ -6,19 +6,9 @@ use crate::common;
 use std::time::Duration;
 
 use common::sim::Sim;
-use common::{assert_continuous, assert_vp8_continuous, frames, of_kind};
+use common::{assert_continuous, assert_vp8_continuous, frames, layers_seen, of_kind};
 use signaling::LayerPref;
 use str0m::media::MediaKind;
-
-fn layers_seen(f: &[(u8, usize, u32, bool)]) -> Vec<usize> {
-    let mut out: Vec<usize> = Vec::new();
-    for x in f {
-        if out.last() != Some(&x.1) {
-            out.push(x.1);
-        }
-    }
-    out
-}
 
 /// Each change of layer in the frame sequence lands on a keyframe.
 fn assert_switches_on_keyframes(f: &[(u8, usize, u32, bool)]) {

@@ -13,6 +13,7 @@ mod engine_log_spans;
 mod engine_media_arrives;
 mod engine_nack_recovers_loss;
 mod engine_publisher_reconnect;
+mod engine_relay_mirror;
 mod engine_simulcast_switch;
 mod engine_viewer_leaves;
 mod hls_ll_delivery;

@@ -39,10 +39,16 @@ impl Node {
         Node::start_at("127.0.0.1:0", &[])
     }
 
-    /// `sfu serve --http <http> --workers 1 <args>`.
+    /// `sfu serve --http <http> --workers 1 <args>` (`args` may name other `--workers`).
     pub fn start_at(http: &str, args: &[&str]) -> Node {
+        let workers: &[&str] = if args.contains(&"--workers") {
+            &[]
+        } else {
+            &["--workers", "1"]
+        };
         let mut child = Command::new(sfu_binary())
-            .args(["serve", "--http", http, "--workers", "1"])
+            .args(["serve", "--http", http])
+            .args(workers)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -9,6 +9,7 @@
 mod aac;
 mod hls;
 mod ladder;
+mod relay;
 mod rewrite;
 mod runner;
 pub mod sdp;
@@ -27,11 +28,12 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::rtp::{RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{Span, debug, info, info_span, trace, warn};
 
 pub use hls::HlsUpdate;
+pub use relay::{Relay, RelayPacket, RelayTrack, WorkerId};
 pub use rewrite::{Rewriter, Rewritten, Vp8Rewriter};
 use sdp::Intent;
 
@@ -121,6 +123,9 @@ pub enum Command {
         offer: String,
         publisher: Option<String>,
         max_layer: Option<LayerPref>,
+        /// The room's publishers are on another engine (its home): the
+        /// viewer is fed through a mirror of them ([`Relay`]).
+        home: Option<WorkerId>,
     },
     Patch {
         session: SessionId,
@@ -216,12 +221,45 @@ pub struct Engine {
     hls: Option<hls::HlsTap>,
     /// Keyframes the HLS tap asked for, sent after the packet path.
     hls_keyframes: Vec<(PeerId, usize)>,
+    /// Sources of rooms homed on other engines, fed by [`Relay`]; their
+    /// ids come from the same counter as peers'.
+    mirrors: HashMap<PeerId, Box<Mirror>>,
+    /// (home, the source's id there) → the mirror's id here.
+    mirror_ids: HashMap<(WorkerId, PeerId), PeerId>,
+    relays: VecDeque<(WorkerId, Relay)>,
 }
 
 #[derive(Default)]
 struct Room {
+    /// Publishers, or on a mirrored room the mirrors of the home's.
     publishers: Vec<PeerId>,
     viewers: BTreeSet<PeerId>,
+    /// Set when the room's publishers are on another engine: this one
+    /// holds only viewers, fed through mirrors.
+    home: Option<WorkerId>,
+    /// On the home: engines with viewers of the room (handed every packet).
+    watchers: BTreeSet<WorkerId>,
+}
+
+impl Room {
+    /// Nothing keeps the room: a mirrored room lives as long as its viewers.
+    fn unused(&self) -> bool {
+        match self.home {
+            Some(_) => self.viewers.is_empty(),
+            None => self.publishers.is_empty() && self.viewers.is_empty() && self.watchers.is_empty(),
+        }
+    }
+}
+
+/// A publisher of another engine as this engine's viewers see it.
+struct Mirror {
+    home: WorkerId,
+    /// The source's id on its home.
+    remote: PeerId,
+    session: SessionId,
+    identity: Option<String>,
+    params: Vec<PayloadParams>,
+    publisher: Publisher,
 }
 
 struct Peer {
@@ -373,13 +411,22 @@ impl Engine {
             last_input: now,
             hls,
             hls_keyframes: Vec::new(),
+            mirrors: HashMap::new(),
+            mirror_ids: HashMap::new(),
+            relays: VecDeque::new(),
         })
     }
 
     pub fn stats(&self) -> EngineStats {
         EngineStats {
-            rooms: self.rooms.len() as u64,
-            publishers: self.rooms.values().map(|r| r.publishers.len() as u64).sum(),
+            // A mirrored room is counted on its home, its mirrors not at all.
+            rooms: self.rooms.values().filter(|r| r.home.is_none()).count() as u64,
+            publishers: self
+                .rooms
+                .values()
+                .filter(|r| r.home.is_none())
+                .map(|r| r.publishers.len() as u64)
+                .sum(),
             viewers: self.rooms.values().map(|r| r.viewers.len() as u64).sum(),
             hls_rooms: self.hls.as_ref().map_or(0, |h| h.stats().rooms),
             hls_parts: self.hls.as_ref().map_or(0, |h| h.stats().parts),
@@ -483,16 +530,26 @@ impl Engine {
                 offer,
                 publisher,
                 max_layer,
-            } => self.add_peer(
-                now,
-                room,
-                session,
-                identity,
-                offer,
-                Intent::Play,
-                publisher,
-                max_layer,
-            ),
+                home,
+            } => {
+                if let Some(home) = home {
+                    self.watch(room.clone(), home)?;
+                }
+                let reply = self.add_peer(
+                    now,
+                    room.clone(),
+                    session,
+                    identity,
+                    offer,
+                    Intent::Play,
+                    publisher,
+                    max_layer,
+                );
+                if reply.is_err() {
+                    self.remove_room_if_empty(&room);
+                }
+                reply
+            }
             Command::Patch { session, patch } => self.patch(now, &session, patch).map(Reply::Patched),
             Command::SetLayer { session, layer } => {
                 let id = *self.by_session.get(&session).ok_or(MediaError::NotFound)?;
@@ -627,6 +684,11 @@ impl Engine {
         if self.by_session.contains_key(&session) {
             return Err(MediaError::BadRequest("session id already in use".into()));
         }
+        if intent == Intent::Publish && self.rooms.get(&room).is_some_and(|r| r.home.is_some()) {
+            return Err(MediaError::Internal(format!(
+                "room {room} is homed on another worker"
+            )));
+        }
         sdp::check_offer(&offer, intent)?;
         let sdp_offer =
             SdpOffer::from_sdp_string(&offer).map_err(|e| MediaError::BadRequest(format!("SDP: {e}")))?;
@@ -699,6 +761,7 @@ impl Engine {
         match intent {
             Intent::Publish => {
                 room_entry.publishers.push(id);
+                self.announce(id);
                 self.attach_waiting_viewers(now, &room);
             }
             Intent::Play => {
@@ -828,33 +891,21 @@ impl Engine {
                 if let Some(tap) = &mut self.hls {
                     tap.publisher_left(now, id);
                 }
-                let room_id = peer.room.clone();
-                let viewers: Vec<PeerId> = match self.rooms.get_mut(&room_id) {
-                    Some(room) => {
-                        room.publishers.retain(|p| *p != id);
-                        room.viewers.iter().copied().collect()
-                    }
-                    None => Vec::new(),
-                };
-                for vid in viewers {
-                    let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
-                        continue;
-                    };
-                    if v.source == Some(id) {
-                        v.source = None;
-                        v.current = None;
-                        v.target = None;
-                        self.attach_viewer(now, vid);
+                if let Some(room) = self.rooms.get(&peer.room) {
+                    for &w in &room.watchers {
+                        self.relays.push_back((
+                            w,
+                            Relay::SourceGone {
+                                room: peer.room.clone(),
+                                source: id,
+                            },
+                        ));
                     }
                 }
+                self.source_left(now, &peer.room, id);
             }
         }
-        if let Some(room) = self.rooms.get(&peer.room)
-            && room.publishers.is_empty()
-            && room.viewers.is_empty()
-        {
-            self.rooms.remove(&peer.room);
-        }
+        self.remove_room_if_empty(&peer.room);
         self.events.push_back(Event::SessionClosed {
             session: peer.session,
             room: peer.room,
@@ -925,6 +976,7 @@ impl Engine {
                         layers: rids.into_iter().map(SourceLayer::new).collect(),
                         subscribers: Vec::new(),
                     });
+                    self.announce(id);
                 }
                 Role::Viewer(v) => {
                     let mut api = peer.rtc.direct_api();
@@ -1028,6 +1080,286 @@ impl Engine {
         }
     }
 
+    // ---- relays between engines ---------------------------------------------
+
+    /// A message from the engine of worker `from` (see [`Relay`]).
+    pub fn handle_relay(&mut self, now: Instant, from: WorkerId, relay: Relay) {
+        match relay {
+            Relay::Media {
+                source,
+                track,
+                layer,
+                codec,
+                packet,
+            } => {
+                let Some(&id) = self.mirror_ids.get(&(from, source)) else {
+                    trace!(from = from.0, source = source.0, "media for no mirror");
+                    return;
+                };
+                self.fan_out(now, id, track, layer, codec, &packet);
+                self.last_input = now;
+            }
+            Relay::Keyframe { source, layer } => {
+                if matches!(self.peers.get(&source).map(|p| &p.role), Some(Role::Publisher(_))) {
+                    self.want_keyframe(now, source, layer);
+                }
+            }
+            Relay::Watch { room, watching } => {
+                if watching {
+                    let r = self.rooms.entry(room.clone()).or_default();
+                    if r.home.is_some() {
+                        warn!(%room, from = from.0, "watch for a room this engine mirrors");
+                        return;
+                    }
+                    r.watchers.insert(from);
+                    debug!(%room, watcher = from.0, "room watched");
+                    for pid in r.publishers.clone() {
+                        self.announce_to(pid, from);
+                    }
+                } else {
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        r.watchers.remove(&from);
+                        debug!(%room, watcher = from.0, "room unwatched");
+                    }
+                    self.remove_room_if_empty(&room);
+                }
+            }
+            Relay::Source {
+                room,
+                source,
+                session,
+                identity,
+                params,
+                tracks,
+            } => {
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    // The last viewer left; the unwatch is on its way.
+                    return;
+                };
+                if r.home != Some(from) {
+                    warn!(%room, from = from.0, "source from an engine that is not the room's home");
+                    return;
+                }
+                let id = match self.mirror_ids.get(&(from, source)) {
+                    Some(&id) => id,
+                    None => {
+                        let id = PeerId(self.next_peer);
+                        self.next_peer += 1;
+                        self.mirror_ids.insert((from, source), id);
+                        self.mirrors.insert(
+                            id,
+                            Box::new(Mirror {
+                                home: from,
+                                remote: source,
+                                session: session.clone(),
+                                identity: identity.clone(),
+                                params: Vec::new(),
+                                publisher: Publisher::default(),
+                            }),
+                        );
+                        r.publishers.push(id);
+                        debug!(%room, mirror = id.0, home = from.0, source = source.0, "mirror added");
+                        id
+                    }
+                };
+                let Some(m) = self.mirrors.get_mut(&id) else {
+                    return;
+                };
+                m.session = session;
+                m.identity = identity;
+                m.params = params;
+                let added = tracks.len() > m.publisher.tracks.len();
+                // Tracks only ever get added; the ones known keep their state.
+                for t in tracks.into_iter().skip(m.publisher.tracks.len()) {
+                    m.publisher.tracks.push(SourceTrack {
+                        mid: t.mid,
+                        kind: t.kind,
+                        layers: t.rids.into_iter().map(SourceLayer::new).collect(),
+                        subscribers: Vec::new(),
+                    });
+                }
+                // Viewers attached before a track was known get it now.
+                let viewers: Vec<PeerId> = match self.rooms.get(&room) {
+                    Some(r) if added => r.viewers.iter().copied().collect(),
+                    _ => Vec::new(),
+                };
+                for vid in viewers {
+                    let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
+                        continue;
+                    };
+                    if v.source == Some(id) {
+                        v.source = None;
+                        self.unsubscribe(id, vid);
+                    }
+                }
+                self.attach_waiting_viewers(now, &room);
+            }
+            Relay::SourceGone { room, source } => {
+                let Some(id) = self.mirror_ids.remove(&(from, source)) else {
+                    return;
+                };
+                self.mirrors.remove(&id);
+                debug!(%room, mirror = id.0, "mirror removed");
+                self.source_left(now, &room, id);
+            }
+        }
+    }
+
+    /// The next message for another engine.
+    pub fn poll_relay(&mut self) -> Option<(WorkerId, Relay)> {
+        self.relays.pop_front()
+    }
+
+    /// Makes `room` a room whose publishers live on `home`.
+    fn watch(&mut self, room: RoomId, home: WorkerId) -> Result<(), MediaError> {
+        let r = self.rooms.entry(room.clone()).or_default();
+        match r.home {
+            Some(h) if h == home => Ok(()),
+            None if r.publishers.is_empty() && r.viewers.is_empty() && r.watchers.is_empty() => {
+                r.home = Some(home);
+                debug!(%room, home = home.0, "mirroring room");
+                self.relays
+                    .push_back((home, Relay::Watch { room, watching: true }));
+                Ok(())
+            }
+            _ => {
+                self.remove_room_if_empty(&room);
+                Err(MediaError::Internal(format!(
+                    "room {room} is not homed on worker {}",
+                    home.0
+                )))
+            }
+        }
+    }
+
+    /// Tells every engine watching the publisher's room about it.
+    fn announce(&mut self, pid: PeerId) {
+        let Some(peer) = self.peers.get(&pid) else { return };
+        let watchers: Vec<WorkerId> = self
+            .rooms
+            .get(&peer.room)
+            .map(|r| r.watchers.iter().copied().collect())
+            .unwrap_or_default();
+        for w in watchers {
+            self.announce_to(pid, w);
+        }
+    }
+
+    fn announce_to(&mut self, pid: PeerId, to: WorkerId) {
+        let Some(peer) = self.peers.get(&pid) else { return };
+        let Role::Publisher(p) = &peer.role else { return };
+        let relay = Relay::Source {
+            room: peer.room.clone(),
+            source: pid,
+            session: peer.session.clone(),
+            identity: peer.identity.clone(),
+            params: peer.rtc.codec_config().params().to_vec(),
+            tracks: p
+                .tracks
+                .iter()
+                .map(|t| RelayTrack {
+                    mid: t.mid,
+                    kind: t.kind,
+                    rids: t.layers.iter().map(|l| l.rid).collect(),
+                })
+                .collect(),
+        };
+        self.relays.push_back((to, relay));
+    }
+
+    /// A source (publisher or mirror) of `room` is gone: its viewers move
+    /// to another source of the room, or wait for one.
+    fn source_left(&mut self, now: Instant, room_id: &RoomId, id: PeerId) {
+        let viewers: Vec<PeerId> = match self.rooms.get_mut(room_id) {
+            Some(room) => {
+                room.publishers.retain(|p| *p != id);
+                room.viewers.iter().copied().collect()
+            }
+            None => Vec::new(),
+        };
+        for vid in viewers {
+            let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
+                continue;
+            };
+            if v.source == Some(id) {
+                v.source = None;
+                v.current = None;
+                v.target = None;
+                self.attach_viewer(now, vid);
+            }
+        }
+    }
+
+    /// Removes a room nothing keeps; a mirrored room also drops its mirrors
+    /// and tells its home it no longer watches.
+    fn remove_room_if_empty(&mut self, room_id: &RoomId) {
+        if !self.rooms.get(room_id).is_some_and(Room::unused) {
+            return;
+        }
+        let Some(room) = self.rooms.remove(room_id) else {
+            return;
+        };
+        if let Some(home) = room.home {
+            for id in room.publishers {
+                if let Some(m) = self.mirrors.remove(&id) {
+                    self.mirror_ids.remove(&(m.home, m.remote));
+                }
+            }
+            debug!(room = %room_id, home = home.0, "mirrored room ended");
+            self.relays.push_back((
+                home,
+                Relay::Watch {
+                    room: room_id.clone(),
+                    watching: false,
+                },
+            ));
+        }
+    }
+
+    /// A publisher's tracks, whether it is a local peer or a mirror.
+    fn source(&self, pid: PeerId) -> Option<&Publisher> {
+        match self.peers.get(&pid) {
+            Some(peer) => match &peer.role {
+                Role::Publisher(p) => Some(p),
+                Role::Viewer(_) => None,
+            },
+            None => self.mirrors.get(&pid).map(|m| &m.publisher),
+        }
+    }
+
+    fn source_mut(&mut self, pid: PeerId) -> Option<&mut Publisher> {
+        match self.peers.get_mut(&pid) {
+            Some(peer) => match &mut peer.role {
+                Role::Publisher(p) => Some(p),
+                Role::Viewer(_) => None,
+            },
+            None => self.mirrors.get_mut(&pid).map(|m| &mut m.publisher),
+        }
+    }
+
+    /// Whether a source matches a viewer's `?publisher=` (identity or session).
+    fn source_matches(&self, pid: PeerId, pin: &str) -> bool {
+        let (session, identity) = match self.peers.get(&pid) {
+            Some(p) => (&p.session, p.identity.as_deref()),
+            None => match self.mirrors.get(&pid) {
+                Some(m) => (&m.session, m.identity.as_deref()),
+                None => return false,
+            },
+        };
+        identity == Some(pin) || session.as_str() == pin
+    }
+
+    fn source_params(&self, pid: PeerId) -> Vec<PayloadParams> {
+        match self.peers.get(&pid) {
+            Some(p) => p.rtc.codec_config().params().to_vec(),
+            None => self
+                .mirrors
+                .get(&pid)
+                .map(|m| m.params.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     // ---- subscriptions -----------------------------------------------------
 
     /// Attaches every viewer of `room` that has no source (a new publisher arrived).
@@ -1053,17 +1385,12 @@ impl Engine {
         let Some(room) = self.rooms.get(&peer.room) else {
             return;
         };
-        let chosen = room.publishers.iter().copied().find(|pid| {
-            let Some(p) = self.peers.get(pid) else {
-                return false;
-            };
-            match &v.pin {
-                Some(pin) => p.identity.as_deref() == Some(pin.as_str()) || p.session.as_str() == pin,
-                None => true,
-            }
+        let chosen = room.publishers.iter().copied().find(|&pid| match &v.pin {
+            Some(pin) => self.source_matches(pid, pin),
+            None => self.source(pid).is_some(),
         });
         let Some(pid) = chosen else { return };
-        let pub_params: Vec<PayloadParams> = self.peers[&pid].rtc.codec_config().params().to_vec();
+        let pub_params = self.source_params(pid);
         let audio_layer_subscribe;
         {
             let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
@@ -1081,7 +1408,7 @@ impl Engine {
             audio_layer_subscribe = v.audio.is_some();
         }
         if audio_layer_subscribe
-            && let Some(Role::Publisher(p)) = self.peers.get_mut(&pid).map(|p| &mut p.role)
+            && let Some(p) = self.source_mut(pid)
             && let Some(t) = p.tracks.iter_mut().find(|t| t.kind == MediaKind::Audio)
             && !t.subscribers.contains(&vid)
         {
@@ -1092,7 +1419,7 @@ impl Engine {
     }
 
     fn unsubscribe(&mut self, publisher: PeerId, vid: PeerId) {
-        let Some(Role::Publisher(p)) = self.peers.get_mut(&publisher).map(|p| &mut p.role) else {
+        let Some(p) = self.source_mut(publisher) else {
             return;
         };
         for t in &mut p.tracks {
@@ -1112,7 +1439,7 @@ impl Engine {
         if v.video.is_none() {
             return;
         }
-        let Some(Role::Publisher(p)) = self.peers.get(&pid).map(|p| &p.role) else {
+        let Some(p) = self.source(pid) else {
             return;
         };
         let Some(track) = p.tracks.iter().find(|t| t.kind == MediaKind::Video) else {
@@ -1197,7 +1524,7 @@ impl Engine {
         v.up_since = None;
         let current = v.current;
         debug!(viewer = vid.0, from = ?current, to = choose, "layer target");
-        if let Some(Role::Publisher(p)) = self.peers.get_mut(&pid).map(|p| &mut p.role)
+        if let Some(p) = self.source_mut(pid)
             && let Some(track) = p.tracks.iter_mut().find(|t| t.kind == MediaKind::Video)
         {
             if let Some(old) = old_target
@@ -1226,6 +1553,28 @@ impl Engine {
     }
 
     fn want_keyframe(&mut self, now: Instant, publisher: PeerId, layer: usize) {
+        if let Some(m) = self.mirrors.get_mut(&publisher) {
+            // Asked of the home, which merges it with its own requests.
+            let Some(l) = m
+                .publisher
+                .tracks
+                .iter_mut()
+                .find(|t| t.kind == MediaKind::Video)
+                .and_then(|t| t.layers.get_mut(layer))
+            else {
+                return;
+            };
+            l.keyframe_wanted = true;
+            if !l.throttled(now) {
+                l.last_keyframe_request = Some(now);
+                let relay = Relay::Keyframe {
+                    source: m.remote,
+                    layer,
+                };
+                self.relays.push_back((m.home, relay));
+            }
+            return;
+        }
         let Some(peer) = self.peers.get_mut(&publisher) else {
             return;
         };
@@ -1239,9 +1588,7 @@ impl Engine {
             return;
         };
         l.keyframe_wanted = true;
-        if l.last_keyframe_request
-            .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_THROTTLE)
-        {
+        if l.throttled(now) {
             return;
         }
         let Some(ssrc) = l.ssrc else { return };
@@ -1319,9 +1666,44 @@ impl Engine {
             );
             self.hls_keyframes.extend(wanted.into_iter().map(|l| (pid, l)));
         }
-        let track = &mut p.tracks[ti];
+        let relay = RelayPacket::of(&packet);
+        if let Some(room) = self.rooms.get(&peer.room)
+            && !room.watchers.is_empty()
+        {
+            for &w in &room.watchers {
+                self.relays.push_back((
+                    w,
+                    Relay::Media {
+                        source: pid,
+                        track: ti,
+                        layer: li,
+                        codec,
+                        packet: relay.clone(),
+                    },
+                ));
+            }
+        }
+        self.fan_out(now, pid, ti, li, codec, &relay);
+    }
+
+    /// Writes one packet of a source's track and layer to every viewer of
+    /// it here (the source is a local publisher or a mirror).
+    fn fan_out(
+        &mut self,
+        now: Instant,
+        pid: PeerId,
+        ti: usize,
+        li: usize,
+        codec: Option<Codec>,
+        packet: &RelayPacket,
+    ) {
+        let Some(track) = self.source_mut(pid).and_then(|p| p.tracks.get_mut(ti)) else {
+            return;
+        };
         let kind = track.kind;
-        let layer = &mut track.layers[li];
+        let Some(layer) = track.layers.get_mut(li) else {
+            return;
+        };
         layer.last_packet = Some(now);
         layer.codec = codec;
         layer.bytes_window += packet.payload.len() as u64;
@@ -1361,24 +1743,21 @@ impl Engine {
                         if let Some(t) = v.video.as_mut() {
                             t.rebase = true;
                         }
-                    } else if v.target != Some(li) && v.target.is_some() {
-                        // Still on this layer until the target's keyframe arrives.
                     }
+                    // else: still on this layer until the target's keyframe arrives.
                     v.video.as_mut()
                 }
             };
             let Some(out) = out else { continue };
-            let Some(&(_, out_pt)) = out.pt_map.iter().find(|(i, _)| *i == packet.header.payload_type) else {
+            let Some(&(_, out_pt)) = out.pt_map.iter().find(|(i, _)| *i == packet.pt) else {
                 continue;
             };
-            let in_seq = *packet.seq_no;
-            let in_ts = packet.header.timestamp;
             if out.rebase {
-                out.rewriter.rebase(in_seq, in_ts, now);
+                out.rewriter.rebase(packet.seq, packet.rtp_ts, now);
                 out.vp8.rebase();
                 out.rebase = false;
             }
-            let Some(rw) = out.rewriter.rewrite(in_seq, in_ts, now) else {
+            let Some(rw) = out.rewriter.rewrite(packet.seq, packet.rtp_ts, now) else {
                 continue;
             };
             let vp8_patch = if codec == Some(Codec::Vp8) {
@@ -1387,21 +1766,15 @@ impl Engine {
                 None
             };
             out.bitrate.add(now, packet.payload.len());
-            let ext = ExtensionValues {
-                audio_level: packet.header.ext_vals.audio_level,
-                voice_activity: packet.header.ext_vals.voice_activity,
-                video_orientation: packet.header.ext_vals.video_orientation,
-                ..ExtensionValues::default()
-            };
             let write = RtpWrite::new(
                 out_pt,
                 SeqNo::from(rw.seq),
                 rw.ts,
-                packet.timestamp,
+                packet.arrival,
                 packet.payload.clone(),
             )
-            .marker(packet.header.marker)
-            .ext_vals(ext)
+            .marker(packet.marker)
+            .ext_vals(packet.ext.clone())
             .nackable(kind == MediaKind::Video);
             let write = match vp8_patch {
                 Some(p) => write.vp8_patch(p),
@@ -1419,10 +1792,9 @@ impl Engine {
                 self.dirty.push(vid);
             }
         }
-        let Some(Role::Publisher(p)) = self.peers.get_mut(&pid).map(|p| &mut p.role) else {
+        let Some(track) = self.source_mut(pid).and_then(|p| p.tracks.get_mut(ti)) else {
             return;
         };
-        let track = &mut p.tracks[ti];
         match kind {
             MediaKind::Audio => restore(&mut track.subscribers, subscribers),
             MediaKind::Video => restore(&mut track.layers[li].subscribers, subscribers),
@@ -1445,22 +1817,16 @@ impl Engine {
                 continue;
             }
             match &mut peer.role {
-                Role::Publisher(p) => {
-                    for t in &mut p.tracks {
-                        for (li, l) in t.layers.iter_mut().enumerate() {
-                            l.measure(now);
-                            if l.keyframe_wanted && !l.subscribers.is_empty() {
-                                keyframes.push((id, li));
-                            }
-                        }
-                    }
-                }
+                Role::Publisher(p) => p.measure(now, id, &mut keyframes),
                 Role::Viewer(v) => {
                     for t in [v.audio.as_mut(), v.video.as_mut()].into_iter().flatten() {
                         t.bitrate.tick(now);
                     }
                 }
             }
+        }
+        for (&id, m) in &mut self.mirrors {
+            m.publisher.measure(now, id, &mut keyframes);
         }
         for id in idle {
             self.remove_peer(now, id, "idle timeout");
@@ -1516,9 +1882,7 @@ impl Engine {
                     .filter_map(|peer| {
                         let Role::Viewer(v) = &peer.role else { return None };
                         let layer = v.source.and_then(|pid| {
-                            let Role::Publisher(p) = &self.peers.get(&pid)?.role else {
-                                return None;
-                            };
+                            let p = self.source(pid)?;
                             let t = p.tracks.iter().find(|t| t.kind == MediaKind::Video)?;
                             t.layers.get(v.current?)?.rid.map(|r| r.to_string())
                         });
@@ -1537,6 +1901,21 @@ impl Engine {
                     .collect(),
             })
             .collect()
+    }
+}
+
+impl Publisher {
+    /// Measures every layer's bitrate; lists the layers a keyframe is still
+    /// wanted of (someone waits for it) as `(id, layer)`.
+    fn measure(&mut self, now: Instant, id: PeerId, keyframes: &mut Vec<(PeerId, usize)>) {
+        for t in &mut self.tracks {
+            for (li, l) in t.layers.iter_mut().enumerate() {
+                l.measure(now);
+                if l.keyframe_wanted && !l.subscribers.is_empty() {
+                    keyframes.push((id, li));
+                }
+            }
+        }
     }
 }
 
@@ -1578,6 +1957,12 @@ impl SourceLayer {
             self.bitrate_bps = 0;
             self.window_start = None;
         }
+    }
+
+    /// A keyframe was asked of this layer less than [`KEYFRAME_THROTTLE`] ago.
+    fn throttled(&self, now: Instant) -> bool {
+        self.last_keyframe_request
+            .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_THROTTLE)
     }
 
     fn active(&self, now: Instant) -> bool {

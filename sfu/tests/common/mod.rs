@@ -51,6 +51,17 @@ pub fn frames(received: &[Received]) -> Vec<(u8, usize, u32, bool)> {
         .collect()
 }
 
+/// The layers of successive frames, each run of one layer once.
+pub fn layers_seen(f: &[(u8, usize, u32, bool)]) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for x in f {
+        if out.last() != Some(&x.1) {
+            out.push(x.1);
+        }
+    }
+    out
+}
+
 /// Asserts the VP8 PictureID and TL0PICIDX of successive frames count up by
 /// one (mod their width) across every layer switch, as a decoder needs.
 pub fn assert_vp8_continuous(received: &[Received]) {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sfu::engine::{Command, Engine, EngineConfig, Reply, Transmit};
+use sfu::engine::{Command, Engine, EngineConfig, Reply, Transmit, WorkerId};
 use signaling::{LayerPref, RoomId, SessionId};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -15,6 +15,8 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 pub const ENGINE_ADDR: &str = "127.0.0.1:5000";
+/// The second engine's address (another worker of the same node).
+pub const SECOND_ADDR: &str = "127.0.0.1:5001";
 pub const RIDS: [&str; 3] = ["q", "h", "f"];
 /// Payload bytes per video packet and packets per frame, per layer (low to high).
 const LAYER_SHAPE: [(usize, usize); 3] = [(300, 1), (900, 2), (1100, 4)];
@@ -110,6 +112,8 @@ pub struct Client {
     pub rtp_to: u64,
     pub rtp_from: u64,
     pub dropped: u64,
+    /// A viewer of the second engine.
+    pub on_second: bool,
 }
 
 struct PublisherMedia {
@@ -142,6 +146,12 @@ pub struct Sim {
     /// Whether publishers created from now on send 3 simulcast layers or one.
     pub simulcast: bool,
     transmits: Vec<Transmit>,
+    /// A second engine (worker 1; `engine` is worker 0) whose viewers are
+    /// fed through relays from `engine`, moved between them as the workers
+    /// do after each step.
+    pub second: Option<Engine>,
+    /// Relays moved between the engines, each way: (0 → 1, 1 → 0).
+    pub relayed: (u64, u64),
 }
 
 impl Default for Sim {
@@ -170,7 +180,22 @@ impl Sim {
             video_codec: Codec::Vp8,
             simulcast: true,
             transmits: Vec::new(),
+            second: None,
+            relayed: (0, 0),
         }
+    }
+
+    /// Two engines, as two workers of one node: rooms live on the first,
+    /// [`Sim::play_on_second`] puts viewers on the second.
+    pub fn with_second_engine() -> Sim {
+        let mut sim = Sim::new();
+        let config = EngineConfig {
+            candidates: vec![SECOND_ADDR.parse().unwrap()],
+            seed: 8,
+            ..EngineConfig::default()
+        };
+        sim.second = Some(Engine::new(config, sim.now).unwrap());
+        sim
     }
 
     fn client_rtc(&self) -> Rtc {
@@ -198,7 +223,14 @@ impl Sim {
 
     fn send_command(&mut self, cmd: Command) -> Result<Reply, signaling::MediaError> {
         let t = Instant::now();
-        let r = self.engine.handle_command(self.now, cmd);
+        let on_second = matches!(cmd, Command::Play { home: Some(_), .. })
+            || matches!(&cmd, Command::Delete { session } | Command::SetLayer { session, .. }
+                if self.clients.values().any(|c| &c.session == session && c.on_second));
+        let engine = match (&mut self.second, on_second) {
+            (Some(second), true) => second,
+            _ => &mut self.engine,
+        };
+        let r = engine.handle_command(self.now, cmd);
         self.engine_time += t.elapsed();
         self.flush();
         r
@@ -285,6 +317,7 @@ impl Sim {
                 rtp_to: 0,
                 rtp_from: 0,
                 dropped: 0,
+                on_second: false,
             },
         );
         n
@@ -297,6 +330,16 @@ impl Sim {
 
     /// A WHEP viewer that handles its media as `sink` says.
     pub fn play_with(&mut self, room: &str, layer: Option<LayerPref>, sink: Sink) -> u32 {
+        self.play_at(room, layer, sink, None)
+    }
+
+    /// A WHEP viewer of `room` on the second engine, fed from the first.
+    pub fn play_on_second(&mut self, room: &str, layer: Option<LayerPref>) -> u32 {
+        assert!(self.second.is_some(), "Sim::with_second_engine");
+        self.play_at(room, layer, Sink::Record, Some(WorkerId(0)))
+    }
+
+    fn play_at(&mut self, room: &str, layer: Option<LayerPref>, sink: Sink, home: Option<WorkerId>) -> u32 {
         let (n, mut rtc, addr) = self.new_client();
         let mut api = rtc.sdp_api();
         api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
@@ -311,6 +354,7 @@ impl Sim {
                 offer: offer.to_sdp_string(),
                 publisher: None,
                 max_layer: layer,
+                home,
             })
             .expect("play accepted");
         accept(&mut rtc, pending, reply);
@@ -333,6 +377,7 @@ impl Sim {
                 rtp_to: 0,
                 rtp_from: 0,
                 dropped: 0,
+                on_second: home.is_some(),
             },
         );
         n
@@ -377,8 +422,48 @@ impl Sim {
         if now >= self.engine.poll_timeout() {
             self.engine.handle_timeout(now);
         }
+        if let Some(second) = &mut self.second
+            && now >= second.poll_timeout()
+        {
+            second.handle_timeout(now);
+        }
         self.engine_time += t.elapsed();
         self.flush();
+    }
+
+    /// A datagram from a client to whichever engine it was sent to.
+    fn deliver(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        let t = Instant::now();
+        match &mut self.second {
+            Some(second) if to.port() == SECOND_ADDR.parse::<SocketAddr>().unwrap().port() => {
+                second.handle_receive(self.now, from, to, bytes)
+            }
+            _ => self.engine.handle_receive(self.now, from, to, bytes),
+        }
+        self.engine_time += t.elapsed();
+    }
+
+    /// Moves relays between the engines, as the workers' inboxes do;
+    /// whether any moved.
+    fn move_relays(&mut self) -> bool {
+        let Some(second) = &mut self.second else {
+            return false;
+        };
+        let now = self.now;
+        let mut moved = false;
+        while let Some((to, relay)) = self.engine.poll_relay() {
+            assert_eq!(to, WorkerId(1));
+            second.handle_relay(now, WorkerId(0), relay);
+            self.relayed.0 += 1;
+            moved = true;
+        }
+        while let Some((to, relay)) = second.poll_relay() {
+            assert_eq!(to, WorkerId(0));
+            self.engine.handle_relay(now, WorkerId(1), relay);
+            self.relayed.1 += 1;
+            moved = true;
+        }
+        moved
     }
 
     /// Delivers datagrams both ways until nothing is in flight.
@@ -391,13 +476,12 @@ impl Sim {
             for id in ids {
                 let c = self.clients.get_mut(&id).unwrap();
                 drain(c, now, &mut pending);
-                for (from, to, bytes) in pending.drain(..) {
+                for (from, to, bytes) in std::mem::take(&mut pending) {
                     moved = true;
-                    let t = Instant::now();
-                    self.engine.handle_receive(now, from, to, &bytes);
-                    self.engine_time += t.elapsed();
+                    self.deliver(from, to, &bytes);
                 }
             }
+            moved |= self.move_relays();
             let mut transmits = std::mem::take(&mut self.transmits);
             let t = Instant::now();
             // As the worker does after each batch of datagrams: let the
@@ -407,6 +491,14 @@ impl Sim {
             }
             while let Some(t) = self.engine.poll_transmit() {
                 transmits.push(t);
+            }
+            if let Some(second) = &mut self.second {
+                if now >= second.poll_timeout() {
+                    second.handle_timeout(now);
+                }
+                while let Some(t) = second.poll_transmit() {
+                    transmits.push(t);
+                }
             }
             self.engine_time += t.elapsed();
             for t in transmits.drain(..) {
@@ -435,11 +527,9 @@ impl Sim {
                 drain(c, now, &mut pending);
             }
             self.transmits = transmits;
-            for (from, to, bytes) in pending.drain(..) {
+            for (from, to, bytes) in std::mem::take(&mut pending) {
                 moved = true;
-                let t = Instant::now();
-                self.engine.handle_receive(now, from, to, &bytes);
-                self.engine_time += t.elapsed();
+                self.deliver(from, to, &bytes);
             }
             if !moved {
                 return;
