@@ -910,9 +910,9 @@ impl ChatHub {
         let name = LEASE_METRIC;
         let _ = writeln!(
             out,
-            "# HELP {name} Round trip of a rate-limit lease request to the sender's owner node.\n# TYPE {name} histogram"
+            "# HELP {name} Round trip of a rate-limit lease request to the sender's owner node (answered ones).\n# TYPE {name} histogram"
         );
-        c.rate.round_trip.render(name, "", out);
+        c.rate.round_trip.render(name, "outcome=\"answered\"", out);
     }
 
     /// What the history stream retains for `room`, oldest first.
