@@ -729,6 +729,7 @@ impl ChatHub {
             }
         };
         match decision {
+            // (A fallback was decided by the room's own bucket above.)
             Decision::Pass | Decision::Fallback => {}
             Decision::PassAndAsk(ask) => self.ask_in_background(key, rate, ask),
             Decision::Refuse(wait) => return Err(rate_limited(rate, wait)),
