@@ -8,7 +8,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::chat::{ChatClient, SECRET, cluster_node, room_json, token};
+use common::chat::{ChatClient, SECRET, cluster_node, room_json, token, wait_for_view};
 use common::nats::NatsServer;
 use common::node::{Http, Node, play_offer, publish_offer};
 use common::placement::room_placed_on;
@@ -151,21 +151,7 @@ async fn presence_events_cross_nodes_over_nats() {
     let b = cluster_node(&nats, "b", "127.0.0.11");
     let http = Http::default();
     // Both nodes must see each other so the WHIP at a is not sent to b.
-    let admin = format!("Bearer {}", token("*", "admin", false, None));
-    let t0 = Instant::now();
-    for n in [&a, &b] {
-        loop {
-            let r = http
-                .send(Method::GET, &n.url("/v1/nodes"), &[("authorization", &admin)], "")
-                .await;
-            let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
-            if v["nodes"].as_array().map_or(0, Vec::len) == 2 {
-                break;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(5), "{}", r.body);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_for_view(&http, &[&a, &b], 2).await;
     let room = room_placed_on("presence", "a", &["a", "b"]);
     let took = joins_and_leaves_are_seen(&a, "a", &b, &room).await;
     eprintln!("presence a -> b over NATS: {took:?}");

@@ -6,6 +6,7 @@ use crate::common;
 
 use std::time::Duration;
 
+use common::chat::wait_for_view;
 use common::nats::NatsServer;
 use common::node::{Http, Node, play_offer, publish_offer};
 use common::placement::room_placed_on;
@@ -25,30 +26,6 @@ async fn room_owner(http: &Http, node: &Node, room: &str) -> Option<String> {
     }
     let v: serde_json::Value = serde_json::from_str(&r.body).expect("room JSON");
     v["owner"]["node"].as_str().map(str::to_owned)
-}
-
-/// Waits until every node's `GET /v1/nodes` lists `n` live nodes, so all
-/// of them place new rooms alike.
-async fn wait_for_view(http: &Http, nodes: &[&Node], n: usize) {
-    let started = tokio::time::Instant::now();
-    for node in nodes {
-        loop {
-            let r = http.send(Method::GET, &node.url("/v1/nodes"), &[], "").await;
-            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-            let seen = v["nodes"].as_array().map_or(0, Vec::len);
-            if r.status == StatusCode::OK && seen == n {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "{} sees {seen} nodes: {} {}",
-                node.url(""),
-                r.status,
-                r.body
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 #[tokio::test]

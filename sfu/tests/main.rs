@@ -4,6 +4,7 @@
 mod chat_authority;
 mod chat_cluster;
 mod chat_presence;
+mod chat_rate_cluster;
 mod chat_single_node;
 mod cluster_nats;
 mod common;

@@ -669,11 +669,11 @@ impl<M: MediaNode> Shared<M> {
     pub async fn chat_hub(&self) -> Result<&ChatHub, HttpError> {
         self.chat
             .get_or_try_init(|| async {
-                let (bus, node) = match &self.cluster {
-                    Some(c) => (c.bus().clone(), c.node_id().clone()),
-                    None => (self.local_bus.clone(), NodeId::sanitize("local")),
-                };
-                ChatHub::new(bus, node, self.config.chat.clone()).await
+                let config = self.config.chat.clone();
+                match &self.cluster {
+                    Some(c) => ChatHub::in_cluster(c.clone(), config).await,
+                    None => ChatHub::new(self.local_bus.clone(), NodeId::sanitize("local"), config).await,
+                }
             })
             .await
             .map_err(|e| {

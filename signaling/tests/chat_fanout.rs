@@ -4,48 +4,17 @@
 //! message, in order, to the member that reads; messages within the
 //! fan-out window go out together, and each hop is counted.
 
+use crate::common;
+
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use common::chat::{Ws, join, next};
 use signaling::auth::Role;
 use signaling::bus::Bus;
 use signaling::chat::{ChatConfig, ChatHub, ChatMessage, HOP_METRIC, Sender, ServerFrame};
 use signaling::cluster::NodeId;
 use signaling::media::RoomId;
 use signaling::metrics::BucketCounts;
-use tokio::io::DuplexStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{Message, protocol};
-
-type Ws = WebSocketStream<DuplexStream>;
-
-/// Admits `identity` and runs its connection over an in-memory stream of
-/// `buffer` bytes each way; returns the client's end.
-async fn join(hub: &ChatHub, room: &RoomId, identity: &str, buffer: usize) -> Ws {
-    let admission = hub
-        .admit(room, identity.to_owned(), Role::Viewer)
-        .await
-        .expect("admitted");
-    let (client, server) = tokio::io::duplex(buffer);
-    let hub = hub.clone();
-    tokio::spawn(async move { hub.serve(admission, server).await });
-    WebSocketStream::from_raw_socket(client, protocol::Role::Client, None).await
-}
-
-/// The next frame's JSON within 5 s; `None` once closed (with its code).
-async fn next(ws: &mut Ws) -> Result<serde_json::Value, Option<u16>> {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a frame within 5 s");
-        match m {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).expect("JSON")),
-            Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return Err(None),
-        }
-    }
-}
 
 /// An in-process bus, a hub on it with `config`, and room `r`.
 async fn hub(config: ChatConfig) -> (Bus, ChatHub, RoomId) {
@@ -180,8 +149,17 @@ async fn messages_within_the_fanout_window_go_out_together() {
 
     // Three fan-outs (m0, m1+m2, m3), each one write to the one member;
     // every message seen coming off the bus. Nothing was read from a client.
-    let mut page = String::new();
-    hub.render_metrics(&mut page);
+    // A write is counted just after its flush, so the client may read m3
+    // before it is: wait for it (briefly) rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let page = loop {
+        let mut page = String::new();
+        hub.render_metrics(&mut page);
+        if hop_count(&page, "origin_to_write") >= 3 || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(hop_count(&page, "origin_to_room"), 4, "{page}");
     assert_eq!(hop_count(&page, "fanout"), 3, "{page}");
     assert_eq!(hop_count(&page, "queue_to_write"), 3, "{page}");

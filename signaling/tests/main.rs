@@ -5,6 +5,7 @@ mod auth;
 mod bad_body;
 mod bus;
 mod chat_fanout;
+mod chat_rate_cluster;
 mod common;
 mod content_type;
 mod cors;

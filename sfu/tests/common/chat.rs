@@ -35,6 +35,47 @@ pub fn cluster_node(nats: &NatsServer, id: &str, ip: &str) -> Node {
     Node::start_in_cluster(&nats.url(), id, ip, &flags)
 }
 
+/// Waits (at most 5 s) until every node's `GET /v1/nodes` lists `n` live
+/// nodes, so all of them hash rooms and senders alike.
+pub async fn wait_for_view(http: &Http, nodes: &[&Node], n: usize) {
+    let admin = format!("Bearer {}", token("*", "admin", false, None));
+    let started = std::time::Instant::now();
+    for node in nodes {
+        loop {
+            let r = http
+                .send(
+                    hyper::Method::GET,
+                    &node.url("/v1/nodes"),
+                    &[("authorization", &admin)],
+                    "",
+                )
+                .await;
+            let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
+            if v["nodes"].as_array().map_or(0, Vec::len) == n {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{}: {}",
+                node.url(""),
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A counter's value on a node's `/metrics` page (0 when absent).
+pub async fn metric(http: &Http, node: &Node, name: &str) -> f64 {
+    let page = http
+        .send(hyper::Method::GET, &node.url("/metrics"), &[], "")
+        .await
+        .body;
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `GET /v1/rooms/{room}` with a viewer's token for the room: its JSON, or
 /// `None` unless `200`.
 pub async fn room_json(http: &Http, node: &Node, room: &str) -> Option<Value> {

@@ -13,6 +13,10 @@
 //!   The task keeps the room's recent messages (seeded from the stream when
 //!   the room opens), which is what a joining member gets as history.
 //!
+//! - Rate limits hold across the cluster ([`quota`]): each sender's
+//!   bucket lives on one owner node, which leases tokens to the others over
+//!   request/reply on `chat.rate.<node>`.
+//!
 //! While the bus is unreachable, sends are refused to the sender with an
 //! `unavailable` error frame (nothing is queued: a chat line minutes late is
 //! worse than a visible "not sent"); the members stay connected and the
@@ -36,13 +40,14 @@ use tracing::{debug, info, warn};
 
 use crate::auth::Role;
 use crate::bus::{Bus, BusError, History, HistoryLimits, Kv, PendingAppend, Subscription};
-use crate::cluster::NodeId;
+use crate::cluster::{Cluster, NodeId};
 use crate::locks::lock;
 use crate::media::RoomId;
 use crate::metrics::Histogram;
 
 mod moderation;
 pub mod presence;
+pub mod quota;
 
 pub use moderation::{Action, RoleRates, Sanction, TextFilter};
 pub use presence::{
@@ -50,6 +55,7 @@ pub use presence::{
 };
 
 use moderation::SendLimiter;
+use quota::{Ask, Decision, Grant, LeaseReply, LeaseRequest, Quota};
 
 /// Chat settings (the node's `--chat-*` flags).
 #[derive(Debug, Clone)]
@@ -213,6 +219,11 @@ pub const HOPS: [&str; 5] = [
 /// Chat messages the room task takes off the bus at once and hands each
 /// member as one delivery (they are written with one flush).
 pub const MAX_BATCH: usize = 64;
+/// How long a send (or a background refill) waits for a lease from the
+/// sender's owner node before the node's own bucket decides instead.
+pub const LEASE_TIMEOUT: Duration = Duration::from_millis(250);
+/// The round trip of a lease request on `/metrics`.
+pub const LEASE_METRIC: &str = "wave_chat_rate_lease_seconds";
 /// Queued deliveries a member's writer takes before it flushes.
 const MAX_DRAIN: usize = 32;
 /// A member's messages on their way to the history stream whose
@@ -229,6 +240,13 @@ pub struct ChatHub {
 struct HubInner {
     bus: Bus,
     node: NodeId,
+    /// The live nodes, to find each sender's rate owner; `None`: this node
+    /// owns every sender.
+    cluster: Option<Cluster>,
+    /// The buckets this node owns and the leases it holds.
+    quota: Arc<Mutex<Quota>>,
+    /// Answers lease requests on `chat.rate.<node>`.
+    leases: tokio::task::JoinHandle<()>,
     config: ChatConfig,
     history: History,
     sanctions: Kv,
@@ -247,6 +265,26 @@ struct ChatCounters {
     deliveries: AtomicU64,
     /// Where a chat message's time goes, hop by hop.
     hops: Hops,
+    /// Cluster-wide rate limits.
+    rate: RateCounters,
+}
+
+/// What the cluster-wide rate limits cost and decided on this node.
+#[derive(Debug, Default)]
+struct RateCounters {
+    /// Lease requests sent to another node.
+    requests: AtomicU64,
+    /// Of those, answered with tokens.
+    grants: AtomicU64,
+    /// Of those, answered with a refusal (the sender is over its rate).
+    refusals: AtomicU64,
+    /// Messages checked by this node's own bucket because their owner
+    /// could not be asked.
+    fallbacks: AtomicU64,
+    /// Lease requests this node answered as an owner.
+    served: AtomicU64,
+    /// Round trip of the lease requests answered.
+    round_trip: Histogram,
 }
 
 /// Latency of each hop of a chat message on this node
@@ -368,7 +406,24 @@ pub struct Admission {
 
 impl ChatHub {
     /// Opens the chat's stream and buckets on `bus`.
+    /// Every sender's rate owner is this node.
     pub async fn new(bus: Bus, node: NodeId, config: ChatConfig) -> Result<ChatHub, BusError> {
+        ChatHub::start(bus, node, None, config).await
+    }
+
+    /// The chat of a cluster member: each sender's rate limit is kept by
+    /// the live node rendezvous hashing picks for it.
+    pub async fn in_cluster(cluster: Cluster, config: ChatConfig) -> Result<ChatHub, BusError> {
+        let (bus, node) = (cluster.bus().clone(), cluster.node_id().clone());
+        ChatHub::start(bus, node, Some(cluster), config).await
+    }
+
+    async fn start(
+        bus: Bus,
+        node: NodeId,
+        cluster: Option<Cluster>,
+        config: ChatConfig,
+    ) -> Result<ChatHub, BusError> {
         let limits = HistoryLimits {
             max_per_subject: config.history_len.max(1),
             max_age: config.history_age,
@@ -376,17 +431,29 @@ impl ChatHub {
         let history = bus.history("CHAT", "room.*.chat", limits).await?;
         let sanctions = bus.kv("chat-sanctions", SANCTIONS_TTL).await?;
         let presence = bus.kv("presence", presence_ttl(&config)).await?;
+        let requests = bus.subscribe(&rate_subject(&node)).await?;
+        let quota = Arc::new(Mutex::new(Quota::default()));
+        let counters: Arc<ChatCounters> = Arc::default();
+        let leases = tokio::spawn(serve_leases(
+            bus.clone(),
+            quota.clone(),
+            counters.clone(),
+            requests,
+        ));
         Ok(ChatHub {
             inner: Arc::new(HubInner {
                 bus,
                 node,
+                cluster,
+                quota,
+                leases,
                 config,
                 history,
                 sanctions,
                 presence,
                 rooms: tokio::sync::Mutex::new(HashMap::new()),
                 next_member: AtomicU64::new(1),
-                counters: Arc::default(),
+                counters,
             }),
         })
     }
@@ -644,7 +711,10 @@ impl ChatHub {
         client_id: Option<String>,
     ) -> Result<PendingAppend, ServerFrame> {
         let now_ms = unix_ms(SystemTime::now());
-        {
+        let rate = self.inner.config.rates.of(a.role);
+        let key = quota_key(&a.room, &a.identity);
+        let owner = self.rate_owner(&key);
+        let decision = {
             let mut state = lock(&a.shared.state);
             if let Some(s) = state.sanctions.get(&a.identity)
                 && s.active(now_ms)
@@ -652,15 +722,18 @@ impl ChatHub {
                 let wait = s.until_ms.map(|u| u.saturating_sub(now_ms));
                 return Err(error_frame("timed_out", "you are muted in this chat", wait));
             }
-            let rate = self.inner.config.rates.of(a.role);
-            if let Err(wait) = state.limiter.check(&a.identity, rate, Instant::now()) {
-                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-                return Err(error_frame(
-                    "rate_limited",
-                    &format!("at most {rate} messages per second"),
-                    Some(ms),
-                ));
+            let now = Instant::now();
+            match lock(&self.inner.quota).check(&key, owner.as_ref(), rate, now) {
+                Decision::Fallback => self.fallback(&mut state, a, rate, now),
+                d => d,
             }
+        };
+        match decision {
+            // (A fallback was decided by the room's own bucket above.)
+            Decision::Pass | Decision::Fallback => {}
+            Decision::PassAndAsk(ask) => self.ask_in_background(key, rate, ask),
+            Decision::Refuse(wait) => return Err(rate_limited(rate, wait)),
+            Decision::Ask(ask) => self.ask_and_wait(a, &key, rate, ask).await?,
         }
         if let Err(refusal) = self.inner.config.filter.check(&text, a.role) {
             return Err(error_frame(refusal.code(), &refusal.message(), None));
@@ -691,6 +764,97 @@ impl ChatHub {
             .map_err(|e| unavailable(&a.room, &e))
     }
 
+    /// The node that keeps `key`'s bucket; `None` when it is this one.
+    fn rate_owner(&self, key: &str) -> Option<NodeId> {
+        let cluster = self.inner.cluster.as_ref()?;
+        cluster.owner_of(key).filter(|n| *n != self.inner.node)
+    }
+
+    /// A message whose owner cannot be asked, checked by this node's own
+    /// bucket for the sender (the limit of a node alone).
+    fn fallback(&self, state: &mut RoomState, a: &Admission, rate: f64, now: Instant) -> Decision {
+        self.inner.counters.rate.fallbacks.fetch_add(1, Ordering::Relaxed);
+        match state.limiter.check(&a.identity, rate, now) {
+            Ok(()) => Decision::Pass,
+            Err(wait) => Decision::Refuse(wait),
+        }
+    }
+
+    /// Asks `ask.owner` for a lease while the message waits (at most
+    /// [`LEASE_TIMEOUT`]); an owner that cannot answer leaves the decision
+    /// to this node's own bucket.
+    async fn ask_and_wait(&self, a: &Admission, key: &str, rate: f64, ask: Ask) -> Result<(), ServerFrame> {
+        let answer = self.ask_owner(key, rate, &ask).await;
+        let now = Instant::now();
+        let decision = match answer {
+            Ok(grant) => match lock(&self.inner.quota).after_answer(key, grant, rate, now) {
+                Ok(()) => Decision::Pass,
+                Err(wait) => Decision::Refuse(wait),
+            },
+            Err(e) => {
+                self.owner_unreachable(key, &ask, &e, now);
+                self.fallback(&mut lock(&a.shared.state), a, rate, now)
+            }
+        };
+        match decision {
+            Decision::Refuse(wait) => Err(rate_limited(rate, wait)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks for the next lease without holding up the message just sent.
+    fn ask_in_background(&self, key: String, rate: f64, ask: Ask) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let answer = hub.ask_owner(&key, rate, &ask).await;
+            let now = Instant::now();
+            match answer {
+                Ok(grant) => lock(&hub.inner.quota).answered(&key, grant, now),
+                Err(e) => hub.owner_unreachable(&key, &ask, &e, now),
+            }
+        });
+    }
+
+    /// One lease request over the bus.
+    async fn ask_owner(&self, key: &str, rate: f64, ask: &Ask) -> Result<Grant, BusError> {
+        let c = &self.inner.counters.rate;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        let request = LeaseRequest {
+            key: key.to_owned(),
+            rate,
+            want: ask.want,
+            owed: ask.owed,
+        };
+        let sent = Instant::now();
+        let reply = self
+            .inner
+            .bus
+            .request(&rate_subject(&ask.owner), json_bytes(&request), LEASE_TIMEOUT)
+            .await?;
+        c.round_trip.observe(sent.elapsed());
+        let grant = serde_json::from_slice::<LeaseReply>(&reply)
+            .ok()
+            .and_then(|r| r.grant())
+            .ok_or_else(|| BusError::Other(format!("unreadable lease answer from {}", ask.owner)))?;
+        let counter = match grant {
+            Grant::Tokens(_) => &c.grants,
+            Grant::Refused(_) => &c.refusals,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(grant)
+    }
+
+    fn owner_unreachable(&self, key: &str, ask: &Ask, e: &BusError, now: Instant) {
+        if lock(&self.inner.quota).failed(key, ask, now) {
+            warn!(
+                owner = %ask.owner,
+                error = %e,
+                "chat rate owner unreachable; its senders are limited by this node's own buckets for {:?}",
+                quota::OWNER_DOWN_FOR
+            );
+        }
+    }
+
     /// Appends the chat's counters to a `/metrics` page.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
@@ -706,6 +870,31 @@ impl ChatHub {
                 "Chat messages queued to local members.",
                 &c.deliveries,
             ),
+            (
+                "wave_chat_rate_lease_requests_total",
+                "Rate-limit lease requests sent to a sender's owner node.",
+                &c.rate.requests,
+            ),
+            (
+                "wave_chat_rate_lease_grants_total",
+                "Lease requests answered with tokens.",
+                &c.rate.grants,
+            ),
+            (
+                "wave_chat_rate_lease_refusals_total",
+                "Lease requests refused (the sender is over its rate).",
+                &c.rate.refusals,
+            ),
+            (
+                "wave_chat_rate_fallbacks_total",
+                "Chat messages limited by this node's own bucket because their owner could not be asked.",
+                &c.rate.fallbacks,
+            ),
+            (
+                "wave_chat_rate_leases_served_total",
+                "Lease requests this node answered as a sender's owner.",
+                &c.rate.served,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -719,6 +908,12 @@ impl ChatHub {
         for (hop, h) in c.hops.all() {
             h.render(name, &format!("hop=\"{hop}\""), out);
         }
+        let name = LEASE_METRIC;
+        let _ = writeln!(
+            out,
+            "# HELP {name} Round trip of a rate-limit lease request to the sender's owner node (answered ones).\n# TYPE {name} histogram"
+        );
+        c.rate.round_trip.render(name, "outcome=\"answered\"", out);
     }
 
     /// What the history stream retains for `room`, oldest first.
@@ -1178,6 +1373,72 @@ fn fan_out(room: &RoomShared, state: &mut RoomState, mut out: impl FnMut(&Member
         state.members.remove(&id);
     }
     queued
+}
+
+/// Answers lease requests for the buckets this node owns until the bus
+/// ends the subscription. Malformed requests get an `error` answer.
+async fn serve_leases(
+    bus: Bus,
+    quota: Arc<Mutex<Quota>>,
+    counters: Arc<ChatCounters>,
+    mut requests: Subscription,
+) {
+    while let Some(m) = requests.next().await {
+        let reply = match serde_json::from_slice::<LeaseRequest>(&m.payload) {
+            Ok(req) => match req.check() {
+                Ok(()) => {
+                    counters.rate.served.fetch_add(1, Ordering::Relaxed);
+                    let grant = lock(&quota).serve(&req.key, req.rate, req.want, req.owed, Instant::now());
+                    LeaseReply::from(grant)
+                }
+                Err(why) => {
+                    debug!(why, "refusing a bad lease request");
+                    lease_error(why.to_owned())
+                }
+            },
+            Err(e) => {
+                debug!(error = %e, "refusing an unreadable lease request");
+                lease_error(format!("unreadable lease request: {e}"))
+            }
+        };
+        if let Err(e) = bus.respond(&m, json_bytes(&reply)).await {
+            debug!(error = %e, "lease answer not sent");
+        }
+    }
+    debug!("lease requests subscription ended");
+}
+
+fn lease_error(error: String) -> LeaseReply {
+    LeaseReply {
+        granted: 0,
+        retry_after_ms: None,
+        error: Some(error),
+    }
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        self.leases.abort();
+    }
+}
+
+/// Where `node` takes lease requests.
+fn rate_subject(node: &NodeId) -> String {
+    format!("chat.rate.{node}")
+}
+
+/// A sender's rate-limit key: room names have no `/`, so this is one-to-one.
+fn quota_key(room: &RoomId, identity: &str) -> String {
+    format!("{}/{identity}", room.as_str())
+}
+
+fn rate_limited(rate: f64, wait: Duration) -> ServerFrame {
+    let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    error_frame(
+        "rate_limited",
+        &format!("at most {rate} messages per second"),
+        Some(ms),
+    )
 }
 
 /// A room name as one subject token: `.` (allowed in room names) becomes

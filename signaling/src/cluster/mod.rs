@@ -246,6 +246,12 @@ impl Cluster {
         live.get(&id).cloned()
     }
 
+    /// The live node (by the last heartbeat's view) that answers for `key`
+    /// ([`placement::owner`]); `None` before the first heartbeat.
+    pub fn owner_of(&self, key: &str) -> Option<NodeId> {
+        placement::owner(key, read(&self.inner.live).keys())
+    }
+
     /// Whether this node holds `room`'s claim.
     pub fn owns(&self, room: &RoomId) -> bool {
         lock(&self.inner.book).owns(room)

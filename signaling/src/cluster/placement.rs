@@ -23,6 +23,18 @@ pub fn place<'a>(room: &RoomId, nodes: impl IntoIterator<Item = &'a NodeInfo>) -
         .map(|(_, n)| n.id.clone())
 }
 
+/// The node that answers for `key` (a chat sender's `room/identity`):
+/// plain rendezvous hashing over `nodes`, unweighted and blind to load, so
+/// only a change of the node list moves a key, and then only the keys of
+/// the node that came or went. `None` without nodes.
+pub fn owner<'a>(key: &str, nodes: impl IntoIterator<Item = &'a NodeId>) -> Option<NodeId> {
+    nodes
+        .into_iter()
+        .map(|n| (hash(key, n.as_str()), n))
+        .max_by(|(a, na), (b, nb)| a.cmp(b).then_with(|| nb.cmp(na)))
+        .map(|(_, n)| n.clone())
+}
+
 fn score(room: &RoomId, node: &NodeInfo) -> f64 {
     let h = hash(room.as_str(), node.id.as_str());
     // 53 random bits to a double strictly inside (0, 1).
@@ -124,6 +136,29 @@ mod tests {
         let all_busy = [node("a", 1.0, 0.9), node("b", 1.0, 0.95)];
         assert_eq!(place(&rooms(1)[0], &all_busy), None);
         assert_eq!(place(&rooms(1)[0], &[]), None);
+    }
+
+    #[test]
+    fn owners_spread_and_move_only_with_their_node() {
+        let ids: Vec<NodeId> = ["a", "b", "c"]
+            .iter()
+            .map(|s| NodeId::parse(s).unwrap())
+            .collect();
+        let mut per_node = BTreeMap::new();
+        for i in 0..3000 {
+            let key = format!("room/user-{i}");
+            let all = owner(&key, &ids).unwrap();
+            *per_node.entry(all.to_string()).or_insert(0) += 1;
+            let reversed: Vec<NodeId> = ids.iter().rev().cloned().collect();
+            assert_eq!(owner(&key, &reversed).unwrap(), all);
+            if all.as_str() != "c" {
+                assert_eq!(owner(&key, &ids[..2]).unwrap(), all);
+            }
+        }
+        for (id, n) in &per_node {
+            assert!((850..=1150).contains(n), "{id}: {n} of 3000");
+        }
+        assert_eq!(owner("k", &[]), None);
     }
 
     #[test]

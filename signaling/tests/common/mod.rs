@@ -396,4 +396,5 @@ pub fn trickle(candidates: &[&str]) -> String {
 }
 
 pub const HOST_CANDIDATE: &str = "candidate:1 1 udp 2122260223 192.0.2.10 50001 typ host";
+pub mod chat;
 pub mod nats;
