@@ -12,10 +12,10 @@ use signaling::bus::Bus;
 use signaling::chat::{ChatConfig, ChatHub, ChatMessage, HOP_METRIC, Sender, ServerFrame};
 use signaling::cluster::NodeId;
 use signaling::media::RoomId;
-use signaling::metrics::BucketCounts;
 use tokio::io::DuplexStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, protocol};
+use wave_metrics::BucketCounts;
 
 type Ws = WebSocketStream<DuplexStream>;
 
