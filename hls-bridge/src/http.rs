@@ -39,6 +39,7 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
+use wave_metrics::{Bounds, Histogram, Kind, family, single};
 
 use crate::playlist;
 use crate::segmenter::{RenditionSnapshot, RoomSnapshot};
@@ -79,52 +80,15 @@ const RENDERED_MAX: usize = 32;
 
 type Snapshot = Option<Published>;
 
-/// Upper bounds (seconds) of [`AnswerHistogram`]'s buckets.
-const ANSWER_BUCKETS: [f64; 20] = [
-    0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.001_5, 0.002, 0.003, 0.004, 0.005, 0.007_5, 0.01, 0.015,
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+/// Bucket bounds of [`HlsMetrics::blocked_answer`], 50 µs to 2.5 s.
+#[derive(Debug)]
+pub struct AnswerBounds;
 
-/// Delay from a snapshot's publication (a part completed) to the answer
-/// of a playlist request that was blocked waiting for it, as a Prometheus
-/// histogram.
-#[derive(Debug, Default)]
-pub struct AnswerHistogram {
-    /// Per bucket (not cumulative); the last one is `+Inf`.
-    buckets: [AtomicU64; 21],
-    sum_us: AtomicU64,
-}
-
-impl AnswerHistogram {
-    pub fn record(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = ANSWER_BUCKETS
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(ANSWER_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut total = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            total += b.load(Ordering::Relaxed);
-            match ANSWER_BUCKETS.get(i) {
-                Some(le) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-                }
-            }
-        }
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
-    }
+impl Bounds for AnswerBounds {
+    const US: &'static [u64] = &[
+        50, 100, 200, 500, 1_000, 1_500, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 15_000, 25_000, 50_000,
+        100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    ];
 }
 
 /// What the HTTP layer counts (rendered on the node's `/metrics`).
@@ -143,34 +107,87 @@ pub struct HlsMetrics {
     pub timeouts: AtomicU64,
     pub not_found: AtomicU64,
     pub forbidden: AtomicU64,
-    /// Part published → blocked playlist request answered.
-    pub blocked_answer: AnswerHistogram,
+    /// Delay from a snapshot's publication (a part completed) to the
+    /// answer of a playlist request that was blocked waiting for it.
+    pub blocked_answer: Histogram<AnswerBounds>,
 }
 
 impl HlsMetrics {
     /// Prometheus text lines.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        // (name, TYPE line to print before it, value), in exposition order.
-        let lines: [(&str, Option<&str>, &AtomicU64); 10] = [
-            ("wave_hls_requests_total", Some("counter"), &self.requests),
-            ("wave_hls_playlist_requests_total", None, &self.playlist_requests),
-            ("wave_hls_media_requests_total", None, &self.media_requests),
-            ("wave_hls_blocking_held", Some("gauge"), &self.blocking_held),
-            ("wave_hls_blocking_requests_total", None, &self.blocking_total),
-            ("wave_hls_blocking_checks_total", None, &self.blocking_checks),
-            ("wave_hls_bad_requests_total", None, &self.bad_requests),
-            ("wave_hls_blocking_timeouts_total", None, &self.timeouts),
-            ("wave_hls_not_found_total", None, &self.not_found),
-            ("wave_hls_forbidden_total", None, &self.forbidden),
+        let lines: [(&str, Kind, &str, &AtomicU64); 10] = [
+            (
+                "wave_hls_requests_total",
+                Kind::Counter,
+                "Requests under /hls/.",
+                &self.requests,
+            ),
+            (
+                "wave_hls_playlist_requests_total",
+                Kind::Counter,
+                "Playlist and DASH manifest requests.",
+                &self.playlist_requests,
+            ),
+            (
+                "wave_hls_media_requests_total",
+                Kind::Counter,
+                "Init section, segment, part and thumbnail requests.",
+                &self.media_requests,
+            ),
+            (
+                "wave_hls_blocking_held",
+                Kind::Gauge,
+                "Blocking playlist and preload-hint requests held now.",
+                &self.blocking_held,
+            ),
+            (
+                "wave_hls_blocking_requests_total",
+                Kind::Counter,
+                "Blocking requests held, in all.",
+                &self.blocking_total,
+            ),
+            (
+                "wave_hls_blocking_checks_total",
+                Kind::Counter,
+                "Readiness checks of held requests.",
+                &self.blocking_checks,
+            ),
+            (
+                "wave_hls_bad_requests_total",
+                Kind::Counter,
+                "Requests answered 400.",
+                &self.bad_requests,
+            ),
+            (
+                "wave_hls_blocking_timeouts_total",
+                Kind::Counter,
+                "Blocking requests answered 503 after 3 target durations.",
+                &self.timeouts,
+            ),
+            (
+                "wave_hls_not_found_total",
+                Kind::Counter,
+                "Requests answered 404.",
+                &self.not_found,
+            ),
+            (
+                "wave_hls_forbidden_total",
+                Kind::Counter,
+                "Requests answered 403 (signed URLs).",
+                &self.forbidden,
+            ),
         ];
-        for (name, kind, value) in lines {
-            if let Some(kind) = kind {
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-            }
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        for (name, kind, help, value) in lines {
+            single(out, name, kind, help, value.load(Ordering::Relaxed));
         }
-        self.blocked_answer.render("wave_hls_blocked_answer_seconds", out);
+        let name = "wave_hls_blocked_answer_seconds";
+        family(
+            out,
+            name,
+            Kind::Histogram,
+            "Part published to the blocked playlist request for it answered.",
+        );
+        self.blocked_answer.render(name, "", out);
     }
 }
 
@@ -762,7 +779,7 @@ impl HlsService {
         };
         let resp = respond_encoded(body, compressed, PLAYLIST, &cache);
         if let Some(at) = held_until {
-            self.metrics.blocked_answer.record(at.elapsed());
+            self.metrics.blocked_answer.observe(at.elapsed());
         }
         Ok(resp)
     }
@@ -1005,5 +1022,43 @@ mod tests {
             (q.msn, q.part, q.skip, q.token),
             (Some(5), Some(2), true, Some("a"))
         );
+    }
+
+    #[test]
+    fn metrics_page_keeps_its_sample_lines() {
+        let m = HlsMetrics::default();
+        m.requests.fetch_add(3, Ordering::Relaxed);
+        m.blocked_answer.observe(Duration::from_micros(40));
+        m.blocked_answer.observe(Duration::from_millis(3));
+        let mut page = String::new();
+        m.render(&mut page);
+        let samples: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).collect();
+        let mut want = vec![
+            "wave_hls_requests_total 3".to_owned(),
+            "wave_hls_playlist_requests_total 0".into(),
+            "wave_hls_media_requests_total 0".into(),
+            "wave_hls_blocking_held 0".into(),
+            "wave_hls_blocking_requests_total 0".into(),
+            "wave_hls_blocking_checks_total 0".into(),
+            "wave_hls_bad_requests_total 0".into(),
+            "wave_hls_blocking_timeouts_total 0".into(),
+            "wave_hls_not_found_total 0".into(),
+            "wave_hls_forbidden_total 0".into(),
+        ];
+        let les = [
+            "0.00005", "0.0001", "0.0002", "0.0005", "0.001", "0.0015", "0.002", "0.003", "0.004", "0.005",
+            "0.0075", "0.01", "0.015", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf",
+        ];
+        for (i, le) in les.iter().enumerate() {
+            // 40 µs is in every bucket, 3 ms from le="0.003" on.
+            let n = if i < 7 { 1 } else { 2 };
+            want.push(format!(
+                "wave_hls_blocked_answer_seconds_bucket{{le=\"{le}\"}} {n}"
+            ));
+        }
+        want.push("wave_hls_blocked_answer_seconds_sum 0.00304".into());
+        want.push("wave_hls_blocked_answer_seconds_count 2".into());
+        assert_eq!(samples, want);
+        assert!(page.contains("# TYPE wave_hls_blocked_answer_seconds histogram\n"));
     }
 }

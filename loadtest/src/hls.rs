@@ -555,9 +555,9 @@ async fn sample_server(sig: &Signaling, metrics: Option<&str>, pid: Option<u32>)
     if let Some(url) = metrics
         && let Ok(text) = sig.get(url).await
     {
-        s.cpu_seconds = crate::server::prom_value(&text, "process_cpu_seconds_total");
-        s.requests = crate::server::prom_value(&text, "wave_hls_requests_total");
-        s.blocked = crate::hls_report::prom_histogram(&text, crate::hls_report::BLOCKED_HISTOGRAM);
+        s.cpu_seconds = wave_metrics::value(&text, "process_cpu_seconds_total");
+        s.requests = wave_metrics::value(&text, "wave_hls_requests_total");
+        s.blocked = wave_metrics::BucketCounts::parse(&text, crate::hls_report::BLOCKED_HISTOGRAM, "");
     }
     if let Some(pid) = pid {
         let cpu = sfu::process::sample_pid(pid).map(|p| p.cpu_seconds);

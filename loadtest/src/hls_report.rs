@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use serde::Serialize;
+use wave_metrics::BucketCounts;
 
 use crate::hls::{HlsConfig, ViewerHls, histogram};
 use crate::report::{Expectable, Unit};
@@ -14,68 +15,6 @@ use crate::stats::Summary;
 
 /// The node's histogram of "part published → blocked playlist answered".
 pub const BLOCKED_HISTOGRAM: &str = "wave_hls_blocked_answer_seconds";
-
-/// Cumulative bucket counts of a Prometheus histogram: (upper bound in
-/// seconds, count ≤ bound), `+Inf` last.
-pub type Buckets = Vec<(f64, f64)>;
-
-/// The `{name}_bucket{le="…"}` lines of a Prometheus text page.
-pub fn prom_histogram(text: &str, name: &str) -> Option<Buckets> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    let mut out: Buckets = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (le, value) = rest.split_once("\"}")?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, value.trim().parse().ok()?))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    (!out.is_empty()).then_some(out)
-}
-
-/// Quantile `q` (0–1) of the observations between two readings of a
-/// cumulative histogram, interpolated linearly inside the bucket (as
-/// Prometheus' `histogram_quantile` does); in seconds. `None` without
-/// observations; the largest finite bound when it falls in `+Inf`.
-pub fn histogram_quantile(before: Option<&Buckets>, after: &Buckets, q: f64) -> Option<f64> {
-    let delta: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(b, c)| {
-            let old = before
-                .and_then(|v| v.iter().find(|(x, _)| x == b))
-                .map_or(0.0, |x| x.1);
-            (*b, (c - old).max(0.0))
-        })
-        .collect();
-    let total = delta.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut lower = (0.0, 0.0);
-    for &(bound, count) in &delta {
-        if count >= rank {
-            if bound.is_infinite() {
-                return Some(lower.0);
-            }
-            let width = count - lower.1;
-            let frac = if width > 0.0 {
-                (rank - lower.1) / width
-            } else {
-                1.0
-            };
-            return Some(lower.0 + (bound - lower.0) * frac);
-        }
-        lower = (bound, count);
-    }
-    Some(lower.0)
-}
 
 /// Client-side summaries `--expect` names as `{name}_p50|p95|p99|max`.
 const SUMMARIES: [&str; 5] = ["tune_in", "part", "reload", "reload_wait", "playlist"];
@@ -87,7 +26,8 @@ pub struct ServerSample {
     pub cpu_seconds: Option<f64>,
     /// `wave_hls_requests_total`.
     pub requests: Option<f64>,
-    pub blocked: Option<Buckets>,
+    /// [`BLOCKED_HISTOGRAM`]; empty when the page had none.
+    pub blocked: BucketCounts,
 }
 
 impl Default for ServerSample {
@@ -96,7 +36,7 @@ impl Default for ServerSample {
             at: Instant::now(),
             cpu_seconds: None,
             requests: None,
-            blocked: None,
+            blocked: BucketCounts::default(),
         }
     }
 }
@@ -123,12 +63,8 @@ impl ServerHls {
         let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?).filter(|_| secs > 0.0);
         let requests = diff(start.requests, end.requests);
         let cpu = diff(start.cpu_seconds, end.cpu_seconds);
-        let q = |p: f64| {
-            end.blocked
-                .as_ref()
-                .and_then(|after| histogram_quantile(start.blocked.as_ref(), after, p))
-                .map(|s| s * 1000.0)
-        };
+        let blocked = end.blocked.since(&start.blocked);
+        let q = |p: f64| blocked.quantile(p).map(|s| s * 1000.0);
         ServerHls {
             requests_per_sec: requests.map(|r| r / secs),
             cpu_cores: cpu.map(|c| c / secs),
@@ -136,10 +72,7 @@ impl ServerHls {
                 (Some(r), Some(c)) if c > 0.0 => Some(r / c),
                 _ => None,
             },
-            blocked_answers: end.blocked.as_ref().and_then(|after| {
-                let before = start.blocked.as_ref().and_then(|b| b.last()).map_or(0.0, |x| x.1);
-                Some(after.last()?.1 - before)
-            }),
+            blocked_answers: (!blocked.is_empty()).then(|| blocked.count() as f64),
             blocked_p50_ms: q(0.50),
             blocked_p99_ms: q(0.99),
         }
@@ -357,24 +290,44 @@ mod tests {
     use crate::report::{check, parse_expect_with};
 
     #[test]
-    fn histogram_from_metrics_text() {
-        let t0 = "wave_hls_blocked_answer_seconds_bucket{le=\"0.001\"} 10\n\
-wave_hls_blocked_answer_seconds_bucket{le=\"0.005\"} 10\n\
-wave_hls_blocked_answer_seconds_bucket{le=\"+Inf\"} 10\nwave_hls_blocked_answer_seconds_count 10\n";
-        let t1 = "wave_hls_blocked_answer_seconds_bucket{le=\"0.001\"} 60\n\
-wave_hls_blocked_answer_seconds_bucket{le=\"0.005\"} 109\n\
-wave_hls_blocked_answer_seconds_bucket{le=\"+Inf\"} 110\n";
-        let a = prom_histogram(t0, BLOCKED_HISTOGRAM).unwrap();
-        let b = prom_histogram(t1, BLOCKED_HISTOGRAM).unwrap();
-        assert_eq!(b.len(), 3);
-        // 100 new: 50 ≤ 1 ms, 49 in (1, 5] ms, 1 above.
-        let p50 = histogram_quantile(Some(&a), &b, 0.5).unwrap();
-        assert!((p50 - 0.001).abs() < 1e-9, "{p50}");
-        let p75 = histogram_quantile(Some(&a), &b, 0.75).unwrap();
-        assert!((p75 - (0.001 + 0.004 * 25.0 / 49.0)).abs() < 1e-9, "{p75}");
-        assert_eq!(histogram_quantile(Some(&a), &b, 1.0), Some(0.005));
-        assert_eq!(histogram_quantile(Some(&a), &a, 0.5), None);
-        assert!(prom_histogram("x 1\n", BLOCKED_HISTOGRAM).is_none());
+    fn node_side_from_two_readings() {
+        let page = |cpu: f64, requests: u64, fast: u64, slow: u64| {
+            format!(
+                "process_cpu_seconds_total {cpu}\nwave_hls_requests_total {requests}\n\
+                 {BLOCKED_HISTOGRAM}_bucket{{le=\"0.001\"}} {fast}\n\
+                 {BLOCKED_HISTOGRAM}_bucket{{le=\"0.005\"}} {}\n\
+                 {BLOCKED_HISTOGRAM}_bucket{{le=\"+Inf\"}} {}\n",
+                fast + slow,
+                fast + slow
+            )
+        };
+        let t0 = Instant::now();
+        let read = |at: Instant, text: &str| ServerSample {
+            at,
+            cpu_seconds: wave_metrics::value(text, "process_cpu_seconds_total"),
+            requests: wave_metrics::value(text, "wave_hls_requests_total"),
+            blocked: BucketCounts::parse(text, BLOCKED_HISTOGRAM, ""),
+        };
+        let start = read(t0, &page(1.0, 100, 10, 0));
+        let end = read(t0 + std::time::Duration::from_secs(2), &page(2.0, 2_100, 60, 50));
+        let s = ServerHls::compute(&start, &end);
+        assert_eq!(s.requests_per_sec, Some(1_000.0));
+        assert_eq!(s.cpu_cores, Some(0.5));
+        assert_eq!(s.requests_per_core, Some(2_000.0));
+        // 100 answers in the window: 50 within 1 ms, 50 in (1, 5] ms.
+        assert_eq!(s.blocked_answers, Some(100.0));
+        assert!((s.blocked_p50_ms.unwrap() - 1.0).abs() < 1e-9, "{s:?}");
+        assert!(
+            (s.blocked_p99_ms.unwrap() - (1.0 + 4.0 * 49.0 / 50.0)).abs() < 1e-9,
+            "{s:?}"
+        );
+        // A node without the histogram: no blocked numbers, not zeros.
+        let bare = read(
+            t0 + std::time::Duration::from_secs(2),
+            "process_cpu_seconds_total 2\n",
+        );
+        let s = ServerHls::compute(&start, &bare);
+        assert_eq!((s.blocked_answers, s.blocked_p50_ms), (None, None));
     }
 
     #[test]

@@ -24,14 +24,6 @@ pub struct Probe {
     pub pid: Option<u32>,
 }
 
-/// The value of an unlabelled metric in Prometheus text exposition format.
-pub fn prom_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (n, v) = l.split_once(' ')?;
-        (n == name).then(|| v.trim().parse().ok())?
-    })
-}
-
 impl Probe {
     pub async fn sample(&self, sig: &Signaling) -> Sample {
         let mut s = Sample {
@@ -43,9 +35,9 @@ impl Probe {
         if let Some(url) = &self.metrics_url
             && let Ok(text) = sig.get(url).await
         {
-            s.cpu_seconds = prom_value(&text, "process_cpu_seconds_total");
-            s.rss_bytes = prom_value(&text, "process_resident_memory_bytes").map(|v| v as u64);
-            s.forwarded = prom_value(&text, "wave_rtp_forwarded_total").map(|v| v as u64);
+            s.cpu_seconds = wave_metrics::value(&text, "process_cpu_seconds_total");
+            s.rss_bytes = wave_metrics::value(&text, "process_resident_memory_bytes").map(|v| v as u64);
+            s.forwarded = wave_metrics::value(&text, "wave_rtp_forwarded_total").map(|v| v as u64);
         }
         if let Some(pid) = self.pid
             && let Some(p) = sfu::process::sample_pid(pid)
@@ -113,14 +105,6 @@ impl ServerCost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_prometheus_text() {
-        let t = "# HELP x y\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.250\nwave_rtp_forwarded_total 42\n";
-        assert_eq!(prom_value(t, "process_cpu_seconds_total"), Some(1.25));
-        assert_eq!(prom_value(t, "wave_rtp_forwarded_total"), Some(42.0));
-        assert_eq!(prom_value(t, "wave_rtp"), None);
-    }
 
     #[test]
     fn cost_per_packet_and_viewer() {

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use crate::peer::{Peer, PublisherStats, Role, Shared, ViewerStats};
 use crate::rtp::RtpHeader;
 use crate::stats::Histogram;
-use crate::wake::{Deadlines, sleep_for};
+use crate::wake::Deadlines;
 
 const BATCH: usize = 32;
 const BUF: usize = 2048;
@@ -354,8 +354,11 @@ fn run(
             }
         }
         // Sleep until a datagram, a command or the next deadline.
-        let next = [st.wake.next(), tally_due].into_iter().flatten().min();
-        let timeout = sleep_for(Instant::now(), next).and_then(|d| Timespec::try_from(d).ok());
+        let next = [st.wake.earliest(), tally_due].into_iter().flatten().min();
+        // None: until I/O or a command; zero when already due.
+        let timeout = next
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .and_then(|d| Timespec::try_from(d).ok());
         let mut fds = [
             PollFd::new(&socket, PollFlags::IN),
             PollFd::new(&*waker, PollFlags::IN),

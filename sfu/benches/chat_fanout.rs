@@ -33,10 +33,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use hyper::Method;
 use signaling::chat::{HOP_METRIC, HOPS};
-use signaling::metrics::BucketCounts;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wave_metrics::BucketCounts;
 
 use common::chat::{ChatClient, SECRET, token};
 use common::nats::NatsServer;

@@ -2,7 +2,6 @@
 //! routes each session's commands to the worker that owns its peer.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -15,6 +14,7 @@ use signaling::{
 };
 
 use hls_bridge::http::HlsService;
+use wave_metrics::{Kind, single};
 
 use crate::engine::{Command, EngineConfig, Reply, WorkerId};
 use crate::worker::{self, RelayInbox, RelayInboxes, WorkerHandle};
@@ -300,7 +300,7 @@ impl MediaNode for Node {
             ("wave_workers", "Media worker threads.", self.workers.len() as u64),
         ];
         for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            single(out, name, Kind::Gauge, help, v);
         }
         let _ = writeln!(
             out,
@@ -382,46 +382,63 @@ impl MediaNode for Node {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            single(out, name, Kind::Counter, help, v);
         }
         if let Some(hls) = &self.hls {
-            let _ = writeln!(
-                out,
-                "# HELP wave_hls_rooms Rooms packaged as LL-HLS.\n# TYPE wave_hls_rooms gauge\nwave_hls_rooms {}",
-                sum(|s| &s.hls_rooms)
-            );
-            let _ = writeln!(
-                out,
-                "# HELP wave_hls_parts_total LL-HLS parts produced.\n# TYPE wave_hls_parts_total counter\nwave_hls_parts_total {}",
-                sum(|s| &s.hls_parts)
-            );
-            let _ = writeln!(
-                out,
-                "# HELP wave_hls_segments_total LL-HLS segments produced.\n# TYPE wave_hls_segments_total counter\nwave_hls_segments_total {}",
-                sum(|s| &s.hls_segments)
-            );
-            let _ = writeln!(
-                out,
-                "# HELP wave_hls_aac_dropped_total Opus frames dropped because an AAC transcoder thread fell behind.\n# TYPE wave_hls_aac_dropped_total counter\nwave_hls_aac_dropped_total {}",
-                sum(|s| &s.hls_aac_dropped)
-            );
+            let hls_lines: [(&str, Kind, &str, u64); 4] = [
+                (
+                    "wave_hls_rooms",
+                    Kind::Gauge,
+                    "Rooms packaged as LL-HLS.",
+                    sum(|s| &s.hls_rooms),
+                ),
+                (
+                    "wave_hls_parts_total",
+                    Kind::Counter,
+                    "LL-HLS parts produced.",
+                    sum(|s| &s.hls_parts),
+                ),
+                (
+                    "wave_hls_segments_total",
+                    Kind::Counter,
+                    "LL-HLS segments produced.",
+                    sum(|s| &s.hls_segments),
+                ),
+                (
+                    "wave_hls_aac_dropped_total",
+                    Kind::Counter,
+                    "Opus frames dropped because an AAC transcoder thread fell behind.",
+                    sum(|s| &s.hls_aac_dropped),
+                ),
+            ];
+            for (name, kind, help, v) in hls_lines {
+                single(out, name, kind, help, v);
+            }
             hls.metrics.render(out);
         }
         let p = crate::process::sample();
-        let _ = writeln!(
-            out,
-            "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.3}",
-            p.cpu_seconds
-        );
-        let _ = writeln!(
-            out,
-            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
-            p.rss_bytes
-        );
-        let _ = writeln!(
-            out,
-            "# HELP process_uptime_seconds Seconds since the node started.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds {:.1}",
-            self.started.elapsed().as_secs_f64()
-        );
+        let process: [(&str, Kind, &str, String); 3] = [
+            (
+                "process_cpu_seconds_total",
+                Kind::Counter,
+                "User and system CPU time.",
+                format!("{:.3}", p.cpu_seconds),
+            ),
+            (
+                "process_resident_memory_bytes",
+                Kind::Gauge,
+                "Resident memory.",
+                p.rss_bytes.to_string(),
+            ),
+            (
+                "process_uptime_seconds",
+                Kind::Gauge,
+                "Seconds since the node started.",
+                format!("{:.1}", self.started.elapsed().as_secs_f64()),
+            ),
+        ];
+        for (name, kind, help, v) in process {
+            single(out, name, kind, help, v);
+        }
     }
 }

@@ -58,7 +58,7 @@ async fn chat_across_nodes_history_ban_and_presence() {
         let page = http.send(Method::GET, &node.url("/metrics"), &[], "").await.body;
         let count = |hop: &str| {
             let labels = format!("hop=\"{hop}\"");
-            signaling::metrics::BucketCounts::parse(&page, signaling::chat::HOP_METRIC, &labels).count()
+            wave_metrics::BucketCounts::parse(&page, signaling::chat::HOP_METRIC, &labels).count()
         };
         assert_eq!(count("read_to_publish"), published, "{page}");
         assert_eq!(count("origin_to_room"), 30, "{page}");

@@ -188,11 +188,7 @@ async fn blocking_reload_preload_hint_delta_update_and_400_503_against_the_node(
 
     let metrics = http.send(Method::GET, &node.url("/metrics"), &[], "").await.body;
     let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        wave_metrics::value(&metrics, name).unwrap_or_else(|| panic!("{name} in {metrics}")) as u64
     };
     assert!(value("wave_hls_parts_total") > 50);
     assert_eq!(value("wave_hls_rooms"), 1);

@@ -139,11 +139,7 @@ fn resolutions(mv: &str) -> Vec<String> {
 }
 
 fn metric(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    wave_metrics::value(metrics, name).unwrap_or_else(|| panic!("{name} in {metrics}")) as u64
 }
 
 /// `ffprobe`'s `codec_name,codec_type` lines for `url` (Debian's ffmpeg,

@@ -47,12 +47,8 @@ async fn garbage_datagrams_do_not_disturb_the_node() {
         StatusCode::OK
     );
     let metrics = http.send(Method::GET, &node.url("/metrics"), &[], "").await.body;
-    let dropped: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("wave_udp_dropped_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(dropped >= 2_000, "dropped {dropped}");
+    let dropped = wave_metrics::value(&metrics, "wave_udp_dropped_total").expect("counter on /metrics");
+    assert!(dropped >= 2_000.0, "dropped {dropped}");
     let again = http.post_sdp(&node.url("/whip/g2"), &publish_offer(), None).await;
     assert_eq!(again.status, StatusCode::CREATED);
     let rooms = http.send(Method::GET, &node.url("/v1/rooms"), &[], "").await.body;

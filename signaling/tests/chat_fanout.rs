@@ -14,7 +14,7 @@ use signaling::bus::Bus;
 use signaling::chat::{ChatConfig, ChatHub, ChatMessage, HOP_METRIC, Sender, ServerFrame};
 use signaling::cluster::NodeId;
 use signaling::media::RoomId;
-use signaling::metrics::BucketCounts;
+use wave_metrics::BucketCounts;
 
 /// An in-process bus, a hub on it with `config`, and room `r`.
 async fn hub(config: ChatConfig) -> (Bus, ChatHub, RoomId) {

@@ -1,78 +1,83 @@
 //! A minimal Prometheus text endpoint: `GET /metrics` on its own port.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
+use wave_metrics::{Kind, single};
 
 use crate::core::Stats;
 
 /// Prometheus exposition of the core's counters.
 pub fn render(s: &Stats) -> String {
+    let lines: [(&str, Kind, &str, u64); 10] = [
+        (
+            "turn_allocations",
+            Kind::Gauge,
+            "Current allocations.",
+            s.allocations,
+        ),
+        (
+            "turn_allocations_created_total",
+            Kind::Counter,
+            "Allocations created.",
+            s.allocations_created,
+        ),
+        (
+            "turn_packets_relayed_total",
+            Kind::Counter,
+            "Packets relayed, both directions.",
+            s.packets_relayed,
+        ),
+        (
+            "turn_bytes_relayed_total",
+            Kind::Counter,
+            "Application bytes relayed, both directions.",
+            s.bytes_relayed,
+        ),
+        (
+            "turn_auth_failures_total",
+            Kind::Counter,
+            "Requests with bad or unknown credentials.",
+            s.auth_failures,
+        ),
+        (
+            "turn_denied_peers_total",
+            Kind::Counter,
+            "Requests or packets for peers the filter denies.",
+            s.denied_peers,
+        ),
+        (
+            "turn_rate_limited_total",
+            Kind::Counter,
+            "Unauthenticated requests dropped by the rate limit.",
+            s.rate_limited,
+        ),
+        (
+            "turn_malformed_total",
+            Kind::Counter,
+            "Datagrams or frames that did not parse.",
+            s.malformed,
+        ),
+        (
+            "turn_dropped_total",
+            Kind::Counter,
+            "Packets dropped: no allocation, permission or bandwidth.",
+            s.dropped,
+        ),
+        (
+            "turn_limiter_tracked_ips",
+            Kind::Gauge,
+            "Source IPs tracked by the unauthenticated rate limit.",
+            s.limiter_tracked_ips,
+        ),
+    ];
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    };
-    metric("turn_allocations", "gauge", "Current allocations.", s.allocations);
-    metric(
-        "turn_allocations_created_total",
-        "counter",
-        "Allocations created.",
-        s.allocations_created,
-    );
-    metric(
-        "turn_packets_relayed_total",
-        "counter",
-        "Packets relayed, both directions.",
-        s.packets_relayed,
-    );
-    metric(
-        "turn_bytes_relayed_total",
-        "counter",
-        "Application bytes relayed, both directions.",
-        s.bytes_relayed,
-    );
-    metric(
-        "turn_auth_failures_total",
-        "counter",
-        "Requests with bad or unknown credentials.",
-        s.auth_failures,
-    );
-    metric(
-        "turn_denied_peers_total",
-        "counter",
-        "Requests or packets for peers the filter denies.",
-        s.denied_peers,
-    );
-    metric(
-        "turn_rate_limited_total",
-        "counter",
-        "Unauthenticated requests dropped by the rate limit.",
-        s.rate_limited,
-    );
-    metric(
-        "turn_malformed_total",
-        "counter",
-        "Datagrams or frames that did not parse.",
-        s.malformed,
-    );
-    metric(
-        "turn_dropped_total",
-        "counter",
-        "Packets dropped: no allocation, permission or bandwidth.",
-        s.dropped,
-    );
-    metric(
-        "turn_limiter_tracked_ips",
-        "gauge",
-        "Source IPs tracked by the unauthenticated rate limit.",
-        s.limiter_tracked_ips,
-    );
+    for (name, kind, help, value) in lines {
+        single(&mut out, name, kind, help, value);
+    }
     out
 }
 

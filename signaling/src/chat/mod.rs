@@ -37,13 +37,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tracing::{debug, info, warn};
+use wave_metrics::{Histogram, Kind, family, single};
 
 use crate::auth::Role;
 use crate::bus::{Bus, BusError, History, HistoryLimits, Kv, PendingAppend, Subscription};
 use crate::cluster::{Cluster, NodeId};
 use crate::locks::lock;
 use crate::media::RoomId;
-use crate::metrics::Histogram;
+use crate::metrics::HopBounds;
 
 mod moderation;
 pub mod presence;
@@ -296,20 +297,20 @@ struct RateCounters {
 #[derive(Debug, Default)]
 struct Hops {
     /// Sending node: the client's frame read → handed to the bus client.
-    read_to_publish: Histogram,
+    read_to_publish: Histogram<HopBounds>,
     /// Every node: origin stamp → the room task takes it off the bus.
-    origin_to_room: Histogram,
+    origin_to_room: Histogram<HopBounds>,
     /// Every node: the room task took a batch → queued to every member.
-    fanout: Histogram,
+    fanout: Histogram<HopBounds>,
     /// Queued to a member → its socket write (flush) done.
-    queue_to_write: Histogram,
+    queue_to_write: Histogram<HopBounds>,
     /// Origin stamp → the member's socket write done.
-    origin_to_write: Histogram,
+    origin_to_write: Histogram<HopBounds>,
 }
 
 impl Hops {
     /// Each hop with its name ([`HOPS`], same order).
-    fn all(&self) -> [(&'static str, &Histogram); 5] {
+    fn all(&self) -> [(&'static str, &Histogram<HopBounds>); 5] {
         let [a, b, c, d, e] = HOPS;
         [
             (a, &self.read_to_publish),
@@ -857,7 +858,6 @@ impl ChatHub {
 
     /// Appends the chat's counters to a `/metrics` page.
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let c = &self.inner.counters;
         let counters = [
             (
@@ -897,16 +897,16 @@ impl ChatHub {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+            single(out, name, Kind::Counter, help, value.load(Ordering::Relaxed));
         }
-        let name = HOP_METRIC;
-        let _ = writeln!(
+        family(
             out,
-            "# HELP {name} Chat message latency by hop: read_to_publish (sending node), origin_to_room, fanout, queue_to_write, origin_to_write (origin = the sending node's ms stamp).\n# TYPE {name} histogram"
+            HOP_METRIC,
+            Kind::Histogram,
+            "Chat message latency by hop: read_to_publish (sending node), origin_to_room, fanout, queue_to_write, origin_to_write (origin = the sending node's ms stamp).",
         );
         for (hop, h) in c.hops.all() {
-            h.render(name, &format!("hop=\"{hop}\""), out);
+            h.render(HOP_METRIC, &format!("hop=\"{hop}\""), out);
         }
         let name = LEASE_METRIC;
         let _ = writeln!(

@@ -400,9 +400,8 @@ fn metric(port: u16, name: &str) -> anyhow::Result<u64> {
     conn.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")?;
     let mut text = String::new();
     conn.read_to_string(&mut text)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .context("metric missing")
+    let v = wave_metrics::value(&text, name).context("metric missing")?;
+    Ok(v as u64)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

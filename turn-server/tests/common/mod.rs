@@ -81,9 +81,7 @@ impl TestServer {
 
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
+        wave_metrics::value(&text, name).unwrap_or_else(|| panic!("metric {name} missing in\n{text}")) as u64
     }
 }
 
