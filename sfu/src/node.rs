@@ -14,7 +14,7 @@ use signaling::{
 };
 
 use hls_bridge::http::HlsService;
-use wave_metrics::{Kind, single};
+use wave_metrics::{Kind, family, sample, single};
 
 use crate::engine::{Command, EngineConfig, Reply, WorkerId};
 use crate::worker::{self, RelayInbox, RelayInboxes, WorkerHandle};
@@ -302,16 +302,18 @@ impl MediaNode for Node {
         for (name, help, v) in gauges {
             single(out, name, Kind::Gauge, help, v);
         }
-        let _ = writeln!(
+        family(
             out,
-            "# HELP wave_worker_viewers WHEP sessions per media worker.\n# TYPE wave_worker_viewers gauge"
+            "wave_worker_viewers",
+            Kind::Gauge,
+            "WHEP sessions per media worker.",
         );
         for w in &self.workers {
-            let _ = writeln!(
+            sample(
                 out,
-                "wave_worker_viewers{{worker=\"{}\"}} {}",
-                w.index,
-                w.stats.viewers.load(Ordering::Relaxed)
+                "wave_worker_viewers",
+                &format!("worker=\"{}\"", w.index),
+                w.stats.viewers.load(Ordering::Relaxed),
             );
         }
         let counters: [(&str, &str, u64); 13] = [

@@ -285,7 +285,7 @@ struct RateCounters {
     /// Lease requests this node answered as an owner.
     served: AtomicU64,
     /// Round trip of the lease requests answered.
-    round_trip: Histogram,
+    round_trip: Histogram<HopBounds>,
 }
 
 /// Latency of each hop of a chat message on this node
@@ -908,12 +908,15 @@ impl ChatHub {
         for (hop, h) in c.hops.all() {
             h.render(HOP_METRIC, &format!("hop=\"{hop}\""), out);
         }
-        let name = LEASE_METRIC;
-        let _ = writeln!(
+        family(
             out,
-            "# HELP {name} Round trip of a rate-limit lease request to the sender's owner node (answered ones).\n# TYPE {name} histogram"
+            LEASE_METRIC,
+            Kind::Histogram,
+            "Round trip of a rate-limit lease request to the sender's owner node (answered ones).",
         );
-        c.rate.round_trip.render(name, "outcome=\"answered\"", out);
+        c.rate
+            .round_trip
+            .render(LEASE_METRIC, "outcome=\"answered\"", out);
     }
 
     /// What the history stream retains for `room`, oldest first.
