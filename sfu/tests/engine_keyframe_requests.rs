@@ -44,3 +44,34 @@ fn twenty_joining_viewers_cause_at_most_one_pli_per_layer_per_interval() {
         );
     }
 }
+
+/// A viewer that joins while its layer is throttled waits for the end of
+/// the interval, not for the engine's next periodic tick after it.
+#[test]
+fn a_throttled_request_goes_out_when_the_interval_ends() {
+    let mut sim = Sim::new();
+    let p = sim.publish("kfr", 1);
+    sim.run(Duration::from_secs(1));
+    let before = sim.client(p).keyframe_requests.len();
+    // Viewers 40 ms apart, over more than one interval: each after the
+    // first finds the layer throttled.
+    for _ in 0..12 {
+        sim.play("kfr", Some(LayerPref::Low));
+        sim.run(Duration::from_millis(40));
+    }
+    sim.run(Duration::from_secs(1));
+
+    let low: Vec<_> = sim.client(p).keyframe_requests[before..]
+        .iter()
+        .filter(|r| r.1.as_deref() == Some("q"))
+        .map(|r| r.0)
+        .collect();
+    assert!(low.len() >= 2, "requests {low:?}");
+    for w in low.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= KEYFRAME_THROTTLE && gap <= KEYFRAME_THROTTLE + Duration::from_millis(15),
+            "a waiting request went out {gap:?} after the last (interval {KEYFRAME_THROTTLE:?})"
+        );
+    }
+}

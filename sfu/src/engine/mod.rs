@@ -39,8 +39,13 @@ use sdp::Intent;
 
 /// Keyframe requests to one layer are merged: at most one per this interval
 /// (PLI storms from many viewers would otherwise make the publisher send
-/// nothing but keyframes).
-pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// nothing but keyframes). A request that finds the layer throttled is sent
+/// the moment the interval ends, not at the next tick. 300 ms is libwebrtc's
+/// own floor (`kMinKeyframeSendIntervalMs` in its encoder RTCP feedback: a
+/// browser publisher ignores intra requests closer together), so a shorter
+/// interval would not bring keyframes sooner from browsers, only lost
+/// requests; a longer one makes joining viewers wait for nothing.
+pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
 /// A peer that sends nothing for this long is gone (str0m has no ICE failed
 /// state; RFC 7675 consent expires after 30 s).
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -207,6 +212,8 @@ pub struct Engine {
     /// Each peer's next str0m timeout, for `poll_timeout` without a scan.
     timers: BTreeSet<(Instant, PeerId)>,
     next_tick: Instant,
+    /// When the earliest throttled keyframe request may be sent.
+    keyframe_retry: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: EngineStats,
@@ -401,6 +408,7 @@ impl Engine {
             rooms: BTreeMap::new(),
             timers: BTreeSet::new(),
             next_tick: now + TICK,
+            keyframe_retry: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EngineStats::default(),
@@ -608,6 +616,10 @@ impl Engine {
             self.hls_keyframes.extend(wanted);
         }
         self.hls_keyframe_requests(now);
+        if self.keyframe_retry.is_some_and(|at| at <= now) {
+            self.keyframe_retry = None;
+            self.retry_keyframes(now);
+        }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);
@@ -628,10 +640,13 @@ impl Engine {
         if !self.dirty.is_empty() {
             return self.last_input;
         }
-        let next = match self.timers.first() {
+        let mut next = match self.timers.first() {
             Some(&(at, _)) => at.min(self.next_tick),
             None => self.next_tick,
         };
+        if let Some(at) = self.keyframe_retry {
+            next = next.min(at);
+        }
         match self.hls.as_ref().and_then(|h| h.poll_timeout()) {
             Some(at) => next.min(at),
             None => next,
@@ -1565,7 +1580,9 @@ impl Engine {
                 return;
             };
             l.keyframe_wanted = true;
-            if !l.throttled(now) {
+            if let Some(until) = l.throttled_until(now) {
+                self.retry_keyframe_at(until);
+            } else {
                 l.last_keyframe_request = Some(now);
                 let relay = Relay::Keyframe {
                     source: m.remote,
@@ -1588,7 +1605,8 @@ impl Engine {
             return;
         };
         l.keyframe_wanted = true;
-        if l.throttled(now) {
+        if let Some(until) = l.throttled_until(now) {
+            self.retry_keyframe_at(until);
             return;
         }
         let Some(ssrc) = l.ssrc else { return };
@@ -1601,6 +1619,32 @@ impl Engine {
         self.stats.keyframe_requests += 1;
         trace!(publisher = publisher.0, layer, "PLI sent upstream");
         self.drive(now, publisher);
+    }
+
+    /// Wakes the engine when a throttled keyframe request may be sent.
+    fn retry_keyframe_at(&mut self, at: Instant) {
+        self.keyframe_retry = Some(self.keyframe_retry.map_or(at, |r| r.min(at)));
+    }
+
+    /// Sends the keyframe requests that waited for their layer's throttle:
+    /// every layer someone still waits a keyframe of.
+    fn retry_keyframes(&mut self, now: Instant) {
+        let mut wanted = Vec::new();
+        for room in self.rooms.values() {
+            for &pid in &room.publishers {
+                let source = match self.peers.get(&pid).map(|p| &p.role) {
+                    Some(Role::Publisher(p)) => p,
+                    _ => match self.mirrors.get(&pid) {
+                        Some(m) => &m.publisher,
+                        None => continue,
+                    },
+                };
+                source.wanted_keyframes(pid, &mut wanted);
+            }
+        }
+        for (pid, layer) in wanted {
+            self.want_keyframe(now, pid, layer);
+        }
     }
 
     // ---- the packet path ---------------------------------------------------
@@ -1909,8 +1953,18 @@ impl Publisher {
     /// wanted of (someone waits for it) as `(id, layer)`.
     fn measure(&mut self, now: Instant, id: PeerId, keyframes: &mut Vec<(PeerId, usize)>) {
         for t in &mut self.tracks {
-            for (li, l) in t.layers.iter_mut().enumerate() {
+            for l in &mut t.layers {
                 l.measure(now);
+            }
+        }
+        self.wanted_keyframes(id, keyframes);
+    }
+
+    /// The layers a keyframe is still wanted of (someone waits for it), as
+    /// `(id, layer)`.
+    fn wanted_keyframes(&self, id: PeerId, keyframes: &mut Vec<(PeerId, usize)>) {
+        for t in &self.tracks {
+            for (li, l) in t.layers.iter().enumerate() {
                 if l.keyframe_wanted && !l.subscribers.is_empty() {
                     keyframes.push((id, li));
                 }
@@ -1959,10 +2013,12 @@ impl SourceLayer {
         }
     }
 
-    /// A keyframe was asked of this layer less than [`KEYFRAME_THROTTLE`] ago.
-    fn throttled(&self, now: Instant) -> bool {
+    /// When a keyframe was asked of this layer less than [`KEYFRAME_THROTTLE`]
+    /// ago: the instant the next request may go.
+    fn throttled_until(&self, now: Instant) -> Option<Instant> {
         self.last_keyframe_request
-            .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_THROTTLE)
+            .map(|at| at + KEYFRAME_THROTTLE)
+            .filter(|&until| until > now)
     }
 
     fn active(&self, now: Instant) -> bool {
