@@ -9,6 +9,7 @@ mod chat_single_node;
 mod cluster_nats;
 mod common;
 mod engine_codecs;
+mod engine_feedback_extensions;
 mod engine_keyframe_requests;
 mod engine_log_spans;
 mod engine_media_arrives;

@@ -28,7 +28,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{Span, debug, info, info_span, trace, warn};
 
@@ -40,12 +40,15 @@ use sdp::Intent;
 /// Keyframe requests to one layer are merged: at most one per this interval
 /// (PLI storms from many viewers would otherwise make the publisher send
 /// nothing but keyframes). A request that finds the layer throttled is sent
-/// the moment the interval ends, not at the next tick. 300 ms is libwebrtc's
-/// own floor (`kMinKeyframeSendIntervalMs` in its encoder RTCP feedback: a
-/// browser publisher ignores intra requests closer together), so a shorter
-/// interval would not bring keyframes sooner from browsers, only lost
-/// requests; a longer one makes joining viewers wait for nothing.
-pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
+/// the moment the interval ends, not at the next tick. A browser publisher
+/// ignores intra requests less than 300 ms after the last one it honoured
+/// (libwebrtc's `kMinKeyframeSendIntervalMs`), so a shorter interval would
+/// only lose requests; the 30 ms above it absorb the variation in delay
+/// between two requests on their way to the publisher (at exactly 300 ms a
+/// request that travels faster than the previous one is dropped there, and
+/// its viewers wait a second interval). Longer would make joining viewers
+/// wait for nothing.
+pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(330);
 /// A peer that sends nothing for this long is gone (str0m has no ICE failed
 /// state; RFC 7675 consent expires after 30 s).
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -710,9 +713,11 @@ impl Engine {
 
         // A viewer pinned to the lowest layer has nothing to choose: without
         // the estimator str0m drains its queue in one poll instead of one
-        // pacer timeout per packet (~25 % of the per-packet cost).
+        // pacer timeout per packet (~25 % of the per-packet cost), and its
+        // answer drops the feedback extensions (below).
         let bwe = intent == Intent::Play && max_layer != Some(LayerPref::Low);
-        let mut rtc = self.rtc_config(bwe).build(now);
+        let feedback = bwe || intent == Intent::Publish;
+        let mut rtc = self.rtc_config(bwe, feedback).build(now);
         for addr in &self.config.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
@@ -792,7 +797,14 @@ impl Engine {
     /// answer. H.264 comes first (str0m's list starts with constrained
     /// baseline, packetization-mode=1), so every room whose publisher can
     /// send H.264 gets LL-HLS; a VP8-only offer still gets VP8.
-    fn rtc_config(&self, bwe: bool) -> RtcConfig {
+    ///
+    /// Without `feedback` the session negotiates no transport-wide sequence
+    /// numbers and no abs-send-time: a viewer whose layer nothing estimates
+    /// would only send feedback nobody reads, and str0m would keep a
+    /// 1,000-record send register per viewer for it (~88 KB) and stamp every
+    /// packet. A publisher keeps them: its browser's estimator needs the
+    /// node's transport feedback.
+    fn rtc_config(&self, bwe: bool, feedback: bool) -> RtcConfig {
         let mut config = RtcConfig::new()
             .set_rtp_mode(true)
             .set_ice_lite(self.config.ice_lite)
@@ -806,6 +818,18 @@ impl Engine {
             .set_stats_interval(Some(Duration::from_secs(2)));
         if bwe {
             config = config.enable_bwe(Some(Bitrate::bps(self.config.initial_bwe_bps)));
+        }
+        if !feedback {
+            let mut exts = ExtensionMap::empty();
+            for (id, ext) in ExtensionMap::standard().iter() {
+                if !matches!(
+                    ext,
+                    Extension::TransportSequenceNumber | Extension::AbsoluteSendTime
+                ) {
+                    exts.set(id, ext.clone());
+                }
+            }
+            config = config.set_extension_map(exts);
         }
         config
     }

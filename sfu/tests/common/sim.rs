@@ -34,6 +34,8 @@ pub struct Received {
     /// The codec of the payload type, as the receiving client negotiated it.
     pub codec: Option<Codec>,
     pub payload: Vec<u8>,
+    /// The transport-wide sequence number, when the session negotiated one.
+    pub transport_cc: Option<u16>,
 }
 
 impl Received {
@@ -608,6 +610,7 @@ fn record(c: &mut Client, now: Instant, e: Event) {
                     ts: p.header.timestamp,
                     codec,
                     payload: p.payload.to_vec(),
+                    transport_cc: p.header.ext_vals.transport_cc,
                 });
             }
         }
