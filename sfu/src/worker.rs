@@ -334,6 +334,9 @@ async fn run(
                         break;
                     }
                 }
+                // Other workers' mirrors get the batch's packets before this
+                // worker spends its fan-out on them, so both fan out at once.
+                hand_relays(&mut engine, me, &inboxes, &mut outbox, &stats);
                 // One flush of the viewers written to, for the whole batch.
                 engine.handle_timeout(now());
             },
