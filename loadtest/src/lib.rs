@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod dtls;
 pub mod error;
 pub mod floor;
 pub mod hls;

@@ -56,7 +56,16 @@ pub struct Report {
     pub loss_full_pct: f64,
     /// The same over header-counted viewers only (no repair).
     pub loss_header_counted_pct: f64,
-    /// Received video bitrate per viewer, full and header-counted apart, kbit/s.
+    /// Packets the viewers should have received and lost (as in `loss_pct`).
+    pub packets_expected: u64,
+    pub packets_lost: u64,
+    /// Datagrams the kernel dropped at the load tester's own shard sockets
+    /// (receive queue full) over the run and in the measured window: loss
+    /// the tester caused, not the server. `None` without `/proc/net/udp`.
+    pub tester_socket_drops: Option<u64>,
+    pub tester_socket_drops_window: Option<u64>,
+    /// Received video bitrate per viewer, full and header-counted apart,
+    /// kbit/s (viewers that received for less than `MIN_RATE_SECS` have none).
     pub full_kbps: Summary,
     pub header_counted_kbps: Summary,
     /// The least time between a header-counted viewer's first and last
@@ -137,8 +146,8 @@ impl Report {
             *errors.entry(e).or_default() += 1;
         }
         let pick = |f: fn(&ViewerStats) -> Option<f64>| Summary::of(viewers.iter().filter_map(f));
-        let loss_of = |keep: &dyn Fn(&ViewerStats) -> bool| {
-            let (lost, expected) = viewers
+        let lost_of = |keep: &dyn Fn(&ViewerStats) -> bool| {
+            viewers
                 .iter()
                 .filter(|v| keep(v))
                 .fold((0u64, 0u64), |(l, e), v| {
@@ -146,7 +155,11 @@ impl Report {
                         l + v.video_lost + v.audio_lost,
                         e + v.video_expected + v.audio_expected,
                     )
-                });
+                })
+        };
+        let (packets_lost, packets_expected) = lost_of(&|_| true);
+        let loss_of = |keep: &dyn Fn(&ViewerStats) -> bool| {
+            let (lost, expected) = lost_of(keep);
             if expected == 0 {
                 0.0
             } else {
@@ -160,7 +173,7 @@ impl Report {
                 LayerReport {
                     layer: names[l].into(),
                     viewers: on.len(),
-                    kbps: Summary::of(on.iter().map(|v| v.kbps())),
+                    kbps: Summary::of(on.iter().filter_map(|v| v.kbps())),
                 }
             })
             .collect();
@@ -186,10 +199,24 @@ impl Report {
             },
             viewers_header_counted: joined.iter().filter(|v| v.header_counted).count(),
             loss_pct: loss_of(&|_| true),
+            packets_expected,
+            packets_lost,
+            tester_socket_drops: None,
+            tester_socket_drops_window: None,
             loss_full_pct: loss_of(&|v| !v.header_counted),
             loss_header_counted_pct: loss_of(&|v| v.header_counted),
-            full_kbps: Summary::of(joined.iter().filter(|v| !v.header_counted).map(|v| v.kbps())),
-            header_counted_kbps: Summary::of(joined.iter().filter(|v| v.header_counted).map(|v| v.kbps())),
+            full_kbps: Summary::of(
+                joined
+                    .iter()
+                    .filter(|v| !v.header_counted)
+                    .filter_map(|v| v.kbps()),
+            ),
+            header_counted_kbps: Summary::of(
+                joined
+                    .iter()
+                    .filter(|v| v.header_counted)
+                    .filter_map(|v| v.kbps()),
+            ),
             header_counted_min_media_secs: joined
                 .iter()
                 .filter(|v| v.header_counted)
@@ -250,6 +277,33 @@ impl Report {
         })
     }
 
+    /// How much of the loss happened at the load tester's own sockets.
+    pub fn tester_drops_line(&self) -> String {
+        let Some(drops) = self.tester_socket_drops else {
+            return "tester socket drops: n/a (no /proc/net/udp): the loss above may include the tester's own".into();
+        };
+        let window = self
+            .tester_socket_drops_window
+            .map_or(String::new(), |w| format!(" ({w} in the measured window)"));
+        let share = match self.tester_share_pct() {
+            None => "no packet was lost".to_owned(),
+            Some(p) => format!(
+                "up to {p:.1}% of the {} lost packets were lost at the load tester, not by the server \
+                 (a drop may also be STUN/RTCP, or repaired by NACK)",
+                self.packets_lost
+            ),
+        };
+        format!("tester socket drops: {drops} datagrams over the run{window}; {share}")
+    }
+
+    /// The share of the lost packets the tester's sockets dropped, percent
+    /// (an upper bound: a dropped datagram may not have been media).
+    pub fn tester_share_pct(&self) -> Option<f64> {
+        let drops = self.tester_socket_drops?;
+        (self.packets_lost > 0)
+            .then(|| drops.min(self.packets_lost) as f64 * 100.0 / self.packets_lost as f64)
+    }
+
     /// The human table.
     pub fn table(&self) -> String {
         let mut o = String::new();
@@ -299,14 +353,20 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "  loss {:.3}% overall; {} freezes; {} layer switches; {} keyframe requests at publishers; on asked layer {}/{}",
+            "  loss {:.3}% overall ({} of {} packets{}); {} freezes; {} layer switches; {} keyframe requests at publishers; on asked layer {}/{}",
             self.loss_pct,
+            self.packets_lost,
+            self.packets_expected,
+            self.tester_share_pct().map_or(String::new(), |p| format!(
+                ", up to {p:.1}% of them at the tester's sockets"
+            )),
             self.freezes,
             self.layer_switches,
             self.keyframe_requests,
             self.viewers_on_asked_layer,
             self.viewers_asking_layer
         );
+        let _ = writeln!(o, "  {}", self.tester_drops_line());
         let _ = writeln!(
             o,
             "  viewers: {} full str0m peers, {} header-counted (low layer) from their first keyframe \
@@ -530,6 +590,38 @@ mod tests {
         // Not measured counts as missed.
         let cpu = parse_expect("cpu_us_per_packet<4us").unwrap();
         assert_eq!(check(&r, &cpu).len(), 1);
+    }
+
+    #[test]
+    fn loss_line_says_how_much_the_tester_dropped() {
+        let mut r = Report {
+            packets_expected: 100_000,
+            packets_lost: 2_000,
+            loss_pct: 2.0,
+            tester_socket_drops: Some(500),
+            tester_socket_drops_window: Some(300),
+            ..Report::default()
+        };
+        assert_eq!(r.tester_share_pct(), Some(25.0));
+        let t = r.table();
+        assert!(
+            t.contains(
+                "loss 2.000% overall (2000 of 100000 packets, up to 25.0% of them at the tester's sockets)"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("tester socket drops: 500 datagrams over the run (300 in the measured window); up to 25.0% of the 2000 lost"), "{t}");
+        // More drops than losses (STUN, RTCP, NACK-repaired): capped at all of it.
+        r.tester_socket_drops = Some(9_000);
+        assert_eq!(r.tester_share_pct(), Some(100.0));
+        r.packets_lost = 0;
+        assert_eq!(r.tester_share_pct(), None);
+        assert!(r.table().contains("no packet was lost"));
+        r.tester_socket_drops = None;
+        assert!(r.table().contains("tester socket drops: n/a"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["tester_socket_drops"].is_null());
+        assert_eq!(json["tester_socket_drops_window"], 300);
     }
 
     #[test]

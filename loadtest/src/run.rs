@@ -201,6 +201,12 @@ impl Ctx {
         (s.allocate(), s.handle())
     }
 
+    /// Datagrams dropped at every shard's socket so far.
+    fn shard_socket_drops(&self) -> Option<u64> {
+        let inodes: Vec<u64> = lock(&self.shards).iter().filter_map(|s| s.inode).collect();
+        shard::udp_drops(&inodes)
+    }
+
     /// Wake-ups of every media thread so far.
     fn shard_wakeups(&self) -> u64 {
         lock(&self.shards).iter().map(Shard::wakeups).sum()
@@ -437,6 +443,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     let window_start = probe.sample(&sig).await;
     let window_packets0 = shared.progress.packets.load(Ordering::Relaxed);
     let wakeups0 = ctx.shard_wakeups();
+    let drops0 = ctx.shard_socket_drops();
     let client0 = sfu::process::sample();
     match cfg.plan {
         Plan::Churn { rate } if rate > 0.0 => {
@@ -485,6 +492,10 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     let window_end = probe.sample(&sig).await;
     let window_packets = shared.progress.packets.load(Ordering::Relaxed) - window_packets0;
     let wakeups = ctx.shard_wakeups() - wakeups0;
+    let drops_window = ctx
+        .shard_socket_drops()
+        .zip(drops0)
+        .map(|(b, a)| b.saturating_sub(a));
     let client = ClientCost::compute(
         sfu::process::sample().cpu_seconds - client0.cpu_seconds,
         window_end
@@ -500,7 +511,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
         eprintln!("\r{}", progress_line(&shared, start, planned, &mut 0));
     }
 
-    // Stop the media and collect, then end the sessions politely.
+    // Stop the media and collect, then end the sessions politely. The
+    // sockets' drop counters go with them: read them first (since opening).
+    let drops = ctx.shard_socket_drops();
     let shards = std::mem::take(&mut *lock(&ctx.shards));
     let results: Vec<ShardResult> =
         tokio::task::spawn_blocking(move || shards.into_iter().map(Shard::stop).collect())
@@ -562,6 +575,8 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     );
     report.publisher_layer_kbps = layer_kbps;
     report.client = client;
+    report.tester_socket_drops = drops;
+    report.tester_socket_drops_window = drops_window;
     report.send_lateness_ms = send_lateness.summary_ms();
     Ok(report)
 }

@@ -26,14 +26,18 @@ use tracing::{debug, warn};
 use crate::peer::{Peer, PublisherStats, Role, Shared, ViewerStats};
 use crate::rtp::RtpHeader;
 use crate::stats::Histogram;
-use crate::wake::Deadlines;
+use crate::wake::{Deadlines, round_up};
 
 const BATCH: usize = 32;
 const BUF: usize = 2048;
 /// Receive batches per wake-up before due timers get their turn.
 const BATCHES_PER_WAKE: usize = 8;
 /// How long received-packet tallies may wait before they reach the progress counters.
-const TALLY_EVERY: Duration = Duration::from_millis(1);
+const TALLY_EVERY: Duration = Duration::from_millis(10);
+/// The receive buffer a shard asks for beyond the system's maximum, bytes.
+const RECV_BUFFER_FORCED: usize = 32 << 20;
+/// The grid header-counted viewers' str0m timeouts are rounded up to.
+const COARSE_TIMER: Duration = Duration::from_millis(100);
 
 /// Orders a shard takes.
 pub enum Command {
@@ -80,6 +84,8 @@ impl Handle {
 pub struct Shard {
     pub index: usize,
     pub port: u16,
+    /// The socket's inode, its key in `/proc/net/udp` (for its drop counter).
+    pub inode: Option<u64>,
     handle: Handle,
     wakeups: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
@@ -91,9 +97,14 @@ impl Shard {
     pub fn spawn(index: usize, shared: Arc<Shared>) -> std::io::Result<Shard> {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         let port = socket.local_addr()?.port();
+        let inode = socket_inode(&socket);
         let state = UdpSocketState::new((&socket).into())?;
         let _ = state.set_send_buffer_size((&socket).into(), 8 << 20);
         let _ = state.set_recv_buffer_size((&socket).into(), 8 << 20);
+        // Past `net.core.rmem_max` where allowed (CAP_NET_ADMIN): a shard
+        // descheduled on a full machine then queues ~100 ms of datagrams at
+        // 2,000 viewers instead of dropping them (tester socket drops).
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, RECV_BUFFER_FORCED);
         let waker = Arc::new(rustix::event::eventfd(
             0,
             EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
@@ -109,6 +120,7 @@ impl Shard {
         Ok(Shard {
             index,
             port,
+            inode,
             handle: Handle { tx, waker },
             wakeups,
             thread: Some(thread),
@@ -128,6 +140,12 @@ impl Shard {
 
     pub fn handle(&self) -> Handle {
         self.handle.clone()
+    }
+
+    /// Datagrams the kernel dropped at this shard's socket so far (its
+    /// receive queue was full: the shard, not the server, lost them).
+    pub fn socket_drops(&self) -> Option<u64> {
+        udp_drops(&[self.inode?])
     }
 
     /// How many times the thread has woken from its wait so far.
@@ -158,6 +176,46 @@ impl Drop for Shard {
             let _ = self.handle.send(Command::Stop(tx));
         }
     }
+}
+
+/// A socket's inode (`/proc/self/fd/N` links to `socket:[inode]`).
+pub fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Datagrams the kernel dropped at these sockets since they were opened
+/// (receive queue full), from `/proc/net/udp` and `/proc/net/udp6`; `None`
+/// when the table cannot be read (not Linux) or lists none of them.
+pub fn udp_drops(inodes: &[u64]) -> Option<u64> {
+    let mut found = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            for (inode, drops) in parse_udp_drops(&text) {
+                if inodes.contains(&inode) {
+                    *found.get_or_insert(0) += drops;
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `(inode, drops)` of every socket in a `/proc/net/udp` table (the
+/// `inode` and `drops` columns; the header and malformed lines are skipped).
+pub fn parse_udp_drops(text: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
+    text.lines().filter_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if !cols.first()?.ends_with(':') {
+            return None;
+        }
+        Some((cols.get(9)?.parse().ok()?, cols.get(12)?.parse().ok()?))
+    })
 }
 
 /// Peers indexed by their address's last two octets (what `allocate`
@@ -217,7 +275,7 @@ impl State {
     /// timeout, a publisher's next frame, or `now` for a dead peer (retired then).
     fn schedule(&mut self, slot: usize, now: Instant) {
         if let Some(Some(peer)) = self.peers.peers.get(slot) {
-            self.wake.set(slot, wake_at(peer, now));
+            self.wake.set(slot, wake_at(peer, now, self.shared.epoch));
         }
     }
 
@@ -260,8 +318,12 @@ impl State {
     }
 }
 
-/// When a peer next needs the shard.
-fn wake_at(peer: &Peer, now: Instant) -> Instant {
+/// When a peer next needs the shard. A header-counted viewer's str0m only
+/// keeps ICE consent and RTCP going (seconds apart, nothing time-critical),
+/// so its timeouts are rounded up to the shard's `COARSE_TIMER` grid: the
+/// bulk of the viewers then come due together, a handful of wake-ups a
+/// second instead of one per viewer timeout.
+fn wake_at(peer: &Peer, now: Instant, epoch: Instant) -> Instant {
     if peer.dead {
         return now;
     }
@@ -269,6 +331,7 @@ fn wake_at(peer: &Peer, now: Instant) -> Instant {
         Role::Publisher(p) => p
             .next_due()
             .map_or(peer.next_timeout, |d| d.min(peer.next_timeout)),
+        Role::Viewer(v) if v.header_counted() => round_up(peer.next_timeout, epoch, COARSE_TIMER),
         Role::Viewer(_) => peer.next_timeout,
     }
 }
@@ -427,7 +490,7 @@ fn run(
                     poll(peer, &st.shared, &mut st.result, now, &mut st.out);
                 }
                 if touched {
-                    st.wake.set(slot, wake_at(peer, now));
+                    st.wake.set(slot, wake_at(peer, now, st.shared.epoch));
                 }
             }
             flush(&socket, &udp, &mut st);
@@ -522,5 +585,20 @@ fn retire(peer: Peer, result: &mut ShardResult, shared: &Shared, now: Instant, l
             }
             result.publishers.push(s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_drops_column_by_inode() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+           12: 00000000:A41F 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4711 2 0000000000000000 0\n\
+          130: 0100007F:4718 00000000:0000 07 00000000:005F1200 00:00000000 00000000  1000        0 998877 2 ffff8881f3a8c000 8785\n\
+          garbage line\n";
+        let rows: Vec<(u64, u64)> = parse_udp_drops(text).collect();
+        assert_eq!(rows, [(4711, 0), (998877, 8785)]);
     }
 }

@@ -13,11 +13,30 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Heap entries allowed per slot before the heap is rebuilt without the
 /// stale ones (amortised O(1) per update).
 const STALE_FACTOR: usize = 4;
+
+/// Rounds `at` up to the next multiple of `grid` after `epoch` (`at` itself
+/// when on the grid or before `epoch`). Peers whose deadlines are rounded
+/// to a shared grid come due together: one wake-up runs them all.
+pub fn round_up(at: Instant, epoch: Instant, grid: Duration) -> Instant {
+    let grid_ns = grid.as_nanos();
+    if grid_ns == 0 {
+        return at;
+    }
+    let Some(since) = at.checked_duration_since(epoch) else {
+        return at;
+    };
+    let rest = since.as_nanos() % grid_ns;
+    if rest == 0 {
+        return at;
+    }
+    // The remainder is below one grid step, so it fits in a u64 of nanoseconds.
+    at + Duration::from_nanos((grid_ns - rest) as u64)
+}
 
 /// Per-slot deadlines.
 #[derive(Debug, Default)]
@@ -95,8 +114,6 @@ impl Deadlines {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn ms(n: u64) -> Duration {
@@ -174,5 +191,30 @@ mod tests {
         d.take_due(t0 + ms(20), &mut due);
         assert_eq!(due, [3]);
         assert_eq!(d.earliest(), None);
+    }
+
+    #[test]
+    fn round_up_lands_on_the_grid_and_never_early() {
+        let epoch = Instant::now();
+        let grid = ms(100);
+        assert_eq!(round_up(epoch + ms(1), epoch, grid), epoch + ms(100));
+        assert_eq!(round_up(epoch + ms(100), epoch, grid), epoch + ms(100));
+        assert_eq!(round_up(epoch + ms(101), epoch, grid), epoch + ms(200));
+        assert_eq!(
+            round_up(epoch + Duration::from_nanos(250_000_001), epoch, grid),
+            epoch + ms(300)
+        );
+        // Before the epoch, or without a grid: unchanged.
+        let early = epoch.checked_sub(ms(5)).unwrap_or(epoch);
+        assert_eq!(round_up(early, epoch, grid), early);
+        assert_eq!(round_up(epoch + ms(7), epoch, Duration::ZERO), epoch + ms(7));
+        // Peers with deadlines spread over one step share one instant.
+        let mut d = Deadlines::default();
+        for slot in 0..50 {
+            d.set(slot, round_up(epoch + ms(301 + slot as u64), epoch, grid));
+        }
+        let mut due = Vec::new();
+        d.take_due(epoch + ms(400), &mut due);
+        assert_eq!(due.len(), 50);
     }
 }

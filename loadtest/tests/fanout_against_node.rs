@@ -51,6 +51,11 @@ fn fifty_viewers_join_and_get_the_low_layer() {
     // The publishers' frame schedule was measured, and the media threads' wake-ups counted.
     assert!(num(&r, "/send_lateness_ms/count") > 0.0, "{stdout}");
     assert!(num(&r, "/client/wakeups_per_sec") > 0.0, "{stdout}");
+    // The shards' own socket drops are read (Linux) and reported beside the loss.
+    assert!(num(&r, "/tester_socket_drops") >= 0.0, "{stdout}");
+    assert!(num(&r, "/tester_socket_drops_window") >= 0.0, "{stdout}");
+    assert!(stdout.contains("tester socket drops: "), "{stdout}");
+    assert!(num(&r, "/packets_expected") > 1000.0, "{stdout}");
     assert!(
         r.pointer("/server/cpu_us_per_packet")
             .is_some_and(|v| v.is_number()),

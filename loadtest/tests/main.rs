@@ -9,3 +9,4 @@ mod hls_against_node;
 mod idle_shard_sleeps;
 mod meeting_and_churn_against_node;
 mod spread_viewers;
+mod tester_socket_drops;
