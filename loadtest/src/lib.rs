@@ -4,7 +4,6 @@
 
 pub mod bench;
 pub mod cli;
-pub mod dtls;
 pub mod error;
 pub mod floor;
 pub mod hls;

@@ -2,6 +2,7 @@
 //! drive it, and `run`, which composes a whole node.
 
 pub mod config;
+pub mod dtls;
 pub mod engine;
 pub mod listening;
 pub mod node;

@@ -806,6 +806,7 @@ impl Engine {
     /// node's transport feedback.
     fn rtc_config(&self, bwe: bool, feedback: bool) -> RtcConfig {
         let mut config = RtcConfig::new()
+            .set_crypto_provider(crate::dtls::crypto_provider())
             .set_rtp_mode(true)
             .set_ice_lite(self.config.ice_lite)
             .set_dtls_cert(self.cert.clone())

@@ -1,15 +1,17 @@
 //! str0m's DTLS through dimpl (AWS-LC), with one dimpl configuration per
-//! run instead of one per peer.
+//! process instead of one per peer; the node's engine and the load tester's
+//! peers both use it.
 //!
 //! str0m's own AWS-LC provider builds a fresh `dimpl::Config` for every
 //! `Rtc`, and building one validates the crypto provider: a test ECDH
 //! exchange on every key-exchange group (P-256, P-384, X25519) and a test
 //! signature verification. In the load tester's profile that was ~40 % of
 //! the CPU a join costs its single signalling thread (`perf`, 300 viewers
-//! joining at 50/s): pure overhead, the same answer every time. This
+//! joining at 50/s): pure overhead, the same answer every time, and on the
+//! node it runs on the media worker that accepts the session. This
 //! provider builds the configuration once per MTU setting and shares it;
-//! the handshake itself (dimpl, AWS-LC) is unchanged, so the node sees the
-//! same ClientHello as before.
+//! the handshake itself (dimpl, AWS-LC) is unchanged, so peers see the same
+//! handshake as before.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
