@@ -32,7 +32,7 @@ use str0m::rtp::RtpPacket;
 use tracing::{debug, info, warn};
 
 use super::PeerId;
-use super::aac::AacRunner;
+use super::aac::{self as aac_thread, AacRunner};
 use super::ladder::LadderRunner;
 
 /// RFC 5905: NTP era 0 starts 2,208,988,800 s before the UNIX epoch.
@@ -484,8 +484,8 @@ impl HlsRoom {
             debug!(room = %self.room, error = %e, "HLS audio refused");
             return false;
         }
-        let aac = AacRunner::start(&self.room).and_then(|t| {
-            let init = fmp4::init_segment(&TrackConfig::Aac(t.aac_config().clone()))?;
+        let aac = aac_thread::start(&self.room).and_then(|(t, config)| {
+            let init = fmp4::init_segment(&TrackConfig::Aac(config))?;
             self.packager.add_audio(
                 AAC_TRACK,
                 AudioCodec::AacLc {
@@ -518,7 +518,7 @@ impl HlsRoom {
     /// What the codec threads finished (AAC access units, rung frames)
     /// into their renditions.
     fn drain_codecs(&mut self, now: Instant) {
-        while let Some(unit) = self.aac.as_mut().and_then(AacRunner::poll_access_unit) {
+        while let Some(unit) = self.aac.as_mut().and_then(AacRunner::poll) {
             self.push_aac(now, unit);
         }
         let Some(ladder) = &mut self.ladder else {
@@ -572,7 +572,7 @@ impl HlsRoom {
                 }
                 Frame::Audio(opus) => {
                     if let Some(aac) = &mut self.aac {
-                        aac.push(opus);
+                        aac.push(opus.clone());
                     }
                 }
             }
