@@ -107,6 +107,15 @@ pub struct HlsMetrics {
     pub timeouts: AtomicU64,
     pub not_found: AtomicU64,
     pub forbidden: AtomicU64,
+    /// Plain Media Playlist requests held for a rendition's first whole
+    /// segment ([`Wait::FirstSegment`]): the server's own choice, not a
+    /// client's blocking reload, so counted apart from `blocking_*` and
+    /// kept out of `blocked_answer`.
+    pub first_segment_waits: AtomicU64,
+    /// Of those, held right now.
+    pub first_segment_held: AtomicU64,
+    /// Of those, answered with parts only after the blocking limit.
+    pub first_segment_timeouts: AtomicU64,
     /// Delay from a snapshot's publication (a part completed) to the
     /// answer of a playlist request that was blocked waiting for it.
     pub blocked_answer: Histogram<AnswerBounds>,
@@ -115,7 +124,7 @@ pub struct HlsMetrics {
 impl HlsMetrics {
     /// Prometheus text lines.
     pub fn render(&self, out: &mut String) {
-        let lines: [(&str, Kind, &str, &AtomicU64); 10] = [
+        let lines: [(&str, Kind, &str, &AtomicU64); 13] = [
             (
                 "wave_hls_requests_total",
                 Kind::Counter,
@@ -175,6 +184,24 @@ impl HlsMetrics {
                 Kind::Counter,
                 "Requests answered 403 (signed URLs).",
                 &self.forbidden,
+            ),
+            (
+                "wave_hls_first_segment_waits_total",
+                Kind::Counter,
+                "Plain media playlist requests held for the rendition's first whole segment.",
+                &self.first_segment_waits,
+            ),
+            (
+                "wave_hls_first_segment_held",
+                Kind::Gauge,
+                "Plain media playlist requests held for a first segment now.",
+                &self.first_segment_held,
+            ),
+            (
+                "wave_hls_first_segment_timeouts_total",
+                Kind::Counter,
+                "First-segment waits answered with parts only after the blocking limit.",
+                &self.first_segment_timeouts,
             ),
         ];
         for (name, kind, help, value) in lines {
@@ -442,6 +469,17 @@ fn reload_in_range(
 
 struct Held<'a>(&'a AtomicU64);
 
+/// Why a request is held (which metrics count it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The client asked to block: `_HLS_msn`/`_HLS_part`, or a part named
+    /// by a preload hint (`wave_hls_blocking_*`).
+    Blocking,
+    /// A plain Media Playlist request for a rendition without a whole
+    /// segment yet (`wave_hls_first_segment_*`).
+    FirstSegment,
+}
+
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
@@ -680,9 +718,11 @@ impl HlsService {
     }
 
     /// Waits until `ready` holds for `rendition` of `room`, at most 3 TD;
-    /// woken only when that rendition makes progress.
+    /// woken only when that rendition makes progress. `why` picks the
+    /// metrics that count the wait.
     async fn hold(
         &self,
+        why: Wait,
         room: &str,
         rendition: &str,
         td: u32,
@@ -692,11 +732,18 @@ impl HlsService {
             .store
             .subscribe(room, rendition)
             .ok_or((Refusal::NotFound("room ended"), td))?;
-        self.metrics.blocking_total.fetch_add(1, Ordering::Relaxed);
-        self.metrics.blocking_held.fetch_add(1, Ordering::Relaxed);
-        let _held = Held(&self.metrics.blocking_held);
+        let m = &self.metrics;
+        let (total, held) = match why {
+            Wait::Blocking => (&m.blocking_total, &m.blocking_held),
+            Wait::FirstSegment => (&m.first_segment_waits, &m.first_segment_held),
+        };
+        total.fetch_add(1, Ordering::Relaxed);
+        held.fetch_add(1, Ordering::Relaxed);
+        let _held = Held(held);
         let wait = rx.wait_for(|s| {
-            self.metrics.blocking_checks.fetch_add(1, Ordering::Relaxed);
+            if why == Wait::Blocking {
+                m.blocking_checks.fetch_add(1, Ordering::Relaxed);
+            }
             s.as_ref()
                 .and_then(|s| s.snap.renditions.get(rendition))
                 .is_some_and(&ready)
@@ -747,9 +794,14 @@ impl HlsService {
         // blocking limit; then it gets the parts there are).
         if q.msn.is_none() && !r.ended && r.segments.is_empty() {
             let whole = |r: &RenditionSnapshot| r.ended || !r.segments.is_empty();
-            published = match self.hold(room, rendition, td, whole).await {
+            published = match self.hold(Wait::FirstSegment, room, rendition, td, whole).await {
                 Ok(p) => p,
-                Err((Refusal::Timeout, _)) => self.store.latest(room).flatten().unwrap_or(published),
+                Err((Refusal::Timeout, _)) => {
+                    self.metrics
+                        .first_segment_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.store.latest(room).flatten().unwrap_or(published)
+                }
                 Err(e) => return Err(e),
             };
         }
@@ -764,7 +816,9 @@ impl HlsService {
             if !reload_ready(r, msn, q.part) {
                 let part = q.part;
                 published = self
-                    .hold(room, rendition, td, |r| reload_ready(r, msn, part))
+                    .hold(Wait::Blocking, room, rendition, td, |r| {
+                        reload_ready(r, msn, part)
+                    })
                     .await?;
                 held_until = Some(published.at);
             }
@@ -816,7 +870,9 @@ impl HlsService {
         }
         // C14: held until the whole part exists, then sent in one piece.
         let snap = self
-            .hold(room, rendition, td, |r| r.files.contains_key(file) || r.ended)
+            .hold(Wait::Blocking, room, rendition, td, |r| {
+                r.files.contains_key(file) || r.ended
+            })
             .await?
             .snap;
         let bytes = snap
@@ -1044,6 +1100,9 @@ mod tests {
             "wave_hls_blocking_timeouts_total 0".into(),
             "wave_hls_not_found_total 0".into(),
             "wave_hls_forbidden_total 0".into(),
+            "wave_hls_first_segment_waits_total 0".into(),
+            "wave_hls_first_segment_held 0".into(),
+            "wave_hls_first_segment_timeouts_total 0".into(),
         ];
         let les = [
             "0.00005", "0.0001", "0.0002", "0.0005", "0.001", "0.0015", "0.002", "0.003", "0.004", "0.005",

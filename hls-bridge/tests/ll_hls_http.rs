@@ -113,6 +113,10 @@ async fn a_media_playlist_request_in_the_first_segment_waits_for_it() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Held as a first-segment wait, not as a client's blocking request.
+    let page = metrics_page(&service);
+    assert_eq!(metric(&page, "wave_hls_first_segment_held"), 1.0, "{page}");
+    assert_eq!(metric(&page, "wave_hls_blocking_held"), 0.0, "{page}");
     service.store().publish(ROOM, full.clone());
     let (pl, took) = held.await.unwrap();
     assert_eq!(pl.status, StatusCode::OK);
@@ -122,6 +126,33 @@ async fn a_media_playlist_request_in_the_first_segment_waits_for_it() {
         "answered after {took:?}, before a whole segment:\n{}",
         pl.text()
     );
+    // Counted apart, and out of the blocked-answer histogram (whose 300 ms
+    // would otherwise swamp the blocking answers' milliseconds).
+    let page = metrics_page(&service);
+    let counts = |page: &str| {
+        [
+            "wave_hls_first_segment_waits_total",
+            "wave_hls_first_segment_held",
+            "wave_hls_first_segment_timeouts_total",
+            "wave_hls_blocking_requests_total",
+            "wave_hls_blocking_checks_total",
+            "wave_hls_blocked_answer_seconds_count",
+        ]
+        .map(|name| metric(page, name))
+    };
+    assert_eq!(counts(&page), [1.0, 0.0, 0.0, 0.0, 0.0, 0.0], "{page}");
+
+    // A client's blocking reload still counts as one.
+    let (k, msn, part, reload) = blocking_reload(&service, &snaps, "v1");
+    service.store().publish(ROOM, snaps[k].clone());
+    let pending = tokio::spawn(async move { get(addr, &reload, false, &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let want = format!("part_{msn}_{part}.m4s");
+    let ready = next_where(&snaps, k, |s| s.renditions["v1"].files.contains_key(&want));
+    service.store().publish(ROOM, snaps[ready].clone());
+    assert_eq!(pending.await.unwrap().status, StatusCode::OK);
+    let c = counts(&metrics_page(&service));
+    assert_eq!((c[0], c[3], c[5]), (1.0, 1.0, 1.0), "{c:?}");
 
     // A rendition whose first segment does not end in time is served as it is.
     let (addr, service, _) = setup(Duration::from_millis(400), None).await;
@@ -136,6 +167,20 @@ async fn a_media_playlist_request_in_the_first_segment_waits_for_it() {
         "{}",
         pl.text()
     );
+    let page = metrics_page(&service);
+    assert_eq!(counts(&page), [1.0, 0.0, 1.0, 0.0, 0.0, 0.0], "{page}");
+    assert_eq!(metric(&page, "wave_hls_blocking_timeouts_total"), 0.0);
+}
+
+/// The service's Prometheus lines, as the node's `/metrics` serves them.
+fn metrics_page(service: &HlsService) -> String {
+    let mut page = String::new();
+    service.metrics.render(&mut page);
+    page
+}
+
+fn metric(page: &str, name: &str) -> f64 {
+    wave_metrics::value(page, name).unwrap_or_else(|| panic!("{name} in {page}"))
 }
 
 #[tokio::test]

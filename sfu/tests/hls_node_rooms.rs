@@ -392,7 +392,7 @@ async fn the_ladder_flag_adds_transcoded_variants_for_one_layer() {
     let http = Http::default();
     let room = "hls-ladder";
     let base = node.url(&format!("/hls/{room}/"));
-    let _publisher = publish(&node, &http, room, Video::Encoded).await;
+    let publisher = publish(&node, &http, room, Video::Encoded).await;
     let mv = wait_for(
         &http,
         &format!("{base}index.m3u8"),
@@ -420,5 +420,21 @@ async fn the_ladder_flag_adds_transcoded_variants_for_one_layer() {
     for _ in 0..3 {
         check_room(&http, &node, room, &mut c).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    // The publisher leaves: the transcoded renditions end like the native
+    // ones (EXT-X-ENDLIST, no preload hint, every reload still valid).
+    // That their last frames are flushed is `engine::hls::tests`.
+    leave(&http, &node, &publisher).await;
+    let t = Instant::now();
+    loop {
+        let (_, media) = check_room(&http, &node, room, &mut c).await;
+        if media.values().all(|m| m.endlist) {
+            assert_eq!(media.len(), 5, "3 video variants, Opus and AAC");
+            assert!(media.values().all(|m| m.hints.is_empty()));
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "no ENDLIST");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -24,6 +24,22 @@ impl Picture {
         (width.div_ceil(2), height.div_ceil(2))
     }
 
+    /// A test pattern that moves: a diagonal luma ramp shifted by `n`
+    /// (the picture's number) and a chroma that drifts with it, so every
+    /// picture costs an encoder a real P frame (publishers in tests).
+    pub fn test_ramp(width: usize, height: usize, n: u64) -> Picture {
+        let (cw, ch) = Self::chroma_size(width, height);
+        Picture {
+            width,
+            height,
+            y: (0..width * height)
+                .map(|i| ((i % width + i / width + (n % 220) as usize * 4) % 220 + 16) as u8)
+                .collect(),
+            u: vec![(90 + n % 60) as u8; cw * ch],
+            v: vec![160; cw * ch],
+        }
+    }
+
     /// Box-filter downscale (every output pixel averages the source pixels
     /// it covers); sizes above the source are clamped to it.
     pub fn scaled(&self, width: usize, height: usize) -> Picture {

@@ -136,6 +136,41 @@ pub fn succeeded(out: &Output) -> String {
     stdout
 }
 
+/// `loadtest fanout` against `node`: `viewers` viewers, every one a full
+/// str0m peer (latency on every packet), on the low layer at 100 packets/s
+/// for 2 s. Asserts the run succeeded and every viewer joined and got the
+/// layer it asked for with under 1% loss; returns stdout (for the caller's
+/// assertion messages) and the JSON report.
+pub fn fanout_low_layer(node: &Node, viewers: u32) -> (String, serde_json::Value) {
+    let pid = node.pid().to_string();
+    let viewers_arg = viewers.to_string();
+    let (out, r) = loadtest(&[
+        "fanout",
+        "--url",
+        &node.url,
+        "--server-pid",
+        &pid,
+        "--viewers",
+        &viewers_arg,
+        "--layer",
+        "low",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--full-every",
+        "1",
+        "--expect",
+        "loss<1%,joined>=100%",
+    ]);
+    let stdout = succeeded(&out);
+    let all = f64::from(viewers);
+    assert_eq!(num(&r, "/viewers_joined"), all, "{stdout}");
+    assert_eq!(num(&r, "/viewers_on_asked_layer"), all, "{stdout}");
+    assert!(num(&r, "/loss_pct") < 1.0, "{stdout}");
+    (stdout, r)
+}
+
 /// The number at JSON pointer `path` of a report; panics naming it when absent.
 pub fn num(v: &serde_json::Value, path: &str) -> f64 {
     v.pointer(path)

@@ -1,5 +1,5 @@
 //! Runs a room's Opus -> AAC-LC transcoder (`hls_bridge::transcode::aac`)
-//! on a thread of its own ([`super::runner::CodecRunner`]), off the media
+//! on a thread of its own ([`AacRunner`], a [`super::runner::CodecRunner`]), off the media
 //! worker's packet path: decoding Opus and encoding AAC costs ~1% of a core
 //! per room, and a worker serves many rooms' packets. A full queue drops
 //! the Opus frame, counts it and warns; the transcoder conceals the gap,
@@ -39,55 +39,17 @@ impl ThreadCodec for OpusToAac {
     }
 }
 
-pub(super) struct AacRunner {
-    aac: AacConfig,
-    runner: CodecRunner<OpusToAac>,
-}
+/// The transcoder on its thread: Opus frames in (a full queue drops and
+/// counts), AAC access units out; `close` flushes the encoder on the
+/// thread, whose last units `poll` returns before `is_done` holds.
+pub(super) type AacRunner = CodecRunner<OpusToAac>;
 
-impl AacRunner {
-    /// Builds the transcoder (its AAC configuration is known at once, for
-    /// the init segment) and starts its thread.
-    pub(super) fn start(room: &RoomId) -> Result<Self, Error> {
-        let transcoder = OpusToAac::new(AacTranscoderConfig::default())?;
-        let aac = transcoder.aac_config().clone();
-        Ok(Self {
-            aac,
-            runner: CodecRunner::start(room, transcoder, QUEUE)?,
-        })
-    }
-
-    /// The AAC configuration of the output (the rendition's init segment).
-    pub(super) fn aac_config(&self) -> &AacConfig {
-        &self.aac
-    }
-
-    /// Frames dropped because the thread was behind.
-    pub(super) fn dropped(&self) -> u64 {
-        self.runner.dropped()
-    }
-
-    /// One Opus frame (never blocks).
-    pub(super) fn push(&mut self, frame: &OpusFrame) {
-        self.runner.push(frame.clone());
-    }
-
-    /// The next AAC access unit, if the thread finished one.
-    pub(super) fn poll_access_unit(&mut self) -> Option<AacAccessUnit> {
-        self.runner.poll()
-    }
-
-    /// The publisher left: closes the input without waiting. The thread
-    /// transcodes what is queued and flushes the encoder;
-    /// [`Self::poll_access_unit`] returns those last units, then
-    /// [`Self::is_done`] holds.
-    pub(super) fn close(&mut self) {
-        self.runner.close();
-    }
-
-    /// The thread ended and all its access units were polled.
-    pub(super) fn is_done(&self) -> bool {
-        self.runner.is_done()
-    }
+/// Builds the transcoder and starts its thread; returns it with the AAC
+/// configuration of its output (known at once, for the init segment).
+pub(super) fn start(room: &RoomId) -> Result<(AacRunner, AacConfig), Error> {
+    let transcoder = OpusToAac::new(AacTranscoderConfig::default())?;
+    let aac = transcoder.aac_config().clone();
+    Ok((CodecRunner::start(room, transcoder, QUEUE)?, aac))
 }
 
 #[cfg(test)]
@@ -120,9 +82,9 @@ mod tests {
         assert!(want.len() > 30, "{}", want.len());
 
         let room = RoomId::parse("aac-runner").unwrap();
-        let mut runner = AacRunner::start(&room).unwrap();
+        let (mut runner, _) = start(&room).unwrap();
         for i in 0..40 {
-            runner.push(&silence(i));
+            runner.push(silence(i));
         }
         // The worker's call returns at once (`runner::tests` shows it does
         // not wait for a flush in progress); the tail comes back later.
@@ -130,7 +92,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut got = Vec::new();
         while !runner.is_done() && Instant::now() < deadline {
-            match runner.poll_access_unit() {
+            match runner.poll() {
                 Some(u) => got.push(u.timestamp),
                 None => std::thread::sleep(Duration::from_millis(1)),
             }

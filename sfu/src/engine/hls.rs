@@ -32,7 +32,7 @@ use str0m::rtp::RtpPacket;
 use tracing::{debug, info, warn};
 
 use super::PeerId;
-use super::aac::AacRunner;
+use super::aac::{self as aac_thread, AacRunner};
 use super::ladder::LadderRunner;
 
 /// RFC 5905: NTP era 0 starts 2,208,988,800 s before the UNIX epoch.
@@ -43,12 +43,15 @@ const OPUS_TRACK: TrackId = TrackId(1000);
 const AAC_TRACK: TrackId = TrackId(1001);
 /// Ladder rung `i` is packaged as track `RUNG_TRACK + i`.
 const RUNG_TRACK: u32 = 2000;
-/// How long a room whose publisher left waits for the AAC thread's last
-/// access units (its queue and the encoder's flush: milliseconds) before
-/// its playlists end without them.
-const AAC_TAIL_WAIT: Duration = Duration::from_millis(250);
-/// How often the tap looks for those last access units meanwhile.
-const AAC_TAIL_POLL: Duration = Duration::from_millis(5);
+/// How long a room whose publisher left waits for its codec threads'
+/// last output before its playlists end without it: the AAC thread's
+/// queue and encoder flush take milliseconds; the ladder's queue holds up
+/// to 8 source frames at ~20 ms each for a 720p source (ARCHITECTURE.md,
+/// hls-bridge transcoding), so 500 ms covers both with room to spare on a
+/// loaded machine.
+const TAIL_WAIT: Duration = Duration::from_millis(500);
+/// How often the tap looks for that last output meanwhile.
+const TAIL_POLL: Duration = Duration::from_millis(5);
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -87,9 +90,10 @@ pub(super) struct HlsTap {
     rooms: BTreeMap<PeerId, HlsRoom>,
     /// Publishers of rooms whose HLS another publisher feeds.
     refused: BTreeMap<PeerId, RoomId>,
-    /// Rooms whose publisher left, waiting for the AAC thread's last
-    /// access units: (room, give up at, next look). Never the worker's
-    /// wait: the tap looks on its timer.
+    /// Rooms whose publisher left, waiting for the last output of their
+    /// codec threads (AAC access units, ladder rung frames): (room, give
+    /// up at, next look). Never the worker's wait: the tap looks on its
+    /// timer.
     finishing: Vec<(HlsRoom, Instant, Instant)>,
     /// Rooms that ended, with the time their state goes.
     ended: BTreeMap<RoomId, Instant>,
@@ -97,6 +101,16 @@ pub(super) struct HlsTap {
     out: VecDeque<HlsUpdate>,
     /// Parts and segments of rooms that ended.
     done: HlsStats,
+}
+
+/// Which track of which publisher a packet belongs to.
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    pid: PeerId,
+    video: bool,
+    /// Simulcast layer `layer` of `layers` (video).
+    layer: usize,
+    layers: usize,
 }
 
 struct HlsRoom {
@@ -164,6 +178,47 @@ impl HlsTap {
             (MediaKind::Audio, Some(Codec::Opus)) => false,
             _ => return Vec::new(),
         };
+        let report = packet.last_sender_info.as_ref().and_then(|sr| {
+            let unix = sr.ntp_time.duration_since(UNIX_EPOCH).ok()?;
+            let ntp = ((unix.as_secs() + NTP_UNIX) << 32)
+                | ((u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000);
+            Some(SenderReport {
+                ntp_time: ntp,
+                rtp_time: sr.rtp_time.numer() as u32,
+            })
+        });
+        let rtp = BridgeRtp {
+            sequence_number: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            payload: &packet.payload,
+        };
+        let track = Track {
+            pid,
+            video,
+            layer,
+            layers,
+        };
+        self.media(now, room, track, session_seed, report, rtp)
+    }
+
+    /// [`Self::packet`] once str0m's packet is read: `rtp` of `track`,
+    /// with the sender report str0m attached to it.
+    fn media(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        track: Track,
+        session_seed: u64,
+        report: Option<SenderReport>,
+        rtp: BridgeRtp<'_>,
+    ) -> Vec<usize> {
+        let Track {
+            pid,
+            video,
+            layer,
+            layers,
+        } = track;
         if !self.rooms.contains_key(&pid) {
             // Audio alone never starts HLS; a second publisher's video
             // never takes a room over from the first.
@@ -194,27 +249,11 @@ impl HlsTap {
             }
             OPUS_TRACK
         };
-        if let Some(sr) = &packet.last_sender_info
-            && let Ok(unix) = sr.ntp_time.duration_since(UNIX_EPOCH)
+        if let Some(sr) = report
+            && r.reports.insert(id, sr.ntp_time) != Some(sr.ntp_time)
         {
-            let ntp = ((unix.as_secs() + NTP_UNIX) << 32)
-                | ((u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000);
-            if r.reports.insert(id, ntp) != Some(ntp) {
-                let _ = r.bridge.handle_sender_report(
-                    id,
-                    SenderReport {
-                        ntp_time: ntp,
-                        rtp_time: sr.rtp_time.numer() as u32,
-                    },
-                );
-            }
+            let _ = r.bridge.handle_sender_report(id, sr);
         }
-        let rtp = BridgeRtp {
-            sequence_number: packet.header.sequence_number,
-            timestamp: packet.header.timestamp,
-            marker: packet.header.marker,
-            payload: &packet.payload,
-        };
         if let Err(e) = r.bridge.handle_rtp(now, id, rtp) {
             debug!(room = %r.room, track = %id, error = %e, "HLS dropped a packet");
         }
@@ -243,10 +282,11 @@ impl HlsTap {
             ..BridgeConfig::default()
         });
         // A new session of a room that just ended replaces it in the store
-        // (one still waiting for its AAC tail ends first, without it).
+        // (one still waiting for its codec threads ends first, without
+        // their last output).
         if let Some(i) = self.finishing.iter().position(|(r, ..)| &r.room == room) {
             let (r, ..) = self.finishing.remove(i);
-            warn!(%room, "HLS restarted before the AAC tail of its last session; that audio is cut");
+            warn!(%room, "HLS restarted before the codec tail of its last session; that tail is cut");
             self.end_room(now, r);
         }
         self.ended.remove(room);
@@ -302,10 +342,11 @@ impl HlsTap {
     }
 
     /// The publisher left: its room's playlists end (EXT-X-ENDLIST) and
-    /// stay served for `linger`. With an AAC rendition they end once the
-    /// transcoder thread handed back its last access units (the queue's
-    /// rest and the encoder's flush), on a later [`Self::timeout`]: this
-    /// call never waits for that thread.
+    /// stay served for `linger`. With an AAC rendition or a ladder they
+    /// end once those threads handed back their last output (the AAC
+    /// queue's rest and the encoder's flush; the rung frames of the source
+    /// frames still queued), on a later [`Self::timeout`]: this call never
+    /// waits for a thread.
     pub(super) fn publisher_left(&mut self, now: Instant, pid: PeerId) {
         self.refused.remove(&pid);
         let Some(mut r) = self.rooms.remove(&pid) else {
@@ -314,33 +355,41 @@ impl HlsTap {
         r.pump(now, &mut self.thumbnails, &mut self.out);
         // Another publisher of the room may take it over from its next packet.
         self.refused.retain(|_, room| *room != r.room);
+        if r.aac.is_none() && r.ladder.is_none() {
+            self.end_room(now, r);
+            return;
+        }
         if let Some(aac) = &mut r.aac {
             aac.close();
-            self.finishing.push((r, now + AAC_TAIL_WAIT, now));
-            self.finish_rooms(now);
-        } else {
-            self.end_room(now, r);
         }
+        if let Some(ladder) = &mut r.ladder {
+            ladder.close();
+        }
+        self.finishing.push((r, now + TAIL_WAIT, now));
+        self.finish_rooms(now);
     }
 
-    /// Moves the AAC tail of rooms whose publisher left into their last
-    /// parts; ends those whose thread is done (or that waited too long).
+    /// Moves the codec tails of rooms whose publisher left (AAC access
+    /// units, rung frames) into their last parts; ends those whose threads
+    /// are done (or that waited too long).
     fn finish_rooms(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.finishing.len() {
             let (r, give_up, next) = &mut self.finishing[i];
-            while let Some(unit) = r.aac.as_mut().and_then(AacRunner::poll_access_unit) {
-                r.push_aac(now, unit);
-            }
-            let done = r.aac.as_ref().is_none_or(AacRunner::is_done);
-            if done || now >= *give_up {
-                if !done {
+            r.drain_codecs(now);
+            let aac_done = r.aac.as_ref().is_none_or(AacRunner::is_done);
+            let ladder_done = r.ladder.as_ref().is_none_or(LadderRunner::is_done);
+            if (aac_done && ladder_done) || now >= *give_up {
+                if !aac_done {
                     warn!(room = %r.room, "AAC thread did not finish in time; the last audio is cut");
+                }
+                if !ladder_done {
+                    warn!(room = %r.room, "ladder thread did not finish in time; the rungs' last frames are cut");
                 }
                 let (r, ..) = self.finishing.remove(i);
                 self.end_room(now, r);
             } else {
-                *next = (now + AAC_TAIL_POLL).min(*give_up);
+                *next = (now + TAIL_POLL).min(*give_up);
                 i += 1;
             }
         }
@@ -435,8 +484,8 @@ impl HlsRoom {
             debug!(room = %self.room, error = %e, "HLS audio refused");
             return false;
         }
-        let aac = AacRunner::start(&self.room).and_then(|t| {
-            let init = fmp4::init_segment(&TrackConfig::Aac(t.aac_config().clone()))?;
+        let aac = aac_thread::start(&self.room).and_then(|(t, config)| {
+            let init = fmp4::init_segment(&TrackConfig::Aac(config))?;
             self.packager.add_audio(
                 AAC_TRACK,
                 AudioCodec::AacLc {
@@ -463,6 +512,29 @@ impl HlsRoom {
         };
         if let Err(e) = self.packager.push_audio_sample(now, AAC_TRACK, &sample, capture) {
             debug!(room = %self.room, error = %e, "AAC sample refused");
+        }
+    }
+
+    /// What the codec threads finished (AAC access units, rung frames)
+    /// into their renditions.
+    fn drain_codecs(&mut self, now: Instant) {
+        while let Some(unit) = self.aac.as_mut().and_then(AacRunner::poll) {
+            self.push_aac(now, unit);
+        }
+        let Some(ladder) = &mut self.ladder else {
+            return;
+        };
+        let source = TrackId(ladder.rungs() as u32 + 1);
+        while let Some((rung, frame)) = ladder.poll_frame() {
+            let ts = match &frame {
+                Frame::Video { au, .. } => au.timestamp,
+                Frame::Audio(a) => a.timestamp,
+            };
+            let capture = self.bridge.capture_time(source, ts);
+            let id = TrackId(RUNG_TRACK + rung.0 as u32);
+            if let Err(e) = self.packager.push_frame(now, id, &frame, capture) {
+                debug!(room = %self.room, rung = rung.0, error = %e, "HLS rung frame refused");
+            }
         }
     }
 
@@ -500,28 +572,12 @@ impl HlsRoom {
                 }
                 Frame::Audio(opus) => {
                     if let Some(aac) = &mut self.aac {
-                        aac.push(opus);
+                        aac.push(opus.clone());
                     }
                 }
             }
         }
-        while let Some(unit) = self.aac.as_mut().and_then(AacRunner::poll_access_unit) {
-            self.push_aac(now, unit);
-        }
-        if let Some(ladder) = &mut self.ladder {
-            let source = TrackId(ladder.rungs() as u32 + 1);
-            while let Some((rung, frame)) = ladder.poll_frame() {
-                let ts = match &frame {
-                    Frame::Video { au, .. } => au.timestamp,
-                    Frame::Audio(a) => a.timestamp,
-                };
-                let capture = self.bridge.capture_time(source, ts);
-                let id = TrackId(RUNG_TRACK + rung.0 as u32);
-                if let Err(e) = self.packager.push_frame(now, id, &frame, capture) {
-                    debug!(room = %self.room, rung = rung.0, error = %e, "HLS rung frame refused");
-                }
-            }
-        }
+        self.drain_codecs(now);
         if let Some(mut s) = self.packager.take_snapshot() {
             s.thumbnail = thumbnails.latest(&self.room);
             out.push_back(HlsUpdate::Publish(self.room.clone(), s));
@@ -533,5 +589,92 @@ impl HlsRoom {
             }
         }
         layers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hls_bridge::transcode::video::{H264Encoder, Picture, avcc_nal_units};
+
+    use super::*;
+
+    /// Frames of every complete segment and the open one.
+    fn frames(r: &hls_bridge::segmenter::RenditionSnapshot) -> u64 {
+        r.segments.iter().chain(&r.open).map(|s| s.frames).sum()
+    }
+
+    #[test]
+    fn the_ladder_rungs_end_with_the_last_frames_of_the_source() {
+        const FRAMES: usize = 24;
+        let config = TapConfig {
+            hls: HlsConfig::default(),
+            linger: Duration::from_secs(60),
+            ladder: true,
+        };
+        let mut tap = HlsTap::new(config, Instant::now(), Duration::from_secs(1_800_000_000));
+        let room = RoomId::parse("ladder-end").unwrap();
+        let track = Track {
+            pid: PeerId(1),
+            video: true,
+            layer: 0,
+            layers: 1,
+        };
+        let mut encoder = H264Encoder::new(300_000, 30.0).unwrap();
+        let mut seq = 0u16;
+        for n in 0..FRAMES {
+            if n > 0 {
+                // Real time for the ladder thread to keep up (a full queue
+                // would drop frames to the next IDR).
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            let ts = n as u32 * 3000;
+            let au = encoder
+                .encode(&Picture::test_ramp(128, 96, n as u64), i64::from(ts), n % 12 == 0)
+                .unwrap()
+                .expect("one access unit per picture");
+            let nalus = avcc_nal_units(&au.data).unwrap();
+            for (i, nalu) in nalus.iter().enumerate() {
+                let rtp = BridgeRtp {
+                    sequence_number: seq,
+                    timestamp: ts,
+                    marker: i + 1 == nalus.len(),
+                    payload: nalu,
+                };
+                seq = seq.wrapping_add(1);
+                tap.media(Instant::now(), &room, track, 7, None, rtp);
+            }
+        }
+        // The publisher leaves right after its last frame: the ladder
+        // thread still has that frame's rungs to encode.
+        tap.publisher_left(Instant::now(), track.pid);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let snapshot = loop {
+            let now = Instant::now();
+            tap.timeout(now);
+            let last = std::iter::from_fn(|| tap.poll_update())
+                .filter_map(|u| match u {
+                    HlsUpdate::Publish(_, s) => Some(s),
+                    HlsUpdate::Remove(_) => None,
+                })
+                .last();
+            if let Some(s) = last.filter(RoomSnapshot::ended) {
+                break s;
+            }
+            assert!(now < deadline, "the room never ended");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let video: BTreeMap<u8, u64> = snapshot
+            .renditions
+            .values()
+            .filter_map(|r| match r.kind {
+                hls_bridge::RenditionKind::Video { layer } => Some((layer, frames(r))),
+                hls_bridge::RenditionKind::Audio(_) => None,
+            })
+            .collect();
+        // The source (layer 2) and both rungs, each with every frame and
+        // EXT-X-ENDLIST.
+        let every = BTreeMap::from([(0, FRAMES as u64), (1, FRAMES as u64), (2, FRAMES as u64)]);
+        assert_eq!(video, every);
+        assert!(snapshot.renditions.values().all(|r| r.ended && r.open.is_none()));
     }
 }

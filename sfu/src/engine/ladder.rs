@@ -3,7 +3,10 @@
 //! layer costs about half a core (ARCHITECTURE.md, hls-bridge
 //! transcoding), far too much for the media worker's packet path. When the
 //! thread falls behind, frames are dropped up to the next IDR, so the
-//! decoder never sees a broken reference chain.
+//! decoder never sees a broken reference chain. When the publisher leaves,
+//! the input closes and the thread encodes what is queued; the tap collects
+//! those last rung frames on later ticks, as it does the AAC flush, before
+//! the rungs' playlists end.
 
 use hls_bridge::h264::{AccessUnit, AvcConfig};
 use hls_bridge::transcode::ladder::{Ladder, LadderConfig, RungId};
@@ -73,5 +76,18 @@ impl LadderRunner {
     /// The next encoded rung frame, if the thread finished one.
     pub(super) fn poll_frame(&mut self) -> Option<(RungId, Frame)> {
         self.runner.poll()
+    }
+
+    /// The publisher left: closes the input without waiting. The thread
+    /// encodes the rungs of the source frames still queued (openh264
+    /// holds no frame back, so there is nothing else to flush);
+    /// [`Self::poll_frame`] returns them, then [`Self::is_done`] holds.
+    pub(super) fn close(&mut self) {
+        self.runner.close();
+    }
+
+    /// The thread ended and all its frames were polled.
+    pub(super) fn is_done(&self) -> bool {
+        self.runner.is_done()
     }
 }

@@ -93,20 +93,6 @@ fn pt(rtc: &Rtc, mid: Mid) -> Pt {
     rtc.media(mid).unwrap().remote_pts()[0]
 }
 
-/// A moving test pattern: the luma ramp shifts by `n` each picture.
-fn picture(width: usize, height: usize, n: u64) -> Picture {
-    let (cw, ch) = Picture::chroma_size(width, height);
-    Picture {
-        width,
-        height,
-        y: (0..width * height)
-            .map(|i| (((i % width) + (i / width) + n as usize * 4) % 220 + 16) as u8)
-            .collect(),
-        u: vec![(90 + n % 60) as u8; cw * ch],
-        v: vec![160; cw * ch],
-    }
-}
-
 /// Publishes H.264 (one layer) and audio to `room` at 15 fps.
 pub async fn publish(node: &Node, http: &Http, room: &str, video_mode: Video) -> LivePublisher {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -229,7 +215,7 @@ pub async fn publish(node: &Node, http: &Http, room: &str, video_mode: Video) ->
                             let (w, h) = ((wanted >> 16) as usize, (wanted & 0xffff) as usize);
                             let (_, enc) = encoder.as_mut().unwrap();
                             let idr = std::mem::take(&mut want_idr);
-                            match enc.encode(&picture(w, h, frame), ts as i64, idr) {
+                            match enc.encode(&Picture::test_ramp(w, h, frame), ts as i64, idr) {
                                 Ok(Some(au)) => avcc_nal_units(&au.data)
                                     .unwrap()
                                     .into_iter()

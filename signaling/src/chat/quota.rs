@@ -8,6 +8,9 @@
 //! where the sender is connected spends a *lease*: whole tokens the owner
 //! took out of its bucket for it, about a quarter second's worth
 //! ([`lease_size`]), asking for the next lease only when this one is spent.
+//! Held tokens lapse [`LEASE_LIFETIME`] after the owner granted them: the
+//! holder drops them and asks again, so a lease never outlives the bucket
+//! state (or the owner) it was taken from.
 //!
 //! - On the owner itself a send takes a token straight from the bucket: no
 //!   lease, no bus call (one node behaves exactly as before).
@@ -26,9 +29,12 @@
 //!
 //! Bounds: over any window of `T` seconds a sender's accepted messages
 //! across all nodes stay within `rate × T + burst`, plus what leases held at
-//! the window's start (at most one lease per node), plus one credited token
-//! per node. When the owner changes (a node joins or leaves) the new owner
-//! starts with a full bucket: at most one extra burst per change.
+//! the window's start (at most one lease per node, each granted less than
+//! [`LEASE_LIFETIME`] before: none is left over from older bucket states),
+//! plus one credited token per node. When the owner changes (a node joins
+//! or leaves) the new owner starts with a full bucket: at most one extra
+//! burst per change, and the leases the old owner granted are spent within
+//! [`LEASE_LIFETIME`] or lapse.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -45,6 +51,16 @@ const LEASE_IDLE: Duration = Duration::from_secs(10);
 pub const FIRST_CREDIT: u32 = 1;
 /// How long an owner that could not be asked is left alone.
 pub const OWNER_DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long leased tokens stay spendable after the owner granted them.
+/// A lease is a quarter second's worth at the sender's rate, so a sender
+/// within its rate spends it long before this; only a sender who pauses
+/// holds tokens longer, and then they lapse and its next message waits for
+/// one owner round trip (a millisecond or so on the bus). Five seconds
+/// keeps that wait off a sender chatting at a human pace (a message every
+/// few seconds), while tokens from an old owner or from a bucket long
+/// since refilled (the owner's burst refills in one second) cannot be
+/// hoarded and spent on top of fresh ones.
+pub const LEASE_LIFETIME: Duration = Duration::from_secs(5);
 /// Largest lease and debt a request may carry (bad input is refused).
 pub const MAX_TOKENS: u32 = 10_000;
 /// Highest rate a request may name.
@@ -186,6 +202,9 @@ struct OwnerBucket {
 struct Lease {
     /// Tokens granted (or credited) and not yet spent.
     tokens: u32,
+    /// When the oldest of `tokens` was granted (or credited): all of them
+    /// lapse [`LEASE_LIFETIME`] after.
+    granted: Instant,
     /// Tokens spent on credit, not yet reported to the owner.
     owed: u32,
     /// Requests sent and not answered.
@@ -227,12 +246,14 @@ impl Quota {
         }
         let lease = self.leases.entry(key.to_owned()).or_insert(Lease {
             tokens: FIRST_CREDIT,
+            granted: now,
             owed: FIRST_CREDIT,
             in_flight: 0,
             refused_until: None,
             touched: now,
         });
         lease.touched = now;
+        lease.lapse(now);
         if lease.tokens > 0 {
             lease.tokens -= 1;
             if lease.tokens == 0 && lease.in_flight == 0 {
@@ -253,6 +274,12 @@ impl Quota {
         l.in_flight = l.in_flight.saturating_sub(1);
         match grant {
             Grant::Tokens(n) => {
+                // Tokens still held keep their (older) grant time, so none
+                // outlives its lifetime: the new ones lapse with them.
+                l.lapse(now);
+                if l.tokens == 0 {
+                    l.granted = now;
+                }
                 l.tokens = l.tokens.saturating_add(n);
                 l.refused_until = None;
             }
@@ -318,14 +345,16 @@ impl Quota {
     }
 
     fn spend_leased(&mut self, key: &str, now: Instant) -> bool {
-        match self.leases.get_mut(key) {
-            Some(l) if l.tokens > 0 => {
-                l.tokens -= 1;
-                l.touched = now;
-                true
-            }
-            _ => false,
+        let Some(l) = self.leases.get_mut(key) else {
+            return false;
+        };
+        l.lapse(now);
+        if l.tokens == 0 {
+            return false;
         }
+        l.tokens -= 1;
+        l.touched = now;
+        true
     }
 
     fn is_down(&mut self, owner: &NodeId, now: Instant) -> bool {
@@ -357,6 +386,14 @@ impl Lease {
         }
     }
 
+    /// Drops the held tokens once [`LEASE_LIFETIME`] passed since their
+    /// grant; the next send asks the owner again.
+    fn lapse(&mut self, now: Instant) {
+        if self.tokens > 0 && now.saturating_duration_since(self.granted) >= LEASE_LIFETIME {
+            self.tokens = 0;
+        }
+    }
+
     fn idle(&self, now: Instant) -> bool {
         self.owed == 0 && self.in_flight == 0 && now.saturating_duration_since(self.touched) >= LEASE_IDLE
     }
@@ -372,6 +409,15 @@ mod tests {
 
     fn node(s: &str) -> NodeId {
         NodeId::parse(s).unwrap()
+    }
+
+    /// `r/x`'s first send on a node where `owner` owns it: passes on
+    /// credit and asks for a lease in the background.
+    fn first_send(q: &mut Quota, owner: &NodeId, now: Instant) -> Ask {
+        match q.check("r/x", Some(owner), 10.0, now) {
+            Decision::PassAndAsk(ask) => ask,
+            other => panic!("a first send passes on credit, not {other:?}"),
+        }
     }
 
     #[test]
@@ -467,9 +513,7 @@ mod tests {
         let t0 = Instant::now();
         let b = node("b");
         let mut q = Quota::default();
-        let Decision::PassAndAsk(_) = q.check("r/x", Some(&b), 10.0, t0) else {
-            panic!()
-        };
+        first_send(&mut q, &b, t0);
         q.answered("r/x", Grant::Refused(ms(80)), t0);
         assert_eq!(
             q.check("r/x", Some(&b), 10.0, t0 + ms(30)),
@@ -490,9 +534,7 @@ mod tests {
         let t0 = Instant::now();
         let b = node("b");
         let mut q = Quota::default();
-        let Decision::PassAndAsk(ask) = q.check("r/x", Some(&b), 10.0, t0) else {
-            panic!()
-        };
+        let ask = first_send(&mut q, &b, t0);
         assert!(q.failed("r/x", &ask, t0));
         assert_eq!(q.check("r/x", Some(&b), 10.0, t0 + ms(10)), Decision::Fallback);
         assert_eq!(q.check("r/y", Some(&b), 10.0, t0 + ms(10)), Decision::Fallback);
@@ -515,9 +557,7 @@ mod tests {
         let t0 = Instant::now();
         let b = node("b");
         let mut q = Quota::default();
-        let Decision::PassAndAsk(_) = q.check("r/x", Some(&b), 10.0, t0) else {
-            panic!()
-        };
+        first_send(&mut q, &b, t0);
         q.answered("r/x", Grant::Tokens(3), t0);
         // b left; this node owns the key now: the 3 leased tokens first,
         // then the own bucket (full: the bounded extra burst of a change).
@@ -525,6 +565,83 @@ mod tests {
             .filter(|_| q.check("r/x", None, 10.0, t0) == Decision::Pass)
             .count();
         assert_eq!(passed, 13);
+    }
+
+    #[test]
+    fn held_tokens_lapse_after_their_lifetime_and_the_owner_is_asked_again() {
+        let t0 = Instant::now();
+        let b = node("b");
+        let mut q = Quota::default();
+        first_send(&mut q, &b, t0);
+        q.answered("r/x", Grant::Tokens(3), t0 + ms(1));
+        // Spendable within the lifetime, however slowly.
+        let within = t0 + ms(1) + LEASE_LIFETIME - ms(1);
+        assert_eq!(q.check("r/x", Some(&b), 10.0, t0 + ms(500)), Decision::Pass);
+        assert_eq!(q.check("r/x", Some(&b), 10.0, within), Decision::Pass);
+        // The last token lapses: dropped, and this send asks (nothing owed).
+        let lapsed = t0 + ms(1) + LEASE_LIFETIME;
+        assert_eq!(
+            q.check("r/x", Some(&b), 10.0, lapsed),
+            Decision::Ask(Ask {
+                owner: b.clone(),
+                want: 3,
+                owed: 0
+            })
+        );
+        assert_eq!(q.after_answer("r/x", Grant::Tokens(3), 10.0, lapsed), Ok(()));
+        // The fresh lease lives its own lifetime.
+        assert_eq!(
+            q.check("r/x", Some(&b), 10.0, lapsed + LEASE_LIFETIME - ms(1)),
+            Decision::Pass
+        );
+        assert!(matches!(
+            q.check("r/x", Some(&b), 10.0, lapsed + LEASE_LIFETIME),
+            Decision::Ask(_)
+        ));
+    }
+
+    #[test]
+    fn a_grant_on_top_of_held_tokens_lapses_with_the_oldest() {
+        let t0 = Instant::now();
+        let b = node("b");
+        let mut q = Quota::default();
+        first_send(&mut q, &b, t0);
+        let Decision::Ask(_) = q.check("r/x", Some(&b), 10.0, t0) else {
+            panic!()
+        };
+        // Two asks in flight: the first answered at once, the second late.
+        q.answered("r/x", Grant::Tokens(3), t0);
+        q.answered("r/x", Grant::Tokens(3), t0 + ms(4000));
+        assert_eq!(q.check("r/x", Some(&b), 10.0, t0 + ms(4500)), Decision::Pass);
+        // All five held tokens go with the oldest grant.
+        assert!(matches!(
+            q.check("r/x", Some(&b), 10.0, t0 + LEASE_LIFETIME),
+            Decision::Ask(_)
+        ));
+    }
+
+    #[test]
+    fn lapsed_tokens_are_not_spent_by_a_new_owner_or_while_the_owner_is_down() {
+        let t0 = Instant::now();
+        let b = node("b");
+        let mut q = Quota::default();
+        let ask = first_send(&mut q, &b, t0);
+        q.answered("r/x", Grant::Tokens(3), t0);
+        // The owner cannot be asked later: the held tokens serve until
+        // they lapse, then the node's own bucket decides.
+        q.failed("r/y", &ask, t0 + ms(4000));
+        assert_eq!(q.check("r/x", Some(&b), 10.0, t0 + ms(4000)), Decision::Pass);
+        assert_eq!(
+            q.check("r/x", Some(&b), 10.0, t0 + LEASE_LIFETIME),
+            Decision::Fallback
+        );
+        // This node owns the key now: only its own bucket (the 10 of one
+        // burst), none of the lapsed lease's tokens.
+        let later = t0 + LEASE_LIFETIME + ms(1);
+        let passed = (0..20)
+            .filter(|_| q.check("r/x", None, 10.0, later) == Decision::Pass)
+            .count();
+        assert_eq!(passed, 10);
     }
 
     #[test]
