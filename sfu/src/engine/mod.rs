@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
 use signaling::media::{PublisherInfo, RoomInfo, TrackInfo, ViewerInfo};
 use signaling::{IcePatch, IceRestartAnswer, LayerPref, MediaError, RoomId, SessionId};
 use str0m::bwe::{Bitrate, BweKind};
@@ -206,8 +207,10 @@ pub struct Engine {
     rng: SmallRng,
     next_peer: u64,
     /// Boxed: a `Peer` (its `Rtc` inline) is ~10 KB, and a map of values
-    /// keeps up to half its slots empty after growing.
-    peers: HashMap<PeerId, Box<Peer>>,
+    /// keeps up to half its slots empty after growing. Fx-hashed: looked up
+    /// per viewer per forwarded packet, and the keys are our own counter
+    /// (no one outside chooses them, so no hash flooding).
+    peers: FxHashMap<PeerId, Box<Peer>>,
     by_session: HashMap<SessionId, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
@@ -233,7 +236,7 @@ pub struct Engine {
     hls_keyframes: Vec<(PeerId, usize)>,
     /// Sources of rooms homed on other engines, fed by [`Relay`]; their
     /// ids come from the same counter as peers'.
-    mirrors: HashMap<PeerId, Box<Mirror>>,
+    mirrors: FxHashMap<PeerId, Box<Mirror>>,
     /// (home, the source's id there) → the mirror's id here.
     mirror_ids: HashMap<(WorkerId, PeerId), PeerId>,
     relays: VecDeque<(WorkerId, Relay)>,
@@ -281,7 +284,9 @@ struct Peer {
     offer: String,
     local_ufrag: String,
     addrs: Vec<SocketAddr>,
-    timer: Instant,
+    /// The peer's entry in `Engine::timers`; `None` while it has none
+    /// (new, or popped as due and not yet driven).
+    timer: Option<Instant>,
     last_rx: Instant,
     role: Role,
     /// RTP was written since the last drive: str0m timestamps and sends
@@ -404,7 +409,7 @@ impl Engine {
             config,
             cert,
             next_peer: 1,
-            peers: HashMap::new(),
+            peers: FxHashMap::default(),
             by_session: HashMap::new(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
@@ -422,7 +427,7 @@ impl Engine {
             last_input: now,
             hls,
             hls_keyframes: Vec::new(),
-            mirrors: HashMap::new(),
+            mirrors: FxHashMap::default(),
             mirror_ids: HashMap::new(),
             relays: VecDeque::new(),
         })
@@ -602,6 +607,9 @@ impl Engine {
                 break;
             }
             self.timers.pop_first();
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.timer = None;
+            }
             due.push(id);
         }
         for id in due.drain(..) {
@@ -767,7 +775,7 @@ impl Engine {
                 offer,
                 local_ufrag,
                 addrs: Vec::new(),
-                timer: now,
+                timer: None,
                 last_rx: now,
                 role,
                 dirty: false,
@@ -910,7 +918,9 @@ impl Engine {
                 }
             }
         }
-        self.timers.remove(&(peer.timer, id));
+        if let Some(at) = peer.timer {
+            self.timers.remove(&(at, id));
+        }
         self.by_session.remove(&peer.session);
         self.by_ufrag.remove(&peer.local_ufrag);
         for addr in &peer.addrs {
@@ -963,9 +973,15 @@ impl Engine {
             loop {
                 match peer.rtc.poll_output() {
                     Ok(Output::Timeout(at)) => {
-                        self.timers.remove(&(peer.timer, id));
-                        peer.timer = at;
-                        self.timers.insert((at, id));
+                        // Most drives leave the deadline where it was: no
+                        // BTreeSet remove and insert then.
+                        if peer.timer != Some(at) {
+                            if let Some(old) = peer.timer {
+                                self.timers.remove(&(old, id));
+                            }
+                            peer.timer = Some(at);
+                            self.timers.insert((at, id));
+                        }
                         break;
                     }
                     Ok(Output::Transmit(t)) => push_transmit(&mut self.stats, &mut self.transmits, t),
