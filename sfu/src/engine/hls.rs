@@ -555,24 +555,24 @@ impl HlsRoom {
             if let Err(e) = self.packager.push_frame(now, id, &frame, capture) {
                 debug!(room = %self.room, track = %id, error = %e, "HLS frame refused");
             }
-            match &frame {
+            match frame {
                 Frame::Video { au, new_config } => {
                     if let Some(c) = new_config {
-                        self.avc.insert(id, c.clone());
+                        self.avc.insert(id, c);
                     }
                     if let Some(avc) = self.avc.get(&id) {
                         if au.keyframe {
                             let layer = (id.0 - 1) as u8;
-                            thumbnails.handle_access_unit(now, self.room.clone(), layer, avc, au);
+                            thumbnails.handle_access_unit(now, self.room.clone(), layer, avc, &au);
                         }
                         if let Some(ladder) = &mut self.ladder {
-                            ladder.push(avc, au);
+                            ladder.push(avc, &au);
                         }
                     }
                 }
                 Frame::Audio(opus) => {
                     if let Some(aac) = &mut self.aac {
-                        aac.push(opus.clone());
+                        aac.push(opus);
                     }
                 }
             }
