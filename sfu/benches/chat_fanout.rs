@@ -232,6 +232,11 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
                 latencies_us: Vec::with_capacity(per_client),
                 closed: false,
             };
+            // One wait for the stop signal for the whole run: a `changed()`
+            // made per message would register with the channel (a lock
+            // shared by every receiver) a million times a second.
+            let stopped = stop.changed();
+            tokio::pin!(stopped);
             loop {
                 tokio::select! {
                     m = ws.next() => match m {
@@ -249,7 +254,7 @@ async fn run(clients: usize, rate: f64, duration: Duration) {
                             break;
                         }
                     },
-                    _ = stop.changed() => break,
+                    _ = &mut stopped => break,
                 }
             }
             r
