@@ -118,6 +118,9 @@ pub struct Client {
     pub realm: String,
     pub nonce: Option<String>,
     pending: Vec<Incoming>,
+    /// Transactions already answered: late answers to their
+    /// retransmissions are dropped, not queued.
+    answered: Vec<TransactionId>,
 }
 
 impl Client {
@@ -146,6 +149,7 @@ impl Client {
             realm: REALM.to_owned(),
             nonce: None,
             pending: Vec::new(),
+            answered: Vec::new(),
         }
     }
 
@@ -208,6 +212,9 @@ impl Client {
     }
 
     /// Sends a request and returns the response with the same transaction.
+    /// Over UDP the request is retransmitted as RFC 8489 section 6.2.1 has
+    /// a client do (RTO 500 ms, doubling), so a datagram the kernel drops
+    /// under load costs a retransmission, not the test.
     pub async fn request(
         &mut self,
         method: Method,
@@ -216,8 +223,24 @@ impl Client {
     ) -> Vec<u8> {
         let txid = TransactionId::generate();
         let bytes = self.build(method, txid, sign, attrs);
-        self.send_raw(&bytes).await;
-        self.response(txid).await
+        if matches!(self.conn, Conn::Tcp(_)) {
+            self.send_raw(&bytes).await;
+            return self.response(txid).await;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut rto = Duration::from_millis(500);
+        loop {
+            self.send_raw(&bytes).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Some(resp) = self.response_within(txid, rto.min(left)).await {
+                return resp;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no response to {method:?} within {WAIT:?}"
+            );
+            rto *= 2;
+        }
     }
 
     pub fn build(
@@ -248,17 +271,28 @@ impl Client {
     }
 
     pub async fn response(&mut self, txid: TransactionId) -> Vec<u8> {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.response_within(txid, WAIT).await.expect("no response")
+    }
+
+    /// The response with transaction `txid`, or `None` after `wait`. Other
+    /// arrivals are queued for `recv`, except answers to transactions
+    /// already answered (a retransmission's second answer). Over TCP only
+    /// a final wait is safe: a cancelled frame read loses its bytes.
+    async fn response_within(&mut self, txid: TransactionId, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let got = tokio::time::timeout(left, self.recv_one())
-                .await
-                .expect("no response");
+            let got = tokio::time::timeout(left, self.recv_one()).await.ok()?;
             if let Incoming::Stun(bytes) = &got
                 && let Ok(msg) = Message::from_bytes(bytes)
-                && msg.transaction_id() == txid
             {
-                return bytes.clone();
+                if msg.transaction_id() == txid {
+                    self.answered.push(txid);
+                    return Some(bytes.clone());
+                }
+                if self.answered.contains(&msg.transaction_id()) {
+                    continue;
+                }
             }
             self.pending.push(got);
         }
