@@ -274,6 +274,10 @@ impl MediaNode for Node {
                 _ => merged.push(r),
             }
         }
+        // A room with no session left is bookkeeping, not a room: its home
+        // keeps it until the unwatch from a worker whose last viewer just
+        // left arrives (a relay, a moment later).
+        merged.retain(|r| !r.publishers.is_empty() || !r.viewers.is_empty());
         merged
     }
 
