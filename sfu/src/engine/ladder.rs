@@ -15,8 +15,11 @@ use signaling::RoomId;
 
 use super::runner::{CodecRunner, Pushed, ThreadCodec};
 
-/// Source access units queued for the ladder thread at most.
-const QUEUE: usize = 8;
+/// Source access units queued for the ladder thread at most: 1 s at
+/// 30 fps, like the AAC thread's second of audio. A thread that stalls
+/// for less (a busy machine's scheduler) catches up without a drop; a
+/// drop costs every frame up to the next IDR, up to a whole segment.
+const QUEUE: usize = 30;
 
 impl ThreadCodec for Ladder {
     type In = (AvcConfig, AccessUnit);
