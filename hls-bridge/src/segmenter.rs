@@ -55,7 +55,7 @@ pub struct HlsConfig {
 impl Default for HlsConfig {
     fn default() -> Self {
         Self {
-            part_target: Duration::from_millis(333),
+            part_target: Duration::from_millis(334),
             segment_target: Duration::from_secs(2),
             window_segments: 6,
             dvr_window: Duration::from_secs(30),

@@ -91,25 +91,25 @@ fn map_or_date_after_a_part_is_c5() {
 fn long_or_short_parts_are_c6() {
     let text = media(&snapshot(), "v1");
     flags(
-        &text.replacen("DURATION=0.30000,URI=\"part_", "DURATION=0.34000,URI=\"part_", 1),
+        &text.replacen("DURATION=0.33333,URI=\"part_", "DURATION=0.34000,URI=\"part_", 1),
         "C6",
     );
     // A short part in the middle of a segment, not independent.
     let second = text
-        .match_indices("DURATION=0.30000,URI=\"part_")
+        .match_indices("DURATION=0.33333,URI=\"part_")
         .nth(1)
         .unwrap()
         .0;
     let bad = format!("{}DURATION=0.10000{}", &text[..second], &text[second + 16..]);
     flags(&bad, "C6");
-    flags(&text.replace("#EXT-X-PART-INF:PART-TARGET=0.333\n", ""), "C6");
+    flags(&text.replace("#EXT-X-PART-INF:PART-TARGET=0.334\n", ""), "C6");
 }
 
 #[test]
 fn part_hold_back_under_three_parts_is_c7() {
     let text = media(&snapshot(), "v1");
     flags(
-        &text.replace("PART-HOLD-BACK=0.999", "PART-HOLD-BACK=0.666"),
+        &text.replace("PART-HOLD-BACK=1.002", "PART-HOLD-BACK=0.666"),
         "C7",
     );
     flags(&text.replace("HOLD-BACK=9.0", "HOLD-BACK=6.0"), "C7");
@@ -184,7 +184,7 @@ fn missing_rendition_report_or_different_server_control_is_caught() {
     let mut bad = good.clone();
     bad.insert(
         format!("{}/v0/index.m3u8", snap.session),
-        checker::check_media(&media(&snap, "v0").replace("PART-HOLD-BACK=0.999", "PART-HOLD-BACK=1.5")).0,
+        checker::check_media(&media(&snap, "v0").replace("PART-HOLD-BACK=1.002", "PART-HOLD-BACK=1.5")).0,
     );
     let v = checker::check_multivariant(&mv, &bad);
     assert!(v.iter().any(|e| e.starts_with("C7")), "{v:?}");
@@ -213,8 +213,8 @@ fn reload_invariants_are_c2_c3_c7() {
     let cases = [
         ("#EXT-X-TARGETDURATION:3", "#EXT-X-TARGETDURATION:4", "C2"),
         (
-            "#EXT-X-PART-INF:PART-TARGET=0.333",
             "#EXT-X-PART-INF:PART-TARGET=0.334",
+            "#EXT-X-PART-INF:PART-TARGET=0.335",
             "C7",
         ),
         ("seg_1.m4s", "seg_1b.m4s", "C3"),

@@ -68,7 +68,7 @@ fn simulcast_room_is_conformant_and_aligned() {
     for r in snap.renditions.values() {
         for s in &r.segments {
             for p in &s.parts {
-                assert!(p.duration <= 0.333 + 1e-9);
+                assert!(p.duration <= 0.334 + 1e-9);
             }
         }
     }
@@ -79,8 +79,8 @@ fn simulcast_room_is_conformant_and_aligned() {
         text.contains("#EXT-X-RENDITION-REPORT:URI=\"../opus/index.m3u8\""),
         "{text}"
     );
-    assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.333"));
-    assert!(text.contains("PART-HOLD-BACK=0.999"));
+    assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.334"));
+    assert!(text.contains("PART-HOLD-BACK=1.002"));
     let mv = playlist::multivariant(snap, "").unwrap();
     assert_eq!(mv.matches("#EXT-X-STREAM-INF").count(), 3, "{mv}");
     assert!(
@@ -89,6 +89,25 @@ fn simulcast_room_is_conformant_and_aligned() {
     );
     assert!(mv.contains("CODECS=\"avc1.42e01f,opus\""), "{mv}");
     assert!(mv.contains("FRAME-RATE=30.000"), "{mv}");
+}
+
+/// Every common camera and encoder frame rate fills its parts: a whole
+/// number of frames fits in 85-100 % of the default PART-TARGET (C6).
+#[test]
+fn common_frame_rates_fill_the_default_parts() {
+    for fps in [10, 12, 15, 24, 25, 30, 50, 60] {
+        let mut room = Room::new(HlsConfig::default(), &ladder()[..1], true);
+        room.layers[0].fps = fps;
+        room.run(Duration::from_secs(20));
+        let v = conformance(&room.snapshots);
+        assert!(
+            v.is_empty(),
+            "{fps} fps: {} violations, first: {:#?}",
+            v.len(),
+            &v[..v.len().min(5)]
+        );
+        assert!(room.last().renditions["v0"].segments.len() >= 6, "{fps} fps");
+    }
 }
 
 #[test]

@@ -106,7 +106,9 @@ pub struct ServeArgs {
     /// Do not serve rooms as LL-HLS under /hls/ [default: every room with an H.264 publisher].
     #[arg(long, env = "SFU_NO_HLS")]
     pub no_hls: bool,
-    /// LL-HLS part target in milliseconds, 200-1000 [default: 333].
+    /// LL-HLS part target in milliseconds, 200-1000 [default: 334: a third
+    /// of a second rounded up, so 10, 12, 15, 24, 25, 30, 50 and 60 fps all
+    /// fill a part to 85-100 %].
     #[arg(long, env = "SFU_HLS_PART_MS")]
     pub hls_part_ms: Option<u64>,
     /// LL-HLS segment target in milliseconds (keyframes are requested at

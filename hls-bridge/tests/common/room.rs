@@ -110,6 +110,8 @@ pub struct Layer {
     pub seq: u16,
     pub ts0: u32,
     pub frame: u64,
+    /// Frames per second, on exact timestamps (an encoder's clock).
+    pub fps: u64,
     pub wants_idr: bool,
     /// Never send an IDR (a broken encoder).
     pub never_idr: bool,
@@ -164,6 +166,7 @@ impl Room {
                     seq: 1000 * (i as u16 + 1),
                     ts0: 0x1234_5678u32.wrapping_mul(i as u32 + 3),
                     frame: 0,
+                    fps: 30,
                     wants_idr: true,
                     never_idr: false,
                     stopped: false,
@@ -211,8 +214,8 @@ impl Room {
             let elapsed = self.now.duration_since(self.t0);
             let ms = elapsed.as_millis() as u64;
             for i in 0..self.layers.len() {
-                // 30 fps: frame n is due at n * 100 / 3 ms.
-                let due = self.layers[i].frame * 100 / 3;
+                // Frame n is due at n / fps s.
+                let due = self.layers[i].frame * 1000 / self.layers[i].fps;
                 if ms >= due && !self.layers[i].stopped {
                     self.send_frame(i);
                 }
@@ -276,7 +279,7 @@ impl Room {
         l.wants_idr = false;
         let n = l.frame;
         l.frame += 1;
-        let ts = l.ts0.wrapping_add((n * 3000) as u32);
+        let ts = l.ts0.wrapping_add((n * 90_000 / l.fps) as u32);
         let nalus = if idr {
             vec![
                 sps(l.width, l.height),
