@@ -12,10 +12,14 @@ use common::room::{Room, conformance, ladder};
 use hls_bridge::{HlsConfig, playlist};
 
 fn assert_conformant(room: &Room) {
+    assert_conformant_as(room, "room");
+}
+
+fn assert_conformant_as(room: &Room, what: &str) {
     let v = conformance(&room.snapshots);
     assert!(
         v.is_empty(),
-        "{} violations, first: {:#?}",
+        "{what}: {} violations, first: {:#?}",
         v.len(),
         &v[..v.len().min(10)]
     );
@@ -99,13 +103,7 @@ fn common_frame_rates_fill_the_default_parts() {
         let mut room = Room::new(HlsConfig::default(), &ladder()[..1], true);
         room.layers[0].fps = fps;
         room.run(Duration::from_secs(20));
-        let v = conformance(&room.snapshots);
-        assert!(
-            v.is_empty(),
-            "{fps} fps: {} violations, first: {:#?}",
-            v.len(),
-            &v[..v.len().min(5)]
-        );
+        assert_conformant_as(&room, &format!("{fps} fps"));
         assert!(room.last().renditions["v0"].segments.len() >= 6, "{fps} fps");
     }
 }
