@@ -169,12 +169,25 @@ impl Client {
         }
     }
 
-    /// Next datagram or frame, or `None` after `wait`.
+    /// Next datagram or frame, or `None` after `wait`; a late answer to a
+    /// retransmitted request already answered is skipped.
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Incoming> {
         if !self.pending.is_empty() {
             return Some(self.pending.remove(0));
         }
-        tokio::time::timeout(wait, self.recv_one()).await.ok()
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let got = tokio::time::timeout(left, self.recv_one()).await.ok()?;
+            if !self.is_late_answer(&got) {
+                return Some(got);
+            }
+        }
+    }
+
+    fn is_late_answer(&self, got: &Incoming) -> bool {
+        matches!(got, Incoming::Stun(bytes)
+            if Message::from_bytes(bytes).is_ok_and(|m| self.answered.contains(&m.transaction_id())))
     }
 
     pub async fn recv(&mut self) -> Incoming {
@@ -284,17 +297,14 @@ impl Client {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let got = tokio::time::timeout(left, self.recv_one()).await.ok()?;
             if let Incoming::Stun(bytes) = &got
-                && let Ok(msg) = Message::from_bytes(bytes)
+                && Message::from_bytes(bytes).is_ok_and(|m| m.transaction_id() == txid)
             {
-                if msg.transaction_id() == txid {
-                    self.answered.push(txid);
-                    return Some(bytes.clone());
-                }
-                if self.answered.contains(&msg.transaction_id()) {
-                    continue;
-                }
+                self.answered.push(txid);
+                return Some(bytes.clone());
             }
-            self.pending.push(got);
+            if !self.is_late_answer(&got) {
+                self.pending.push(got);
+            }
         }
     }
 
