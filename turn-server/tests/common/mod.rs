@@ -175,19 +175,31 @@ impl Client {
         if !self.pending.is_empty() {
             return Some(self.pending.remove(0));
         }
-        let deadline = tokio::time::Instant::now() + wait;
+        self.arrival(tokio::time::Instant::now() + wait, None).await
+    }
+
+    /// Next datagram or frame before `deadline`, skipping answers to
+    /// transactions already answered other than `awaited` (a request the
+    /// test sends twice on purpose).
+    async fn arrival(
+        &mut self,
+        deadline: tokio::time::Instant,
+        awaited: Option<TransactionId>,
+    ) -> Option<Incoming> {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let got = tokio::time::timeout(left, self.recv_one()).await.ok()?;
-            if !self.is_late_answer(&got) {
+            let late = match &got {
+                Incoming::Stun(bytes) => Message::from_bytes(bytes).is_ok_and(|m| {
+                    let id = m.transaction_id();
+                    Some(id) != awaited && self.answered.contains(&id)
+                }),
+                Incoming::ChannelData { .. } => false,
+            };
+            if !late {
                 return Some(got);
             }
         }
-    }
-
-    fn is_late_answer(&self, got: &Incoming) -> bool {
-        matches!(got, Incoming::Stun(bytes)
-            if Message::from_bytes(bytes).is_ok_and(|m| self.answered.contains(&m.transaction_id())))
     }
 
     pub async fn recv(&mut self) -> Incoming {
@@ -294,16 +306,14 @@ impl Client {
     async fn response_within(&mut self, txid: TransactionId, wait: Duration) -> Option<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let got = tokio::time::timeout(left, self.recv_one()).await.ok()?;
-            if let Incoming::Stun(bytes) = &got
-                && Message::from_bytes(bytes).is_ok_and(|m| m.transaction_id() == txid)
-            {
-                self.answered.push(txid);
-                return Some(bytes.clone());
-            }
-            if !self.is_late_answer(&got) {
-                self.pending.push(got);
+            match self.arrival(deadline, Some(txid)).await? {
+                Incoming::Stun(bytes)
+                    if Message::from_bytes(&bytes).is_ok_and(|m| m.transaction_id() == txid) =>
+                {
+                    self.answered.push(txid);
+                    return Some(bytes);
+                }
+                other => self.pending.push(other),
             }
         }
     }
