@@ -5,6 +5,8 @@
 //! bucket bounds belong to the metric ([`Bounds`]). Reading: [`value`] and
 //! [`BucketCounts`], for benchmarks and the load tester.
 
+pub mod process;
+
 use std::fmt::{Display, Write as _};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
