@@ -1,0 +1,92 @@
+//! The relay messages.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wave_vocab::{Codec, CodecDesc, MediaKind, RoomId, SessionId};
+
+/// A worker's index inside its node: where in-process relays come from and go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub usize);
+
+/// A publisher as its home engine names it (its peer id there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u64);
+
+/// The RTP header extensions forwarded to viewers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ext {
+    /// RFC 6464 audio level (-127..=0 dBov).
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+    /// CVO rotation, the extension's 2-bit value (0, 1, 2, 3).
+    pub video_orientation: Option<u8>,
+}
+
+/// One media packet of a publisher as viewers are forwarded it: what the
+/// per-viewer rewrite reads, nothing more. The payload is shared.
+#[derive(Debug, Clone)]
+pub struct MediaPacket {
+    /// The publisher's payload type (mapped per viewer).
+    pub pt: u8,
+    /// The publisher's extended sequence number.
+    pub seq: u64,
+    /// The publisher's RTP timestamp.
+    pub rtp_ts: u32,
+    /// When it arrived here (the home's receive time in-process; the
+    /// receiver's clock when decoded from bytes).
+    pub arrival: Instant,
+    pub marker: bool,
+    pub ext: Ext,
+    pub payload: Arc<[u8]>,
+}
+
+/// One track of an announced source: its kind and its layers' rids in the
+/// home's order (the `layer` index of [`Message::Media`] and
+/// [`Message::Keyframe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackDesc {
+    pub mid: String,
+    pub kind: MediaKind,
+    pub rids: Vec<Option<String>>,
+}
+
+/// A message between two engines about one room.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// Watcher → home: this engine has viewers of `room` (`true`: announce
+    /// its sources and hand their media) or has none left (`false`).
+    Watch { room: RoomId, watching: bool },
+    /// Home → watcher: a publisher of `room` and its tracks; sent again
+    /// when its tracks change.
+    Source {
+        room: RoomId,
+        source: SourceId,
+        session: SessionId,
+        identity: Option<String>,
+        /// The publisher's negotiated payload types, to map viewers' onto.
+        codecs: Vec<CodecDesc>,
+        tracks: Vec<TrackDesc>,
+    },
+    /// Home → watcher: the publisher left.
+    SourceGone { room: RoomId, source: SourceId },
+    /// Home → watcher: one packet of a source's track and layer (indices
+    /// into the announced tracks and their rids).
+    Media {
+        source: SourceId,
+        track: u8,
+        layer: u8,
+        codec: Option<Codec>,
+        packet: MediaPacket,
+    },
+    /// Watcher → home: a viewer wants a keyframe of the source's video layer.
+    Keyframe { source: SourceId, layer: u8 },
+}
+
+impl Message {
+    /// Media may be dropped when a queue is full (a keyframe request
+    /// follows); the rest keeps mirrors consistent and never is.
+    pub fn is_media(&self) -> bool {
+        matches!(self, Message::Media { .. })
+    }
+}
