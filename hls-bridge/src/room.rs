@@ -1,42 +1,39 @@
-//! The engine's LL-HLS tap: every room whose publisher sends H.264 gets an
-//! `hls_bridge::Bridge` + `Packager`, fed from the publisher's RTP (with
-//! the sender reports str0m attaches to each packet). Sans-IO like the
-//! engine: time comes in, keyframe requests and updates go out.
+//! The room packager: the whole LL-HLS orchestration of a media engine's
+//! rooms, Sans-IO. Every room whose publisher sends H.264 gets a [`Bridge`]
+//! and a [`Packager`], fed from the publisher's RTP and sender reports.
+//! In: RTP packets ([`HlsTap::handle_media`]), time
+//! ([`HlsTap::handle_timeout`]), a publisher leaving. Out: playlist and part
+//! snapshots for the HTTP store ([`HlsTap::poll_update`]) and keyframe
+//! requests ([`HlsTap::poll_keyframe_request`]).
 //!
 //! Per room: Opus is packaged as it arrives and also transcoded once to
-//! AAC-LC (`OpusToAac`, ≈1% of a core) for the default audio rendition,
-//! on a thread of its own ([`super::aac::AacRunner`]: never on the
-//! worker's packet path);
+//! AAC-LC (`OpusToAac`, ≈1% of a core) for the default audio rendition;
 //! the latest top-layer IDR is kept for thumbnails (rendered by the HTTP
 //! side on request); with the ladder on, a single-layer publisher's video
-//! is decoded, scaled and re-encoded on a thread of its own
-//! ([`super::ladder::LadderRunner`]) into two more variants. A room whose
-//! publisher left keeps its ended playlists for `linger`, then its HLS
-//! state is removed from the node's store.
+//! is decoded, scaled and re-encoded into two more variants. Both codecs
+//! run where the driver's [`CodecHost`] puts them (a thread each on a node:
+//! never on the worker's packet path); this module starts no thread. A
+//! room whose publisher left keeps its ended playlists for `linger`, then
+//! its HLS state is removed from the node's store.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use hls_bridge::fmp4::{self, TrackConfig};
-use hls_bridge::h264::AvcConfig;
-use hls_bridge::thumbnail::{ThumbnailCache, ThumbnailConfig};
-use hls_bridge::transcode::aac::{self, AacAccessUnit};
-use hls_bridge::{
-    AudioCodec, AudioSample, Bridge, BridgeConfig, Frame, HlsConfig, Packager, RoomSnapshot,
-    RtpPacket as BridgeRtp, SenderReport, TrackId, TrackKind,
-};
-use signaling::RoomId;
-use str0m::format::Codec;
-use str0m::media::MediaKind;
-use str0m::rtp::RtpPacket;
+use std::sync::Arc;
+
 use tracing::{debug, info, warn};
+use wave_vocab::{PeerId, RoomId};
 
-use super::PeerId;
-use super::aac::{self as aac_thread, AacRunner};
-use super::ladder::LadderRunner;
-
-/// RFC 5905: NTP era 0 starts 2,208,988,800 s before the UNIX epoch.
-const NTP_UNIX: u64 = 2_208_988_800;
+use crate::fmp4::{self, TrackConfig};
+use crate::h264::{AccessUnit, AvcConfig};
+use crate::runner::{AacPort, CodecHost, LadderPort, Pushed};
+use crate::thumbnail::{ThumbnailCache, ThumbnailConfig};
+use crate::transcode::aac::{self, AacAccessUnit};
+use crate::transcode::ladder::RungId;
+use crate::{
+    AudioCodec, AudioSample, Bridge, BridgeConfig, Frame, HlsConfig, Packager, RoomSnapshot, RtpPacket,
+    SenderReport, TrackId, TrackKind,
+};
 /// The publisher's Opus, packaged as it is (rendition `opus`).
 const OPUS_TRACK: TrackId = TrackId(1000);
 /// AAC-LC transcoded from [`OPUS_TRACK`] (rendition `aac`, the default).
@@ -81,8 +78,10 @@ pub struct TapConfig {
     pub ladder: bool,
 }
 
-pub(super) struct HlsTap {
+pub struct HlsTap {
     config: TapConfig,
+    /// Where the rooms' codecs run.
+    codecs: Arc<dyn CodecHost>,
     /// `(now, wall clock since the UNIX epoch)` of one instant.
     anchor: (Instant, Duration),
     /// By publisher: the packet path finds its room by the peer id it
@@ -99,18 +98,21 @@ pub(super) struct HlsTap {
     ended: BTreeMap<RoomId, Instant>,
     thumbnails: ThumbnailCache<RoomId>,
     out: VecDeque<HlsUpdate>,
+    /// `(publisher, layer)` keyframe requests.
+    keyframes: VecDeque<(PeerId, usize)>,
     /// Parts and segments of rooms that ended.
     done: HlsStats,
 }
 
-/// Which track of which publisher a packet belongs to.
+/// Which track of which publisher a packet belongs to: its H.264 video
+/// (`video`) or its Opus audio.
 #[derive(Debug, Clone, Copy)]
-struct Track {
-    pid: PeerId,
-    video: bool,
+pub struct Track {
+    pub pid: PeerId,
+    pub video: bool,
     /// Simulcast layer `layer` of `layers` (video).
-    layer: usize,
-    layers: usize,
+    pub layer: usize,
+    pub layers: usize,
 }
 
 struct HlsRoom {
@@ -124,16 +126,51 @@ struct HlsRoom {
     avc: BTreeMap<TrackId, AvcConfig>,
     /// Last sender report fed per track.
     reports: BTreeMap<TrackId, u64>,
-    aac: Option<AacRunner>,
-    /// Rendition layer of the publisher's (single) layer when a ladder
-    /// runs under it.
-    ladder: Option<LadderRunner>,
+    aac: Option<AacPort>,
+    /// The ABR ladder under a single-layer publisher.
+    ladder: Option<LadderFeed>,
+}
+
+/// The ladder's port, its rung count, and whether it waits for an IDR
+/// after a dropped frame (the decoder must never see a broken reference
+/// chain).
+struct LadderFeed {
+    port: LadderPort,
+    rungs: usize,
+    resync: bool,
+}
+
+impl LadderFeed {
+    fn rungs(&self) -> usize {
+        self.rungs
+    }
+
+    /// One access unit of the source layer (never blocks).
+    fn push(&mut self, avc: &AvcConfig, au: &AccessUnit) {
+        if self.resync && !au.keyframe {
+            self.port.count_dropped();
+            return;
+        }
+        match self.port.push((avc.clone(), au.clone())) {
+            Pushed::Queued => self.resync = false,
+            Pushed::Dropped => self.resync = true,
+            Pushed::Closed => {}
+        }
+    }
+
+    fn poll_frame(&mut self) -> Option<(RungId, Frame)> {
+        self.port.poll()
+    }
 }
 
 impl HlsTap {
-    pub(super) fn new(config: TapConfig, now: Instant, wall: Duration) -> Self {
+    /// A tap whose rooms' codecs run on `codecs`; `wall` is the wall-clock
+    /// time (since the UNIX epoch) at `now`: media is dated without reading
+    /// a clock.
+    pub fn new(config: TapConfig, codecs: Arc<dyn CodecHost>, now: Instant, wall: Duration) -> Self {
         Self {
             config,
+            codecs,
             anchor: (now, wall),
             rooms: BTreeMap::new(),
             refused: BTreeMap::new(),
@@ -141,78 +178,34 @@ impl HlsTap {
             ended: BTreeMap::new(),
             thumbnails: ThumbnailCache::new(ThumbnailConfig::default()),
             out: VecDeque::new(),
+            keyframes: VecDeque::new(),
             done: HlsStats::default(),
         }
     }
 
-    pub(super) fn stats(&self) -> HlsStats {
+    pub fn stats(&self) -> HlsStats {
         let mut s = self.done;
         s.rooms = self.rooms.len() as u64;
         for r in self.rooms.values().chain(self.finishing.iter().map(|(r, ..)| r)) {
             let p = r.packager.stats();
             s.parts += p.parts;
             s.segments += p.segments;
-            s.aac_dropped += r.aac.as_ref().map_or(0, AacRunner::dropped);
+            s.aac_dropped += r.aac.as_ref().map_or(0, |a| a.dropped());
         }
         s
     }
 
-    /// One RTP packet of publisher `pid` in `room`, track kind `kind`,
-    /// simulcast layer `layer` of `layers`. Returns the layers to ask for
-    /// a keyframe.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn packet(
-        &mut self,
-        now: Instant,
-        room: &RoomId,
-        pid: PeerId,
-        kind: MediaKind,
-        layer: usize,
-        layers: usize,
-        codec: Option<Codec>,
-        session_seed: u64,
-        packet: &RtpPacket,
-    ) -> Vec<usize> {
-        let video = match (kind, codec) {
-            (MediaKind::Video, Some(Codec::H264)) => true,
-            (MediaKind::Audio, Some(Codec::Opus)) => false,
-            _ => return Vec::new(),
-        };
-        let report = packet.last_sender_info.as_ref().and_then(|sr| {
-            let unix = sr.ntp_time.duration_since(UNIX_EPOCH).ok()?;
-            let ntp = ((unix.as_secs() + NTP_UNIX) << 32)
-                | ((u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000);
-            Some(SenderReport {
-                ntp_time: ntp,
-                rtp_time: sr.rtp_time.numer() as u32,
-            })
-        });
-        let rtp = BridgeRtp {
-            sequence_number: packet.header.sequence_number,
-            timestamp: packet.header.timestamp,
-            marker: packet.header.marker,
-            payload: &packet.payload,
-        };
-        let track = Track {
-            pid,
-            video,
-            layer,
-            layers,
-        };
-        self.media(now, room, track, session_seed, report, rtp)
-    }
-
-    /// [`Self::packet`] once str0m's packet is read: `rtp` of `track`,
-    /// with the sender report str0m attached to it.
-    fn media(
+    /// One RTP packet `rtp` of `track` in `room`, with the last sender
+    /// report of its stream; `session_seed` seeds a new room's packager.
+    pub fn handle_media(
         &mut self,
         now: Instant,
         room: &RoomId,
         track: Track,
         session_seed: u64,
         report: Option<SenderReport>,
-        rtp: BridgeRtp<'_>,
-    ) -> Vec<usize> {
+        rtp: RtpPacket<'_>,
+    ) {
         let Track {
             pid,
             video,
@@ -223,15 +216,15 @@ impl HlsTap {
             // Audio alone never starts HLS; a second publisher's video
             // never takes a room over from the first.
             if !video || self.refused.contains_key(&pid) {
-                return Vec::new();
+                return;
             }
             if !self.start(now, room, pid, layers, session_seed) {
-                return Vec::new();
+                return;
             }
         }
-        let ladder = self.config.ladder;
+        let ladder = self.config.ladder.then_some(&*self.codecs);
         let Some(r) = self.rooms.get_mut(&pid) else {
-            return Vec::new();
+            return;
         };
         let id = if video {
             let id = r.video_track(layer);
@@ -240,12 +233,12 @@ impl HlsTap {
             } else {
                 match r.add_video(now, layer, layers, ladder) {
                     Some(id) => id,
-                    None => return Vec::new(),
+                    None => return,
                 }
             }
         } else {
-            if !r.has_audio && !r.add_audio(now) {
-                return Vec::new();
+            if !r.has_audio && !r.add_audio(now, &*self.codecs) {
+                return;
             }
             OPUS_TRACK
         };
@@ -257,7 +250,9 @@ impl HlsTap {
         if let Err(e) = r.bridge.handle_rtp(now, id, rtp) {
             debug!(room = %r.room, track = %id, error = %e, "HLS dropped a packet");
         }
-        r.pump(now, &mut self.thumbnails, &mut self.out)
+        for layer in r.pump(now, &mut self.thumbnails, &mut self.out) {
+            self.keyframes.push_back((pid, layer));
+        }
     }
 
     /// The first H.264 packet of `pid`: its room gets HLS unless another
@@ -308,15 +303,15 @@ impl HlsTap {
         true
     }
 
-    /// Time passed: `(publisher, layer)` keyframe requests that fell due.
-    pub(super) fn timeout(&mut self, now: Instant) -> Vec<(PeerId, usize)> {
-        let mut wanted = Vec::new();
+    /// Time passed: segments close, keyframe requests fall due, codec
+    /// tails arrive, ended rooms go.
+    pub fn handle_timeout(&mut self, now: Instant) {
         for (&pid, r) in &mut self.rooms {
             if r.bridge.poll_timeout().is_some_and(|at| at <= now) {
                 r.bridge.handle_timeout(now);
             }
             for layer in r.pump(now, &mut self.thumbnails, &mut self.out) {
-                wanted.push((pid, layer));
+                self.keyframes.push_back((pid, layer));
             }
         }
         self.finish_rooms(now);
@@ -332,10 +327,9 @@ impl HlsTap {
             info!(%room, "HLS state removed after linger");
             self.out.push_back(HlsUpdate::Remove(room));
         }
-        wanted
     }
 
-    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let rooms = self.rooms.values().filter_map(|r| r.bridge.poll_timeout());
         let finishing = self.finishing.iter().map(|&(_, _, next)| next);
         rooms.chain(finishing).chain(self.ended.values().copied()).min()
@@ -347,7 +341,7 @@ impl HlsTap {
     /// queue's rest and the encoder's flush; the rung frames of the source
     /// frames still queued), on a later [`Self::timeout`]: this call never
     /// waits for a thread.
-    pub(super) fn publisher_left(&mut self, now: Instant, pid: PeerId) {
+    pub fn publisher_left(&mut self, now: Instant, pid: PeerId) {
         self.refused.remove(&pid);
         let Some(mut r) = self.rooms.remove(&pid) else {
             return;
@@ -363,7 +357,7 @@ impl HlsTap {
             aac.close();
         }
         if let Some(ladder) = &mut r.ladder {
-            ladder.close();
+            ladder.port.close();
         }
         self.finishing.push((r, now + TAIL_WAIT, now));
         self.finish_rooms(now);
@@ -377,8 +371,8 @@ impl HlsTap {
         while i < self.finishing.len() {
             let (r, give_up, next) = &mut self.finishing[i];
             r.drain_codecs(now);
-            let aac_done = r.aac.as_ref().is_none_or(AacRunner::is_done);
-            let ladder_done = r.ladder.as_ref().is_none_or(LadderRunner::is_done);
+            let aac_done = r.aac.as_ref().is_none_or(|a| a.is_done());
+            let ladder_done = r.ladder.as_ref().is_none_or(|l| l.port.is_done());
             if (aac_done && ladder_done) || now >= *give_up {
                 if !aac_done {
                     warn!(room = %r.room, "AAC thread did not finish in time; the last audio is cut");
@@ -402,7 +396,7 @@ impl HlsTap {
         let s = r.packager.stats();
         self.done.parts += s.parts;
         self.done.segments += s.segments;
-        self.done.aac_dropped += r.aac.as_ref().map_or(0, AacRunner::dropped);
+        self.done.aac_dropped += r.aac.as_ref().map_or(0, |a| a.dropped());
         if let Some(mut snap) = r.packager.take_snapshot() {
             snap.thumbnail = self.thumbnails.latest(&room);
             self.out.push_back(HlsUpdate::Publish(room.clone(), snap));
@@ -411,8 +405,14 @@ impl HlsTap {
         self.ended.insert(room, now + self.config.linger);
     }
 
-    pub(super) fn poll_update(&mut self) -> Option<HlsUpdate> {
+    /// The next change for the HTTP store.
+    pub fn poll_update(&mut self) -> Option<HlsUpdate> {
         self.out.pop_front()
+    }
+
+    /// The next `(publisher, layer)` a keyframe is wanted of.
+    pub fn poll_keyframe_request(&mut self) -> Option<(PeerId, usize)> {
+        self.keyframes.pop_front()
     }
 }
 
@@ -428,15 +428,26 @@ impl HlsRoom {
 
     /// The publisher's video `layer` (of `layers`) becomes a rendition;
     /// a single layer gets a ladder under it when `ladder` is on.
-    fn add_video(&mut self, now: Instant, layer: usize, layers: usize, ladder: bool) -> Option<TrackId> {
+    fn add_video(
+        &mut self,
+        now: Instant,
+        layer: usize,
+        layers: usize,
+        ladder: Option<&dyn CodecHost>,
+    ) -> Option<TrackId> {
         let mut rendition_layer = layer as u8;
         let mut id = TrackId(layer as u32 + 1);
-        if ladder && layers == 1 && self.layers.is_empty() && self.ladder.is_none() {
-            match LadderRunner::start(&self.room) {
-                Ok(runner) => {
-                    rendition_layer = runner.rungs() as u8;
+        let host = ladder.filter(|_| layers == 1 && self.layers.is_empty() && self.ladder.is_none());
+        if let Some(host) = host {
+            match host.ladder(&self.room) {
+                Ok((port, rungs)) => {
+                    rendition_layer = rungs as u8;
                     id = TrackId(u32::from(rendition_layer) + 1);
-                    self.ladder = Some(runner);
+                    self.ladder = Some(LadderFeed {
+                        port,
+                        rungs,
+                        resync: false,
+                    });
                 }
                 Err(e) => warn!(room = %self.room, error = %e, "HLS ladder unavailable"),
             }
@@ -471,7 +482,7 @@ impl HlsRoom {
     }
 
     /// Opus passed through, plus AAC-LC transcoded from it.
-    fn add_audio(&mut self, now: Instant) -> bool {
+    fn add_audio(&mut self, now: Instant, codecs: &dyn CodecHost) -> bool {
         self.has_audio = true;
         let added = self
             .bridge
@@ -484,7 +495,7 @@ impl HlsRoom {
             debug!(room = %self.room, error = %e, "HLS audio refused");
             return false;
         }
-        let aac = aac_thread::start(&self.room).and_then(|(t, config)| {
+        let aac = codecs.aac(&self.room).and_then(|(t, config)| {
             let init = fmp4::init_segment(&TrackConfig::Aac(config))?;
             self.packager.add_audio(
                 AAC_TRACK,
@@ -518,7 +529,7 @@ impl HlsRoom {
     /// What the codec threads finished (AAC access units, rung frames)
     /// into their renditions.
     fn drain_codecs(&mut self, now: Instant) {
-        while let Some(unit) = self.aac.as_mut().and_then(AacRunner::poll) {
+        while let Some(unit) = self.aac.as_mut().and_then(|a| a.poll()) {
             self.push_aac(now, unit);
         }
         let Some(ladder) = &mut self.ladder else {
@@ -594,12 +605,13 @@ impl HlsRoom {
 
 #[cfg(test)]
 mod tests {
-    use hls_bridge::transcode::video::{H264Encoder, Picture, avcc_nal_units};
+    use crate::runner::ThreadHost;
+    use crate::transcode::video::{H264Encoder, Picture, avcc_nal_units};
 
     use super::*;
 
     /// Frames of every complete segment and the open one.
-    fn frames(r: &hls_bridge::segmenter::RenditionSnapshot) -> u64 {
+    fn frames(r: &crate::segmenter::RenditionSnapshot) -> u64 {
         r.segments.iter().chain(&r.open).map(|s| s.frames).sum()
     }
 
@@ -611,7 +623,12 @@ mod tests {
             linger: Duration::from_secs(60),
             ladder: true,
         };
-        let mut tap = HlsTap::new(config, Instant::now(), Duration::from_secs(1_800_000_000));
+        let mut tap = HlsTap::new(
+            config,
+            Arc::new(ThreadHost),
+            Instant::now(),
+            Duration::from_secs(1_800_000_000),
+        );
         let room = RoomId::parse("ladder-end").unwrap();
         let track = Track {
             pid: PeerId(1),
@@ -634,14 +651,14 @@ mod tests {
                 .expect("one access unit per picture");
             let nalus = avcc_nal_units(&au.data).unwrap();
             for (i, nalu) in nalus.iter().enumerate() {
-                let rtp = BridgeRtp {
+                let rtp = RtpPacket {
                     sequence_number: seq,
                     timestamp: ts,
                     marker: i + 1 == nalus.len(),
                     payload: nalu,
                 };
                 seq = seq.wrapping_add(1);
-                tap.media(Instant::now(), &room, track, 7, None, rtp);
+                tap.handle_media(Instant::now(), &room, track, 7, None, rtp);
             }
         }
         // The publisher leaves right after its last frame: the ladder
@@ -650,7 +667,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let snapshot = loop {
             let now = Instant::now();
-            tap.timeout(now);
+            tap.handle_timeout(now);
             let last = std::iter::from_fn(|| tap.poll_update())
                 .filter_map(|u| match u {
                     HlsUpdate::Publish(_, s) => Some(s),
@@ -667,8 +684,8 @@ mod tests {
             .renditions
             .values()
             .filter_map(|r| match r.kind {
-                hls_bridge::RenditionKind::Video { layer } => Some((layer, frames(r))),
-                hls_bridge::RenditionKind::Audio(_) => None,
+                crate::RenditionKind::Video { layer } => Some((layer, frames(r))),
+                crate::RenditionKind::Audio(_) => None,
             })
             .collect();
         // The source (layer 2) and both rungs, each with every frame and
