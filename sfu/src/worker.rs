@@ -8,22 +8,23 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hls_bridge::http::HlsStore;
 
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
-use signaling::{MediaError, SessionId};
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
+use wave_vocab::{MediaError, SessionId};
 
-use crate::engine::{
-    Command, Engine, EngineConfig, EngineStats, Event, HlsUpdate, Relay, Reply, Transmit, WorkerId,
-};
+use relay::{Inbox, Message as RelayMessage, WorkerId};
+
+use crate::engine::{Command, Engine, EngineConfig, Event, HlsUpdate, Output, Reply, Transmit};
 use crate::sendq::{Batch, MAX_BATCH, Message, SendQueue};
+pub use crate::stats::WorkerStats;
 
 /// What the control plane sends a worker.
 pub struct Request {
@@ -31,116 +32,9 @@ pub struct Request {
     pub reply: oneshot::Sender<Result<Reply, MediaError>>,
 }
 
-/// Counters a worker publishes after each loop turn, read by `/metrics`.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub rooms: AtomicU64,
-    pub publishers: AtomicU64,
-    pub viewers: AtomicU64,
-    pub packets_in: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub packets_out: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub rtp_forwarded: AtomicU64,
-    pub layer_switches: AtomicU64,
-    pub keyframe_requests: AtomicU64,
-    pub nacks_received: AtomicU64,
-    pub nacks_sent: AtomicU64,
-    pub dropped_datagrams: AtomicU64,
-    pub send_errors: AtomicU64,
-    pub hls_rooms: AtomicU64,
-    pub hls_parts: AtomicU64,
-    pub hls_segments: AtomicU64,
-    pub hls_aac_dropped: AtomicU64,
-    /// Media packets this worker handed to other workers' mirrors.
-    pub relay_handed: AtomicU64,
-    /// Media packets it dropped because the other worker's queue was full.
-    pub relay_dropped: AtomicU64,
-}
-
-/// Media packets one worker's relay queue holds before further ones are
-/// dropped (and counted): ~1 s of a 3-layer publisher plus audio, far more
-/// than a worker loop turn produces.
-const RELAY_QUEUE: usize = 4096;
-
-/// What other workers hand one worker ([`Relay`]): a bounded queue filled a
-/// batch at a time (one lock per batch per loop turn, never per viewer) and
-/// a wake-up for the worker's loop.
-#[derive(Default)]
-pub struct RelayInbox {
-    queue: Mutex<Vec<(WorkerId, Relay)>>,
-    /// Set after a push, so the owner's every-turn check takes no lock
-    /// when nothing came.
-    pending: std::sync::atomic::AtomicBool,
-    wake: tokio::sync::Notify,
-}
-
-impl RelayInbox {
-    /// Appends a batch from worker `from` and wakes the owner; returns how
-    /// many media packets were handed and how many dropped (queue full).
-    /// Control messages are never dropped: mirrors must stay consistent.
-    fn push(&self, from: WorkerId, batch: &mut Vec<Relay>) -> (u64, u64) {
-        let (mut handed, mut dropped) = (0, 0);
-        match self.queue.lock() {
-            Ok(mut q) => {
-                for relay in batch.drain(..) {
-                    let media = relay.is_media();
-                    if media && q.len() >= RELAY_QUEUE {
-                        dropped += 1;
-                        continue;
-                    }
-                    handed += u64::from(media);
-                    q.push((from, relay));
-                }
-            }
-            Err(_) => {
-                dropped = batch.drain(..).filter(Relay::is_media).count() as u64;
-            }
-        }
-        self.pending.store(true, Ordering::Release);
-        self.wake.notify_one();
-        (handed, dropped)
-    }
-
-    /// Moves everything queued into `into` (the lock is held for a swap);
-    /// whether there was anything. Without a lock when nothing was pushed.
-    fn take(&self, into: &mut Vec<(WorkerId, Relay)>) -> bool {
-        if !self.pending.swap(false, Ordering::Acquire) {
-            return false;
-        }
-        if let Ok(mut q) = self.queue.lock() {
-            std::mem::swap(&mut *q, into);
-        }
-        !into.is_empty()
-    }
-}
-
-/// Every worker's inbox, indexed by worker; each worker hands its engine's
-/// relays to the others through it.
-pub type RelayInboxes = Arc<[Arc<RelayInbox>]>;
-
-impl WorkerStats {
-    fn publish(&self, s: &EngineStats) {
-        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        set(&self.rooms, s.rooms);
-        set(&self.publishers, s.publishers);
-        set(&self.viewers, s.viewers);
-        set(&self.packets_in, s.packets_in);
-        set(&self.bytes_in, s.bytes_in);
-        set(&self.packets_out, s.packets_out);
-        set(&self.bytes_out, s.bytes_out);
-        set(&self.rtp_forwarded, s.rtp_forwarded);
-        set(&self.layer_switches, s.layer_switches);
-        set(&self.keyframe_requests, s.keyframe_requests);
-        set(&self.nacks_received, s.nacks_received);
-        set(&self.nacks_sent, s.nacks_sent);
-        set(&self.dropped_datagrams, s.dropped_datagrams);
-        set(&self.hls_rooms, s.hls_rooms);
-        set(&self.hls_parts, s.hls_parts);
-        set(&self.hls_segments, s.hls_segments);
-        set(&self.hls_aac_dropped, s.hls_aac_dropped);
-    }
-}
+/// Every worker's inbox, indexed by worker: each worker hands its engine's
+/// relay messages to the others through them (`relay::inproc`).
+pub type RelayInboxes = Arc<[Arc<Inbox>]>;
 
 /// The control plane's handle on one worker.
 pub struct WorkerHandle {
@@ -213,16 +107,16 @@ pub fn spawn(
                 }
             };
             let me = WorkerId(index);
-            let result = runtime.block_on(run(
+            let result = Driver::new(
                 engine,
                 socket,
                 advertised,
-                rx,
                 thread_stats,
                 on_closed,
                 hls,
                 (me, relays),
-            ));
+            )
+            .and_then(|driver| runtime.block_on(driver.run(rx)));
             if let Err(e) = result {
                 warn!(worker = index, error = %e, "worker stopped");
             }
@@ -249,208 +143,228 @@ const SEND_BUFFER: usize = 8 << 20;
 /// new datagrams are dropped and counted in `wave_udp_send_errors_total`.
 const SEND_QUEUE_BYTES: usize = 8 << 20;
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    mut engine: Engine,
-    socket: StdUdpSocket,
+/// The loop around one engine: its socket, its send queue, its relay
+/// inboxes, and where its LL-HLS snapshots and closed sessions go.
+struct Driver {
+    engine: Engine,
+    socket: tokio::net::UdpSocket,
+    state: UdpSocketState,
     advertised: SocketAddr,
-    mut rx: mpsc::Receiver<Request>,
+    queue: SendQueue,
+    /// The socket would block: the queue waits for writability.
+    blocked: bool,
     stats: Arc<WorkerStats>,
     on_closed: Arc<dyn Fn(SessionId) + Send + Sync>,
     hls: Option<Arc<HlsStore>>,
-    (me, inboxes): (WorkerId, RelayInboxes),
-) -> io::Result<()> {
-    let inbox = inboxes.get(me.0).cloned().unwrap_or_default();
-    let mut relayed: Vec<(WorkerId, Relay)> = Vec::new();
-    let mut outbox: Vec<Vec<Relay>> = inboxes.iter().map(|_| Vec::new()).collect();
-    let state = UdpSocketState::new((&socket).into())?;
-    // Fan-out bursts: a large send buffer keeps them from being dropped locally.
-    let _ = state.set_send_buffer_size((&socket).into(), SEND_BUFFER);
-    let _ = state.set_recv_buffer_size((&socket).into(), 8 << 20);
-    match state.send_buffer_size((&socket).into()) {
-        Ok(n) if n < SEND_BUFFER / 4 => {
-            warn!(
-                send_buffer = n,
-                wanted = SEND_BUFFER,
-                "small UDP send buffer: raise net.core.wmem_max"
-            )
-        }
-        Ok(n) => debug!(send_buffer = n, "UDP send buffer"),
-        Err(e) => debug!(error = %e, "cannot read the UDP send buffer size"),
-    }
-    let socket = tokio::net::UdpSocket::from_std(socket)?;
-    let mut queue = SendQueue::new(state.max_gso_segments(), SEND_QUEUE_BYTES);
-    let gro = state.gro_segments().max(1);
-    let chunk = BUF * gro.min(4);
-    let mut flat = vec![0u8; chunk * BATCH];
-    let mut meta = [RecvMeta::default(); BATCH];
-    let mut closing = false;
+    me: WorkerId,
+    inboxes: RelayInboxes,
+    /// Messages for each other worker, handed once per drain.
+    outbox: Vec<Vec<RelayMessage>>,
+}
 
-    loop {
-        let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
-        tokio::select! {
-            biased;
-            req = rx.recv(), if !closing => match req {
-                Some(Request { command, reply }) => {
-                    let is_close = matches!(command, Command::CloseAll);
-                    let result = engine.handle_command(now(), command);
-                    let _ = reply.send(result);
-                    if is_close {
+impl Driver {
+    fn new(
+        engine: Engine,
+        socket: StdUdpSocket,
+        advertised: SocketAddr,
+        stats: Arc<WorkerStats>,
+        on_closed: Arc<dyn Fn(SessionId) + Send + Sync>,
+        hls: Option<Arc<HlsStore>>,
+        (me, inboxes): (WorkerId, RelayInboxes),
+    ) -> io::Result<Driver> {
+        let state = UdpSocketState::new((&socket).into())?;
+        // Fan-out bursts: a large send buffer keeps them from being dropped locally.
+        let _ = state.set_send_buffer_size((&socket).into(), SEND_BUFFER);
+        let _ = state.set_recv_buffer_size((&socket).into(), 8 << 20);
+        match state.send_buffer_size((&socket).into()) {
+            Ok(n) if n < SEND_BUFFER / 4 => {
+                warn!(
+                    send_buffer = n,
+                    wanted = SEND_BUFFER,
+                    "small UDP send buffer: raise net.core.wmem_max"
+                )
+            }
+            Ok(n) => debug!(send_buffer = n, "UDP send buffer"),
+            Err(e) => debug!(error = %e, "cannot read the UDP send buffer size"),
+        }
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let queue = SendQueue::new(state.max_gso_segments(), SEND_QUEUE_BYTES);
+        Ok(Driver {
+            engine,
+            socket,
+            state,
+            advertised,
+            queue,
+            blocked: false,
+            stats,
+            on_closed,
+            hls,
+            me,
+            outbox: inboxes.iter().map(|_| Vec::new()).collect(),
+            inboxes,
+        })
+    }
+
+    /// Runs until the control plane closed the worker and every peer is gone.
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) -> io::Result<()> {
+        let inbox = self.inboxes.get(self.me.0).cloned().unwrap_or_default();
+        let mut relayed: Vec<(WorkerId, RelayMessage)> = Vec::new();
+        let gro = self.state.gro_segments().max(1);
+        let chunk = BUF * gro.min(4);
+        let mut flat = vec![0u8; chunk * BATCH];
+        let mut meta = [RecvMeta::default(); BATCH];
+        let mut closing = false;
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.drain());
+            self.stats.publish(&self.engine.stats());
+            if closing && self.engine.peer_count() == 0 {
+                // Every close_notify was written; let it leave before the socket drops.
+                let unsent = self.queue.clear();
+                if unsent > 0 {
+                    self.stats.send_errors.fetch_add(unsent as u64, Ordering::Relaxed);
+                    debug!(unsent, "datagrams left unsent at shutdown");
+                }
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                req = rx.recv(), if !closing => match req {
+                    Some(Request { command, reply }) => {
+                        closing = matches!(command, Command::CloseAll);
+                        let _ = reply.send(self.engine.handle_command(now(), command));
+                    }
+                    None => {
+                        let _ = self.engine.handle_command(now(), Command::CloseAll);
                         closing = true;
                     }
+                },
+                ready = self.socket.ready(Interest::READABLE) => {
+                    ready?;
+                    self.receive(&mut flat, chunk, &mut meta);
+                    // Other workers' mirrors get the batch's packets before this
+                    // worker spends its fan-out on them, so both fan out at once.
+                    self.drain();
+                    // One flush of the viewers written to, for the whole batch.
+                    self.engine.handle_timeout(now());
+                },
+                // Drained below, every turn: a socket that is always readable
+                // under load would otherwise starve this branch.
+                () = inbox.notified() => {},
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.engine.handle_timeout(now());
                 }
-                None => {
-                    let _ = engine.handle_command(now(), Command::CloseAll);
-                    closing = true;
+                // Only while datagrams wait: the socket would block on the last try.
+                ready = self.socket.writable(), if !self.queue.is_empty() => {
+                    ready?;
+                    self.blocked = false;
                 }
-            },
-            ready = socket.ready(Interest::READABLE) => {
-                ready?;
-                // At most RECV_TURN batches per loop turn: a worker behind on
-                // its socket still sends, hands relays on and reads commands
-                // between them (the socket stays ready for the next turn).
-                for _ in 0..RECV_TURN {
-                    let mut bufs: Vec<IoSliceMut<'_>> = flat.chunks_mut(chunk).map(IoSliceMut::new).collect();
-                    let res = socket.try_io(Interest::READABLE, || state.recv((&socket).into(), &mut bufs, &mut meta));
-                    let n = match res {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            debug!(error = %e, "recv failed");
-                            break;
-                        }
-                    };
-                    let t = now();
-                    for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
-                        let to = match m.dst_ip {
-                            Some(ip) if !ip.is_unspecified() && advertised.ip().is_loopback() => SocketAddr::new(ip, advertised.port()),
-                            _ => advertised,
-                        };
-                        for segment in buf[..m.len].chunks(m.stride.max(1)) {
-                            engine.handle_receive(t, m.addr, to, segment);
-                        }
-                    }
-                    if n < BATCH {
-                        break;
-                    }
-                }
-                // Other workers' mirrors get the batch's packets before this
-                // worker spends its fan-out on them, so both fan out at once.
-                hand_relays(&mut engine, me, &inboxes, &mut outbox, &stats);
-                // One flush of the viewers written to, for the whole batch.
-                engine.handle_timeout(now());
-            },
-            // Drained below, every turn: a socket that is always readable
-            // under load would otherwise starve this branch.
-            () = inbox.wake.notified() => {},
-            _ = tokio::time::sleep_until(deadline) => {
-                engine.handle_timeout(now());
             }
-            // Only while datagrams wait: the socket would block on the last try.
-            ready = socket.writable(), if !queue.is_empty() => {
-                ready?;
+            if inbox.take(&mut relayed) {
+                let t = now();
+                for (from, msg) in relayed.drain(..) {
+                    self.engine.handle_relay(t, from, msg);
+                }
+                // One flush of the viewers written to, as for a batch of datagrams.
+                self.engine.handle_timeout(now());
             }
         }
-        if inbox.take(&mut relayed) {
+    }
+
+    /// Reads up to [`RECV_TURN`] batches of datagrams into the engine: a
+    /// worker behind on its socket still sends, hands relays on and reads
+    /// commands between them (the socket stays ready for the next turn).
+    fn receive(&mut self, flat: &mut [u8], chunk: usize, meta: &mut [RecvMeta; BATCH]) {
+        for _ in 0..RECV_TURN {
+            let mut bufs: Vec<IoSliceMut<'_>> = flat.chunks_mut(chunk).map(IoSliceMut::new).collect();
+            let res = self.socket.try_io(Interest::READABLE, || {
+                self.state.recv((&self.socket).into(), &mut bufs, meta)
+            });
+            let n = match res {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "recv failed");
+                    break;
+                }
+            };
             let t = now();
-            for (from, relay) in relayed.drain(..) {
-                engine.handle_relay(t, from, relay);
+            let advertised = self.advertised;
+            for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
+                let to = match m.dst_ip {
+                    Some(ip) if !ip.is_unspecified() && advertised.ip().is_loopback() => {
+                        SocketAddr::new(ip, advertised.port())
+                    }
+                    _ => advertised,
+                };
+                for segment in buf[..m.len].chunks(m.stride.max(1)) {
+                    self.engine.handle_receive(t, m.addr, to, segment);
+                }
             }
-            // One flush of the viewers written to, as for a batch of datagrams.
-            engine.handle_timeout(now());
-        }
-        flush(&mut engine, &mut queue, &socket, &state, &stats);
-        hand_relays(&mut engine, me, &inboxes, &mut outbox, &stats);
-        while let Some(event) = engine.poll_event() {
-            match event {
-                Event::SessionClosed { session, .. } => on_closed(session),
-            }
-        }
-        while let Some(update) = engine.poll_hls() {
-            let Some(store) = &hls else { continue };
-            match update {
-                HlsUpdate::Publish(room, snapshot) => store.publish(room.as_str(), snapshot),
-                HlsUpdate::Remove(room) => store.remove(room.as_str()),
-            }
-        }
-        stats.publish(&engine.stats());
-        if closing && engine.peer_count() == 0 {
-            // Every close_notify was written; let it leave before the socket drops.
-            flush(&mut engine, &mut queue, &socket, &state, &stats);
-            let unsent = queue.clear();
-            if unsent > 0 {
-                stats.send_errors.fetch_add(unsent as u64, Ordering::Relaxed);
-                debug!(unsent, "datagrams left unsent at shutdown");
-            }
-            return Ok(());
-        }
-    }
-}
-
-/// Hands what the engine produced for other workers to their inboxes: one
-/// lock and one wake-up per destination per loop turn.
-fn hand_relays(
-    engine: &mut Engine,
-    me: WorkerId,
-    inboxes: &[Arc<RelayInbox>],
-    outbox: &mut [Vec<Relay>],
-    stats: &WorkerStats,
-) {
-    while let Some((to, relay)) = engine.poll_relay() {
-        match outbox.get_mut(to.0) {
-            Some(batch) if to != me => batch.push(relay),
-            _ => debug!(to = to.0, "relay for no other worker dropped"),
-        }
-    }
-    for (batch, inbox) in outbox.iter_mut().zip(inboxes) {
-        if batch.is_empty() {
-            continue;
-        }
-        let (handed, dropped) = inbox.push(me, batch);
-        stats.relay_handed.fetch_add(handed, Ordering::Relaxed);
-        if dropped > 0 {
-            stats.relay_dropped.fetch_add(dropped, Ordering::Relaxed);
-            debug!(dropped, "relay queue full, media dropped");
-        }
-    }
-}
-
-/// Queues every transmit the engine produced and sends what the socket takes,
-/// a batch at a time as they fill (a keyframe fan-out is megabytes: it goes
-/// out while the rest is queued, not after).
-fn flush(
-    engine: &mut Engine,
-    queue: &mut SendQueue,
-    socket: &tokio::net::UdpSocket,
-    state: &UdpSocketState,
-    stats: &WorkerStats,
-) {
-    queue.set_max_segments(state.max_gso_segments());
-    let mut blocked = false;
-    loop {
-        let mut more = false;
-        while let Some(Transmit {
-            destination,
-            contents,
-            ..
-        }) = engine.poll_transmit()
-        {
-            if let Err(dropped) = queue.push(destination, &contents) {
-                stats
-                    .send_errors
-                    .fetch_add(dropped.datagrams as u64, Ordering::Relaxed);
-                debug!(dest = %dropped.destination, "send queue full, datagram dropped");
-            }
-            if !blocked && queue.pending_messages() >= MAX_BATCH {
-                more = true;
+            if n < BATCH {
                 break;
             }
         }
-        if !blocked {
-            blocked = send_queued(queue, socket, state, stats);
+    }
+
+    /// Does what the engine produced until it asks for a timeout, and
+    /// returns that instant: datagrams queued and sent (a batch at a time as
+    /// they fill: a keyframe fan-out is megabytes, it goes out while the
+    /// rest is queued), relay messages handed to the other workers (one lock
+    /// and one wake-up per destination), LL-HLS snapshots stored, closed
+    /// sessions reported.
+    fn drain(&mut self) -> Instant {
+        self.queue.set_max_segments(self.state.max_gso_segments());
+        let next = loop {
+            match self.engine.poll_output() {
+                Output::Transmit(t) => self.transmit(t),
+                Output::Relay(to, msg) => match self.outbox.get_mut(to.0) {
+                    Some(batch) if to != self.me => batch.push(msg),
+                    _ => debug!(to = to.0, "relay for no other worker dropped"),
+                },
+                Output::Hls(update) => {
+                    let Some(store) = &self.hls else { continue };
+                    match update {
+                        HlsUpdate::Publish(room, snapshot) => store.publish(room.as_str(), snapshot),
+                        HlsUpdate::Remove(room) => store.remove(room.as_str()),
+                    }
+                }
+                Output::Event(Event::SessionClosed { session, .. }) => (self.on_closed)(session),
+                Output::Timeout(at) => break at,
+            }
+        };
+        self.hand_relays();
+        if !self.blocked {
+            self.blocked = send_queued(&mut self.queue, &self.socket, &self.state, &self.stats);
         }
-        if !more {
-            return;
+        next
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        if let Err(dropped) = self.queue.push(t.destination, &t.contents) {
+            self.stats
+                .send_errors
+                .fetch_add(dropped.datagrams as u64, Ordering::Relaxed);
+            debug!(dest = %dropped.destination, "send queue full, datagram dropped");
+        }
+        if !self.blocked && self.queue.pending_messages() >= MAX_BATCH {
+            self.blocked = send_queued(&mut self.queue, &self.socket, &self.state, &self.stats);
+        }
+    }
+
+    /// Hands what the engine produced for other workers to their inboxes.
+    fn hand_relays(&mut self) {
+        for (batch, inbox) in self.outbox.iter_mut().zip(self.inboxes.iter()) {
+            if batch.is_empty() {
+                continue;
+            }
+            let handed = inbox.push(self.me, batch);
+            self.stats.relay_handed.fetch_add(handed.media, Ordering::Relaxed);
+            if handed.dropped > 0 {
+                self.stats
+                    .relay_dropped
+                    .fetch_add(handed.dropped, Ordering::Relaxed);
+                debug!(dropped = handed.dropped, "relay queue full, media dropped");
+            }
         }
     }
 }

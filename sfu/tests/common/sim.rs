@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sfu::engine::{Command, Engine, EngineConfig, Reply, Transmit, WorkerId};
+use relay::Message;
+use sfu::engine::{Command, Engine, EngineConfig, Output as EngineOutput, Reply, Transmit, WorkerId};
 use signaling::{LayerPref, RoomId, SessionId};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -148,6 +149,8 @@ pub struct Sim {
     /// Whether publishers created from now on send 3 simulcast layers or one.
     pub simulcast: bool,
     transmits: Vec<Transmit>,
+    /// Relay messages each engine produced, not yet handed to the other.
+    relays: (Relayed, Relayed),
     /// A second engine (worker 1; `engine` is worker 0) whose viewers are
     /// fed through relays from `engine`, moved between them as the workers
     /// do after each step.
@@ -182,6 +185,7 @@ impl Sim {
             video_codec: Codec::Vp8,
             simulcast: true,
             transmits: Vec::new(),
+            relays: (Vec::new(), Vec::new()),
             second: None,
             relayed: (0, 0),
         }
@@ -421,11 +425,11 @@ impl Sim {
             c.rtc.handle_input(Input::Timeout(now)).unwrap();
         }
         let t = Instant::now();
-        if now >= self.engine.poll_timeout() {
+        if now >= drain_engine(&mut self.engine, &mut self.transmits, &mut self.relays.0) {
             self.engine.handle_timeout(now);
         }
         if let Some(second) = &mut self.second
-            && now >= second.poll_timeout()
+            && now >= drain_engine(second, &mut self.transmits, &mut self.relays.1)
         {
             second.handle_timeout(now);
         }
@@ -453,13 +457,15 @@ impl Sim {
         };
         let now = self.now;
         let mut moved = false;
-        while let Some((to, relay)) = self.engine.poll_relay() {
+        drain_engine(&mut self.engine, &mut self.transmits, &mut self.relays.0);
+        drain_engine(second, &mut self.transmits, &mut self.relays.1);
+        for (to, relay) in self.relays.0.drain(..) {
             assert_eq!(to, WorkerId(1));
             second.handle_relay(now, WorkerId(0), relay);
             self.relayed.0 += 1;
             moved = true;
         }
-        while let Some((to, relay)) = second.poll_relay() {
+        for (to, relay) in self.relays.1.drain(..) {
             assert_eq!(to, WorkerId(0));
             self.engine.handle_relay(now, WorkerId(1), relay);
             self.relayed.1 += 1;
@@ -488,19 +494,15 @@ impl Sim {
             let t = Instant::now();
             // As the worker does after each batch of datagrams: let the
             // viewers written to send.
-            if now >= self.engine.poll_timeout() {
+            if now >= drain_engine(&mut self.engine, &mut transmits, &mut self.relays.0) {
                 self.engine.handle_timeout(now);
             }
-            while let Some(t) = self.engine.poll_transmit() {
-                transmits.push(t);
-            }
+            drain_engine(&mut self.engine, &mut transmits, &mut self.relays.0);
             if let Some(second) = &mut self.second {
-                if now >= second.poll_timeout() {
+                if now >= drain_engine(second, &mut transmits, &mut self.relays.1) {
                     second.handle_timeout(now);
                 }
-                while let Some(t) = second.poll_transmit() {
-                    transmits.push(t);
-                }
+                drain_engine(second, &mut transmits, &mut self.relays.1);
             }
             self.engine_time += t.elapsed();
             for t in transmits.drain(..) {
@@ -764,6 +766,27 @@ fn write_media(c: &mut Client, now: Instant) {
                 s.write_rtp(write);
                 p.seq[layer] += 1;
             }
+        }
+    }
+}
+
+/// Relay messages one engine produced, with where they go.
+type Relayed = Vec<(WorkerId, Message)>;
+
+/// Does what a worker does with an engine's output: datagrams and relay
+/// messages into the lists (LL-HLS snapshots and events are not needed
+/// here); returns when the engine next wants a timeout.
+fn drain_engine(
+    engine: &mut Engine,
+    transmits: &mut Vec<Transmit>,
+    relays: &mut Vec<(WorkerId, Message)>,
+) -> Instant {
+    loop {
+        match engine.poll_output() {
+            EngineOutput::Transmit(t) => transmits.push(t),
+            EngineOutput::Relay(to, msg) => relays.push((to, msg)),
+            EngineOutput::Hls(_) | EngineOutput::Event(_) => {}
+            EngineOutput::Timeout(at) => return at,
         }
     }
 }

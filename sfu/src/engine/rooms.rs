@@ -1,0 +1,236 @@
+//! Rooms, their sources (local publishers and mirrors) and which viewer
+//! watches which source.
+
+use std::time::Instant;
+
+use relay::Message;
+use str0m::media::MediaKind;
+use tracing::debug;
+use wave_vocab::{CodecDesc, PublisherInfo, RoomId, RoomInfo, TrackInfo, ViewerInfo};
+
+use super::forward::map_payload_types;
+use super::mirror::codec_descs;
+use super::state::{Publisher, Role, Room};
+use super::{Engine, PeerId};
+
+impl Engine {
+    /// A publisher's tracks, whether it is a local peer or a mirror.
+    pub(super) fn source(&self, pid: PeerId) -> Option<&Publisher> {
+        match self.peers.get(&pid) {
+            Some(peer) => match &peer.role {
+                Role::Publisher(p) => Some(p),
+                Role::Viewer(_) => None,
+            },
+            None => self.mirrors.get(&pid).map(|m| &m.publisher),
+        }
+    }
+
+    pub(super) fn source_mut(&mut self, pid: PeerId) -> Option<&mut Publisher> {
+        match self.peers.get_mut(&pid) {
+            Some(peer) => match &mut peer.role {
+                Role::Publisher(p) => Some(p),
+                Role::Viewer(_) => None,
+            },
+            None => self.mirrors.get_mut(&pid).map(|m| &mut m.publisher),
+        }
+    }
+
+    /// Whether a source matches a viewer's `?publisher=` (identity or session).
+    fn source_matches(&self, pid: PeerId, pin: &str) -> bool {
+        let (session, identity) = match self.peers.get(&pid) {
+            Some(p) => (&p.session, p.identity.as_deref()),
+            None => match self.mirrors.get(&pid) {
+                Some(m) => (&m.session, m.identity.as_deref()),
+                None => return false,
+            },
+        };
+        identity == Some(pin) || session.as_str() == pin
+    }
+
+    fn source_codecs(&self, pid: PeerId) -> Vec<CodecDesc> {
+        match self.peers.get(&pid) {
+            Some(p) => codec_descs(p.rtc.codec_config().params()),
+            None => self
+                .mirrors
+                .get(&pid)
+                .map(|m| m.codecs.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Attaches every viewer of `room` that has no source (a new publisher arrived).
+    pub(super) fn attach_waiting_viewers(&mut self, now: Instant, room: &RoomId) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let waiting: Vec<PeerId> = r
+            .viewers
+            .iter()
+            .copied()
+            .filter(
+                |v| matches!(self.peers.get(v).map(|p| &p.role), Some(Role::Viewer(v)) if v.source.is_none()),
+            )
+            .collect();
+        for vid in waiting {
+            self.attach_viewer(now, vid);
+        }
+    }
+
+    /// Picks a publisher for a viewer (its pin, else the room's first) and subscribes.
+    pub(super) fn attach_viewer(&mut self, now: Instant, vid: PeerId) {
+        let Some(peer) = self.peers.get(&vid) else { return };
+        let Role::Viewer(v) = &peer.role else { return };
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return;
+        };
+        let chosen = room.publishers.iter().copied().find(|&pid| match &v.pin {
+            Some(pin) => self.source_matches(pid, pin),
+            None => self.source(pid).is_some(),
+        });
+        let Some(pid) = chosen else { return };
+        let pub_codecs = self.source_codecs(pid);
+        let audio_layer_subscribe;
+        {
+            let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
+                return;
+            };
+            v.source = Some(pid);
+            v.current = None;
+            v.target = None;
+            v.up_since = None;
+            v.forced = true;
+            for track in [v.audio.as_mut(), v.video.as_mut()].into_iter().flatten() {
+                track.pt_map = map_payload_types(&pub_codecs, &track.codecs);
+                track.rebase = true;
+            }
+            audio_layer_subscribe = v.audio.is_some();
+        }
+        if audio_layer_subscribe
+            && let Some(p) = self.source_mut(pid)
+            && let Some(t) = p.tracks.iter_mut().find(|t| t.kind == MediaKind::Audio)
+            && !t.subscribers.contains(&vid)
+        {
+            t.subscribers.push(vid);
+        }
+        debug!(viewer = vid.0, publisher = pid.0, "viewer attached");
+        self.select_layer(now, vid);
+    }
+
+    pub(super) fn unsubscribe(&mut self, publisher: PeerId, vid: PeerId) {
+        let Some(p) = self.source_mut(publisher) else {
+            return;
+        };
+        for t in &mut p.tracks {
+            t.subscribers.retain(|v| *v != vid);
+            for l in &mut t.layers {
+                l.subscribers.retain(|v| *v != vid);
+            }
+        }
+    }
+
+    /// A source (publisher or mirror) of `room` is gone: its viewers move
+    /// to another source of the room, or wait for one.
+    pub(super) fn source_left(&mut self, now: Instant, room_id: &RoomId, id: PeerId) {
+        let viewers: Vec<PeerId> = match self.rooms.get_mut(room_id) {
+            Some(room) => {
+                room.publishers.retain(|p| *p != id);
+                room.viewers.iter().copied().collect()
+            }
+            None => Vec::new(),
+        };
+        for vid in viewers {
+            let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
+                continue;
+            };
+            if v.source == Some(id) {
+                v.source = None;
+                v.current = None;
+                v.target = None;
+                self.attach_viewer(now, vid);
+            }
+        }
+    }
+
+    /// Removes a room nothing keeps; a mirrored room also drops its mirrors
+    /// and tells its home it no longer watches.
+    pub(super) fn remove_room_if_empty(&mut self, room_id: &RoomId) {
+        if !self.rooms.get(room_id).is_some_and(Room::unused) {
+            return;
+        }
+        let Some(room) = self.rooms.remove(room_id) else {
+            return;
+        };
+        if let Some(home) = room.home {
+            for id in room.publishers {
+                if let Some(m) = self.mirrors.remove(&id) {
+                    self.mirror_ids.remove(&(m.home, m.remote));
+                }
+            }
+            debug!(room = %room_id, home = home.0, "mirrored room ended");
+            self.relays.push_back((
+                home,
+                Message::Watch {
+                    room: room_id.clone(),
+                    watching: false,
+                },
+            ));
+        }
+    }
+
+    pub(super) fn rooms_info(&self) -> Vec<RoomInfo> {
+        self.rooms
+            .iter()
+            .map(|(room_id, room)| RoomInfo {
+                room: room_id.clone(),
+                publishers: room
+                    .publishers
+                    .iter()
+                    .filter_map(|id| self.peers.get(id))
+                    .map(|peer| PublisherInfo {
+                        session: peer.session.clone(),
+                        identity: peer.identity.clone(),
+                        tracks: match &peer.role {
+                            Role::Publisher(p) => p
+                                .tracks
+                                .iter()
+                                .flat_map(|t| {
+                                    t.layers.iter().map(move |l| TrackInfo {
+                                        kind: format!("{:?}", t.kind).to_lowercase(),
+                                        codec: l.codec.map(|c| c.to_string()).unwrap_or_default(),
+                                        rid: l.rid.map(|r| r.to_string()),
+                                        bitrate_bps: l.bitrate_bps,
+                                        width: l.size.map(|s| s.0),
+                                        height: l.size.map(|s| s.1),
+                                    })
+                                })
+                                .collect(),
+                            Role::Viewer(_) => Vec::new(),
+                        },
+                    })
+                    .collect(),
+                viewers: room
+                    .viewers
+                    .iter()
+                    .filter_map(|id| self.peers.get(id))
+                    .filter_map(|peer| {
+                        let Role::Viewer(v) = &peer.role else { return None };
+                        let layer = v.source.and_then(|pid| {
+                            let p = self.source(pid)?;
+                            let t = p.tracks.iter().find(|t| t.kind == MediaKind::Video)?;
+                            t.layers.get(v.current?)?.rid.map(|r| r.to_string())
+                        });
+                        let bitrate_bps = [v.audio.as_ref(), v.video.as_ref()]
+                            .into_iter()
+                            .flatten()
+                            .map(|t| t.bitrate.bps)
+                            .sum();
+                        Some(ViewerInfo {
+                            session: peer.session.clone(),
+                            identity: peer.identity.clone(),
+                            layer,
+                            bitrate_bps,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
