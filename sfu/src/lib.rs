@@ -2,12 +2,10 @@
 //! drive it, and `run`, which composes a whole node.
 
 pub mod config;
-pub mod dtls;
 pub mod engine;
-pub mod listening;
 pub mod node;
-pub mod process;
 pub mod sendq;
+pub mod stats;
 pub mod turn;
 pub mod worker;
 
@@ -24,7 +22,10 @@ use crate::node::Node;
 use crate::turn::{EmbeddedTurn, RestIceServers};
 
 /// What a running node exposes to whoever started it (tests, the binary).
-#[derive(Debug, Clone)]
+/// `sfu serve` prints it as one JSON line on stdout once it listens
+/// (`{"http":"127.0.0.1:8080","media":["127.0.0.1:40000"],"turn":null}`):
+/// the one line a script starting a node on port 0 reads back.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Bound {
     pub http: SocketAddr,
     pub media: Vec<SocketAddr>,
@@ -53,6 +54,9 @@ pub async fn run(
         hls: config.hls,
         hls_linger: config.hls_linger,
         hls_ladder: config.hls_ladder,
+        // The AAC transcoders and ladders run on threads of their own, off
+        // the media workers.
+        hls_codecs: Arc::new(hls_bridge::runner::ThreadHost),
         ..EngineConfig::default()
     };
     let hls = config.hls.map(|_| {

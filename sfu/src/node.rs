@@ -17,7 +17,8 @@ use hls_bridge::http::HlsService;
 use wave_metrics::{Kind, family, sample, single};
 
 use crate::engine::{Command, EngineConfig, Reply, WorkerId};
-use crate::worker::{self, RelayInbox, RelayInboxes, WorkerHandle};
+use crate::stats::Line;
+use crate::worker::{self, RelayInboxes, WorkerHandle};
 
 /// Each session's worker and room.
 type Sessions = Arc<Mutex<HashMap<SessionId, (usize, RoomId)>>>;
@@ -56,7 +57,7 @@ impl Node {
         let count = count.max(1);
         let max_room_peers = config.max_room_peers;
         let mut workers = Vec::with_capacity(count);
-        let inboxes: RelayInboxes = (0..count).map(|_| Arc::new(RelayInbox::default())).collect();
+        let inboxes: RelayInboxes = (0..count).map(|_| Arc::new(relay::Inbox::default())).collect();
         for i in 0..count {
             let port = if bind.port() == 0 {
                 0
@@ -291,21 +292,29 @@ impl MediaNode for Node {
     }
 
     async fn metrics(&self, out: &mut String) {
-        let sum = |f: fn(&crate::worker::WorkerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
-            self.workers
-                .iter()
-                .map(|w| f(&w.stats).load(Ordering::Relaxed))
-                .sum()
-        };
-        let gauges: [(&str, &str, u64); 4] = [
-            ("wave_rooms", "Rooms with at least one peer.", sum(|s| &s.rooms)),
-            ("wave_publishers", "WHIP sessions.", sum(|s| &s.publishers)),
-            ("wave_viewers", "WHEP sessions.", sum(|s| &s.viewers)),
-            ("wave_workers", "Media worker threads.", self.workers.len() as u64),
-        ];
-        for (name, help, v) in gauges {
-            single(out, name, Kind::Gauge, help, v);
+        // The workers' table, summed over workers, then what is per worker
+        // or per node.
+        let mut totals: Vec<Line> = Vec::new();
+        for w in &self.workers {
+            let lines = w.stats.lines();
+            if totals.is_empty() {
+                totals = lines;
+            } else {
+                for (t, l) in totals.iter_mut().zip(lines) {
+                    t.value += l.value;
+                }
+            }
         }
+        for l in totals.iter().filter(|l| !l.hls || self.hls.is_some()) {
+            single(out, l.name, l.kind, l.help, l.value);
+        }
+        single(
+            out,
+            "wave_workers",
+            Kind::Gauge,
+            "Media worker threads.",
+            self.workers.len() as u64,
+        );
         family(
             out,
             "wave_worker_viewers",
@@ -320,109 +329,10 @@ impl MediaNode for Node {
                 w.stats.viewers.load(Ordering::Relaxed),
             );
         }
-        let counters: [(&str, &str, u64); 13] = [
-            (
-                "wave_relay_packets_total",
-                "Media packets a room's home worker handed to workers with more of its viewers.",
-                sum(|s| &s.relay_handed),
-            ),
-            (
-                "wave_relay_dropped_total",
-                "Media packets dropped because a worker's relay queue was full.",
-                sum(|s| &s.relay_dropped),
-            ),
-            (
-                "wave_udp_packets_received_total",
-                "UDP datagrams received.",
-                sum(|s| &s.packets_in),
-            ),
-            (
-                "wave_udp_bytes_received_total",
-                "UDP bytes received.",
-                sum(|s| &s.bytes_in),
-            ),
-            (
-                "wave_udp_packets_sent_total",
-                "UDP datagrams sent.",
-                sum(|s| &s.packets_out),
-            ),
-            (
-                "wave_udp_bytes_sent_total",
-                "UDP bytes sent.",
-                sum(|s| &s.bytes_out),
-            ),
-            (
-                "wave_rtp_forwarded_total",
-                "RTP packets forwarded to viewers.",
-                sum(|s| &s.rtp_forwarded),
-            ),
-            (
-                "wave_layer_switches_total",
-                "Simulcast layer switches.",
-                sum(|s| &s.layer_switches),
-            ),
-            (
-                "wave_keyframe_requests_total",
-                "PLIs sent to publishers.",
-                sum(|s| &s.keyframe_requests),
-            ),
-            (
-                "wave_nacks_received_total",
-                "NACKs received from viewers.",
-                sum(|s| &s.nacks_received),
-            ),
-            (
-                "wave_nacks_sent_total",
-                "NACKs sent to publishers.",
-                sum(|s| &s.nacks_sent),
-            ),
-            (
-                "wave_udp_dropped_total",
-                "Datagrams for no peer or unparseable.",
-                sum(|s| &s.dropped_datagrams),
-            ),
-            (
-                "wave_udp_send_errors_total",
-                "Datagrams the socket refused.",
-                sum(|s| &s.send_errors),
-            ),
-        ];
-        for (name, help, v) in counters {
-            single(out, name, Kind::Counter, help, v);
-        }
         if let Some(hls) = &self.hls {
-            let hls_lines: [(&str, Kind, &str, u64); 4] = [
-                (
-                    "wave_hls_rooms",
-                    Kind::Gauge,
-                    "Rooms packaged as LL-HLS.",
-                    sum(|s| &s.hls_rooms),
-                ),
-                (
-                    "wave_hls_parts_total",
-                    Kind::Counter,
-                    "LL-HLS parts produced.",
-                    sum(|s| &s.hls_parts),
-                ),
-                (
-                    "wave_hls_segments_total",
-                    Kind::Counter,
-                    "LL-HLS segments produced.",
-                    sum(|s| &s.hls_segments),
-                ),
-                (
-                    "wave_hls_aac_dropped_total",
-                    Kind::Counter,
-                    "Opus frames dropped because an AAC transcoder thread fell behind.",
-                    sum(|s| &s.hls_aac_dropped),
-                ),
-            ];
-            for (name, kind, help, v) in hls_lines {
-                single(out, name, kind, help, v);
-            }
             hls.metrics.render(out);
         }
-        let p = crate::process::sample();
+        let p = wave_metrics::process::sample();
         let process: [(&str, Kind, &str, String); 3] = [
             (
                 "process_cpu_seconds_total",
