@@ -44,7 +44,7 @@ export async function freePort() {
 
 /**
  * Starts `sfu serve --http 127.0.0.1:PORT` and resolves once it prints its
- * "listening" line. Everything it writes goes to `node.logPath` (engine debug
+ * ready line (one JSON object on stdout). Everything it writes goes to `node.logPath` (engine debug
  * logs included) so a failing test can quote it.
  */
 export async function startNode({ readyMs = 15_000, env = {} } = {}) {
@@ -67,11 +67,18 @@ export async function startNode({ readyMs = 15_000, env = {} } = {}) {
       child.stdout.on('data', (d) => {
         log.write(d);
         buf += d;
-        const m = buf.match(/sfu listening on (http:\/\/\S+)/);
-        if (m) ok(m[1]);
+        // The node's ready line: one JSON object, `{"http":"127.0.0.1:PORT",...}`.
+        const line = buf.split('\n').find((l) => l.startsWith('{'));
+        if (line && buf.includes('\n')) {
+          try {
+            ok(`http://${JSON.parse(line).http}`);
+          } catch (e) {
+            fail(new Error(`sfu printed an unreadable ready line: ${line}`));
+          }
+        }
       });
       exited.then(({ code, signal }) => fail(new Error(`sfu exited before listening (code ${code}, signal ${signal})`)));
-      setTimeout(() => fail(new Error(`sfu did not print its listening line within ${readyMs} ms`)), readyMs).unref();
+      setTimeout(() => fail(new Error(`sfu did not print its ready line within ${readyMs} ms`)), readyMs).unref();
     });
     try {
       const url = await ready;

@@ -12,6 +12,16 @@ use crate::floor::{self, Floor};
 use crate::report::Report;
 use crate::run::{self, LayerChoice, Plan, RunConfig};
 
+/// The JSON line a WAVE node prints on stdout once it listens
+/// (`{"http":"127.0.0.1:8080","media":[...],...}`; fields not named here
+/// are ignored): where a node started on port 0 can be reached.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Ready {
+    pub http: std::net::SocketAddr,
+    #[serde(default)]
+    pub media: Vec<std::net::SocketAddr>,
+}
+
 /// One fixed scenario of the benchmark.
 #[derive(Debug, Clone)]
 pub struct Case {
@@ -85,8 +95,8 @@ impl NodeProcess {
         let mut line = String::new();
         reader.read_line(&mut line)?;
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let at = sfu::listening::parse(&line)
-            .ok_or_else(|| Error::Config(format!("node did not say where it listens: {line:?}")))?;
+        let at: Ready = serde_json::from_str(&line)
+            .map_err(|e| Error::Config(format!("node did not say where it listens ({e}): {line:?}")))?;
         Ok(NodeProcess {
             url: format!("http://{}", at.http),
             child,

@@ -560,7 +560,7 @@ async fn sample_server(sig: &Signaling, metrics: Option<&str>, pid: Option<u32>)
         s.blocked = wave_metrics::BucketCounts::parse(&text, crate::hls_report::BLOCKED_HISTOGRAM, "");
     }
     if let Some(pid) = pid {
-        let cpu = sfu::process::sample_pid(pid).map(|p| p.cpu_seconds);
+        let cpu = wave_metrics::process::sample_pid(pid).map(|p| p.cpu_seconds);
         s.cpu_seconds = cpu.or(s.cpu_seconds);
     }
     s

@@ -115,7 +115,7 @@ pub fn rtc_config(cert: &DtlsCert) -> RtcConfig {
     RtcConfig::new()
         .set_dtls_cert(cert.clone())
         // One validated DTLS configuration for every peer (see `dtls`).
-        .set_crypto_provider(sfu::dtls::crypto_provider())
+        .set_crypto_provider(wave_dtls::crypto_provider())
         .set_rtp_mode(true)
         .clear_codecs()
         .enable_opus(true, false)

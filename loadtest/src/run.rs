@@ -444,7 +444,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
     let window_packets0 = shared.progress.packets.load(Ordering::Relaxed);
     let wakeups0 = ctx.shard_wakeups();
     let drops0 = ctx.shard_socket_drops();
-    let client0 = sfu::process::sample();
+    let client0 = wave_metrics::process::sample();
     match cfg.plan {
         Plan::Churn { rate } if rate > 0.0 => {
             // Each tick one seeded-random viewer leaves and a new one joins.
@@ -497,7 +497,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
         .zip(drops0)
         .map(|(b, a)| b.saturating_sub(a));
     let client = ClientCost::compute(
-        sfu::process::sample().cpu_seconds - client0.cpu_seconds,
+        wave_metrics::process::sample().cpu_seconds - client0.cpu_seconds,
         window_end
             .at
             .saturating_duration_since(window_start.at)

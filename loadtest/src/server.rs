@@ -1,7 +1,7 @@
 //! What the server under test pays: its `/metrics` (Prometheus text:
 //! process CPU seconds, resident memory, RTP packets forwarded) or, with a
 //! pid, `/proc/<pid>` for CPU and memory (read with the node's own
-//! `sfu::process`).
+//! `wave_metrics::process`).
 
 use std::time::Instant;
 
@@ -40,7 +40,7 @@ impl Probe {
             s.forwarded = wave_metrics::value(&text, "wave_rtp_forwarded_total").map(|v| v as u64);
         }
         if let Some(pid) = self.pid
-            && let Some(p) = sfu::process::sample_pid(pid)
+            && let Some(p) = wave_metrics::process::sample_pid(pid)
         {
             s.cpu_seconds = Some(p.cpu_seconds);
             s.rss_bytes = Some(p.rss_bytes).filter(|b| *b > 0).or(s.rss_bytes);

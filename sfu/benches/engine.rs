@@ -39,7 +39,7 @@ fn live_heap() -> i64 {
 }
 
 fn rss() -> i64 {
-    sfu::process::sample().rss_bytes as i64
+    wave_metrics::process::sample().rss_bytes as i64
 }
 
 #[derive(Debug)]
@@ -135,11 +135,11 @@ fn run_one(n: usize, sink: Sink, window: Duration) -> Outcome {
     let before: Vec<u64> = viewers.iter().map(|v| sim.client(*v).rtp_packets).collect();
     let fwd0 = sim.engine.stats().rtp_forwarded;
     let t0 = sim.engine_time;
-    let cpu0 = sfu::process::sample().cpu_seconds;
+    let cpu0 = wave_metrics::process::sample().cpu_seconds;
     let wall0 = Instant::now();
     sim.run(window);
     let wall_s = wall0.elapsed().as_secs_f64();
-    let cpu1 = sfu::process::sample().cpu_seconds;
+    let cpu1 = wave_metrics::process::sample().cpu_seconds;
     let engine_ns = (sim.engine_time - t0).as_nanos();
     let forwarded = sim.engine.stats().rtp_forwarded - fwd0;
     let got: Vec<u64> = viewers

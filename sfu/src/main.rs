@@ -31,9 +31,14 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(config.http_threads)
                 .enable_all()
                 .build()?;
-            runtime.block_on(sfu::run(config, shutdown_signal(), |b| {
-                println!("{}", sfu::listening::line(b.http, &b.media));
-            }))
+            runtime.block_on(sfu::run(
+                config,
+                shutdown_signal(),
+                |b| match serde_json::to_string(&b) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => tracing::error!(error = %e, "cannot print where the node listens"),
+                },
+            ))
         }
     }
 }

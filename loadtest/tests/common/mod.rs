@@ -59,7 +59,8 @@ impl Node {
         let mut line = String::new();
         reader.read_line(&mut line).expect("listening line");
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let at = sfu::listening::parse(&line).unwrap_or_else(|| panic!("no listening line: {line:?}"));
+        let at: loadtest::bench::Ready =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("no ready line ({e}): {line:?}"));
         Node {
             child,
             url: format!("http://{}", at.http),

@@ -66,7 +66,8 @@ impl Node {
         reader.read_line(&mut line).expect("listening line");
         // Keep draining so the node never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let at = sfu::listening::parse(&line).unwrap_or_else(|| panic!("no listening line: {line:?}"));
+        let at: sfu::Bound =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("no ready line ({e}): {line:?}"));
         Node {
             child,
             http: at.http,
