@@ -1,4 +1,4 @@
-//! str0m's DTLS through dimpl (AWS-LC), with one dimpl configuration per
+//! `wave-dtls`: str0m's DTLS through dimpl (AWS-LC), with one dimpl configuration per
 //! process instead of one per peer; the node's engine and the load tester's
 //! peers both use it.
 //!
