@@ -29,9 +29,11 @@ pub enum CliCommand {
     Token(TokenArgs),
 }
 
-/// Declares a group of `sfu serve` keys: one struct that is both the clap
-/// flags and the serde TOML keys (`Option`, `Vec` or `bool` fields), and
-/// its field-by-field [`Merge`], so a new key is one field and nothing else.
+/// Declares the `sfu serve` keys: one struct that is both the clap flags
+/// and the serde TOML keys (`Option`, `Vec` or `bool` fields), and its
+/// field-by-field [`Merge`], so a new key is one field and nothing else.
+/// The struct stays flat (no `serde(flatten)`) so that a bad value in the
+/// file is reported at its line.
 macro_rules! keys {
     (
         $(#[$meta:meta])*
@@ -82,8 +84,6 @@ impl Merge for bool {
 
 keys! {
     /// Flags of `sfu serve`. Each overrides the same key of `--config`.
-    // Only this outer struct denies unknown keys: serde hands each flattened
-    // group the keys it declares and reports whatever is left.
     #[serde(deny_unknown_fields)]
     pub struct ServeArgs {
         /// TOML file with any of the keys below (snake_case); flags override it.
@@ -132,24 +132,7 @@ keys! {
         /// Bandwidth estimate (bit/s) a viewer starts from [default: 2500000].
         #[arg(long, env = "SFU_INITIAL_BWE")]
         pub initial_bwe: Option<u64>,
-        #[command(flatten)]
-        #[serde(flatten)]
-        pub turn: TurnKeys,
-        #[command(flatten)]
-        #[serde(flatten)]
-        pub hls: HlsKeys,
-        #[command(flatten)]
-        #[serde(flatten)]
-        pub cluster: ClusterKeys,
-        #[command(flatten)]
-        #[serde(flatten)]
-        pub chat: ChatKeys,
-    }
-}
-
-keys! {
-    /// TURN keys of `sfu serve`.
-    pub struct TurnKeys {
+        // TURN: the embedded server, or an external one to advertise.
         /// Run the embedded TURN server in this process and advertise it, with
         /// fresh credentials, on every WHIP/WHEP 201 [default: off].
         #[arg(long, env = "SFU_TURN")]
@@ -180,12 +163,7 @@ keys! {
         /// Allocate only, so calls outlive it [default: 1h].
         #[arg(long, env = "SFU_TURN_TTL")]
         pub turn_ttl: Option<HumanDuration>,
-    }
-}
-
-keys! {
-    /// LL-HLS keys of `sfu serve`.
-    pub struct HlsKeys {
+        // LL-HLS.
         /// Do not serve rooms as LL-HLS under /hls/ [default: every room with an H.264 publisher].
         #[arg(long, env = "SFU_NO_HLS")]
         pub no_hls: bool,
@@ -219,12 +197,7 @@ keys! {
         /// [default: web/node_modules/hls.js/dist, installed by scripts/setup.sh].
         #[arg(long, env = "SFU_HLSJS_DIR")]
         pub hlsjs_dir: Option<PathBuf>,
-    }
-}
-
-keys! {
-    /// Cluster keys of `sfu serve`.
-    pub struct ClusterKeys {
+        // The cluster control plane.
         /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
         /// comma separated) [default: none, the in-process bus: a single node].
         #[arg(long, env = "SFU_NATS")]
@@ -250,12 +223,7 @@ keys! {
         /// Relative capacity for placing new rooms (a node of weight 2 gets about twice the rooms) [default: 1].
         #[arg(long, env = "SFU_NODE_WEIGHT")]
         pub node_weight: Option<f64>,
-    }
-}
-
-keys! {
-    /// Chat keys of `sfu serve`.
-    pub struct ChatKeys {
+        // Chat.
         /// Messages sent to a client on join, at most [default: 100].
         #[arg(long, env = "SFU_CHAT_HISTORY")]
         pub chat_history: Option<usize>,
@@ -497,7 +465,7 @@ impl NodeConfig {
         };
         let k = Merge::merge(args, file);
         let d = NodeConfig::default();
-        let auth_secret = k.auth_secret.filter(|s| !s.is_empty());
+        let auth_secret = k.auth_secret.clone().filter(|s| !s.is_empty());
         let media_ip = k.media_ip.unwrap_or(d.media_ip);
         let config = NodeConfig {
             http: k.http.unwrap_or(d.http),
@@ -516,15 +484,15 @@ impl NodeConfig {
                 .collect::<Result<_, _>>()?,
             ice_lite: !k.full_ice,
             initial_bwe_bps: k.initial_bwe.unwrap_or(d.initial_bwe_bps),
-            turn: k.turn.resolve(auth_secret.as_deref(), media_ip)?,
+            turn: k.turn(auth_secret.as_deref(), media_ip)?,
             auth_secret,
-            hls: k.hls.packaging()?,
-            hls_secret: k.hls.hls_secret.filter(|s| !s.is_empty()),
-            hls_linger: k.hls.hls_linger.map_or(d.hls_linger, |l| l.0),
-            hls_ladder: k.hls.hls_ladder,
-            hlsjs_dir: k.hls.hlsjs_dir.unwrap_or(d.hlsjs_dir),
-            cluster: k.cluster.resolve(d.cluster)?,
-            chat: k.chat.resolve()?,
+            hls: k.hls()?,
+            hls_secret: k.hls_secret.clone().filter(|s| !s.is_empty()),
+            hls_linger: k.hls_linger.map_or(d.hls_linger, |l| l.0),
+            hls_ladder: k.hls_ladder,
+            hlsjs_dir: k.hlsjs_dir.clone().unwrap_or(d.hlsjs_dir),
+            cluster: k.cluster(d.cluster)?,
+            chat: k.chat()?,
         };
         config.check()?;
         Ok(config)
@@ -567,9 +535,10 @@ impl NodeConfig {
     }
 }
 
-impl TurnKeys {
-    /// TURN off, embedded, or external, from the merged keys.
-    fn resolve(self, auth_secret: Option<&str>, media_ip: IpAddr) -> Result<Option<TurnConfig>, ConfigError> {
+// Each part of the node configuration, from the merged keys.
+impl ServeArgs {
+    /// TURN off, embedded, or external.
+    fn turn(&self, auth_secret: Option<&str>, media_ip: IpAddr) -> Result<Option<TurnConfig>, ConfigError> {
         for url in &self.turn_urls {
             if !(url.starts_with("turn:") || url.starts_with("turns:")) {
                 return Err(ConfigError::Invalid(format!(
@@ -581,7 +550,7 @@ impl TurnKeys {
         if ttl.is_zero() {
             return Err(ConfigError::Invalid("--turn-ttl must be positive".into()));
         }
-        let secret = self.turn_secret.filter(|s| !s.is_empty());
+        let secret = self.turn_secret.clone().filter(|s| !s.is_empty());
         if !self.turn {
             let given = [
                 (self.turn_listen.is_some(), "--turn-listen"),
@@ -596,7 +565,7 @@ impl TurnKeys {
                 (true, None) => Ok(None),
                 (false, Some(secret)) => Ok(Some(TurnConfig {
                     embedded: None,
-                    urls: self.turn_urls,
+                    urls: self.turn_urls.clone(),
                     secret,
                     ttl,
                 })),
@@ -629,20 +598,18 @@ impl TurnKeys {
         Ok(Some(TurnConfig {
             embedded: Some(EmbeddedTurnConfig {
                 listen,
-                realm: self.turn_realm.unwrap_or_else(|| "wave".into()),
+                realm: self.turn_realm.clone().unwrap_or_else(|| "wave".into()),
                 relay_ip,
                 relay_ports: (lo, hi),
             }),
-            urls: self.turn_urls,
+            urls: self.turn_urls.clone(),
             secret,
             ttl,
         }))
     }
-}
 
-impl HlsKeys {
     /// The LL-HLS packaging settings, checked; `None` with `--no-hls`.
-    fn packaging(&self) -> Result<Option<hls_bridge::HlsConfig>, ConfigError> {
+    fn hls(&self) -> Result<Option<hls_bridge::HlsConfig>, ConfigError> {
         if self.no_hls {
             return Ok(None);
         }
@@ -659,11 +626,9 @@ impl HlsKeys {
         let hls = hls.validated().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(Some(hls))
     }
-}
 
-impl ClusterKeys {
     /// The control-plane settings over `d`, checked.
-    fn resolve(self, d: ClusterArgs) -> Result<ClusterArgs, ConfigError> {
+    fn cluster(&self, d: ClusterArgs) -> Result<ClusterArgs, ConfigError> {
         let heartbeat = self.heartbeat.map_or(d.heartbeat, |h| h.0);
         let ttl = self.node_ttl.map_or(d.ttl, |t| t.0);
         if heartbeat.is_zero() || ttl <= heartbeat {
@@ -677,16 +642,16 @@ impl ClusterKeys {
                 "--node-weight {weight}: must be a positive number"
             )));
         }
-        let node_id = match self.node_id {
-            Some(id) => signaling::cluster::NodeId::parse(&id)
+        let node_id = match &self.node_id {
+            Some(id) => signaling::cluster::NodeId::parse(id)
                 .ok_or_else(|| ConfigError::Invalid(format!("--node-id {id:?}: 1-64 of [A-Za-z0-9_-]")))?,
             None => d.node_id,
         };
-        let nats = match self.nats.filter(|u| !u.is_empty()) {
+        let nats = match self.nats.clone().filter(|u| !u.is_empty()) {
             Some(url) => Some(signaling::bus::NatsOptions {
                 url,
-                credentials: self.nats_creds,
-                tls_ca: self.nats_ca,
+                credentials: self.nats_creds.clone(),
+                tls_ca: self.nats_ca.clone(),
                 name: Some(format!("sfu {node_id}")),
             }),
             None if self.nats_creds.is_some() || self.nats_ca.is_some() => {
@@ -706,17 +671,15 @@ impl ClusterKeys {
         Ok(ClusterArgs {
             nats,
             node_id,
-            advertise_url: self.advertise_url,
+            advertise_url: self.advertise_url.clone(),
             heartbeat,
             ttl,
             weight,
         })
     }
-}
 
-impl ChatKeys {
     /// The chat settings over the defaults, checked.
-    fn resolve(self) -> Result<signaling::chat::ChatConfig, ConfigError> {
+    fn chat(&self) -> Result<signaling::chat::ChatConfig, ConfigError> {
         let mut c = signaling::chat::ChatConfig::default();
         let rate = |given: Option<f64>, default: f64, flag: &str| -> Result<f64, ConfigError> {
             let v = given.unwrap_or(default);
@@ -1264,8 +1227,13 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
         for bad in ["hls_linger = \"1q\"", "hls_linger = -1", "hls_linger = true"] {
-            let err = serve_with("linger-bad", bad, &[]).unwrap_err();
+            let err = serve_with("linger-bad", &format!("workers = 1\n{bad}\n"), &[]).unwrap_err();
             assert!(matches!(err, ConfigError::Parse { .. }), "{bad}: {err}");
+            let shown = err.to_string();
+            assert!(
+                shown.contains("line 2") && shown.contains(bad),
+                "not at its line: {shown}"
+            );
         }
         let err = Cli::try_parse_from(["sfu", "serve", "--hls-dvr", "soon"]).unwrap_err();
         assert!(err.to_string().contains("soon"), "{err}");
