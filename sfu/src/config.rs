@@ -1,7 +1,8 @@
 //! `sfu serve` configuration. Every key is declared once, as a field of
 //! [`ServeArgs`]: the field is the flag (with its environment variable)
-//! and, by its name, the key of the `--config` TOML file. The file is read first, flags and variables win, and
-//! [`NodeConfig::from_args`] fills in the defaults and checks the result.
+//! and, by its name, the key of the `--config` TOML file. The file is read
+//! first, flags and variables win, and [`NodeConfig::from_args`] fills in
+//! the defaults and checks the result.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
