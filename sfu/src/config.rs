@@ -1,8 +1,12 @@
-//! `sfu serve` configuration: flags, each with an environment variable, over
-//! an optional TOML file, over built-in defaults.
+//! `sfu serve` configuration. Every key is declared once, as a field of
+//! [`ServeArgs`]: the field is the flag (with its environment variable)
+//! and, by its name, the key of the `--config` TOML file. The file is read
+//! first, flags and variables win, and [`NodeConfig::from_args`] fills in
+//! the defaults and checks the result.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -25,312 +29,239 @@ pub enum CliCommand {
     Token(TokenArgs),
 }
 
-/// Flags of `sfu serve`. Each overrides the same key of `--config`.
-#[derive(Debug, Args, Default)]
-pub struct ServeArgs {
-    /// TOML file with any of the keys below (snake_case); flags override it.
-    #[arg(long, env = "SFU_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// HTTP listen address for WHIP/WHEP/REST and the page [default: 127.0.0.1:8080].
-    #[arg(long, env = "SFU_HTTP")]
-    pub http: Option<SocketAddr>,
-    /// IP the media UDP sockets bind [default: 127.0.0.1].
-    #[arg(long, env = "SFU_MEDIA_IP")]
-    pub media_ip: Option<IpAddr>,
-    /// First media UDP port; worker i binds port+i. 0 picks free ports [default: 0].
-    #[arg(long, env = "SFU_MEDIA_PORT")]
-    pub media_port: Option<u16>,
-    /// IP advertised in ICE candidates when the node is behind 1:1 NAT [default: the bound IP].
-    #[arg(long, env = "SFU_PUBLIC_IP")]
-    pub public_ip: Option<IpAddr>,
-    /// HS256 secret for bearer tokens. Without one the node is open and binds loopback only.
-    #[arg(long, env = "SFU_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<String>,
-    /// Media worker threads [default: one per core].
-    #[arg(long, env = "SFU_WORKERS")]
-    pub workers: Option<usize>,
-    /// Place a room's WHEP viewers on the least loaded media worker, fed
-    /// from the room's own worker, so one room's fan-out uses every core
-    /// (`--spread-viewers false`: a whole room on one worker) [default: true with more than one worker].
-    #[arg(long, env = "SFU_SPREAD_VIEWERS")]
-    pub spread_viewers: Option<bool>,
-    /// HTTP runtime threads (signalling, LL-HLS) [default: one per core the process may run on, at least 2].
-    #[arg(long, env = "SFU_HTTP_THREADS")]
-    pub http_threads: Option<usize>,
-    /// Sessions the node accepts before answering 503 [default: 10000].
-    #[arg(long, env = "SFU_MAX_PEERS")]
-    pub max_peers: Option<usize>,
-    /// Sessions one room accepts before answering 429 [default: 5000].
-    #[arg(long, env = "SFU_MAX_ROOM_PEERS")]
-    pub max_room_peers: Option<usize>,
-    /// ICE server to advertise in `Link` headers: `URL` or `URL,username,credential`.
-    /// Repeat the flag (or separate with `;` in the variable) for several.
-    #[arg(long = "ice-server", env = "SFU_ICE_SERVERS", value_delimiter = ';')]
-    pub ice_servers: Vec<String>,
-    /// Run full ICE instead of ICE-lite [default: ICE-lite].
-    #[arg(long, env = "SFU_FULL_ICE")]
-    pub full_ice: bool,
-    /// Bandwidth estimate (bit/s) a viewer starts from [default: 2500000].
-    #[arg(long, env = "SFU_INITIAL_BWE")]
-    pub initial_bwe: Option<u64>,
-    /// Run the embedded TURN server in this process and advertise it, with
-    /// fresh credentials, on every WHIP/WHEP 201 [default: off].
-    #[arg(long, env = "SFU_TURN")]
-    pub turn: bool,
-    /// Embedded TURN: UDP and TCP listen address [default: 127.0.0.1:3478].
-    #[arg(long, env = "SFU_TURN_LISTEN")]
-    pub turn_listen: Option<SocketAddr>,
-    /// Embedded TURN: realm [default: wave].
-    #[arg(long, env = "SFU_TURN_REALM")]
-    pub turn_realm: Option<String>,
-    /// TURN REST API shared secret (usernames `expiry:user`). With --turn
-    /// [default: --auth-secret, or a random secret when the node is open];
-    /// with --turn-url, the external server's secret (coturn: static-auth-secret).
-    #[arg(long, env = "SFU_TURN_SECRET", hide_env_values = true)]
-    pub turn_secret: Option<String>,
-    /// Embedded TURN: IP relay ports bind on [default: the listen IP, else --media-ip].
-    #[arg(long, env = "SFU_TURN_RELAY_IP")]
-    pub turn_relay_ip: Option<IpAddr>,
-    /// Embedded TURN: relay port range LOW-HIGH, minus the node's media ports [default: 49152-65535].
-    #[arg(long, env = "SFU_TURN_RELAY_PORTS")]
-    pub turn_relay_ports: Option<PortRange>,
-    /// TURN URI to advertise (`turn:host:port?transport=udp`, `turns:...`); repeat
-    /// for several. Without --turn it names an external server and needs
-    /// --turn-secret [default with --turn: udp and tcp URIs of the listen address].
-    #[arg(long = "turn-url", env = "SFU_TURN_URLS", value_delimiter = ';')]
-    pub turn_urls: Vec<String>,
-    /// Lifetime of the TURN credentials handed to each session; checked at
-    /// Allocate only, so calls outlive it [default: 1h].
-    #[arg(long, env = "SFU_TURN_TTL", value_parser = parse_duration)]
-    pub turn_ttl: Option<Duration>,
-    /// Do not serve rooms as LL-HLS under /hls/ [default: every room with an H.264 publisher].
-    #[arg(long, env = "SFU_NO_HLS")]
-    pub no_hls: bool,
-    /// LL-HLS part target in milliseconds, 200-1000 [default: 334: a third
-    /// of a second rounded up, so 10, 12, 15, 24, 25, 30, 50 and 60 fps all
-    /// fill a part to 85-100 %].
-    #[arg(long, env = "SFU_HLS_PART_MS")]
-    pub hls_part_ms: Option<u64>,
-    /// LL-HLS segment target in milliseconds (keyframes are requested at
-    /// this period; TARGETDURATION is 1.5x, rounded up) [default: 2000].
-    #[arg(long, env = "SFU_HLS_SEGMENT_MS")]
-    pub hls_segment_ms: Option<u64>,
-    /// LL-HLS DVR window [default: 30s].
-    #[arg(long, env = "SFU_HLS_DVR", value_parser = parse_duration)]
-    pub hls_dvr: Option<Duration>,
-    /// How long an ended room's LL-HLS playlists (EXT-X-ENDLIST) stay
-    /// served after its publisher left before the room's HLS state is
-    /// removed [default: 60s].
-    #[arg(long, env = "SFU_HLS_LINGER", value_parser = parse_duration)]
-    pub hls_linger: Option<Duration>,
-    /// Transcode an ABR ladder (half and quarter size, openh264) for
-    /// publishers that send one H.264 layer; costs about half a core per
-    /// 720p30 room [default: off].
-    #[arg(long, env = "SFU_HLS_LADDER")]
-    pub hls_ladder: bool,
-    /// HMAC secret for signed HLS URLs (`?token=`); without one HLS is public.
-    #[arg(long, env = "SFU_HLS_SECRET", hide_env_values = true)]
-    pub hls_secret: Option<String>,
-    /// hls.js's `dist` directory, served at /vendor/hls.js/ for the demo
-    /// page's HLS player; relative paths start at the working directory
-    /// [default: web/node_modules/hls.js/dist, installed by scripts/setup.sh].
-    #[arg(long, env = "SFU_HLSJS_DIR")]
-    pub hlsjs_dir: Option<PathBuf>,
-    /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
-    /// comma separated) [default: none, the in-process bus: a single node].
-    #[arg(long, env = "SFU_NATS")]
-    pub nats: Option<String>,
-    /// NATS credentials file (`.creds`: user JWT and nkey seed).
-    #[arg(long, env = "SFU_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// PEM CA certificates to verify the NATS server with; requires TLS.
-    #[arg(long, env = "SFU_NATS_CA")]
-    pub nats_ca: Option<PathBuf>,
-    /// This node's id in the registry, 1-64 of [A-Za-z0-9_-] [default: host name + random suffix].
-    #[arg(long, env = "SFU_NODE_ID")]
-    pub node_id: Option<String>,
-    /// Base URL other nodes redirect clients to [default: http://<the bound HTTP address>].
-    #[arg(long, env = "SFU_ADVERTISE_URL")]
-    pub advertise_url: Option<String>,
-    /// Interval of node heartbeats and room-claim refreshes [default: 1s].
-    #[arg(long, env = "SFU_HEARTBEAT", value_parser = parse_duration)]
-    pub heartbeat: Option<Duration>,
-    /// A node and its room claims are dropped this long after its last heartbeat [default: 3s].
-    #[arg(long, env = "SFU_NODE_TTL", value_parser = parse_duration)]
-    pub node_ttl: Option<Duration>,
-    /// Relative capacity for placing new rooms (a node of weight 2 gets about twice the rooms) [default: 1].
-    #[arg(long, env = "SFU_NODE_WEIGHT")]
-    pub node_weight: Option<f64>,
-    #[command(flatten)]
-    pub chat: ChatArgs,
-}
+/// Declares the `sfu serve` keys: one struct that is both the clap flags
+/// and the serde TOML keys (`Option`, `Vec` or `bool` fields), and its
+/// field-by-field [`Merge`], so a new key is one field and nothing else.
+/// The struct stays flat (no `serde(flatten)`) so that a bad value in the
+/// file is reported at its line.
+macro_rules! keys {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident: $ty:ty, )*
+        }
+    ) => {
+        #[derive(Debug, Default, Args, Deserialize)]
+        #[serde(default)]
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
 
-/// Chat flags of `sfu serve` (the same keys in `--config`).
-#[derive(Debug, Args, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChatArgs {
-    /// Messages sent to a client on join, at most [default: 100].
-    #[arg(long, env = "SFU_CHAT_HISTORY")]
-    pub chat_history: Option<usize>,
-    /// Messages older than this are not kept or sent on join [default: 10m].
-    #[arg(long, env = "SFU_CHAT_HISTORY_AGE", value_parser = parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub chat_history_age: Option<Duration>,
-    /// Messages per second a streamer may send [default: 50].
-    #[arg(long, env = "SFU_CHAT_RATE_STREAMER")]
-    pub chat_rate_streamer: Option<f64>,
-    /// Messages per second a moderator may send [default: 50].
-    #[arg(long, env = "SFU_CHAT_RATE_MODERATOR")]
-    pub chat_rate_moderator: Option<f64>,
-    /// Messages per second a viewer may send [default: 10].
-    #[arg(long, env = "SFU_CHAT_RATE_VIEWER")]
-    pub chat_rate_viewer: Option<f64>,
-    /// Messages per second an anonymous member (open nodes) may send [default: 2].
-    #[arg(long, env = "SFU_CHAT_RATE_ANONYMOUS")]
-    pub chat_rate_anonymous: Option<f64>,
-    /// Longest message, in characters [default: 500].
-    #[arg(long, env = "SFU_CHAT_MAX_CHARS")]
-    pub chat_max_chars: Option<usize>,
-    /// Words refused in messages (comma separated, case-insensitive) [default: none].
-    #[arg(long, env = "SFU_CHAT_BANNED_WORDS", value_delimiter = ',')]
-    #[serde(default)]
-    pub chat_banned_words: Vec<String>,
-    /// Let viewers and anonymous members post links (streamers and moderators always may).
-    #[arg(long, env = "SFU_CHAT_ALLOW_LINKS")]
-    #[serde(default)]
-    pub chat_allow_links: bool,
-    /// On a node without `--auth-secret`, let anyone ban, time out and
-    /// delete (`POST /v1/moderation/{room}/actions`); without this flag an
-    /// open node refuses moderation with 403.
-    #[arg(long, env = "SFU_OPEN_MODERATION")]
-    #[serde(default)]
-    pub open_moderation: bool,
-    /// A room fans chat out at most once per this window: messages closer
-    /// together go to each member in one socket write, up to the window
-    /// later; `0ms` turns pacing off [default: 10ms].
-    #[arg(long, env = "SFU_CHAT_FANOUT_WINDOW", value_parser = parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub chat_fanout_window: Option<Duration>,
-}
-
-impl ChatArgs {
-    /// These flags over `file` over the defaults.
-    fn resolve(&self, file: &ChatArgs) -> Result<signaling::chat::ChatConfig, ConfigError> {
-        let mut c = signaling::chat::ChatConfig::default();
-        let pick = |a: Option<f64>, b: Option<f64>, d: f64, name: &str| -> Result<f64, ConfigError> {
-            let v = a.or(b).unwrap_or(d);
-            if v.is_finite() && v > 0.0 {
-                Ok(v)
-            } else {
-                Err(ConfigError::Invalid(format!(
-                    "--{name} must be a positive number"
-                )))
+        impl Merge for $name {
+            fn merge(flags: Self, file: Self) -> Self {
+                $name {
+                    $( $field: Merge::merge(flags.$field, file.$field), )*
+                }
             }
-        };
-        let r = c.rates;
-        c.rates.streamer = pick(
-            self.chat_rate_streamer,
-            file.chat_rate_streamer,
-            r.streamer,
-            "chat-rate-streamer",
-        )?;
-        c.rates.moderator = pick(
-            self.chat_rate_moderator,
-            file.chat_rate_moderator,
-            r.moderator,
-            "chat-rate-moderator",
-        )?;
-        c.rates.viewer = pick(
-            self.chat_rate_viewer,
-            file.chat_rate_viewer,
-            r.viewer,
-            "chat-rate-viewer",
-        )?;
-        c.rates.anonymous = pick(
-            self.chat_rate_anonymous,
-            file.chat_rate_anonymous,
-            r.anonymous,
-            "chat-rate-anonymous",
-        )?;
-        c.history_len = self.chat_history.or(file.chat_history).unwrap_or(c.history_len);
-        c.history_age = self
-            .chat_history_age
-            .or(file.chat_history_age)
-            .unwrap_or(c.history_age);
-        if c.history_age.is_zero() {
-            return Err(ConfigError::Invalid("--chat-history-age must be positive".into()));
         }
-        c.filter.max_chars = self
-            .chat_max_chars
-            .or(file.chat_max_chars)
-            .unwrap_or(c.filter.max_chars)
-            .max(1);
-        let words = if self.chat_banned_words.is_empty() {
-            &file.chat_banned_words
-        } else {
-            &self.chat_banned_words
-        };
-        c.filter.banned_words = words
-            .iter()
-            .map(|w| w.trim().to_lowercase())
-            .filter(|w| !w.is_empty())
-            .collect();
-        c.filter.block_links = !(self.chat_allow_links || file.chat_allow_links);
-        c.open_moderation = self.open_moderation || file.open_moderation;
-        c.fanout_window = self
-            .chat_fanout_window
-            .or(file.chat_fanout_window)
-            .unwrap_or(c.fanout_window);
-        if c.fanout_window > Duration::from_secs(1) {
-            return Err(ConfigError::Invalid(
-                "--chat-fanout-window must be at most 1s".into(),
-            ));
-        }
-        Ok(c)
+    };
+}
+
+/// Flags (and variables) over the file: a value given on the command line
+/// replaces the file's; a `bool` switch is on if either turns it on.
+trait Merge {
+    fn merge(flags: Self, file: Self) -> Self;
+}
+
+impl<T> Merge for Option<T> {
+    fn merge(flags: Self, file: Self) -> Self {
+        flags.or(file)
     }
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
-        .transpose()
+impl<T> Merge for Vec<T> {
+    fn merge(flags: Self, file: Self) -> Self {
+        if flags.is_empty() { file } else { flags }
+    }
 }
 
-/// The same keys as the flags, for `--config FILE`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub http: Option<SocketAddr>,
-    pub media_ip: Option<IpAddr>,
-    pub media_port: Option<u16>,
-    pub public_ip: Option<IpAddr>,
-    pub auth_secret: Option<String>,
-    pub workers: Option<usize>,
-    pub http_threads: Option<usize>,
-    pub max_peers: Option<usize>,
-    pub max_room_peers: Option<usize>,
-    pub ice_servers: Option<Vec<String>>,
-    pub full_ice: Option<bool>,
-    pub initial_bwe: Option<u64>,
-    pub turn: Option<bool>,
-    pub turn_listen: Option<SocketAddr>,
-    pub turn_realm: Option<String>,
-    pub turn_secret: Option<String>,
-    pub turn_relay_ip: Option<IpAddr>,
-    pub turn_relay_ports: Option<PortRange>,
-    pub turn_urls: Option<Vec<String>>,
-    pub turn_ttl: Option<String>,
-    pub hlsjs_dir: Option<PathBuf>,
-    pub nats: Option<String>,
-    pub nats_creds: Option<PathBuf>,
-    pub nats_ca: Option<PathBuf>,
-    pub node_id: Option<String>,
-    pub advertise_url: Option<String>,
-    pub heartbeat: Option<String>,
-    pub node_ttl: Option<String>,
-    pub node_weight: Option<f64>,
-    #[serde(flatten)]
-    pub chat: ChatArgs,
+impl Merge for bool {
+    fn merge(flags: Self, file: Self) -> Self {
+        flags || file
+    }
+}
+
+keys! {
+    /// Flags of `sfu serve`. Each overrides the same key of `--config`.
+    #[serde(deny_unknown_fields)]
+    pub struct ServeArgs {
+        /// TOML file with any of the keys below (snake_case); flags override it.
+        #[arg(long, env = "SFU_CONFIG")]
+        #[serde(skip)]
+        pub config: Option<PathBuf>,
+        /// HTTP listen address for WHIP/WHEP/REST and the page [default: 127.0.0.1:8080].
+        #[arg(long, env = "SFU_HTTP")]
+        pub http: Option<SocketAddr>,
+        /// IP the media UDP sockets bind [default: 127.0.0.1].
+        #[arg(long, env = "SFU_MEDIA_IP")]
+        pub media_ip: Option<IpAddr>,
+        /// First media UDP port; worker i binds port+i. 0 picks free ports [default: 0].
+        #[arg(long, env = "SFU_MEDIA_PORT")]
+        pub media_port: Option<u16>,
+        /// IP advertised in ICE candidates when the node is behind 1:1 NAT [default: the bound IP].
+        #[arg(long, env = "SFU_PUBLIC_IP")]
+        pub public_ip: Option<IpAddr>,
+        /// HS256 secret for bearer tokens. Without one the node is open and binds loopback only.
+        #[arg(long, env = "SFU_AUTH_SECRET", hide_env_values = true)]
+        pub auth_secret: Option<String>,
+        /// Media worker threads [default: one per core].
+        #[arg(long, env = "SFU_WORKERS")]
+        pub workers: Option<usize>,
+        /// Place a room's WHEP viewers on the least loaded media worker, fed
+        /// from the room's own worker, so one room's fan-out uses every core
+        /// (`--spread-viewers false`: a whole room on one worker) [default: true with more than one worker].
+        #[arg(long, env = "SFU_SPREAD_VIEWERS")]
+        pub spread_viewers: Option<bool>,
+        /// HTTP runtime threads (signalling, LL-HLS) [default: one per core the process may run on, at least 2].
+        #[arg(long, env = "SFU_HTTP_THREADS")]
+        pub http_threads: Option<usize>,
+        /// Sessions the node accepts before answering 503 [default: 10000].
+        #[arg(long, env = "SFU_MAX_PEERS")]
+        pub max_peers: Option<usize>,
+        /// Sessions one room accepts before answering 429 [default: 5000].
+        #[arg(long, env = "SFU_MAX_ROOM_PEERS")]
+        pub max_room_peers: Option<usize>,
+        /// ICE server to advertise in `Link` headers: `URL` or `URL,username,credential`.
+        /// Repeat the flag (or separate with `;` in the variable) for several.
+        #[arg(long = "ice-server", env = "SFU_ICE_SERVERS", value_delimiter = ';')]
+        pub ice_servers: Vec<String>,
+        /// Run full ICE instead of ICE-lite [default: ICE-lite].
+        #[arg(long, env = "SFU_FULL_ICE")]
+        pub full_ice: bool,
+        /// Bandwidth estimate (bit/s) a viewer starts from [default: 2500000].
+        #[arg(long, env = "SFU_INITIAL_BWE")]
+        pub initial_bwe: Option<u64>,
+        // TURN: the embedded server, or an external one to advertise.
+        /// Run the embedded TURN server in this process and advertise it, with
+        /// fresh credentials, on every WHIP/WHEP 201 [default: off].
+        #[arg(long, env = "SFU_TURN")]
+        pub turn: bool,
+        /// Embedded TURN: UDP and TCP listen address [default: 127.0.0.1:3478].
+        #[arg(long, env = "SFU_TURN_LISTEN")]
+        pub turn_listen: Option<SocketAddr>,
+        /// Embedded TURN: realm [default: wave].
+        #[arg(long, env = "SFU_TURN_REALM")]
+        pub turn_realm: Option<String>,
+        /// TURN REST API shared secret (usernames `expiry:user`). With --turn
+        /// [default: --auth-secret, or a random secret when the node is open];
+        /// with --turn-url, the external server's secret (coturn: static-auth-secret).
+        #[arg(long, env = "SFU_TURN_SECRET", hide_env_values = true)]
+        pub turn_secret: Option<String>,
+        /// Embedded TURN: IP relay ports bind on [default: the listen IP, else --media-ip].
+        #[arg(long, env = "SFU_TURN_RELAY_IP")]
+        pub turn_relay_ip: Option<IpAddr>,
+        /// Embedded TURN: relay port range LOW-HIGH, minus the node's media ports [default: 49152-65535].
+        #[arg(long, env = "SFU_TURN_RELAY_PORTS")]
+        pub turn_relay_ports: Option<PortRange>,
+        /// TURN URI to advertise (`turn:host:port?transport=udp`, `turns:...`); repeat
+        /// for several. Without --turn it names an external server and needs
+        /// --turn-secret [default with --turn: udp and tcp URIs of the listen address].
+        #[arg(long = "turn-url", env = "SFU_TURN_URLS", value_delimiter = ';')]
+        pub turn_urls: Vec<String>,
+        /// Lifetime of the TURN credentials handed to each session; checked at
+        /// Allocate only, so calls outlive it [default: 1h].
+        #[arg(long, env = "SFU_TURN_TTL")]
+        pub turn_ttl: Option<HumanDuration>,
+        // LL-HLS.
+        /// Do not serve rooms as LL-HLS under /hls/ [default: every room with an H.264 publisher].
+        #[arg(long, env = "SFU_NO_HLS")]
+        pub no_hls: bool,
+        /// LL-HLS part target in milliseconds, 200-1000 [default: 334: a third
+        /// of a second rounded up, so 10, 12, 15, 24, 25, 30, 50 and 60 fps all
+        /// fill a part to 85-100 %].
+        #[arg(long, env = "SFU_HLS_PART_MS")]
+        pub hls_part_ms: Option<u64>,
+        /// LL-HLS segment target in milliseconds (keyframes are requested at
+        /// this period; TARGETDURATION is 1.5x, rounded up) [default: 2000].
+        #[arg(long, env = "SFU_HLS_SEGMENT_MS")]
+        pub hls_segment_ms: Option<u64>,
+        /// LL-HLS DVR window [default: 30s].
+        #[arg(long, env = "SFU_HLS_DVR")]
+        pub hls_dvr: Option<HumanDuration>,
+        /// How long an ended room's LL-HLS playlists (EXT-X-ENDLIST) stay
+        /// served after its publisher left before the room's HLS state is
+        /// removed [default: 60s].
+        #[arg(long, env = "SFU_HLS_LINGER")]
+        pub hls_linger: Option<HumanDuration>,
+        /// Transcode an ABR ladder (half and quarter size, openh264) for
+        /// publishers that send one H.264 layer; costs about half a core per
+        /// 720p30 room [default: off].
+        #[arg(long, env = "SFU_HLS_LADDER")]
+        pub hls_ladder: bool,
+        /// HMAC secret for signed HLS URLs (`?token=`); without one HLS is public.
+        #[arg(long, env = "SFU_HLS_SECRET", hide_env_values = true)]
+        pub hls_secret: Option<String>,
+        /// hls.js's `dist` directory, served at /vendor/hls.js/ for the demo
+        /// page's HLS player; relative paths start at the working directory
+        /// [default: web/node_modules/hls.js/dist, installed by scripts/setup.sh].
+        #[arg(long, env = "SFU_HLSJS_DIR")]
+        pub hlsjs_dir: Option<PathBuf>,
+        // The cluster control plane.
+        /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
+        /// comma separated) [default: none, the in-process bus: a single node].
+        #[arg(long, env = "SFU_NATS")]
+        pub nats: Option<String>,
+        /// NATS credentials file (`.creds`: user JWT and nkey seed).
+        #[arg(long, env = "SFU_NATS_CREDS")]
+        pub nats_creds: Option<PathBuf>,
+        /// PEM CA certificates to verify the NATS server with; requires TLS.
+        #[arg(long, env = "SFU_NATS_CA")]
+        pub nats_ca: Option<PathBuf>,
+        /// This node's id in the registry, 1-64 of [A-Za-z0-9_-] [default: host name + random suffix].
+        #[arg(long, env = "SFU_NODE_ID")]
+        pub node_id: Option<String>,
+        /// Base URL other nodes redirect clients to [default: http://<the bound HTTP address>].
+        #[arg(long, env = "SFU_ADVERTISE_URL")]
+        pub advertise_url: Option<String>,
+        /// Interval of node heartbeats and room-claim refreshes [default: 1s].
+        #[arg(long, env = "SFU_HEARTBEAT")]
+        pub heartbeat: Option<HumanDuration>,
+        /// A node and its room claims are dropped this long after its last heartbeat [default: 3s].
+        #[arg(long, env = "SFU_NODE_TTL")]
+        pub node_ttl: Option<HumanDuration>,
+        /// Relative capacity for placing new rooms (a node of weight 2 gets about twice the rooms) [default: 1].
+        #[arg(long, env = "SFU_NODE_WEIGHT")]
+        pub node_weight: Option<f64>,
+        // Chat.
+        /// Messages sent to a client on join, at most [default: 100].
+        #[arg(long, env = "SFU_CHAT_HISTORY")]
+        pub chat_history: Option<usize>,
+        /// Messages older than this are not kept or sent on join [default: 10m].
+        #[arg(long, env = "SFU_CHAT_HISTORY_AGE")]
+        pub chat_history_age: Option<HumanDuration>,
+        /// Messages per second a streamer may send [default: 50].
+        #[arg(long, env = "SFU_CHAT_RATE_STREAMER")]
+        pub chat_rate_streamer: Option<f64>,
+        /// Messages per second a moderator may send [default: 50].
+        #[arg(long, env = "SFU_CHAT_RATE_MODERATOR")]
+        pub chat_rate_moderator: Option<f64>,
+        /// Messages per second a viewer may send [default: 10].
+        #[arg(long, env = "SFU_CHAT_RATE_VIEWER")]
+        pub chat_rate_viewer: Option<f64>,
+        /// Messages per second an anonymous member (open nodes) may send [default: 2].
+        #[arg(long, env = "SFU_CHAT_RATE_ANONYMOUS")]
+        pub chat_rate_anonymous: Option<f64>,
+        /// Longest message, in characters [default: 500].
+        #[arg(long, env = "SFU_CHAT_MAX_CHARS")]
+        pub chat_max_chars: Option<usize>,
+        /// Words refused in messages (comma separated, case-insensitive) [default: none].
+        #[arg(long, env = "SFU_CHAT_BANNED_WORDS", value_delimiter = ',')]
+        pub chat_banned_words: Vec<String>,
+        /// Let viewers and anonymous members post links (streamers and moderators always may).
+        #[arg(long, env = "SFU_CHAT_ALLOW_LINKS")]
+        pub chat_allow_links: bool,
+        /// On a node without `--auth-secret`, let anyone ban, time out and
+        /// delete (`POST /v1/moderation/{room}/actions`); without this flag an
+        /// open node refuses moderation with 403.
+        #[arg(long, env = "SFU_OPEN_MODERATION")]
+        pub open_moderation: bool,
+        /// A room fans chat out at most once per this window: messages closer
+        /// together go to each member in one socket write, up to the window
+        /// later; `0ms` turns pacing off [default: 10ms].
+        #[arg(long, env = "SFU_CHAT_FANOUT_WINDOW")]
+        pub chat_fanout_window: Option<HumanDuration>,
+    }
 }
 
 /// Flags of `sfu token`.
@@ -517,7 +448,7 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults, then the file, then the flags.
+    /// Defaults, then the `--config` file, then the flags.
     pub fn from_args(args: ServeArgs) -> Result<NodeConfig, ConfigError> {
         let file = match &args.config {
             Some(path) => {
@@ -525,92 +456,43 @@ impl NodeConfig {
                     path: path.clone(),
                     source,
                 })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                toml::from_str::<ServeArgs>(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),
                     source: Box::new(e),
                 })?
             }
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
+        let k = Merge::merge(args, file);
         let d = NodeConfig::default();
-        let cluster = cluster_args(&args, &file, d.cluster.clone())?;
-        let ice = if args.ice_servers.is_empty() {
-            file.ice_servers.unwrap_or_default()
-        } else {
-            args.ice_servers
-        };
-        let auth_secret = args.auth_secret.or(file.auth_secret).filter(|s| !s.is_empty());
-        let media_ip = args.media_ip.or(file.media_ip).unwrap_or(d.media_ip);
-        let turn_ttl = match args.turn_ttl {
-            Some(t) => Some(t),
-            None => file
-                .turn_ttl
-                .as_deref()
-                .map(parse_duration)
-                .transpose()
-                .map_err(ConfigError::Invalid)?,
-        };
-        let turn = TurnArgs {
-            embedded: args.turn || file.turn.unwrap_or(false),
-            listen: args.turn_listen.or(file.turn_listen),
-            realm: args.turn_realm.or(file.turn_realm),
-            secret: args.turn_secret.or(file.turn_secret).filter(|s| !s.is_empty()),
-            relay_ip: args.turn_relay_ip.or(file.turn_relay_ip),
-            relay_ports: args.turn_relay_ports.or(file.turn_relay_ports),
-            urls: if args.turn_urls.is_empty() {
-                file.turn_urls.unwrap_or_default()
-            } else {
-                args.turn_urls
-            },
-            ttl: turn_ttl,
-        }
-        .resolve(auth_secret.as_deref(), media_ip)?;
+        let auth_secret = k.auth_secret.clone().filter(|s| !s.is_empty());
+        let media_ip = k.media_ip.unwrap_or(d.media_ip);
         let config = NodeConfig {
-            http: args.http.or(file.http).unwrap_or(d.http),
+            http: k.http.unwrap_or(d.http),
             media_ip,
-            media_port: args.media_port.or(file.media_port).unwrap_or(d.media_port),
-            public_ip: args.public_ip.or(file.public_ip),
-            auth_secret,
-            workers: args.workers.or(file.workers).unwrap_or(d.workers).max(1),
-            spread_viewers: args.spread_viewers.unwrap_or(d.spread_viewers),
-            http_threads: args
-                .http_threads
-                .or(file.http_threads)
-                .unwrap_or(d.http_threads)
-                .max(1),
-            max_peers: args.max_peers.or(file.max_peers).unwrap_or(d.max_peers),
-            max_room_peers: args
-                .max_room_peers
-                .or(file.max_room_peers)
-                .unwrap_or(d.max_room_peers),
-            ice_servers: ice
+            media_port: k.media_port.unwrap_or(d.media_port),
+            public_ip: k.public_ip,
+            workers: k.workers.unwrap_or(d.workers).max(1),
+            spread_viewers: k.spread_viewers.unwrap_or(d.spread_viewers),
+            http_threads: k.http_threads.unwrap_or(d.http_threads).max(1),
+            max_peers: k.max_peers.unwrap_or(d.max_peers),
+            max_room_peers: k.max_room_peers.unwrap_or(d.max_room_peers),
+            ice_servers: k
+                .ice_servers
                 .iter()
                 .map(|s| parse_ice_server(s))
                 .collect::<Result<_, _>>()?,
-            ice_lite: !(args.full_ice || file.full_ice.unwrap_or(false)),
-            initial_bwe_bps: args.initial_bwe.or(file.initial_bwe).unwrap_or(d.initial_bwe_bps),
-            turn,
-            hls: if args.no_hls {
-                None
-            } else {
-                let mut hls = hls_bridge::HlsConfig::default();
-                if let Some(ms) = args.hls_part_ms {
-                    hls.part_target = Duration::from_millis(ms);
-                }
-                if let Some(ms) = args.hls_segment_ms {
-                    hls.segment_target = Duration::from_millis(ms);
-                }
-                if let Some(dvr) = args.hls_dvr {
-                    hls.dvr_window = dvr;
-                }
-                Some(hls.validated().map_err(|e| ConfigError::Invalid(e.to_string()))?)
-            },
-            hls_secret: args.hls_secret.filter(|s| !s.is_empty()),
-            chat: args.chat.resolve(&file.chat)?,
-            hls_linger: args.hls_linger.unwrap_or(d.hls_linger),
-            hls_ladder: args.hls_ladder,
-            hlsjs_dir: args.hlsjs_dir.or(file.hlsjs_dir).unwrap_or(d.hlsjs_dir),
-            cluster,
+            ice_lite: !k.full_ice,
+            initial_bwe_bps: k.initial_bwe.unwrap_or(d.initial_bwe_bps),
+            turn: k.turn(auth_secret.as_deref(), media_ip)?,
+            auth_secret,
+            hls: k.hls()?,
+            hls_secret: k.hls_secret.clone().filter(|s| !s.is_empty()),
+            hls_linger: k.hls_linger.map_or(d.hls_linger, |l| l.0),
+            hls_ladder: k.hls_ladder,
+            hlsjs_dir: k.hlsjs_dir.clone().unwrap_or(d.hlsjs_dir),
+            cluster: k.cluster(d.cluster)?,
+            chat: k.chat()?,
         };
         config.check()?;
         Ok(config)
@@ -653,115 +535,37 @@ impl NodeConfig {
     }
 }
 
-fn cluster_args(args: &ServeArgs, file: &FileConfig, d: ClusterArgs) -> Result<ClusterArgs, ConfigError> {
-    let duration =
-        |flag: Option<Duration>, key: &Option<String>, name: &str| -> Result<Option<Duration>, ConfigError> {
-            match flag {
-                Some(d) => Ok(Some(d)),
-                None => key
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .map_err(|e| ConfigError::Invalid(format!("{name}: {e}"))),
-            }
-        };
-    let heartbeat = duration(args.heartbeat, &file.heartbeat, "heartbeat")?.unwrap_or(d.heartbeat);
-    let ttl = duration(args.node_ttl, &file.node_ttl, "node_ttl")?.unwrap_or(d.ttl);
-    if heartbeat.is_zero() || ttl <= heartbeat {
-        return Err(ConfigError::Invalid(
-            "--node-ttl must be longer than --heartbeat (and both positive)".into(),
-        ));
-    }
-    let weight = args.node_weight.or(file.node_weight).unwrap_or(d.weight);
-    if !(weight.is_finite() && weight > 0.0) {
-        return Err(ConfigError::Invalid(format!(
-            "--node-weight {weight}: must be a positive number"
-        )));
-    }
-    let node_id = match args.node_id.clone().or_else(|| file.node_id.clone()) {
-        Some(id) => signaling::cluster::NodeId::parse(&id)
-            .ok_or_else(|| ConfigError::Invalid(format!("--node-id {id:?}: 1-64 of [A-Za-z0-9_-]")))?,
-        None => d.node_id,
-    };
-    let url = args
-        .nats
-        .clone()
-        .or_else(|| file.nats.clone())
-        .filter(|u| !u.is_empty());
-    let creds = args.nats_creds.clone().or_else(|| file.nats_creds.clone());
-    let ca = args.nats_ca.clone().or_else(|| file.nats_ca.clone());
-    let nats = match url {
-        Some(url) => Some(signaling::bus::NatsOptions {
-            url,
-            credentials: creds,
-            tls_ca: ca,
-            name: Some(format!("sfu {node_id}")),
-        }),
-        None if creds.is_some() || ca.is_some() => {
-            return Err(ConfigError::Invalid(
-                "--nats-creds and --nats-ca need --nats".into(),
-            ));
-        }
-        None => None,
-    };
-    let advertise_url = args.advertise_url.clone().or_else(|| file.advertise_url.clone());
-    if let Some(u) = &advertise_url
-        && !(u.starts_with("http://") || u.starts_with("https://"))
-    {
-        return Err(ConfigError::Invalid(format!(
-            "--advertise-url {u:?} must be an http(s) URL"
-        )));
-    }
-    Ok(ClusterArgs {
-        nats,
-        node_id,
-        advertise_url,
-        heartbeat,
-        ttl,
-        weight,
-    })
-}
-
-/// The TURN settings as given, before defaults.
-struct TurnArgs {
-    embedded: bool,
-    listen: Option<SocketAddr>,
-    realm: Option<String>,
-    secret: Option<String>,
-    relay_ip: Option<IpAddr>,
-    relay_ports: Option<PortRange>,
-    urls: Vec<String>,
-    ttl: Option<Duration>,
-}
-
-impl TurnArgs {
-    fn resolve(self, auth_secret: Option<&str>, media_ip: IpAddr) -> Result<Option<TurnConfig>, ConfigError> {
-        for url in &self.urls {
+// Each part of the node configuration, from the merged keys.
+impl ServeArgs {
+    /// TURN off, embedded, or external.
+    fn turn(&self, auth_secret: Option<&str>, media_ip: IpAddr) -> Result<Option<TurnConfig>, ConfigError> {
+        for url in &self.turn_urls {
             if !(url.starts_with("turn:") || url.starts_with("turns:")) {
                 return Err(ConfigError::Invalid(format!(
                     "--turn-url {url:?} must be a turn: or turns: URI"
                 )));
             }
         }
-        let ttl = self.ttl.unwrap_or(Duration::from_secs(3600));
+        let ttl = self.turn_ttl.map_or(Duration::from_secs(3600), |t| t.0);
         if ttl.is_zero() {
             return Err(ConfigError::Invalid("--turn-ttl must be positive".into()));
         }
-        if !self.embedded {
+        let secret = self.turn_secret.clone().filter(|s| !s.is_empty());
+        if !self.turn {
             let given = [
-                (self.listen.is_some(), "--turn-listen"),
-                (self.realm.is_some(), "--turn-realm"),
-                (self.relay_ip.is_some(), "--turn-relay-ip"),
-                (self.relay_ports.is_some(), "--turn-relay-ports"),
+                (self.turn_listen.is_some(), "--turn-listen"),
+                (self.turn_realm.is_some(), "--turn-realm"),
+                (self.turn_relay_ip.is_some(), "--turn-relay-ip"),
+                (self.turn_relay_ports.is_some(), "--turn-relay-ports"),
             ];
             if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
                 return Err(ConfigError::Invalid(format!("{flag} needs --turn")));
             }
-            return match (self.urls.is_empty(), self.secret) {
+            return match (self.turn_urls.is_empty(), secret) {
                 (true, None) => Ok(None),
                 (false, Some(secret)) => Ok(Some(TurnConfig {
                     embedded: None,
-                    urls: self.urls,
+                    urls: self.turn_urls.clone(),
                     secret,
                     ttl,
                 })),
@@ -774,9 +578,9 @@ impl TurnArgs {
             };
         }
         let listen = self
-            .listen
+            .turn_listen
             .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 3478)));
-        let relay_ip = self.relay_ip.unwrap_or(if listen.ip().is_unspecified() {
+        let relay_ip = self.turn_relay_ip.unwrap_or(if listen.ip().is_unspecified() {
             media_ip
         } else {
             listen.ip()
@@ -787,22 +591,132 @@ impl TurnArgs {
                     .into(),
             ));
         }
-        let secret = self
-            .secret
+        let secret = secret
             .or_else(|| auth_secret.map(str::to_owned))
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-        let PortRange(lo, hi) = self.relay_ports.unwrap_or(PortRange(49152, 65535));
+        let PortRange(lo, hi) = self.turn_relay_ports.unwrap_or(PortRange(49152, 65535));
         Ok(Some(TurnConfig {
             embedded: Some(EmbeddedTurnConfig {
                 listen,
-                realm: self.realm.unwrap_or_else(|| "wave".into()),
+                realm: self.turn_realm.clone().unwrap_or_else(|| "wave".into()),
                 relay_ip,
                 relay_ports: (lo, hi),
             }),
-            urls: self.urls,
+            urls: self.turn_urls.clone(),
             secret,
             ttl,
         }))
+    }
+
+    /// The LL-HLS packaging settings, checked; `None` with `--no-hls`.
+    fn hls(&self) -> Result<Option<hls_bridge::HlsConfig>, ConfigError> {
+        if self.no_hls {
+            return Ok(None);
+        }
+        let mut hls = hls_bridge::HlsConfig::default();
+        if let Some(ms) = self.hls_part_ms {
+            hls.part_target = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.hls_segment_ms {
+            hls.segment_target = Duration::from_millis(ms);
+        }
+        if let Some(dvr) = self.hls_dvr {
+            hls.dvr_window = dvr.0;
+        }
+        let hls = hls.validated().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(Some(hls))
+    }
+
+    /// The control-plane settings over `d`, checked.
+    fn cluster(&self, d: ClusterArgs) -> Result<ClusterArgs, ConfigError> {
+        let heartbeat = self.heartbeat.map_or(d.heartbeat, |h| h.0);
+        let ttl = self.node_ttl.map_or(d.ttl, |t| t.0);
+        if heartbeat.is_zero() || ttl <= heartbeat {
+            return Err(ConfigError::Invalid(
+                "--node-ttl must be longer than --heartbeat (and both positive)".into(),
+            ));
+        }
+        let weight = self.node_weight.unwrap_or(d.weight);
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(ConfigError::Invalid(format!(
+                "--node-weight {weight}: must be a positive number"
+            )));
+        }
+        let node_id = match &self.node_id {
+            Some(id) => signaling::cluster::NodeId::parse(id)
+                .ok_or_else(|| ConfigError::Invalid(format!("--node-id {id:?}: 1-64 of [A-Za-z0-9_-]")))?,
+            None => d.node_id,
+        };
+        let nats = match self.nats.clone().filter(|u| !u.is_empty()) {
+            Some(url) => Some(signaling::bus::NatsOptions {
+                url,
+                credentials: self.nats_creds.clone(),
+                tls_ca: self.nats_ca.clone(),
+                name: Some(format!("sfu {node_id}")),
+            }),
+            None if self.nats_creds.is_some() || self.nats_ca.is_some() => {
+                return Err(ConfigError::Invalid(
+                    "--nats-creds and --nats-ca need --nats".into(),
+                ));
+            }
+            None => None,
+        };
+        if let Some(u) = &self.advertise_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--advertise-url {u:?} must be an http(s) URL"
+            )));
+        }
+        Ok(ClusterArgs {
+            nats,
+            node_id,
+            advertise_url: self.advertise_url.clone(),
+            heartbeat,
+            ttl,
+            weight,
+        })
+    }
+
+    /// The chat settings over the defaults, checked.
+    fn chat(&self) -> Result<signaling::chat::ChatConfig, ConfigError> {
+        let mut c = signaling::chat::ChatConfig::default();
+        let rate = |given: Option<f64>, default: f64, flag: &str| -> Result<f64, ConfigError> {
+            let v = given.unwrap_or(default);
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(ConfigError::Invalid(format!(
+                    "--{flag} must be a positive number"
+                )))
+            }
+        };
+        let r = c.rates;
+        c.rates.streamer = rate(self.chat_rate_streamer, r.streamer, "chat-rate-streamer")?;
+        c.rates.moderator = rate(self.chat_rate_moderator, r.moderator, "chat-rate-moderator")?;
+        c.rates.viewer = rate(self.chat_rate_viewer, r.viewer, "chat-rate-viewer")?;
+        c.rates.anonymous = rate(self.chat_rate_anonymous, r.anonymous, "chat-rate-anonymous")?;
+        c.history_len = self.chat_history.unwrap_or(c.history_len);
+        c.history_age = self.chat_history_age.map_or(c.history_age, |a| a.0);
+        if c.history_age.is_zero() {
+            return Err(ConfigError::Invalid("--chat-history-age must be positive".into()));
+        }
+        c.filter.max_chars = self.chat_max_chars.unwrap_or(c.filter.max_chars).max(1);
+        c.filter.banned_words = self
+            .chat_banned_words
+            .iter()
+            .map(|w| w.trim().to_lowercase())
+            .filter(|w| !w.is_empty())
+            .collect();
+        c.filter.block_links = !self.chat_allow_links;
+        c.open_moderation = self.open_moderation;
+        c.fanout_window = self.chat_fanout_window.map_or(c.fanout_window, |w| w.0);
+        if c.fanout_window > Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "--chat-fanout-window must be at most 1s".into(),
+            ));
+        }
+        Ok(c)
     }
 }
 
@@ -825,165 +739,563 @@ fn parse_ice_server(s: &str) -> Result<signaling::IceServer, ConfigError> {
     })
 }
 
-/// `3600`, `90s`, `10m`, `6h`, `7d`.
+/// A duration key: humantime's forms (`500ms`, `30s`, `10m`, `1h`, `7d`,
+/// `1h 30m`) or bare seconds (`3600`), the same in a flag, its variable and
+/// the TOML file (where an integer is seconds too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_duration(s).map(HumanDuration)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = HumanDuration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"500ms\", \"30s\" or \"1h\", or whole seconds")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                s.parse().map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, s: u64) -> Result<HumanDuration, E> {
+                Ok(HumanDuration(Duration::from_secs(s)))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, s: i64) -> Result<HumanDuration, E> {
+                let s = u64::try_from(s)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(s), &self))?;
+                self.visit_u64(s)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Bare seconds (`3600`), else humantime (`90s`, `10m`, `6h`, `7d`, `250ms`, `1h 30m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
-    let per_unit = match unit {
-        "ms" => Duration::from_millis(1),
-        "" | "s" => Duration::from_secs(1),
-        "m" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        "d" => Duration::from_secs(86_400),
-        _ => return Err(format!("unknown unit {unit:?} (use ms, s, m, h or d)")),
-    };
-    let n = u32::try_from(n).map_err(|_| format!("{s:?} is too long"))?;
-    per_unit
-        .checked_mul(n)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    if let Ok(seconds) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); e.g. 500ms, 30s, 10m, 1h"))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::{CommandFactory, FromArgMatches};
+
     use super::*;
+
+    /// A `--config` file, removed when dropped.
+    struct TomlFile(PathBuf);
+
+    impl TomlFile {
+        fn new(name: &str, toml: &str) -> TomlFile {
+            let path =
+                std::env::temp_dir().join(format!("wave-sfu-config-{}-{name}.toml", std::process::id()));
+            std::fs::write(&path, toml).unwrap();
+            TomlFile(path)
+        }
+    }
+
+    impl Drop for TomlFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// `sfu serve ARGV` as the binary parses it, blind to any `SFU_*`
+    /// variable the test process happens to have.
+    fn serve(argv: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let command = Cli::command().mut_subcommand("serve", |s| s.mut_args(|a| a.env(None::<&str>)));
+        let matches = command
+            .try_get_matches_from(["sfu", "serve"].iter().chain(argv))
+            .unwrap_or_else(|e| panic!("sfu serve {argv:?}: {e}"));
+        let CliCommand::Serve(args) = Cli::from_arg_matches(&matches).unwrap().command else {
+            panic!("parsed as another subcommand");
+        };
+        NodeConfig::from_args(*args)
+    }
+
+    /// `sfu serve --config FILE ARGV` with `toml` in FILE.
+    fn serve_with(name: &str, toml: &str, argv: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let file = TomlFile::new(name, toml);
+        let path = file.0.to_str().unwrap();
+        serve(&[&["--config", path], argv].concat())
+    }
+
+    /// One key: its TOML line, the same setting as flags, the keys it needs
+    /// beside it (in the file either way), and the part of the resolved
+    /// configuration it sets.
+    struct Sample {
+        toml: &'static str,
+        flags: &'static [&'static str],
+        needs: &'static str,
+        shows: fn(&NodeConfig) -> String,
+    }
+
+    impl Sample {
+        fn key(&self) -> &'static str {
+            self.toml.split(' ').next().unwrap()
+        }
+
+        /// The key in the file and the flags on the command line give the
+        /// same configuration, and one that differs from leaving both out.
+        fn check(&self) -> Result<(), String> {
+            let key = self.key();
+            let shown = |name: &str, toml: &str, argv: &[&str]| {
+                serve_with(&format!("{key}-{name}"), toml, argv)
+                    .map(|c| (self.shows)(&c))
+                    .map_err(|e| format!("{key} ({name}): {e}"))
+            };
+            let unset = shown("unset", self.needs, &[])?;
+            let file = shown("file", &format!("{}\n{}\n", self.needs, self.toml), &[])?;
+            let flags = shown("flags", self.needs, self.flags)?;
+            if file == unset {
+                return Err(format!("{key}: `{}` leaves {unset} unchanged", self.toml));
+            }
+            if file != flags {
+                return Err(format!(
+                    "{key}: the file gives {file}, {:?} gives {flags}",
+                    self.flags
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    fn sample(
+        toml: &'static str,
+        flags: &'static [&'static str],
+        shows: fn(&NodeConfig) -> String,
+    ) -> Sample {
+        Sample {
+            toml,
+            flags,
+            needs: "",
+            shows,
+        }
+    }
+
+    fn needing(needs: &'static str, s: Sample) -> Sample {
+        Sample { needs, ..s }
+    }
+
+    fn samples() -> Vec<Sample> {
+        fn turn(c: &NodeConfig) -> TurnConfig {
+            c.turn.clone().expect("TURN on")
+        }
+        fn embedded(c: &NodeConfig) -> EmbeddedTurnConfig {
+            turn(c).embedded.expect("embedded TURN")
+        }
+        fn hls(c: &NodeConfig) -> hls_bridge::HlsConfig {
+            c.hls.expect("LL-HLS on")
+        }
+        vec![
+            sample("http = \"127.0.0.1:9000\"", &["--http", "127.0.0.1:9000"], |c| {
+                c.http.to_string()
+            }),
+            sample("media_ip = \"127.0.0.2\"", &["--media-ip", "127.0.0.2"], |c| {
+                c.media_ip.to_string()
+            }),
+            sample("media_port = 40000", &["--media-port", "40000"], |c| {
+                c.media_port.to_string()
+            }),
+            sample("public_ip = \"192.0.2.1\"", &["--public-ip", "192.0.2.1"], |c| {
+                format!("{:?}", c.public_ip)
+            }),
+            sample("auth_secret = \"s3cret\"", &["--auth-secret", "s3cret"], |c| {
+                format!("{:?}", c.auth_secret)
+            }),
+            sample("workers = 7", &["--workers", "7"], |c| c.workers.to_string()),
+            sample("spread_viewers = false", &["--spread-viewers", "false"], |c| {
+                c.spread_viewers.to_string()
+            }),
+            sample("http_threads = 7", &["--http-threads", "7"], |c| {
+                c.http_threads.to_string()
+            }),
+            sample("max_peers = 7", &["--max-peers", "7"], |c| {
+                c.max_peers.to_string()
+            }),
+            sample("max_room_peers = 7", &["--max-room-peers", "7"], |c| {
+                c.max_room_peers.to_string()
+            }),
+            sample(
+                "ice_servers = [\"stun:127.0.0.1:3478\", \"turn:127.0.0.1:3478,u,p\"]",
+                &[
+                    "--ice-server",
+                    "stun:127.0.0.1:3478",
+                    "--ice-server",
+                    "turn:127.0.0.1:3478,u,p",
+                ],
+                |c| {
+                    let servers = c.ice_servers.iter();
+                    format!(
+                        "{:?}",
+                        servers
+                            .map(|s| (&s.urls, &s.username, &s.credential))
+                            .collect::<Vec<_>>()
+                    )
+                },
+            ),
+            sample("full_ice = true", &["--full-ice"], |c| c.ice_lite.to_string()),
+            sample("initial_bwe = 1000000", &["--initial-bwe", "1000000"], |c| {
+                c.initial_bwe_bps.to_string()
+            }),
+            sample("turn = true", &["--turn"], |c| {
+                format!("{:?}", c.turn.as_ref().map(|t| &t.embedded))
+            }),
+            needing(
+                "turn = true",
+                sample(
+                    "turn_listen = \"127.0.0.1:3479\"",
+                    &["--turn-listen", "127.0.0.1:3479"],
+                    |c| embedded(c).listen.to_string(),
+                ),
+            ),
+            needing(
+                "turn = true",
+                sample("turn_realm = \"example\"", &["--turn-realm", "example"], |c| {
+                    embedded(c).realm
+                }),
+            ),
+            needing(
+                "turn = true",
+                sample("turn_secret = \"t0ken\"", &["--turn-secret", "t0ken"], |c| {
+                    turn(c).secret
+                }),
+            ),
+            needing(
+                "turn = true",
+                sample(
+                    "turn_relay_ip = \"127.0.0.3\"",
+                    &["--turn-relay-ip", "127.0.0.3"],
+                    |c| embedded(c).relay_ip.to_string(),
+                ),
+            ),
+            needing(
+                "turn = true",
+                sample(
+                    "turn_relay_ports = \"50000-50100\"",
+                    &["--turn-relay-ports", "50000-50100"],
+                    |c| format!("{:?}", embedded(c).relay_ports),
+                ),
+            ),
+            needing(
+                "turn = true",
+                sample(
+                    "turn_urls = [\"turn:127.0.0.1:3478\"]",
+                    &["--turn-url", "turn:127.0.0.1:3478"],
+                    |c| format!("{:?}", c.turn.as_ref().map(|t| &t.urls)),
+                ),
+            ),
+            needing(
+                "turn = true",
+                sample("turn_ttl = \"10m\"", &["--turn-ttl", "10m"], |c| {
+                    format!("{:?}", turn(c).ttl)
+                }),
+            ),
+            sample("no_hls = true", &["--no-hls"], |c| c.hls.is_none().to_string()),
+            sample("hls_part_ms = 500", &["--hls-part-ms", "500"], |c| {
+                format!("{:?}", hls(c).part_target)
+            }),
+            sample("hls_segment_ms = 4000", &["--hls-segment-ms", "4000"], |c| {
+                format!("{:?}", hls(c).segment_target)
+            }),
+            sample("hls_dvr = \"2m\"", &["--hls-dvr", "2m"], |c| {
+                format!("{:?}", hls(c).dvr_window)
+            }),
+            sample("hls_linger = \"5s\"", &["--hls-linger", "5s"], |c| {
+                format!("{:?}", c.hls_linger)
+            }),
+            sample("hls_ladder = true", &["--hls-ladder"], |c| {
+                c.hls_ladder.to_string()
+            }),
+            sample("hls_secret = \"h\"", &["--hls-secret", "h"], |c| {
+                format!("{:?}", c.hls_secret)
+            }),
+            sample(
+                "hlsjs_dir = \"/srv/hls.js\"",
+                &["--hlsjs-dir", "/srv/hls.js"],
+                |c| c.hlsjs_dir.display().to_string(),
+            ),
+            sample(
+                "nats = \"nats://127.0.0.1:4222\"",
+                &["--nats", "nats://127.0.0.1:4222"],
+                |c| format!("{:?}", c.cluster.nats.as_ref().map(|n| &n.url)),
+            ),
+            needing(
+                "nats = \"nats://127.0.0.1:4222\"",
+                sample(
+                    "nats_creds = \"/etc/wave/node.creds\"",
+                    &["--nats-creds", "/etc/wave/node.creds"],
+                    |c| format!("{:?}", c.cluster.nats.as_ref().map(|n| &n.credentials)),
+                ),
+            ),
+            needing(
+                "nats = \"nats://127.0.0.1:4222\"",
+                sample(
+                    "nats_ca = \"/etc/wave/ca.pem\"",
+                    &["--nats-ca", "/etc/wave/ca.pem"],
+                    |c| format!("{:?}", c.cluster.nats.as_ref().map(|n| &n.tls_ca)),
+                ),
+            ),
+            sample("node_id = \"edge-1\"", &["--node-id", "edge-1"], |c| {
+                c.cluster.node_id.to_string()
+            }),
+            sample(
+                "advertise_url = \"https://edge-1.example.com\"",
+                &["--advertise-url", "https://edge-1.example.com"],
+                |c| format!("{:?}", c.cluster.advertise_url),
+            ),
+            sample("heartbeat = \"500ms\"", &["--heartbeat", "500ms"], |c| {
+                format!("{:?}", c.cluster.heartbeat)
+            }),
+            sample("node_ttl = \"5s\"", &["--node-ttl", "5s"], |c| {
+                format!("{:?}", c.cluster.ttl)
+            }),
+            sample("node_weight = 2.5", &["--node-weight", "2.5"], |c| {
+                c.cluster.weight.to_string()
+            }),
+            sample("chat_history = 7", &["--chat-history", "7"], |c| {
+                c.chat.history_len.to_string()
+            }),
+            sample("chat_history_age = \"1h\"", &["--chat-history-age", "1h"], |c| {
+                format!("{:?}", c.chat.history_age)
+            }),
+            sample(
+                "chat_rate_streamer = 5.5",
+                &["--chat-rate-streamer", "5.5"],
+                |c| c.chat.rates.streamer.to_string(),
+            ),
+            sample(
+                "chat_rate_moderator = 5.5",
+                &["--chat-rate-moderator", "5.5"],
+                |c| c.chat.rates.moderator.to_string(),
+            ),
+            sample("chat_rate_viewer = 5.5", &["--chat-rate-viewer", "5.5"], |c| {
+                c.chat.rates.viewer.to_string()
+            }),
+            sample(
+                "chat_rate_anonymous = 5.5",
+                &["--chat-rate-anonymous", "5.5"],
+                |c| c.chat.rates.anonymous.to_string(),
+            ),
+            sample("chat_max_chars = 80", &["--chat-max-chars", "80"], |c| {
+                c.chat.filter.max_chars.to_string()
+            }),
+            sample(
+                "chat_banned_words = [\"Spam\", \"eggs\"]",
+                &["--chat-banned-words", "Spam,eggs"],
+                |c| format!("{:?}", c.chat.filter.banned_words),
+            ),
+            sample("chat_allow_links = true", &["--chat-allow-links"], |c| {
+                c.chat.filter.block_links.to_string()
+            }),
+            sample("open_moderation = true", &["--open-moderation"], |c| {
+                c.chat.open_moderation.to_string()
+            }),
+            sample(
+                "chat_fanout_window = \"25ms\"",
+                &["--chat-fanout-window", "25ms"],
+                |c| format!("{:?}", c.chat.fanout_window),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_serve_flag_has_a_variable_and_a_toml_key_that_does_the_same() {
+        let command = Cli::command();
+        let serve_command = command.find_subcommand("serve").expect("a serve subcommand");
+        let samples = samples();
+        let mut flags = BTreeSet::new();
+        let mut failures = Vec::new();
+        for arg in serve_command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            // `--config` names the file itself.
+            if matches!(long, "config" | "help" | "version") {
+                continue;
+            }
+            let key = arg.get_id().as_str();
+            flags.insert(key);
+            if arg.get_env().is_none() {
+                failures.push(format!("--{long} has no environment variable"));
+            }
+            let Some(sample) = samples.iter().find(|s| s.key() == key) else {
+                failures.push(format!(
+                    "--{long}: no sample for its TOML key `{key}` in this test"
+                ));
+                continue;
+            };
+            if let Err(e) = sample.check() {
+                failures.push(format!("--{long}: {e}"));
+            }
+        }
+        for s in &samples {
+            if !flags.contains(s.key()) {
+                failures.push(format!("sample `{}` names no flag", s.toml));
+            }
+        }
+        assert!(flags.len() >= 45, "found only {} flags: {flags:?}", flags.len());
+        assert!(
+            failures.is_empty(),
+            "{} of {} flags:\n{}",
+            failures.len(),
+            flags.len(),
+            failures.join("\n")
+        );
+    }
 
     #[test]
     fn flags_override_file_and_open_nodes_stay_on_loopback() {
-        let dir = std::env::temp_dir().join(format!("wave-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("sfu.toml");
-        std::fs::write(&path, "http = \"127.0.0.1:9000\"\nworkers = 3\nmax_peers = 7\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path.clone()),
-            workers: Some(1),
-            ..ServeArgs::default()
-        };
-        let c = NodeConfig::from_args(args).unwrap();
+        let file = "http = \"127.0.0.1:9000\"\nworkers = 3\nmax_peers = 7\nhls_part_ms = 500\n\
+                    spread_viewers = false\nice_servers = [\"stun:127.0.0.1:1\"]\n";
+        let argv = [
+            "--workers",
+            "1",
+            "--hls-part-ms",
+            "400",
+            "--spread-viewers",
+            "true",
+            "--ice-server",
+            "stun:127.0.0.1:2",
+        ];
+        let c = serve_with("override", file, &argv).unwrap();
         assert_eq!(c.http.port(), 9000);
-        assert_eq!(c.workers, 1);
-        assert_eq!(c.max_peers, 7);
+        assert_eq!((c.workers, c.max_peers), (1, 7));
+        assert_eq!(c.hls.unwrap().part_target, Duration::from_millis(400));
+        assert!(c.spread_viewers);
+        assert_eq!(c.ice_servers[0].urls, ["stun:127.0.0.1:2"]);
 
-        std::fs::write(&path, "bogus = 1\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            ..ServeArgs::default()
-        };
-        assert!(matches!(
-            NodeConfig::from_args(args),
-            Err(ConfigError::Parse { .. })
-        ));
+        let err = serve_with("unknown", "workers = 2\nbogus = 1\n", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
+        let err = serve_with("config-key", "config = \"other.toml\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("unknown field `config`"), "{err}");
+        let err = serve(&["--config", "/nonexistent/wave.toml"]).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
 
-        let open_public = ServeArgs {
-            http: Some("0.0.0.0:8080".parse().unwrap()),
-            ..ServeArgs::default()
-        };
-        assert!(matches!(
-            NodeConfig::from_args(open_public),
-            Err(ConfigError::Invalid(_))
-        ));
-        let secured = ServeArgs {
-            http: Some("0.0.0.0:8080".parse().unwrap()),
-            media_ip: Some("0.0.0.0".parse().unwrap()),
-            auth_secret: Some("s3cret".into()),
-            ..ServeArgs::default()
-        };
-        assert!(NodeConfig::from_args(secured).is_ok());
+        let open_public = serve(&["--http", "0.0.0.0:8080"]);
+        assert!(matches!(open_public, Err(ConfigError::Invalid(_))));
+        let open_public_file = serve_with("open", "http = \"0.0.0.0:8080\"\n", &[]);
+        assert!(matches!(open_public_file, Err(ConfigError::Invalid(_))));
+        let secured = serve(&[
+            "--http",
+            "0.0.0.0:8080",
+            "--media-ip",
+            "0.0.0.0",
+            "--auth-secret",
+            "s3cret",
+        ]);
+        assert!(secured.is_ok());
+    }
+
+    #[test]
+    fn durations_take_humantime_or_seconds_in_flags_and_file() {
+        for (text, want) in [
+            ("90", Duration::from_secs(90)),
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            ("10m", Duration::from_secs(600)),
+            ("1h", Duration::from_secs(3600)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("7d", Duration::from_secs(7 * 86_400)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+            let flag = serve(&["--hls-linger", text]).unwrap();
+            assert_eq!(flag.hls_linger, want, "--hls-linger {text}");
+            let file = serve_with("linger", &format!("hls_linger = \"{text}\"\n"), &[]).unwrap();
+            assert_eq!(file.hls_linger, want, "hls_linger = \"{text}\"");
+        }
+        let seconds = serve_with("linger-int", "hls_linger = 3600\n", &[]).unwrap();
+        assert_eq!(seconds.hls_linger, Duration::from_secs(3600));
+
+        for bad in ["", "1q", "-1", "ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["hls_linger = \"1q\"", "hls_linger = -1", "hls_linger = true"] {
+            let err = serve_with("linger-bad", &format!("workers = 1\n{bad}\n"), &[]).unwrap_err();
+            assert!(matches!(err, ConfigError::Parse { .. }), "{bad}: {err}");
+            let shown = err.to_string();
+            assert!(
+                shown.contains("line 2") && shown.contains(bad),
+                "not at its line: {shown}"
+            );
+        }
+        let err = Cli::try_parse_from(["sfu", "serve", "--hls-dvr", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
     }
 
     #[test]
     fn chat_fanout_window_defaults_reads_and_is_bounded() {
-        let window = |w: Option<&str>| {
-            let args = ServeArgs {
-                chat: ChatArgs {
-                    chat_fanout_window: w.map(|w| parse_duration(w).unwrap()),
-                    ..ChatArgs::default()
-                },
-                ..ServeArgs::default()
-            };
-            NodeConfig::from_args(args).map(|c| c.chat.fanout_window)
-        };
-        assert_eq!(window(None).unwrap(), signaling::chat::DEFAULT_FANOUT_WINDOW);
-        assert_eq!(window(Some("0ms")).unwrap(), Duration::ZERO);
-        assert_eq!(window(Some("25ms")).unwrap(), Duration::from_millis(25));
-        assert!(matches!(window(Some("2s")), Err(ConfigError::Invalid(_))));
+        let window = |w: &[&str]| serve(w).map(|c| c.chat.fanout_window);
+        assert_eq!(window(&[]).unwrap(), signaling::chat::DEFAULT_FANOUT_WINDOW);
+        assert_eq!(window(&["--chat-fanout-window", "0ms"]).unwrap(), Duration::ZERO);
+        assert_eq!(
+            window(&["--chat-fanout-window", "25ms"]).unwrap(),
+            Duration::from_millis(25)
+        );
+        assert!(matches!(
+            window(&["--chat-fanout-window", "2s"]),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]
     fn turn_is_embedded_external_or_off() {
-        assert!(
-            NodeConfig::from_args(ServeArgs::default())
-                .unwrap()
-                .turn
-                .is_none()
-        );
+        assert!(serve(&[]).unwrap().turn.is_none());
 
-        let embedded = ServeArgs {
-            turn: true,
-            auth_secret: Some("node".into()),
-            ..ServeArgs::default()
-        };
-        let t = NodeConfig::from_args(embedded).unwrap().turn.unwrap();
+        let t = serve(&["--turn", "--auth-secret", "node"]).unwrap().turn.unwrap();
         let e = t.embedded.unwrap();
         assert_eq!(e.listen, "127.0.0.1:3478".parse().unwrap());
         assert_eq!((e.realm.as_str(), e.relay_ports), ("wave", (49152, 65535)));
         assert_eq!(t.secret, "node", "the node's secret by default");
         assert!(t.urls.is_empty(), "derived from the bound listener");
 
-        let open = NodeConfig::from_args(ServeArgs {
-            turn: true,
-            ..ServeArgs::default()
-        });
+        let open = serve(&["--turn"]);
         assert_eq!(open.unwrap().turn.unwrap().secret.len(), 32, "a random secret");
 
-        let external = ServeArgs {
-            turn_urls: vec!["turn:turn.example.com:3478".into()],
-            turn_secret: Some("shared".into()),
-            ..ServeArgs::default()
-        };
-        let t = NodeConfig::from_args(external).unwrap().turn.unwrap();
+        let t = serve(&[
+            "--turn-url",
+            "turn:turn.example.com:3478",
+            "--turn-secret",
+            "shared",
+        ])
+        .unwrap()
+        .turn
+        .unwrap();
         assert!(t.embedded.is_none());
         assert_eq!(t.ttl, Duration::from_secs(3600));
 
         for bad in [
-            ServeArgs {
-                turn_urls: vec!["turn:x:3478".into()],
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                turn_secret: Some("s".into()),
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                turn_listen: Some("127.0.0.1:3478".parse().unwrap()),
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                turn: true,
-                turn_urls: vec!["stun:x:3478".into()],
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                turn: true,
-                turn_listen: Some("0.0.0.0:3478".parse().unwrap()),
-                ..ServeArgs::default()
-            },
+            &["--turn-url", "turn:x:3478"][..],
+            &["--turn-secret", "s"],
+            &["--turn-listen", "127.0.0.1:3478"],
+            &["--turn", "--turn-url", "stun:x:3478"],
+            &["--turn", "--turn-listen", "0.0.0.0:3478"],
         ] {
             assert!(
-                matches!(NodeConfig::from_args(bad), Err(ConfigError::Invalid(_))),
-                "accepted a bad TURN setup"
+                matches!(serve(bad), Err(ConfigError::Invalid(_))),
+                "accepted a bad TURN setup: {bad:?}"
             );
         }
     }
 
     #[test]
-    fn durations_and_ice_servers_parse() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert!(parse_duration("1y").is_err());
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    fn ice_servers_parse() {
         let s = parse_ice_server("turn:127.0.0.1:3478?transport=udp,user,pass").unwrap();
         assert_eq!(s.username.as_deref(), Some("user"));
         assert!(parse_ice_server("http://x").is_err());
@@ -991,42 +1303,32 @@ mod tests {
 
     #[test]
     fn cluster_flags_default_to_the_in_process_bus() {
-        let d = NodeConfig::from_args(ServeArgs::default()).unwrap();
+        let d = serve(&[]).unwrap();
         assert!(d.cluster.nats.is_none());
         assert!(signaling::cluster::NodeId::parse(d.cluster.node_id.as_str()).is_some());
         assert_eq!(d.cluster.heartbeat, Duration::from_secs(1));
 
-        let n = NodeConfig::from_args(ServeArgs {
-            nats: Some("nats://127.0.0.1:4222".into()),
-            node_id: Some("edge-1".into()),
-            heartbeat: Some(Duration::from_millis(200)),
-            node_ttl: Some(Duration::from_secs(1)),
-            ..ServeArgs::default()
-        })
-        .unwrap();
+        let argv = [
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--node-id",
+            "edge-1",
+            "--heartbeat",
+            "200ms",
+            "--node-ttl",
+            "1s",
+        ];
+        let n = serve(&argv).unwrap();
         assert_eq!(n.cluster.nats.unwrap().url, "nats://127.0.0.1:4222");
         assert_eq!(n.cluster.node_id.as_str(), "edge-1");
 
         for bad in [
-            ServeArgs {
-                node_id: Some("a.b".into()),
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                nats_creds: Some("x.creds".into()),
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                heartbeat: Some(Duration::from_secs(3)),
-                node_ttl: Some(Duration::from_secs(3)),
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                advertise_url: Some("10.0.0.1:8080".into()),
-                ..ServeArgs::default()
-            },
+            &["--node-id", "a.b"][..],
+            &["--nats-creds", "x.creds"],
+            &["--heartbeat", "3s", "--node-ttl", "3s"],
+            &["--advertise-url", "10.0.0.1:8080"],
         ] {
-            assert!(matches!(NodeConfig::from_args(bad), Err(ConfigError::Invalid(_))));
+            assert!(matches!(serve(bad), Err(ConfigError::Invalid(_))), "{bad:?}");
         }
     }
 }
