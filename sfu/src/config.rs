@@ -136,6 +136,26 @@ pub struct ServeArgs {
     /// [default: web/node_modules/hls.js/dist, installed by scripts/setup.sh].
     #[arg(long, env = "SFU_HLSJS_DIR")]
     pub hlsjs_dir: Option<PathBuf>,
+    /// Serve LL-HLS, DASH and thumbnails to anyone, even with
+    /// --auth-secret [default: with --auth-secret every /hls/ request needs
+    /// a subscribe token for the room as `?token=` (or a signed token the
+    /// playlists carry)].
+    #[arg(long, env = "SFU_PUBLIC_HLS")]
+    pub public_hls: bool,
+    /// The `aud` every bearer token must carry [default: `aud` is not checked].
+    #[arg(long, env = "SFU_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+    /// Longest lifetime (exp - iat) of a token for one room; `0` for no
+    /// limit. Tokens for `*` are not limited [default: 24h].
+    #[arg(long, env = "SFU_MAX_TOKEN_TTL", value_parser = parse_duration)]
+    pub max_token_ttl: Option<Duration>,
+    /// Concurrent HTTP connections from one client (an IPv4 address or an
+    /// IPv6 /64); more are answered 503 and closed [default: 256].
+    #[arg(long, env = "SFU_MAX_HTTP_CONNECTIONS_PER_CLIENT")]
+    pub max_http_connections_per_client: Option<usize>,
+    /// Concurrent HTTP connections in total [default: 8192].
+    #[arg(long, env = "SFU_MAX_HTTP_CONNECTIONS")]
+    pub max_http_connections: Option<usize>,
     /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
     /// comma separated) [default: none, the in-process bus: a single node].
     #[arg(long, env = "SFU_NATS")]
@@ -321,6 +341,11 @@ pub struct FileConfig {
     pub turn_urls: Option<Vec<String>>,
     pub turn_ttl: Option<String>,
     pub hlsjs_dir: Option<PathBuf>,
+    pub public_hls: Option<bool>,
+    pub token_audience: Option<String>,
+    pub max_token_ttl: Option<String>,
+    pub max_http_connections_per_client: Option<usize>,
+    pub max_http_connections: Option<usize>,
     pub nats: Option<String>,
     pub nats_creds: Option<PathBuf>,
     pub nats_ca: Option<PathBuf>,
@@ -355,9 +380,13 @@ pub struct TokenArgs {
     /// --publish, else viewer]. Streamers and moderators may moderate.
     #[arg(long, value_parser = parse_role)]
     pub role: Option<signaling::auth::Role>,
-    /// Lifetime: seconds, or with a unit (`90s`, `10m`, `6h`, `7d`) [default: 6h].
+    /// Lifetime: seconds, or with a unit (`90s`, `10m`, `6h`, `7d`); a node
+    /// refuses one-room tokens longer than its --max-token-ttl [default: 6h].
     #[arg(long, default_value = "6h", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// The audience (`aud`), for nodes started with --token-audience.
+    #[arg(long)]
+    pub audience: Option<String>,
 }
 
 /// The effective node configuration.
@@ -389,6 +418,12 @@ pub struct NodeConfig {
     pub hls_ladder: bool,
     /// hls.js for the demo page (see `--hlsjs-dir`).
     pub hlsjs_dir: PathBuf,
+    /// `/hls/` needs no grant even with an auth secret (`--public-hls`).
+    pub public_hls: bool,
+    /// Audience and longest lifetime of bearer tokens.
+    pub token_policy: signaling::auth::TokenPolicy,
+    /// Concurrent HTTP connections per client and in total.
+    pub connection_limit: signaling::ConnectionLimit,
     pub cluster: ClusterArgs,
     pub chat: signaling::chat::ChatConfig,
 }
@@ -510,6 +545,9 @@ impl Default for NodeConfig {
             hls_linger: Duration::from_secs(60),
             hls_ladder: false,
             hlsjs_dir: PathBuf::from("web/node_modules/hls.js/dist"),
+            public_hls: false,
+            token_policy: signaling::auth::TokenPolicy::default(),
+            connection_limit: signaling::ConnectionLimit::default(),
             cluster: ClusterArgs::default(),
             chat: signaling::chat::ChatConfig::default(),
         }
@@ -610,6 +648,33 @@ impl NodeConfig {
             hls_linger: args.hls_linger.unwrap_or(d.hls_linger),
             hls_ladder: args.hls_ladder,
             hlsjs_dir: args.hlsjs_dir.or(file.hlsjs_dir).unwrap_or(d.hlsjs_dir),
+            public_hls: args.public_hls || file.public_hls.unwrap_or(false),
+            token_policy: signaling::auth::TokenPolicy {
+                audience: args
+                    .token_audience
+                    .or(file.token_audience)
+                    .filter(|a| !a.is_empty()),
+                max_ttl: match args.max_token_ttl {
+                    Some(t) => Some(t),
+                    None => file
+                        .max_token_ttl
+                        .as_deref()
+                        .map(parse_duration)
+                        .transpose()
+                        .map_err(|e| ConfigError::Invalid(format!("max_token_ttl: {e}")))?,
+                }
+                .map_or(d.token_policy.max_ttl, |t| (!t.is_zero()).then_some(t)),
+            },
+            connection_limit: signaling::ConnectionLimit {
+                per_client: args
+                    .max_http_connections_per_client
+                    .or(file.max_http_connections_per_client)
+                    .unwrap_or(d.connection_limit.per_client),
+                total: args
+                    .max_http_connections
+                    .or(file.max_http_connections)
+                    .unwrap_or(d.connection_limit.total),
+            },
             cluster,
         };
         config.check()?;
@@ -643,6 +708,16 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(format!(
                 "refusing to serve TURN on {listen} without --auth-secret: an open node binds loopback only"
             )));
+        }
+        if self.public_hls && self.hls_secret.is_some() {
+            return Err(ConfigError::Invalid(
+                "--public-hls and --hls-secret contradict each other: pick one".into(),
+            ));
+        }
+        if self.connection_limit.per_client == 0 || self.connection_limit.total == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-http-connections and --max-http-connections-per-client must be at least 1".into(),
+            ));
         }
         if self.max_peers == 0 || self.max_room_peers == 0 {
             return Err(ConfigError::Invalid(
@@ -891,6 +966,62 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(NodeConfig::from_args(secured).is_ok());
+    }
+
+    #[test]
+    fn http_security_flags_and_file_keys() {
+        let d = NodeConfig::from_args(ServeArgs::default()).unwrap();
+        assert!(!d.public_hls);
+        assert_eq!(d.token_policy, signaling::auth::TokenPolicy::default());
+        assert_eq!(d.token_policy.max_ttl, Some(Duration::from_secs(86_400)));
+        assert_eq!(d.connection_limit, signaling::ConnectionLimit::default());
+
+        let dir = std::env::temp_dir().join(format!("wave-config-sec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sfu.toml");
+        std::fs::write(
+            &path,
+            "public_hls = true\ntoken_audience = \"file\"\nmax_token_ttl = \"2h\"\n\
+             max_http_connections_per_client = 9\nmax_http_connections = 99\n",
+        )
+        .unwrap();
+        let c = NodeConfig::from_args(ServeArgs {
+            config: Some(path.clone()),
+            token_audience: Some("flag".into()),
+            max_http_connections: Some(50),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert!(c.public_hls);
+        assert_eq!(c.token_policy.audience.as_deref(), Some("flag"));
+        assert_eq!(c.token_policy.max_ttl, Some(Duration::from_secs(7_200)));
+        assert_eq!(c.connection_limit.per_client, 9);
+        assert_eq!(c.connection_limit.total, 50);
+
+        let unbounded = NodeConfig::from_args(ServeArgs {
+            max_token_ttl: Some(Duration::ZERO),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(unbounded.token_policy.max_ttl, None);
+        let contradiction = ServeArgs {
+            public_hls: true,
+            hls_secret: Some("k".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            NodeConfig::from_args(contradiction),
+            Err(ConfigError::Invalid(_))
+        ));
+        let no_connections = ServeArgs {
+            max_http_connections_per_client: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            NodeConfig::from_args(no_connections),
+            Err(ConfigError::Invalid(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
