@@ -650,7 +650,7 @@ async fn an_authorizer_grant_opens_the_playlists_and_is_not_copied_into_them() {
     assert_eq!(dash.status, StatusCode::OK);
     assert!(!dash.text().contains("viewer-grant") && dash.text().contains("token="));
     for path in [
-        format!("/hls/other/index.m3u8?token=viewer-grant"),
+        "/hls/other/index.m3u8?token=viewer-grant".to_string(),
         format!("/hls/{ROOM}/index.m3u8?token=someone-else"),
     ] {
         assert_eq!(
