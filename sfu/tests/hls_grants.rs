@@ -6,25 +6,14 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::checker;
-use common::node::{Http, Node};
+use common::node::{Http, Node, cli_token};
 use common::publisher::{Video, publish_with};
 use hyper::{Method, StatusCode};
 
 const FAST: [&str; 4] = ["--hls-segment-ms", "1000", "--hls-part-ms", "200"];
-
-fn token(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sfu"))
-        .args(["token", "--secret", "s3cret"])
-        .args(args)
-        .output()
-        .expect("sfu token runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// Polls the multivariant playlist with `query` until it is 200.
 async fn multivariant(http: &Http, node: &Node, room: &str, query: &str) -> String {
@@ -59,16 +48,16 @@ async fn a_secured_node_serves_hls_only_to_subscribers() {
     let node = Node::start(&args);
     let http = Http::default();
     let room = "vip";
-    let publisher_token = token(&["--room", room, "--identity", "ann", "--publish"]);
+    let publisher_token = cli_token(&["--room", room, "--identity", "ann", "--publish"]);
     let _p = publish_with(&node, &http, room, Video::Encoded, Some(&publisher_token)).await;
-    let viewer = token(&["--room", room, "--identity", "bob", "--subscribe"]);
+    let viewer = cli_token(&["--room", room, "--identity", "bob", "--subscribe"]);
     let text = multivariant(&http, &node, room, &format!("?token={viewer}")).await;
     assert!(!text.contains(&viewer), "the JWT is not copied into playlists");
 
     // Without a grant: 401; with a token that does not grant this room's
     // subscribe: 403. On every HLS path, before the room is even looked up.
-    let elsewhere = token(&["--room", "other", "--identity", "bob", "--subscribe"]);
-    let forged = token(&["--room", room, "--identity", "bob", "--subscribe"]).replace('.', ".x");
+    let elsewhere = cli_token(&["--room", "other", "--identity", "bob", "--subscribe"]);
+    let forged = cli_token(&["--room", room, "--identity", "bob", "--subscribe"]).replace('.', ".x");
     for path in [
         format!("/hls/{room}/index.m3u8"),
         format!("/hls/{room}/manifest.mpd"),
@@ -145,7 +134,7 @@ async fn public_hls_opens_hls_on_a_secured_node() {
     let node = Node::start(&args);
     let http = Http::default();
     let room = "open";
-    let publisher_token = token(&["--room", room, "--identity", "ann", "--publish"]);
+    let publisher_token = cli_token(&["--room", room, "--identity", "ann", "--publish"]);
     let _p = publish_with(&node, &http, room, Video::Encoded, Some(&publisher_token)).await;
     let text = multivariant(&http, &node, room, "").await;
     assert!(!text.contains("token="), "{text}");

@@ -112,6 +112,7 @@ async fn every_response_exposes_headers() {
     }
 }
 
+/// A secured node answers any page under any name: the token is the gate.
 #[tokio::test]
 async fn origin_is_echoed_with_vary() {
     let srv = start(secured()).await;
@@ -123,6 +124,7 @@ async fn origin_is_echoed_with_vary() {
             &[
                 ("content-type", "application/sdp"),
                 ("origin", "http://x.test"),
+                ("host", "sfu.example.com"),
                 ("authorization", &bearer),
             ],
             OFFER,
