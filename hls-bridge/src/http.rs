@@ -18,13 +18,22 @@
 //! - `Cache-Control` per Appendix B.1: blocking playlist 6 TD, its 404
 //!   4 TD, plain playlists ½ TD (404: 1 TD), hinted parts 6 TD, published
 //!   files immutable. Playlists gzipped when the client accepts it. CORS
-//!   open (`*`): the media is public unless signed URLs are on.
-//! - Signed URLs: with a secret, every request needs `?token=` (HMAC-SHA256
-//!   over room and expiry, see [`sign_token`]); playlists carry the token
-//!   into every URI they name.
+//!   open (`*`): what needs a grant is the URL, not the page.
+//! - Access ([`HlsAccess`]): public, or every request needs `?token=`: a
+//!   signed URL token (HMAC-SHA256 over room and expiry, [`sign_token`]),
+//!   or anything the embedder's [`Authorizer`] accepts (the node: a JWT
+//!   with a subscribe grant for the room). Missing: 401; refused: 403.
+//!   Playlists carry fresh signed tokens into every URI they name, on a
+//!   [`TOKEN_WINDOW`] grid so that all viewers of a room in one window get
+//!   the same URLs (one CDN entry per room and window): rendition
+//!   playlists in the multivariant playlist until the request's grant ends
+//!   (players keep that URL for the whole session), parts, segments, init
+//!   segments and rendition reports for one to two windows (a reload
+//!   brings fresh ones).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -346,11 +355,91 @@ impl HlsStore {
     }
 }
 
+/// Decides whether `token` (not a signed URL token) lets its holder read
+/// `room`'s HLS at `now`: the grant's end (seconds since the Unix epoch),
+/// or why not.
+pub type Authorizer = Box<dyn Fn(&str, &str, SystemTime) -> Result<u64, &'static str> + Send + Sync>;
+
+/// Signed tokens the service writes expire on this grid (seconds): one to
+/// two windows after they are written for media files, the grant's end
+/// rounded up to it for rendition playlists.
+pub const TOKEN_WINDOW: u64 = 60;
+
+/// Who may read `/hls/`.
+pub struct HlsAccess {
+    /// Key of the signed URL tokens; `None`: public.
+    key: Option<Vec<u8>>,
+    authorize: Option<Authorizer>,
+}
+
+impl HlsAccess {
+    /// Anyone may read.
+    pub fn public() -> Self {
+        HlsAccess {
+            key: None,
+            authorize: None,
+        }
+    }
+
+    /// Every request needs a token signed with `key` ([`sign_token`]).
+    pub fn signed(key: impl Into<Vec<u8>>) -> Self {
+        HlsAccess {
+            key: Some(key.into()),
+            authorize: None,
+        }
+    }
+
+    /// Every request needs a token signed with a key derived from
+    /// `master` (an HMAC of a fixed label under it), so that the signed
+    /// URL tokens of a node with only an auth secret never double as
+    /// anything signed with that secret itself.
+    pub fn signed_derived(master: &[u8]) -> Self {
+        // Invariant: HMAC accepts keys of any length.
+        let mut mac = Hmac::<Sha256>::new_from_slice(master).expect("HMAC takes any key length");
+        mac.update(b"wave hls signed url key v1");
+        Self::signed(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// Also accepts what `authorize` accepts (for example a JWT), on a
+    /// service that needs tokens.
+    pub fn with_authorizer(
+        mut self,
+        authorize: impl Fn(&str, &str, SystemTime) -> Result<u64, &'static str> + Send + Sync + 'static,
+    ) -> Self {
+        self.authorize = Some(Box::new(authorize));
+        self
+    }
+
+    pub fn is_public(&self) -> bool {
+        self.key.is_none()
+    }
+
+    /// The grant `token` carries for `room`: its end, in Unix seconds.
+    fn check(&self, key: &[u8], room: &str, token: &str, now: SystemTime) -> Result<u64, &'static str> {
+        let looks_signed = token
+            .split_once('-')
+            .is_some_and(|(e, _)| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
+        match &self.authorize {
+            Some(authorize) if !looks_signed => authorize(room, token, now),
+            _ => verify_token(key, room, token, unix_secs(now)),
+        }
+    }
+}
+
+impl fmt::Debug for HlsAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HlsAccess")
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("authorize", &self.authorize.is_some())
+            .finish()
+    }
+}
+
 /// The `/hls/` request handler.
 #[derive(Debug)]
 pub struct HlsService {
     store: Arc<HlsStore>,
-    secret: Option<Vec<u8>>,
+    access: HlsAccess,
     /// Overrides the 3 TD hold limit (tests).
     block_limit: Option<Duration>,
     pub metrics: HlsMetrics,
@@ -361,6 +450,7 @@ pub struct HlsService {
 enum Refusal {
     NotFound(&'static str),
     BadRequest(&'static str),
+    Unauthorized(&'static str),
     Forbidden(&'static str),
     Timeout,
 }
@@ -408,7 +498,8 @@ pub fn sign_token(secret: &[u8], room: &str, expires: u64) -> String {
     format!("{expires}-{hex}")
 }
 
-fn verify_token(secret: &[u8], room: &str, token: &str, now: u64) -> Result<(), &'static str> {
+/// The expiry of a valid signed URL token for `room`.
+fn verify_token(secret: &[u8], room: &str, token: &str, now: u64) -> Result<u64, &'static str> {
     let (expires, sig) = token.split_once('-').ok_or("malformed token")?;
     let expires: u64 = expires.parse().map_err(|_| "malformed token")?;
     let bytes: Vec<u8> = (0..sig.len() / 2)
@@ -424,7 +515,22 @@ fn verify_token(secret: &[u8], room: &str, token: &str, now: u64) -> Result<(), 
     if expires <= now {
         return Err("token expired");
     }
-    Ok(())
+    Ok(expires)
+}
+
+/// The `?token=` suffixes a response writes for a grant ending at
+/// `grant_end`: (rendition playlists, everything else).
+fn token_suffixes(key: &[u8], room: &str, grant_end: u64, now: u64) -> (String, String) {
+    let rendition = grant_end.div_ceil(TOKEN_WINDOW).saturating_mul(TOKEN_WINDOW);
+    let files = (now / TOKEN_WINDOW + 2).saturating_mul(TOKEN_WINDOW);
+    (
+        format!("?token={}", sign_token(key, room, rendition)),
+        format!("?token={}", sign_token(key, room, files)),
+    )
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Whether a blocking request for `(msn, part)` can be answered.
@@ -487,10 +593,10 @@ impl Drop for Held<'_> {
 }
 
 impl HlsService {
-    pub fn new(store: Arc<HlsStore>, secret: Option<Vec<u8>>) -> Self {
+    pub fn new(store: Arc<HlsStore>, access: HlsAccess) -> Self {
         Self {
             store,
-            secret: secret.filter(|s| !s.is_empty()),
+            access,
             block_limit: None,
             metrics: HlsMetrics::default(),
         }
@@ -618,6 +724,11 @@ impl HlsService {
                 debug!(path, why, "HLS 400");
                 text(StatusCode::BAD_REQUEST, why, "no-store")
             }
+            Refusal::Unauthorized(why) => {
+                m.forbidden.fetch_add(1, Ordering::Relaxed);
+                debug!(path, why, "HLS 401");
+                text(StatusCode::UNAUTHORIZED, why, "no-store")
+            }
             Refusal::Forbidden(why) => {
                 m.forbidden.fetch_add(1, Ordering::Relaxed);
                 debug!(path, why, "HLS 403");
@@ -647,17 +758,20 @@ impl HlsService {
         let parts: Vec<&str> = rest.split('/').collect();
         let room = parts[0];
         let q = parse_query(query).map_err(|r| (r, 1))?;
-        if let Some(secret) = &self.secret {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            let token = q.token.ok_or((Refusal::Forbidden("token required"), 1))?;
-            verify_token(secret, room, token, now).map_err(|why| (Refusal::Forbidden(why), 1))?;
-        }
-        let suffix = match (&self.secret, q.token) {
-            (Some(_), Some(t)) => format!("?token={t}"),
-            _ => String::new(),
+        let (rendition_suffix, suffix) = match &self.access.key {
+            None => (String::new(), String::new()),
+            Some(key) => {
+                let now = SystemTime::now();
+                let token = q
+                    .token
+                    .filter(|t| !t.is_empty())
+                    .ok_or((Refusal::Unauthorized("token required"), 1))?;
+                let grant_end = self
+                    .access
+                    .check(key, room, token, now)
+                    .map_err(|why| (Refusal::Forbidden(why), 1))?;
+                token_suffixes(key, room, grant_end, unix_secs(now))
+            }
         };
         let published = self
             .store
@@ -674,7 +788,8 @@ impl HlsService {
                 let snap = self
                     .settled_ladder(room, snap, Duration::from_secs(u64::from(td)))
                     .await;
-                let body = playlist::multivariant(&snap, &suffix).ok_or(nf("no rendition has media yet"))?;
+                let body = playlist::multivariant(&snap, &rendition_suffix)
+                    .ok_or(nf("no rendition has media yet"))?;
                 Ok(respond(
                     body.into(),
                     PLAYLIST,
@@ -1059,7 +1174,7 @@ mod tests {
     #[test]
     fn tokens() {
         let t = sign_token(b"k", "room1", 1000);
-        assert_eq!(verify_token(b"k", "room1", &t, 999), Ok(()));
+        assert_eq!(verify_token(b"k", "room1", &t, 999), Ok(1000));
         assert_eq!(verify_token(b"k", "room1", &t, 1000), Err("token expired"));
         assert!(verify_token(b"k", "room2", &t, 999).is_err());
         assert!(verify_token(b"other", "room1", &t, 999).is_err());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::checker;
 use common::http::{get, request, start};
 use common::room::{Room, ladder};
-use hls_bridge::http::{HlsService, HlsStore, sign_token};
+use hls_bridge::http::{HlsAccess, HlsService, HlsStore, TOKEN_WINDOW, sign_token};
 use hls_bridge::{HlsConfig, RoomSnapshot};
 use hyper::StatusCode;
 
@@ -28,8 +28,16 @@ async fn setup(
     limit: Duration,
     secret: Option<&[u8]>,
 ) -> (std::net::SocketAddr, Arc<HlsService>, Vec<RoomSnapshot>) {
+    let access = secret.map_or_else(HlsAccess::public, HlsAccess::signed);
+    setup_with(limit, access).await
+}
+
+async fn setup_with(
+    limit: Duration,
+    access: HlsAccess,
+) -> (std::net::SocketAddr, Arc<HlsService>, Vec<RoomSnapshot>) {
     let store = HlsStore::new();
-    let service = Arc::new(HlsService::new(store, secret.map(<[u8]>::to_vec)).with_block_limit(limit));
+    let service = Arc::new(HlsService::new(store, access).with_block_limit(limit));
     let addr = start(service.clone()).await;
     (addr, service, snapshots())
 }
@@ -476,7 +484,7 @@ async fn a_hinted_part_is_held_until_whole_and_the_ended_stream_ignores_directiv
 #[tokio::test]
 async fn delta_update_skips_old_segments() {
     let store = HlsStore::new();
-    let service = Arc::new(HlsService::new(store, None));
+    let service = Arc::new(HlsService::new(store, HlsAccess::public()));
     let addr = start(service.clone()).await;
     let mut room = Room::new(HlsConfig::default(), &ladder()[..1], true);
     room.run(Duration::from_secs(34));
@@ -499,17 +507,28 @@ async fn delta_update_skips_old_segments() {
     assert_eq!(&f.segments[d.skipped as usize..], &d.segments[..]);
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The `?token=` value at the end of a URI.
+fn token_of(uri: &str) -> &str {
+    uri.rsplit_once("?token=").map_or("", |(_, t)| t)
+}
+
+/// The expiry a signed token names.
+fn expiry_of(token: &str) -> u64 {
+    token.split_once('-').unwrap().0.parse().unwrap()
+}
+
 #[tokio::test]
-async fn signed_urls_are_checked_everywhere_and_carried_into_playlists() {
+async fn signed_urls_are_checked_everywhere_and_playlists_carry_windowed_tokens() {
     let secret = b"hls-secret";
     let (addr, service, snaps) = setup(Duration::from_secs(9), Some(secret)).await;
     let snap = snaps.last().unwrap().clone();
     service.store().publish(ROOM, snap.clone());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = sign_token(secret, ROOM, now + 60);
+    let now = unix_now();
+    let token = sign_token(secret, ROOM, now + 600);
     let mv = get(addr, &format!("/hls/{ROOM}/index.m3u8?token={token}"), false, &[]).await;
     assert_eq!(mv.status, StatusCode::OK);
     let text = mv.text();
@@ -517,36 +536,133 @@ async fn signed_urls_are_checked_everywhere_and_carried_into_playlists() {
         .lines()
         .find(|l| !l.starts_with('#') && !l.is_empty())
         .unwrap();
-    assert!(uri.ends_with(&format!("?token={token}")), "{uri}");
+    // A rendition playlist is reloaded with this URL for the whole
+    // session: its token lasts as long as the grant, rounded up to the window.
+    let rendition_token = token_of(uri);
+    assert_eq!(
+        expiry_of(rendition_token),
+        (now + 600).div_ceil(TOKEN_WINDOW) * TOKEN_WINDOW,
+        "{uri}"
+    );
     let pl = get(addr, &format!("/hls/{ROOM}/{uri}"), false, &[]).await;
     assert_eq!(pl.status, StatusCode::OK);
     let (m, _) = checker::check_media(&pl.text());
     let part = &m.segments.last().unwrap().parts[0].uri;
-    assert!(part.ends_with(&token));
-    assert!(m.hints.iter().all(|(_, u)| u.ends_with(&token)));
-    assert!(m.reports.iter().all(|(u, _, _)| u.ends_with(&token)));
+    // Files get a short-lived token, the same for every viewer in the window.
+    let file_token = token_of(part);
+    let expires = expiry_of(file_token);
+    assert_eq!(expires % TOKEN_WINDOW, 0);
+    assert!(
+        expires > now + TOKEN_WINDOW - 2 && expires <= now + 2 * TOKEN_WINDOW + 1,
+        "{part}"
+    );
+    assert!(m.hints.iter().all(|(_, u)| token_of(u) == file_token));
+    assert!(m.reports.iter().all(|(u, _, _)| token_of(u) == file_token));
+    let again = get(addr, &format!("/hls/{ROOM}/{uri}"), false, &[]).await;
+    let (m2, _) = checker::check_media(&again.text());
+    // Another viewer in the same window gets the very same URLs (unless
+    // the window turned between the two requests).
+    let second = token_of(&m2.segments.last().unwrap().parts[0].uri);
+    assert!(
+        second == file_token || expiry_of(second) == expires + TOKEN_WINDOW,
+        "{second} vs {file_token}"
+    );
     let dir = uri.rsplit_once('/').unwrap().0;
     let a = get(addr, &format!("/hls/{ROOM}/{dir}/{part}"), false, &[]).await;
     assert_eq!(a.status, StatusCode::OK);
-    // Missing, expired, forged, and another room's tokens.
+    // Missing: 401; expired, forged, another room's: 403.
     let expired = sign_token(secret, ROOM, now - 1);
     let other = sign_token(secret, "other", now + 60);
     let forged = sign_token(b"guess", ROOM, now + 60);
-    for q in [
-        "".to_string(),
-        format!("?token={expired}"),
-        format!("?token={other}"),
-        format!("?token={forged}"),
+    for (q, status) in [
+        (String::new(), StatusCode::UNAUTHORIZED),
+        ("?token=".to_string(), StatusCode::UNAUTHORIZED),
+        (format!("?token={expired}"), StatusCode::FORBIDDEN),
+        (format!("?token={other}"), StatusCode::FORBIDDEN),
+        (format!("?token={forged}"), StatusCode::FORBIDDEN),
+        (
+            "?token=eyJhbGciOiJIUzI1NiJ9.e30.x".to_string(),
+            StatusCode::FORBIDDEN,
+        ),
     ] {
         for path in [
             format!("/hls/{ROOM}/index.m3u8"),
+            format!("/hls/{ROOM}/manifest.mpd"),
+            format!("/hls/{ROOM}/thumbnail.jpg"),
             media_path(&snap, "v0", "index.m3u8"),
             media_path(&snap, "v0", "init_0.mp4"),
         ] {
             let a = get(addr, &format!("{path}{q}"), false, &[]).await;
-            assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}{q}");
+            assert_eq!(a.status, status, "{path}{q}");
         }
     }
+}
+
+/// The embedder's grant (the node's JWTs) opens the multivariant playlist;
+/// the playlists then carry signed tokens, never the grant itself.
+#[tokio::test]
+async fn an_authorizer_grant_opens_the_playlists_and_is_not_copied_into_them() {
+    let key = b"derived-key";
+    let grant_end = unix_now() + 3_000;
+    let access =
+        HlsAccess::signed(key.to_vec()).with_authorizer(move |room, token, _now| match (room, token) {
+            (ROOM, "viewer-grant") => Ok(grant_end),
+            (_, "viewer-grant") => Err("token does not grant this room"),
+            _ => Err("invalid token"),
+        });
+    let (addr, service, snaps) = setup_with(Duration::from_secs(9), access).await;
+    let snap = snaps.last().unwrap().clone();
+    service.store().publish(ROOM, snap.clone());
+    service.store().publish("other", snap.clone());
+    let mv = get(
+        addr,
+        &format!("/hls/{ROOM}/index.m3u8?token=viewer-grant"),
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(mv.status, StatusCode::OK);
+    let text = mv.text();
+    assert!(!text.contains("viewer-grant"), "{text}");
+    let uri = text
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap();
+    assert_eq!(
+        expiry_of(token_of(uri)),
+        grant_end.div_ceil(TOKEN_WINDOW) * TOKEN_WINDOW
+    );
+    let pl = get(addr, &format!("/hls/{ROOM}/{uri}"), false, &[]).await;
+    assert_eq!(pl.status, StatusCode::OK, "{}", pl.text());
+    let (m, v) = checker::check_media(&pl.text());
+    assert!(v.is_empty(), "{v:?}");
+    let init = m.segments[0].map.clone().expect("an EXT-X-MAP");
+    let dir = uri.rsplit_once('/').unwrap().0;
+    let a = get(addr, &format!("/hls/{ROOM}/{dir}/{init}"), false, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let dash = get(
+        addr,
+        &format!("/hls/{ROOM}/manifest.mpd?token=viewer-grant"),
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(dash.status, StatusCode::OK);
+    assert!(!dash.text().contains("viewer-grant") && dash.text().contains("token="));
+    for path in [
+        "/hls/other/index.m3u8?token=viewer-grant".to_string(),
+        format!("/hls/{ROOM}/index.m3u8?token=someone-else"),
+    ] {
+        assert_eq!(
+            get(addr, &path, false, &[]).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    // A token signed for this room does not open another one.
+    let signed = token_of(uri);
+    let a = get(addr, &format!("/hls/other/index.m3u8?token={signed}"), false, &[]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]

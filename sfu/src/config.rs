@@ -197,6 +197,26 @@ keys! {
         /// [default: web/node_modules/hls.js/dist, installed by scripts/setup.sh].
         #[arg(long, env = "SFU_HLSJS_DIR")]
         pub hlsjs_dir: Option<PathBuf>,
+        /// Serve LL-HLS, DASH and thumbnails to anyone, even with
+        /// --auth-secret [default: with --auth-secret every /hls/ request needs
+        /// a subscribe token for the room as `?token=` (or a signed token the
+        /// playlists carry)].
+        #[arg(long, env = "SFU_PUBLIC_HLS")]
+        pub public_hls: bool,
+        /// The `aud` every bearer token must carry [default: `aud` is not checked].
+        #[arg(long, env = "SFU_TOKEN_AUDIENCE")]
+        pub token_audience: Option<String>,
+        /// Longest lifetime (exp - iat) of a token for one room; `0` for no
+        /// limit. Tokens for `*` are not limited [default: 24h].
+        #[arg(long, env = "SFU_MAX_TOKEN_TTL")]
+        pub max_token_ttl: Option<HumanDuration>,
+        /// Concurrent HTTP connections from one client (an IPv4 address or an
+        /// IPv6 /64); more are answered 503 and closed [default: 256].
+        #[arg(long, env = "SFU_MAX_HTTP_CONNECTIONS_PER_CLIENT")]
+        pub max_http_connections_per_client: Option<usize>,
+        /// Concurrent HTTP connections in total [default: 8192].
+        #[arg(long, env = "SFU_MAX_HTTP_CONNECTIONS")]
+        pub max_http_connections: Option<usize>,
         // The cluster control plane.
         /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
         /// comma separated) [default: none, the in-process bus: a single node].
@@ -286,9 +306,13 @@ pub struct TokenArgs {
     /// --publish, else viewer]. Streamers and moderators may moderate.
     #[arg(long, value_parser = parse_role)]
     pub role: Option<signaling::auth::Role>,
-    /// Lifetime: seconds, or with a unit (`90s`, `10m`, `6h`, `7d`) [default: 6h].
+    /// Lifetime: seconds, or with a unit (`90s`, `10m`, `6h`, `7d`); a node
+    /// refuses one-room tokens longer than its --max-token-ttl [default: 6h].
     #[arg(long, default_value = "6h", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// The audience (`aud`), for nodes started with --token-audience.
+    #[arg(long)]
+    pub audience: Option<String>,
 }
 
 /// The effective node configuration.
@@ -320,6 +344,12 @@ pub struct NodeConfig {
     pub hls_ladder: bool,
     /// hls.js for the demo page (see `--hlsjs-dir`).
     pub hlsjs_dir: PathBuf,
+    /// `/hls/` needs no grant even with an auth secret (`--public-hls`).
+    pub public_hls: bool,
+    /// Audience and longest lifetime of bearer tokens.
+    pub token_policy: signaling::auth::TokenPolicy,
+    /// Concurrent HTTP connections per client and in total.
+    pub connection_limit: signaling::ConnectionLimit,
     pub cluster: ClusterArgs,
     pub chat: signaling::chat::ChatConfig,
 }
@@ -441,6 +471,9 @@ impl Default for NodeConfig {
             hls_linger: Duration::from_secs(60),
             hls_ladder: false,
             hlsjs_dir: PathBuf::from("web/node_modules/hls.js/dist"),
+            public_hls: false,
+            token_policy: signaling::auth::TokenPolicy::default(),
+            connection_limit: signaling::ConnectionLimit::default(),
             cluster: ClusterArgs::default(),
             chat: signaling::chat::ChatConfig::default(),
         }
@@ -491,6 +524,19 @@ impl NodeConfig {
             hls_linger: k.hls_linger.map_or(d.hls_linger, |l| l.0),
             hls_ladder: k.hls_ladder,
             hlsjs_dir: k.hlsjs_dir.clone().unwrap_or(d.hlsjs_dir),
+            public_hls: k.public_hls,
+            token_policy: signaling::auth::TokenPolicy {
+                audience: k.token_audience.clone().filter(|a| !a.is_empty()),
+                max_ttl: k
+                    .max_token_ttl
+                    .map_or(d.token_policy.max_ttl, |t| (!t.0.is_zero()).then_some(t.0)),
+            },
+            connection_limit: signaling::ConnectionLimit {
+                per_client: k
+                    .max_http_connections_per_client
+                    .unwrap_or(d.connection_limit.per_client),
+                total: k.max_http_connections.unwrap_or(d.connection_limit.total),
+            },
             cluster: k.cluster(d.cluster)?,
             chat: k.chat()?,
         };
@@ -525,6 +571,16 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(format!(
                 "refusing to serve TURN on {listen} without --auth-secret: an open node binds loopback only"
             )));
+        }
+        if self.public_hls && self.hls_secret.is_some() {
+            return Err(ConfigError::Invalid(
+                "--public-hls and --hls-secret contradict each other: pick one".into(),
+            ));
+        }
+        if self.connection_limit.per_client == 0 || self.connection_limit.total == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-http-connections and --max-http-connections-per-client must be at least 1".into(),
+            ));
         }
         if self.max_peers == 0 || self.max_room_peers == 0 {
             return Err(ConfigError::Invalid(
@@ -1031,6 +1087,23 @@ mod tests {
                 "hlsjs_dir = \"/srv/hls.js\"",
                 &["--hlsjs-dir", "/srv/hls.js"],
                 |c| c.hlsjs_dir.display().to_string(),
+            ),
+            sample("public_hls = true", &["--public-hls"], |c| c.public_hls.to_string()),
+            sample("token_audience = \"a\"", &["--token-audience", "a"], |c| {
+                format!("{:?}", c.token_policy.audience)
+            }),
+            sample("max_token_ttl = \"2h\"", &["--max-token-ttl", "2h"], |c| {
+                format!("{:?}", c.token_policy.max_ttl)
+            }),
+            sample(
+                "max_http_connections_per_client = 9",
+                &["--max-http-connections-per-client", "9"],
+                |c| c.connection_limit.per_client.to_string(),
+            ),
+            sample(
+                "max_http_connections = 99",
+                &["--max-http-connections", "99"],
+                |c| c.connection_limit.total.to_string(),
             ),
             sample(
                 "nats = \"nats://127.0.0.1:4222\"",

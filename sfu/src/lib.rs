@@ -62,7 +62,7 @@ pub async fn run(
     let hls = config.hls.map(|_| {
         Arc::new(hls_bridge::http::HlsService::new(
             hls_bridge::http::HlsStore::new(),
-            config.hls_secret.clone().map(String::into_bytes),
+            hls_access(&config),
         ))
     });
     let bind = SocketAddr::new(config.media_ip, config.media_port);
@@ -94,6 +94,8 @@ pub async fn run(
         ice_server_source,
         chat: config.chat.clone(),
         hlsjs_dir: Some(config.hlsjs_dir.clone()),
+        token_policy: config.token_policy.clone(),
+        connection_limit: config.connection_limit,
         ..signaling::HttpConfig::default()
     };
     let cluster = join_cluster(&config.cluster, &bound, config.max_peers).await?;
@@ -142,6 +144,40 @@ pub async fn run(
         warn!("workers did not stop in time");
     }
     Ok(())
+}
+
+/// Who may read `/hls/`: anyone with `--public-hls` or on an open node;
+/// else a subscribe token for the room (`?token=`) or a signed URL token
+/// (`--hls-secret`'s, or the ones the playlists carry). Without
+/// `--hls-secret` the signing key is derived from `--auth-secret`.
+fn hls_access(config: &NodeConfig) -> hls_bridge::http::HlsAccess {
+    use hls_bridge::http::HlsAccess;
+    if config.public_hls {
+        return HlsAccess::public();
+    }
+    let access = match (&config.hls_secret, &config.auth_secret) {
+        (Some(hls), _) => HlsAccess::signed(hls.clone().into_bytes()),
+        (None, Some(auth)) => HlsAccess::signed_derived(auth.as_bytes()),
+        (None, None) => return HlsAccess::public(),
+    };
+    let Some(secret) = config.auth_secret.clone().map(String::into_bytes) else {
+        return access;
+    };
+    let policy = config.token_policy.clone();
+    access.with_authorizer(move |room, token, now| {
+        let room = signaling::RoomId::parse(room).ok_or("not a room name")?;
+        let claims = signaling::auth::verify_with(&secret, &policy, token, now).map_err(|e| match e {
+            signaling::auth::AuthError::Expired => "token expired",
+            signaling::auth::AuthError::NotYetValid => "token not valid yet",
+            signaling::auth::AuthError::WrongAudience => "token is for another audience",
+            signaling::auth::AuthError::TooLong { .. } => "token lifetime is longer than this node allows",
+            _ => "invalid token",
+        })?;
+        if !claims.allows(&room, signaling::auth::Grant::Subscribe) {
+            return Err("token does not grant subscribe in this room");
+        }
+        Ok(claims.exp)
+    })
 }
 
 /// The control plane: NATS when configured, else the in-process bus.

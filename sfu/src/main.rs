@@ -17,6 +17,7 @@ fn main() -> anyhow::Result<()> {
             claims.publish = t.publish;
             claims.subscribe = t.subscribe;
             claims.role = t.role;
+            claims.aud = t.audience.map(signaling::auth::Audience::One);
             let token = signaling::auth::issue_claims(t.secret.as_bytes(), &claims);
             println!("{token}");
             Ok(())

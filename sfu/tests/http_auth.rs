@@ -4,18 +4,8 @@ use crate::common;
 
 use std::process::Command;
 
-use common::node::{Http, Node, play_offer, publish_offer};
+use common::node::{Http, Node, cli_token, play_offer, publish_offer};
 use hyper::{Method, StatusCode};
-
-fn token(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sfu"))
-        .args(["token", "--secret", "s3cret"])
-        .args(args)
-        .output()
-        .expect("sfu token runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 #[tokio::test]
 async fn tokens_gate_publish_and_play() {
@@ -51,26 +41,26 @@ async fn tokens_gate_publish_and_play() {
         StatusCode::UNAUTHORIZED
     );
 
-    let viewer = token(&["--room", "stage", "--identity", "bob", "--subscribe"]);
+    let viewer = cli_token(&["--room", "stage", "--identity", "bob", "--subscribe"]);
     assert_eq!(
         http.post_sdp(&url, &publish_offer(), Some(&viewer)).await.status,
         StatusCode::FORBIDDEN
     );
-    let elsewhere = token(&["--room", "other", "--identity", "ann", "--publish"]);
+    let elsewhere = cli_token(&["--room", "other", "--identity", "ann", "--publish"]);
     assert_eq!(
         http.post_sdp(&url, &publish_offer(), Some(&elsewhere))
             .await
             .status,
         StatusCode::FORBIDDEN
     );
-    let expired = token(&["--room", "stage", "--identity", "ann", "--publish", "--ttl", "0"]);
+    let expired = cli_token(&["--room", "stage", "--identity", "ann", "--publish", "--ttl", "0"]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(
         http.post_sdp(&url, &publish_offer(), Some(&expired)).await.status,
         StatusCode::UNAUTHORIZED
     );
 
-    let publisher = token(&["--room", "stage", "--identity", "ann", "--publish"]);
+    let publisher = cli_token(&["--room", "stage", "--identity", "ann", "--publish"]);
     let created = http.post_sdp(&url, &publish_offer(), Some(&publisher)).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     let watched = http
@@ -93,6 +83,52 @@ async fn tokens_gate_publish_and_play() {
         .send(Method::DELETE, &node.url(loc), &[("authorization", &bearer)], "")
         .await;
     assert_eq!(del.status, StatusCode::OK);
+}
+
+/// `--max-token-ttl` (24h by default) bounds what a one-room token may
+/// claim; `--token-audience` requires what `sfu token --audience` writes.
+#[tokio::test]
+async fn token_lifetime_and_audience_are_the_nodes_to_set() {
+    let http = Http::default();
+    let node = Node::start(&["--auth-secret", "s3cret"]);
+    let url = node.url("/whip/stage");
+    let week = cli_token(&["--room", "stage", "--identity", "ann", "--publish", "--ttl", "7d"]);
+    let r = http.post_sdp(&url, &publish_offer(), Some(&week)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert!(r.body.contains("lifetime"), "{}", r.body);
+    let lenient = Node::start(&["--auth-secret", "s3cret", "--max-token-ttl", "30d"]);
+    let r = http
+        .post_sdp(&lenient.url("/whip/stage"), &publish_offer(), Some(&week))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    let eu = Node::start(&["--auth-secret", "s3cret", "--token-audience", "wave-eu"]);
+    let url = eu.url("/whip/stage");
+    let plain = cli_token(&["--room", "stage", "--identity", "ann", "--publish"]);
+    let us = cli_token(&[
+        "--room",
+        "stage",
+        "--identity",
+        "ann",
+        "--publish",
+        "--audience",
+        "wave-us",
+    ]);
+    for token in [&plain, &us] {
+        let r = http.post_sdp(&url, &publish_offer(), Some(token)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    let ours = cli_token(&[
+        "--room",
+        "stage",
+        "--identity",
+        "ann",
+        "--publish",
+        "--audience",
+        "wave-eu",
+    ]);
+    let r = http.post_sdp(&url, &publish_offer(), Some(&ours)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }
 
 #[test]

@@ -278,3 +278,27 @@ async fn over_capacity_is_429_or_503_with_retry_after() {
     );
     assert!(full_node.header("retry-after").is_some());
 }
+
+/// WHEP before anyone publishes is not a 409: the node answers 201, holds
+/// the viewer in the room, and sends media once a publisher arrives
+/// (`engine_media_arrives` follows the packets).
+#[tokio::test]
+async fn whep_before_a_publisher_is_201_and_the_viewer_waits() {
+    let node = Node::start(&[]);
+    let http = Http::default();
+    let v = http.post_sdp(&node.url("/whep/early"), &play_offer(), None).await;
+    assert_eq!(v.status, StatusCode::CREATED, "{}", v.body);
+    assert!(v.header("retry-after").is_none());
+    assert!(v.body.contains("a=sendonly"), "{}", v.body);
+    let room = http
+        .send(Method::GET, &node.url("/v1/rooms/early"), &[], "")
+        .await;
+    assert_eq!(room.status, StatusCode::OK, "{}", room.body);
+    let room: serde_json::Value = serde_json::from_str(&room.body).unwrap();
+    assert_eq!(room["viewers"].as_array().map(Vec::len), Some(1), "{room}");
+    assert_eq!(room["publishers"].as_array().map(Vec::len), Some(0), "{room}");
+    let p = http
+        .post_sdp(&node.url("/whip/early"), &publish_offer(), None)
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+}

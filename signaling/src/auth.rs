@@ -1,8 +1,14 @@
 //! Bearer tokens: HS256 JWTs that grant publishing and/or subscribing in a room.
 //!
 //! The `sfu token` subcommand calls [`issue`]; every WHIP/WHEP request on a
-//! node with a secret goes through [`verify`] and [`Claims::allows`].
+//! node with a secret goes through [`verify_with`] and [`Claims::allows`].
 //! Time is an input: both take `now`, so tests never sleep.
+//!
+//! Besides signature and `exp` (RFC 7519 §4.1.4, no leeway), a token is
+//! refused before its `nbf` (§4.1.5) or when its `iat` (§4.1.6) lies in the
+//! future, both with [`CLOCK_SKEW`] of leeway for the issuer's clock; when
+//! the node names an audience its `aud` (§4.1.3) must include it; and a
+//! token for one room may not live longer than [`TokenPolicy::max_ttl`].
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +19,33 @@ use crate::media::RoomId;
 
 /// The `room` claim that grants every room.
 pub const ANY_ROOM: &str = "*";
+
+/// How far ahead of this node's clock an issuer's clock may run: `nbf` and
+/// `iat` up to this far in the future are accepted.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// The longest lifetime (`exp - iat`) of a token for one room by default;
+/// tokens for [`ANY_ROOM`] (services, operators) are not bounded.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What a node asks of a token beyond its signature and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// The `aud` a token must carry (one of its values when it is an
+    /// array); `None` ignores `aud`.
+    pub audience: Option<String>,
+    /// The longest `exp - iat` of a token for one room; `None`: unbounded.
+    pub max_ttl: Option<Duration>,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        TokenPolicy {
+            audience: None,
+            max_ttl: Some(DEFAULT_MAX_TTL),
+        }
+    }
+}
 
 /// What a token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +68,29 @@ pub struct Claims {
     /// publishing token and [`Role::Viewer`] otherwise ([`Claims::chat_role`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// Not valid before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// The audience: the node (or cluster) this token is meant for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+}
+
+/// `aud`: one string or an array of them (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(a) => a == wanted,
+            Audience::Many(all) => all.iter().any(|a| a == wanted),
+        }
+    }
 }
 
 /// Who someone is in a room's chat: it sets their message rate and whether
@@ -93,6 +149,15 @@ pub enum AuthError {
     /// `exp` is at or before now.
     #[error("token expired")]
     Expired,
+    /// `nbf` or `iat` is in the future (beyond [`CLOCK_SKEW`]).
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// `aud` is absent or does not name this node's audience.
+    #[error("token is for another audience")]
+    WrongAudience,
+    /// `exp - iat` is longer than the node allows for a one-room token.
+    #[error("token lifetime {ttl_secs}s is longer than the {max_secs}s this node allows")]
+    TooLong { ttl_secs: u64, max_secs: u64 },
     /// A valid token that does not grant this room or this right.
     #[error("token does not grant {grant:?} in room {room}")]
     Forbidden { room: RoomId, grant: Grant },
@@ -126,19 +191,52 @@ pub fn issue_claims(secret: &[u8], claims: &Claims) -> String {
     .expect("HS256 encoding of plain claims cannot fail")
 }
 
-/// Checks signature, algorithm and expiry; returns the claims of a usable token.
+/// [`verify_with`] under the default [`TokenPolicy`].
 pub fn verify(secret: &[u8], token: &str, now: SystemTime) -> Result<Claims, AuthError> {
+    verify_with(secret, &TokenPolicy::default(), token, now)
+}
+
+/// Checks signature, algorithm, `exp`, `nbf`, `iat`, and `policy`'s
+/// audience and longest lifetime; returns the claims of a usable token.
+pub fn verify_with(
+    secret: &[u8],
+    policy: &TokenPolicy,
+    token: &str,
+    now: SystemTime,
+) -> Result<Claims, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
-    // Expiry is checked below against the injected clock, without leeway.
+    // Times and audience are checked below against the injected clock.
     validation.validate_exp = false;
+    validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp"]);
     let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
         .map_err(|e| AuthError::Invalid(e.to_string()))?;
-    if data.claims.exp <= unix_secs(now) {
+    let claims = data.claims;
+    let now = unix_secs(now);
+    if claims.exp <= now {
         return Err(AuthError::Expired);
     }
-    Ok(data.claims)
+    let latest = now.saturating_add(CLOCK_SKEW.as_secs());
+    if claims.iat > latest || claims.nbf.is_some_and(|nbf| nbf > latest) {
+        return Err(AuthError::NotYetValid);
+    }
+    if let Some(wanted) = &policy.audience
+        && !claims.aud.as_ref().is_some_and(|aud| aud.contains(wanted))
+    {
+        return Err(AuthError::WrongAudience);
+    }
+    let ttl_secs = claims.exp.saturating_sub(claims.iat);
+    if let Some(max) = policy.max_ttl
+        && claims.room != ANY_ROOM
+        && ttl_secs > max.as_secs()
+    {
+        return Err(AuthError::TooLong {
+            ttl_secs,
+            max_secs: max.as_secs(),
+        });
+    }
+    Ok(claims)
 }
 
 impl Claims {
@@ -153,6 +251,8 @@ impl Claims {
             exp: iat.saturating_add(ttl.as_secs()),
             iat,
             role: None,
+            nbf: None,
+            aud: None,
         }
     }
 
@@ -223,6 +323,8 @@ mod tests {
                 exp: 1_060,
                 iat: 1_000,
                 role: None,
+                nbf: None,
+                aud: None,
             }
         );
     }
@@ -349,11 +451,120 @@ mod tests {
             exp: 2,
             iat: 1,
             role: None,
+            nbf: None,
+            aud: None,
         };
         assert!(claims("live", true, false).allows(&room("live"), Grant::Publish));
         assert!(!claims("live", true, false).allows(&room("live"), Grant::Subscribe));
         assert!(!claims("live", true, true).allows(&room("other"), Grant::Publish));
         assert!(claims("*", false, true).allows(&room("other"), Grant::Subscribe));
         assert!(!claims("*", false, false).allows(&room("other"), Grant::Publish));
+    }
+
+    fn signed(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nbf_and_iat_in_the_future_are_refused() {
+        let now = at(10_000);
+        let nbf = |nbf: u64| {
+            signed(&serde_json::json!({
+                "room": "live", "sub": "a", "subscribe": true,
+                "iat": 10_000, "nbf": nbf, "exp": 10_600,
+            }))
+        };
+        assert_eq!(verify(SECRET, &nbf(10_600 - 1), now), Err(AuthError::NotYetValid));
+        assert_eq!(verify(SECRET, &nbf(10_031), now), Err(AuthError::NotYetValid));
+        assert!(verify(SECRET, &nbf(10_030), now).is_ok(), "within the clock skew");
+        assert!(verify(SECRET, &nbf(9_000), now).is_ok());
+        let future_iat = issue(
+            SECRET,
+            "live",
+            "a",
+            false,
+            true,
+            Duration::from_secs(600),
+            at(10_100),
+        );
+        assert_eq!(verify(SECRET, &future_iat, now), Err(AuthError::NotYetValid));
+        let skewed = issue(
+            SECRET,
+            "live",
+            "a",
+            false,
+            true,
+            Duration::from_secs(600),
+            at(10_020),
+        );
+        assert!(verify(SECRET, &skewed, now).is_ok());
+    }
+
+    #[test]
+    fn the_audience_is_checked_when_the_node_names_one() {
+        let policy = TokenPolicy {
+            audience: Some("wave-eu".into()),
+            ..TokenPolicy::default()
+        };
+        let with = |aud: serde_json::Value| {
+            signed(&serde_json::json!({
+                "room": "live", "sub": "a", "subscribe": true,
+                "iat": 1_000, "exp": 1_600, "aud": aud,
+            }))
+        };
+        let now = at(1_000);
+        assert!(verify_with(SECRET, &policy, &with("wave-eu".into()), now).is_ok());
+        assert!(verify_with(SECRET, &policy, &with(serde_json::json!(["x", "wave-eu"])), now).is_ok());
+        assert_eq!(
+            verify_with(SECRET, &policy, &with("wave-us".into()), now),
+            Err(AuthError::WrongAudience)
+        );
+        let none = issue(SECRET, "live", "a", false, true, Duration::from_secs(60), now);
+        assert_eq!(
+            verify_with(SECRET, &policy, &none, now),
+            Err(AuthError::WrongAudience)
+        );
+        assert!(
+            verify(SECRET, &with("wave-us".into()), now).is_ok(),
+            "no audience configured"
+        );
+    }
+
+    #[test]
+    fn one_room_tokens_live_at_most_the_max_ttl() {
+        let now = at(1_000);
+        let day = Duration::from_secs(24 * 3600);
+        let long = issue(
+            SECRET,
+            "live",
+            "a",
+            true,
+            false,
+            day + Duration::from_secs(1),
+            now,
+        );
+        assert_eq!(
+            verify(SECRET, &long, now),
+            Err(AuthError::TooLong {
+                ttl_secs: 86_401,
+                max_secs: 86_400
+            })
+        );
+        assert!(verify(SECRET, &issue(SECRET, "live", "a", true, false, day, now), now).is_ok());
+        let service = issue(SECRET, ANY_ROOM, "ops", true, true, 30 * day, now);
+        assert!(
+            verify(SECRET, &service, now).is_ok(),
+            "`*` tokens are not bounded"
+        );
+        let unbounded = TokenPolicy {
+            max_ttl: None,
+            ..TokenPolicy::default()
+        };
+        assert!(verify_with(SECRET, &unbounded, &long, now).is_ok());
     }
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::auth::TokenPolicy;
 use crate::media::RoomId;
+use crate::ratelimit::{ConnectionLimit, RateLimit};
 
 /// Settings for [`crate::serve`].
 #[derive(Clone)]
@@ -20,9 +22,15 @@ pub struct HttpConfig {
     pub ice_server_source: Option<Arc<dyn IceServerSource>>,
     /// Largest accepted request body (SDP offer, sdpfrag, layer JSON). Default 64 KiB.
     pub max_body_bytes: usize,
-    /// Token bucket per client IP for POSTs (session creation, layer changes).
-    /// `None` disables it.
+    /// Token bucket per client (an IPv4 address or an IPv6 /64) for POSTs
+    /// (session creation, layer changes, moderation). `None` disables it.
     pub post_rate_limit: Option<RateLimit>,
+    /// Caps on concurrent HTTP connections per client and in total; a
+    /// connection over either is answered 503 and closed.
+    pub connection_limit: ConnectionLimit,
+    /// What a bearer token must carry besides a valid signature
+    /// (audience, longest lifetime).
+    pub token_policy: TokenPolicy,
     /// Absolute prefix for `Location` (for example `https://sfu.example.com`).
     /// `None` (default) sends the relative path `/whip/{room}/{session}`,
     /// which RFC 9110 §10.2.2 allows.
@@ -46,6 +54,8 @@ impl Default for HttpConfig {
             ice_server_source: None,
             max_body_bytes: 64 * 1024,
             post_rate_limit: Some(RateLimit::default()),
+            connection_limit: ConnectionLimit::default(),
+            token_policy: TokenPolicy::default(),
             public_base_url: None,
             body_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
@@ -63,6 +73,8 @@ impl fmt::Debug for HttpConfig {
             .field("ice_server_source", &self.ice_server_source.is_some())
             .field("max_body_bytes", &self.max_body_bytes)
             .field("post_rate_limit", &self.post_rate_limit)
+            .field("connection_limit", &self.connection_limit)
+            .field("token_policy", &self.token_policy)
             .field("public_base_url", &self.public_base_url)
             .field("body_timeout", &self.body_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -97,21 +109,4 @@ pub trait IceServerSource: Send + Sync + 'static {
     /// Servers for a new session in `room` held by `identity` (the token's
     /// `sub`, `None` on an open node), created at `now`.
     fn ice_servers(&self, room: &RoomId, identity: Option<&str>, now: SystemTime) -> Vec<IceServer>;
-}
-
-/// A token bucket: `burst` requests at once, refilled at `per_second`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    pub burst: u32,
-    pub per_second: f64,
-}
-
-impl Default for RateLimit {
-    /// 20 at once, 10 per second sustained per client IP.
-    fn default() -> Self {
-        RateLimit {
-            burst: 20,
-            per_second: 10.0,
-        }
-    }
 }

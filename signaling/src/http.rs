@@ -34,8 +34,9 @@ pub const CORS_REQUEST_HEADERS: &str = "Authorization, Content-Type, If-Match, E
 /// How long a browser may cache a preflight, seconds.
 pub const CORS_MAX_AGE: &str = "86400";
 
-/// Retry-After for 409 (WHEP before a publisher): players back off
-/// exponentially from this value (draft-ietf-wish-whep §4.1).
+/// Retry-After for 409 ([`MediaError::NoPublisher`], from a node that
+/// cannot wait for a publisher): players back off exponentially from this
+/// value (draft-ietf-wish-whep §4.1).
 pub const NO_PUBLISHER_RETRY_SECS: u32 = 2;
 
 /// An error response: an RFC 9457 problem with extra headers.
@@ -132,7 +133,11 @@ impl From<AuthError> for HttpError {
     fn from(e: AuthError) -> Self {
         let challenge = match e {
             AuthError::Missing => r#"Bearer realm="wave""#,
-            AuthError::Invalid(_) | AuthError::Expired => r#"Bearer realm="wave", error="invalid_token""#,
+            AuthError::Invalid(_)
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::WrongAudience
+            | AuthError::TooLong { .. } => r#"Bearer realm="wave", error="invalid_token""#,
             AuthError::Forbidden { .. } => r#"Bearer realm="wave", error="insufficient_scope""#,
         };
         let status = match e {
@@ -164,24 +169,88 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
     }
 }
 
-/// Adds the CORS headers every response carries. The origin is echoed
-/// (with `Vary: Origin`) so that caches keep per-origin copies; no cookies
-/// are used, so `*` is as safe for requests without one.
-pub fn decorate_cors(resp: &mut Resp, origin: Option<HeaderValue>) {
+/// Which origin a response lets read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    /// A request without `Origin`: `*` (no cookies are used, so `*` is as
+    /// safe as an echo).
+    Any,
+    /// Echoed with `Vary: Origin`, so that caches keep per-origin copies.
+    Echo(HeaderValue),
+    /// A foreign page on an open node: no `Access-Control-Allow-Origin`, so
+    /// the browser keeps the response from it.
+    Deny,
+}
+
+/// Adds the CORS headers every response carries.
+pub fn decorate_cors(resp: &mut Resp, cors: Cors) {
     let h = resp.headers_mut();
-    match origin {
-        Some(o) => {
+    match cors {
+        Cors::Echo(o) => {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
             h.append(header::VARY, HeaderValue::from_static("Origin"));
         }
-        None => {
+        Cors::Any => {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        }
+        Cors::Deny => {
+            h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+            return;
         }
     }
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSE_HEADERS),
     );
+}
+
+/// Whether `host` (a `Host` header or URI authority: `name[:port]`,
+/// `a.b.c.d[:port]`, `[v6][:port]`) names this machine's loopback:
+/// `localhost` and its subdomains (RFC 6761 §6.3), 127.0.0.0/8, `::1`.
+/// A DNS-rebinding page reaches a loopback server under the attacker's
+/// name, so that name never passes.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return false;
+        }
+        return inside
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| std::net::IpAddr::V6(ip).to_canonical().is_loopback());
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    if let Ok(ip) = name.parse::<std::net::Ipv4Addr>() {
+        return ip.is_loopback();
+    }
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// Whether an `Origin` value (RFC 6454 §7: `scheme://host[:port]`, or
+/// `null`) is a page served from loopback over http or https.
+pub fn is_loopback_origin(origin: &HeaderValue) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    scheme_ok && !host.contains('/') && is_loopback_host(host)
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Whether the request's media type (parameters ignored) is `expected`.
@@ -368,6 +437,48 @@ mod tests {
                 .unwrap()
                 .matches(tag)
         );
+    }
+
+    #[test]
+    fn loopback_hosts_and_origins() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "localhost.",
+            "app.localhost:3000",
+            "127.0.0.1",
+            "127.9.8.7:80",
+            "[::1]",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "example.com",
+            "localhost.example.com",
+            "evil-localhost",
+            "10.0.0.1:8080",
+            "0.0.0.0",
+            "[::]",
+            "[::2]:80",
+            "127.0.0.1:port",
+            "127.0.0.1:8080:1",
+            "[::1]x",
+            "[::1",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+        let origin = |s: &'static str| HeaderValue::from_static(s);
+        assert!(is_loopback_origin(&origin("http://localhost:8080")));
+        assert!(is_loopback_origin(&origin("https://127.0.0.1")));
+        assert!(is_loopback_origin(&origin("http://[::1]:9000")));
+        assert!(!is_loopback_origin(&origin("null")));
+        assert!(!is_loopback_origin(&origin("https://app.example")));
+        assert!(!is_loopback_origin(&origin("file://localhost")));
+        assert!(!is_loopback_origin(&origin("http://localhost.evil.example")));
     }
 
     #[test]

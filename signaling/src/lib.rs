@@ -46,9 +46,22 @@
 //! - A fragment whose `a=ice-ufrag`/`a=ice-pwd` differ from the client's
 //!   current ones is an ICE restart (200 + sdpfrag + new `ETag`); otherwise
 //!   it is trickle (204). TCP and mDNS (`.local`) candidates are dropped.
+//! - Tokens are HS256 JWTs ([`auth`]): besides signature and `exp`, `nbf`
+//!   and `iat` must not lie in the future, `aud` must name
+//!   [`auth::TokenPolicy::audience`] when one is set, and a one-room token
+//!   may live at most [`auth::TokenPolicy::max_ttl`] (24 h by default).
 //! - `DELETE` ignores entity tags.
-//! - Every response carries `Access-Control-Allow-Origin` and exposes
+//! - CORS: a secured node answers every page (`Access-Control-Allow-Origin`
+//!   echoes `Origin`, `*` without one) and exposes
 //!   `Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After`.
+//! - An open node answers this machine only: a `Host` that is not a
+//!   loopback name or address is 403 (DNS rebinding), a state-changing
+//!   request (not GET/HEAD/OPTIONS, or a WebSocket upgrade) whose `Origin`
+//!   is not a loopback page is 403, and foreign pages get no CORS grant.
+//! - POSTs are rate-limited per client (an IPv4 address or an IPv6 /64),
+//!   429 + `Retry-After`; concurrent connections are capped per client and
+//!   in total ([`HttpConfig::connection_limit`]): one over a cap is answered
+//!   503 and closed.
 //! - Error bodies are RFC 9457 `application/problem+json`.
 
 pub mod auth;
@@ -67,10 +80,11 @@ pub mod sdpfrag;
 mod server;
 mod sessions;
 
-pub use config::{HttpConfig, IceServer, IceServerSource, RateLimit};
+pub use config::{HttpConfig, IceServer, IceServerSource};
 pub use media::{
     IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, PublisherInfo,
     RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
 };
+pub use ratelimit::{ConnectionLimit, RateLimit};
 pub use server::{Server, serve};
 pub use sessions::Sessions;

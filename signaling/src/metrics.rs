@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::StatusCode;
 use wave_metrics::{Bounds, Kind, family, sample, single};
@@ -12,6 +13,10 @@ use wave_metrics::{Bounds, Kind, family, sample, single};
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Connections closed at once for the per-client cap.
+    pub refused_per_client: AtomicU64,
+    /// Connections closed at once for the total cap.
+    pub refused_total: AtomicU64,
 }
 
 impl HttpMetrics {
@@ -20,8 +25,9 @@ impl HttpMetrics {
         *map.entry((route, status.as_u16())).or_default() += 1;
     }
 
-    /// Appends the exposition; `sessions` is the size of the session table.
-    pub fn render(&self, sessions: usize, out: &mut String) {
+    /// Appends the exposition; `sessions` is the size of the session
+    /// table, `connections` the HTTP connections open.
+    pub fn render(&self, sessions: usize, connections: usize, out: &mut String) {
         let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let name = "wave_http_requests_total";
         family(
@@ -39,6 +45,32 @@ impl HttpMetrics {
             Kind::Gauge,
             "WHIP and WHEP sessions the HTTP layer tracks.",
             sessions,
+        );
+        single(
+            out,
+            "wave_http_connections",
+            Kind::Gauge,
+            "HTTP connections open.",
+            connections,
+        );
+        let name = "wave_http_connections_refused_total";
+        family(
+            out,
+            name,
+            Kind::Counter,
+            "HTTP connections closed at once for a connection cap, by cap.",
+        );
+        sample(
+            out,
+            name,
+            "cap=\"per_client\"",
+            self.refused_per_client.load(Ordering::Relaxed),
+        );
+        sample(
+            out,
+            name,
+            "cap=\"total\"",
+            self.refused_total.load(Ordering::Relaxed),
         );
     }
 }
@@ -67,7 +99,8 @@ mod tests {
         m.record("healthz", StatusCode::OK);
         m.record("whip", StatusCode::CREATED);
         let mut out = String::new();
-        m.render(1, &mut out);
+        m.refused_per_client.fetch_add(2, Ordering::Relaxed);
+        m.render(1, 3, &mut out);
         let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             lines,
@@ -75,6 +108,9 @@ mod tests {
                 "wave_http_requests_total{route=\"healthz\",status=\"200\"} 1",
                 "wave_http_requests_total{route=\"whip\",status=\"201\"} 2",
                 "wave_http_sessions 1",
+                "wave_http_connections 3",
+                "wave_http_connections_refused_total{cap=\"per_client\"} 2",
+                "wave_http_connections_refused_total{cap=\"total\"} 0",
             ]
         );
     }

@@ -23,7 +23,7 @@ use crate::media::{
 };
 use crate::metrics::HttpMetrics;
 use crate::page;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{ConnectionGate, RateLimiter};
 use crate::sdpfrag;
 use crate::sessions::{Kind, Session, Sessions};
 
@@ -46,6 +46,8 @@ pub struct Shared<M> {
     /// The registries; `None` serves every room locally without claims.
     pub cluster: Option<Cluster>,
     limiter: Option<Mutex<RateLimiter>>,
+    /// Open HTTP connections per client and in total.
+    pub connections: ConnectionGate,
     /// The chat, opened on first use (on the cluster's bus, else on
     /// `local_bus`).
     pub chat: tokio::sync::OnceCell<ChatHub>,
@@ -145,7 +147,9 @@ impl Route {
 impl<M: MediaNode> Shared<M> {
     pub fn new(node: std::sync::Arc<M>, config: HttpConfig, sessions: Sessions) -> Self {
         let limiter = config.post_rate_limit.map(|l| Mutex::new(RateLimiter::new(l)));
+        let connections = ConnectionGate::new(config.connection_limit);
         Shared {
+            connections,
             node,
             config,
             sessions,
@@ -159,14 +163,18 @@ impl<M: MediaNode> Shared<M> {
 
     /// Answers one request; never fails, never panics on input.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-        let origin = req.headers().get(header::ORIGIN).cloned();
+        let cors = self.cors(req.headers());
         let route = Route::parse(req.uri().path());
         let label = route.label();
         let method = req.method().clone();
         let (room, session) = route.room_and_session();
         let room = room.unwrap_or("-").to_owned();
         let session = session.unwrap_or("-").to_owned();
-        let mut resp = match self.dispatch(route, req, peer).await {
+        let answered = match self.check_open_node_request(&req) {
+            Ok(()) => self.dispatch(route, req, peer).await,
+            Err(e) => Err(e),
+        };
+        let mut resp = match answered {
             Ok(resp) => resp,
             Err(e) => {
                 let (status, reason) = (e.status.as_u16(), &e.detail);
@@ -180,9 +188,65 @@ impl<M: MediaNode> Shared<M> {
                 e.into_response()
             }
         };
-        http::decorate_cors(&mut resp, origin);
+        http::decorate_cors(&mut resp, cors);
         self.metrics.record(label, resp.status());
         resp
+    }
+
+    /// Secured nodes let any page read their answers (a token is the
+    /// gate); an open node only pages served from loopback.
+    fn cors(&self, headers: &HeaderMap) -> http::Cors {
+        match headers.get(header::ORIGIN) {
+            None => http::Cors::Any,
+            Some(o) if self.config.auth_secret.is_some() || http::is_loopback_origin(o) => {
+                http::Cors::Echo(o.clone())
+            }
+            Some(_) => http::Cors::Deny,
+        }
+    }
+
+    /// An open node trusts whoever reaches it, which must then be this
+    /// machine and no web page from elsewhere: a `Host` that is not a
+    /// loopback name is a DNS-rebinding page (403), and a state-changing
+    /// request (any method but GET, HEAD and OPTIONS, and a WebSocket
+    /// upgrade) from a page whose `Origin` is not loopback is a cross-site
+    /// request (403). A request without `Host` (HTTP/1.0 tools) or without
+    /// `Origin` (not a browser, or same-origin) passes.
+    fn check_open_node_request<B>(&self, req: &Request<B>) -> Result<(), HttpError> {
+        if self.config.auth_secret.is_some() {
+            return Ok(());
+        }
+        let host = match req.uri().authority() {
+            Some(a) => Some(a.as_str()),
+            None => req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("")),
+        };
+        if let Some(host) = host
+            && !http::is_loopback_host(host)
+        {
+            debug!(host, "open node: request for a non-loopback host refused");
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "this node runs without --auth-secret and answers only requests for a loopback \
+                 host (localhost, 127.0.0.1, [::1])",
+            ));
+        }
+        let upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) || upgrade;
+        if changes_state
+            && let Some(origin) = req.headers().get(header::ORIGIN)
+            && !http::is_loopback_origin(origin)
+        {
+            debug!(origin = ?origin, "open node: cross-site request refused");
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "this node runs without --auth-secret and accepts changes only from pages served \
+                 from loopback",
+            ));
+        }
+        Ok(())
     }
 
     async fn dispatch(
@@ -733,7 +797,7 @@ impl<M: MediaNode> Shared<M> {
             Some(t) => t,
             None => http::bearer(headers).ok_or(AuthError::Missing)?.to_owned(),
         };
-        let claims = auth::verify(secret, &token, SystemTime::now())?;
+        let claims = auth::verify_with(secret, &self.config.token_policy, &token, SystemTime::now())?;
         if !claims.allows_chat(room) {
             return Err(HttpError::new(
                 StatusCode::FORBIDDEN,
@@ -792,7 +856,8 @@ impl<M: MediaNode> Shared<M> {
 
     async fn metrics_page(&self) -> Resp {
         let mut out = String::new();
-        self.metrics.render(self.sessions.len(), &mut out);
+        self.metrics
+            .render(self.sessions.len(), self.connections.open(), &mut out);
         if let Some(hub) = self.chat.get() {
             hub.render_metrics(&mut out);
         }
@@ -843,7 +908,12 @@ impl<M: MediaNode> Shared<M> {
             return Err(AuthError::Missing.into());
         };
         let token = http::bearer(headers).ok_or(AuthError::Missing)?;
-        Ok(auth::verify(secret, token, SystemTime::now())?)
+        Ok(auth::verify_with(
+            secret,
+            &self.config.token_policy,
+            token,
+            SystemTime::now(),
+        )?)
     }
 
     /// A session belongs to the identity that created it: another valid

@@ -4,17 +4,20 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::config::HttpConfig;
 use crate::media::MediaNode;
+use crate::metrics::HttpMetrics;
+use crate::ratelimit::ConnectionRefused;
 use crate::routes::Shared;
 use crate::sessions::Sessions;
 
@@ -86,6 +89,14 @@ impl<M: MediaNode> Server<M> {
                     }
                 },
             };
+            let permit = match self.shared.connections.admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(cap) => {
+                    refuse_connection(&stream, &self.shared.metrics, cap);
+                    debug!(%peer, ?cap, "connection refused: over the connection cap");
+                    continue;
+                }
+            };
             // Small request/response pairs: do not wait for Nagle.
             let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
@@ -101,6 +112,7 @@ impl<M: MediaNode> Server<M> {
                 if let Err(e) = conn.await {
                     debug!(%peer, error = %e, "connection ended with an error");
                 }
+                drop(permit);
             });
         }
 
@@ -115,6 +127,20 @@ impl<M: MediaNode> Server<M> {
         }
         Ok(())
     }
+}
+
+/// The whole answer to a connection over a cap, written without waiting
+/// (a fresh socket's send buffer takes it) before the socket is dropped.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: text/plain\r\n\
+content-length: 29\r\nconnection: close\r\n\r\ntoo many connections, retry\r\n";
+
+fn refuse_connection(stream: &TcpStream, metrics: &HttpMetrics, cap: ConnectionRefused) {
+    let counter = match cap {
+        ConnectionRefused::PerClient => &metrics.refused_per_client,
+        ConnectionRefused::Total => &metrics.refused_total,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.try_write(OVER_CAP);
 }
 
 /// Serves `node` on `listener` until `shutdown` resolves.

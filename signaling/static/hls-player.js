@@ -10,7 +10,9 @@
 //   wave.playHls(room, { engine = 'auto'|'hlsjs'|'native', config?, token? })
 //       -> { engine, url, version, config, levels: [{ width, height, bitrate, codecs }] }
 //          resolves once the multivariant playlist is parsed; `config` is merged over
-//          HLSJS_DEFAULTS (low-latency mode, catch-up up to 1.5x); `token` is a signed-URL token
+//          HLSJS_DEFAULTS (low-latency mode, catch-up up to 1.5x); `token` goes on the URL as
+//          `?token=`: on a secured node a subscribe token for the room (what the page's token
+//          field holds for WHEP), or a signed-URL token
 //   wave.stopHls()
 //   wave.hlsStats()
 //       -> { engine, url, currentTime, paused, readyState, width, height, totalVideoFrames,

@@ -160,3 +160,92 @@ async fn preflight_needs_no_token() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
 }
+
+fn signed(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// RFC 7519 §4.1.5/§4.1.6: a token whose `nbf` or `iat` lies ahead of the
+/// node's clock is not usable yet; a one-room token may live at most a day.
+#[tokio::test]
+async fn tokens_from_the_future_or_living_too_long_are_401() {
+    let srv = start(secured()).await;
+    let now = unix_now();
+    let claims = |iat: u64, nbf: Option<u64>, exp: u64| {
+        let mut c = serde_json::json!({
+            "room": "live", "sub": "ann", "publish": true, "iat": iat, "exp": exp,
+        });
+        if let Some(nbf) = nbf {
+            c["nbf"] = nbf.into();
+        }
+        signed(c)
+    };
+    for token in [
+        claims(now, Some(now + 600), now + 3_600),
+        claims(now + 600, None, now + 3_600),
+        claims(now, None, now + 2 * 86_400),
+    ] {
+        assert_401(&srv.post_offer("/whip/live", Some(&token)).await);
+    }
+    assert!(srv.node.calls().is_empty());
+    let ok = claims(now, Some(now - 10), now + 86_400);
+    assert_eq!(
+        srv.post_offer("/whip/live", Some(&ok)).await.status,
+        StatusCode::CREATED
+    );
+    let service = signed(serde_json::json!({
+        "room": "*", "sub": "ops", "publish": true, "iat": now, "exp": now + 30 * 86_400,
+    }));
+    assert_eq!(
+        srv.post_offer("/whip/other", Some(&service)).await.status,
+        StatusCode::CREATED,
+        "`*` tokens are not bounded"
+    );
+}
+
+#[tokio::test]
+async fn a_node_with_an_audience_refuses_tokens_for_others() {
+    let srv = start(signaling::HttpConfig {
+        token_policy: signaling::auth::TokenPolicy {
+            audience: Some("wave-eu".into()),
+            ..Default::default()
+        },
+        ..secured()
+    })
+    .await;
+    let now = unix_now();
+    let with_aud = |aud: serde_json::Value| {
+        signed(serde_json::json!({
+            "room": "live", "sub": "ann", "publish": true, "iat": now, "exp": now + 60, "aud": aud,
+        }))
+    };
+    assert_401(
+        &srv.post_offer("/whip/live", Some(&with_aud("wave-us".into())))
+            .await,
+    );
+    assert_401(
+        &srv.post_offer("/whip/live", Some(&token("live", "ann", true, false)))
+            .await,
+    );
+    assert_eq!(
+        srv.post_offer(
+            "/whip/live",
+            Some(&with_aud(serde_json::json!(["wave-us", "wave-eu"])))
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+}

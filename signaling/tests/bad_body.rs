@@ -82,12 +82,12 @@ async fn an_oversized_body_is_drained_so_the_413_arrives_and_the_connection_live
     let big = vec![b'a'; 2 << 20];
     let writer = tokio::spawn(async move {
         let head = format!(
-            "POST /whip/live HTTP/1.1\r\nhost: t\r\ncontent-type: application/sdp\r\ncontent-length: {}\r\n\r\n",
+            "POST /whip/live HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/sdp\r\ncontent-length: {}\r\n\r\n",
             big.len()
         );
         wr.write_all(head.as_bytes()).await?;
         wr.write_all(&big).await?;
-        wr.write_all(b"POST /whip/live HTTP/1.1\r\nhost: t\r\ncontent-type: application/sdp\r\ncontent-length: 5\r\n\r\nhello")
+        wr.write_all(b"POST /whip/live HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/sdp\r\ncontent-length: 5\r\n\r\nhello")
             .await?;
         Ok::<_, std::io::Error>(wr)
     });

@@ -15,8 +15,11 @@ const EXPOSED: [&str; 6] = [
 
 #[tokio::test]
 async fn preflight_is_204_with_allow_headers_and_no_ice_link() {
-    let srv = start(config()).await;
-    let (location, _) = srv.create("whip", "live", None).await;
+    // A secured node answers any page (the token is the gate).
+    let srv = start(secured()).await;
+    let (location, _) = srv
+        .create("whip", "live", Some(&token("live", "ann", true, false)))
+        .await;
     for (path, patch) in [
         ("/whip/live", false),
         ("/whep/live", false),
@@ -109,14 +112,21 @@ async fn every_response_exposes_headers() {
     }
 }
 
+/// A secured node answers any page under any name: the token is the gate.
 #[tokio::test]
 async fn origin_is_echoed_with_vary() {
-    let srv = start(config()).await;
+    let srv = start(secured()).await;
+    let bearer = format!("Bearer {}", token("live", "ann", true, false));
     let r = srv
         .send(
             "POST",
             "/whip/live",
-            &[("content-type", "application/sdp"), ("origin", "http://x.test")],
+            &[
+                ("content-type", "application/sdp"),
+                ("origin", "http://x.test"),
+                ("host", "sfu.example.com"),
+                ("authorization", &bearer),
+            ],
             OFFER,
         )
         .await;

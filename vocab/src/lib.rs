@@ -130,7 +130,10 @@ pub enum MediaError {
     /// No such session: 404.
     #[error("no such session")]
     NotFound,
-    /// WHEP before anyone publishes: 409 + Retry-After.
+    /// WHEP before anyone publishes, from a node that cannot hold the
+    /// viewer until a publisher comes: 409 + Retry-After. WAVE's own node
+    /// never answers this: it answers 201 and starts sending when a
+    /// publisher arrives.
     #[error("room {0} has no publisher")]
     NoPublisher(RoomId),
     /// A room is at its limit: 429 + Retry-After.

@@ -13,6 +13,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// What `sfu token --secret s3cret ARGS` prints: a token for a node
+/// started with `--auth-secret s3cret`.
+pub fn cli_token(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sfu"))
+        .args(["token", "--secret", "s3cret"])
+        .args(args)
+        .output()
+        .expect("sfu token runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// A running `sfu serve`, killed on drop.
 pub struct Node {
     pub child: Child,

@@ -95,6 +95,17 @@ fn pt(rtc: &Rtc, mid: Mid) -> Pt {
 
 /// Publishes H.264 (one layer) and audio to `room` at 15 fps.
 pub async fn publish(node: &Node, http: &Http, room: &str, video_mode: Video) -> LivePublisher {
+    publish_with(node, http, room, video_mode, None).await
+}
+
+/// [`publish`] with a bearer token (a node with `--auth-secret`).
+pub async fn publish_with(
+    node: &Node,
+    http: &Http,
+    room: &str,
+    video_mode: Video,
+    token: Option<&str>,
+) -> LivePublisher {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let local = socket.local_addr().unwrap();
     let mut rtc = RtcConfig::new()
@@ -121,7 +132,7 @@ pub async fn publish(node: &Node, http: &Http, room: &str, video_mode: Video) ->
     );
     let (offer, pending) = api.apply().unwrap();
     let resp = http
-        .post_sdp(&node.url(&format!("/whip/{room}")), &offer.to_sdp_string(), None)
+        .post_sdp(&node.url(&format!("/whip/{room}")), &offer.to_sdp_string(), token)
         .await;
     assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
     let location = resp.header("location").expect("WHIP Location").to_string();
