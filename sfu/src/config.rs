@@ -1313,6 +1313,25 @@ mod tests {
     }
 
     #[test]
+    fn token_policy_and_connection_caps_have_defaults_and_bounds() {
+        let d = serve(&[]).unwrap();
+        assert!(!d.public_hls);
+        assert_eq!(d.token_policy.max_ttl, Some(Duration::from_secs(86_400)));
+        assert_eq!(d.connection_limit, signaling::ConnectionLimit::default());
+        // 0: one-room tokens of any lifetime.
+        let unbounded = serve(&["--max-token-ttl", "0"]).unwrap();
+        assert_eq!(unbounded.token_policy.max_ttl, None);
+        assert!(matches!(
+            serve(&["--public-hls", "--hls-secret", "k"]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            serve(&["--max-http-connections-per-client", "0"]),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn chat_fanout_window_defaults_reads_and_is_bounded() {
         let window = |w: &[&str]| serve(w).map(|c| c.chat.fanout_window);
         assert_eq!(window(&[]).unwrap(), signaling::chat::DEFAULT_FANOUT_WINDOW);
