@@ -632,17 +632,21 @@ impl NodeConfig {
                 )));
             }
         }
-        if let Some(listen) = self
-            .turn
-            .as_ref()
-            .and_then(|t| t.embedded.as_ref())
-            .map(|e| e.listen)
+        if let Some(e) = self.turn.as_ref().and_then(|t| t.embedded.as_ref())
             && self.auth_secret.is_none()
-            && !listen.ip().is_loopback()
         {
-            return Err(ConfigError::Invalid(format!(
-                "refusing to serve TURN on {listen} without --auth-secret: an open node binds loopback only"
-            )));
+            if !e.listen.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to serve TURN on {} without --auth-secret: an open node binds loopback only",
+                    e.listen
+                )));
+            }
+            if !e.relay_ip.is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to relay TURN on {} (--turn-relay-ip) without --auth-secret: an open node binds loopback only",
+                    e.relay_ip
+                )));
+            }
         }
         if self.max_peers == 0 || self.max_room_peers == 0 {
             return Err(ConfigError::Invalid(
@@ -968,6 +972,17 @@ mod tests {
             ServeArgs {
                 turn: true,
                 turn_listen: Some("0.0.0.0:3478".parse().unwrap()),
+                ..ServeArgs::default()
+            },
+            // An open node's relay ports stay on loopback too.
+            ServeArgs {
+                turn: true,
+                turn_relay_ip: Some("0.0.0.0".parse().unwrap()),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                turn: true,
+                turn_relay_ip: Some("192.0.2.10".parse().unwrap()),
                 ..ServeArgs::default()
             },
         ] {
