@@ -46,7 +46,22 @@ pub struct H264Stats {
     pub dropped_access_units: u64,
     /// Payloads that are not valid RFC 6184 (or use STAP-B/MTAP/FU-B).
     pub malformed: u64,
+    /// Access units dropped because they outgrew [`MAX_ACCESS_UNIT_BYTES`]
+    /// or [`MAX_ACCESS_UNIT_NALUS`] (a timestamp that stays and no marker).
+    pub oversized_access_units: u64,
+    /// Bytes held right now for the access unit being built and its FU-A
+    /// reassembly: never more than [`MAX_ACCESS_UNIT_BYTES`].
+    pub buffered_bytes: u64,
 }
+
+/// Largest access unit kept, all NAL units together: far above any WebRTC
+/// keyframe (a 4K IDR is a few hundred KiB to 2 MiB), small enough that a
+/// publisher that never ends an access unit cannot grow memory.
+pub const MAX_ACCESS_UNIT_BYTES: usize = 8 << 20;
+
+/// Most NAL units in one access unit: slices, parameter sets and SEI of a
+/// real picture number in the tens; each held NAL unit costs an allocation.
+pub const MAX_ACCESS_UNIT_NALUS: usize = 4096;
 
 /// Depacketizes one H.264 RTP stream. Feed packets in sequence order with
 /// [`H264Depacketizer::push`] (saying whether packets were lost just
@@ -67,7 +82,42 @@ pub struct H264Depacketizer {
 struct AuBuilder {
     timestamp: i64,
     nalus: Vec<Vec<u8>>,
+    /// Sum of the NAL units' lengths.
+    bytes: usize,
     broken: bool,
+    /// Outgrew the bounds: nothing more is kept until the next access unit.
+    oversized: bool,
+}
+
+impl AuBuilder {
+    /// Whether `more` bytes still fit beside what is held.
+    fn fits(&self, more: usize) -> bool {
+        self.bytes.saturating_add(more) <= MAX_ACCESS_UNIT_BYTES && self.nalus.len() < MAX_ACCESS_UNIT_NALUS
+    }
+
+    fn push_nalu(&mut self, nalu: &[u8], stats: &mut H264Stats) {
+        if self.oversized {
+            return;
+        }
+        if !self.fits(nalu.len()) {
+            self.overflow(stats);
+            return;
+        }
+        self.bytes += nalu.len();
+        self.nalus.push(nalu.to_vec());
+    }
+
+    /// Drops what is held (its memory too) and ignores the rest of this
+    /// access unit; it is counted once and dropped at its end.
+    fn overflow(&mut self, stats: &mut H264Stats) {
+        if !self.oversized {
+            stats.oversized_access_units += 1;
+        }
+        self.oversized = true;
+        self.broken = true;
+        self.nalus = Vec::new();
+        self.bytes = 0;
+    }
 }
 
 impl Default for H264Depacketizer {
@@ -115,7 +165,9 @@ impl H264Depacketizer {
         let au = self.au.get_or_insert_with(|| AuBuilder {
             timestamp,
             nalus: Vec::new(),
+            bytes: 0,
             broken: lost_before,
+            oversized: false,
         });
         let result = parse_payload(payload, au, &mut self.fu, &mut self.stats);
         if result.is_err() {
@@ -140,7 +192,12 @@ impl H264Depacketizer {
     }
 
     pub fn stats(&self) -> H264Stats {
-        self.stats
+        let au = self.au.as_ref().map_or(0, |au| au.bytes);
+        let fu = self.fu.as_ref().map_or(0, Vec::len);
+        H264Stats {
+            buffered_bytes: (au + fu) as u64,
+            ..self.stats
+        }
     }
 
     /// Waiting for an IDR: at the start, after loss or after [`Self::resync`].
@@ -177,8 +234,8 @@ impl H264Depacketizer {
                 NAL_PPS => pps = Some(nalu.clone()),
                 _ => {}
             }
-            // A NAL unit from one RTP packet is < 64 KiB, an FU-A
-            // reassembly is bounded by MAX_NALU, so it fits a u32.
+            // An access unit is bounded by MAX_ACCESS_UNIT_BYTES, so each
+            // of its NAL units fits a u32.
             data.extend_from_slice(&(nalu.len() as u32).to_be_bytes());
             data.extend_from_slice(nalu);
         }
@@ -193,10 +250,6 @@ impl H264Depacketizer {
     }
 }
 
-/// Largest NAL unit reassembled from FU-A fragments: far above any
-/// WebRTC keyframe, small enough that a hostile stream cannot grow memory.
-const MAX_NALU: usize = 8 << 20;
-
 fn nal_type(nalu: &[u8]) -> u8 {
     nalu.first().map_or(0, |b| b & 0x1f)
 }
@@ -210,12 +263,17 @@ fn parse_payload(
     let Some(&first) = payload.first() else {
         return Err("empty payload");
     };
+    if au.oversized {
+        // Already dropped and counted; the rest of it is not kept.
+        *fu = None;
+        return Ok(());
+    }
     if first & 0x80 != 0 {
         return Err("forbidden_zero_bit set");
     }
     match first & 0x1f {
         1..=23 => {
-            au.nalus.push(payload.to_vec());
+            au.push_nalu(payload, stats);
             Ok(())
         }
         STAP_A => {
@@ -232,7 +290,7 @@ fn parse_payload(
                 if size == 0 || size > tail.len() {
                     return Err("STAP-A size out of range");
                 }
-                au.nalus.push(tail[..size].to_vec());
+                au.push_nalu(&tail[..size], stats);
                 rest = &tail[size..];
             }
             Ok(())
@@ -249,6 +307,10 @@ fn parse_payload(
                     stats.broken_fragments += 1;
                     au.broken = true;
                 }
+                if !au.fits(fragment.len() + 1) {
+                    au.overflow(stats);
+                    return Ok(());
+                }
                 let mut nalu = Vec::with_capacity(fragment.len() * 8 + 1);
                 nalu.push((indicator & 0xe0) | (header & 0x1f));
                 nalu.extend_from_slice(fragment);
@@ -260,13 +322,16 @@ fn parse_payload(
                     au.broken = true;
                     return Ok(());
                 };
-                if nalu.len() + fragment.len() > MAX_NALU {
+                // The reassembly counts toward its access unit's bound.
+                if !au.fits(nalu.len() + fragment.len()) {
                     *fu = None;
-                    return Err("FU-A reassembly too large");
+                    au.overflow(stats);
+                    return Ok(());
                 }
                 nalu.extend_from_slice(fragment);
             }
             if end && let Some(nalu) = fu.take() {
+                au.bytes += nalu.len();
                 au.nalus.push(nalu);
             }
             Ok(())

@@ -39,6 +39,16 @@ use crate::{Error, Frame, TrackId};
 /// for a track whose capture clock starts a little before the room's.
 const BASE: Duration = Duration::from_secs(10);
 
+/// Byte bounds on what one rendition holds. Parts, segments and the DVR
+/// window are measured in the publisher's timestamps; a publisher whose
+/// timestamps barely advance would fill them without end. Each bound is far
+/// above real media (a 30 s window of 20 Mbit/s 4K is 75 MB); reaching one
+/// closes the part or segment early, or trims the oldest segment, and is
+/// counted in [`PackagerStats::byte_limited`].
+pub const MAX_PART_BYTES: usize = 8 << 20;
+pub const MAX_SEGMENT_BYTES: u64 = 32 << 20;
+pub const MAX_WINDOW_BYTES: u64 = 128 << 20;
+
 /// Segmenter and playlist knobs; fixed for the life of a stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HlsConfig {
@@ -261,6 +271,9 @@ pub struct PackagerStats {
     pub forced_cuts: u64,
     /// Samples dropped for a timestamp that does not advance.
     pub non_monotonic: u64,
+    /// Parts or segments closed early, or segments trimmed from the
+    /// window, because they reached a byte bound ([`MAX_WINDOW_BYTES`]).
+    pub byte_limited: u64,
 }
 
 /// The segmenter for one room.
@@ -678,7 +691,13 @@ impl Rendition {
                     stats.forced_cuts += 1;
                     warn!(rendition = %self.name, "no IDR within the target duration; segment cut without one");
                 }
-                p.new_init || due || forced
+                let held = open.info.size + (open.part.data.len() + p.data.len()) as u64;
+                let full = held > MAX_SEGMENT_BYTES && !open.info.parts.is_empty();
+                if full && !(p.new_init || due || forced) {
+                    stats.byte_limited += 1;
+                    debug!(rendition = %self.name, held, "segment reached its byte bound; cut early");
+                }
+                p.new_init || due || forced || full
             }
         };
         if cut_segment {
@@ -715,7 +734,11 @@ impl Rendition {
             });
         } else if let Some(open) = &self.open {
             let part = &open.part;
-            let overflow = part.duration + duration > part_ticks;
+            let full = part.data.len() + p.data.len() > MAX_PART_BYTES;
+            if full && !part.samples.is_empty() {
+                stats.byte_limited += 1;
+            }
+            let overflow = part.duration + duration > part_ticks || full;
             let idr = video && p.keyframe && part.duration * 100 >= part_ticks * 85;
             if !part.samples.is_empty() && (overflow || idr) {
                 self.close_part(stats)?;
@@ -800,20 +823,26 @@ impl Rendition {
         self.segments.push_back(info);
         stats.segments += 1;
         self.changed = true;
-        self.trim(config);
+        self.trim(config, stats);
         Ok(())
     }
 
-    fn trim(&mut self, config: &HlsConfig) {
+    fn trim(&mut self, config: &HlsConfig, stats: &mut PackagerStats) {
         loop {
             let total: f64 = self.segments.iter().map(|s| s.duration).sum();
+            let bytes: u64 = self.segments.iter().map(|s| s.size).sum();
             let Some(first) = self.segments.front() else {
                 return;
             };
-            if self.segments.len() <= config.window_segments
-                || total - first.duration < config.dvr_window.as_secs_f64()
-            {
+            let over_bytes = bytes > MAX_WINDOW_BYTES && self.segments.len() > 1;
+            let by_time = self.segments.len() > config.window_segments
+                && total - first.duration >= config.dvr_window.as_secs_f64();
+            if !(by_time || over_bytes) {
                 break;
+            }
+            if !by_time {
+                stats.byte_limited += 1;
+                debug!(rendition = %self.name, bytes, "window reached its byte bound; oldest segment trimmed");
             }
             let Some(seg) = self.segments.pop_front() else {
                 return;

@@ -236,3 +236,91 @@ fn garbage_payloads_are_errors_not_panics() {
         .is_err()
     );
 }
+
+#[test]
+fn an_access_unit_that_never_ends_is_bounded_dropped_and_counted() {
+    let now = Instant::now();
+    let mut b = bridge(now);
+    let mut seq = 0u16;
+    let mut ts = 0u32;
+    let idr = |b: &mut Bridge, seq: &mut u16, ts: &mut u32| {
+        *ts += 3000;
+        let pkts = packetize(&access_unit(0, 1, 1000), *ts, seq, 1200);
+        feed(b, now, &pkts);
+    };
+    idr(&mut b, &mut seq, &mut ts);
+    assert_eq!(frames(&mut b).len(), 1, "the stream plays");
+
+    // 12,000 single-NAL packets (13 MB) with one timestamp and no marker.
+    ts += 3000;
+    let flood: Vec<Pkt> = (0..12_000)
+        .map(|i| {
+            let p = Pkt {
+                seq,
+                ts,
+                marker: false,
+                payload: slice(false, 1100, i as u8),
+            };
+            seq = seq.wrapping_add(1);
+            p
+        })
+        .collect();
+    feed(&mut b, now, &flood);
+    let stats = b.stats(T).unwrap().h264;
+    assert!(
+        stats.buffered_bytes <= 8 << 20,
+        "{} bytes held for one access unit",
+        stats.buffered_bytes
+    );
+    assert_eq!(stats.oversized_access_units, 1);
+    idr(&mut b, &mut seq, &mut ts);
+    let out = frames(&mut b);
+    assert_eq!(
+        out.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(),
+        vec![(i64::from(ts), true)],
+        "the oversized access unit is dropped, the next IDR plays"
+    );
+    assert_eq!(b.stats(T).unwrap().h264.buffered_bytes, 0);
+
+    // An FU-A reassembly that never ends: a start, then 12,000 middles.
+    ts += 3000;
+    let mut fu: Vec<Pkt> = Vec::new();
+    for i in 0..12_001u32 {
+        let header = if i == 0 { 0x80 | 1 } else { 1 };
+        let mut payload = vec![0x40 | 28, header];
+        payload.extend(std::iter::repeat_n(i as u8, 1100));
+        fu.push(Pkt {
+            seq,
+            ts,
+            marker: false,
+            payload,
+        });
+        seq = seq.wrapping_add(1);
+    }
+    feed(&mut b, now, &fu);
+    let stats = b.stats(T).unwrap().h264;
+    assert!(
+        stats.buffered_bytes <= 8 << 20,
+        "{} bytes held for one FU-A",
+        stats.buffered_bytes
+    );
+    assert_eq!(stats.oversized_access_units, 2);
+    idr(&mut b, &mut seq, &mut ts);
+    assert_eq!(frames(&mut b).len(), 1, "the next IDR plays");
+}
+
+#[test]
+fn frames_nobody_polls_are_bounded_and_counted() {
+    let now = Instant::now();
+    let mut b = bridge(now);
+    let first = stream(600, 30, 500, 0, 0);
+    feed(&mut b, now, &first);
+    assert_eq!(frames(&mut b).len(), hls_bridge::MAX_QUEUED_FRAMES);
+    // Frame 512 found the queue full; so did the IDRs at 540 and 570, and
+    // the frames between waited for them.
+    assert_eq!(b.stats(T).unwrap().dropped_frames, 3);
+    // Drained, the track plays again from its next IDR.
+    let next = stream(60, 30, 500, first.len() as u16, 600 * 3000);
+    feed(&mut b, now, &next);
+    assert_eq!(frames(&mut b).len(), 60);
+}

@@ -276,3 +276,54 @@ fn dash_mpd_lists_the_same_segments() {
     assert!(mpd.contains(&format!("startNumber=\"{}\"", r.segments[0].msn)));
     assert!(mpd.contains(&format!("<S t=\"{}\"", r.segments[0].start_dts)));
 }
+
+#[test]
+fn timestamps_that_barely_advance_cannot_grow_a_rendition_without_bound() {
+    use hls_bridge::h264::{AccessUnit, AvcConfig};
+    use hls_bridge::segmenter::{MAX_PART_BYTES, MAX_SEGMENT_BYTES, MAX_WINDOW_BYTES};
+    use hls_bridge::{Frame, Packager, TrackId};
+
+    let t0 = std::time::Instant::now();
+    let mut packager = Packager::new(HlsConfig::default(), 1, t0, common::room::WALL0).unwrap();
+    let id = TrackId(1);
+    packager.add_video(id, 0).unwrap();
+    let config = AvcConfig::new(common::SPS_1080P.to_vec(), common::PPS.to_vec()).unwrap();
+    // 160 frames of 1 MiB whose timestamps advance one 90 kHz tick each:
+    // by the timeline, all of it is 1.8 ms, less than one part.
+    let data = vec![0u8; 1 << 20];
+    for n in 0..160i64 {
+        let frame = Frame::Video {
+            au: AccessUnit {
+                timestamp: n,
+                keyframe: n == 0,
+                data: data.clone(),
+                sps: None,
+                pps: None,
+            },
+            new_config: (n == 0).then(|| config.clone()),
+        };
+        packager.push_frame(t0, id, &frame, None).unwrap();
+    }
+    let snapshot = packager.snapshot();
+    let v0 = &snapshot.renditions["v0"];
+    assert!(!v0.segments.is_empty(), "segments are published");
+    for s in &v0.segments {
+        assert!(
+            s.size <= MAX_SEGMENT_BYTES + (1 << 20),
+            "segment {} is {} bytes",
+            s.msn,
+            s.size
+        );
+        for p in &s.parts {
+            assert!(
+                p.size <= (MAX_PART_BYTES + (1 << 20)) as u64,
+                "part of {} bytes",
+                p.size
+            );
+        }
+    }
+    let window: u64 = v0.segments.iter().map(|s| s.size).sum();
+    assert!(window <= MAX_WINDOW_BYTES, "the window holds {window} bytes");
+    assert!(v0.media_sequence > 0, "the oldest segments were trimmed");
+    assert!(packager.stats().byte_limited > 0);
+}

@@ -560,17 +560,21 @@ impl NodeConfig {
                 )));
             }
         }
-        if let Some(listen) = self
-            .turn
-            .as_ref()
-            .and_then(|t| t.embedded.as_ref())
-            .map(|e| e.listen)
+        if let Some(e) = self.turn.as_ref().and_then(|t| t.embedded.as_ref())
             && self.auth_secret.is_none()
-            && !listen.ip().is_loopback()
         {
-            return Err(ConfigError::Invalid(format!(
-                "refusing to serve TURN on {listen} without --auth-secret: an open node binds loopback only"
-            )));
+            if !e.listen.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to serve TURN on {} without --auth-secret: an open node binds loopback only",
+                    e.listen
+                )));
+            }
+            if !e.relay_ip.is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to relay TURN on {} (--turn-relay-ip) without --auth-secret: an open node binds loopback only",
+                    e.relay_ip
+                )));
+            }
         }
         if self.public_hls && self.hls_secret.is_some() {
             return Err(ConfigError::Invalid(
@@ -1378,6 +1382,9 @@ mod tests {
             &["--turn-listen", "127.0.0.1:3478"],
             &["--turn", "--turn-url", "stun:x:3478"],
             &["--turn", "--turn-listen", "0.0.0.0:3478"],
+            // An open node's relay ports stay on loopback too.
+            &["--turn", "--turn-relay-ip", "0.0.0.0"],
+            &["--turn", "--turn-relay-ip", "192.0.2.10"],
         ] {
             assert!(
                 matches!(serve(bad), Err(ConfigError::Invalid(_))),

@@ -224,7 +224,7 @@ async fn start_turn(
             cfg.relay_ip = e.relay_ip;
             cfg.external_ip = config.public_ip;
             cfg.relay_ports = turn::relay_ports_avoiding(e.relay_ports, e.relay_ip, media);
-            cfg.server.peer_filter = turn::media_allow_list(media, config.public_ip);
+            cfg.server.peer_filter = turn::media_allow_list(media, config.public_ip, e.relay_ip);
             let server = EmbeddedTurn::start(cfg).await?;
             if urls.is_empty() {
                 let udp = server.local_addrs().udp;

@@ -9,7 +9,7 @@ use signaling::{IceServer, IceServerSource, RoomId};
 use tokio::sync::oneshot;
 use tracing::warn;
 use turn_server::LocalAddrs;
-use turn_server::filter::{IpNet, PeerFilter};
+use turn_server::filter::PeerFilter;
 
 /// Why the embedded TURN server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -170,24 +170,22 @@ fn serve(
     });
 }
 
-/// Peers the embedded server may relay to beyond the default policy: the
-/// node's own media addresses (loopback or private on small deployments),
-/// each as a single host.
-pub fn media_allow_list(media: &[SocketAddr], public_ip: Option<IpAddr>) -> PeerFilter {
-    let mut ips: Vec<IpAddr> = media
-        .iter()
-        .map(|a| a.ip())
-        .chain(public_ip)
-        .filter(|ip| !ip.is_unspecified())
-        .map(|ip| ip.to_canonical())
-        .collect();
-    ips.sort();
-    ips.dedup();
-    let nets = ips
-        .into_iter()
-        .map(|ip| IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }))
-        .collect();
-    PeerFilter::new(nets)
+/// The only peers the embedded server relays to: the node's media sockets,
+/// IP *and* port, as bound (`media`), as advertised (`public_ip`) and, for
+/// a socket bound to the unspecified address, as reached on the relay IP.
+/// Any other port of the node's host, and any other host, is refused.
+pub fn media_allow_list(media: &[SocketAddr], public_ip: Option<IpAddr>, relay_ip: IpAddr) -> PeerFilter {
+    let peers = media.iter().flat_map(|a| {
+        let bound = match a.ip().is_unspecified() {
+            true => (!relay_ip.is_unspecified()).then(|| SocketAddr::new(relay_ip, a.port())),
+            false => Some(*a),
+        };
+        let advertised = public_ip
+            .filter(|ip| !ip.is_unspecified())
+            .map(|ip| SocketAddr::new(ip, a.port()));
+        bound.into_iter().chain(advertised)
+    });
+    PeerFilter::only(peers)
 }
 
 /// The largest stretch of `range` that holds none of the node's media ports
@@ -265,15 +263,32 @@ mod tests {
     }
 
     #[test]
-    fn media_addresses_become_single_host_allow_entries() {
+    fn only_the_media_sockets_are_peers() {
         let media: Vec<SocketAddr> = vec![
             "127.0.0.1:40000".parse().unwrap(),
             "127.0.0.1:40001".parse().unwrap(),
         ];
-        let filter = media_allow_list(&media, None);
+        let relay: IpAddr = "127.0.0.1".parse().unwrap();
+        let filter = media_allow_list(&media, None, relay);
         assert!(filter.check_ip("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(filter.check_addr(media[0]).is_ok());
+        assert!(filter.check_addr(media[1]).is_ok());
+        assert!(filter.check_addr("127.0.0.1:21000".parse().unwrap()).is_err());
         assert!(filter.check_ip("127.0.0.2".parse().unwrap()).is_err());
         assert!(filter.check_ip("10.0.0.1".parse().unwrap()).is_err());
+        assert!(
+            filter.check_ip("8.8.8.8".parse().unwrap()).is_err(),
+            "no other host"
+        );
+
+        // Bound on every interface, advertised on a public IP.
+        let any: Vec<SocketAddr> = vec!["0.0.0.0:40000".parse().unwrap()];
+        let public: IpAddr = "203.0.113.7".parse().unwrap();
+        let filter = media_allow_list(&any, Some(public), "10.0.0.5".parse().unwrap());
+        assert!(filter.check_addr("10.0.0.5:40000".parse().unwrap()).is_ok());
+        assert!(filter.check_addr("203.0.113.7:40000".parse().unwrap()).is_ok());
+        assert!(filter.check_addr("203.0.113.7:40001".parse().unwrap()).is_err());
+        assert!(filter.check_addr("0.0.0.0:40000".parse().unwrap()).is_err());
     }
 
     #[test]

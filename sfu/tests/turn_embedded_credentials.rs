@@ -1,7 +1,8 @@
 //! `sfu serve --turn`: every WHIP/WHEP 201 advertises the embedded TURN
 //! server with fresh REST credentials, and those credentials allocate on it
 //! and may open permissions to the node's media address (and nothing else
-//! on loopback).
+//! on loopback); data flows only to and from the node's media sockets, not
+//! to other ports of the same IP.
 
 use crate::common;
 
@@ -17,8 +18,8 @@ use stun_types::message::{
 };
 use stun_types::prelude::*;
 use tokio::net::UdpSocket;
-use turn_types::attribute::{RequestedTransport, XorPeerAddress};
-use turn_types::message::{ALLOCATE, CREATE_PERMISSION};
+use turn_types::attribute::{ChannelNumber, Data, RequestedTransport, XorPeerAddress, XorRelayedAddress};
+use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, SEND};
 
 const REALM: &str = "wave-test";
 
@@ -91,6 +92,86 @@ async fn advertised_turn_credentials_authenticate_against_the_embedded_server() 
     assert_eq!(intruder.allocate().await, Some(401));
 }
 
+#[tokio::test]
+async fn embedded_turn_reaches_only_the_node_media_sockets() {
+    let node = Node::start(&["--turn", "--turn-listen", "127.0.0.1:0", "--turn-realm", REALM]);
+    let http = Http::default();
+    let whip = http
+        .post_sdp(&node.url("/whip/turnports"), &publish_offer(), None)
+        .await;
+    assert_eq!(whip.status, StatusCode::CREATED, "{}", whip.body);
+    let link = &turn_links(&whip)[0];
+    let server: SocketAddr = link
+        .url
+        .trim_start_matches("turn:")
+        .split('?')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = TurnClient::new(server, link).await;
+    assert_eq!(client.allocate().await, None);
+    let relayed = client
+        .relayed
+        .expect("XOR-RELAYED-ADDRESS in the Allocate success");
+
+    // A service on the node's media IP that is not a media socket, on a
+    // port below the relay range (49152-65535, which the server refuses
+    // as its own anyway) as most services are.
+    let media = node.media[0];
+    let other = service_below_the_relay_range(media).await;
+    let other_addr = other.local_addr().unwrap();
+    assert_ne!(other_addr, media);
+
+    assert_eq!(
+        client.create_permission(media).await,
+        None,
+        "permission to the media IP"
+    );
+    assert_eq!(
+        client.channel_bind(0x4000, media).await,
+        None,
+        "a channel to the media socket"
+    );
+    assert_eq!(
+        client.channel_bind(0x4001, other_addr).await,
+        Some(403),
+        "a channel to another port of the media IP is forbidden"
+    );
+
+    // Outward: a Send indication to the other port is not relayed. The
+    // server handles a client's datagrams in order, so once the next
+    // request is answered the indication has been handled.
+    client
+        .send_indication(other_addr, b"to a port that is not media")
+        .await;
+    assert_eq!(client.channel_bind(0x4000, media).await, None);
+    let mut buf = [0u8; 1500];
+    let got = tokio::time::timeout(Duration::from_millis(300), other.recv_from(&mut buf)).await;
+    assert!(got.is_err(), "the relay delivered to {other_addr}: {got:?}");
+
+    // Inward: the other port's datagrams to the relayed address do not
+    // reach the client, though it holds a permission for that IP.
+    other
+        .send_to(b"from a port that is not media", relayed)
+        .await
+        .unwrap();
+    let data = tokio::time::timeout(Duration::from_millis(300), client.recv_data()).await;
+    assert!(data.is_err(), "the client received {data:?} from {other_addr}");
+}
+
+/// A UDP socket on `media`'s IP at the first free port from 21000.
+async fn service_below_the_relay_range(media: SocketAddr) -> UdpSocket {
+    for port in 21000..22000 {
+        if port != media.port()
+            && let Ok(sock) = UdpSocket::bind(SocketAddr::new(media.ip(), port)).await
+        {
+            return sock;
+        }
+    }
+    panic!("no free UDP port in 21000-21999 on {}", media.ip());
+}
+
 #[derive(Debug, Clone)]
 struct TurnLink {
     url: String,
@@ -129,6 +210,9 @@ struct TurnClient {
     username: String,
     password: String,
     nonce: Option<String>,
+    relayed: Option<SocketAddr>,
+    /// The CHANNEL-NUMBER of the next request, for ChannelBind.
+    channel: Option<u16>,
 }
 
 impl TurnClient {
@@ -139,6 +223,8 @@ impl TurnClient {
             username: link.username.clone(),
             password: link.password.clone(),
             nonce: None,
+            relayed: None,
+            channel: None,
         }
     }
 
@@ -151,11 +237,54 @@ impl TurnClient {
         self.authed(CREATE_PERMISSION, Some(peer)).await
     }
 
+    /// Binds `channel` to `peer` (RFC 8656 §11).
+    async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Option<u16> {
+        self.channel = Some(channel);
+        let code = self.authed(CHANNEL_BIND, Some(peer)).await;
+        self.channel = None;
+        code
+    }
+
+    /// A Send indication (RFC 8656 §10.1): no answer comes back.
+    async fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) {
+        let txid = TransactionId::generate();
+        let mut w = Message::builder(
+            MessageType::from_class_method(MessageClass::Indication, SEND),
+            txid,
+            MessageWriteVec::new(),
+        );
+        w.add_attribute(&XorPeerAddress::new(peer, txid)).unwrap();
+        w.add_attribute(&Data::new(data)).unwrap();
+        self.sock.send_to(&w.finish(), self.server).await.unwrap();
+    }
+
+    /// The next Data indication or ChannelData message: its payload.
+    async fn recv_data(&mut self) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, _) = self.sock.recv_from(&mut buf).await.unwrap();
+            let bytes = &buf[..n];
+            // RFC 8656 §12.4: ChannelData starts with 0b01.
+            if bytes.first().is_some_and(|b| b & 0xc0 == 0x40) && n >= 4 {
+                return bytes[4..].to_vec();
+            }
+            if let Ok(msg) = Message::from_bytes(bytes)
+                && msg.method() == DATA
+                && let Ok(data) = msg.attribute::<Data<'_>>()
+            {
+                return data.data().to_vec();
+            }
+        }
+    }
+
     /// Sends a signed request, first learning the nonce from a 401.
     async fn authed(&mut self, method: Method, peer: Option<SocketAddr>) -> Option<u16> {
         for _ in 0..2 {
             let resp = self.request(method, peer).await;
             let msg = Message::from_bytes(&resp).expect("a STUN response");
+            if let Ok(relayed) = msg.attribute::<XorRelayedAddress>() {
+                self.relayed = Some(relayed.addr(msg.transaction_id()));
+            }
             let code = msg.attribute::<ErrorCode>().ok().map(|e| e.code());
             let nonce = msg.attribute::<Nonce>().ok().map(|n| n.nonce().to_owned());
             match (code, nonce) {
@@ -179,6 +308,9 @@ impl TurnClient {
         if method == ALLOCATE {
             w.add_attribute(&RequestedTransport::new(RequestedTransport::UDP))
                 .unwrap();
+        }
+        if let Some(channel) = self.channel {
+            w.add_attribute(&ChannelNumber::new(channel)).unwrap();
         }
         if let Some(p) = peer {
             w.add_attribute(&XorPeerAddress::new(p, txid)).unwrap();

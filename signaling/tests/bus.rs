@@ -149,22 +149,24 @@ async fn kv_create_is_exclusive_and_update_checks_revisions(bus: &Bus) {
 async fn kv_keys_expire_ttl_after_their_last_write(bus: &Bus) {
     let ttl = Duration::from_secs(1);
     let kv = bus.kv("nodes", ttl).await.unwrap();
-    let r = kv.create("n1", Bytes::from_static(b"1")).await.unwrap();
+    let mut r = kv.create("n1", Bytes::from_static(b"1")).await.unwrap();
     kv.create("n2", Bytes::from_static(b"1")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    // A refresh restarts n1's clock; n2 is left to expire.
-    kv.update("n1", Bytes::from_static(b"2"), r).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Driven by n2's expiry, not by a clock margin: n1, written at the same
+    // moment, is refreshed until n2 is gone. Then n1 has outlived its
+    // first write's TTL, so only the refresh can have kept it.
+    let deadline = tokio::time::Instant::now() + ttl * 5;
+    loop {
+        r = kv.update("n1", Bytes::from_static(b"2"), r).await.unwrap();
+        if kv.get("n2").await.unwrap().is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "n2 did not expire");
+        tokio::time::sleep(ttl / 10).await;
+    }
     assert!(
         kv.get("n1").await.unwrap().is_some(),
-        "refreshed key expired early"
+        "a key refreshed just now expired with the key written with its first write"
     );
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while kv.get("n2").await.unwrap().is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "n2 did not expire");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // An expired key can be claimed again.
     kv.create("n2", Bytes::from_static(b"new owner")).await.unwrap();
 }

@@ -1,11 +1,15 @@
 //! Which peer addresses a client may relay to.
 //!
 //! The default denies every address that reaches the server's own network:
-//! loopback, private, shared (CGNAT), link-local, multicast, reserved and
-//! documentation ranges, in IPv4, IPv6 and IPv4-mapped IPv6 form (the
-//! CVE-2020-26262 and CVE-2026-27624 classes). An allow-list opens exactly the
-//! networks it names. A few ranges stay closed even when allow-listed because
-//! no legitimate peer lives there.
+//! loopback, private, shared (CGNAT), link-local, site-local, multicast,
+//! reserved, NAT64 and documentation ranges, in IPv4, IPv6, IPv4-mapped and
+//! IPv4-compatible IPv6 form (the CVE-2020-26262 and CVE-2026-27624 classes).
+//! An allow-list opens exactly the networks it names. A few ranges stay closed
+//! even when allow-listed because no legitimate peer lives there.
+//!
+//! An embedding service whose clients only ever talk to it (an SFU's media
+//! sockets) uses [`PeerFilter::only`]: exactly those socket addresses, IP
+//! and port, and nothing else.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,6 +32,8 @@ pub enum Denied {
     AlwaysBlocked,
     /// The server's own listener or relay port range.
     OwnAddress,
+    /// Not one of the socket addresses of a [`PeerFilter::only`] filter.
+    NotListed,
 }
 
 /// The peer filter: the built-in deny list, an operator allow-list, and the
@@ -35,6 +41,8 @@ pub enum Denied {
 #[derive(Debug, Clone, Default)]
 pub struct PeerFilter {
     allow: Vec<IpNet>,
+    /// When set, the only peers there are (canonical addresses).
+    only: Option<Vec<SocketAddr>>,
     own: Vec<SocketAddr>,
     own_relay: Option<(IpAddr, u16, u16)>,
 }
@@ -61,10 +69,15 @@ const DENY_V4: &[(Ipv4Addr, u8)] = &[
 
 const DENY_V6: &[(Ipv6Addr, u8)] = &[
     (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128),
+    // NAT64: the well-known prefix (RFC 6052) and the local-use one
+    // (RFC 8215), which a site's translator maps onto its own IPv4 network.
     (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96),
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
     (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),
     (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
     (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    // Site-local (deprecated by RFC 3879, still routed internally by some).
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),
     (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
 ];
 
@@ -81,8 +94,24 @@ impl PeerFilter {
     pub fn new(allow: Vec<IpNet>) -> Self {
         Self {
             allow,
+            only: None,
             own: Vec::new(),
             own_relay: None,
+        }
+    }
+
+    /// A filter that relays to exactly these socket addresses (IP and
+    /// port) and to nothing else, whatever their network.
+    pub fn only(peers: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let mut peers: Vec<SocketAddr> = peers
+            .into_iter()
+            .map(|a| SocketAddr::new(canonical(a.ip()), a.port()))
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        Self {
+            only: Some(peers),
+            ..Self::default()
         }
     }
 
@@ -95,9 +124,15 @@ impl PeerFilter {
 
     /// Checks a peer IP (CreatePermission installs per-IP permissions).
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Denied> {
-        let ip = ip.to_canonical();
+        let ip = canonical(ip);
         if in_table(ip, ALWAYS_V4, ALWAYS_V6) {
             return Err(Denied::AlwaysBlocked);
+        }
+        if let Some(only) = &self.only {
+            return match only.iter().any(|a| a.ip() == ip) {
+                true => Ok(()),
+                false => Err(Denied::NotListed),
+            };
         }
         if self.allow.iter().any(|net| net.contains(ip)) {
             return Ok(());
@@ -111,8 +146,13 @@ impl PeerFilter {
     /// Checks a full peer address: the IP rules plus the server's own ports.
     pub fn check_addr(&self, addr: SocketAddr) -> Result<(), Denied> {
         self.check_ip(addr.ip())?;
-        let ip = addr.ip().to_canonical();
-        let same = |a: IpAddr| a.to_canonical() == ip || a.is_unspecified();
+        let ip = canonical(addr.ip());
+        if let Some(only) = &self.only
+            && !only.contains(&SocketAddr::new(ip, addr.port()))
+        {
+            return Err(Denied::NotListed);
+        }
+        let same = |a: IpAddr| canonical(a) == ip || a.is_unspecified();
         if self
             .own
             .iter()
@@ -130,6 +170,19 @@ impl PeerFilter {
     }
 }
 
+/// The form the rules are written in: IPv4-mapped (`::ffff:a.b.c.d`) and
+/// IPv4-compatible (`::a.b.c.d`, RFC 4291 §2.5.5.1) addresses become the
+/// IPv4 address they carry; `::` and `::1` stay IPv6.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if v6.segments()[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() => {
+            let [.., a, b, c, d] = v6.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+        }
+        other => other,
+    }
+}
+
 fn in_table(ip: IpAddr, v4: &[(Ipv4Addr, u8)], v6: &[(Ipv6Addr, u8)]) -> bool {
     match ip {
         IpAddr::V4(ip) => v4
@@ -144,7 +197,7 @@ fn in_table(ip: IpAddr, v4: &[(Ipv4Addr, u8)], v6: &[(Ipv6Addr, u8)]) -> bool {
 impl IpNet {
     /// A network; the prefix is clamped to the address width.
     pub fn new(addr: IpAddr, prefix: u8) -> Self {
-        let addr = addr.to_canonical();
+        let addr = canonical(addr);
         let max = if addr.is_ipv4() { 32 } else { 128 };
         Self {
             addr,
@@ -154,7 +207,7 @@ impl IpNet {
 
     /// Whether `ip` (canonicalized) lies in this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
+        match (self.addr, canonical(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
@@ -183,13 +236,13 @@ impl FromStr for IpNet {
             None => (s, None),
         };
         let addr: IpAddr = addr.trim().parse().map_err(|_| err())?;
-        let max = if addr.to_canonical().is_ipv4() { 32 } else { 128 };
+        let max = if canonical(addr).is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p.trim().parse::<u8>().map_err(|_| err())?,
             None => max,
         };
         // A mapped address with a v6-sized prefix describes the v4 network.
-        let prefix = if addr.is_ipv6() && addr.to_canonical().is_ipv4() {
+        let prefix = if addr.is_ipv6() && canonical(addr).is_ipv4() {
             prefix.checked_sub(96).ok_or_else(err)?
         } else {
             prefix
@@ -245,6 +298,16 @@ mod tests {
             "ff02::1",
             "2001::1",
             "2002::1",
+            // IPv4-compatible forms of internal IPv4 addresses.
+            "::127.0.0.1",
+            "::10.1.2.3",
+            "::169.254.169.254",
+            "::192.168.0.1",
+            // NAT64 local-use (RFC 8215) and site-local.
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::1",
+            "fec0::1",
+            "feff:ffff::1",
         ] {
             assert!(f.check_ip(ip(s)).is_err(), "{s} must be denied");
         }
@@ -261,6 +324,47 @@ mod tests {
         assert!(f.check_ip(ip("127.0.0.6")).is_err());
         assert!(f.check_ip(ip("::1")).is_err());
         let f = PeerFilter::new(vec!["0.0.0.0/0".parse().unwrap()]);
+        assert_eq!(f.check_ip(ip("0.0.0.0")), Err(Denied::AlwaysBlocked));
+    }
+
+    #[test]
+    fn ipv4_compatible_addresses_follow_the_ipv4_rules() {
+        assert_eq!(canonical(ip("::127.0.0.1")), ip("127.0.0.1"));
+        assert_eq!(canonical(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(canonical(ip("::1")), ip("::1"));
+        assert_eq!(canonical(ip("::")), ip("::"));
+        // An IPv6 allow-list does not open IPv4 networks through this form.
+        let f = PeerFilter::new(vec!["::/0".parse().unwrap()]);
+        assert_eq!(f.check_ip(ip("::127.0.0.1")), Err(Denied::Reserved));
+        let f = PeerFilter::new(vec!["127.0.0.5".parse().unwrap()]);
+        assert!(f.check_ip(ip("::127.0.0.5")).is_ok());
+    }
+
+    #[test]
+    fn only_filter_allows_exactly_its_socket_addresses() {
+        let f = PeerFilter::only([
+            "127.0.0.1:40000".parse().unwrap(),
+            "[::ffff:127.0.0.1]:40001".parse().unwrap(),
+        ]);
+        assert!(
+            f.check_ip(ip("127.0.0.1")).is_ok(),
+            "a permission to the media IP"
+        );
+        assert!(f.check_addr("127.0.0.1:40000".parse().unwrap()).is_ok());
+        assert!(f.check_addr("[::ffff:127.0.0.1]:40000".parse().unwrap()).is_ok());
+        assert!(f.check_addr("[::127.0.0.1]:40001".parse().unwrap()).is_ok());
+        for other in [
+            "127.0.0.1:21000",
+            "127.0.0.1:39999",
+            "127.0.0.2:40000",
+            "8.8.8.8:40000",
+        ] {
+            assert!(
+                f.check_addr(other.parse().unwrap()).is_err(),
+                "{other} is not a media socket"
+            );
+        }
+        assert_eq!(f.check_ip(ip("8.8.8.8")), Err(Denied::NotListed));
         assert_eq!(f.check_ip(ip("0.0.0.0")), Err(Denied::AlwaysBlocked));
     }
 

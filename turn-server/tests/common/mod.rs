@@ -498,17 +498,17 @@ pub async fn wait_metric(server: &TestServer, name: &str, want: impl Fn(u64) -> 
     }
 }
 
-/// Path of a coturn utility, or `None` (with the reason printed) when the
-/// `coturn` package is not installed; `scripts/setup.sh` installs it.
-pub fn coturn_tool(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path)
+/// Path of a coturn utility. A missing one fails the test (`scripts/setup.sh
+/// --test` installs Debian's coturn package): an interop test that did not
+/// run must not count as passed.
+pub fn coturn_tool(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
         .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("SKIP: {name} not found on PATH (install Debian's coturn package: scripts/setup.sh)");
-    }
-    found
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found on PATH: install Debian's coturn package (scripts/setup.sh --test)")
+        })
 }
 
 /// A free UDP port on 127.0.0.1 (bound then released).
