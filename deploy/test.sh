@@ -160,8 +160,9 @@ build_image() {
   base_images
   # chroot isolation: this machine refuses the OCI runtime's setrlimit, so
   # RUN steps cannot use runc; the resulting image is the same.
-  podman build --format docker --isolation chroot --network host \
-    --build-arg CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-}" \
+  local jobs=()
+  [ -z "${CARGO_BUILD_JOBS:-}" ] || jobs=(--build-arg "CARGO_BUILD_JOBS=$CARGO_BUILD_JOBS")
+  podman build --format docker --isolation chroot --network host "${jobs[@]}" \
     -f deploy/container/Containerfile -t localhost/wave:test . >"$DEPLOY/.image-work/build.log" 2>&1 ||
     { tail -30 "$DEPLOY/.image-work/build.log"; fail "podman build"; }
   end=$(date +%s)
