@@ -120,21 +120,30 @@ base_images() {
   [ -n "$mirror" ] || fail "set DEBIAN_MIRROR (no URIs in /etc/apt/sources.list.d/debian.sources)"
   command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
   mkdir -p "$work"
-  if ! podman image exists docker.io/library/debian:bookworm-slim; then
+  if [ ! -d "$work/debian" ]; then
     echo "   debootstrap --variant=minbase $suite"
     rm -rf "$work/debian"
     debootstrap --variant=minbase "$suite" "$work/debian" "$mirror" >"$work/debootstrap.log" 2>&1 ||
       { tail -20 "$work/debootstrap.log"; fail "debootstrap"; }
     rm -rf "$work/debian"/var/cache/apt/archives/*.deb "$work/debian"/var/lib/apt/lists/*
+  fi
+  if ! podman image exists docker.io/library/debian:bookworm-slim; then
+    # This machine's local CAs (a TLS-inspecting proxy's) come along, as in
+    # its own Debian: `apt-get install ca-certificates` in a stage trusts
+    # them, and npm is pointed at them as this machine's is.
+    mkdir -p "$work/debian/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$work/debian/usr/local/share/ca-certificates/" 2>/dev/null || true
+    cat "$work/debian/usr/local/share/ca-certificates/"*.crt >"$work/debian/etc/local-ca.pem" 2>/dev/null || true
     tar -C "$work/debian" -c . | podman import \
       --change 'CMD ["bash"]' \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'ENV NODE_EXTRA_CA_CERTS=/etc/local-ca.pem' \
       - docker.io/library/debian:bookworm-slim >/dev/null
+    podman rmi docker.io/library/rust:1-slim-bookworm >/dev/null 2>&1 || true
   fi
   if ! podman image exists docker.io/library/rust:1-slim-bookworm; then
     toolchain="$(rustc --print sysroot)"
     echo "   rust base: the debian base plus $(basename "$toolchain")"
-    [ -d "$work/debian" ] || fail "remove the debian:bookworm-slim image to rebuild both bases"
     rm -rf "$work/rust"
     cp -a "$work/debian" "$work/rust"
     mkdir -p "$work/rust/usr/local/rustup/toolchains" "$work/rust/usr/local/cargo/bin"
@@ -147,6 +156,7 @@ base_images() {
       --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'ENV CARGO_HOME=/usr/local/cargo' \
       --change 'ENV RUSTUP_HOME=/usr/local/rustup' \
+      --change 'ENV NODE_EXTRA_CA_CERTS=/etc/local-ca.pem' \
       - docker.io/library/rust:1-slim-bookworm >/dev/null
     rm -rf "$work/rust"
   fi
