@@ -161,6 +161,12 @@ pub struct ServeArgs {
     /// Relative capacity for placing new rooms (a node of weight 2 gets about twice the rooms) [default: 1].
     #[arg(long, env = "SFU_NODE_WEIGHT")]
     pub node_weight: Option<f64>,
+    /// On SIGTERM or Ctrl-C, refuse new WHIP/WHEP sessions (503 +
+    /// Retry-After, `/healthz` 503) and let open ones run up to this long,
+    /// then leave the registry and exit 0; a second signal stops at once;
+    /// `0s` stops at once [default: 30s].
+    #[arg(long, env = "SFU_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
     #[command(flatten)]
     pub chat: ChatArgs,
 }
@@ -329,6 +335,7 @@ pub struct FileConfig {
     pub heartbeat: Option<String>,
     pub node_ttl: Option<String>,
     pub node_weight: Option<f64>,
+    pub drain_timeout: Option<String>,
     #[serde(flatten)]
     pub chat: ChatArgs,
 }
@@ -391,6 +398,8 @@ pub struct NodeConfig {
     pub hlsjs_dir: PathBuf,
     pub cluster: ClusterArgs,
     pub chat: signaling::chat::ChatConfig,
+    /// How long open sessions may run after the first stop signal.
+    pub drain_timeout: Duration,
 }
 
 /// Control-plane settings.
@@ -512,6 +521,7 @@ impl Default for NodeConfig {
             hlsjs_dir: PathBuf::from("web/node_modules/hls.js/dist"),
             cluster: ClusterArgs::default(),
             chat: signaling::chat::ChatConfig::default(),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -549,6 +559,16 @@ impl NodeConfig {
                 .map(parse_duration)
                 .transpose()
                 .map_err(ConfigError::Invalid)?,
+        };
+        let drain_timeout = match args.drain_timeout {
+            Some(t) => t,
+            None => file
+                .drain_timeout
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| ConfigError::Invalid(format!("drain_timeout: {e}")))?
+                .unwrap_or(d.drain_timeout),
         };
         let turn = TurnArgs {
             embedded: args.turn || file.turn.unwrap_or(false),
@@ -611,6 +631,7 @@ impl NodeConfig {
             hls_ladder: args.hls_ladder,
             hlsjs_dir: args.hlsjs_dir.or(file.hlsjs_dir).unwrap_or(d.hlsjs_dir),
             cluster,
+            drain_timeout,
         };
         config.check()?;
         Ok(config)
@@ -891,6 +912,42 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(NodeConfig::from_args(secured).is_ok());
+    }
+
+    #[test]
+    fn drain_timeout_defaults_to_30s_and_reads_flag_over_file() {
+        assert_eq!(
+            NodeConfig::from_args(ServeArgs::default()).unwrap().drain_timeout,
+            Duration::from_secs(30)
+        );
+        let dir = std::env::temp_dir().join(format!("wave-drain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sfu.toml");
+        std::fs::write(&path, "drain_timeout = \"0s\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            NodeConfig::from_args(from_file).unwrap().drain_timeout,
+            Duration::ZERO
+        );
+        let flag = ServeArgs {
+            config: Some(path.clone()),
+            drain_timeout: Some(Duration::from_secs(5)),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            NodeConfig::from_args(flag).unwrap().drain_timeout,
+            Duration::from_secs(5)
+        );
+        std::fs::write(&path, "drain_timeout = \"soon\"\n").unwrap();
+        let bad = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(NodeConfig::from_args(bad), Err(ConfigError::Invalid(_))));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -72,5 +72,5 @@ pub use media::{
     IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, PublisherInfo,
     RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
 };
-pub use server::{Server, serve};
+pub use server::{Drain, Server, serve};
 pub use sessions::Sessions;

@@ -310,7 +310,9 @@ async fn nats_url_list_reaches_a_live_server_of_the_list() {
         url: format!("{dead_url}, {}", live.url()),
         ..Default::default()
     };
-    let bus = Bus::connect(&opts).await.expect("a list with one live server connects");
+    let bus = Bus::connect(&opts)
+        .await
+        .expect("a list with one live server connects");
     let kv = bus.kv("rooms", Duration::from_secs(60)).await.unwrap();
     kv.put("k", Bytes::from_static(b"v")).await.unwrap();
 }

@@ -10,6 +10,7 @@ mod common;
 mod content_type;
 mod cors;
 mod delete;
+mod drain;
 mod h2c;
 mod hlsjs;
 mod ice_restart;
