@@ -6,11 +6,13 @@
 #   3. the local cluster: deploy/local/cluster.sh up, a publisher through node 1
 #      and viewers through node 2 (the load tester, asserting media arrived),
 #      then down, with no process of it left;
-#   4. with --image (long; not in CI's budget): the container image, built with
+#   4. SIGTERM drains a node with live viewers (503 for new sessions, /healthz
+#      503, the viewers keep receiving, exit 0);
+#   5. with --image (long; not in CI's budget): the container image, built with
 #      podman from Debian base images made here with debootstrap.
 #
-#   deploy/test.sh            1-3 (scripts/test.sh runs this)
-#   deploy/test.sh --image    1-4
+#   deploy/test.sh            1-4 (scripts/test.sh runs this)
+#   deploy/test.sh --image    1-5
 #   deploy/test.sh --only-image
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -108,6 +110,63 @@ EOF
   rm -rf "$STATE"
 }
 
+# The drain a Kubernetes rollout relies on, with real viewers: SIGTERM to a
+# node whose room has a publisher and two viewers; new sessions get 503 and
+# /healthz 503 at once, the viewers keep receiving (the load tester's window
+# spans the signal and must see no loss and no freeze), and when they leave
+# the node exits 0 without waiting for its drain timeout.
+drain_with_viewers() {
+  echo "== deploy: SIGTERM drains a node with live viewers"
+  local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release" dir port node lt i code before after
+  port=$((${WAVE_LOCAL_PORT_BASE:-27000} + 90))
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/wave-drain-test.XXXXXX")"
+  "$bin/sfu" serve --http "127.0.0.1:$port" --workers 1 --drain-timeout 20s >"$dir/node.out" 2>"$dir/node.log" &
+  node=$!
+  trap 'kill -KILL "$node" "${lt:-}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+  for i in $(seq 1 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break
+    [ "$i" = 100 ] && { cat "$dir/node.log"; fail "the node did not start"; }
+    sleep 0.1
+  done
+  "$bin/loadtest" --url "http://127.0.0.1:$port" --seed 9 --rate 20 --duration 5 --threads 1 --full-every 1 \
+    --quiet --json "$dir/report.json" --expect 'joined>=100%,failed<1,loss<1%,freezes<1' \
+    fanout --viewers 2 --layer low >"$dir/loadtest.out" 2>&1 &
+  lt=$!
+  for i in $(seq 1 100); do
+    [ "$(curl -sf "http://127.0.0.1:$port/v1/rooms/lt9-0" | grep -o '"session"' | wc -l)" -ge 3 ] && break
+    [ "$i" = 100 ] && { cat "$dir/loadtest.out"; fail "the publisher and two viewers did not join"; }
+    sleep 0.1
+  done
+  sleep 1
+  kill -TERM "$node"
+  sleep 0.3
+  code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/healthz")"
+  [ "$code" = 503 ] || fail "/healthz answered $code while draining"
+  curl -s -D "$dir/whep.h" -o /dev/null -X POST -H 'content-type: application/sdp' \
+    --data-binary $'v=0\r\n' "http://127.0.0.1:$port/whep/lt9-0"
+  grep -q '^HTTP/1.1 503' "$dir/whep.h" && grep -qi '^retry-after: ' "$dir/whep.h" ||
+    { cat "$dir/whep.h"; fail "a new WHEP session was not refused with 503 + Retry-After"; }
+  metric() { curl -sf "http://127.0.0.1:$port/metrics" | awk '/^wave_rtp_forwarded_total/ {print $2}'; }
+  before="$(metric)"
+  sleep 1
+  after="$(metric)"
+  awk -v a="$before" -v b="$after" 'BEGIN { exit !(b > a) }' ||
+    fail "the node forwarded nothing while draining ($before -> $after packets)"
+  wait "$lt" || { cat "$dir/loadtest.out"; fail "the viewers lost media while the node drained"; }
+  lt=""
+  for i in $(seq 1 50); do
+    kill -0 "$node" 2>/dev/null || break
+    [ "$i" = 50 ] && fail "the node still runs 5 s after its last session ended"
+    sleep 0.1
+  done
+  wait "$node" || fail "the drained node exited with status $?"
+  grep -q "every session has ended" "$dir/node.log" || { cat "$dir/node.log"; fail "the node did not drain"; }
+  echo "   /healthz 503 and WHEP 503 + Retry-After while draining; forwarded $before -> $after packets in 1 s of it;"
+  echo "   viewers: no loss, no freeze across the signal; exit 0 once they left"
+  trap - EXIT
+  rm -rf "$dir"
+}
+
 # Base images the Containerfile names, made from Debian's packages (no image
 # can be pulled here): debootstrap --variant=minbase of this machine's suite,
 # imported as debian:bookworm-slim; the same plus this machine's Rust
@@ -193,8 +252,8 @@ build_image() {
 }
 
 case "${1:-}" in
-  "") venv; validate_kubernetes; validate_compose; local_cluster ;;
-  --image) venv; validate_kubernetes; validate_compose; local_cluster; build_image ;;
+  "") venv; validate_kubernetes; validate_compose; local_cluster; drain_with_viewers ;;
+  --image) venv; validate_kubernetes; validate_compose; local_cluster; drain_with_viewers; build_image ;;
   --only-image) build_image ;;
   *) echo "usage: $0 [--image|--only-image]" >&2; exit 2 ;;
 esac
