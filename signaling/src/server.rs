@@ -27,7 +27,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_H2_STREAMS: u32 = 64;
 
 /// Puts a node's front door into draining: new WHIP/WHEP sessions get 503
-/// + `Retry-After` and `/healthz` answers 503, so load balancers stop
+/// with `Retry-After` and `/healthz` answers 503, so load balancers stop
 /// sending; open sessions (PATCH, DELETE, layer) carry on. Clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct Drain(Arc<AtomicBool>);
