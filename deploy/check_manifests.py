@@ -8,6 +8,7 @@ Prints one line per problem and exits 1 when there is any.
 """
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,11 +78,18 @@ def check_kubernetes(paths):
     for key in ("SFU_AUTH_SECRET", "SFU_NATS", "SFU_NODE_ID", "SFU_ADVERTISE_URL"):
         need(key in env, f"wave-node: no {key}")
     workers = int(env["SFU_WORKERS"]["value"])
-    formula = re.search(r"SFU_MEDIA_PORT=\$\(\((\d+) \+ (\d+) \* ordinal\)\)", " ".join(c["args"]))
+    formula = re.search(r"SFU_MEDIA_PORT=\$\$\(\((\d+) \+ (\d+) \* ordinal\)\)", " ".join(c["args"]))
     if need(formula, "wave-node: the media port is not derived from the pod ordinal"):
         base, step = int(formula[1]), int(formula[2])
         need(step >= workers, "wave-node: pods' media port blocks overlap")
+        # The pod's script as Kubernetes hands it to bash (`$$` -> `$`), run
+        # with each pod's host name up to its `exec`.
+        script = c["args"][0].replace("$$", "$").replace("exec /usr/local/bin/sfu serve", 'echo "$SFU_MEDIA_PORT"')
         for n in range(s["replicas"]):
+            run = subprocess.run(["bash", "-c", script], env={"HOSTNAME": f"wave-node-{n}"},
+                                 capture_output=True, text=True, check=False)
+            need(run.stdout.strip() == str(base + step * n),
+                 f"wave-node-{n}: its script binds media port {run.stdout.strip()!r}{run.stderr}, want {base + step * n}")
             media = by.get(("Service", f"wave-node-{n}-media"))
             if not need(media, f"wave-node-{n}: no media Service"):
                 continue
