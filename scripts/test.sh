@@ -21,3 +21,5 @@ if [ -f e2e/package.json ]; then
   cargo build --quiet --release -p sfu
   (cd e2e && WAVE_BIN_DIR="$PWD/../target/release" node --test --test-concurrency=1 tests/)
 fi
+echo "== deploy/ (manifests, compose, local cluster)"
+./deploy/test.sh

@@ -243,6 +243,12 @@ keys! {
         /// Relative capacity for placing new rooms (a node of weight 2 gets about twice the rooms) [default: 1].
         #[arg(long, env = "SFU_NODE_WEIGHT")]
         pub node_weight: Option<f64>,
+        /// On SIGTERM or Ctrl-C, refuse new WHIP/WHEP sessions (503 +
+        /// Retry-After, `/healthz` 503) and let open ones run up to this long,
+        /// then leave the registry and exit 0; a second signal stops at once;
+        /// `0s` stops at once [default: 30s].
+        #[arg(long, env = "SFU_DRAIN_TIMEOUT")]
+        pub drain_timeout: Option<HumanDuration>,
         // Chat.
         /// Messages sent to a client on join, at most [default: 100].
         #[arg(long, env = "SFU_CHAT_HISTORY")]
@@ -352,6 +358,8 @@ pub struct NodeConfig {
     pub connection_limit: signaling::ConnectionLimit,
     pub cluster: ClusterArgs,
     pub chat: signaling::chat::ChatConfig,
+    /// How long open sessions may run after the first stop signal.
+    pub drain_timeout: Duration,
 }
 
 /// Control-plane settings.
@@ -476,6 +484,7 @@ impl Default for NodeConfig {
             connection_limit: signaling::ConnectionLimit::default(),
             cluster: ClusterArgs::default(),
             chat: signaling::chat::ChatConfig::default(),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -539,6 +548,7 @@ impl NodeConfig {
             },
             cluster: k.cluster(d.cluster)?,
             chat: k.chat()?,
+            drain_timeout: k.drain_timeout.map_or(d.drain_timeout, |t| t.0),
         };
         config.check()?;
         Ok(config)
@@ -1145,6 +1155,9 @@ mod tests {
             }),
             sample("node_ttl = \"5s\"", &["--node-ttl", "5s"], |c| {
                 format!("{:?}", c.cluster.ttl)
+            }),
+            sample("drain_timeout = \"5s\"", &["--drain-timeout", "5s"], |c| {
+                format!("{:?}", c.drain_timeout)
             }),
             sample("node_weight = 2.5", &["--node-weight", "2.5"], |c| {
                 c.cluster.weight.to_string()

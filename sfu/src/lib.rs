@@ -11,6 +11,7 @@ pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +34,16 @@ pub struct Bound {
     pub turn: Option<SocketAddr>,
 }
 
-/// Runs one node until `shutdown` resolves: media workers, then the HTTP
-/// front door. On shutdown every peer is closed (RTCP BYE, DTLS close_notify)
-/// before this returns. `on_bound` learns the actual addresses (port 0 picks).
+/// Runs one node: media workers, then the HTTP front door. When `drain`
+/// resolves the node drains (new sessions 503, `/healthz` 503) until its
+/// sessions end, [`NodeConfig::drain_timeout`] passes or `stop` resolves;
+/// `stop` alone stops at once. Then it leaves the registry and closes every
+/// peer (RTCP BYE, DTLS close_notify) before this returns. `on_bound` learns
+/// the actual addresses (port 0 picks).
 pub async fn run(
     config: NodeConfig,
-    shutdown: impl Future<Output = ()>,
+    drain: impl Future<Output = ()>,
+    stop: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     config.check()?;
@@ -111,8 +116,16 @@ pub async fn run(
     ));
     // TURN stops with the HTTP front door; its thread is joined below.
     let turn_stop = turn.as_mut().map(EmbeddedTurn::stop_handle);
+    let (draining, sessions, drain_timeout) = (server.drain(), server.sessions(), config.drain_timeout);
     let shutdown = async move {
-        shutdown.await;
+        let mut stop = std::pin::pin!(stop);
+        let drained = tokio::select! {
+            () = drain => true,
+            () = stop.as_mut() => false,
+        };
+        if drained {
+            drain_sessions(&draining, &sessions, drain_timeout, stop.as_mut()).await;
+        }
         if let Some(stop) = turn_stop {
             stop.stop();
         }
@@ -178,6 +191,35 @@ fn hls_access(config: &NodeConfig) -> hls_bridge::http::HlsAccess {
         }
         Ok(claims.exp)
     })
+}
+
+/// Refuses new sessions and waits until the open ones have ended, `timeout`
+/// has passed or `stop` resolves; returns at once when `timeout` is zero.
+async fn drain_sessions(
+    draining: &signaling::Drain,
+    sessions: &signaling::Sessions,
+    timeout: Duration,
+    stop: Pin<&mut impl Future<Output = ()>>,
+) {
+    if timeout.is_zero() {
+        return;
+    }
+    draining.start();
+    info!(
+        sessions = sessions.len(),
+        ?timeout,
+        "draining: new sessions get 503, open ones run until they end"
+    );
+    let ended = async {
+        while !sessions.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        () = ended => info!("drained: every session has ended"),
+        () = tokio::time::sleep(timeout) => info!(sessions = sessions.len(), "drain timeout: closing the open sessions"),
+        () = stop => info!(sessions = sessions.len(), "second stop signal: closing the open sessions now"),
+    }
 }
 
 /// The control plane: NATS when configured, else the in-process bus.

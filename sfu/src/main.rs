@@ -1,5 +1,6 @@
 //! The `sfu` binary: `sfu serve` runs a node, `sfu token` prints a JWT.
 
+use std::future::Future;
 use std::time::SystemTime;
 
 use clap::Parser;
@@ -32,14 +33,14 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(config.http_threads)
                 .enable_all()
                 .build()?;
-            runtime.block_on(sfu::run(
-                config,
-                shutdown_signal(),
-                |b| match serde_json::to_string(&b) {
+            runtime.block_on(async {
+                let (drain, stop) = stop_signals()?;
+                sfu::run(config, drain, stop, |b| match serde_json::to_string(&b) {
                     Ok(line) => println!("{line}"),
                     Err(e) => tracing::error!(error = %e, "cannot print where the node listens"),
-                },
-            ))
+                })
+                .await
+            })
         }
     }
 }
@@ -55,24 +56,39 @@ fn log_filter() -> anyhow::Result<EnvFilter> {
     Ok(filter.add_directive("stun_types=error".parse()?))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Two futures: the first SIGINT or SIGTERM resolves the first (the node
+/// drains), the second resolves the other (the node stops at once). The
+/// handlers are installed before this returns, so no signal is missed.
+fn stop_signals() -> anyhow::Result<(impl Future<Output = ()>, impl Future<Output = ()>)> {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            for tx in [first_tx, second_tx] {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+                let _ = tx.send(());
             }
-            Err(_) => std::future::pending::<()>().await,
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        for tx in [first_tx, second_tx] {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = tx.send(());
+        }
+    });
+    // A sender dropped without sending (no signal support) never stops the node.
+    let wait = |rx: tokio::sync::oneshot::Receiver<()>| async move {
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    Ok((wait(first_rx), wait(second_rx)))
 }

@@ -8,6 +8,7 @@ mod chat_rate_cluster;
 mod chat_single_node;
 mod cluster_nats;
 mod common;
+mod drain;
 mod engine_codecs;
 mod engine_feedback_extensions;
 mod engine_keyframe_requests;

@@ -1,4 +1,4 @@
-//! SIGTERM closes every peer and the process exits within 2 s.
+//! SIGTERM without a drain (`--drain-timeout 0s`, as every test node runs) closes every peer and the process exits within 2 s.
 
 use crate::common;
 

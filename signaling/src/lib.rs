@@ -86,5 +86,5 @@ pub use media::{
     RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
 };
 pub use ratelimit::{ConnectionLimit, RateLimit};
-pub use server::{Server, serve};
+pub use server::{Drain, Server, serve};
 pub use sessions::Sessions;

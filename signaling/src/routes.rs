@@ -34,6 +34,9 @@ const ENDPOINT_METHODS: &str = "GET, HEAD, POST, OPTIONS";
 const SESSION_METHODS: &str = "GET, HEAD, PATCH, DELETE, OPTIONS";
 const LAYER_METHODS: &str = "POST, OPTIONS";
 const READ_METHODS: &str = "GET, HEAD";
+/// Retry-After of a draining node: by then a load balancer polling
+/// `/healthz` has taken it out and the retry reaches another node.
+const DRAIN_RETRY_SECS: u32 = 3;
 const CHAT_METHODS: &str = "GET";
 const MODERATION_METHODS: &str = "POST, OPTIONS";
 
@@ -45,6 +48,8 @@ pub struct Shared<M> {
     pub metrics: HttpMetrics,
     /// The registries; `None` serves every room locally without claims.
     pub cluster: Option<Cluster>,
+    /// Set when the node drains: no new sessions, `/healthz` 503.
+    pub drain: crate::server::Drain,
     limiter: Option<Mutex<RateLimiter>>,
     /// Open HTTP connections per client and in total.
     pub connections: ConnectionGate,
@@ -155,6 +160,7 @@ impl<M: MediaNode> Shared<M> {
             sessions,
             metrics: HttpMetrics::default(),
             cluster: None,
+            drain: crate::server::Drain::default(),
             limiter,
             chat: tokio::sync::OnceCell::new(),
             local_bus: Bus::in_process(),
@@ -266,6 +272,12 @@ impl<M: MediaNode> Shared<M> {
                 _ => Err(HttpError::method_not_allowed(READ_METHODS)),
             },
             Route::Healthz => match method {
+                Method::GET | Method::HEAD if self.drain.is_draining() => {
+                    let mut resp = http::with_body(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining");
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(DRAIN_RETRY_SECS));
+                    Ok(resp)
+                }
                 Method::GET | Method::HEAD => Ok(http::with_body(StatusCode::OK, "text/plain", "ok")),
                 _ => Err(HttpError::method_not_allowed(READ_METHODS)),
             },
@@ -360,6 +372,14 @@ impl<M: MediaNode> Shared<M> {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Resp, HttpError> {
+        if self.drain.is_draining() {
+            // Before claiming anything: a draining node takes no new room.
+            return Err(HttpError::retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node draining, retry (another node)",
+                DRAIN_RETRY_SECS,
+            ));
+        }
         self.rate_limit(peer)?;
         let claims = self.authorize(req.headers(), &room, grant_of(kind))?;
         if !http::content_type_is(req.headers(), SDP) {

@@ -301,3 +301,20 @@ async fn nats_connect_failure_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn nats_url_list_reaches_a_live_server_of_the_list() {
+    let dead = NatsServer::start();
+    let dead_url = dead.url();
+    drop(dead);
+    let live = NatsServer::start();
+    let opts = NatsOptions {
+        url: format!("{dead_url}, {}", live.url()),
+        ..Default::default()
+    };
+    let bus = Bus::connect(&opts)
+        .await
+        .expect("a list with one live server connects");
+    let kv = bus.kv("rooms", Duration::from_secs(60)).await.unwrap();
+    kv.put("k", Bytes::from_static(b"v")).await.unwrap();
+}

@@ -11,6 +11,7 @@ mod connection_limit;
 mod content_type;
 mod cors;
 mod delete;
+mod drain;
 mod h2c;
 mod hlsjs;
 mod ice_restart;

@@ -68,6 +68,8 @@ impl Node {
             .args(["serve", "--http", http, "--workers", "2"])
             .args(args)
             .env("RUST_LOG", "warn")
+            // SIGTERM stops at once unless a test asks for a drain (`--drain-timeout`).
+            .env("SFU_DRAIN_TIMEOUT", "0s")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -61,8 +61,16 @@ impl NatsBus {
         if let Some(ca) = &opts.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
+        // `--nats` takes a comma-separated list (a cluster's servers); the
+        // client parses one URL per entry.
+        let servers: Vec<&str> = opts
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let client = options
-            .connect(opts.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| BusError::Unavailable(format!("connect to {}: {e}", opts.url)))?;
         // The Connected event may race the return of `connect`.

@@ -14,8 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use signaling::{
-    HttpConfig, IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest,
-    PublisherInfo, RoomId, RoomInfo, Server, SessionId, Sessions, ViewerInfo,
+    Drain, HttpConfig, IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, PlayRequest,
+    PublishRequest, PublisherInfo, RoomId, RoomInfo, Server, SessionId, Sessions, ViewerInfo,
 };
 use tokio::sync::oneshot;
 
@@ -203,6 +203,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub node: Arc<FakeNode>,
     pub sessions: Sessions,
+    pub drain: Drain,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -232,6 +233,7 @@ pub async fn start_with(config: HttpConfig, node: Arc<FakeNode>) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let server = Server::new(node.clone(), config);
     let sessions = server.sessions();
+    let drain = server.drain();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(listener, async move {
         let _ = rx.await;
@@ -241,6 +243,7 @@ pub async fn start_with(config: HttpConfig, node: Arc<FakeNode>) -> TestServer {
         addr,
         node,
         sessions,
+        drain,
         shutdown: Mutex::new(Some(tx)),
         task: Some(task),
         client,
