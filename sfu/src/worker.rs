@@ -107,16 +107,20 @@ pub fn spawn(
                 }
             };
             let me = WorkerId(index);
-            let result = Driver::new(
-                engine,
-                socket,
-                advertised,
-                thread_stats,
-                on_closed,
-                hls,
-                (me, relays),
-            )
-            .and_then(|driver| runtime.block_on(driver.run(rx)));
+            // The driver's socket registers with this thread's runtime.
+            let result = runtime.block_on(async move {
+                Driver::new(
+                    engine,
+                    socket,
+                    advertised,
+                    thread_stats,
+                    on_closed,
+                    hls,
+                    (me, relays),
+                )?
+                .run(rx)
+                .await
+            });
             if let Err(e) = result {
                 warn!(worker = index, error = %e, "worker stopped");
             }
