@@ -39,15 +39,30 @@ impl Report {
         if let Some(dtls) = &self.dtls {
             assert_eq!(dtls, "connected", "{} publisher DTLS: {self:?}", self.client);
         }
-        assert!(self.frames > 60, "{} publisher sent {} frames", self.client, self.frames);
+        assert!(
+            self.frames > 60,
+            "{} publisher sent {} frames",
+            self.client,
+            self.frames
+        );
     }
 
     /// A viewer that decoded the 320x240 colour bars: frames of the right
     /// size whose picture varies (not a blank or grey frame).
     pub fn assert_decoded(&self) {
         assert!(self.error.is_none(), "{} viewer failed: {self:?}", self.client);
-        assert!(self.frames >= 30, "{} viewer decoded {} frames: {self:?}", self.client, self.frames);
-        assert_eq!((self.width, self.height), (320, 240), "{} viewer frame size", self.client);
+        assert!(
+            self.frames >= 30,
+            "{} viewer decoded {} frames: {self:?}",
+            self.client,
+            self.frames
+        );
+        assert_eq!(
+            (self.width, self.height),
+            (320, 240),
+            "{} viewer frame size",
+            self.client
+        );
         assert!(
             self.luma_stddev > 20.0,
             "{} viewer decoded a flat picture (luma stddev {}): {self:?}",
@@ -75,7 +90,13 @@ impl InteropNode {
         let ns = Netns::create(tag);
         let mut node = ns
             .command(env!("CARGO_BIN_EXE_sfu"))
-            .args(["serve", "--http", &format!("{NODE_IP}:8080"), "--media-ip", NODE_IP])
+            .args([
+                "serve",
+                "--http",
+                &format!("{NODE_IP}:8080"),
+                "--media-ip",
+                NODE_IP,
+            ])
             .args(["--auth-secret", SECRET, "--workers", "1", "--no-hls"])
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -100,9 +121,17 @@ impl InteropNode {
         format!("http://{NODE_IP}:8080{path}")
     }
 
+    /// `GET /v1/rooms` with a token for every room.
+    pub fn rooms(&self) -> String {
+        self.ns.get(
+            &self.url("/v1/rooms"),
+            Some(&token("*", "operator", "--subscribe")),
+        )
+    }
+
     /// `GET /metrics`, the value of the sample `name{labels}` (0 if absent).
     pub fn metric(&self, name_and_labels: &str) -> f64 {
-        let page = self.ns.get(&self.url("/metrics"));
+        let page = self.ns.get(&self.url("/metrics"), None);
         page.lines()
             .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
             .unwrap_or(0.0)
@@ -156,7 +185,11 @@ impl Client {
         let out = child.wait_with_output().expect("client output");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let Some(line) = stdout.lines().rev().find(|l| l.starts_with('{')) else {
-            panic!("{} printed no report (exit {:?}): {stdout}", self.what, out.status.code());
+            panic!(
+                "{} printed no report (exit {:?}): {stdout}",
+                self.what,
+                out.status.code()
+            );
         };
         let report: Report =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: bad report {line:?}: {e}", self.what));
@@ -185,11 +218,23 @@ pub fn settle() {
 
 fn token(room: &str, identity: &str, grant: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sfu"))
-        .args(["token", "--secret", SECRET, "--room", room, "--identity", identity, grant])
+        .args([
+            "token",
+            "--secret",
+            SECRET,
+            "--room",
+            room,
+            "--identity",
+            identity,
+            grant,
+        ])
         .output()
         .expect("sfu token runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8 token").trim().to_owned()
+    String::from_utf8(out.stdout)
+        .expect("utf-8 token")
+        .trim()
+        .to_owned()
 }
 
 fn root() -> PathBuf {

@@ -42,14 +42,20 @@ impl Netns {
         c
     }
 
-    /// GET `url` from inside the namespace (curl), the body as text.
-    pub fn get(&self, url: &str) -> String {
-        let out = self
-            .command("curl")
-            .args(["-sS", "--max-time", "5", url])
-            .output()
-            .expect("curl runs");
-        assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    /// GET `url` from inside the namespace (curl), with `bearer` if given;
+    /// the body as text.
+    pub fn get(&self, url: &str, bearer: Option<&str>) -> String {
+        let mut curl = self.command("curl");
+        curl.args(["-sS", "--max-time", "5", url]);
+        if let Some(token) = bearer {
+            curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let out = curl.output().expect("curl runs");
+        assert!(
+            out.status.success(),
+            "GET {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -67,7 +73,10 @@ impl Drop for Netns {
 }
 
 fn run(args: &[&str]) -> Output {
-    let out = Command::new("ip").args(args).output().expect("ip (iproute2) runs");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2) runs");
     assert!(
         out.status.success(),
         "ip {}: {} (the interop tests create network namespaces: run them as root)",

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 import urllib.error
@@ -40,14 +41,20 @@ def need(what, exc):
 
 
 def whip_post(url, token, offer_sdp):
-    """POSTs an SDP offer (WHIP/WHEP), returns (answer, location)."""
+    """POSTs an SDP offer (WHIP/WHEP), returns (answer, location). With
+    WAVE_INTEROP_SDP set, both go to stderr."""
+    if os.environ.get("WAVE_INTEROP_SDP"):
+        print(f"--- offer to {url}\n{offer_sdp}", file=sys.stderr)
     req = urllib.request.Request(url, data=offer_sdp.encode(), method="POST")
     req.add_header("Content-Type", "application/sdp")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.read().decode(), resp.headers.get("Location")
+            answer = resp.read().decode()
+            if os.environ.get("WAVE_INTEROP_SDP"):
+                print(f"--- answer\n{answer}", file=sys.stderr)
+            return answer, resp.headers.get("Location")
     except urllib.error.HTTPError as e:
         raise RuntimeError(f"{url}: HTTP {e.code}: {e.read().decode(errors='replace')}")
 
@@ -134,8 +141,18 @@ class GstClient:
 
     def start(self):
         self.pipe.set_state(self.Gst.State.PLAYING)
+        self.GLib.timeout_add(50, self.offer_when_caps_known)
+
+    def offer_when_caps_known(self):
+        """Offers once every sending pad has negotiated caps: the offer's
+        a=ssrc and a=fmtp lines come from them (a receiver needs a=ssrc to
+        map a stream without the mid header extension)."""
+        pads = [p for p in self.webrtc.sinkpads]
+        if any(p.get_current_caps() is None for p in pads):
+            return True  # poll again
         promise = self.Gst.Promise.new_with_change_func(self.on_offer, None)
         self.webrtc.emit("create-offer", None, promise)
+        return False
 
     def on_offer(self, promise, _data):
         reply = promise.get_reply()
@@ -191,14 +208,24 @@ def gst_publish(args):
     desc = (
         "webrtcbin name=w bundle-policy=max-bundle "
         f"videotestsrc is-live=true pattern=smpte ! video/x-raw,width={WIDTH},height={HEIGHT},framerate={FPS}/1 "
-        "! videoconvert ! openh264enc bitrate=500000 gop-size=30 ! h264parse "
+        "! videoconvert ! openh264enc bitrate=500000 gop-size=30 ! h264parse name=parse "
         "! video/x-h264,profile=constrained-baseline "
         "! rtph264pay config-interval=-1 aggregate-mode=zero-latency "
-        "! application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000 ! w. "
+        "! application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,"
+        "packetization-mode=(string)1 ! w. "
         "audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! opusenc ! rtpopuspay "
         "! application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! w. "
     )
-    GstClient(args, desc, "publish").run()
+    client = GstClient(args, desc, "publish")
+    _, Gst, _, _ = gst_imports()
+
+    def count_frame(_pad, _info):
+        client.frames += 1
+        return Gst.PadProbeReturn.OK
+
+    client.pipe.get_by_name("parse").get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, count_frame)
+    client.width, client.height = WIDTH, HEIGHT
+    client.run()
 
 
 def gst_watch(args):
