@@ -1102,7 +1102,9 @@ mod tests {
                 &["--hlsjs-dir", "/srv/hls.js"],
                 |c| c.hlsjs_dir.display().to_string(),
             ),
-            sample("public_hls = true", &["--public-hls"], |c| c.public_hls.to_string()),
+            sample("public_hls = true", &["--public-hls"], |c| {
+                c.public_hls.to_string()
+            }),
             sample("token_audience = \"a\"", &["--token-audience", "a"], |c| {
                 format!("{:?}", c.token_policy.audience)
             }),
