@@ -129,6 +129,12 @@ keys! {
         /// Run full ICE instead of ICE-lite [default: ICE-lite].
         #[arg(long, env = "SFU_FULL_ICE")]
         pub full_ice: bool,
+        /// DTLS stack: `openssl` (speaks to every client of the interop
+        /// matrix: RSA and ECDSA peers, both roles) or `dimpl` (str0m's own,
+        /// about a third of the CPU per handshake, but it fails with
+        /// GStreamer's RSA and FFmpeg's P-224 certificates) [default: openssl].
+        #[arg(long, env = "SFU_DTLS")]
+        pub dtls: Option<wave_dtls::Backend>,
         /// Bandwidth estimate (bit/s) a viewer starts from [default: 2500000].
         #[arg(long, env = "SFU_INITIAL_BWE")]
         pub initial_bwe: Option<u64>,
@@ -337,6 +343,7 @@ pub struct NodeConfig {
     pub max_room_peers: usize,
     pub ice_servers: Vec<signaling::IceServer>,
     pub ice_lite: bool,
+    pub dtls: wave_dtls::Backend,
     pub initial_bwe_bps: u64,
     /// TURN advertised with per-session REST credentials; `None`: no TURN.
     pub turn: Option<TurnConfig>,
@@ -472,6 +479,7 @@ impl Default for NodeConfig {
             max_room_peers: 5_000,
             ice_servers: Vec::new(),
             ice_lite: true,
+            dtls: wave_dtls::Backend::Openssl,
             initial_bwe_bps: 2_500_000,
             turn: None,
             hls: Some(hls_bridge::HlsConfig::default()),
@@ -525,6 +533,7 @@ impl NodeConfig {
                 .map(|s| parse_ice_server(s))
                 .collect::<Result<_, _>>()?,
             ice_lite: !k.full_ice,
+            dtls: k.dtls.unwrap_or(d.dtls),
             initial_bwe_bps: k.initial_bwe.unwrap_or(d.initial_bwe_bps),
             turn: k.turn(auth_secret.as_deref(), media_ip)?,
             auth_secret,
@@ -1022,6 +1031,7 @@ mod tests {
                 },
             ),
             sample("full_ice = true", &["--full-ice"], |c| c.ice_lite.to_string()),
+            sample("dtls = \"dimpl\"", &["--dtls", "dimpl"], |c| c.dtls.to_string()),
             sample("initial_bwe = 1000000", &["--initial-bwe", "1000000"], |c| {
                 c.initial_bwe_bps.to_string()
             }),

@@ -47,6 +47,7 @@ pub async fn run(
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     config.check()?;
+    wave_dtls::select(config.dtls);
     if config.auth_secret.is_none() {
         warn!(http = %config.http, "no --auth-secret: the node is open to anyone who can reach loopback");
     }

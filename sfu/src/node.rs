@@ -332,6 +332,7 @@ impl MediaNode for Node {
         if let Some(hls) = &self.hls {
             hls.metrics.render(out);
         }
+        wave_dtls::render_metrics(out);
         let p = wave_metrics::process::sample();
         let process: [(&str, Kind, &str, String); 3] = [
             (

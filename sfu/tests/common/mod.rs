@@ -3,8 +3,10 @@ pub mod chat;
 /// hls-bridge's LL-HLS conformance checker (C1–C12, C16–C18).
 #[path = "../../../hls-bridge/tests/common/checker.rs"]
 pub mod checker;
+pub mod interop;
 #[path = "../../../signaling/tests/common/nats.rs"]
 pub mod nats;
+pub mod netns;
 pub mod node;
 #[path = "../../../signaling/tests/common/placement.rs"]
 pub mod placement;
