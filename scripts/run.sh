@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec cargo run --quiet --release -p sfu -- serve "$@"
+# The first build compiles every dependency, C libraries included (several
+# minutes on a small machine): cargo shows its progress on stderr.
+exec cargo run --release -p sfu -- serve "$@"

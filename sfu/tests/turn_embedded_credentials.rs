@@ -23,15 +23,20 @@ use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, SEND}
 
 const REALM: &str = "wave-test";
 
-#[tokio::test]
-async fn advertised_turn_credentials_authenticate_against_the_embedded_server() {
+/// A node with embedded TURN and a publisher's WHIP 201 in `room`.
+async fn node_with_a_publisher(room: &str) -> (Node, Http, Resp) {
     let node = Node::start(&["--turn", "--turn-listen", "127.0.0.1:0", "--turn-realm", REALM]);
     let http = Http::default();
-
     let whip = http
-        .post_sdp(&node.url("/whip/turnroom"), &publish_offer(), None)
+        .post_sdp(&node.url(&format!("/whip/{room}")), &publish_offer(), None)
         .await;
     assert_eq!(whip.status, StatusCode::CREATED, "{}", whip.body);
+    (node, http, whip)
+}
+
+#[tokio::test]
+async fn advertised_turn_credentials_authenticate_against_the_embedded_server() {
+    let (node, http, whip) = node_with_a_publisher("turnroom").await;
     let whep = http
         .post_sdp(&node.url("/whep/turnroom"), &play_offer(), None)
         .await;
@@ -49,15 +54,7 @@ async fn advertised_turn_credentials_authenticate_against_the_embedded_server() 
     let expiry: u64 = publisher[0].username.split(':').next().unwrap().parse().unwrap();
     assert!(expiry > now && expiry <= now + 3600, "expiry {expiry}, now {now}");
 
-    // The advertised server: "turn:127.0.0.1:PORT?transport=udp".
-    let server: SocketAddr = publisher[0]
-        .url
-        .trim_start_matches("turn:")
-        .split('?')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let server = publisher[0].server();
     let mut client = TurnClient::new(server, &publisher[0]).await;
     assert_eq!(
         client.allocate().await,
@@ -94,22 +91,9 @@ async fn advertised_turn_credentials_authenticate_against_the_embedded_server() 
 
 #[tokio::test]
 async fn embedded_turn_reaches_only_the_node_media_sockets() {
-    let node = Node::start(&["--turn", "--turn-listen", "127.0.0.1:0", "--turn-realm", REALM]);
-    let http = Http::default();
-    let whip = http
-        .post_sdp(&node.url("/whip/turnports"), &publish_offer(), None)
-        .await;
-    assert_eq!(whip.status, StatusCode::CREATED, "{}", whip.body);
+    let (node, _http, whip) = node_with_a_publisher("turnports").await;
     let link = &turn_links(&whip)[0];
-    let server: SocketAddr = link
-        .url
-        .trim_start_matches("turn:")
-        .split('?')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut client = TurnClient::new(server, link).await;
+    let mut client = TurnClient::new(link.server(), link).await;
     assert_eq!(client.allocate().await, None);
     let relayed = client
         .relayed
@@ -177,6 +161,15 @@ struct TurnLink {
     url: String,
     username: String,
     password: String,
+}
+
+impl TurnLink {
+    /// The advertised server: "turn:127.0.0.1:PORT?transport=udp".
+    fn server(&self) -> SocketAddr {
+        let host = self.url.trim_start_matches("turn:").split('?').next();
+        host.and_then(|h| h.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {}", self.url))
+    }
 }
 
 /// The `rel="ice-server"` links with a turn: URI, in header order.

@@ -6,26 +6,86 @@ pub mod nats;
 pub mod placement;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-/// The `sfu` binary next to `loadtest` in the target dir, built on first use
-/// (`cargo test --workspace` has already built it).
+/// The `sfu` binary next to `loadtest` in the target dir, checked once per
+/// test process: built when it is missing or older than a source it is
+/// built from (a stale binary would test old code). `cargo test
+/// --workspace` leaves it fresh, so it is not rebuilt then: a build with
+/// `sfu`'s own feature set would differ from the workspace's and recompile.
 pub fn sfu_binary() -> PathBuf {
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(fresh_sfu).clone()
+}
+
+fn fresh_sfu() -> PathBuf {
     let loadtest = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
     let dir = loadtest.parent().expect("target dir");
     let sfu = dir.join("sfu");
-    if !sfu.exists() {
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "sfu", "--bin", "sfu"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("cargo runs");
-        assert!(status.success(), "building the sfu binary failed");
+    let built = std::fs::metadata(&sfu).and_then(|m| m.modified()).ok();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let newest = newest_source(workspace);
+    if built.is_some_and(|b| newest.is_none_or(|n| n <= b)) {
+        return sfu;
     }
+    let target = dir.parent().expect("target dir root");
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "sfu", "--bin", "sfu", "--target-dir"])
+        .arg(target)
+        .current_dir(workspace);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "building the sfu binary failed");
+    assert!(sfu.is_file(), "cargo build left no {}", sfu.display());
     sfu
+}
+
+/// The newest modification time of the workspace's Rust sources, manifests
+/// and lock file, leaving out the load tester (the node does not depend on
+/// it), tests and benches (not in the binary) and what is not source.
+fn newest_source(workspace: &Path) -> Option<std::time::SystemTime> {
+    const SKIP: &[&str] = &[
+        "target",
+        "loadtest",
+        "node_modules",
+        "e2e",
+        "web",
+        "deploy",
+        "fuzz",
+        "tests",
+        "benches",
+        "examples",
+    ];
+    let mut newest = None;
+    let mut dirs = vec![workspace.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if !name.starts_with('.') && !SKIP.contains(&name.as_ref()) {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            let source = name.ends_with(".rs") || name == "Cargo.toml" || name == "Cargo.lock";
+            if let (true, Ok(modified)) = (source, meta.modified()) {
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    newest
 }
 
 /// A running `sfu serve` on loopback, killed on drop.
