@@ -150,7 +150,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SFU_MAX_TOKEN_TTL", value_parser = parse_duration)]
     pub max_token_ttl: Option<Duration>,
     /// Concurrent HTTP connections from one client (an IPv4 address or an
-    /// IPv6 /64); more are answered 503 and closed [default: 256].
+    /// IPv6 /64; loopback peers such as a local reverse proxy are exempt);
+    /// more are answered 503 and closed [default: 256].
     #[arg(long, env = "SFU_MAX_HTTP_CONNECTIONS_PER_CLIENT")]
     pub max_http_connections_per_client: Option<usize>,
     /// Concurrent HTTP connections in total [default: 8192].
@@ -666,6 +667,7 @@ impl NodeConfig {
                 .map_or(d.token_policy.max_ttl, |t| (!t.is_zero()).then_some(t)),
             },
             connection_limit: signaling::ConnectionLimit {
+                loopback_exempt: d.connection_limit.loopback_exempt,
                 per_client: args
                     .max_http_connections_per_client
                     .or(file.max_http_connections_per_client)
