@@ -217,7 +217,8 @@ keys! {
         #[arg(long, env = "SFU_MAX_TOKEN_TTL")]
         pub max_token_ttl: Option<HumanDuration>,
         /// Concurrent HTTP connections from one client (an IPv4 address or an
-        /// IPv6 /64); more are answered 503 and closed [default: 256].
+        /// IPv6 /64; loopback peers such as a local reverse proxy are exempt);
+        /// more are answered 503 and closed [default: 256].
         #[arg(long, env = "SFU_MAX_HTTP_CONNECTIONS_PER_CLIENT")]
         pub max_http_connections_per_client: Option<usize>,
         /// Concurrent HTTP connections in total [default: 8192].
@@ -550,6 +551,7 @@ impl NodeConfig {
                     .map_or(d.token_policy.max_ttl, |t| (!t.0.is_zero()).then_some(t.0)),
             },
             connection_limit: signaling::ConnectionLimit {
+                loopback_exempt: d.connection_limit.loopback_exempt,
                 per_client: k
                     .max_http_connections_per_client
                     .unwrap_or(d.connection_limit.per_client),

@@ -181,15 +181,21 @@ pub struct ConnectionLimit {
     pub per_client: usize,
     /// Open connections in total.
     pub total: usize,
+    /// Whether `per_client` spares loopback peers: processes on this
+    /// machine (a reverse proxy in front of the node, `loadtest hls` with
+    /// thousands of players) are the operator's own, and every client
+    /// behind a local proxy shares its address. `total` still counts them.
+    pub loopback_exempt: bool,
 }
 
 impl Default for ConnectionLimit {
     /// 256 per client (a whole office of players behind one NAT address
-    /// holds a few each), 8,192 in all.
+    /// holds a few each), 8,192 in all, loopback peers exempt per client.
     fn default() -> Self {
         ConnectionLimit {
             per_client: 256,
             total: 8_192,
+            loopback_exempt: true,
         }
     }
 }
@@ -239,7 +245,8 @@ impl ConnectionGate {
             return Err(ConnectionRefused::Total);
         }
         let mine = open.per_client.entry(key).or_insert(0);
-        if *mine >= self.limit.per_client {
+        let exempt = self.limit.loopback_exempt && key.is_loopback();
+        if *mine >= self.limit.per_client && !exempt {
             return Err(ConnectionRefused::PerClient);
         }
         *mine += 1;
@@ -372,6 +379,7 @@ mod tests {
         let gate = ConnectionGate::new(ConnectionLimit {
             per_client: 2,
             total: 3,
+            loopback_exempt: true,
         });
         let a1 = gate.admit(ip("192.0.2.1")).unwrap();
         let _a2 = gate.admit(ip("192.0.2.1")).unwrap();
@@ -387,6 +395,28 @@ mod tests {
         assert_eq!(
             gate.admit(ip("2001:db8::2")).unwrap_err(),
             ConnectionRefused::Total
+        );
+    }
+
+    #[test]
+    fn loopback_peers_count_only_towards_the_total_when_exempt() {
+        let limit = ConnectionLimit {
+            per_client: 1,
+            total: 3,
+            loopback_exempt: true,
+        };
+        let gate = ConnectionGate::new(limit);
+        let held: Vec<_> = (0..3).map(|_| gate.admit(ip("127.0.0.1")).unwrap()).collect();
+        assert_eq!(gate.admit(ip("::1")).unwrap_err(), ConnectionRefused::Total);
+        drop(held);
+        let strict = ConnectionGate::new(ConnectionLimit {
+            loopback_exempt: false,
+            ..limit
+        });
+        let _one = strict.admit(ip("127.0.0.1")).unwrap();
+        assert_eq!(
+            strict.admit(ip("127.0.0.1")).unwrap_err(),
+            ConnectionRefused::PerClient
         );
     }
 }

@@ -22,9 +22,11 @@ async fn greeting(addr: std::net::SocketAddr) -> (TcpStream, String) {
 #[tokio::test]
 async fn connections_over_a_cap_get_503_and_close() {
     let srv = start(HttpConfig {
+        // The test's client is on loopback, which is spared by default.
         connection_limit: ConnectionLimit {
             per_client: 3,
             total: 100,
+            loopback_exempt: false,
         },
         ..config()
     })
@@ -73,6 +75,7 @@ async fn the_total_cap_holds_across_clients() {
         connection_limit: ConnectionLimit {
             per_client: 100,
             total: 2,
+            loopback_exempt: true,
         },
         ..config()
     })
