@@ -450,6 +450,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_refused_sps_names_the_field() {
+        // Cut after level_idc: the id is missing.
+        let err = parse_sps(&[0x67, 66, 0xe0, 31]).unwrap_err().to_string();
+        assert!(err.contains("seq_parameter_set_id"), "{err}");
+        // 1,025 macroblocks wide is 16,400 pixels: wider than any encoder writes.
+        let err = parse_sps(&sps(16_384 + 16, 16)).unwrap_err().to_string();
+        assert!(err.contains("out of range"), "{err}");
+    }
+
+    #[test]
     fn sps_garbage_is_an_error_not_a_panic() {
         assert!(parse_sps(&[]).is_err());
         assert!(parse_sps(&[0x67]).is_err());
