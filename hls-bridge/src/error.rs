@@ -21,7 +21,7 @@ pub enum Error {
     },
     /// A sequence parameter set we cannot parse.
     #[error("malformed SPS: {0}")]
-    MalformedSps(&'static str),
+    MalformedSps(String),
     /// The MP4 box encoder failed (a value out of range for its field).
     #[error("fMP4 encoding: {0}")]
     Mp4(#[from] mp4_atom::Error),

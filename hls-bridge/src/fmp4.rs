@@ -82,8 +82,8 @@ pub fn init_segment(config: &TrackConfig) -> Result<Vec<u8>, Error> {
     };
     let (hdlr, minf_header, codec, width, height, volume) = match config {
         TrackConfig::Avc(avc) => {
-            let w = u16::try_from(avc.width).map_err(|_| Error::MalformedSps("width"))?;
-            let h = u16::try_from(avc.height).map_err(|_| Error::MalformedSps("height"))?;
+            let w = u16::try_from(avc.width).map_err(|_| Error::MalformedSps("width over 65535".into()))?;
+            let h = u16::try_from(avc.height).map_err(|_| Error::MalformedSps("height over 65535".into()))?;
             let avc1 = Avc1 {
                 visual: Visual {
                     data_reference_index: 1,

@@ -8,6 +8,9 @@
 
 use std::collections::VecDeque;
 
+use h264_reader::nal::sps::{SeqParameterSet, SpsError};
+use h264_reader::nal::{Nal as _, RefNal};
+
 use crate::Error;
 
 pub(crate) const NAL_IDR: u8 = 5;
@@ -356,7 +359,7 @@ impl AvcConfig {
     pub fn new(sps: Vec<u8>, pps: Vec<u8>) -> Result<Self, Error> {
         let info = parse_sps(&sps)?;
         if pps.is_empty() {
-            return Err(Error::MalformedSps("empty PPS"));
+            return Err(Error::MalformedSps("empty PPS".into()));
         }
         Ok(Self {
             sps,
@@ -388,184 +391,28 @@ pub struct SpsInfo {
     pub height: u32,
 }
 
-/// Parses an SPS NAL unit (with its one-byte NAL header).
+/// Parses an SPS NAL unit (with its one-byte NAL header), emulation
+/// prevention bytes included, through h264-reader (§7.3.2.1.1, VUI too).
 pub fn parse_sps(nalu: &[u8]) -> Result<SpsInfo, Error> {
-    let err = Error::MalformedSps;
     if nal_type(nalu) != NAL_SPS {
-        return Err(err("not an SPS NAL unit"));
+        return Err(Error::MalformedSps("not an SPS NAL unit".into()));
     }
-    let rbsp = remove_emulation_prevention(&nalu[1..]);
-    let mut r = BitReader::new(&rbsp);
-    let profile_idc = r.bits(8)? as u8;
-    let constraint_flags = r.bits(8)? as u8;
-    let level_idc = r.bits(8)? as u8;
-    let _sps_id = r.ue()?;
-    let mut chroma_format_idc = 1;
-    let mut separate_colour_plane = false;
-    if matches!(
-        profile_idc,
-        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
-    ) {
-        chroma_format_idc = r.ue()?;
-        if chroma_format_idc > 3 {
-            return Err(err("chroma_format_idc > 3"));
-        }
-        if chroma_format_idc == 3 {
-            separate_colour_plane = r.bit()?;
-        }
-        let _bit_depth_luma = r.ue()?;
-        let _bit_depth_chroma = r.ue()?;
-        let _qpprime = r.bit()?;
-        if r.bit()? {
-            let lists = if chroma_format_idc == 3 { 12 } else { 8 };
-            for i in 0..lists {
-                if r.bit()? {
-                    skip_scaling_list(&mut r, if i < 6 { 16 } else { 64 })?;
-                }
-            }
-        }
+    let nal = RefNal::new(nalu, &[], true);
+    let syntax = |e: SpsError| Error::MalformedSps(format!("{e:?}"));
+    let sps = SeqParameterSet::from_bits(nal.rbsp_bits()).map_err(syntax)?;
+    let (width, height) = sps.pixel_dimensions().map_err(syntax)?;
+    // A picture no encoder sends: refused before it sizes any buffer.
+    let in_range = |v: u32| (1..=16384).contains(&v);
+    if !in_range(width) || !in_range(height) {
+        return Err(Error::MalformedSps(format!("{width}x{height} out of range")));
     }
-    let _log2_max_frame_num = r.ue()?;
-    match r.ue()? {
-        0 => {
-            let _log2_max_poc_lsb = r.ue()?;
-        }
-        1 => {
-            let _delta_always_zero = r.bit()?;
-            let _offset_non_ref = r.se()?;
-            let _offset_top_bottom = r.se()?;
-            let n = r.ue()?;
-            if n > 255 {
-                return Err(err("num_ref_frames_in_pic_order_cnt_cycle > 255"));
-            }
-            for _ in 0..n {
-                r.se()?;
-            }
-        }
-        2 => {}
-        _ => return Err(err("pic_order_cnt_type > 2")),
-    }
-    let _max_num_ref_frames = r.ue()?;
-    let _gaps = r.bit()?;
-    let width_mbs = u64::from(r.ue()?) + 1;
-    let height_map_units = u64::from(r.ue()?) + 1;
-    let frame_mbs_only = r.bit()?;
-    if !frame_mbs_only {
-        let _mb_adaptive = r.bit()?;
-    }
-    let _direct_8x8 = r.bit()?;
-    let (mut crop_l, mut crop_r, mut crop_t, mut crop_b) = (0u64, 0u64, 0u64, 0u64);
-    if r.bit()? {
-        crop_l = r.ue()?.into();
-        crop_r = r.ue()?.into();
-        crop_t = r.ue()?.into();
-        crop_b = r.ue()?.into();
-    }
-    // §7.4.2.1.1: crop units depend on ChromaArrayType and field coding.
-    let field_factor = if frame_mbs_only { 1 } else { 2 };
-    let chroma_array_type = if separate_colour_plane {
-        0
-    } else {
-        chroma_format_idc
-    };
-    let (unit_x, unit_y) = match chroma_array_type {
-        0 => (1, field_factor),
-        1 => (2, 2 * field_factor),
-        2 => (2, field_factor),
-        _ => (1, field_factor),
-    };
-    let full_w = width_mbs * 16;
-    let full_h = height_map_units * 16 * field_factor;
-    let width = full_w
-        .checked_sub(unit_x * (crop_l + crop_r))
-        .filter(|w| *w > 0 && *w <= 16384)
-        .ok_or(err("width out of range"))?;
-    let height = full_h
-        .checked_sub(unit_y * (crop_t + crop_b))
-        .filter(|h| *h > 0 && *h <= 16384)
-        .ok_or(err("height out of range"))?;
     Ok(SpsInfo {
-        profile_idc,
-        constraint_flags,
-        level_idc,
-        width: width as u32,
-        height: height as u32,
+        profile_idc: sps.profile_idc.into(),
+        constraint_flags: sps.constraint_flags.into(),
+        level_idc: sps.level_idc,
+        width,
+        height,
     })
-}
-
-fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), Error> {
-    let (mut last, mut next) = (8i64, 8i64);
-    for _ in 0..size {
-        if next != 0 {
-            next = (last + i64::from(r.se()?) + 256) % 256;
-        }
-        if next != 0 {
-            last = next;
-        }
-    }
-    Ok(())
-}
-
-/// Strips `emulation_prevention_three_byte`s (§7.4.1: 00 00 03 -> 00 00).
-fn remove_emulation_prevention(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len());
-    let mut zeros = 0;
-    for &b in data {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        out.push(b);
-    }
-    out
-}
-
-struct BitReader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0 }
-    }
-
-    fn bit(&mut self) -> Result<bool, Error> {
-        let byte = self
-            .data
-            .get(self.pos / 8)
-            .ok_or(Error::MalformedSps("truncated"))?;
-        let bit = (byte >> (7 - self.pos % 8)) & 1;
-        self.pos += 1;
-        Ok(bit == 1)
-    }
-
-    fn bits(&mut self, n: u32) -> Result<u32, Error> {
-        let mut v = 0;
-        for _ in 0..n {
-            v = (v << 1) | u32::from(self.bit()?);
-        }
-        Ok(v)
-    }
-
-    /// Exp-Golomb ue(v); values above 2^31 are refused.
-    fn ue(&mut self) -> Result<u32, Error> {
-        let mut zeros = 0;
-        while !self.bit()? {
-            zeros += 1;
-            if zeros > 31 {
-                return Err(Error::MalformedSps("exp-Golomb code too long"));
-            }
-        }
-        Ok((1u32 << zeros) - 1 + self.bits(zeros)?)
-    }
-
-    fn se(&mut self) -> Result<i32, Error> {
-        let k = self.ue()?;
-        let magnitude = k.div_ceil(2) as i32;
-        Ok(if k % 2 == 1 { magnitude } else { -magnitude })
-    }
 }
 
 #[cfg(test)]
@@ -665,6 +512,16 @@ pub(crate) mod tests {
                 .codec_string(),
             "avc1.640028"
         );
+    }
+
+    #[test]
+    fn a_refused_sps_names_the_field() {
+        // Cut after level_idc: the id is missing.
+        let err = parse_sps(&[0x67, 66, 0xe0, 31]).unwrap_err().to_string();
+        assert!(err.contains("seq_parameter_set_id"), "{err}");
+        // 1,025 macroblocks wide is 16,400 pixels: wider than any encoder writes.
+        let err = parse_sps(&sps(16_384 + 16, 16)).unwrap_err().to_string();
+        assert!(err.contains("out of range"), "{err}");
     }
 
     #[test]

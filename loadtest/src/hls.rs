@@ -43,7 +43,7 @@ use crate::hls_playlist::{self as pl, MediaPlaylist, Multivariant};
 use crate::hls_report::{HlsReport, ServerHls, ServerSample};
 use crate::http::Signaling;
 use crate::run::{self, LayerChoice, RunConfig};
-use crate::stats::Histogram;
+use crate::stats::{Histogram, Summary};
 
 /// Everything an LL-HLS run needs.
 #[derive(Debug, Clone)]
@@ -718,7 +718,7 @@ pub async fn run(cfg: HlsConfig) -> Result<HlsReport, Error> {
     let per_sec = |n: u64| if window > 0.0 { n as f64 / window } else { 0.0 };
     let (client_rps, client_mbps) = (per_sec(req1 - req0), per_sec(bytes1 - bytes0) * 8.0 / 1e6);
     let server = ServerHls::compute(&s0, &s1);
-    let mut report = HlsReport::build(&cfg, &viewers, server, client_rps, client_mbps);
+    let mut report = build_report(&cfg, &viewers, server, client_rps, client_mbps);
     match publisher {
         Some(Ok(r)) => {
             report.publisher = Some(if r.publishers_connected == 1 {
@@ -733,8 +733,56 @@ pub async fn run(cfg: HlsConfig) -> Result<HlsReport, Error> {
     Ok(report)
 }
 
+/// The run's report from what the viewers measured and the node did.
+fn build_report(
+    cfg: &HlsConfig,
+    viewers: &[ViewerHls],
+    server: ServerHls,
+    client_rps: f64,
+    client_mbps: f64,
+) -> HlsReport {
+    let secs = cfg.duration.as_secs_f64();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for v in viewers {
+        for (k, n) in &v.failures {
+            *failures.entry(k.clone()).or_default() += n;
+        }
+        if let Some(e) = &v.error {
+            *errors.entry(e.clone()).or_default() += 1;
+        }
+    }
+    let joined = viewers.iter().filter(|v| v.tune_in_ms.is_some()).count();
+    HlsReport {
+        scenario: "hls".into(),
+        seed: cfg.seed,
+        room: cfg.room.clone(),
+        transport: if cfg.h2 { "h2c" } else { "http/1.1" }.into(),
+        duration_secs: secs,
+        publisher: None,
+        viewers_planned: cfg.viewers,
+        viewers_joined: joined,
+        viewers_failed: cfg.viewers.saturating_sub(joined),
+        tune_in_ms: Summary::of(viewers.iter().filter_map(|v| v.tune_in_ms)),
+        part_ms: histogram(viewers.iter().map(|v| &v.part_us)).summary_ms(),
+        reload_ms: histogram(viewers.iter().map(|v| &v.reload_us)).summary_ms(),
+        reload_wait_ms: histogram(viewers.iter().map(|v| &v.reload_wait_us)).summary_ms(),
+        playlist_ms: histogram(viewers.iter().map(|v| &v.playlist_us)).summary_ms(),
+        parts: viewers.iter().map(|v| v.part_us.len() as u64).sum(),
+        mbit_per_sec: client_mbps,
+        stalls: viewers.iter().map(|v| v.stalls).sum(),
+        stall_ms: viewers.iter().map(|v| v.stall_ms).sum(),
+        viewer_stalls: Summary::of(viewers.iter().map(|v| v.stalls as f64)),
+        errors_total: failures.values().sum(),
+        failures,
+        errors,
+        client_requests_per_sec: client_rps,
+        server,
+    }
+}
+
 /// Aggregates viewers' samples (microseconds) into one histogram.
-pub fn histogram<'a>(samples: impl Iterator<Item = &'a Vec<u32>>) -> Histogram {
+fn histogram<'a>(samples: impl Iterator<Item = &'a Vec<u32>>) -> Histogram {
     let mut h = Histogram::default();
     for v in samples {
         for x in v {

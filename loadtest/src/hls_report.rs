@@ -9,7 +9,6 @@ use std::time::Instant;
 use serde::Serialize;
 use wave_metrics::BucketCounts;
 
-use crate::hls::{HlsConfig, ViewerHls, histogram};
 use crate::report::{Expectable, Unit};
 use crate::stats::Summary;
 
@@ -121,53 +120,6 @@ pub struct HlsReport {
 }
 
 impl HlsReport {
-    pub fn build(
-        cfg: &HlsConfig,
-        viewers: &[ViewerHls],
-        server: ServerHls,
-        client_rps: f64,
-        client_mbps: f64,
-    ) -> HlsReport {
-        let secs = cfg.duration.as_secs_f64();
-        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-        for v in viewers {
-            for (k, n) in &v.failures {
-                *failures.entry(k.clone()).or_default() += n;
-            }
-            if let Some(e) = &v.error {
-                *errors.entry(e.clone()).or_default() += 1;
-            }
-        }
-        let joined = viewers.iter().filter(|v| v.tune_in_ms.is_some()).count();
-        HlsReport {
-            scenario: "hls".into(),
-            seed: cfg.seed,
-            room: cfg.room.clone(),
-            transport: if cfg.h2 { "h2c" } else { "http/1.1" }.into(),
-            duration_secs: secs,
-            publisher: None,
-            viewers_planned: cfg.viewers,
-            viewers_joined: joined,
-            viewers_failed: cfg.viewers.saturating_sub(joined),
-            tune_in_ms: Summary::of(viewers.iter().filter_map(|v| v.tune_in_ms)),
-            part_ms: histogram(viewers.iter().map(|v| &v.part_us)).summary_ms(),
-            reload_ms: histogram(viewers.iter().map(|v| &v.reload_us)).summary_ms(),
-            reload_wait_ms: histogram(viewers.iter().map(|v| &v.reload_wait_us)).summary_ms(),
-            playlist_ms: histogram(viewers.iter().map(|v| &v.playlist_us)).summary_ms(),
-            parts: viewers.iter().map(|v| v.part_us.len() as u64).sum(),
-            mbit_per_sec: client_mbps,
-            stalls: viewers.iter().map(|v| v.stalls).sum(),
-            stall_ms: viewers.iter().map(|v| v.stall_ms).sum(),
-            viewer_stalls: Summary::of(viewers.iter().map(|v| v.stalls as f64)),
-            errors_total: failures.values().sum(),
-            failures,
-            errors,
-            client_requests_per_sec: client_rps,
-            server,
-        }
-    }
-
     /// The unit of a metric `--expect` can name; `None` for an unknown one.
     pub fn unit(metric: &str) -> Option<Unit> {
         Some(match metric {
