@@ -25,7 +25,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use common::room::{Room, ladder};
 use hls_bridge::HlsConfig;
-use hls_bridge::http::{HlsService, HlsStore, serve};
+use hls_bridge::http::{HlsAccess, HlsService, HlsStore, serve};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::header;
 use hyper_util::rt::TokioIo;
@@ -58,7 +58,7 @@ fn main() {
     let snap = room.last().clone();
     let store = HlsStore::new();
     store.publish(ROOM, snap.clone());
-    let service = Arc::new(HlsService::new(store, None));
+    let service = Arc::new(HlsService::new(store, HlsAccess::public()));
     let playlist = format!("/hls/{ROOM}/{}/v2/index.m3u8", snap.session);
 
     println!(

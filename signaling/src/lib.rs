@@ -69,6 +69,7 @@ pub mod bus;
 pub mod chat;
 pub mod cluster;
 mod config;
+mod drain;
 mod http;
 mod locks;
 pub mod media;
@@ -81,10 +82,11 @@ mod server;
 mod sessions;
 
 pub use config::{HttpConfig, IceServer, IceServerSource};
+pub use drain::Drain;
 pub use media::{
     IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, PublisherInfo,
     RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
 };
 pub use ratelimit::{ConnectionLimit, RateLimit};
-pub use server::{Drain, Server, serve};
+pub use server::{Server, serve};
 pub use sessions::Sessions;

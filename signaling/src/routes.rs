@@ -49,7 +49,7 @@ pub struct Shared<M> {
     /// The registries; `None` serves every room locally without claims.
     pub cluster: Option<Cluster>,
     /// Set when the node drains: no new sessions, `/healthz` 503.
-    pub drain: crate::server::Drain,
+    pub drain: crate::drain::Drain,
     limiter: Option<Mutex<RateLimiter>>,
     /// Open HTTP connections per client and in total.
     pub connections: ConnectionGate,
@@ -160,7 +160,7 @@ impl<M: MediaNode> Shared<M> {
             sessions,
             metrics: HttpMetrics::default(),
             cluster: None,
-            drain: crate::server::Drain::default(),
+            drain: crate::drain::Drain::default(),
             limiter,
             chat: tokio::sync::OnceCell::new(),
             local_bus: Bus::in_process(),

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::config::HttpConfig;
+use crate::drain::Drain;
 use crate::media::MediaNode;
 use crate::metrics::HttpMetrics;
 use crate::ratelimit::ConnectionRefused;
@@ -27,22 +28,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Concurrent streams per HTTP/2 connection.
 const MAX_H2_STREAMS: u32 = 64;
-
-/// Puts a node's front door into draining: new WHIP/WHEP sessions get 503
-/// with `Retry-After` and `/healthz` answers 503, so load balancers stop
-/// sending; open sessions (PATCH, DELETE, layer) carry on. Clones share it.
-#[derive(Debug, Clone, Default)]
-pub struct Drain(Arc<AtomicBool>);
-
-impl Drain {
-    pub fn start(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// The HTTP front door of one node.
 pub struct Server<M> {
