@@ -112,6 +112,20 @@ async fn chat_across_nodes_history_ban_and_presence() {
         "ban took {:?}",
         t0.elapsed()
     );
+    // The ban reaches c through the bus: a rejoin there is refused once it
+    // arrived (within 3 s on a loaded machine), and stays refused.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let again = ChatClient::connect(&c, "live", Some(&token("live", "eve", false, None))).await;
+        match again.err().map(|r| r.status) {
+            Some(403) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "a banned member rejoined at c: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let again = ChatClient::connect(&c, "live", Some(&token("live", "eve", false, None))).await;
     assert_eq!(again.err().map(|r| r.status), Some(403));
 
