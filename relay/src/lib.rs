@@ -17,11 +17,23 @@
 //! - [`inproc`]: the in-process transport between a node's workers: one
 //!   bounded inbox per worker, media dropped (and counted) when full, control
 //!   messages never.
+//! - [`gateway`]: a node's gateway to the other nodes, Sans-IO: to its
+//!   workers one more engine; it merges their watches into one per room and
+//!   link, and sends each packet once per link.
+//! - [`net`]: the gateway's driver, QUIC links (quinn) with control on a
+//!   stream and media as datagrams; [`tls`]: their mutual authentication
+//!   by registry fingerprints.
 
+pub mod gateway;
 pub mod inproc;
 pub mod message;
+pub mod net;
+pub mod tls;
 pub mod wire;
 
+pub use gateway::{Gateway, GatewayOutput, LinkId};
 pub use inproc::{Handed, Inbox};
 pub use message::{Ext, MediaPacket, Message, SourceId, TrackDesc, WorkerId};
+pub use net::{Relay, RelayError, RelayStats};
+pub use tls::{Fingerprint, Trust};
 pub use wire::{DecodeError, decode, encode};

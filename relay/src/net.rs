@@ -1,0 +1,640 @@
+//! The gateway's driver: QUIC links to other nodes (quinn) and the
+//! hand-off to the node's workers.
+//!
+//! One connection per pair of nodes, dialled by the edge. Each side opens
+//! one unidirectional stream for its control messages (watch, announce,
+//! source gone, keyframe request; a 2-byte length before each frame) and
+//! sends media as QUIC datagrams, one frame each (a frame larger than the
+//! path allows goes on the stream). A lost datagram is not resent: the
+//! viewers' own loss recovery asks for a keyframe, which travels upstream
+//! merged with the origin's (see ARCHITECTURE.md, "Relay").
+//!
+//! Every buffer a peer can fill is bounded: received media waits in a
+//! channel of [`INBOUND`] messages (further media is dropped and counted),
+//! control frames to a peer wait in one of [`CONTROL_QUEUE`] (a peer that
+//! does not read past it is disconnected), and a frame that does not
+//! decode closes its connection. None of it stops the node's local
+//! viewers.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use wave_vocab::RoomId;
+
+use crate::gateway::{Gateway, GatewayOutput, LinkId};
+use crate::inproc::Inbox;
+use crate::message::{Message, WorkerId};
+use crate::tls::{self, Fingerprint, Identity, Trust};
+use crate::wire::{self, MAX_FRAME};
+
+/// Messages from links waiting for the gateway.
+pub const INBOUND: usize = 8192;
+/// Control frames waiting to be written to one peer.
+pub const CONTROL_QUEUE: usize = 1024;
+/// How long a silent link lives (keep-alives every third of it).
+const IDLE: Duration = Duration::from_secs(3);
+/// Attempts to dial a node (a node that just appeared may not trust us yet:
+/// its view of the registry refreshes every heartbeat).
+const DIAL_ATTEMPTS: u32 = 4;
+
+/// What each control stream starts with: the protocol and the wire version.
+pub const STREAM_HEADER: [u8; 5] = [b'W', b'R', b'L', b'Y', wire::VERSION];
+
+/// QUIC application error codes a link is closed with.
+const CLOSE_DONE: u32 = 0;
+const CLOSE_BAD_FRAME: u32 = 1;
+const CLOSE_SLOW: u32 = 2;
+
+/// Counters of the relay links, for `/metrics`.
+#[derive(Default, Debug)]
+pub struct RelayStats {
+    pub links_opened: AtomicU64,
+    pub links_closed: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Media received but dropped: the gateway's queue was full.
+    pub dropped_in: AtomicU64,
+    /// Media handed to a worker's full inbox and dropped there.
+    pub dropped_workers: AtomicU64,
+    /// Handshakes refused (a certificate the registry does not hold).
+    pub refused_peers: AtomicU64,
+    /// Links closed for a frame that did not decode.
+    pub bad_frames: AtomicU64,
+    /// Links closed because the peer did not read its control stream.
+    pub slow_peers: AtomicU64,
+    /// Watches over a link's room bound, refused.
+    pub refused_watches: AtomicU64,
+    /// Rooms watched upstream, links watching rooms here (gauges).
+    pub upstream_rooms: AtomicU64,
+    pub downstream_links: AtomicU64,
+}
+
+impl RelayStats {
+    /// `(name, kind is counter, help, value)` for each counter.
+    pub fn lines(&self) -> Vec<(&'static str, bool, &'static str, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let open = g(&self.links_opened).saturating_sub(g(&self.links_closed));
+        vec![
+            ("wave_relay_links", false, "Open QUIC links to other nodes.", open),
+            (
+                "wave_relay_links_opened_total",
+                true,
+                "QUIC links opened (dialled or accepted).",
+                g(&self.links_opened),
+            ),
+            (
+                "wave_relay_frames_sent_total",
+                true,
+                "Relay frames sent to other nodes.",
+                g(&self.frames_out),
+            ),
+            (
+                "wave_relay_bytes_sent_total",
+                true,
+                "Relay frame bytes sent to other nodes.",
+                g(&self.bytes_out),
+            ),
+            (
+                "wave_relay_frames_received_total",
+                true,
+                "Relay frames received from other nodes.",
+                g(&self.frames_in),
+            ),
+            (
+                "wave_relay_bytes_received_total",
+                true,
+                "Relay frame bytes received from other nodes.",
+                g(&self.bytes_in),
+            ),
+            (
+                "wave_relay_media_dropped_total",
+                true,
+                "Relayed media dropped at a full queue.",
+                g(&self.dropped_in) + g(&self.dropped_workers),
+            ),
+            (
+                "wave_relay_refused_peers_total",
+                true,
+                "Relay handshakes refused: certificate not in the registry.",
+                g(&self.refused_peers),
+            ),
+            (
+                "wave_relay_bad_frames_total",
+                true,
+                "Relay links closed for a frame that did not decode.",
+                g(&self.bad_frames),
+            ),
+            (
+                "wave_relay_slow_peers_total",
+                true,
+                "Relay links closed because the peer stopped reading.",
+                g(&self.slow_peers),
+            ),
+            (
+                "wave_relay_refused_watches_total",
+                true,
+                "Room watches refused over a link's bound.",
+                g(&self.refused_watches),
+            ),
+            (
+                "wave_relay_upstream_rooms",
+                false,
+                "Rooms this node watches on another node.",
+                g(&self.upstream_rooms),
+            ),
+            (
+                "wave_relay_downstream_links",
+                false,
+                "Links that watch rooms of this node.",
+                g(&self.downstream_links),
+            ),
+        ]
+    }
+}
+
+/// What the gateway task is told.
+enum Cmd {
+    Route(RoomId, LinkId),
+    Up(LinkId, LinkTx),
+    Down(LinkId),
+    Frame(LinkId, Message),
+}
+
+/// How the gateway task writes to one link.
+struct LinkTx {
+    conn: quinn::Connection,
+    control: mpsc::Sender<Bytes>,
+}
+
+/// Why a room could not be routed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot reach the origin's relay at {0}: {1}")]
+    Dial(SocketAddr, String),
+    #[error("relay stopped")]
+    Stopped,
+}
+
+/// A node's relay: its QUIC endpoint and its gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    trust: Trust,
+    tx: mpsc::Sender<Cmd>,
+    /// Dialled links by the remote node's fingerprint.
+    dialled: tokio::sync::Mutex<HashMap<Fingerprint, (LinkId, quinn::Connection)>>,
+    next_link: AtomicU64,
+    stats: Arc<RelayStats>,
+    /// Rooms with a route (read by the node's router without a round trip).
+    routed: Mutex<HashMap<RoomId, LinkId>>,
+}
+
+impl Relay {
+    /// Binds `listen` and starts the gateway for a node of `workers`
+    /// workers, whose inboxes are `inboxes` (one more at the end: the
+    /// gateway's own). Must run inside a tokio runtime.
+    pub fn start(
+        listen: SocketAddr,
+        workers: usize,
+        home: Box<dyn Fn(&RoomId) -> WorkerId + Send>,
+        inboxes: Arc<[Arc<Inbox>]>,
+    ) -> io::Result<Relay> {
+        if inboxes.len() != workers + 1 {
+            return Err(io::Error::other(
+                "the relay needs one inbox per worker and its own",
+            ));
+        }
+        let identity = Identity::generate().map_err(io::Error::other)?;
+        let trust = Trust::default();
+        let server = tls::server_config(&identity, trust.clone()).map_err(io::Error::other)?;
+        let server = QuicServerConfig::try_from(server).map_err(io::Error::other)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server.transport_config(transport());
+        let endpoint = quinn::Endpoint::server(server, listen)?;
+        let (tx, rx) = mpsc::channel(INBOUND);
+        let stats = Arc::new(RelayStats::default());
+        let relay = Relay {
+            inner: Arc::new(Inner {
+                endpoint,
+                identity,
+                trust,
+                tx,
+                dialled: tokio::sync::Mutex::new(HashMap::new()),
+                next_link: AtomicU64::new(1),
+                stats: stats.clone(),
+                routed: Mutex::new(HashMap::new()),
+            }),
+        };
+        info!(addr = %relay.local_addr(), fingerprint = %relay.fingerprint(), "relay listening (QUIC)");
+        let gateway = Gateway::new(workers, home);
+        tokio::spawn(run_gateway(gateway, inboxes, rx, stats));
+        tokio::spawn(accept(relay.clone()));
+        Ok(relay)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner
+            .endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// This node's certificate fingerprint (published in the registry).
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.inner.identity.fingerprint
+    }
+
+    /// The fingerprints accepted from dialling nodes.
+    pub fn trust(&self) -> &Trust {
+        &self.inner.trust
+    }
+
+    pub fn stats(&self) -> &RelayStats {
+        &self.inner.stats
+    }
+
+    /// The worker id the node's workers address the gateway by.
+    pub fn gateway_id(workers: usize) -> WorkerId {
+        WorkerId(workers)
+    }
+
+    /// Whether `room` has a live route to its origin.
+    pub fn is_routed(&self, room: &RoomId) -> bool {
+        self.inner
+            .routed
+            .lock()
+            .map(|r| r.contains_key(room))
+            .unwrap_or(false)
+    }
+
+    /// Routes `room` to the origin at `addr` holding certificate `fp`:
+    /// dials it (or reuses the link) and tells the gateway.
+    pub async fn route(&self, room: &RoomId, addr: SocketAddr, fp: Fingerprint) -> Result<(), RelayError> {
+        let link = self.link_to(addr, fp).await?;
+        if let Ok(mut r) = self.inner.routed.lock() {
+            r.insert(room.clone(), link);
+        }
+        self.inner
+            .tx
+            .send(Cmd::Route(room.clone(), link))
+            .await
+            .map_err(|_| RelayError::Stopped)
+    }
+
+    async fn link_to(&self, addr: SocketAddr, fp: Fingerprint) -> Result<LinkId, RelayError> {
+        let mut dialled = self.inner.dialled.lock().await;
+        if let Some((id, conn)) = dialled.get(&fp)
+            && conn.close_reason().is_none()
+        {
+            return Ok(*id);
+        }
+        let tls = tls::client_config(&self.inner.identity, fp)
+            .map_err(|e| RelayError::Dial(addr, e.to_string()))?;
+        let quic = QuicClientConfig::try_from(tls).map_err(|e| RelayError::Dial(addr, e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        client.transport_config(transport());
+        let mut last = String::new();
+        for attempt in 0..DIAL_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let connecting = match self
+                .inner
+                .endpoint
+                .connect_with(client.clone(), addr, tls::SERVER_NAME)
+            {
+                Ok(c) => c,
+                Err(e) => return Err(RelayError::Dial(addr, e.to_string())),
+            };
+            match tokio::time::timeout(IDLE, connecting).await {
+                Ok(Ok(conn)) => {
+                    // The TLS handshake completes here before the peer has
+                    // checked our certificate: its stream header confirms it.
+                    let (ready, confirmed) = tokio::sync::oneshot::channel();
+                    let id = self.open_link(conn.clone(), Some(ready)).await?;
+                    match tokio::time::timeout(IDLE, confirmed).await {
+                        Ok(Ok(())) => {
+                            dialled.insert(fp, (id, conn));
+                            return Ok(id);
+                        }
+                        _ => {
+                            conn.close(CLOSE_DONE.into(), b"not confirmed");
+                            last = conn
+                                .close_reason()
+                                .map_or_else(|| "peer did not confirm the link".into(), |r| r.to_string());
+                        }
+                    }
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "handshake timed out".into(),
+            }
+            debug!(%addr, attempt, error = %last, "relay dial failed");
+        }
+        Err(RelayError::Dial(addr, last))
+    }
+
+    /// Registers a connection with the gateway and starts its readers.
+    async fn open_link(
+        &self,
+        conn: quinn::Connection,
+        ready: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<LinkId, RelayError> {
+        let id = LinkId(self.inner.next_link.fetch_add(1, Ordering::Relaxed));
+        let (control, rx) = mpsc::channel(CONTROL_QUEUE);
+        self.inner
+            .tx
+            .send(Cmd::Up(
+                id,
+                LinkTx {
+                    conn: conn.clone(),
+                    control,
+                },
+            ))
+            .await
+            .map_err(|_| RelayError::Stopped)?;
+        self.inner.stats.links_opened.fetch_add(1, Ordering::Relaxed);
+        info!(link = id.0, peer = %conn.remote_address(), "relay link up");
+        tokio::spawn(write_control(conn.clone(), rx));
+        tokio::spawn(read_control(id, conn.clone(), self.clone(), ready));
+        tokio::spawn(read_datagrams(id, conn.clone(), self.clone()));
+        let relay = self.clone();
+        tokio::spawn(async move {
+            let reason = conn.closed().await;
+            info!(link = id.0, peer = %conn.remote_address(), %reason, "relay link down");
+            relay.inner.stats.links_closed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut r) = relay.inner.routed.lock() {
+                r.retain(|_, l| *l != id);
+            }
+            let _ = relay.inner.tx.send(Cmd::Down(id)).await;
+        });
+        Ok(id)
+    }
+
+    /// A decoded frame from a link; `Err` closes that link.
+    fn received(&self, link: LinkId, conn: &quinn::Connection, frame: &[u8], media: bool) -> Result<(), ()> {
+        let stats = &self.inner.stats;
+        stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        let msg = match wire::decode(frame, Instant::now()) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(link = link.0, peer = %conn.remote_address(), error = %e, "bad relay frame, closing the link");
+                stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
+                return Err(());
+            }
+        };
+        if media && !msg.is_media() {
+            warn!(link = link.0, "control message in a datagram, closing the link");
+            stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+            conn.close(CLOSE_BAD_FRAME.into(), b"control in a datagram");
+            return Err(());
+        }
+        match self.inner.tx.try_send(Cmd::Frame(link, msg)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Cmd::Frame(_, msg))) if !msg.is_media() => {
+                // Control is never dropped: wait for room.
+                let tx = self.inner.tx.clone();
+                tokio::spawn(async move { tx.send(Cmd::Frame(link, msg)).await });
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        }
+    }
+
+    /// Closes every link (node shutdown).
+    pub fn close(&self) {
+        self.inner.endpoint.close(CLOSE_DONE.into(), b"node stopping");
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE).ok());
+    t.keep_alive_interval(Some(IDLE / 3));
+    // One stream each way carries control; peers open no others.
+    t.max_concurrent_uni_streams(1u8.into());
+    t.max_concurrent_bidi_streams(0u8.into());
+    t.datagram_receive_buffer_size(Some(4 << 20));
+    t.datagram_send_buffer_size(4 << 20);
+    Arc::new(t)
+}
+
+async fn accept(relay: Relay) {
+    while let Some(incoming) = relay.inner.endpoint.accept().await {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    let _ = relay.open_link(conn, None).await;
+                }
+                Err(e) => {
+                    relay.inner.stats.refused_peers.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, error = %e, "relay connection refused");
+                }
+            }
+        });
+    }
+}
+
+async fn write_control(conn: quinn::Connection, mut rx: mpsc::Receiver<Bytes>) {
+    let mut stream = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "cannot open the relay control stream");
+            return;
+        }
+    };
+    if stream.write_all(&STREAM_HEADER).await.is_err() {
+        return;
+    }
+    while let Some(frame) = rx.recv().await {
+        if stream.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = stream.finish();
+}
+
+async fn read_control(
+    link: LinkId,
+    conn: quinn::Connection,
+    relay: Relay,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let Ok(mut stream) = conn.accept_uni().await else {
+        return;
+    };
+    let mut header = [0u8; STREAM_HEADER.len()];
+    if stream.read_exact(&mut header).await.is_err() {
+        return;
+    }
+    if header != STREAM_HEADER {
+        relay.inner.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            link = link.0,
+            ?header,
+            "relay stream of another protocol or version, closing the link"
+        );
+        conn.close(CLOSE_BAD_FRAME.into(), b"bad frame: stream header");
+        return;
+    }
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
+    let mut buf = vec![0u8; MAX_FRAME];
+    loop {
+        let mut len = [0u8; 2];
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let len = usize::from(u16::from_be_bytes(len));
+        if len > MAX_FRAME {
+            relay.inner.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+            warn!(link = link.0, len, "oversized relay frame, closing the link");
+            conn.close(CLOSE_BAD_FRAME.into(), b"oversized frame");
+            return;
+        }
+        if stream.read_exact(&mut buf[..len]).await.is_err() {
+            return;
+        }
+        if relay.received(link, &conn, &buf[..len], false).is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_datagrams(link: LinkId, conn: quinn::Connection, relay: Relay) {
+    while let Ok(d) = conn.read_datagram().await {
+        if relay.received(link, &conn, &d, true).is_err() {
+            return;
+        }
+    }
+}
+
+/// The gateway task: worker inboxes and link frames in, worker inboxes and
+/// links out.
+async fn run_gateway(
+    mut gateway: Gateway,
+    inboxes: Arc<[Arc<Inbox>]>,
+    mut rx: mpsc::Receiver<Cmd>,
+    stats: Arc<RelayStats>,
+) {
+    let me = gateway.id();
+    let Some(inbox) = inboxes.get(me.0).cloned() else {
+        return;
+    };
+    let mut links: HashMap<LinkId, LinkTx> = HashMap::new();
+    let mut taken = Vec::new();
+    let mut outbox: Vec<Vec<Message>> = (0..me.0).map(|_| Vec::new()).collect();
+    let mut buf = Vec::with_capacity(2048);
+    loop {
+        tokio::select! {
+            () = inbox.notified() => {}
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => handle(&mut gateway, &mut links, cmd),
+                None => return,
+            },
+        }
+        // What else is queued, a bounded amount per turn.
+        for _ in 0..256 {
+            match rx.try_recv() {
+                Ok(cmd) => handle(&mut gateway, &mut links, cmd),
+                Err(_) => break,
+            }
+        }
+        if inbox.take(&mut taken) {
+            for (from, msg) in taken.drain(..) {
+                gateway.handle_worker(from, msg);
+            }
+        }
+        while let Some(out) = gateway.poll_output() {
+            match out {
+                GatewayOutput::Worker(w, msg) => {
+                    if let Some(b) = outbox.get_mut(w.0) {
+                        b.push(msg);
+                    }
+                }
+                GatewayOutput::Link(l, msg) => {
+                    let Some(tx) = links.get(&l) else { continue };
+                    send(tx, &msg, &mut buf, &stats);
+                }
+            }
+        }
+        for (w, batch) in outbox.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let handed = inboxes[w].push(me, batch);
+                stats.dropped_workers.fetch_add(handed.dropped, Ordering::Relaxed);
+            }
+        }
+        let (up, down) = gateway.link_counts();
+        stats.upstream_rooms.store(up as u64, Ordering::Relaxed);
+        stats.downstream_links.store(down as u64, Ordering::Relaxed);
+        stats.refused_watches.store(gateway.refused(), Ordering::Relaxed);
+    }
+}
+
+fn handle(gateway: &mut Gateway, links: &mut HashMap<LinkId, LinkTx>, cmd: Cmd) {
+    match cmd {
+        Cmd::Route(room, link) if links.contains_key(&link) => gateway.route(room, link),
+        Cmd::Route(room, link) => debug!(%room, link = link.0, "route over a closed link ignored"),
+        Cmd::Up(link, tx) => {
+            links.insert(link, tx);
+        }
+        Cmd::Down(link) => {
+            links.remove(&link);
+            gateway.link_down(link);
+        }
+        Cmd::Frame(link, msg) if links.contains_key(&link) => gateway.handle_link(link, msg),
+        Cmd::Frame(..) => {}
+    }
+}
+
+/// One message onto a link: media as a datagram when it fits, the rest
+/// (and media too large) on the control stream.
+fn send(tx: &LinkTx, msg: &Message, buf: &mut Vec<u8>, stats: &RelayStats) {
+    buf.clear();
+    wire::encode(msg, buf);
+    stats.frames_out.fetch_add(1, Ordering::Relaxed);
+    stats.bytes_out.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    if msg.is_media() && tx.conn.max_datagram_size().is_some_and(|max| buf.len() <= max) {
+        // A full send buffer drops the oldest datagram: bounded, and media.
+        let _ = tx.conn.send_datagram(Bytes::copy_from_slice(buf));
+        return;
+    }
+    let mut frame = Vec::with_capacity(buf.len() + 2);
+    frame.extend_from_slice(&(buf.len() as u16).to_be_bytes());
+    frame.extend_from_slice(buf);
+    match tx.control.try_send(Bytes::from(frame)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) if msg.is_media() => {
+            stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            warn!(peer = %tx.conn.remote_address(), "relay peer does not read its control stream, closing the link");
+            stats.slow_peers.fetch_add(1, Ordering::Relaxed);
+            tx.conn.close(CLOSE_SLOW.into(), b"control stream not read");
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}

@@ -1,0 +1,207 @@
+//! Two and three real relays on loopback over QUIC: a watch crosses a link,
+//! announcements and media come back, a stranger's certificate is refused,
+//! and a trusted peer sending a bad frame is disconnected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use relay::tls::{self, Identity};
+use relay::{Ext, Inbox, MediaPacket, Message, Relay, SourceId, WorkerId};
+use wave_vocab::{RoomId, SessionId};
+
+/// A relay for a one-worker node, with the worker's inbox.
+fn node() -> (Relay, Arc<[Arc<Inbox>]>) {
+    let inboxes: Arc<[Arc<Inbox>]> = (0..2).map(|_| Arc::new(Inbox::default())).collect();
+    let relay = Relay::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        1,
+        Box::new(|_| WorkerId(0)),
+        inboxes.clone(),
+    )
+    .unwrap();
+    (relay, inboxes)
+}
+
+fn room() -> RoomId {
+    RoomId::parse("r1").unwrap()
+}
+
+/// Waits for the next message in a worker's inbox.
+async fn next(inbox: &Inbox) -> (WorkerId, Message) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    loop {
+        if inbox.take(&mut got) {
+            assert_eq!(got.len(), 1, "one at a time here: {got:?}");
+            return got.remove(0);
+        }
+        assert!(Instant::now() < deadline, "nothing arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn hand(inboxes: &[Arc<Inbox>], from: WorkerId, msg: Message) {
+    inboxes[1].push(from, &mut vec![msg]);
+}
+
+#[tokio::test]
+async fn a_watch_crosses_the_link_and_media_comes_back() {
+    let (origin, at_origin) = node();
+    let (edge, at_edge) = node();
+    origin.trust().set([edge.fingerprint()]);
+    edge.trust().set([origin.fingerprint()]);
+
+    edge.route(&room(), origin.local_addr(), origin.fingerprint())
+        .await
+        .unwrap();
+    assert!(edge.is_routed(&room()));
+    hand(
+        &at_edge,
+        WorkerId(0),
+        Message::Watch {
+            room: room(),
+            watching: true,
+        },
+    );
+    let (from, msg) = next(&at_origin[0]).await;
+    assert_eq!(from, WorkerId(1), "the origin's worker sees the gateway");
+    assert!(matches!(msg, Message::Watch { watching: true, .. }));
+
+    let session = SessionId::parse(&"cd".repeat(16)).unwrap();
+    hand(
+        &at_origin,
+        WorkerId(0),
+        Message::Source {
+            room: room(),
+            source: SourceId(3),
+            session: session.clone(),
+            identity: Some("alice".into()),
+            codecs: Vec::new(),
+            tracks: Vec::new(),
+        },
+    );
+    let (_, msg) = next(&at_edge[0]).await;
+    let local = match msg {
+        Message::Source {
+            source,
+            session: s,
+            identity,
+            ..
+        } => {
+            assert_eq!(s, session);
+            assert_eq!(identity.as_deref(), Some("alice"));
+            source
+        }
+        m => panic!("{m:?}"),
+    };
+    // Small and large packets: a datagram, and one too large for one.
+    for size in [100usize, 3000] {
+        hand(
+            &at_origin,
+            WorkerId(0),
+            Message::Media {
+                source: SourceId(3),
+                track: 0,
+                layer: 1,
+                codec: None,
+                packet: MediaPacket {
+                    pt: 96,
+                    seq: 7,
+                    rtp_ts: 90_000,
+                    arrival: Instant::now(),
+                    marker: true,
+                    ext: Ext::default(),
+                    payload: vec![0xab; size].into(),
+                },
+            },
+        );
+        match next(&at_edge[0]).await.1 {
+            Message::Media {
+                source,
+                layer: 1,
+                packet,
+                ..
+            } => {
+                assert_eq!(source, local);
+                assert_eq!(packet.payload.len(), size);
+                assert_eq!((packet.seq, packet.rtp_ts), (7, 90_000));
+            }
+            m => panic!("{m:?}"),
+        }
+    }
+    // A keyframe request travels back to the source's worker.
+    hand(
+        &at_edge,
+        WorkerId(0),
+        Message::Keyframe {
+            source: local,
+            layer: 1,
+        },
+    );
+    assert!(matches!(
+        next(&at_origin[0]).await.1,
+        Message::Keyframe {
+            source: SourceId(3),
+            layer: 1
+        }
+    ));
+    assert!(origin.stats().frames_out.load(Ordering::Relaxed) >= 3);
+}
+
+#[tokio::test]
+async fn a_certificate_the_registry_does_not_hold_cannot_join() {
+    let (origin, _at_origin) = node();
+    let (stranger, _) = node();
+    stranger.trust().set([origin.fingerprint()]);
+    // The origin trusts nobody: the stranger's handshake fails.
+    let err = stranger
+        .route(&room(), origin.local_addr(), origin.fingerprint())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err}");
+    assert!(origin.stats().refused_peers.load(Ordering::Relaxed) >= 1);
+    assert!(!stranger.is_routed(&room()));
+
+    // Dialling with the wrong expected fingerprint fails on the client side.
+    let (edge, _) = node();
+    origin.trust().set([edge.fingerprint()]);
+    let wrong = stranger.fingerprint();
+    assert!(edge.route(&room(), origin.local_addr(), wrong).await.is_err());
+}
+
+#[tokio::test]
+async fn a_bad_frame_closes_only_that_link() {
+    let (origin, _at_origin) = node();
+    let me = Identity::generate().unwrap();
+    origin.trust().set([me.fingerprint]);
+    let client = tls::client_config(&me, origin.fingerprint()).unwrap();
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+    let header = relay::net::STREAM_HEADER;
+    let bad_header = [b'W', b'R', b'L', b'Y', 99];
+    let bad_frame = [&header[..], &[0, 3, 9, 9, 9]].concat();
+    let oversized = [&header[..], &[0xff, 0xff]].concat();
+    for frame in [&bad_header[..], &bad_frame, &oversized] {
+        let conn = endpoint
+            .connect(origin.local_addr(), tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(frame).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .expect("the origin closes the link");
+        assert!(reason.to_string().contains("frame"), "{reason}");
+    }
+    assert_eq!(origin.stats().bad_frames.load(Ordering::Relaxed), 3);
+    // The origin still accepts others.
+    let (edge, _) = node();
+    origin.trust().set([edge.fingerprint()]);
+    edge.route(&room(), origin.local_addr(), origin.fingerprint())
+        .await
+        .unwrap();
+}
