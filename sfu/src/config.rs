@@ -250,6 +250,16 @@ keys! {
         /// Relative capacity for placing new rooms (a node of weight 2 gets about twice the rooms) [default: 1].
         #[arg(long, env = "SFU_NODE_WEIGHT")]
         pub node_weight: Option<f64>,
+        /// UDP address of this node's QUIC relay endpoint, which other nodes
+        /// dial to watch its rooms [default: the media IP, an ephemeral port;
+        /// advertised in the node registry].
+        #[arg(long, env = "SFU_RELAY_LISTEN")]
+        pub relay_listen: Option<SocketAddr>,
+        /// Do not relay rooms between nodes: a node answers WHIP and WHEP for
+        /// a room held by another node with 307 to it [default: relay when
+        /// --nats is set].
+        #[arg(long, env = "SFU_NO_RELAY")]
+        pub no_relay: bool,
         /// On SIGTERM or Ctrl-C, refuse new WHIP/WHEP sessions (503 +
         /// Retry-After, `/healthz` 503) and let open ones run up to this long,
         /// then leave the registry and exit 0; a second signal stops at once;
@@ -382,6 +392,9 @@ pub struct ClusterArgs {
     pub ttl: Duration,
     /// Placement weight (> 0).
     pub weight: f64,
+    /// The QUIC relay's listen address; `None` with `--no-relay` or
+    /// without NATS (a single node relays nothing).
+    pub relay: Option<SocketAddr>,
 }
 
 impl Default for ClusterArgs {
@@ -393,6 +406,7 @@ impl Default for ClusterArgs {
             heartbeat: Duration::from_secs(1),
             ttl: Duration::from_secs(3),
             weight: 1.0,
+            relay: None,
         }
     }
 }
@@ -557,7 +571,7 @@ impl NodeConfig {
                     .unwrap_or(d.connection_limit.per_client),
                 total: k.max_http_connections.unwrap_or(d.connection_limit.total),
             },
-            cluster: k.cluster(d.cluster)?,
+            cluster: k.cluster(d.cluster, d.media_ip)?,
             chat: k.chat()?,
             drain_timeout: k.drain_timeout.map_or(d.drain_timeout, |t| t.0),
         };
@@ -580,6 +594,14 @@ impl NodeConfig {
                     self.media_ip
                 )));
             }
+        }
+        if let Some(relay) = self.cluster.relay
+            && self.auth_secret.is_none()
+            && !relay.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to relay on {relay} without --auth-secret: an open node relays on loopback only"
+            )));
         }
         if let Some(e) = self.turn.as_ref().and_then(|t| t.embedded.as_ref())
             && self.auth_secret.is_none()
@@ -709,7 +731,7 @@ impl ServeArgs {
     }
 
     /// The control-plane settings over `d`, checked.
-    fn cluster(&self, d: ClusterArgs) -> Result<ClusterArgs, ConfigError> {
+    fn cluster(&self, d: ClusterArgs, media_ip_default: IpAddr) -> Result<ClusterArgs, ConfigError> {
         let heartbeat = self.heartbeat.map_or(d.heartbeat, |h| h.0);
         let ttl = self.node_ttl.map_or(d.ttl, |t| t.0);
         if heartbeat.is_zero() || ttl <= heartbeat {
@@ -749,6 +771,20 @@ impl ServeArgs {
                 "--advertise-url {u:?} must be an http(s) URL"
             )));
         }
+        if self.no_relay && self.relay_listen.is_some() {
+            return Err(ConfigError::Invalid(
+                "--no-relay and --relay-listen contradict each other: pick one".into(),
+            ));
+        }
+        // Relaying needs other nodes (NATS); its port defaults to an
+        // ephemeral one on the media IP.
+        let relay = match (&nats, self.no_relay) {
+            (Some(_), false) => Some(
+                self.relay_listen
+                    .unwrap_or_else(|| SocketAddr::new(self.media_ip.unwrap_or(media_ip_default), 0)),
+            ),
+            _ => None,
+        };
         Ok(ClusterArgs {
             nats,
             node_id,
@@ -756,6 +792,7 @@ impl ServeArgs {
             heartbeat,
             ttl,
             weight,
+            relay,
         })
     }
 
@@ -1174,6 +1211,20 @@ mod tests {
             sample("node_weight = 2.5", &["--node-weight", "2.5"], |c| {
                 c.cluster.weight.to_string()
             }),
+            needing(
+                "nats = \"nats://127.0.0.1:4222\"",
+                sample(
+                    "relay_listen = \"127.0.0.1:7400\"",
+                    &["--relay-listen", "127.0.0.1:7400"],
+                    |c| format!("{:?}", c.cluster.relay),
+                ),
+            ),
+            needing(
+                "nats = \"nats://127.0.0.1:4222\"",
+                sample("no_relay = true", &["--no-relay"], |c| {
+                    format!("{:?}", c.cluster.relay)
+                }),
+            ),
             sample("chat_history = 7", &["--chat-history", "7"], |c| {
                 c.chat.history_len.to_string()
             }),

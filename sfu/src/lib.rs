@@ -32,6 +32,9 @@ pub struct Bound {
     pub media: Vec<SocketAddr>,
     /// The embedded TURN server's UDP (and TCP, same port) listener.
     pub turn: Option<SocketAddr>,
+    /// The QUIC relay endpoint other nodes dial, when the node relays.
+    #[serde(default)]
+    pub relay: Option<SocketAddr>,
 }
 
 /// Runs one node: media workers, then the HTTP front door. When `drain`
@@ -82,6 +85,7 @@ pub async fn run(
         http_sessions.clone(),
         hls,
         config.spread_viewers,
+        config.cluster.relay,
     )?);
     let media = node.media_addrs();
     let (mut turn, ice_server_source) = start_turn(&config, &media).await?;
@@ -90,6 +94,7 @@ pub async fn run(
         http: listener.local_addr()?,
         media,
         turn: turn.as_ref().map(|t| t.local_addrs().udp),
+        relay: node.relay().map(relay::Relay::local_addr),
     };
     info!(http = %bound.http, media = ?bound.media, turn = ?bound.turn, "node ready");
     on_bound(bound.clone());
@@ -104,7 +109,10 @@ pub async fn run(
         connection_limit: config.connection_limit,
         ..signaling::HttpConfig::default()
     };
-    let cluster = join_cluster(&config.cluster, &bound, config.max_peers).await?;
+    let cluster = join_cluster(&config.cluster, &bound, config.max_peers, node.relay()).await?;
+    if let Some(relay) = node.relay() {
+        tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
+    }
     let server = signaling::Server::new(node.clone(), http).with_cluster(cluster.clone());
     let _ = http_sessions.set(server.sessions());
     let (stop_heartbeats, heartbeats_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -228,6 +236,7 @@ async fn join_cluster(
     args: &crate::config::ClusterArgs,
     bound: &Bound,
     max_peers: usize,
+    relay: Option<&relay::Relay>,
 ) -> anyhow::Result<signaling::cluster::Cluster> {
     use signaling::bus::Bus;
     use signaling::cluster::{Cluster, ClusterConfig};
@@ -245,8 +254,27 @@ async fn join_cluster(
     config.heartbeat = args.heartbeat;
     config.ttl = args.ttl;
     config.weight = args.weight;
+    if let Some(relay) = relay {
+        config.relay_addr = Some(relay.local_addr().to_string());
+        config.relay_fingerprint = Some(relay.fingerprint().to_string());
+    }
     info!(node = %args.node_id, nats = bus.is_nats(), url = %config.http_url, "joining the control plane");
     Ok(Cluster::new(bus, config).await?)
+}
+
+/// Keeps the relay's accepted certificates equal to the fingerprints the
+/// registry lists for live nodes (refreshed at every heartbeat's view).
+async fn trust_registry(cluster: signaling::cluster::Cluster, relay: relay::Relay) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let fingerprints = cluster
+            .live_nodes()
+            .into_iter()
+            .filter(|n| n.id != *cluster.node_id())
+            .filter_map(|n| n.relay_fingerprint?.parse().ok());
+        relay.trust().set(fingerprints);
+    }
 }
 
 /// Starts the embedded TURN server (allow-listing the node's media

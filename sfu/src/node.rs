@@ -36,6 +36,16 @@ pub struct Node {
     /// Place a room's viewers on the least loaded worker, fed from the
     /// room's home worker through relays (`--spread-viewers`).
     spread: bool,
+    /// The gateway to other nodes (QUIC), when the node relays.
+    relay: Option<relay::Relay>,
+}
+
+/// A room's home worker among `count`: its publishers, HLS and (without
+/// spreading) every viewer. The relay's gateway uses the same.
+pub fn room_home(room: &RoomId, count: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    room.hash(&mut h);
+    (h.finish() % count.max(1) as u64) as usize
 }
 
 impl Node {
@@ -52,12 +62,26 @@ impl Node {
         http_sessions: Arc<std::sync::OnceLock<signaling::Sessions>>,
         hls: Option<Arc<HlsService>>,
         spread: bool,
+        relay_listen: Option<SocketAddr>,
     ) -> std::io::Result<Node> {
         let sessions: Sessions = Arc::default();
         let count = count.max(1);
         let max_room_peers = config.max_room_peers;
         let mut workers = Vec::with_capacity(count);
-        let inboxes: RelayInboxes = (0..count).map(|_| Arc::new(relay::Inbox::default())).collect();
+        // One inbox per worker, and the relay gateway's after them.
+        let gateways = usize::from(relay_listen.is_some());
+        let inboxes: RelayInboxes = (0..count + gateways)
+            .map(|_| Arc::new(relay::Inbox::default()))
+            .collect();
+        let relay = match relay_listen {
+            Some(listen) => Some(relay::Relay::start(
+                listen,
+                count,
+                Box::new(move |room| WorkerId(room_home(room, count))),
+                inboxes.clone(),
+            )?),
+            None => None,
+        };
         for i in 0..count {
             let port = if bind.port() == 0 {
                 0
@@ -95,7 +119,13 @@ impl Node {
             started: std::time::Instant::now(),
             hls,
             spread: spread && count > 1,
+            relay,
         })
+    }
+
+    /// The relay gateway, when the node relays.
+    pub fn relay(&self) -> Option<&relay::Relay> {
+        self.relay.as_ref()
     }
 
     /// The UDP addresses the workers listen on.
@@ -120,9 +150,7 @@ impl Node {
     /// A room's home worker: its publishers, HLS and (without spreading)
     /// every viewer.
     fn worker_for_room(&self, room: &RoomId) -> usize {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        room.hash(&mut h);
-        (h.finish() % self.workers.len() as u64) as usize
+        room_home(room, self.workers.len())
     }
 
     fn worker_for_session(&self, session: &SessionId) -> Result<&WorkerHandle, MediaError> {
@@ -137,12 +165,14 @@ impl Node {
 
     /// Opens a session on the room's home worker, or for a viewer with
     /// spreading on, on the worker with the fewest sessions (ties: the home,
-    /// which needs no relay). `command` gets the home when it is another.
+    /// which needs no relay). `command` gets the home when it is another:
+    /// the relay gateway for a room whose origin is another node.
     async fn open(
         &self,
         room: &RoomId,
         session: SessionId,
         viewer: bool,
+        remote: bool,
         command: impl FnOnce(Option<WorkerId>) -> Command,
     ) -> Result<String, MediaError> {
         let home = self.worker_for_room(room);
@@ -174,7 +204,11 @@ impl Node {
             m.insert(session.clone(), (index, room.clone()));
             index
         };
-        let command = command((index != home).then_some(WorkerId(home)));
+        let command = if remote {
+            command(Some(relay::Relay::gateway_id(self.workers.len())))
+        } else {
+            command((index != home).then_some(WorkerId(home)))
+        };
         match self.workers[index].call(command).await {
             Ok(Reply::Answer(sdp)) => Ok(sdp),
             Ok(other) => Err(MediaError::Internal(format!("unexpected reply {other:?}"))),
@@ -188,6 +222,23 @@ impl Node {
     }
 }
 
+/// Routes `room` through the relay to `origin` (dialling it if needed).
+pub async fn route(relay: &relay::Relay, room: &RoomId, origin: &signaling::Origin) -> Result<(), MediaError> {
+    let unavailable = |why: String| {
+        tracing::warn!(%room, origin = %origin.node, %why, "cannot relay the room from its origin");
+        MediaError::Overloaded { retry_after_secs: 2 }
+    };
+    let addr: SocketAddr = origin
+        .relay_addr
+        .parse()
+        .map_err(|_| unavailable(format!("bad relay address {:?}", origin.relay_addr)))?;
+    let fp: relay::Fingerprint = origin.fingerprint.parse().map_err(unavailable)?;
+    relay
+        .route(room, addr, fp)
+        .await
+        .map_err(|e| unavailable(e.to_string()))
+}
+
 impl MediaNode for Node {
     async fn publish(&self, req: PublishRequest) -> Result<String, MediaError> {
         let command = |_| Command::Publish {
@@ -196,10 +247,17 @@ impl MediaNode for Node {
             identity: req.identity,
             offer: req.offer,
         };
-        self.open(&req.room, req.session.clone(), false, command).await
+        self.open(&req.room, req.session.clone(), false, false, command).await
     }
 
     async fn play(&self, req: PlayRequest) -> Result<String, MediaError> {
+        let remote = match (&req.origin, &self.relay) {
+            (Some(origin), Some(relay)) => {
+                route(relay, &req.room, origin).await?;
+                true
+            }
+            _ => false,
+        };
         let command = |home| Command::Play {
             room: req.room.clone(),
             session: req.session.clone(),
@@ -209,7 +267,7 @@ impl MediaNode for Node {
             max_layer: req.max_layer,
             home,
         };
-        self.open(&req.room, req.session.clone(), true, command).await
+        self.open(&req.room, req.session.clone(), true, remote, command).await
     }
 
     async fn patch(
@@ -331,6 +389,12 @@ impl MediaNode for Node {
         }
         if let Some(hls) = &self.hls {
             hls.metrics.render(out);
+        }
+        if let Some(relay) = &self.relay {
+            for (name, counter, help, v) in relay.stats().lines() {
+                let kind = if counter { Kind::Counter } else { Kind::Gauge };
+                single(out, name, kind, help, v);
+            }
         }
         wave_dtls::render_metrics(out);
         let p = wave_metrics::process::sample();

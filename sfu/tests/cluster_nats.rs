@@ -1,6 +1,6 @@
-//! Several real `sfu` nodes on 127.0.0.x sharing a real nats-server: room
-//! placement of new rooms, claims, 307 redirects to the owner, owner death,
-//! NATS restarts.
+//! Several real `sfu` nodes on 127.0.0.x sharing a real nats-server, with
+//! `--no-relay`: room placement of new rooms, claims, 307 redirects to the
+//! owner, owner death, NATS restarts. (`cluster_relay` covers the default.)
 
 use crate::common;
 
@@ -14,7 +14,8 @@ use hyper::{Method, StatusCode};
 
 /// Short heartbeats so a dead node is gone within about a second.
 fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
-    Node::start_in_cluster(&nats.url(), id, ip, &["--heartbeat", "200ms", "--node-ttl", "1s"])
+    let flags = ["--heartbeat", "200ms", "--node-ttl", "1s", "--no-relay"];
+    Node::start_in_cluster(&nats.url(), id, ip, &flags)
 }
 
 async fn room_owner(http: &Http, node: &Node, room: &str) -> Option<String> {

@@ -7,6 +7,7 @@ mod chat_presence;
 mod chat_rate_cluster;
 mod chat_single_node;
 mod cluster_nats;
+mod cluster_relay;
 mod common;
 mod drain;
 mod dtls_failures;

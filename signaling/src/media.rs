@@ -31,6 +31,18 @@ pub struct PlayRequest {
     pub publisher: Option<String>,
     /// `?layer=`: the highest simulcast layer this viewer wants.
     pub max_layer: Option<LayerPref>,
+    /// The room's publishers are on another node, reached over the relay.
+    pub origin: Option<Origin>,
+}
+
+/// Another node holding a room's publishers, as the registry lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub node: String,
+    /// Its QUIC relay endpoint.
+    pub relay_addr: String,
+    /// SHA-256 of its relay certificate, lowercase hex.
+    pub fingerprint: String,
 }
 
 /// The media node as the HTTP layer sees it.

@@ -18,7 +18,7 @@ use crate::http::{
     self, ACCEPT_PATCH, ACCEPT_POST, CORS_MAX_AGE, CORS_METHODS, CORS_REQUEST_HEADERS, HttpError, IfMatch,
     JSON, Resp, SDP, SDPFRAG,
 };
-use crate::media::{
+use crate::media::{Origin, 
     IcePatch, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, RoomId, RoomInfo, SessionId,
 };
 use crate::metrics::HttpMetrics;
@@ -385,9 +385,14 @@ impl<M: MediaNode> Shared<M> {
         if !http::content_type_is(req.headers(), SDP) {
             return Err(HttpError::unsupported_type(ACCEPT_POST, SDP));
         }
-        if let Some(owner) = self.owner_elsewhere(kind, &room).await? {
-            return redirect(&owner, req.uri(), &room);
-        }
+        let origin = match self.owner_elsewhere(kind, &room).await? {
+            None => None,
+            Some(owner) => match (kind, self.relay_origin(&owner)) {
+                // A viewer is served here, fed from the owner over the relay.
+                (Kind::Whep, Some(origin)) => Some(origin),
+                _ => return redirect(&owner, req.uri(), &room),
+            },
+        };
         let (publisher, max_layer) = match kind {
             Kind::Whep => parse_play_query(req.uri().query().unwrap_or(""))?,
             Kind::Whip => (None, None),
@@ -425,6 +430,7 @@ impl<M: MediaNode> Shared<M> {
                     offer,
                     publisher,
                     max_layer,
+                    origin,
                 };
                 self.node.play(req).await?
             }
@@ -673,7 +679,11 @@ impl<M: MediaNode> Shared<M> {
         }
         match kind {
             Kind::Whip => {
-                if let Some(placed) = self.placed_elsewhere(cluster, room).await {
+                // With the relay a publisher stays on the node it reached:
+                // viewers anywhere are fed from it, no redirect.
+                if !cluster.relays()
+                    && let Some(placed) = self.placed_elsewhere(cluster, room).await
+                {
                     return Ok(Some(placed));
                 }
                 self.claim(cluster, room).await
@@ -687,6 +697,17 @@ impl<M: MediaNode> Shared<M> {
                 }
             },
         }
+    }
+
+    /// The owner as a relay origin, when both it and this node relay.
+    fn relay_origin(&self, owner: &RoomClaim) -> Option<Origin> {
+        let cluster = self.cluster.as_ref().filter(|c| c.relays())?;
+        let info = cluster.live_node(&owner.node)?;
+        Some(Origin {
+            node: owner.node.to_string(),
+            relay_addr: info.relay_addr?,
+            fingerprint: info.relay_fingerprint?,
+        })
     }
 
     /// A room nobody holds goes to the live node weighted rendezvous

@@ -125,6 +125,13 @@ pub struct NodeInfo {
     /// Relative capacity for placement (1.0 = a standard node).
     pub weight: f64,
     pub load: Load,
+    /// The node's QUIC relay endpoint, when it relays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_addr: Option<String>,
+    /// SHA-256 of the relay's certificate: the only one other nodes accept
+    /// from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_fingerprint: Option<String>,
 }
 
 /// One entry of the `rooms` bucket.
@@ -143,6 +150,9 @@ pub struct ClusterConfig {
     pub weight: f64,
     pub max_peers: u32,
     pub max_bandwidth_bps: u64,
+    /// The relay endpoint and certificate fingerprint this node advertises.
+    pub relay_addr: Option<String>,
+    pub relay_fingerprint: Option<String>,
     /// How often the node announces itself and refreshes its claims.
     pub heartbeat: Duration,
     /// A node (and its claims) is dropped this long after its last heartbeat.
@@ -159,6 +169,8 @@ impl ClusterConfig {
             weight: 1.0,
             max_peers: 0,
             max_bandwidth_bps: 0,
+            relay_addr: None,
+            relay_fingerprint: None,
             heartbeat: Duration::from_secs(1),
             ttl: Duration::from_secs(3),
         }
@@ -230,12 +242,24 @@ impl Cluster {
             media_addr: c.media_addr.clone(),
             weight: c.weight,
             load: *lock(&self.inner.load),
+            relay_addr: c.relay_addr.clone(),
+            relay_fingerprint: c.relay_fingerprint.clone(),
         }
     }
 
     /// The nodes seen at the last heartbeat (this one included), by id.
     pub fn live_nodes(&self) -> Vec<NodeInfo> {
         read(&self.inner.live).values().cloned().collect()
+    }
+
+    /// Whether this node relays rooms to and from other nodes.
+    pub fn relays(&self) -> bool {
+        self.inner.config.relay_addr.is_some()
+    }
+
+    /// A live node's registry entry (by the last heartbeat's view).
+    pub fn live_node(&self, id: &NodeId) -> Option<NodeInfo> {
+        read(&self.inner.live).get(id).cloned()
     }
 
     /// The live node a new `room` should go to (by the last heartbeat's

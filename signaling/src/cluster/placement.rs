@@ -72,6 +72,8 @@ mod tests {
                 cpu: load,
                 ..Load::default()
             },
+            relay_addr: None,
+            relay_fingerprint: None,
         }
     }
 

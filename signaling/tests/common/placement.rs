@@ -15,6 +15,8 @@ pub fn room_placed_on(prefix: &str, target: &str, ids: &[&str]) -> String {
             media_addr: None,
             weight: 1.0,
             load: Load::default(),
+            relay_addr: None,
+            relay_fingerprint: None,
         })
         .collect();
     (0..)

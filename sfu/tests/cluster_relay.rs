@@ -1,0 +1,85 @@
+//! Three real `sfu` nodes on 127.0.0.x sharing a real nats-server, relaying
+//! (the default with `--nats`): WHEP at any node is answered there (201, no
+//! redirect) and subscribes to the room's origin over QUIC, each edge once
+//! however many viewers it has; a publisher stays on the node it reached; an
+//! edge unsubscribes when its last viewer leaves. Media across the relay is
+//! asserted on decoded frames by the Chromium suite (`e2e/tests/cluster.test.mjs`).
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::chat::{cluster_node, metric, wait_for_view};
+use common::nats::NatsServer;
+use common::node::{Http, Node, play_offer, publish_offer};
+use common::placement::room_placed_on;
+use hyper::{Method, StatusCode};
+
+fn token(room: &str, identity: &str, publish: bool) -> String {
+    common::chat::token(room, identity, publish, None)
+}
+
+/// Polls `name` on `node` until it equals `want` (5 s at most).
+async fn metric_becomes(http: &Http, node: &Node, name: &str, want: f64) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let v = metric(http, node, name).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} at {} stayed {v}, wanted {want}",
+            node.http
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn any_node_answers_whep_and_feeds_it_from_the_origin_over_quic() {
+    let nats = NatsServer::start();
+    let a = cluster_node(&nats, "a", "127.0.0.21");
+    let b = cluster_node(&nats, "b", "127.0.0.22");
+    let c = cluster_node(&nats, "c", "127.0.0.23");
+    let http = Http::default();
+    wait_for_view(&http, &[&a, &b, &c], 3).await;
+
+    // Placement would put this room on b; its publisher reached a, and stays.
+    let room = room_placed_on("relayed", "b", &["a", "b", "c"]);
+    let t = token(&room, "alice", true);
+    let p = http
+        .post_sdp(&a.url(&format!("/whip/{room}")), &publish_offer(), Some(&t))
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+
+    // Viewers at b (two) and c (one): 201 where they asked, no redirect.
+    let mut sessions = Vec::new();
+    for (node, who) in [(&b, "v1"), (&b, "v2"), (&c, "v3")] {
+        let t = token(&room, who, false);
+        let v = http
+            .post_sdp(&node.url(&format!("/whep/{room}")), &play_offer(), Some(&t))
+            .await;
+        assert_eq!(v.status, StatusCode::CREATED, "{who}: {}", v.body);
+        assert!(v.body.contains("a=sendonly"), "{who}: {}", v.body);
+        sessions.push((node, v.header("location").unwrap().to_owned(), t));
+    }
+    // Each edge watches the room once, over one link to a.
+    metric_becomes(&http, &b, "wave_relay_upstream_rooms", 1.0).await;
+    metric_becomes(&http, &c, "wave_relay_upstream_rooms", 1.0).await;
+    metric_becomes(&http, &a, "wave_relay_downstream_links", 2.0).await;
+    assert_eq!(metric(&http, &b, "wave_relay_links").await, 1.0);
+    assert_eq!(metric(&http, &a, "wave_relay_refused_peers_total").await, 0.0);
+
+    // The last viewer at b leaving unsubscribes b; c stays.
+    for (node, location, t) in sessions.iter().filter(|(n, ..)| n.http == b.http) {
+        let auth = format!("Bearer {t}");
+        let r = http
+            .send(Method::DELETE, &node.url(location), &[("authorization", &auth)], "")
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    metric_becomes(&http, &b, "wave_relay_upstream_rooms", 0.0).await;
+    metric_becomes(&http, &a, "wave_relay_downstream_links", 1.0).await;
+    assert_eq!(metric(&http, &c, "wave_relay_upstream_rooms").await, 1.0);
+}
