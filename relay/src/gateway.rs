@@ -18,7 +18,7 @@
 //! table; an edge numbers the sources it mirrors itself, so sources of
 //! several links never collide at its workers.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use wave_vocab::RoomId;
 
@@ -79,11 +79,15 @@ pub struct Gateway {
     edge_rooms: HashMap<RoomId, EdgeRoom>,
     in_ids: HashMap<(LinkId, SourceId), SourceId>,
     in_sources: HashMap<SourceId, InSource>,
+    /// Which workers need each mirrored (source, track, layer).
+    demand_in: HashMap<(SourceId, u8, u8), BTreeSet<WorkerId>>,
     next_source: u64,
     // Origin side.
     watched: HashMap<RoomId, BTreeSet<LinkId>>,
     watching: HashMap<LinkId, BTreeSet<RoomId>>,
     out_sources: HashMap<(WorkerId, SourceId), OutSource>,
+    /// The (wire source, track, layer)s each link asked for.
+    demand_out: HashMap<LinkId, HashSet<(SourceId, u8, u8)>>,
     out: VecDeque<GatewayOutput>,
     refused: u64,
 }
@@ -99,10 +103,12 @@ impl Gateway {
             edge_rooms: HashMap::new(),
             in_ids: HashMap::new(),
             in_sources: HashMap::new(),
+            demand_in: HashMap::new(),
             next_source: 1,
             watched: HashMap::new(),
             watching: HashMap::new(),
             out_sources: HashMap::new(),
+            demand_out: HashMap::new(),
             out: VecDeque::new(),
             refused: 0,
         }
@@ -154,6 +160,12 @@ impl Gateway {
     pub fn handle_worker(&mut self, from: WorkerId, msg: Message) {
         match msg {
             Message::Watch { room, watching } => self.worker_watch(from, room, watching),
+            Message::Demand {
+                source,
+                track,
+                layer,
+                wanted,
+            } => self.worker_demand(from, source, track, layer, wanted),
             Message::Keyframe { source, layer } => {
                 if let Some(s) = self.in_sources.get(&source) {
                     let m = Message::Keyframe {
@@ -189,6 +201,9 @@ impl Gateway {
             Message::SourceGone { room, source } => {
                 self.out_sources.remove(&(from, source));
                 let wire = wire_id(from, source);
+                for d in self.demand_out.values_mut() {
+                    d.retain(|(s, ..)| *s != wire);
+                }
                 for &l in self.watched.get(&room).into_iter().flatten() {
                     let m = Message::SourceGone {
                         room: room.clone(),
@@ -211,7 +226,12 @@ impl Gateway {
                     return;
                 };
                 let wire = wire_id(from, source);
+                let key = (wire, track, layer);
                 for &l in links {
+                    // Only the layers a link's viewers need cross it.
+                    if !self.demand_out.get(&l).is_some_and(|d| d.contains(&key)) {
+                        continue;
+                    }
                     let m = Message::Media {
                         source: wire,
                         track,
@@ -225,6 +245,35 @@ impl Gateway {
         }
     }
 
+    /// A worker's demand for a mirrored layer: the link hears of the
+    /// first worker wanting it and of the last one leaving it.
+    fn worker_demand(&mut self, from: WorkerId, source: SourceId, track: u8, layer: u8, wanted: bool) {
+        let Some(s) = self.in_sources.get(&source) else {
+            return;
+        };
+        let (link, remote) = (s.link, s.remote);
+        let set = self.demand_in.entry((source, track, layer)).or_default();
+        let before = !set.is_empty();
+        if wanted {
+            set.insert(from);
+        } else {
+            set.remove(&from);
+        }
+        let after = !set.is_empty();
+        if set.is_empty() {
+            self.demand_in.remove(&(source, track, layer));
+        }
+        if before != after {
+            let m = Message::Demand {
+                source: remote,
+                track,
+                layer,
+                wanted: after,
+            };
+            self.out.push_back(GatewayOutput::Link(link, m));
+        }
+    }
+
     fn worker_watch(&mut self, from: WorkerId, room: RoomId, watching: bool) {
         if !watching {
             let Some(r) = self.edge_rooms.get_mut(&room) else {
@@ -233,6 +282,17 @@ impl Gateway {
             r.workers.remove(&from);
             if r.workers.is_empty() {
                 self.drop_edge_room(&room, true);
+                return;
+            }
+            // What only this worker wanted is no longer wanted.
+            let keys: Vec<(SourceId, u8, u8)> = self
+                .demand_in
+                .iter()
+                .filter(|(k, set)| set.contains(&from) && r.sources.contains(&k.0))
+                .map(|(k, _)| *k)
+                .collect();
+            for (source, track, layer) in keys {
+                self.worker_demand(from, source, track, layer, false);
             }
             return;
         }
@@ -283,6 +343,7 @@ impl Gateway {
             if let Some(src) = self.in_sources.remove(&s) {
                 self.in_ids.remove(&(src.link, src.remote));
             }
+            self.demand_in.retain(|k, _| k.0 != s);
             for &w in &r.workers {
                 let m = Message::SourceGone {
                     room: room.clone(),
@@ -306,6 +367,28 @@ impl Gateway {
     pub fn handle_link(&mut self, link: LinkId, msg: Message) {
         match msg {
             Message::Watch { room, watching } => self.link_watch(link, room, watching),
+            Message::Demand {
+                source,
+                track,
+                layer,
+                wanted,
+            } => {
+                // Only for a source of a room this link watches: bounded.
+                let (worker, peer) = from_wire(source);
+                let watched = self
+                    .out_sources
+                    .get(&(worker, peer))
+                    .is_some_and(|s| self.watching.get(&link).is_some_and(|r| r.contains(&s.room)));
+                if !watched {
+                    return;
+                }
+                let d = self.demand_out.entry(link).or_default();
+                if wanted {
+                    d.insert((source, track, layer));
+                } else {
+                    d.remove(&(source, track, layer));
+                }
+            }
             Message::Keyframe { source, layer } => {
                 let (worker, peer) = from_wire(source);
                 if worker.0 < self.workers {
@@ -360,6 +443,7 @@ impl Gateway {
                     return;
                 };
                 self.in_sources.remove(&id);
+                self.demand_in.retain(|k, _| k.0 != id);
                 if let Some(r) = self.edge_rooms.get_mut(&room) {
                     r.sources.retain(|&s| s != id);
                     for &w in &r.workers {
@@ -404,6 +488,15 @@ impl Gateway {
 
     fn link_watch(&mut self, link: LinkId, room: RoomId, watching: bool) {
         if !watching {
+            let wires: HashSet<SourceId> = self
+                .out_sources
+                .iter()
+                .filter(|(_, s)| s.room == room)
+                .map(|(&(w, p), _)| wire_id(w, p))
+                .collect();
+            if let Some(d) = self.demand_out.get_mut(&link) {
+                d.retain(|(s, ..)| !wires.contains(s));
+            }
             if let Some(rooms) = self.watching.get_mut(&link) {
                 rooms.remove(&room);
                 if rooms.is_empty() {
@@ -461,6 +554,7 @@ impl Gateway {
     /// over it lose their sources (their workers keep watching; a new route
     /// resumes them).
     pub fn link_down(&mut self, link: LinkId) {
+        self.demand_out.remove(&link);
         for room in self.watching.remove(&link).unwrap_or_default() {
             self.unwatch_origin(&room, link);
         }
@@ -588,6 +682,15 @@ mod tests {
         }
     }
 
+    fn demand(source: u64, layer: u8, wanted: bool) -> Message {
+        Message::Demand {
+            source: SourceId(source),
+            track: 0,
+            layer,
+            wanted,
+        }
+    }
+
     fn watch(r: &str, on: bool) -> Message {
         Message::Watch {
             room: room(r),
@@ -669,6 +772,34 @@ mod tests {
     }
 
     #[test]
+    fn an_edge_asks_for_a_layer_once_and_drops_it_after_its_last_worker() {
+        let mut g = gateway();
+        g.route(room("r"), LinkId(1));
+        g.handle_worker(WorkerId(0), watch("r", true));
+        g.handle_worker(WorkerId(1), watch("r", true));
+        g.handle_link(LinkId(1), source("r", 1 << 48 | 2));
+        let local = match workers(&drain(&mut g))[0].1 {
+            Message::Source { source, .. } => source.0,
+            m => panic!("{m:?}"),
+        };
+        g.handle_worker(WorkerId(0), demand(local, 2, true));
+        g.handle_worker(WorkerId(1), demand(local, 2, true));
+        let out = drain(&mut g);
+        assert!(
+            matches!(links(&out)[..], [(LinkId(1), Message::Demand { source: SourceId(s), layer: 2, wanted: true, .. })] if *s == 1 << 48 | 2),
+            "one demand upstream: {out:?}"
+        );
+        g.handle_worker(WorkerId(0), demand(local, 2, false));
+        assert!(drain(&mut g).is_empty(), "worker 1 still wants it");
+        // Worker 1 leaving the room withdraws its demand with it.
+        g.handle_worker(WorkerId(2), watch("r", true));
+        drain(&mut g);
+        g.handle_worker(WorkerId(1), watch("r", false));
+        let out = drain(&mut g);
+        assert!(matches!(links(&out)[..], [(LinkId(1), Message::Demand { wanted: false, .. })]), "{out:?}");
+    }
+
+    #[test]
     fn a_worker_joining_later_gets_the_sources_already_mirrored() {
         let mut g = gateway();
         g.route(room("r"), LinkId(1));
@@ -706,10 +837,30 @@ mod tests {
                 .all(|(_, m)| matches!(m, Message::Source { source, .. } if *source == wire))
         );
 
+        // No link asked for a layer yet: nothing crosses.
+        g.handle_worker(WorkerId(1), media(9, 1));
+        assert!(drain(&mut g).is_empty());
+        for l in [LinkId(1), LinkId(2)] {
+            g.handle_link(l, demand(wire.0, 1, true));
+        }
+        g.handle_link(LinkId(2), demand(wire.0, 0, true));
         g.handle_worker(WorkerId(1), media(9, 1));
         let out = drain(&mut g);
         let sent: Vec<LinkId> = links(&out).iter().map(|(l, _)| *l).collect();
         assert_eq!(sent, vec![LinkId(1), LinkId(2)]);
+        g.handle_worker(WorkerId(1), media(9, 0));
+        let out = drain(&mut g);
+        let sent: Vec<LinkId> = links(&out).iter().map(|(l, _)| *l).collect();
+        assert_eq!(sent, vec![LinkId(2)], "layer 0 only where it was asked for");
+        g.handle_link(LinkId(2), demand(wire.0, 1, false));
+        g.handle_worker(WorkerId(1), media(9, 1));
+        let out = drain(&mut g);
+        let sent: Vec<LinkId> = links(&out).iter().map(|(l, _)| *l).collect();
+        assert_eq!(sent, vec![LinkId(1)], "withdrawn on link 2");
+        // A demand for a source the link does not watch is ignored.
+        g.handle_link(LinkId(3), demand(wire.0, 1, true));
+        g.handle_worker(WorkerId(1), media(9, 1));
+        assert_eq!(links(&drain(&mut g)).len(), 1);
 
         // A keyframe request over a link reaches the source's worker.
         g.handle_link(

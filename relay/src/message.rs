@@ -81,6 +81,15 @@ pub enum Message {
     },
     /// Watcher → home: a viewer wants a keyframe of the source's video layer.
     Keyframe { source: SourceId, layer: u8 },
+    /// Watcher → home: whether any viewer there needs this track's layer
+    /// (its current or target layer; audio: layer 0). A layer nobody
+    /// demanded is not sent over a node link.
+    Demand {
+        source: SourceId,
+        track: u8,
+        layer: u8,
+        wanted: bool,
+    },
 }
 
 impl Message {

@@ -29,6 +29,7 @@ const SOURCE: u8 = 2;
 const SOURCE_GONE: u8 = 3;
 const MEDIA: u8 = 4;
 const KEYFRAME: u8 = 5;
+const DEMAND: u8 = 6;
 
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,6 +129,18 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.push(KEYFRAME);
             out.extend_from_slice(&source.0.to_be_bytes());
             out.push(*layer);
+        }
+        Message::Demand {
+            source,
+            track,
+            layer,
+            wanted,
+        } => {
+            out.push(DEMAND);
+            out.extend_from_slice(&source.0.to_be_bytes());
+            out.push(*track);
+            out.push(*layer);
+            out.push(u8::from(*wanted));
         }
     }
 }
@@ -230,6 +243,16 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
         KEYFRAME => Message::Keyframe {
             source: SourceId(r.u64("source")?),
             layer: r.u8("layer")?,
+        },
+        DEMAND => Message::Demand {
+            source: SourceId(r.u64("source")?),
+            track: r.u8("track")?,
+            layer: r.u8("layer")?,
+            wanted: match r.u8("wanted")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Invalid("wanted")),
+            },
         },
         t => return Err(DecodeError::Type(t)),
     };
@@ -443,6 +466,12 @@ mod tests {
             Message::Keyframe {
                 source: SourceId(7),
                 layer: 2,
+            },
+            Message::Demand {
+                source: SourceId(1 << 48 | 7),
+                track: 1,
+                layer: 2,
+                wanted: true,
             },
         ]
     }

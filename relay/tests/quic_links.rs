@@ -42,6 +42,24 @@ async fn next(inbox: &Inbox) -> (WorkerId, Message) {
     }
 }
 
+fn media(size: usize) -> Message {
+    Message::Media {
+        source: SourceId(3),
+        track: 0,
+        layer: 1,
+        codec: None,
+        packet: MediaPacket {
+            pt: 96,
+            seq: 7,
+            rtp_ts: 90_000,
+            arrival: Instant::now(),
+            marker: true,
+            ext: Ext::default(),
+            payload: vec![0xab; size].into(),
+        },
+    }
+}
+
 fn hand(inboxes: &[Arc<Inbox>], from: WorkerId, msg: Message) {
     inboxes[1].push(from, &mut vec![msg]);
 }
@@ -96,41 +114,36 @@ async fn a_watch_crosses_the_link_and_media_comes_back() {
         }
         m => panic!("{m:?}"),
     };
-    // Small and large packets: a datagram, and one too large for one.
+    // The edge's viewers need layer 1; small and large packets of it come
+    // (a datagram, and one too large for one).
+    hand(&at_edge, WorkerId(0), Message::Demand { source: local, track: 0, layer: 1, wanted: true });
     for size in [100usize, 3000] {
-        hand(
-            &at_origin,
-            WorkerId(0),
-            Message::Media {
-                source: SourceId(3),
-                track: 0,
-                layer: 1,
-                codec: None,
-                packet: MediaPacket {
-                    pt: 96,
-                    seq: 7,
-                    rtp_ts: 90_000,
-                    arrival: Instant::now(),
-                    marker: true,
-                    ext: Ext::default(),
-                    payload: vec![0xab; size].into(),
-                },
-            },
-        );
-        match next(&at_edge[0]).await.1 {
-            Message::Media {
-                source,
-                layer: 1,
-                packet,
-                ..
-            } => {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Earlier sizes may still be arriving: wait for this one.
+        let got = loop {
+            hand(&at_origin, WorkerId(0), media(size));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut got = Vec::new();
+            at_edge[0].take(&mut got);
+            let this = got.into_iter().find(|(_, m)| {
+                matches!(m, Message::Media { packet, .. } if packet.payload.len() == size)
+            });
+            if let Some((_, m)) = this {
+                break m;
+            }
+            assert!(Instant::now() < deadline, "no media of {size} bytes arrived");
+        };
+        match got {
+            Message::Media { source, layer: 1, packet, .. } => {
                 assert_eq!(source, local);
-                assert_eq!(packet.payload.len(), size);
                 assert_eq!((packet.seq, packet.rtp_ts), (7, 90_000));
             }
             m => panic!("{m:?}"),
         }
     }
+    // Let the last packets land before the next exchange.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    at_edge[0].take(&mut Vec::new());
     // A keyframe request travels back to the source's worker.
     hand(
         &at_edge,

@@ -68,8 +68,7 @@ async fn any_node_answers_whep_and_feeds_it_from_the_origin_over_quic() {
     metric_becomes(&http, &b, "wave_relay_upstream_rooms", 1.0).await;
     metric_becomes(&http, &c, "wave_relay_upstream_rooms", 1.0).await;
     metric_becomes(&http, &a, "wave_relay_downstream_links", 2.0).await;
-    assert_eq!(metric(&http, &b, "wave_relay_links").await, 1.0);
-    assert_eq!(metric(&http, &a, "wave_relay_refused_peers_total").await, 0.0);
+    metric_becomes(&http, &b, "wave_relay_links", 1.0).await;
 
     // The last viewer at b leaving unsubscribes b; c stays.
     for (node, location, t) in sessions.iter().filter(|(n, ..)| n.http == b.http) {

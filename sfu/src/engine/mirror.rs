@@ -44,6 +44,9 @@ impl Engine {
                 }
             }
             Message::Watch { room, watching } => self.watched(from, room, watching),
+            // Engines of one node hand each other every layer (a shared
+            // buffer each); node links filter by demand in the gateway.
+            Message::Demand { .. } => {}
             Message::Source {
                 room,
                 source,
@@ -68,6 +71,36 @@ impl Engine {
                 self.mirrors.remove(&id);
                 debug!(%room, mirror = id.0, "mirror removed");
                 self.source_left(now, &room, id);
+            }
+        }
+    }
+
+    /// Tells each mirror's home which of its layers viewers here need (a
+    /// current or target layer; audio while anyone listens), when that
+    /// changed.
+    pub(super) fn update_demand(&mut self) {
+        let Engine { mirrors, relays, .. } = self;
+        for m in mirrors.values_mut() {
+            let tracks = &m.publisher.tracks;
+            m.demanded.resize(tracks.len(), Vec::new());
+            for (ti, (t, told)) in tracks.iter().zip(m.demanded.iter_mut()).enumerate() {
+                let wants: Vec<bool> = match t.kind {
+                    str0m::media::MediaKind::Audio => vec![!t.subscribers.is_empty()],
+                    str0m::media::MediaKind::Video => t.layers.iter().map(|l| !l.subscribers.is_empty()).collect(),
+                };
+                told.resize(wants.len(), false);
+                for (li, (&want, was)) in wants.iter().zip(told.iter_mut()).enumerate() {
+                    if want != *was {
+                        *was = want;
+                        let msg = Message::Demand {
+                            source: m.remote,
+                            track: ti as u8,
+                            layer: li as u8,
+                            wanted: want,
+                        };
+                        relays.push_back((m.home, msg));
+                    }
+                }
             }
         }
     }
@@ -120,6 +153,7 @@ impl Engine {
                         identity: a.identity.clone(),
                         codecs: Vec::new(),
                         publisher: Publisher::default(),
+                        demanded: Vec::new(),
                     }),
                 );
                 r.publishers.push(id);

@@ -501,6 +501,7 @@ impl Engine {
             self.next_tick = now + TICK;
             self.tick(now);
         }
+        self.update_demand();
         self.flush_dirty(now);
     }
 

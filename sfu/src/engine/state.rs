@@ -46,6 +46,9 @@ pub(super) struct Mirror {
     /// The source's payload types, as announced.
     pub(super) codecs: Vec<CodecDesc>,
     pub(super) publisher: Publisher,
+    /// Per track and layer: whether the home was last told viewers here
+    /// need it ([`relay::Message::Demand`]).
+    pub(super) demanded: Vec<Vec<bool>>,
 }
 
 pub(super) struct Peer {

@@ -1,0 +1,137 @@
+// The relay: a secured three-node cluster (a real nats-server, three real
+// `sfu` nodes with --auth-secret on 127.0.0.1). Chromium publishes through
+// node A's demo page with a bearer token; Chromium pages served by nodes B
+// and C watch the room over WHEP with their tokens. Every request is
+// answered by the node it reached (no redirect: a browser would drop the
+// token on one), the viewers decode the publisher's frames fed over QUIC
+// from A, and a layer switch on C changes the decoded width.
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BIN_DIR, failureContext, freePort, launchBrowser, startNode, stats, until } from './helpers.mjs';
+
+const ROOM = `relay-${randomBytes(4).toString('hex')}`;
+const SECRET = `e2e-${randomBytes(8).toString('hex')}`;
+const WIDTH = { low: 320, mid: 640 };
+
+function token(args) {
+  return execFileSync(join(BIN_DIR, 'sfu'), ['token', '--secret', SECRET, ...args]).toString().trim();
+}
+
+async function startNats() {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'wave-e2e-nats-'));
+  const child = spawn('nats-server', ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', dir], { stdio: 'ignore' });
+  const exited = new Promise((ok) => child.once('exit', ok));
+  child.once('error', (e) => {
+    throw new Error(`cannot start nats-server (${e.message}); run scripts/setup.sh`);
+  });
+  const url = `nats://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    try {
+      execFileSync('bash', ['-c', `exec 3<>/dev/tcp/127.0.0.1/${port}`]);
+      return { url, async stop() { child.kill('SIGKILL'); await exited; rmSync(dir, { recursive: true, force: true }); } };
+    } catch {
+      await sleep(100);
+    }
+  }
+  child.kill('SIGKILL');
+  throw new Error(`nats-server did not listen on ${port}`);
+}
+
+describe(`a room across three nodes over the relay (room ${ROOM})`, { timeout: 150_000 }, () => {
+  const nodes = {};
+  const pages = {};
+  let nats;
+  let browser;
+  const ctx = failureContext(() => nodes.a, pages);
+  const admin = () => token(['--room', '*', '--identity', 'e2e-admin', '--subscribe']);
+
+  before(async () => {
+    nats = await startNats();
+    for (const id of ['a', 'b', 'c']) {
+      nodes[id] = await startNode({
+        env: { SFU_NATS: nats.url, SFU_AUTH_SECRET: SECRET, SFU_NODE_ID: id, SFU_HEARTBEAT: '200ms', SFU_NODE_TTL: '1s' },
+      });
+    }
+    // Every node sees the other two before anyone publishes.
+    const bearer = { Authorization: `Bearer ${admin()}` };
+    for (const id of ['a', 'b', 'c']) {
+      for (let i = 0; ; i++) {
+        const r = await fetch(`${nodes[id].base}/v1/nodes`, { headers: bearer });
+        if (r.ok && (await r.json()).nodes.length === 3) break;
+        if (i > 50) throw new Error(`node ${id} does not see 3 nodes`);
+        await sleep(100);
+      }
+    }
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    for (const n of Object.values(nodes)) {
+      await n.kill();
+      n.cleanup({ keepLog: ctx.failed || !!process.env.WAVE_E2E_KEEP_LOGS });
+      if (ctx.failed) console.log(`--- node log: ${n.logPath}\n${n.logTail(30, /WARN|ERROR|relay/)}`);
+    }
+    await nats?.stop();
+  });
+
+  it(
+    'A publishes with a token through its demo page; viewers on B and C decode it, no redirect',
+    ctx.step(async (t) => {
+      pages.pub = await browser.page(`${nodes.a.base}/`, 'publisher@a');
+      const pubToken = token(['--room', ROOM, '--identity', 'alice', '--publish']);
+      const pub = await pages.pub.evaluate(
+        ([room, token]) => window.wave.publish(room, { token, codec: 'vp8' }),
+        [ROOM, pubToken],
+      );
+      assert.ok(pub.location.startsWith('/whip/'), `WHIP answered by A itself: ${JSON.stringify(pub)}`);
+      await until(pages.pub, (s) => s.publish?.state === 'connected' && s.publish.layers.some((l) => l.framesEncoded > 0), 20_000, 'publisher connected');
+
+      for (const id of ['b', 'c']) {
+        pages[id] = await browser.page(`${nodes[id].base}/`, `viewer@${id}`);
+        const viewToken = token(['--room', ROOM, '--identity', `viewer-${id}`, '--subscribe']);
+        const t0 = Date.now();
+        const w = await pages[id].evaluate(
+          ([room, token]) => window.wave.watch(room, { token, layer: 'low' }),
+          [ROOM, viewToken],
+        );
+        assert.ok(w.location.startsWith('/whep/'), `WHEP answered by ${id} itself: ${JSON.stringify(w)}`);
+        const s = await until(
+          pages[id],
+          (s) => s.watch?.framesDecoded > 30 && s.watch.frameWidth === WIDTH.low,
+          30_000,
+          `viewer on ${id} decoding the low layer`,
+        );
+        t.diagnostic(`viewer on ${id}: ${s.watch.framesDecoded} frames at ${s.watch.frameWidth}x${s.watch.frameHeight}, ${Date.now() - t0} ms after watch()`);
+      }
+      const metric = async (id, name) => {
+        const text = await nodes[id].metrics(new RegExp(`^${name} `));
+        return Number(text.split(' ')[1] ?? NaN);
+      };
+      assert.equal(await metric('b', 'wave_relay_upstream_rooms'), 1, 'B watches the room on A once');
+      assert.equal(await metric('c', 'wave_relay_upstream_rooms'), 1, 'C watches the room on A once');
+      assert.equal(await metric('a', 'wave_relay_downstream_links'), 2, 'A feeds two links');
+    }),
+  );
+
+  it(
+    'a layer switch on C changes the decoded width and frames keep coming',
+    ctx.step(async (t) => {
+      const before = (await stats(pages.c)).watch.framesDecoded;
+      const status = await pages.c.evaluate(() => window.wave.setLayer('mid'));
+      assert.equal(status, 200);
+      const s = await until(pages.c, (s) => s.watch?.frameWidth === WIDTH.mid && s.watch.framesDecoded > before + 30, 40_000, 'C decoding the mid layer');
+      t.diagnostic(`viewer on c: ${s.watch.frameWidth}x${s.watch.frameHeight} after ${s.elapsedMs} ms`);
+      // B, still on low, keeps decoding.
+      const b0 = (await stats(pages.b)).watch.framesDecoded;
+      await until(pages.b, (s) => s.watch.framesDecoded > b0 + 20, 10_000, 'B still decoding');
+    }),
+  );
+});
