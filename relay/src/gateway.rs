@@ -796,7 +796,13 @@ mod tests {
         drain(&mut g);
         g.handle_worker(WorkerId(1), watch("r", false));
         let out = drain(&mut g);
-        assert!(matches!(links(&out)[..], [(LinkId(1), Message::Demand { wanted: false, .. })]), "{out:?}");
+        assert!(
+            matches!(
+                links(&out)[..],
+                [(LinkId(1), Message::Demand { wanted: false, .. })]
+            ),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -116,7 +116,16 @@ async fn a_watch_crosses_the_link_and_media_comes_back() {
     };
     // The edge's viewers need layer 1; small and large packets of it come
     // (a datagram, and one too large for one).
-    hand(&at_edge, WorkerId(0), Message::Demand { source: local, track: 0, layer: 1, wanted: true });
+    hand(
+        &at_edge,
+        WorkerId(0),
+        Message::Demand {
+            source: local,
+            track: 0,
+            layer: 1,
+            wanted: true,
+        },
+    );
     for size in [100usize, 3000] {
         let deadline = Instant::now() + Duration::from_secs(5);
         // Earlier sizes may still be arriving: wait for this one.
@@ -125,16 +134,21 @@ async fn a_watch_crosses_the_link_and_media_comes_back() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let mut got = Vec::new();
             at_edge[0].take(&mut got);
-            let this = got.into_iter().find(|(_, m)| {
-                matches!(m, Message::Media { packet, .. } if packet.payload.len() == size)
-            });
+            let this = got
+                .into_iter()
+                .find(|(_, m)| matches!(m, Message::Media { packet, .. } if packet.payload.len() == size));
             if let Some((_, m)) = this {
                 break m;
             }
             assert!(Instant::now() < deadline, "no media of {size} bytes arrived");
         };
         match got {
-            Message::Media { source, layer: 1, packet, .. } => {
+            Message::Media {
+                source,
+                layer: 1,
+                packet,
+                ..
+            } => {
                 assert_eq!(source, local);
                 assert_eq!((packet.seq, packet.rtp_ts), (7, 90_000));
             }

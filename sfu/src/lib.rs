@@ -112,6 +112,7 @@ pub async fn run(
     let cluster = join_cluster(&config.cluster, &bound, config.max_peers, node.relay()).await?;
     if let Some(relay) = node.relay() {
         tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
+        tokio::spawn(route_waiting(cluster.clone(), node.clone(), relay.clone()));
     }
     let server = signaling::Server::new(node.clone(), http).with_cluster(cluster.clone());
     let _ = http_sessions.set(server.sessions());
@@ -274,6 +275,45 @@ async fn trust_registry(cluster: signaling::cluster::Cluster, relay: relay::Rela
             .filter(|n| n.id != *cluster.node_id())
             .filter_map(|n| n.relay_fingerprint?.parse().ok());
         relay.trust().set(fingerprints);
+    }
+}
+
+/// Every half second: rooms whose viewers here have no publisher (they
+/// came before it, or its node died) are routed to the node that now holds
+/// the room's claim, if another, and fed from it over the relay. While the
+/// registry is unreachable the rooms wait and this retries.
+async fn route_waiting(cluster: signaling::cluster::Cluster, node: Arc<Node>, relay: relay::Relay) {
+    use signaling::MediaNode;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for room in node.rooms().await {
+            if !room.publishers.is_empty() || room.viewers.is_empty() || relay.is_routed(&room.room) {
+                continue;
+            }
+            let Ok(Some(claim)) = cluster.owner(&room.room).await else {
+                continue;
+            };
+            if claim.node == *cluster.node_id() {
+                continue;
+            }
+            let Some(info) = cluster.live_node(&claim.node) else {
+                continue;
+            };
+            let (Some(relay_addr), Some(fingerprint)) = (info.relay_addr, info.relay_fingerprint) else {
+                continue;
+            };
+            let origin = signaling::Origin {
+                node: claim.node.to_string(),
+                relay_addr,
+                fingerprint,
+            };
+            if crate::node::route(&relay, &room.room, &origin).await.is_ok() {
+                info!(room = %room.room, origin = %origin.node, "waiting viewers fed from the room's origin");
+                node.adopt(&room.room).await;
+            }
+        }
     }
 }
 

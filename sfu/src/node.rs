@@ -128,6 +128,29 @@ impl Node {
         self.relay.as_ref()
     }
 
+    /// Feeds the viewers of `room` waiting here from the relay gateway (the
+    /// room's origin turned out to be another node): each worker holding
+    /// one mirrors the room from the gateway.
+    pub async fn adopt(&self, room: &RoomId) {
+        if self.relay.is_none() {
+            return;
+        }
+        let workers: std::collections::BTreeSet<usize> = match self.sessions.lock() {
+            Ok(m) => m.values().filter(|(_, r)| r == room).map(|(i, _)| *i).collect(),
+            Err(_) => return,
+        };
+        let home = relay::Relay::gateway_id(self.workers.len());
+        for i in workers {
+            let command = Command::Mirror {
+                room: room.clone(),
+                home,
+            };
+            if let Err(e) = self.workers[i].call(command).await {
+                tracing::debug!(%room, worker = i, error = %e, "viewers here stay with the local room");
+            }
+        }
+    }
+
     /// The UDP addresses the workers listen on.
     pub fn media_addrs(&self) -> Vec<SocketAddr> {
         self.workers.iter().map(|w| w.local_addr).collect()
@@ -223,7 +246,11 @@ impl Node {
 }
 
 /// Routes `room` through the relay to `origin` (dialling it if needed).
-pub async fn route(relay: &relay::Relay, room: &RoomId, origin: &signaling::Origin) -> Result<(), MediaError> {
+pub async fn route(
+    relay: &relay::Relay,
+    room: &RoomId,
+    origin: &signaling::Origin,
+) -> Result<(), MediaError> {
     let unavailable = |why: String| {
         tracing::warn!(%room, origin = %origin.node, %why, "cannot relay the room from its origin");
         MediaError::Overloaded { retry_after_secs: 2 }
@@ -247,7 +274,8 @@ impl MediaNode for Node {
             identity: req.identity,
             offer: req.offer,
         };
-        self.open(&req.room, req.session.clone(), false, false, command).await
+        self.open(&req.room, req.session.clone(), false, false, command)
+            .await
     }
 
     async fn play(&self, req: PlayRequest) -> Result<String, MediaError> {
@@ -267,7 +295,8 @@ impl MediaNode for Node {
             max_layer: req.max_layer,
             home,
         };
-        self.open(&req.room, req.session.clone(), true, remote, command).await
+        self.open(&req.room, req.session.clone(), true, remote, command)
+            .await
     }
 
     async fn patch(

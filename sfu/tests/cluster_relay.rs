@@ -74,11 +74,76 @@ async fn any_node_answers_whep_and_feeds_it_from_the_origin_over_quic() {
     for (node, location, t) in sessions.iter().filter(|(n, ..)| n.http == b.http) {
         let auth = format!("Bearer {t}");
         let r = http
-            .send(Method::DELETE, &node.url(location), &[("authorization", &auth)], "")
+            .send(
+                Method::DELETE,
+                &node.url(location),
+                &[("authorization", &auth)],
+                "",
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
     metric_becomes(&http, &b, "wave_relay_upstream_rooms", 0.0).await;
     metric_becomes(&http, &a, "wave_relay_downstream_links", 1.0).await;
     assert_eq!(metric(&http, &c, "wave_relay_upstream_rooms").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_viewer_waiting_for_a_room_is_fed_when_it_starts_elsewhere_and_after_its_origin_dies() {
+    let nats = NatsServer::start();
+    let mut a = cluster_node(&nats, "a", "127.0.0.24");
+    let b = cluster_node(&nats, "b", "127.0.0.25");
+    let c = cluster_node(&nats, "c", "127.0.0.26");
+    let http = Http::default();
+    wait_for_view(&http, &[&a, &b, &c], 3).await;
+    let room = "early";
+
+    // The viewer comes first, to c: 201, nothing to watch yet.
+    let t = token(room, "viewer", false);
+    let v = http
+        .post_sdp(&c.url(&format!("/whep/{room}")), &play_offer(), Some(&t))
+        .await;
+    assert_eq!(v.status, StatusCode::CREATED, "{}", v.body);
+    assert_eq!(metric(&http, &c, "wave_relay_upstream_rooms").await, 0.0);
+
+    // The publisher comes to a: c subscribes to a within a second or so.
+    let p = http
+        .post_sdp(
+            &a.url(&format!("/whip/{room}")),
+            &publish_offer(),
+            Some(&token(room, "alice", true)),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+    metric_becomes(&http, &c, "wave_relay_upstream_rooms", 1.0).await;
+    metric_becomes(&http, &a, "wave_relay_downstream_links", 1.0).await;
+
+    // kill -9 a: c's link to it ends; the publisher comes back through b,
+    // which takes the room, and c's viewer is fed from b.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    metric_becomes(&http, &c, "wave_relay_links", 0.0).await;
+    let started = tokio::time::Instant::now();
+    loop {
+        let p = http
+            .post_sdp(
+                &b.url(&format!("/whip/{room}")),
+                &publish_offer(),
+                Some(&token(room, "alice", true)),
+            )
+            .await;
+        if p.status == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} {}",
+            p.status,
+            p.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    metric_becomes(&http, &b, "wave_relay_downstream_links", 1.0).await;
+    metric_becomes(&http, &c, "wave_relay_upstream_rooms", 1.0).await;
+    metric_becomes(&http, &c, "wave_relay_links", 1.0).await;
 }

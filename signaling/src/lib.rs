@@ -84,8 +84,8 @@ mod sessions;
 pub use config::{HttpConfig, IceServer, IceServerSource};
 pub use drain::Drain;
 pub use media::{
-    IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, Origin, PlayRequest, PublishRequest, PublisherInfo,
-    RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
+    IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, Origin, PlayRequest, PublishRequest,
+    PublisherInfo, RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
 };
 pub use ratelimit::{ConnectionLimit, RateLimit};
 pub use server::{Server, serve};

@@ -18,8 +18,9 @@ use crate::http::{
     self, ACCEPT_PATCH, ACCEPT_POST, CORS_MAX_AGE, CORS_METHODS, CORS_REQUEST_HEADERS, HttpError, IfMatch,
     JSON, Resp, SDP, SDPFRAG,
 };
-use crate::media::{Origin, 
-    IcePatch, LayerPref, MediaError, MediaNode, PlayRequest, PublishRequest, RoomId, RoomInfo, SessionId,
+use crate::media::{
+    IcePatch, LayerPref, MediaError, MediaNode, Origin, PlayRequest, PublishRequest, RoomId, RoomInfo,
+    SessionId,
 };
 use crate::metrics::HttpMetrics;
 use crate::page;

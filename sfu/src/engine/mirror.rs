@@ -86,7 +86,9 @@ impl Engine {
             for (ti, (t, told)) in tracks.iter().zip(m.demanded.iter_mut()).enumerate() {
                 let wants: Vec<bool> = match t.kind {
                     str0m::media::MediaKind::Audio => vec![!t.subscribers.is_empty()],
-                    str0m::media::MediaKind::Video => t.layers.iter().map(|l| !l.subscribers.is_empty()).collect(),
+                    str0m::media::MediaKind::Video => {
+                        t.layers.iter().map(|l| !l.subscribers.is_empty()).collect()
+                    }
                 };
                 told.resize(wants.len(), false);
                 for (li, (&want, was)) in wants.iter().zip(told.iter_mut()).enumerate() {
@@ -203,7 +205,8 @@ impl Engine {
         let r = self.rooms.entry(room.clone()).or_default();
         match r.home {
             Some(h) if h == home => Ok(()),
-            None if r.publishers.is_empty() && r.viewers.is_empty() && r.watchers.is_empty() => {
+            // Viewers may be waiting: they attach when the home announces.
+            None if r.publishers.is_empty() && r.watchers.is_empty() => {
                 r.home = Some(home);
                 debug!(%room, home = home.0, "mirroring room");
                 self.relays

@@ -165,6 +165,13 @@ pub enum Command {
         session: SessionId,
     },
     Rooms,
+    /// The room's publishers turned out to be on another engine (the relay
+    /// gateway, for a room published on another node): viewers waiting
+    /// here are fed from there.
+    Mirror {
+        room: RoomId,
+        home: WorkerId,
+    },
     /// Close every peer (RTCP BYE + DTLS close_notify) for shutdown.
     CloseAll,
 }
@@ -454,6 +461,7 @@ impl Engine {
                 Ok(Reply::Done)
             }
             Command::Rooms => Ok(Reply::Rooms(self.rooms_info())),
+            Command::Mirror { room, home } => self.watch(room, home).map(|()| Reply::Done),
             Command::CloseAll => {
                 let ids: Vec<PeerId> = self.peers.keys().copied().collect();
                 for id in ids {
