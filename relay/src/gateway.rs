@@ -212,6 +212,20 @@ impl Gateway {
                     self.out.push_back(GatewayOutput::Link(l, m));
                 }
             }
+            Message::Layers { source, track, rates } => {
+                let Some(s) = self.out_sources.get(&(from, source)) else {
+                    return;
+                };
+                let wire = wire_id(from, source);
+                for &l in self.watched.get(&s.room).into_iter().flatten() {
+                    let m = Message::Layers {
+                        source: wire,
+                        track,
+                        rates: rates.clone(),
+                    };
+                    self.out.push_back(GatewayOutput::Link(l, m));
+                }
+            }
             Message::Media {
                 source,
                 track,
@@ -453,6 +467,26 @@ impl Gateway {
                         };
                         self.out.push_back(GatewayOutput::Worker(w, m));
                     }
+                }
+            }
+            Message::Layers { source, track, rates } => {
+                let Some(&id) = self.in_ids.get(&(link, source)) else {
+                    return;
+                };
+                let Some(r) = self
+                    .in_sources
+                    .get(&id)
+                    .and_then(|s| self.edge_rooms.get(&s.room))
+                else {
+                    return;
+                };
+                for &w in &r.workers {
+                    let m = Message::Layers {
+                        source: id,
+                        track,
+                        rates: rates.clone(),
+                    };
+                    self.out.push_back(GatewayOutput::Worker(w, m));
                 }
             }
             Message::Media {

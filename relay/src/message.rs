@@ -81,6 +81,14 @@ pub enum Message {
     },
     /// Watcher → home: a viewer wants a keyframe of the source's video layer.
     Keyframe { source: SourceId, layer: u8 },
+    /// Home → watcher, every quarter second: each layer's bitrate at the
+    /// home, `None` for a layer not arriving there. A watcher ranks and
+    /// picks layers from it, including layers it does not receive.
+    Layers {
+        source: SourceId,
+        track: u8,
+        rates: Vec<Option<u64>>,
+    },
     /// Watcher → home: whether any viewer there needs this track's layer
     /// (its current or target layer; audio: layer 0). A layer nobody
     /// demanded is not sent over a node link.

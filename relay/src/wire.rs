@@ -30,6 +30,7 @@ const SOURCE_GONE: u8 = 3;
 const MEDIA: u8 = 4;
 const KEYFRAME: u8 = 5;
 const DEMAND: u8 = 6;
+const LAYERS: u8 = 7;
 
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +130,22 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.push(KEYFRAME);
             out.extend_from_slice(&source.0.to_be_bytes());
             out.push(*layer);
+        }
+        Message::Layers { source, track, rates } => {
+            out.push(LAYERS);
+            out.extend_from_slice(&source.0.to_be_bytes());
+            out.push(*track);
+            let rates = &rates[..rates.len().min(MAX_LAYERS)];
+            out.push(rates.len() as u8);
+            for r in rates {
+                match r {
+                    Some(bps) => {
+                        out.push(1);
+                        out.extend_from_slice(&bps.to_be_bytes());
+                    }
+                    None => out.push(0),
+                }
+            }
         }
         Message::Demand {
             source,
@@ -244,6 +261,23 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
             source: SourceId(r.u64("source")?),
             layer: r.u8("layer")?,
         },
+        LAYERS => {
+            let source = SourceId(r.u64("source")?);
+            let track = r.u8("track")?;
+            let n = usize::from(r.u8("layer count")?);
+            if n > MAX_LAYERS {
+                return Err(DecodeError::TooMany("layers"));
+            }
+            let mut rates = Vec::with_capacity(n);
+            for _ in 0..n {
+                rates.push(match r.u8("layer flag")? {
+                    0 => None,
+                    1 => Some(r.u64("bitrate")?),
+                    _ => return Err(DecodeError::Invalid("layer flag")),
+                });
+            }
+            Message::Layers { source, track, rates }
+        }
         DEMAND => Message::Demand {
             source: SourceId(r.u64("source")?),
             track: r.u8("track")?,
@@ -472,6 +506,11 @@ mod tests {
                 track: 1,
                 layer: 2,
                 wanted: true,
+            },
+            Message::Layers {
+                source: SourceId(9),
+                track: 1,
+                rates: vec![Some(150_000), None, Some(2_500_000)],
             },
         ]
     }

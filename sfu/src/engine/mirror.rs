@@ -47,6 +47,25 @@ impl Engine {
             // Engines of one node hand each other every layer (a shared
             // buffer each); node links filter by demand in the gateway.
             Message::Demand { .. } => {}
+            Message::Layers { source, track, rates } => {
+                let Some(m) = self
+                    .mirror_ids
+                    .get(&(from, source))
+                    .and_then(|id| self.mirrors.get_mut(id))
+                else {
+                    return;
+                };
+                let Some(t) = m.publisher.tracks.get_mut(usize::from(track)) else {
+                    return;
+                };
+                // A layer live at the home is live here, carried or not.
+                for (l, rate) in t.layers.iter_mut().zip(rates) {
+                    if let Some(bps) = rate {
+                        l.last_packet = Some(l.last_packet.map_or(now, |t| t.max(now)));
+                        l.bitrate_bps = bps;
+                    }
+                }
+            }
             Message::Source {
                 room,
                 source,
@@ -102,6 +121,42 @@ impl Engine {
                         };
                         relays.push_back((m.home, msg));
                     }
+                }
+            }
+        }
+    }
+
+    /// Tells the engines watching each publisher's room its video layers'
+    /// rates (every tick): they pick layers they do not receive from it.
+    pub(super) fn tell_layer_rates(&mut self, now: Instant) {
+        let Engine {
+            peers, rooms, relays, ..
+        } = self;
+        for (pid, peer) in peers.iter() {
+            let Role::Publisher(p) = &peer.role else { continue };
+            let Some(watchers) = rooms
+                .get(&peer.room)
+                .map(|r| &r.watchers)
+                .filter(|w| !w.is_empty())
+            else {
+                continue;
+            };
+            for (ti, t) in p.tracks.iter().enumerate() {
+                if t.kind != str0m::media::MediaKind::Video {
+                    continue;
+                }
+                let rates: Vec<Option<u64>> = t
+                    .layers
+                    .iter()
+                    .map(|l| l.active(now).then_some(l.bitrate_bps))
+                    .collect();
+                for &w in watchers {
+                    let msg = Message::Layers {
+                        source: SourceId(pid.0),
+                        track: ti as u8,
+                        rates: rates.clone(),
+                    };
+                    relays.push_back((w, msg));
                 }
             }
         }

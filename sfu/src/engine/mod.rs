@@ -583,6 +583,7 @@ impl Engine {
             .values()
             .flat_map(|r| r.viewers.iter().copied())
             .collect();
+        self.tell_layer_rates(now);
         for vid in viewers {
             self.select_layer(now, vid);
         }
