@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BIN_DIR, failureContext, freePort, launchBrowser, startNode, stats, until } from './helpers.mjs';
+import { BIN_DIR, failureContext, freePort, HLSJS_DIR, launchBrowser, startNode, stats, until } from './helpers.mjs';
 
 const ROOM = `relay-${randomBytes(4).toString('hex')}`;
 const SECRET = `e2e-${randomBytes(8).toString('hex')}`;
@@ -62,7 +62,7 @@ describe(`a room across three nodes over the relay (room ${ROOM})`, { timeout: 1
     nats = await startNats();
     for (const id of ['a', 'b', 'c']) {
       nodes[id] = await startNode({
-        env: { SFU_NATS: nats.url, SFU_AUTH_SECRET: SECRET, SFU_NODE_ID: id, SFU_HEARTBEAT: '200ms', SFU_NODE_TTL: '1s' },
+        env: { SFU_NATS: nats.url, SFU_AUTH_SECRET: SECRET, SFU_NODE_ID: id, SFU_HEARTBEAT: '200ms', SFU_NODE_TTL: '1s', SFU_HLSJS_DIR: HLSJS_DIR },
       });
     }
     // Every node sees the other two before anyone publishes.
@@ -94,7 +94,7 @@ describe(`a room across three nodes over the relay (room ${ROOM})`, { timeout: 1
       pages.pub = await browser.page(`${nodes.a.base}/`, 'publisher@a');
       const pubToken = token(['--room', ROOM, '--identity', 'alice', '--publish']);
       const pub = await pages.pub.evaluate(
-        ([room, token]) => window.wave.publish(room, { token, codec: 'vp8' }),
+        ([room, token]) => window.wave.publish(room, { token }),
         [ROOM, pubToken],
       );
       assert.equal(new URL(pub.location).origin, nodes.a.base, `WHIP answered by A itself: ${JSON.stringify(pub)}`);
@@ -138,6 +138,26 @@ describe(`a room across three nodes over the relay (room ${ROOM})`, { timeout: 1
       // B, still on low, keeps decoding.
       const b0 = (await stats(pages.b)).watch.framesDecoded;
       await until(pages.b, (s) => s.watch.framesDecoded > b0 + 20, 10_000, 'B still decoding');
+    }),
+  );
+
+  it(
+    "hls.js plays the room's LL-HLS from node B (packaged at A, passed on by B)",
+    ctx.step(async (t) => {
+      pages.hls = await browser.page(`${nodes.b.base}/`, 'hls@b');
+      const viewToken = token(['--room', ROOM, '--identity', 'hls-b', '--subscribe']);
+      const played = await pages.hls.evaluate(([room, token]) => window.wave.playHls(room, { token }), [ROOM, viewToken]);
+      assert.equal(new URL(played.url, nodes.b.base).origin, nodes.b.base, `played from B: ${played.url}`);
+      const hls = (page) => page.evaluate(() => ({ hls: window.wave.hlsStats() }));
+      const first = await until(pages.hls, (s) => s.hls?.totalVideoFrames > 0 && s.hls.currentTime > 0, 30_000, 'HLS frames from B', hls);
+      const later = await until(
+        pages.hls,
+        (s) => s.hls.totalVideoFrames > first.hls.totalVideoFrames + 60,
+        20_000,
+        'HLS frames advancing',
+        hls,
+      );
+      t.diagnostic(`hls.js on B: ${later.hls.totalVideoFrames} frames, latency ${later.hls.latency?.toFixed?.(2)} s`);
     }),
   );
 });

@@ -102,7 +102,10 @@ pub struct BenchArgs {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct Common {
-    /// Base URL of the server (WHIP/WHEP endpoints and metrics are below it).
+    /// Base URL of the server (WHIP/WHEP endpoints and metrics are below
+    /// it). Several, comma separated, spread a
+    /// cluster's load: publishers and metrics go to the first, viewers to
+    /// the others in turn.
     #[arg(
         long,
         env = "LOADTEST_URL",
@@ -331,9 +334,20 @@ impl Cli {
         if c.loop_frames == 0 || c.gop == 0 {
             return Err(Error::Config("loop_frames and gop must be positive".into()));
         }
+        let urls: Vec<String> = c
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let Some((url, others)) = urls.split_first() else {
+            return Err(Error::Config("--url is empty".into()));
+        };
         Ok(RunConfig {
             plan,
-            url: c.url.clone(),
+            url: url.clone(),
+            viewer_urls: others.to_vec(),
             whip_path: c.whip_path.clone(),
             whep_path: c.whep_path.clone(),
             metrics_path: (!c.metrics_path.is_empty()).then(|| c.metrics_path.clone()),

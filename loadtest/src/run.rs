@@ -85,7 +85,10 @@ impl Plan {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub plan: Plan,
+    /// The node publishers (and the metrics read) go to.
     pub url: String,
+    /// Nodes viewers are spread over, in turn; empty: `url`.
+    pub viewer_urls: Vec<String>,
     pub whip_path: String,
     pub whep_path: String,
     pub metrics_path: Option<String>,
@@ -268,7 +271,15 @@ impl Ctx {
         self.shared.progress.posted.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let (mut rtc, offer, pending) = peer::viewer_offer(&self.cert, local, posted)?;
-            let mut url = endpoint(&self.cfg, &self.cfg.whep_path, &room);
+            let base = match self.cfg.viewer_urls.len() {
+                0 => &self.cfg.url,
+                n => &self.cfg.viewer_urls[id as usize % n],
+            };
+            let mut url = format!(
+                "{}{}",
+                base.trim_end_matches('/'),
+                self.cfg.whep_path.replace("{room}", &room)
+            );
             let params = [
                 ("layer", join.layer.query().map(str::to_owned)),
                 ("publisher", watched),

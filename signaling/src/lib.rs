@@ -70,6 +70,7 @@ pub mod chat;
 pub mod cluster;
 mod config;
 mod drain;
+mod hls_proxy;
 mod http;
 mod locks;
 pub mod media;

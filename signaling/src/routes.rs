@@ -14,6 +14,7 @@ use crate::bus::Bus;
 use crate::chat::{self, Action, ChatError, ChatHub};
 use crate::cluster::{Claim, Cluster, NodeId, RoomClaim};
 use crate::config::{HttpConfig, IceServer};
+use crate::hls_proxy::HlsProxy;
 use crate::http::{
     self, ACCEPT_PATCH, ACCEPT_POST, CORS_MAX_AGE, CORS_METHODS, CORS_REQUEST_HEADERS, HttpError, IfMatch,
     JSON, Resp, SDP, SDPFRAG,
@@ -58,6 +59,8 @@ pub struct Shared<M> {
     /// `local_bus`).
     pub chat: tokio::sync::OnceCell<ChatHub>,
     local_bus: Bus,
+    /// `/hls/` of rooms held by another node.
+    hls_proxy: HlsProxy,
 }
 
 /// A parsed request path. Names are validated by the handlers, so that a bad
@@ -165,6 +168,7 @@ impl<M: MediaNode> Shared<M> {
             limiter,
             chat: tokio::sync::OnceCell::new(),
             local_bus: Bus::in_process(),
+            hls_proxy: HlsProxy::default(),
         }
     }
 
@@ -356,6 +360,12 @@ impl<M: MediaNode> Shared<M> {
             }
             Route::Hls => {
                 let (parts, _body) = req.into_parts();
+                if let Some(cluster) = self.cluster.as_ref().filter(|c| c.relays())
+                    && let Some(room) = HlsProxy::room_of(parts.uri.path())
+                    && let Some(owner) = self.hls_proxy.owner_elsewhere(cluster, &room).await
+                {
+                    return Ok(self.hls_proxy.forward(&owner, &parts).await);
+                }
                 match self.node.other(Request::from_parts(parts, ())).await {
                     Some(resp) => Ok(resp),
                     None => Err(HttpError::not_found()),
