@@ -3,8 +3,9 @@
 // node A's demo page with a bearer token; Chromium pages served by nodes B
 // and C watch the room over WHEP with their tokens. Every request is
 // answered by the node it reached (no redirect: a browser would drop the
-// token on one), the viewers decode the publisher's frames fed over QUIC
-// from A, and a layer switch on C changes the decoded width.
+// token on one), viewers on all three nodes decode the publisher's frames
+// (B's and C's fed over QUIC from A), a layer switch on C changes the
+// decoded width, and hls.js plays the room's LL-HLS from B.
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -89,7 +90,7 @@ describe(`a room across three nodes over the relay (room ${ROOM})`, { timeout: 1
   });
 
   it(
-    'A publishes with a token through its demo page; viewers on B and C decode it, no redirect',
+    'A publishes with a token through its demo page; viewers on A, B and C decode it, no redirect',
     ctx.step(async (t) => {
       pages.pub = await browser.page(`${nodes.a.base}/`, 'publisher@a');
       const pubToken = token(['--room', ROOM, '--identity', 'alice', '--publish']);
@@ -100,7 +101,8 @@ describe(`a room across three nodes over the relay (room ${ROOM})`, { timeout: 1
       assert.equal(new URL(pub.location).origin, nodes.a.base, `WHIP answered by A itself: ${JSON.stringify(pub)}`);
       await until(pages.pub, (s) => s.publish?.state === 'connected' && s.publish.layers.some((l) => l.framesEncoded > 0), 20_000, 'publisher connected');
 
-      for (const id of ['b', 'c']) {
+      // Viewers on all three nodes: A's own (local), B's and C's (relayed).
+      for (const id of ['a', 'b', 'c']) {
         pages[id] = await browser.page(`${nodes[id].base}/`, `viewer@${id}`);
         const viewToken = token(['--room', ROOM, '--identity', `viewer-${id}`, '--subscribe']);
         const t0 = Date.now();
