@@ -1,6 +1,7 @@
-//! `loadtest` against two real nodes sharing a real nats-server: the room is
-//! placed on node a, every publisher and viewer is sent to node b, answered
-//! with a 307 to a, and plays there.
+//! `loadtest` against two real nodes sharing a real nats-server with
+//! `--no-relay`: the room is placed on node a, every publisher and viewer is
+//! sent to node b, answered with a 307 to a, and plays there. (With the
+//! relay, node b answers them itself: `sfu`'s `cluster_relay` tests.)
 
 use crate::common;
 
@@ -25,6 +26,7 @@ fn start(nats: &NatsServer, id: &str, ip: &str) -> Node {
             "200ms",
             "--node-ttl",
             "1s",
+            "--no-relay",
         ],
     )
 }
