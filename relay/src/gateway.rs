@@ -28,6 +28,15 @@ use crate::message::{Message, SourceId, WorkerId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LinkId(pub u64);
 
+/// A room's links at one node ([`Gateway::room_links`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomLinks {
+    /// The link to the room's origin and the layers asked over it.
+    pub parent: Option<(LinkId, Vec<(SourceId, u8, u8)>)>,
+    /// The links watching the room here and the layers each asked for.
+    pub children: Vec<(LinkId, Vec<(SourceId, u8, u8)>)>,
+}
+
 /// What the gateway asks its driver to do.
 #[derive(Debug, Clone)]
 pub enum GatewayOutput {
@@ -647,6 +656,47 @@ impl Gateway {
         ));
     }
 
+    /// How `room` crosses this node's links: the link it is watched over (its
+    /// parent), the links watching it here (its children) and the layers
+    /// each carries, as `(source, track, layer)` in the origin's numbering.
+    pub fn room_links(&self, room: &RoomId) -> RoomLinks {
+        let parent = self.edge_rooms.get(room).filter(|r| r.link != NO_LINK).map(|r| {
+            let mut layers: Vec<(SourceId, u8, u8)> = self
+                .demand_in
+                .keys()
+                .filter(|k| r.sources.contains(&k.0))
+                .filter_map(|&(s, t, l)| Some((self.in_sources.get(&s)?.remote, t, l)))
+                .collect();
+            layers.sort();
+            (r.link, layers)
+        });
+        let wires: HashSet<SourceId> = self
+            .out_sources
+            .iter()
+            .filter(|(_, s)| s.room == *room)
+            .map(|(&(w, p), _)| wire_id(w, p))
+            .collect();
+        let children = self
+            .watched
+            .get(room)
+            .into_iter()
+            .flatten()
+            .map(|&l| {
+                let mut layers: Vec<(SourceId, u8, u8)> = self
+                    .demand_out
+                    .get(&l)
+                    .into_iter()
+                    .flatten()
+                    .filter(|k| wires.contains(&k.0))
+                    .copied()
+                    .collect();
+                layers.sort();
+                (l, layers)
+            })
+            .collect();
+        RoomLinks { parent, children }
+    }
+
     /// The next thing to do.
     pub fn poll_output(&mut self) -> Option<GatewayOutput> {
         self.out.pop_front()
@@ -823,6 +873,9 @@ mod tests {
             matches!(links(&out)[..], [(LinkId(1), Message::Demand { source: SourceId(s), layer: 2, wanted: true, .. })] if *s == 1 << 48 | 2),
             "one demand upstream: {out:?}"
         );
+        let links = g.room_links(&room("r"));
+        assert_eq!(links.parent, Some((LinkId(1), vec![(SourceId(1 << 48 | 2), 0, 2)])));
+        assert!(links.children.is_empty());
         g.handle_worker(WorkerId(0), demand(local, 2, false));
         assert!(drain(&mut g).is_empty(), "worker 1 still wants it");
         // Worker 1 leaving the room withdraws its demand with it.
@@ -884,6 +937,12 @@ mod tests {
             g.handle_link(l, demand(wire.0, 1, true));
         }
         g.handle_link(LinkId(2), demand(wire.0, 0, true));
+        let links = g.room_links(&room("r"));
+        assert_eq!(links.parent, None);
+        assert_eq!(
+            links.children,
+            vec![(LinkId(1), vec![(wire, 0, 1)]), (LinkId(2), vec![(wire, 0, 0), (wire, 0, 1)])]
+        );
         g.handle_worker(WorkerId(1), media(9, 1));
         let out = drain(&mut g);
         let sent: Vec<LinkId> = links(&out).iter().map(|(l, _)| *l).collect();

@@ -165,6 +165,7 @@ impl RelayStats {
 /// What the gateway task is told.
 enum Cmd {
     Route(RoomId, LinkId),
+    Links(RoomId, tokio::sync::oneshot::Sender<serde_json::Value>),
     Up(LinkId, LinkTx),
     Down(LinkId),
     Frame(LinkId, Message),
@@ -192,6 +193,10 @@ pub struct Relay {
 }
 
 struct Inner {
+    /// The relay's own thread and current-thread runtime: the gateway, the
+    /// endpoint and every link task run there, so a relayed frame crosses
+    /// no thread but the worker's hand-off.
+    rt: tokio::runtime::Handle,
     endpoint: quinn::Endpoint,
     identity: Identity,
     trust: Trust,
@@ -207,7 +212,7 @@ struct Inner {
 impl Relay {
     /// Binds `listen` and starts the gateway for a node of `workers`
     /// workers, whose inboxes are `inboxes` (one more at the end: the
-    /// gateway's own). Must run inside a tokio runtime.
+    /// gateway's own). Starts a thread of its own.
     pub fn start(
         listen: SocketAddr,
         workers: usize,
@@ -225,11 +230,20 @@ impl Relay {
         let server = QuicServerConfig::try_from(server).map_err(io::Error::other)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
         server.transport_config(transport());
-        let endpoint = quinn::Endpoint::server(server, listen)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = runtime.handle().clone();
+        let endpoint = {
+            let _in = rt.enter();
+            quinn::Endpoint::server(server, listen)?
+        };
+        std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
         let (tx, rx) = mpsc::channel(INBOUND);
         let stats = Arc::new(RelayStats::default());
         let relay = Relay {
             inner: Arc::new(Inner {
+                rt: rt.clone(),
                 endpoint,
                 identity,
                 trust,
@@ -242,8 +256,8 @@ impl Relay {
         };
         info!(addr = %relay.local_addr(), fingerprint = %relay.fingerprint(), "relay listening (QUIC)");
         let gateway = Gateway::new(workers, home);
-        tokio::spawn(run_gateway(gateway, inboxes, rx, stats));
-        tokio::spawn(accept(relay.clone()));
+        rt.spawn(run_gateway(gateway, inboxes, rx, stats));
+        rt.spawn(accept(relay.clone()));
         Ok(relay)
     }
 
@@ -369,11 +383,12 @@ impl Relay {
             .map_err(|_| RelayError::Stopped)?;
         self.inner.stats.links_opened.fetch_add(1, Ordering::Relaxed);
         info!(link = id.0, peer = %conn.remote_address(), "relay link up");
-        tokio::spawn(write_control(conn.clone(), rx));
-        tokio::spawn(read_control(id, conn.clone(), self.clone(), ready));
-        tokio::spawn(read_datagrams(id, conn.clone(), self.clone()));
+        let rt = &self.inner.rt;
+        rt.spawn(write_control(conn.clone(), rx));
+        rt.spawn(read_control(id, conn.clone(), self.clone(), ready));
+        rt.spawn(read_datagrams(id, conn.clone(), self.clone()));
         let relay = self.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let reason = conn.closed().await;
             info!(link = id.0, peer = %conn.remote_address(), %reason, "relay link down");
             relay.inner.stats.links_closed.fetch_add(1, Ordering::Relaxed);
@@ -410,7 +425,7 @@ impl Relay {
             Err(mpsc::error::TrySendError::Full(Cmd::Frame(_, msg))) if !msg.is_media() => {
                 // Control is never dropped: wait for room.
                 let tx = self.inner.tx.clone();
-                tokio::spawn(async move { tx.send(Cmd::Frame(link, msg)).await });
+                self.inner.rt.spawn(async move { tx.send(Cmd::Frame(link, msg)).await });
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -419,6 +434,17 @@ impl Relay {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
         }
+    }
+
+    /// How `room` crosses this node's links, for `/v1/rooms/{room}`:
+    /// `{"parent": {"peer", "layers"}, "children": [{"peer", "layers"}]}`,
+    /// a layer as `[source, track, layer]` in the origin's numbering.
+    pub async fn room_links(&self, room: &RoomId) -> serde_json::Value {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inner.tx.send(Cmd::Links(room.clone(), tx)).await.is_err() {
+            return serde_json::Value::Null;
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Closes every link (node shutdown).
@@ -442,7 +468,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
 async fn accept(relay: Relay) {
     while let Some(incoming) = relay.inner.endpoint.accept().await {
         let relay = relay.clone();
-        tokio::spawn(async move {
+        let rt = relay.inner.rt.clone();
+        rt.spawn(async move {
             let peer = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
@@ -596,6 +623,21 @@ async fn run_gateway(
 
 fn handle(gateway: &mut Gateway, links: &mut HashMap<LinkId, LinkTx>, cmd: Cmd) {
     match cmd {
+        Cmd::Links(room, reply) => {
+            let r = gateway.room_links(&room);
+            let link = |(l, layers): &(LinkId, Vec<(crate::SourceId, u8, u8)>)| {
+                let peer = links.get(l).map(|t| t.conn.remote_address().to_string());
+                let layers: Vec<[u64; 3]> = layers
+                    .iter()
+                    .map(|&(s, t, l)| [s.0, u64::from(t), u64::from(l)])
+                    .collect();
+                serde_json::json!({ "peer": peer, "layers": layers })
+            };
+            let _ = reply.send(serde_json::json!({
+                "parent": r.parent.as_ref().map(link),
+                "children": r.children.iter().map(link).collect::<Vec<_>>(),
+            }));
+        }
         Cmd::Route(room, link) if links.contains_key(&link) => gateway.route(room, link),
         Cmd::Route(room, link) => debug!(%room, link = link.0, "route over a closed link ignored"),
         Cmd::Up(link, tx) => {

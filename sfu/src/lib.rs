@@ -150,6 +150,10 @@ pub async fn run(
         warn!("leaving the registry timed out; entries expire by themselves");
     }
 
+    // Links close at once (the peers' mirrored sources end now, not at the idle timeout).
+    if let Some(relay) = node.relay() {
+        relay.close();
+    }
     info!("closing peers");
     let closing = node.clone();
     let closed = tokio::time::timeout(Duration::from_millis(1500), async move {

@@ -378,6 +378,13 @@ impl MediaNode for Node {
         Some(hls.handle(&req).await)
     }
 
+    async fn room_links(&self, room: &RoomId) -> serde_json::Value {
+        match &self.relay {
+            Some(relay) => relay.room_links(room).await,
+            None => serde_json::Value::Null,
+        }
+    }
+
     async fn metrics(&self, out: &mut String) {
         // The workers' table, summed over workers, then what is per worker
         // or per node.

@@ -67,6 +67,12 @@ pub trait MediaNode: Send + Sync + 'static {
     fn delete(&self, session: &SessionId) -> impl Future<Output = Result<(), MediaError>> + Send;
     /// Snapshot for `/v1/rooms`, ordered by room id.
     fn rooms(&self) -> impl Future<Output = Vec<RoomInfo>> + Send;
+    /// How a room crosses this node's relay links (`/v1/rooms/{room}`'s
+    /// `relay`); `Null` on a node that does not relay.
+    fn room_links(&self, room: &RoomId) -> impl Future<Output = serde_json::Value> + Send {
+        let _ = room;
+        std::future::ready(serde_json::Value::Null)
+    }
     /// Appends the node's Prometheus text exposition to `out`.
     fn metrics(&self, out: &mut String) -> impl Future<Output = ()> + Send;
     /// Serves `/hls/...` (the node's LL-HLS); `None` answers 404. The body

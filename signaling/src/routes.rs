@@ -39,6 +39,10 @@ const READ_METHODS: &str = "GET, HEAD";
 /// Retry-After of a draining node: by then a load balancer polling
 /// `/healthz` has taken it out and the retry reaches another node.
 const DRAIN_RETRY_SECS: u32 = 3;
+/// An overflow redirect goes to a node whose busiest resource is under this.
+const OVERFLOW_LOAD: f64 = 0.9;
+/// How long an overflow redirect's ticket is good for.
+const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 const CHAT_METHODS: &str = "GET";
 const MODERATION_METHODS: &str = "POST, OPTIONS";
 
@@ -392,7 +396,12 @@ impl<M: MediaNode> Shared<M> {
             ));
         }
         self.rate_limit(peer)?;
-        let claims = self.authorize(req.headers(), &room, grant_of(kind))?;
+        let claims = match (kind, ticket_of(req.uri())?) {
+            // An overflow redirect's ticket stands in for the bearer token
+            // the browser dropped on the way.
+            (Kind::Whep, Some(ticket)) if http::bearer(req.headers()).is_none() => self.authorize_ticket(&ticket, &room)?,
+            _ => self.authorize(req.headers(), &room, grant_of(kind))?,
+        };
         if !http::content_type_is(req.headers(), SDP) {
             return Err(HttpError::unsupported_type(ACCEPT_POST, SDP));
         }
@@ -409,6 +418,7 @@ impl<M: MediaNode> Shared<M> {
             Kind::Whip => (None, None),
         };
         let (parts, body) = req.into_parts();
+        let query = parts.uri.query().unwrap_or("").to_owned();
         let offer = self.read_text(body, &parts.headers).await?;
         if !sdpfrag::looks_like_sdp(&offer) {
             return Err(HttpError::bad_request("body is not an SDP offer (no v=0 line)"));
@@ -443,7 +453,13 @@ impl<M: MediaNode> Shared<M> {
                     max_layer,
                     origin,
                 };
-                self.node.play(req).await?
+                match self.node.play(req).await {
+                    Ok(answer) => answer,
+                    Err(MediaError::Overloaded { retry_after_secs }) => {
+                        return self.overflow(&room, &query, identity.as_deref(), retry_after_secs);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         let local = sdpfrag::ice_params(&answer);
@@ -663,6 +679,7 @@ impl<M: MediaNode> Shared<M> {
                         format!("room {room} is not active"),
                     ));
                 }
+                let relay = self.node.room_links(&room).await;
                 // A room hosted elsewhere is listed with its owner and no local peers.
                 let info = local.unwrap_or_else(|| RoomInfo {
                     room,
@@ -672,6 +689,7 @@ impl<M: MediaNode> Shared<M> {
                 let mut value = serde_json::to_value(&info).unwrap_or_default();
                 value["owner"] = serde_json::to_value(&owner).unwrap_or_default();
                 value["presence"] = serde_json::to_value(&presence).unwrap_or_default();
+                value["relay"] = relay;
                 Ok(http::json(StatusCode::OK, &value))
             }
         }
@@ -708,6 +726,72 @@ impl<M: MediaNode> Shared<M> {
                 }
             },
         }
+    }
+
+    /// WHEP at a full node: 307 to the least loaded node with room (its
+    /// `Location` carries a ticket, a subscribe token for the room valid a
+    /// minute: browsers drop `Authorization` on a cross-origin redirect), or
+    /// 503 + `Retry-After` with the room's LL-HLS as the alternate when
+    /// every node is full.
+    fn overflow(&self, room: &RoomId, query: &str, identity: Option<&str>, retry: u32) -> Result<Resp, HttpError> {
+        let target = self.cluster.as_ref().and_then(|c| {
+            c.live_nodes()
+                .into_iter()
+                .filter(|n| n.id != *c.node_id() && n.load.factor() < OVERFLOW_LOAD)
+                .min_by(|a, b| a.load.factor().total_cmp(&b.load.factor()))
+        });
+        let Some(target) = target else {
+            let hls = header_value(&format!(
+                "</hls/{room}/index.m3u8>; rel=\"alternate\"; type=\"application/vnd.apple.mpegurl\""
+            ))?;
+            return Err(HttpError::retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "every node is full; the room's LL-HLS is the alternate",
+                retry,
+            )
+            .with(header::LINK, hls));
+        };
+        let mut params: Vec<String> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("ticket="))
+            .map(str::to_owned)
+            .collect();
+        if let Some(secret) = &self.config.auth_secret {
+            let mut c = Claims::new(room.as_str(), identity.unwrap_or("anonymous"), TICKET_TTL, SystemTime::now());
+            c.subscribe = true;
+            c.aud = self.config.token_policy.audience.clone().map(auth::Audience::One);
+            params.push(format!("ticket={}", auth::issue_claims(secret, &c)));
+        }
+        let query = if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", params.join("&"))
+        };
+        let url = format!("{}/whep/{room}{query}", target.http_url.trim_end_matches('/'));
+        debug!(%room, node = %target.id, "node full, redirecting the viewer");
+        let mut resp = http::with_body(
+            StatusCode::TEMPORARY_REDIRECT,
+            "text/plain; charset=utf-8",
+            format!("this node is full; node {} has room\n", target.id),
+        );
+        resp.headers_mut().insert(header::LOCATION, header_value(&url)?);
+        Ok(resp)
+    }
+
+    /// A ticket from an overflow redirect, checked as a subscribe token.
+    fn authorize_ticket(&self, ticket: &str, room: &RoomId) -> Result<Option<Claims>, HttpError> {
+        let Some(secret) = &self.config.auth_secret else {
+            return Ok(None);
+        };
+        let claims = auth::verify_with(secret, &self.config.token_policy, ticket, SystemTime::now())?;
+        if !claims.allows(room, Grant::Subscribe) {
+            return Err(AuthError::Forbidden {
+                room: room.clone(),
+                grant: Grant::Subscribe,
+            }
+            .into());
+        }
+        Ok(Some(claims))
     }
 
     /// The owner as a relay origin, when both it and this node relay.
@@ -1070,6 +1154,11 @@ fn websocket_key(headers: &HeaderMap) -> Result<String, HttpError> {
     Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(
         key.as_bytes(),
     ))
+}
+
+/// `?ticket=` of a request (an overflow redirect's).
+fn ticket_of(uri: &hyper::Uri) -> Result<Option<String>, HttpError> {
+    query_param(uri.query().unwrap_or(""), "ticket")
 }
 
 /// The percent-decoded value of `name` in a query string.
