@@ -14,6 +14,7 @@
 # per layer (a layer must cross each link once), and the CPU each node
 # spent per relayed frame. Viewers take LAYER (low, mid, high).
 # Usage: scripts/bench-cascade.sh [VIEWERS] [SECONDS] [PUBLISHERS] [LAYER]
+# (WAVE_SFU=path runs another sfu binary, for a before/after comparison.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWERS=${1:-200}
@@ -21,7 +22,8 @@ SECS=${2:-20}
 PUBLISHERS=${3:-10}
 LAYER=${4:-high}
 BIN=target/release
-[ -x "$BIN/sfu" ] && [ -x "$BIN/loadtest" ] || { echo "bench-cascade: build first: cargo build --release -p sfu -p loadtest" >&2; exit 1; }
+SFU=${WAVE_SFU:-$BIN/sfu}
+[ -x "$SFU" ] && [ -x "$BIN/loadtest" ] || { echo "bench-cascade: build first: cargo build --release -p sfu -p loadtest" >&2; exit 1; }
 command -v nats-server >/dev/null || { echo "bench-cascade: nats-server missing: run scripts/setup.sh --test" >&2; exit 1; }
 DIR=$(mktemp -d)
 PIDS=()
@@ -36,8 +38,8 @@ for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && 
 
 declare -A URL PID
 for n in a b c; do
-  "$BIN/sfu" serve --http 127.0.0.1:0 --workers 1 --nats "nats://127.0.0.1:$NATS_PORT" --node-id "$n" \
-    --heartbeat 200ms --node-ttl 1s >"$DIR/$n.out" 2>"$DIR/$n.log" &
+  "$SFU" serve --http 127.0.0.1:0 --workers 1 --nats "nats://127.0.0.1:$NATS_PORT" --node-id "$n" \
+    --heartbeat 200ms --node-ttl 1s --no-hls >"$DIR/$n.out" 2>"$DIR/$n.log" &
   PID[$n]=$!
   PIDS+=($!)
   disown
@@ -52,31 +54,45 @@ metric() { # node name -> value (0 when absent)
   curl -s "${URL[$1]}/metrics" | awk -v m="$2" '$1 == m { print $2; found=1 } END { if (!found) print 0 }'
 }
 cpu() { metric "$1" process_cpu_seconds_total; }
+relay_cpu() { # node -> CPU seconds of its relay thread (gateway + QUIC)
+  local t
+  for t in /proc/"${PID[$1]}"/task/*; do
+    if [ "$(cat "$t/comm" 2>/dev/null)" = relay ]; then
+      awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "$t/stat"
+      return
+    fi
+  done
+  echo 0
+}
 
 run() { # case seed urls
   local name=$1 seed=$2 urls=$3
   declare -gA CPU0 CPU1
-  for n in a b c; do CPU0[$n]=$(cpu $n); done
+  declare -gA RCPU0 RCPU1
+  for n in a b c; do CPU0[$n]=$(cpu $n); RCPU0[$n]=$(relay_cpu $n); done
   F0=$(metric a wave_relay_frames_sent_total); B0=$(metric a wave_relay_bytes_sent_total)
   R0=$(( $(metric b wave_relay_frames_received_total | cut -d. -f1) + $(metric c wave_relay_frames_received_total | cut -d. -f1) ))
   "$BIN/loadtest" --url "$urls" --seed "$seed" --rate 50 --duration "$SECS" --quiet --json "$DIR/$name.json" \
     fanout --publishers "$PUBLISHERS" --viewers "$4" --layer "$LAYER" >"$DIR/$name.txt" 2>&1 || { cat "$DIR/$name.txt"; exit 1; }
-  for n in a b c; do CPU1[$n]=$(cpu $n); done
+  for n in a b c; do CPU1[$n]=$(cpu $n); RCPU1[$n]=$(relay_cpu $n); done
   F1=$(metric a wave_relay_frames_sent_total); B1=$(metric a wave_relay_bytes_sent_total)
   R1=$(( $(metric b wave_relay_frames_received_total | cut -d. -f1) + $(metric c wave_relay_frames_received_total | cut -d. -f1) ))
   python3 - "$DIR/$name.json" "$name" "$F0" "$F1" "$B0" "$B1" "$R0" "$R1" \
-    "${CPU0[a]}" "${CPU1[a]}" "${CPU0[b]}" "${CPU1[b]}" "${CPU0[c]}" "${CPU1[c]}" >>"$DIR/rows" <<'EOF'
+    "${CPU0[a]}" "${CPU1[a]}" "${CPU0[b]}" "${CPU1[b]}" "${CPU0[c]}" "${CPU1[c]}" \
+    "${RCPU0[a]}" "${RCPU1[a]}" "${RCPU0[b]}" "${RCPU1[b]}" "${RCPU0[c]}" "${RCPU1[c]}" >>"$DIR/rows" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 name = sys.argv[2]
 f0, f1, b0, b1, r0, r1 = (float(x) for x in sys.argv[3:9])
 ca0, ca1, cb0, cb1, cc0, cc1 = (float(x) for x in sys.argv[9:15])
+ra0, ra1, rb0, rb1, rc0, rc1 = (float(x) for x in sys.argv[15:21])
 print(json.dumps({
     "case": name, "joined": r["viewers_joined"], "planned": r["viewers_planned"],
     "join_p95": r["join_ms"]["first_keyframe"]["p95"], "lat_p50": r["latency_ms"]["p50"], "lat_p99": r["latency_ms"]["p99"],
     "loss_pct": r["loss_pct"], "secs": r["duration_secs"],
     "frames_sent": f1 - f0, "bytes_sent": b1 - b0, "frames_received": r1 - r0,
     "cpu_a": ca1 - ca0, "cpu_b": cb1 - cb0, "cpu_c": cc1 - cc0,
+    "relay_a": ra1 - ra0, "relay_bc": (rb1 - rb0) + (rc1 - rc0),
 }))
 EOF
 }
@@ -111,7 +127,10 @@ if c["frames_sent"] > 0:
     forwarding = per_s(l, "cpu_a") - per_s(i, "cpu_a")
     relay_edges = per_s(c, "cpu_b") + per_s(c, "cpu_c") - forwarding
     fps = c["frames_sent"] / span
-    print(f"CPU per relayed frame: origin {relay_origin / fps * 1e6:.2f} us per frame sent "
+    print(f"relay thread CPU per frame: origin {c['relay_a'] / c['frames_sent'] * 1e6:.2f} us per frame sent, "
+          f"edges {c['relay_bc'] / c['frames_received'] * 1e6:.2f} us per frame received "
+          f"({c['relay_a']:.2f} s and {c['relay_bc']:.2f} s of the relay threads)")
+    print(f"whole-process CPU per relayed frame: origin {relay_origin / fps * 1e6:.2f} us per frame sent "
           f"(A's CPU/s with 2 edges minus with its publisher alone), edges {relay_edges / fps * 1e6:.2f} us per frame received "
           f"(B+C's CPU/s minus A's for forwarding to as many viewers locally)")
 EOF

@@ -874,7 +874,10 @@ mod tests {
             "one demand upstream: {out:?}"
         );
         let links = g.room_links(&room("r"));
-        assert_eq!(links.parent, Some((LinkId(1), vec![(SourceId(1 << 48 | 2), 0, 2)])));
+        assert_eq!(
+            links.parent,
+            Some((LinkId(1), vec![(SourceId(1 << 48 | 2), 0, 2)]))
+        );
         assert!(links.children.is_empty());
         g.handle_worker(WorkerId(0), demand(local, 2, false));
         assert!(drain(&mut g).is_empty(), "worker 1 still wants it");
@@ -941,7 +944,10 @@ mod tests {
         assert_eq!(links.parent, None);
         assert_eq!(
             links.children,
-            vec![(LinkId(1), vec![(wire, 0, 1)]), (LinkId(2), vec![(wire, 0, 0), (wire, 0, 1)])]
+            vec![
+                (LinkId(1), vec![(wire, 0, 1)]),
+                (LinkId(2), vec![(wire, 0, 0), (wire, 0, 1)])
+            ]
         );
         g.handle_worker(WorkerId(1), media(9, 1));
         let out = drain(&mut g);

@@ -230,7 +230,9 @@ impl Relay {
         let server = QuicServerConfig::try_from(server).map_err(io::Error::other)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
         server.transport_config(transport());
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let rt = runtime.handle().clone();
         let endpoint = {
             let _in = rt.enter();
@@ -425,7 +427,9 @@ impl Relay {
             Err(mpsc::error::TrySendError::Full(Cmd::Frame(_, msg))) if !msg.is_media() => {
                 // Control is never dropped: wait for room.
                 let tx = self.inner.tx.clone();
-                self.inner.rt.spawn(async move { tx.send(Cmd::Frame(link, msg)).await });
+                self.inner
+                    .rt
+                    .spawn(async move { tx.send(Cmd::Frame(link, msg)).await });
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -70,11 +70,23 @@ async fn any_node_answers_whep_and_feeds_it_from_the_origin_over_quic() {
     metric_becomes(&http, &a, "wave_relay_downstream_links", 2.0).await;
     metric_becomes(&http, &b, "wave_relay_links", 1.0).await;
     // `/v1/rooms/{room}` shows each node's links: b's parent, a's children.
-    let at_b = common::chat::room_json(&http, &b, &room).await.expect("room at b");
+    let at_b = common::chat::room_json(&http, &b, &room)
+        .await
+        .expect("room at b");
     assert!(at_b["relay"]["parent"]["peer"].is_string(), "{at_b}");
-    assert_eq!(at_b["relay"]["children"].as_array().map(Vec::len), Some(0), "{at_b}");
-    let at_a = common::chat::room_json(&http, &a, &room).await.expect("room at a");
-    assert_eq!(at_a["relay"]["children"].as_array().map(Vec::len), Some(2), "{at_a}");
+    assert_eq!(
+        at_b["relay"]["children"].as_array().map(Vec::len),
+        Some(0),
+        "{at_b}"
+    );
+    let at_a = common::chat::room_json(&http, &a, &room)
+        .await
+        .expect("room at a");
+    assert_eq!(
+        at_a["relay"]["children"].as_array().map(Vec::len),
+        Some(2),
+        "{at_a}"
+    );
     assert!(at_a["relay"]["parent"].is_null(), "{at_a}");
 
     // The last viewer at b leaving unsubscribes b; c stays.
@@ -176,12 +188,20 @@ async fn a_full_node_sends_a_viewer_on_with_a_ticket_and_a_full_cluster_offers_l
     wait_for_view(&http, &[&a, &b], 2).await;
     let room = "full";
     let p = http
-        .post_sdp(&a.url(&format!("/whip/{room}")), &publish_offer(), Some(&token(room, "alice", true)))
+        .post_sdp(
+            &a.url(&format!("/whip/{room}")),
+            &publish_offer(),
+            Some(&token(room, "alice", true)),
+        )
         .await;
     assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
     let t = token(room, "viewer", false);
     let first = http
-        .post_sdp(&b.url(&format!("/whep/{room}?layer=low")), &play_offer(), Some(&t))
+        .post_sdp(
+            &b.url(&format!("/whep/{room}?layer=low")),
+            &play_offer(),
+            Some(&t),
+        )
         .await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
 
@@ -190,17 +210,27 @@ async fn a_full_node_sends_a_viewer_on_with_a_ticket_and_a_full_cluster_offers_l
     // cross-origin redirect) and the viewer's own query kept.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let full = http
-        .post_sdp(&b.url(&format!("/whep/{room}?layer=low")), &play_offer(), Some(&t))
+        .post_sdp(
+            &b.url(&format!("/whep/{room}?layer=low")),
+            &play_offer(),
+            Some(&t),
+        )
         .await;
     assert_eq!(full.status, StatusCode::TEMPORARY_REDIRECT, "{}", full.body);
     let to = full.header("location").expect("Location").to_owned();
-    assert!(to.starts_with(&a.url(&format!("/whep/{room}?layer=low&ticket="))), "{to}");
+    assert!(
+        to.starts_with(&a.url(&format!("/whep/{room}?layer=low&ticket="))),
+        "{to}"
+    );
     // Followed without Authorization, as a browser does: the ticket admits it.
     let followed = http.post_sdp(&to, &play_offer(), None).await;
     assert_eq!(followed.status, StatusCode::CREATED, "{}", followed.body);
     // A ticket is for its room only.
     let other = to.replace(&format!("/whep/{room}?"), "/whep/elsewhere?");
-    assert_eq!(http.post_sdp(&other, &play_offer(), None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        http.post_sdp(&other, &play_offer(), None).await.status,
+        StatusCode::FORBIDDEN
+    );
 
     // Every node full: 503, Retry-After, and the room's LL-HLS as the alternate.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -211,6 +241,9 @@ async fn a_full_node_sends_a_viewer_on_with_a_ticket_and_a_full_cluster_offers_l
     assert!(none.header("retry-after").is_some());
     assert_eq!(
         none.header("link"),
-        Some(format!("</hls/{room}/index.m3u8>; rel=\"alternate\"; type=\"application/vnd.apple.mpegurl\"").as_str())
+        Some(
+            format!("</hls/{room}/index.m3u8>; rel=\"alternate\"; type=\"application/vnd.apple.mpegurl\"")
+                .as_str()
+        )
     );
 }

@@ -399,7 +399,9 @@ impl<M: MediaNode> Shared<M> {
         let claims = match (kind, ticket_of(req.uri())?) {
             // An overflow redirect's ticket stands in for the bearer token
             // the browser dropped on the way.
-            (Kind::Whep, Some(ticket)) if http::bearer(req.headers()).is_none() => self.authorize_ticket(&ticket, &room)?,
+            (Kind::Whep, Some(ticket)) if http::bearer(req.headers()).is_none() => {
+                self.authorize_ticket(&ticket, &room)?
+            }
             _ => self.authorize(req.headers(), &room, grant_of(kind))?,
         };
         if !http::content_type_is(req.headers(), SDP) {
@@ -733,7 +735,13 @@ impl<M: MediaNode> Shared<M> {
     /// minute: browsers drop `Authorization` on a cross-origin redirect), or
     /// 503 + `Retry-After` with the room's LL-HLS as the alternate when
     /// every node is full.
-    fn overflow(&self, room: &RoomId, query: &str, identity: Option<&str>, retry: u32) -> Result<Resp, HttpError> {
+    fn overflow(
+        &self,
+        room: &RoomId,
+        query: &str,
+        identity: Option<&str>,
+        retry: u32,
+    ) -> Result<Resp, HttpError> {
         let target = self.cluster.as_ref().and_then(|c| {
             c.live_nodes()
                 .into_iter()
@@ -757,7 +765,12 @@ impl<M: MediaNode> Shared<M> {
             .map(str::to_owned)
             .collect();
         if let Some(secret) = &self.config.auth_secret {
-            let mut c = Claims::new(room.as_str(), identity.unwrap_or("anonymous"), TICKET_TTL, SystemTime::now());
+            let mut c = Claims::new(
+                room.as_str(),
+                identity.unwrap_or("anonymous"),
+                TICKET_TTL,
+                SystemTime::now(),
+            );
             c.subscribe = true;
             c.aud = self.config.token_policy.audience.clone().map(auth::Audience::One);
             params.push(format!("ticket={}", auth::issue_claims(secret, &c)));
