@@ -28,13 +28,18 @@ use crate::message::{Message, SourceId, WorkerId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LinkId(pub u64);
 
+/// A source's track and layer, as `(source, track, layer)`.
+pub type LayerKey = (SourceId, u8, u8);
+/// A link and the layers it carries.
+pub type Carried = (LinkId, Vec<LayerKey>);
+
 /// A room's links at one node ([`Gateway::room_links`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoomLinks {
     /// The link to the room's origin and the layers asked over it.
-    pub parent: Option<(LinkId, Vec<(SourceId, u8, u8)>)>,
+    pub parent: Option<Carried>,
     /// The links watching the room here and the layers each asked for.
-    pub children: Vec<(LinkId, Vec<(SourceId, u8, u8)>)>,
+    pub children: Vec<Carried>,
 }
 
 /// What the gateway asks its driver to do.

@@ -629,7 +629,7 @@ fn handle(gateway: &mut Gateway, links: &mut HashMap<LinkId, LinkTx>, cmd: Cmd) 
     match cmd {
         Cmd::Links(room, reply) => {
             let r = gateway.room_links(&room);
-            let link = |(l, layers): &(LinkId, Vec<(crate::SourceId, u8, u8)>)| {
+            let link = |(l, layers): &crate::gateway::Carried| {
                 let peer = links.get(l).map(|t| t.conn.remote_address().to_string());
                 let layers: Vec<[u64; 3]> = layers
                     .iter()
