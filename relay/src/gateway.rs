@@ -945,10 +945,10 @@ mod tests {
             g.handle_link(l, demand(wire.0, 1, true));
         }
         g.handle_link(LinkId(2), demand(wire.0, 0, true));
-        let links = g.room_links(&room("r"));
-        assert_eq!(links.parent, None);
+        let carried = g.room_links(&room("r"));
+        assert_eq!(carried.parent, None);
         assert_eq!(
-            links.children,
+            carried.children,
             vec![
                 (LinkId(1), vec![(wire, 0, 1)]),
                 (LinkId(2), vec![(wire, 0, 0), (wire, 0, 1)])
