@@ -878,12 +878,12 @@ mod tests {
             matches!(links(&out)[..], [(LinkId(1), Message::Demand { source: SourceId(s), layer: 2, wanted: true, .. })] if *s == 1 << 48 | 2),
             "one demand upstream: {out:?}"
         );
-        let links = g.room_links(&room("r"));
+        let carried = g.room_links(&room("r"));
         assert_eq!(
-            links.parent,
+            carried.parent,
             Some((LinkId(1), vec![(SourceId(1 << 48 | 2), 0, 2)]))
         );
-        assert!(links.children.is_empty());
+        assert!(carried.children.is_empty());
         g.handle_worker(WorkerId(0), demand(local, 2, false));
         assert!(drain(&mut g).is_empty(), "worker 1 still wants it");
         // Worker 1 leaving the room withdraws its demand with it.
