@@ -402,8 +402,16 @@ impl Relay {
         Ok(id)
     }
 
-    /// A decoded frame from a link; `Err` closes that link.
-    fn received(&self, link: LinkId, conn: &quinn::Connection, frame: &[u8], media: bool) -> Result<(), ()> {
+    /// A decoded frame from a link; `Err` closes that link. Media is queued
+    /// for the gateway while its queue has room (else dropped and counted);
+    /// a control message is returned for the stream's reader to await.
+    fn received(
+        &self,
+        link: LinkId,
+        conn: &quinn::Connection,
+        frame: &[u8],
+        media: bool,
+    ) -> Result<Option<Message>, ()> {
         let stats = &self.inner.stats;
         stats.frames_in.fetch_add(1, Ordering::Relaxed);
         stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
@@ -422,19 +430,15 @@ impl Relay {
             conn.close(CLOSE_BAD_FRAME.into(), b"control in a datagram");
             return Err(());
         }
+        if !msg.is_media() {
+            // Control is never dropped: the stream's reader waits for room.
+            return Ok(Some(msg));
+        }
         match self.inner.tx.try_send(Cmd::Frame(link, msg)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(Cmd::Frame(_, msg))) if !msg.is_media() => {
-                // Control is never dropped: wait for room.
-                let tx = self.inner.tx.clone();
-                self.inner
-                    .rt
-                    .spawn(async move { tx.send(Cmd::Frame(link, msg)).await });
-                Ok(())
-            }
+            Ok(()) => Ok(None),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 stats.dropped_in.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Ok(None)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
         }
@@ -549,8 +553,14 @@ async fn read_control(
         if stream.read_exact(&mut buf[..len]).await.is_err() {
             return;
         }
-        if relay.received(link, &conn, &buf[..len], false).is_err() {
-            return;
+        match relay.received(link, &conn, &buf[..len], false) {
+            Ok(Some(msg)) => {
+                if relay.inner.tx.send(Cmd::Frame(link, msg)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(()) => return,
         }
     }
 }
@@ -608,7 +618,10 @@ async fn run_gateway(
                 }
                 GatewayOutput::Link(l, msg) => {
                     let Some(tx) = links.get(&l) else { continue };
-                    send(tx, &msg, &mut buf, &stats);
+                    if !send(tx, &msg, &mut buf, &stats) {
+                        // Cut off: nothing more is queued for it.
+                        links.remove(&l);
+                    }
                 }
             }
         }
@@ -657,8 +670,9 @@ fn handle(gateway: &mut Gateway, links: &mut HashMap<LinkId, LinkTx>, cmd: Cmd) 
 }
 
 /// One message onto a link: media as a datagram when it fits, the rest
-/// (and media too large) on the control stream.
-fn send(tx: &LinkTx, msg: &Message, buf: &mut Vec<u8>, stats: &RelayStats) {
+/// (and media too large) on the control stream. `false`: the peer does not
+/// read and its link was closed.
+fn send(tx: &LinkTx, msg: &Message, buf: &mut Vec<u8>, stats: &RelayStats) -> bool {
     buf.clear();
     wire::encode(msg, buf);
     stats.frames_out.fetch_add(1, Ordering::Relaxed);
@@ -666,21 +680,22 @@ fn send(tx: &LinkTx, msg: &Message, buf: &mut Vec<u8>, stats: &RelayStats) {
     if msg.is_media() && tx.conn.max_datagram_size().is_some_and(|max| buf.len() <= max) {
         // A full send buffer drops the oldest datagram: bounded, and media.
         let _ = tx.conn.send_datagram(Bytes::copy_from_slice(buf));
-        return;
+        return true;
     }
     let mut frame = Vec::with_capacity(buf.len() + 2);
     frame.extend_from_slice(&(buf.len() as u16).to_be_bytes());
     frame.extend_from_slice(buf);
     match tx.control.try_send(Bytes::from(frame)) {
-        Ok(()) => {}
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => true,
         Err(mpsc::error::TrySendError::Full(_)) if msg.is_media() => {
             stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+            true
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
             warn!(peer = %tx.conn.remote_address(), "relay peer does not read its control stream, closing the link");
             stats.slow_peers.fetch_add(1, Ordering::Relaxed);
             tx.conn.close(CLOSE_SLOW.into(), b"control stream not read");
+            false
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }

@@ -232,3 +232,107 @@ async fn a_bad_frame_closes_only_that_link() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_peer_that_never_reads_is_disconnected_and_others_keep_their_media() {
+    let (origin, at_origin) = node();
+    let (edge, at_edge) = node();
+    let me = Identity::generate().unwrap();
+    origin.trust().set([me.fingerprint, edge.fingerprint()]);
+    edge.trust().set([origin.fingerprint()]);
+
+    // A trusted peer that watches the room, then never reads a byte.
+    let client = tls::client_config(&me, origin.fingerprint()).unwrap();
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+    let stalled = endpoint
+        .connect(origin.local_addr(), tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let mut s = stalled.open_uni().await.unwrap();
+    let mut watch = relay::net::STREAM_HEADER.to_vec();
+    let mut frame = Vec::new();
+    relay::encode(
+        &Message::Watch {
+            room: room(),
+            watching: true,
+        },
+        &mut frame,
+    );
+    watch.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+    watch.extend_from_slice(&frame);
+    s.write_all(&watch).await.unwrap();
+    // A well-behaved edge watches the same room.
+    edge.route(&room(), origin.local_addr(), origin.fingerprint())
+        .await
+        .unwrap();
+    hand(
+        &at_edge,
+        WorkerId(0),
+        Message::Watch {
+            room: room(),
+            watching: true,
+        },
+    );
+    assert!(matches!(
+        next(&at_origin[0]).await.1,
+        Message::Watch { watching: true, .. }
+    ));
+
+    // The origin announces, paced, far more than the stalled peer's flow
+    // control window holds: its control queue fills and it is cut off,
+    // while the edge that reads keeps up.
+    let session = SessionId::parse(&"ef".repeat(16)).unwrap();
+    let identity = "x".repeat(200);
+    let mut sent = 0u64;
+    while origin.stats().slow_peers.load(Ordering::Relaxed) == 0 {
+        assert!(sent < 100_000, "the stalled peer was never cut off");
+        for _ in 0..250 {
+            sent += 1;
+            hand(
+                &at_origin,
+                WorkerId(0),
+                Message::Source {
+                    room: room(),
+                    source: SourceId(sent),
+                    session: session.clone(),
+                    identity: Some(identity.clone()),
+                    codecs: Vec::new(),
+                    tracks: Vec::new(),
+                },
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (Its close may be lost among the packets it does not read: then its
+    // idle timeout ends it, the origin having stopped answering.)
+    tokio::time::timeout(Duration::from_secs(10), stalled.closed())
+        .await
+        .expect("the origin disconnects a peer that does not read");
+    assert_eq!(
+        origin.stats().slow_peers.load(Ordering::Relaxed),
+        1,
+        "cut off once"
+    );
+
+    // The edge that reads got the announcements and still gets media.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut announced = 0u64;
+    while announced < sent {
+        assert!(
+            Instant::now() < deadline,
+            "the edge got {announced} announcements"
+        );
+        if at_edge[0].take(&mut got) {
+            announced += got
+                .drain(..)
+                .filter(|(_, m)| matches!(m, Message::Source { .. }))
+                .count() as u64;
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
