@@ -193,6 +193,8 @@ pub struct Relay {
 }
 
 struct Inner {
+    /// The cluster CA, when peers are checked against it (not the registry).
+    ca: Option<Arc<rustls::RootCertStore>>,
     /// The relay's own thread and current-thread runtime: the gateway, the
     /// endpoint and every link task run there, so a relayed frame crosses
     /// no thread but the worker's hand-off.
@@ -219,14 +221,33 @@ impl Relay {
         home: Box<dyn Fn(&RoomId) -> WorkerId + Send>,
         inboxes: Arc<[Arc<Inbox>]>,
     ) -> io::Result<Relay> {
+        Relay::start_with(listen, workers, home, inboxes, None)
+    }
+
+    /// [`Relay::start`] with an operator's certificate, key and cluster CA
+    /// (`None`: a fresh certificate, peers pinned through the registry).
+    pub fn start_with(
+        listen: SocketAddr,
+        workers: usize,
+        home: Box<dyn Fn(&RoomId) -> WorkerId + Send>,
+        inboxes: Arc<[Arc<Inbox>]>,
+        pki: Option<(Identity, Arc<rustls::RootCertStore>)>,
+    ) -> io::Result<Relay> {
         if inboxes.len() != workers + 1 {
             return Err(io::Error::other(
                 "the relay needs one inbox per worker and its own",
             ));
         }
-        let identity = Identity::generate().map_err(io::Error::other)?;
         let trust = Trust::default();
-        let server = tls::server_config(&identity, trust.clone()).map_err(io::Error::other)?;
+        let (identity, authority, ca) = match pki {
+            Some((identity, roots)) => (identity, tls::Authority::Ca(roots.clone()), Some(roots)),
+            None => (
+                Identity::generate().map_err(io::Error::other)?,
+                tls::Authority::Registry(trust.clone()),
+                None,
+            ),
+        };
+        let server = tls::server_config(&identity, authority).map_err(io::Error::other)?;
         let server = QuicServerConfig::try_from(server).map_err(io::Error::other)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
         server.transport_config(transport());
@@ -248,6 +269,7 @@ impl Relay {
                 rt: rt.clone(),
                 endpoint,
                 identity,
+                ca,
                 trust,
                 tx,
                 dialled: tokio::sync::Mutex::new(HashMap::new()),
@@ -319,7 +341,7 @@ impl Relay {
         {
             return Ok(*id);
         }
-        let tls = tls::client_config(&self.inner.identity, fp)
+        let tls = tls::client_config_with(&self.inner.identity, fp, self.inner.ca.clone())
             .map_err(|e| RelayError::Dial(addr, e.to_string()))?;
         let quic = QuicClientConfig::try_from(tls).map_err(|e| RelayError::Dial(addr, e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));

@@ -6,6 +6,11 @@
 //! client certificate whose fingerprint the registry holds for some live
 //! node ([`Trust`]). Trust thus rests on the credentials of the registry's
 //! bus. Signatures are checked as usual: a peer must hold the key.
+//!
+//! Operators with a PKI give each node a certificate and key and the
+//! cluster's CA instead ([`Authority::Ca`]): then a peer is accepted when its
+//! chain leads to that CA (both ways; the certificates need the serverAuth
+//! and clientAuth uses), whatever the registry says.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -15,9 +20,11 @@ use std::sync::{Arc, RwLock};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DistinguishedName, SignatureScheme};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{DistinguishedName, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 /// The ALPN protocol of relay links.
@@ -65,11 +72,34 @@ impl FromStr for Fingerprint {
     }
 }
 
-/// This node's relay certificate and key.
+/// This node's relay certificate (with its chain) and key.
 pub struct Identity {
     pub cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
     pub fingerprint: Fingerprint,
+}
+
+/// Whom a node accepts on its relay links.
+#[derive(Clone, Debug)]
+pub enum Authority {
+    /// The certificates the registry lists for live nodes.
+    Registry(Trust),
+    /// Certificates signed by the cluster's CA.
+    Ca(Arc<RootCertStore>),
+}
+
+/// The roots of a PEM bundle of CA certificates.
+pub fn ca_roots(pem: &[u8]) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("CA bundle: {e}"))?;
+        roots.add(cert).map_err(|e| format!("CA bundle: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("CA bundle holds no certificate".into());
+    }
+    Ok(Arc::new(roots))
 }
 
 impl Identity {
@@ -77,17 +107,36 @@ impl Identity {
     pub fn generate() -> Result<Identity, rcgen::Error> {
         let made = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
         let cert = made.cert.der().clone();
-        let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
         let fingerprint = Fingerprint::of(&cert);
         Ok(Identity {
+            chain: vec![cert.clone()],
             cert,
             key,
             fingerprint,
         })
     }
 
+    /// An operator's certificate chain (leaf first) and private key, PEM.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Identity, String> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("relay certificate: {e}"))?;
+        let leaf = chain
+            .first()
+            .cloned()
+            .ok_or("relay certificate: no certificate in the file")?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("relay key: {e}"))?;
+        Ok(Identity {
+            fingerprint: Fingerprint::of(&leaf),
+            cert: leaf,
+            chain,
+            key,
+        })
+    }
+
     fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(self.key.clone_key())
+        self.key.clone_key()
     }
 }
 
@@ -115,39 +164,56 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// TLS for dialling the node whose registry fingerprint is `expected`.
 pub fn client_config(me: &Identity, expected: Fingerprint) -> Result<rustls::ClientConfig, rustls::Error> {
+    client_config_with(me, expected, None)
+}
+
+/// [`client_config`], or with `ca` any node whose chain leads to it.
+pub fn client_config_with(
+    me: &Identity,
+    expected: Fingerprint,
+    ca: Option<Arc<RootCertStore>>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(PinnedServer {
         expected,
+        ca,
         provider: provider.clone(),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(vec![me.cert.clone()], me.key())?;
+        .with_client_auth_cert(me.chain.clone(), me.key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
 
-/// TLS for accepting links from the nodes `trust` lists.
-pub fn server_config(me: &Identity, trust: Trust) -> Result<rustls::ServerConfig, rustls::Error> {
+/// TLS for accepting links from the nodes `authority` accepts.
+pub fn server_config(me: &Identity, authority: Authority) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
-    let verifier = Arc::new(TrustedClient {
-        trust,
-        provider: provider.clone(),
-    });
+    let verifier: Arc<dyn ClientCertVerifier> = match authority {
+        Authority::Registry(trust) => Arc::new(TrustedClient {
+            trust,
+            provider: provider.clone(),
+        }),
+        Authority::Ca(roots) => WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(format!("relay CA: {e}")))?,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![me.cert.clone()], me.key())?;
+        .with_single_cert(me.chain.clone(), me.key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
 
-/// Accepts exactly one certificate: the dialled node's.
+/// Accepts exactly one certificate, the dialled node's; or, with a CA, any
+/// certificate whose chain leads to it.
 #[derive(Debug)]
 struct PinnedServer {
     expected: Fingerprint,
+    ca: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -155,11 +221,23 @@ impl ServerCertVerifier for PinnedServer {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.ca {
+            // The chain, not the name: nodes are found through the registry.
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+            return Ok(ServerCertVerified::assertion());
+        }
         if Fingerprint::of(end_entity) == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {

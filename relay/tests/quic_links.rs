@@ -336,3 +336,85 @@ async fn a_peer_that_never_reads_is_disconnected_and_others_keep_their_media() {
         }
     }
 }
+
+/// A CA and `(cert PEM, key PEM)` of node certificates it signs.
+struct Pki {
+    ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        Pki {
+            ca_pem: ca.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn node(&self, name: &str) -> Identity {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Identity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+    }
+
+    fn relay(&self, name: &str) -> Relay {
+        let inboxes: Arc<[Arc<Inbox>]> = (0..2).map(|_| Arc::new(Inbox::default())).collect();
+        let roots = tls::ca_roots(self.ca_pem.as_bytes()).unwrap();
+        Relay::start_with(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            1,
+            Box::new(|_| WorkerId(0)),
+            inboxes,
+            Some((self.node(name), roots)),
+        )
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn with_a_cluster_ca_nodes_it_signed_link_and_others_are_refused() {
+    let pki = Pki::new();
+    let origin = pki.relay("node-a");
+    let edge = pki.relay("node-b");
+    // No registry trust at all: the CA decides.
+    edge.route(&room(), origin.local_addr(), origin.fingerprint())
+        .await
+        .unwrap();
+    assert!(edge.is_routed(&room()));
+
+    // A node with a certificate of another CA cannot join, either way.
+    let other = Pki::new().relay("intruder");
+    assert!(
+        other
+            .route(&room(), origin.local_addr(), origin.fingerprint())
+            .await
+            .is_err()
+    );
+    assert!(origin.stats().refused_peers.load(Ordering::Relaxed) >= 1);
+    assert!(
+        edge.route(
+            &RoomId::parse("r2").unwrap(),
+            other.local_addr(),
+            other.fingerprint()
+        )
+        .await
+        .is_err()
+    );
+    // Nor a node with a registry-pinned self-signed certificate.
+    let (stranger, _) = node();
+    assert!(
+        stranger
+            .route(&room(), origin.local_addr(), origin.fingerprint())
+            .await
+            .is_err()
+    );
+}

@@ -260,6 +260,18 @@ keys! {
         /// --nats is set].
         #[arg(long, env = "SFU_NO_RELAY")]
         pub no_relay: bool,
+        /// PEM certificate chain of this node's relay endpoint, signed by
+        /// --relay-ca (serverAuth and clientAuth uses) [default: a fresh
+        /// self-signed certificate, pinned by the node registry].
+        #[arg(long, env = "SFU_RELAY_CERT")]
+        pub relay_cert: Option<PathBuf>,
+        /// PEM private key of --relay-cert.
+        #[arg(long, env = "SFU_RELAY_KEY")]
+        pub relay_key: Option<PathBuf>,
+        /// PEM CA certificate(s) of the cluster: relay peers must present a
+        /// chain leading to one (instead of the registry's fingerprints).
+        #[arg(long, env = "SFU_RELAY_CA")]
+        pub relay_ca: Option<PathBuf>,
         /// On SIGTERM or Ctrl-C, refuse new WHIP/WHEP sessions (503 +
         /// Retry-After, `/healthz` 503) and let open ones run up to this long,
         /// then leave the registry and exit 0; a second signal stops at once;
@@ -395,6 +407,16 @@ pub struct ClusterArgs {
     /// The QUIC relay's listen address; `None` with `--no-relay` or
     /// without NATS (a single node relays nothing).
     pub relay: Option<SocketAddr>,
+    /// `--relay-cert`, `--relay-key`, `--relay-ca`: an operator's PKI.
+    pub relay_pki: Option<RelayPki>,
+}
+
+/// The files of an operator's relay PKI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPki {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl Default for ClusterArgs {
@@ -407,6 +429,7 @@ impl Default for ClusterArgs {
             ttl: Duration::from_secs(3),
             weight: 1.0,
             relay: None,
+            relay_pki: None,
         }
     }
 }
@@ -785,6 +808,19 @@ impl ServeArgs {
             ),
             _ => None,
         };
+        let relay_pki = match (&self.relay_cert, &self.relay_key, &self.relay_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(RelayPki {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--relay-cert, --relay-key and --relay-ca go together".into(),
+                ));
+            }
+        };
         Ok(ClusterArgs {
             nats,
             node_id,
@@ -793,6 +829,7 @@ impl ServeArgs {
             ttl,
             weight,
             relay,
+            relay_pki,
         })
     }
 
@@ -1224,6 +1261,43 @@ mod tests {
                 sample("no_relay = true", &["--no-relay"], |c| {
                     format!("{:?}", c.cluster.relay)
                 }),
+            ),
+            // The three go together: each sample gives all three.
+            sample(
+                "relay_cert = \"/c.pem\"\nrelay_key = \"/k.pem\"\nrelay_ca = \"/ca.pem\"",
+                &[
+                    "--relay-cert",
+                    "/c.pem",
+                    "--relay-key",
+                    "/k.pem",
+                    "--relay-ca",
+                    "/ca.pem",
+                ],
+                |c| format!("{:?}", c.cluster.relay_pki),
+            ),
+            sample(
+                "relay_key = \"/k.pem\"\nrelay_cert = \"/c.pem\"\nrelay_ca = \"/ca.pem\"",
+                &[
+                    "--relay-key",
+                    "/k.pem",
+                    "--relay-cert",
+                    "/c.pem",
+                    "--relay-ca",
+                    "/ca.pem",
+                ],
+                |c| format!("{:?}", c.cluster.relay_pki),
+            ),
+            sample(
+                "relay_ca = \"/ca.pem\"\nrelay_cert = \"/c.pem\"\nrelay_key = \"/k.pem\"",
+                &[
+                    "--relay-ca",
+                    "/ca.pem",
+                    "--relay-cert",
+                    "/c.pem",
+                    "--relay-key",
+                    "/k.pem",
+                ],
+                |c| format!("{:?}", c.cluster.relay_pki),
             ),
             sample("chat_history = 7", &["--chat-history", "7"], |c| {
                 c.chat.history_len.to_string()

@@ -86,6 +86,7 @@ pub async fn run(
         hls,
         config.spread_viewers,
         config.cluster.relay,
+        relay_pki(config.cluster.relay_pki.as_ref())?,
     )?);
     let media = node.media_addrs();
     let (mut turn, ice_server_source) = start_turn(&config, &media).await?;
@@ -265,6 +266,22 @@ async fn join_cluster(
     }
     info!(node = %args.node_id, nats = bus.is_nats(), url = %config.http_url, "joining the control plane");
     Ok(Cluster::new(bus, config).await?)
+}
+
+/// The operator's relay certificate, key and cluster CA, read and checked.
+fn relay_pki(
+    files: Option<&crate::config::RelayPki>,
+) -> anyhow::Result<Option<(relay::tls::Identity, Arc<rustls::RootCertStore>)>> {
+    let Some(f) = files else { return Ok(None) };
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("{what} {}: {e}", p.display()))
+    };
+    let identity =
+        relay::tls::Identity::from_pem(&read(&f.cert, "--relay-cert")?, &read(&f.key, "--relay-key")?)
+            .map_err(anyhow::Error::msg)?;
+    let roots = relay::tls::ca_roots(&read(&f.ca, "--relay-ca")?).map_err(anyhow::Error::msg)?;
+    info!(fingerprint = %identity.fingerprint, "relay links checked against the cluster CA");
+    Ok(Some((identity, roots)))
 }
 
 /// Keeps the relay's accepted certificates equal to the fingerprints the

@@ -63,6 +63,7 @@ impl Node {
         hls: Option<Arc<HlsService>>,
         spread: bool,
         relay_listen: Option<SocketAddr>,
+        relay_pki: Option<(relay::tls::Identity, Arc<rustls::RootCertStore>)>,
     ) -> std::io::Result<Node> {
         let sessions: Sessions = Arc::default();
         let count = count.max(1);
@@ -74,11 +75,12 @@ impl Node {
             .map(|_| Arc::new(relay::Inbox::default()))
             .collect();
         let relay = match relay_listen {
-            Some(listen) => Some(relay::Relay::start(
+            Some(listen) => Some(relay::Relay::start_with(
                 listen,
                 count,
                 Box::new(move |room| WorkerId(room_home(room, count))),
                 inboxes.clone(),
+                relay_pki,
             )?),
             None => None,
         };
@@ -253,7 +255,7 @@ pub async fn route(
 ) -> Result<(), MediaError> {
     let unavailable = |why: String| {
         tracing::warn!(%room, origin = %origin.node, %why, "cannot relay the room from its origin");
-        MediaError::Overloaded { retry_after_secs: 2 }
+        MediaError::Upstream(format!("node {} cannot be reached over the relay", origin.node))
     };
     let addr: SocketAddr = origin
         .relay_addr

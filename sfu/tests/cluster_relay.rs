@@ -247,3 +247,106 @@ async fn a_full_node_sends_a_viewer_on_with_a_ticket_and_a_full_cluster_offers_l
         )
     );
 }
+
+/// A cluster CA writing node certificate files (serverAuth + clientAuth).
+struct Pki {
+    dir: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("wave-relay-pki-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.join("ca.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+        Pki {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// `--relay-cert`, `--relay-key`, `--relay-ca` for a node named `name`.
+    fn flags(&self, name: &str) -> Vec<String> {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+        vec![
+            "--relay-cert".into(),
+            path(&c),
+            "--relay-key".into(),
+            path(&k),
+            "--relay-ca".into(),
+            path(&self.dir.join("ca.pem")),
+        ]
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn with_relay_ca_a_node_whose_certificate_it_did_not_sign_cannot_relay() {
+    let nats = NatsServer::start();
+    let (ours, theirs) = (Pki::new("ours"), Pki::new("theirs"));
+    let start = |id: &str, ip: &str, pki: &Pki| {
+        let mut flags: Vec<String> = [
+            "--auth-secret",
+            common::chat::SECRET,
+            "--heartbeat",
+            "200ms",
+            "--node-ttl",
+            "1s",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        flags.extend(pki.flags(id));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Node::start_in_cluster(&nats.url(), id, ip, &flags)
+    };
+    let a = start("a", "127.0.0.29", &ours);
+    let b = start("b", "127.0.0.30", &ours);
+    let c = start("c", "127.0.0.31", &theirs);
+    let http = Http::default();
+    wait_for_view(&http, &[&a, &b, &c], 3).await;
+    let room = "pki";
+    let p = http
+        .post_sdp(
+            &a.url(&format!("/whip/{room}")),
+            &publish_offer(),
+            Some(&token(room, "alice", true)),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+    let t = token(room, "viewer", false);
+    // b's certificate chains to the cluster CA: it relays.
+    let v = http
+        .post_sdp(&b.url(&format!("/whep/{room}")), &play_offer(), Some(&t))
+        .await;
+    assert_eq!(v.status, StatusCode::CREATED, "{}", v.body);
+    metric_becomes(&http, &b, "wave_relay_links", 1.0).await;
+    // c's does not: its viewer cannot be fed from a (503, retry), and a
+    // counts the refusal.
+    let v = http
+        .post_sdp(&c.url(&format!("/whep/{room}")), &play_offer(), Some(&t))
+        .await;
+    assert_eq!(v.status, StatusCode::SERVICE_UNAVAILABLE, "{}", v.body);
+    assert!(metric(&http, &a, "wave_relay_refused_peers_total").await >= 1.0);
+    assert_eq!(metric(&http, &c, "wave_relay_links").await, 0.0);
+}

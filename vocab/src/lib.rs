@@ -142,6 +142,10 @@ pub enum MediaError {
     /// The node is at its limit or shutting down: 503 + Retry-After.
     #[error("node over capacity")]
     Overloaded { retry_after_secs: u32 },
+    /// The room's origin (another node) cannot be reached over the relay:
+    /// 503 + Retry-After.
+    #[error("room origin unreachable: {0}")]
+    Upstream(String),
     /// A broken invariant inside the node: 500.
     #[error("internal error: {0}")]
     Internal(String),
