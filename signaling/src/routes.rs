@@ -752,12 +752,19 @@ impl<M: MediaNode> Shared<M> {
             let hls = header_value(&format!(
                 "</hls/{room}/index.m3u8>; rel=\"alternate\"; type=\"application/vnd.apple.mpegurl\""
             ))?;
-            return Err(HttpError::retry_after(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "every node is full; the room's LL-HLS is the alternate",
-                retry,
-            )
-            .with(header::LINK, hls));
+            let cluster_full = self.cluster.as_ref().is_some_and(|c| c.live_nodes().len() > 1);
+            let detail = if cluster_full {
+                "every node is full; the room's LL-HLS is the alternate".to_owned()
+            } else {
+                MediaError::Overloaded {
+                    retry_after_secs: retry,
+                }
+                .to_string()
+            };
+            return Err(
+                HttpError::retry_after(StatusCode::SERVICE_UNAVAILABLE, detail, retry)
+                    .with(header::LINK, hls),
+            );
         };
         let mut params: Vec<String> = query
             .split('&')

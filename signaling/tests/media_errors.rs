@@ -22,6 +22,11 @@ async fn media_errors_map_to_statuses() {
             Some(7),
         ),
         (MediaError::Overloaded { retry_after_secs: 3 }, 503, Some(3)),
+        (
+            MediaError::Upstream("node a cannot be reached over the relay".into()),
+            503,
+            Some(2),
+        ),
         (MediaError::Internal("worker gone".into()), 500, None),
     ];
     for (err, status, retry_after) in cases {
