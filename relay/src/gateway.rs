@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use wave_vocab::RoomId;
 
-use crate::message::{Message, SourceId, WorkerId};
+use crate::message::{MediaPacket, Message, SourceId, WorkerId};
 
 /// One connection to another node, numbered by the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +51,10 @@ pub enum GatewayOutput {
     Link(LinkId, Message),
 }
 
+/// Packets kept per relayed layer for retransmission: ~1 s of a 2.5 Mbit/s layer.
+pub const RECENT: usize = 512;
+/// A gap wider than this is a restart (a layer asked for again), not loss.
+const MAX_GAP: u64 = crate::wire::MAX_NACK as u64;
 /// An upstream room whose origin's link is gone.
 const NO_LINK: LinkId = LinkId(u64::MAX);
 /// Bits of the wire source id that hold the origin's peer id.
@@ -102,6 +106,12 @@ pub struct Gateway {
     out_sources: HashMap<(WorkerId, SourceId), OutSource>,
     /// The (wire source, track, layer)s each link asked for.
     demand_out: HashMap<LinkId, HashSet<(SourceId, u8, u8)>>,
+    /// The last [`RECENT`] packets of each relayed layer, for `Nack`s.
+    recent: HashMap<LayerKey, VecDeque<(Option<wave_vocab::Codec>, MediaPacket)>>,
+    /// The highest sequence number seen per mirrored (local source, track, layer).
+    highest: HashMap<LayerKey, u64>,
+    nacked: u64,
+    resent: u64,
     out: VecDeque<GatewayOutput>,
     refused: u64,
 }
@@ -123,6 +133,10 @@ impl Gateway {
             watching: HashMap::new(),
             out_sources: HashMap::new(),
             demand_out: HashMap::new(),
+            recent: HashMap::new(),
+            highest: HashMap::new(),
+            nacked: 0,
+            resent: 0,
             out: VecDeque::new(),
             refused: 0,
         }
@@ -136,6 +150,11 @@ impl Gateway {
     /// Watches of rooms refused so far (a link over [`MAX_WATCHED_PER_LINK`]).
     pub fn refused(&self) -> u64 {
         self.refused
+    }
+
+    /// Packets asked again upstream, and packets resent downstream.
+    pub fn repairs(&self) -> (u64, u64) {
+        (self.nacked, self.resent)
     }
 
     /// Rooms watched upstream and links watching rooms here: `(upstream, downstream)`.
@@ -180,6 +199,8 @@ impl Gateway {
                 layer,
                 wanted,
             } => self.worker_demand(from, source, track, layer, wanted),
+            // Engines do not ask for retransmissions; their viewers do.
+            Message::Nack { .. } => {}
             Message::Keyframe { source, layer } => {
                 if let Some(s) = self.in_sources.get(&source) {
                     let m = Message::Keyframe {
@@ -218,6 +239,7 @@ impl Gateway {
                 for d in self.demand_out.values_mut() {
                     d.retain(|(s, ..)| *s != wire);
                 }
+                self.recent.retain(|k, _| k.0 != wire);
                 for &l in self.watched.get(&room).into_iter().flatten() {
                     let m = Message::SourceGone {
                         room: room.clone(),
@@ -255,11 +277,13 @@ impl Gateway {
                 };
                 let wire = wire_id(from, source);
                 let key = (wire, track, layer);
+                let mut sent = false;
                 for &l in links {
                     // Only the layers a link's viewers need cross it.
                     if !self.demand_out.get(&l).is_some_and(|d| d.contains(&key)) {
                         continue;
                     }
+                    sent = true;
                     let m = Message::Media {
                         source: wire,
                         track,
@@ -268,6 +292,13 @@ impl Gateway {
                         packet: packet.clone(),
                     };
                     self.out.push_back(GatewayOutput::Link(l, m));
+                }
+                if sent {
+                    let recent = self.recent.entry(key).or_default();
+                    if recent.len() >= RECENT {
+                        recent.pop_front();
+                    }
+                    recent.push_back((codec, packet));
                 }
             }
         }
@@ -280,6 +311,10 @@ impl Gateway {
             return;
         };
         let (link, remote) = (s.link, s.remote);
+        if wanted {
+            // A layer asked for (again) starts where it arrives, not where it stopped.
+            self.highest.remove(&(source, track, layer));
+        }
         let set = self.demand_in.entry((source, track, layer)).or_default();
         let before = !set.is_empty();
         if wanted {
@@ -372,6 +407,7 @@ impl Gateway {
                 self.in_ids.remove(&(src.link, src.remote));
             }
             self.demand_in.retain(|k, _| k.0 != s);
+            self.highest.retain(|k, _| k.0 != s);
             for &w in &r.workers {
                 let m = Message::SourceGone {
                     room: room.clone(),
@@ -415,6 +451,37 @@ impl Gateway {
                     d.insert((source, track, layer));
                 } else {
                     d.remove(&(source, track, layer));
+                }
+            }
+            Message::Nack {
+                source,
+                track,
+                layer,
+                seqs,
+            } => {
+                // Only for a layer this link asked for: bounded by its demand.
+                if !self
+                    .demand_out
+                    .get(&link)
+                    .is_some_and(|d| d.contains(&(source, track, layer)))
+                {
+                    return;
+                }
+                let Some(recent) = self.recent.get(&(source, track, layer)) else {
+                    return;
+                };
+                for seq in seqs {
+                    if let Some((codec, packet)) = recent.iter().rev().find(|(_, p)| p.seq == seq) {
+                        self.resent += 1;
+                        let m = Message::Media {
+                            source,
+                            track,
+                            layer,
+                            codec: *codec,
+                            packet: packet.clone(),
+                        };
+                        self.out.push_back(GatewayOutput::Link(link, m));
+                    }
                 }
             }
             Message::Keyframe { source, layer } => {
@@ -472,6 +539,7 @@ impl Gateway {
                 };
                 self.in_sources.remove(&id);
                 self.demand_in.retain(|k, _| k.0 != id);
+                self.highest.retain(|k, _| k.0 != id);
                 if let Some(r) = self.edge_rooms.get_mut(&room) {
                     r.sources.retain(|&s| s != id);
                     for &w in &r.workers {
@@ -520,6 +588,26 @@ impl Gateway {
                 else {
                     return;
                 };
+                // A gap: ask the origin for what is missing, once.
+                let seq = packet.seq;
+                match self.highest.get(&(id, track, layer)).copied() {
+                    Some(h) if seq > h + 1 && seq - h <= MAX_GAP => {
+                        let seqs: Vec<u64> = (h + 1..seq).collect();
+                        self.nacked += seqs.len() as u64;
+                        let m = Message::Nack {
+                            source,
+                            track,
+                            layer,
+                            seqs,
+                        };
+                        self.out.push_back(GatewayOutput::Link(link, m));
+                        self.highest.insert((id, track, layer), seq);
+                    }
+                    Some(h) if seq <= h => {}
+                    _ => {
+                        self.highest.insert((id, track, layer), seq);
+                    }
+                }
                 for &w in &r.workers {
                     let m = Message::Media {
                         source: id,
@@ -586,6 +674,13 @@ impl Gateway {
         links.remove(&link);
         if links.is_empty() {
             self.watched.remove(room);
+            let wires: HashSet<SourceId> = self
+                .out_sources
+                .iter()
+                .filter(|(_, s)| s.room == *room)
+                .map(|(&(w, p), _)| wire_id(w, p))
+                .collect();
+            self.recent.retain(|k, _| !wires.contains(&k.0));
             self.out_sources.retain(|_, s| s.room != *room);
             let home = (self.home)(room);
             self.out.push_back(GatewayOutput::Worker(
@@ -898,6 +993,80 @@ mod tests {
             ),
             "{out:?}"
         );
+    }
+
+    fn media_seq(id: u64, layer: u8, seq: u64) -> Message {
+        match media(id, layer) {
+            Message::Media {
+                source,
+                track,
+                layer,
+                codec,
+                mut packet,
+            } => {
+                packet.seq = seq;
+                Message::Media {
+                    source,
+                    track,
+                    layer,
+                    codec,
+                    packet,
+                }
+            }
+            m => m,
+        }
+    }
+
+    #[test]
+    fn an_edge_asks_for_lost_packets_once_and_the_origin_resends_them() {
+        // Edge: 10, then 13: 11 and 12 are asked for.
+        let mut edge = gateway();
+        edge.route(room("r"), LinkId(1));
+        edge.handle_worker(WorkerId(0), watch("r", true));
+        edge.handle_link(LinkId(1), source("r", 1 << 48 | 9));
+        drain(&mut edge);
+        edge.handle_link(LinkId(1), media_seq(1 << 48 | 9, 0, 10));
+        edge.handle_link(LinkId(1), media_seq(1 << 48 | 9, 0, 13));
+        let out = drain(&mut edge);
+        assert!(
+            matches!(&links(&out)[..], [(LinkId(1), Message::Nack { seqs, layer: 0, .. })] if *seqs == vec![11, 12]),
+            "{out:?}"
+        );
+        // The resent 11 is forwarded and asks nothing more; a jump past the
+        // window is a restart, not loss.
+        edge.handle_link(LinkId(1), media_seq(1 << 48 | 9, 0, 11));
+        let out = drain(&mut edge);
+        assert!(links(&out).is_empty() && workers(&out).len() == 1, "{out:?}");
+        edge.handle_link(LinkId(1), media_seq(1 << 48 | 9, 0, 1_000));
+        assert!(links(&drain(&mut edge)).is_empty());
+        assert_eq!(edge.repairs(), (2, 0));
+
+        // Origin: the link asked for layer 0; it resends what it still has.
+        let mut origin = gateway();
+        origin.handle_link(LinkId(5), watch("r", true));
+        origin.handle_worker(WorkerId(1), source("r", 9));
+        let wire = 1 << 48 | 9;
+        origin.handle_link(LinkId(5), demand(wire, 0, true));
+        for seq in 1..=3 {
+            origin.handle_worker(WorkerId(1), media_seq(9, 0, seq));
+        }
+        drain(&mut origin);
+        let nack = |seqs: Vec<u64>| Message::Nack {
+            source: SourceId(wire),
+            track: 0,
+            layer: 0,
+            seqs,
+        };
+        origin.handle_link(LinkId(5), nack(vec![2, 99]));
+        let out = drain(&mut origin);
+        assert!(
+            matches!(&links(&out)[..], [(LinkId(5), Message::Media { packet, .. })] if packet.seq == 2),
+            "{out:?}"
+        );
+        // A link that did not ask for the layer gets nothing.
+        origin.handle_link(LinkId(6), nack(vec![1]));
+        assert!(drain(&mut origin).is_empty());
+        assert_eq!(origin.repairs(), (0, 1));
     }
 
     #[test]

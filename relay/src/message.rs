@@ -89,6 +89,15 @@ pub enum Message {
         track: u8,
         rates: Vec<Option<u64>>,
     },
+    /// Watcher → home over a node link: packets of a layer that did not
+    /// arrive (extended sequence numbers), resent from the home's recent
+    /// packets when it still has them.
+    Nack {
+        source: SourceId,
+        track: u8,
+        layer: u8,
+        seqs: Vec<u64>,
+    },
     /// Watcher → home: whether any viewer there needs this track's layer
     /// (its current or target layer; audio: layer 0). A layer nobody
     /// demanded is not sent over a node link.

@@ -76,6 +76,9 @@ pub struct RelayStats {
     pub refused_watches: AtomicU64,
     /// Rooms watched upstream, links watching rooms here (gauges).
     pub upstream_rooms: AtomicU64,
+    /// Packets asked again of an origin, and packets resent to edges.
+    pub nacked: AtomicU64,
+    pub retransmissions: AtomicU64,
     pub downstream_links: AtomicU64,
 }
 
@@ -145,6 +148,18 @@ impl RelayStats {
                 true,
                 "Room watches refused over a link's bound.",
                 g(&self.refused_watches),
+            ),
+            (
+                "wave_relay_nacked_total",
+                true,
+                "Relayed packets lost on a link and asked again of the origin.",
+                g(&self.nacked),
+            ),
+            (
+                "wave_relay_retransmissions_total",
+                true,
+                "Relayed packets resent to an edge from the origin's recent packets.",
+                g(&self.retransmissions),
             ),
             (
                 "wave_relay_upstream_rooms",
@@ -657,6 +672,9 @@ async fn run_gateway(
         stats.upstream_rooms.store(up as u64, Ordering::Relaxed);
         stats.downstream_links.store(down as u64, Ordering::Relaxed);
         stats.refused_watches.store(gateway.refused(), Ordering::Relaxed);
+        let (nacked, resent) = gateway.repairs();
+        stats.nacked.store(nacked, Ordering::Relaxed);
+        stats.retransmissions.store(resent, Ordering::Relaxed);
     }
 }
 

@@ -31,6 +31,9 @@ const MEDIA: u8 = 4;
 const KEYFRAME: u8 = 5;
 const DEMAND: u8 = 6;
 const LAYERS: u8 = 7;
+const NACK: u8 = 8;
+/// Sequence numbers one `Nack` names at most.
+pub const MAX_NACK: usize = 64;
 
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,6 +148,22 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
                     }
                     None => out.push(0),
                 }
+            }
+        }
+        Message::Nack {
+            source,
+            track,
+            layer,
+            seqs,
+        } => {
+            out.push(NACK);
+            out.extend_from_slice(&source.0.to_be_bytes());
+            out.push(*track);
+            out.push(*layer);
+            let seqs = &seqs[..seqs.len().min(MAX_NACK)];
+            out.push(seqs.len() as u8);
+            for s in seqs {
+                out.extend_from_slice(&s.to_be_bytes());
             }
         }
         Message::Demand {
@@ -277,6 +296,25 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
                 });
             }
             Message::Layers { source, track, rates }
+        }
+        NACK => {
+            let source = SourceId(r.u64("source")?);
+            let track = r.u8("track")?;
+            let layer = r.u8("layer")?;
+            let n = usize::from(r.u8("nack count")?);
+            if n > MAX_NACK {
+                return Err(DecodeError::TooMany("nacked packets"));
+            }
+            let mut seqs = Vec::with_capacity(n);
+            for _ in 0..n {
+                seqs.push(r.u64("seq")?);
+            }
+            Message::Nack {
+                source,
+                track,
+                layer,
+                seqs,
+            }
         }
         DEMAND => Message::Demand {
             source: SourceId(r.u64("source")?),
@@ -511,6 +549,12 @@ mod tests {
                 source: SourceId(9),
                 track: 1,
                 rates: vec![Some(150_000), None, Some(2_500_000)],
+            },
+            Message::Nack {
+                source: SourceId(1 << 48 | 3),
+                track: 1,
+                layer: 0,
+                seqs: vec![70_001, 70_003],
             },
         ]
     }

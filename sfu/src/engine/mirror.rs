@@ -47,6 +47,8 @@ impl Engine {
             // Engines of one node hand each other every layer (a shared
             // buffer each); node links filter by demand in the gateway.
             Message::Demand { .. } => {}
+            // Node links only: the gateways answer them.
+            Message::Nack { .. } => {}
             Message::Layers { source, track, rates } => {
                 let Some(m) = self
                     .mirror_ids
