@@ -110,7 +110,10 @@ pub async fn run(
         connection_limit: config.connection_limit,
         ..signaling::HttpConfig::default()
     };
-    let cluster = join_cluster(&config.cluster, &bound, config.max_peers, node.relay()).await?;
+    let relay = node
+        .relay()
+        .map(|r| (r, advertised_relay(r.local_addr(), config.public_ip)));
+    let cluster = join_cluster(&config.cluster, &bound, config.max_peers, relay).await?;
     if let Some(relay) = node.relay() {
         tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
         tokio::spawn(route_waiting(cluster.clone(), node.clone(), relay.clone()));
@@ -242,7 +245,7 @@ async fn join_cluster(
     args: &crate::config::ClusterArgs,
     bound: &Bound,
     max_peers: usize,
-    relay: Option<&relay::Relay>,
+    relay: Option<(&relay::Relay, SocketAddr)>,
 ) -> anyhow::Result<signaling::cluster::Cluster> {
     use signaling::bus::Bus;
     use signaling::cluster::{Cluster, ClusterConfig};
@@ -260,8 +263,8 @@ async fn join_cluster(
     config.heartbeat = args.heartbeat;
     config.ttl = args.ttl;
     config.weight = args.weight;
-    if let Some(relay) = relay {
-        config.relay_addr = Some(relay.local_addr().to_string());
+    if let Some((relay, advertised)) = relay {
+        config.relay_addr = Some(advertised.to_string());
         config.relay_fingerprint = Some(relay.fingerprint().to_string());
     }
     info!(node = %args.node_id, nats = bus.is_nats(), url = %config.http_url, "joining the control plane");
@@ -282,6 +285,19 @@ fn relay_pki(
     let roots = relay::tls::ca_roots(&read(&f.ca, "--relay-ca")?).map_err(anyhow::Error::msg)?;
     info!(fingerprint = %identity.fingerprint, "relay links checked against the cluster CA");
     Ok(Some((identity, roots)))
+}
+
+/// The relay address other nodes dial: the bound one, or with an
+/// unspecified IP (`0.0.0.0`) the `--public-ip` at the same port.
+fn advertised_relay(bound: SocketAddr, public_ip: Option<std::net::IpAddr>) -> SocketAddr {
+    match (bound.ip().is_unspecified(), public_ip) {
+        (true, Some(ip)) => SocketAddr::new(ip, bound.port()),
+        (true, None) => {
+            warn!(%bound, "the relay listens on an unspecified address and no --public-ip says where other nodes reach it: set --relay-listen or --public-ip");
+            bound
+        }
+        (false, _) => bound,
+    }
 }
 
 /// Keeps the relay's accepted certificates equal to the fingerprints the
