@@ -208,6 +208,21 @@ pub fn server_config(me: &Identity, authority: Authority) -> Result<rustls::Serv
     Ok(config)
 }
 
+/// Both verifiers: relay links speak TLS 1.3 only.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("relay links are TLS 1.3 only".into()))
+}
+
+/// Both verifiers: the peer's handshake signature by the provider's algorithms.
+fn verify_tls13(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider.signature_verification_algorithms)
+}
+
 /// Accepts exactly one certificate, the dialled node's; or, with a CA, any
 /// certificate whose chain leads to it.
 #[derive(Debug)]
@@ -253,7 +268,7 @@ impl ServerCertVerifier for PinnedServer {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("relay links are TLS 1.3 only".into()))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -262,12 +277,7 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -310,7 +320,7 @@ impl ClientCertVerifier for TrustedClient {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("relay links are TLS 1.3 only".into()))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -319,12 +329,7 @@ impl ClientCertVerifier for TrustedClient {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
