@@ -105,14 +105,16 @@ impl Engine {
             let tracks = &m.publisher.tracks;
             m.demanded.resize(tracks.len(), Vec::new());
             for (ti, (t, told)) in tracks.iter().zip(m.demanded.iter_mut()).enumerate() {
-                let wants: Vec<bool> = match t.kind {
-                    str0m::media::MediaKind::Audio => vec![!t.subscribers.is_empty()],
-                    str0m::media::MediaKind::Video => {
-                        t.layers.iter().map(|l| !l.subscribers.is_empty()).collect()
-                    }
-                };
-                told.resize(wants.len(), false);
-                for (li, (&want, was)) in wants.iter().zip(told.iter_mut()).enumerate() {
+                // Runs on every timeout: no allocation once `told` has its size.
+                let audio = t.kind == str0m::media::MediaKind::Audio;
+                let layers = if audio { 1 } else { t.layers.len() };
+                told.resize(layers, false);
+                for (li, was) in told.iter_mut().enumerate() {
+                    let want = if audio {
+                        !t.subscribers.is_empty()
+                    } else {
+                        !t.layers[li].subscribers.is_empty()
+                    };
                     if want != *was {
                         *was = want;
                         let msg = Message::Demand {
