@@ -6,23 +6,36 @@
 //! - On an **edge** (a node whose viewers watch a room published on another
 //!   node), a worker makes the gateway the room's home. The gateway merges
 //!   the watches of all its workers into one watch on the link to the room's
-//!   origin (the node counts as one subscriber there, whatever its number of
-//!   viewers), hands each announced source and packet to every watching
-//!   worker, and sends keyframe requests upstream.
+//!   *parent* (its origin, or a relay node nearer to it), hands each
+//!   announced source and packet to every watching worker, and sends
+//!   keyframe requests upstream.
+//! - On a **relay** (a node other nodes watch a room through, whose origin
+//!   is elsewhere), child links join the same upstream watch as the workers
+//!   do: each child counts as one subscriber, gets the sources under this
+//!   node's numbers, and gets only the layers it asked for.
 //! - On an **origin** (the node with the room's publishers), the gateway
 //!   watches the room at its home worker for as long as one link watches it,
 //!   and sends each announcement and packet once per watching link.
 //!
-//! Source ids are translated at both ends: on the wire an origin's source is
+//! Source ids are translated at each hop: on the wire an origin's source is
 //! `worker << 48 | peer id`, so a keyframe request finds its worker without a
-//! table; an edge numbers the sources it mirrors itself, so sources of
-//! several links never collide at its workers.
+//! table; a node numbers the sources it mirrors itself (with the top bit set
+//! towards its children), so sources of several links never collide. A
+//! mirrored source outlives the loss of its route for [`GRACE_TICKS`] ticks:
+//! announced again under the same session over a new route, it keeps its
+//! number, and the workers' viewers see a pause, not a new publisher.
+//!
+//! A watch over a link is preceded by the nodes it comes through
+//! ([`Message::Hops`]); a node refuses a watch that passed through it or
+//! through its own parent for the room, and the child routes again.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Duration;
 
-use wave_vocab::RoomId;
+use wave_vocab::{RoomId, SessionId};
 
 use crate::message::{MediaPacket, Message, SourceId, WorkerId};
+use crate::wire::MAX_HOPS;
 
 /// One connection to another node, numbered by the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,7 +49,7 @@ pub type Carried = (LinkId, Vec<LayerKey>);
 /// A room's links at one node ([`Gateway::room_links`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoomLinks {
-    /// The link to the room's origin and the layers asked over it.
+    /// The link to the room's parent and the layers asked over it.
     pub parent: Option<Carried>,
     /// The links watching the room here and the layers each asked for.
     pub children: Vec<Carried>,
@@ -49,35 +62,71 @@ pub enum GatewayOutput {
     Worker(WorkerId, Message),
     /// Send on a link.
     Link(LinkId, Message),
+    /// The room lost its route (its parent's link closed, or the parent
+    /// refused the watch): the driver routes it again, elsewhere.
+    Unroute(RoomId),
 }
 
 /// Packets kept per relayed layer for retransmission: ~1 s of a 2.5 Mbit/s layer.
 pub const RECENT: usize = 512;
 /// A gap wider than this is a restart (a layer asked for again), not loss.
 const MAX_GAP: u64 = crate::wire::MAX_NACK as u64;
-/// An upstream room whose origin's link is gone.
+/// An upstream room whose parent's link is gone.
 const NO_LINK: LinkId = LinkId(u64::MAX);
 /// Bits of the wire source id that hold the origin's peer id.
 const PEER_BITS: u32 = 48;
+/// The wire id bit of a source a relay forwards (its own number for it).
+const RELAYED: u64 = 1 << 63;
 /// Rooms one link may watch at once; a watch past it is refused (logged by
 /// the driver through [`Gateway::refused`]).
 pub const MAX_WATCHED_PER_LINK: usize = 1024;
+/// How often the driver calls [`Gateway::tick`].
+pub const TICK: Duration = Duration::from_millis(250);
+/// Ticks a mirrored source waits for a new route after losing its own (4 s).
+pub const GRACE_TICKS: u32 = 16;
 
-/// A source mirrored on this edge.
+/// Who needs a mirrored layer: a local worker or a child link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Sub {
+    Worker(WorkerId),
+    Link(LinkId),
+}
+
+/// A source mirrored on this node.
 struct InSource {
     link: LinkId,
     remote: SourceId,
     room: RoomId,
-    /// The last announcement (rewritten to the local id), for workers that
-    /// start watching later.
+    session: SessionId,
+    /// The last announcement (under the local id), for workers and
+    /// children that start watching later.
     announce: Message,
+    /// Ticks since its route was lost; `None` while it is fed.
+    stale: Option<u32>,
 }
 
-/// A room this edge watches upstream.
+/// A room this node watches upstream.
 struct EdgeRoom {
     link: LinkId,
     workers: BTreeSet<WorkerId>,
+    /// Links fed from here, with the nodes their watch came through.
+    children: BTreeMap<LinkId, Vec<u64>>,
     sources: Vec<SourceId>,
+}
+
+impl EdgeRoom {
+    fn new(link: LinkId) -> EdgeRoom {
+        EdgeRoom {
+            link,
+            workers: BTreeSet::new(),
+            children: BTreeMap::new(),
+            sources: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.workers.is_empty() && self.children.is_empty()
+    }
 }
 
 /// A local source some link watches.
@@ -92,26 +141,34 @@ pub struct Gateway {
     workers: usize,
     /// Which worker is a room's home here (the node's room hash).
     home: Box<dyn Fn(&RoomId) -> WorkerId + Send>,
-    // Edge side.
+    /// This node's tag in hop lists, and each link's peer's.
+    tag: u64,
+    link_tags: HashMap<LinkId, u64>,
+    /// The last hop list each link sent, for its next watch.
+    hops_in: HashMap<LinkId, (RoomId, Vec<u64>)>,
+    // Edge and relay side.
     routes: HashMap<RoomId, LinkId>,
     edge_rooms: HashMap<RoomId, EdgeRoom>,
     in_ids: HashMap<(LinkId, SourceId), SourceId>,
     in_sources: HashMap<SourceId, InSource>,
-    /// Which workers need each mirrored (source, track, layer).
-    demand_in: HashMap<(SourceId, u8, u8), BTreeSet<WorkerId>>,
+    /// Which workers and child links need each mirrored (source, track, layer).
+    demand_in: HashMap<LayerKey, BTreeSet<Sub>>,
     next_source: u64,
     // Origin side.
     watched: HashMap<RoomId, BTreeSet<LinkId>>,
     watching: HashMap<LinkId, BTreeSet<RoomId>>,
     out_sources: HashMap<(WorkerId, SourceId), OutSource>,
     /// The (wire source, track, layer)s each link asked for.
-    demand_out: HashMap<LinkId, HashSet<(SourceId, u8, u8)>>,
-    /// The last [`RECENT`] packets of each relayed layer, for `Nack`s.
+    demand_out: HashMap<LinkId, HashSet<LayerKey>>,
+    /// The last [`RECENT`] packets of each layer sent on (under its wire
+    /// id), for `Nack`s.
     recent: HashMap<LayerKey, VecDeque<(Option<wave_vocab::Codec>, MediaPacket)>>,
     /// The highest sequence number seen per mirrored (local source, track, layer).
     highest: HashMap<LayerKey, u64>,
     nacked: u64,
     resent: u64,
+    loops: u64,
+    reparents: u64,
     out: VecDeque<GatewayOutput>,
     refused: u64,
 }
@@ -123,6 +180,9 @@ impl Gateway {
             me: WorkerId(workers),
             workers,
             home,
+            tag: 0,
+            link_tags: HashMap::new(),
+            hops_in: HashMap::new(),
             routes: HashMap::new(),
             edge_rooms: HashMap::new(),
             in_ids: HashMap::new(),
@@ -137,6 +197,8 @@ impl Gateway {
             highest: HashMap::new(),
             nacked: 0,
             resent: 0,
+            loops: 0,
+            reparents: 0,
             out: VecDeque::new(),
             refused: 0,
         }
@@ -145,6 +207,17 @@ impl Gateway {
     /// The id workers address the gateway by.
     pub fn id(&self) -> WorkerId {
         self.me
+    }
+
+    /// This node's tag in hop lists (unique in the cluster: the driver
+    /// takes it from the node's certificate).
+    pub fn set_tag(&mut self, tag: u64) {
+        self.tag = tag;
+    }
+
+    /// The tag of the node at the other end of `link`, once known.
+    pub fn link_tag(&mut self, link: LinkId, tag: u64) {
+        self.link_tags.insert(link, tag);
     }
 
     /// Watches of rooms refused so far (a link over [`MAX_WATCHED_PER_LINK`]).
@@ -157,36 +230,109 @@ impl Gateway {
         (self.nacked, self.resent)
     }
 
+    /// Watches and routes refused as loops, and rooms that moved to a new
+    /// parent after losing theirs: `(loops, reparents)`.
+    pub fn tree_events(&self) -> (u64, u64) {
+        (self.loops, self.reparents)
+    }
+
     /// Rooms watched upstream and links watching rooms here: `(upstream, downstream)`.
     pub fn link_counts(&self) -> (usize, usize) {
         (self.edge_rooms.len(), self.watching.len())
     }
 
-    /// The room's origin is reached over `link`: local watches of it go there.
-    /// A room already watched over another link moves (its sources gone,
-    /// watched again on the new link).
+    /// The room's parent is reached over `link`: local and child watches of
+    /// it go there. A room watched over another link moves; its sources
+    /// keep their numbers when the new parent announces them again.
     pub fn route(&mut self, room: RoomId, link: LinkId) {
+        // A parent that is fed through this node would close a loop.
+        if let (Some(tag), Some(r)) = (self.link_tags.get(&link), self.edge_rooms.get(&room))
+            && r.children.values().any(|hops| hops.contains(tag))
+        {
+            self.loops += 1;
+            self.routes.remove(&room);
+            self.out.push_back(GatewayOutput::Unroute(room));
+            return;
+        }
         self.routes.insert(room.clone(), link);
-        match self.edge_rooms.get(&room).map(|r| r.link) {
-            Some(NO_LINK) => self.resume(&room),
-            Some(l) if l != link => {
-                let workers = self
-                    .edge_rooms
-                    .get(&room)
-                    .map(|r| r.workers.clone())
-                    .unwrap_or_default();
-                self.drop_edge_room(&room, true);
-                for w in workers {
-                    self.worker_watch(w, room.clone(), true);
-                }
+        if let Some(r) = self.edge_rooms.get(&room) {
+            if r.link != link {
+                self.reparent(&room, link);
             }
-            _ => {}
+            return;
+        }
+        // Links that watched the room before this node knew it is not the
+        // room's origin become children of the upstream watch.
+        if self.watched.contains_key(&room) && !self.out_sources.values().any(|s| s.room == room) {
+            let links: Vec<LinkId> = self.watched.get(&room).into_iter().flatten().copied().collect();
+            for l in links {
+                self.unwatch_origin(&room, l);
+                self.child_watch(l, room.clone(), Vec::new());
+            }
         }
     }
 
-    /// The link to the room's origin, when one is routed.
+    /// The link to the room's parent, when one is routed.
     pub fn route_of(&self, room: &RoomId) -> Option<LinkId> {
         self.routes.get(room).copied()
+    }
+
+    /// Moves an upstream room to `link`: the old parent is unwatched and
+    /// the sources wait, stale, for the new one's announcements.
+    fn reparent(&mut self, room: &RoomId, link: LinkId) {
+        let Some(r) = self.edge_rooms.get_mut(room) else {
+            return;
+        };
+        let old = std::mem::replace(&mut r.link, link);
+        if old != NO_LINK {
+            let m = Message::Watch {
+                room: room.clone(),
+                watching: false,
+            };
+            self.out.push_back(GatewayOutput::Link(old, m));
+            for s in &r.sources {
+                if let Some(src) = self.in_sources.get_mut(s) {
+                    self.in_ids.remove(&(src.link, src.remote));
+                    src.link = NO_LINK;
+                    src.stale.get_or_insert(0);
+                }
+            }
+        }
+        if r.sources
+            .iter()
+            .any(|s| self.in_sources.get(s).is_some_and(|s| s.stale.is_some()))
+        {
+            self.reparents += 1;
+        }
+        self.watch_upstream(room);
+    }
+
+    /// Sends the room's hop list and watch to its parent, if routed.
+    fn watch_upstream(&mut self, room: &RoomId) {
+        let Some(r) = self.edge_rooms.get(room).filter(|r| r.link != NO_LINK) else {
+            return;
+        };
+        let mut hops: Vec<u64> = r.children.values().flatten().copied().collect();
+        hops.sort_unstable();
+        hops.dedup();
+        hops.retain(|&h| h != self.tag);
+        hops.truncate(MAX_HOPS - 1);
+        hops.push(self.tag);
+        let link = r.link;
+        self.out.push_back(GatewayOutput::Link(
+            link,
+            Message::Hops {
+                room: room.clone(),
+                hops,
+            },
+        ));
+        self.out.push_back(GatewayOutput::Link(
+            link,
+            Message::Watch {
+                room: room.clone(),
+                watching: true,
+            },
+        ));
     }
 
     /// A message from a local worker.
@@ -198,11 +344,12 @@ impl Gateway {
                 track,
                 layer,
                 wanted,
-            } => self.worker_demand(from, source, track, layer, wanted),
-            // Engines do not ask for retransmissions; their viewers do.
-            Message::Nack { .. } => {}
+            } => self.demand(Sub::Worker(from), (source, track, layer), wanted),
+            // Engines do not ask for retransmissions (their viewers do), and
+            // hop lists are between nodes.
+            Message::Nack { .. } | Message::Hops { .. } => {}
             Message::Keyframe { source, layer } => {
-                if let Some(s) = self.in_sources.get(&source) {
+                if let Some(s) = self.in_sources.get(&source).filter(|s| s.link != NO_LINK) {
                     let m = Message::Keyframe {
                         source: s.remote,
                         layer,
@@ -210,26 +357,13 @@ impl Gateway {
                     self.out.push_back(GatewayOutput::Link(s.link, m));
                 }
             }
-            Message::Source {
-                room,
-                source,
-                session,
-                identity,
-                codecs,
-                tracks,
-            } => {
+            Message::Source { ref room, source, .. } => {
                 let wire = wire_id(from, source);
-                let announce = Message::Source {
-                    room: room.clone(),
-                    source: wire,
-                    session,
-                    identity,
-                    codecs,
-                    tracks,
-                };
-                for &l in self.watched.get(&room).into_iter().flatten() {
+                let announce = msg.with_source(wire);
+                for &l in self.watched.get(room).into_iter().flatten() {
                     self.out.push_back(GatewayOutput::Link(l, announce.clone()));
                 }
+                let room = room.clone();
                 self.out_sources
                     .insert((from, source), OutSource { room, announce });
             }
@@ -248,18 +382,13 @@ impl Gateway {
                     self.out.push_back(GatewayOutput::Link(l, m));
                 }
             }
-            Message::Layers { source, track, rates } => {
+            Message::Layers { source, .. } => {
                 let Some(s) = self.out_sources.get(&(from, source)) else {
                     return;
                 };
-                let wire = wire_id(from, source);
+                let m = msg.with_source(wire_id(from, source));
                 for &l in self.watched.get(&s.room).into_iter().flatten() {
-                    let m = Message::Layers {
-                        source: wire,
-                        track,
-                        rates: rates.clone(),
-                    };
-                    self.out.push_back(GatewayOutput::Link(l, m));
+                    self.out.push_back(GatewayOutput::Link(l, m.clone()));
                 }
             }
             Message::Media {
@@ -294,39 +423,42 @@ impl Gateway {
                     self.out.push_back(GatewayOutput::Link(l, m));
                 }
                 if sent {
-                    let recent = self.recent.entry(key).or_default();
-                    if recent.len() >= RECENT {
-                        recent.pop_front();
-                    }
-                    recent.push_back((codec, packet));
+                    remember(&mut self.recent, key, codec, packet);
                 }
             }
         }
     }
 
-    /// A worker's demand for a mirrored layer: the link hears of the
-    /// first worker wanting it and of the last one leaving it.
-    fn worker_demand(&mut self, from: WorkerId, source: SourceId, track: u8, layer: u8, wanted: bool) {
+    /// A worker's or child's demand for a mirrored layer: the parent hears
+    /// of the first one wanting it and of the last one leaving it.
+    fn demand(&mut self, sub: Sub, (source, track, layer): LayerKey, wanted: bool) {
         let Some(s) = self.in_sources.get(&source) else {
             return;
         };
         let (link, remote) = (s.link, s.remote);
-        if wanted {
-            // A layer asked for (again) starts where it arrives, not where it stopped.
-            self.highest.remove(&(source, track, layer));
-        }
-        let set = self.demand_in.entry((source, track, layer)).or_default();
+        let key = (source, track, layer);
+        let set = self.demand_in.entry(key).or_default();
         let before = !set.is_empty();
         if wanted {
-            set.insert(from);
+            set.insert(sub);
         } else {
-            set.remove(&from);
+            set.remove(&sub);
         }
         let after = !set.is_empty();
-        if set.is_empty() {
-            self.demand_in.remove(&(source, track, layer));
+        if !after {
+            self.demand_in.remove(&key);
+            if let Sub::Link(_) = sub {
+                self.recent.remove(&(relayed(source), track, layer));
+            }
         }
-        if before != after {
+        if before == after {
+            return;
+        }
+        if after {
+            // A layer asked for (again) starts where it arrives, not where it stopped.
+            self.highest.remove(&key);
+        }
+        if link != NO_LINK {
             let m = Message::Demand {
                 source: remote,
                 track,
@@ -337,33 +469,41 @@ impl Gateway {
         }
     }
 
+    /// Withdraws what `sub` asked for of the room's sources.
+    fn withdraw(&mut self, sub: Sub, room: &RoomId) {
+        let Some(r) = self.edge_rooms.get(room) else {
+            return;
+        };
+        let keys: Vec<LayerKey> = self
+            .demand_in
+            .iter()
+            .filter(|(k, set)| set.contains(&sub) && r.sources.contains(&k.0))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.demand(sub, k, false);
+        }
+    }
+
     fn worker_watch(&mut self, from: WorkerId, room: RoomId, watching: bool) {
         if !watching {
             let Some(r) = self.edge_rooms.get_mut(&room) else {
                 return;
             };
             r.workers.remove(&from);
-            if r.workers.is_empty() {
+            if r.is_empty() {
                 self.drop_edge_room(&room, true);
-                return;
-            }
-            // What only this worker wanted is no longer wanted.
-            let keys: Vec<(SourceId, u8, u8)> = self
-                .demand_in
-                .iter()
-                .filter(|(k, set)| set.contains(&from) && r.sources.contains(&k.0))
-                .map(|(k, _)| *k)
-                .collect();
-            for (source, track, layer) in keys {
-                self.worker_demand(from, source, track, layer, false);
+            } else {
+                // What only this worker wanted is no longer wanted.
+                self.withdraw(Sub::Worker(from), &room);
             }
             return;
         }
         if let Some(r) = self.edge_rooms.get_mut(&room) {
             if r.workers.insert(from) {
                 // Sources already mirrored here are announced to the newcomer.
-                for s in r.sources.clone() {
-                    if let Some(src) = self.in_sources.get(&s) {
+                for s in &r.sources {
+                    if let Some(src) = self.in_sources.get(s) {
                         self.out
                             .push_back(GatewayOutput::Worker(from, src.announce.clone()));
                     }
@@ -371,54 +511,132 @@ impl Gateway {
             }
             return;
         }
-        let Some(&link) = self.routes.get(&room) else {
-            // No route (the origin went away): the worker's viewers wait
-            // until a route comes and re-sends the watch.
-            self.edge_rooms.insert(
-                room,
-                EdgeRoom {
-                    link: NO_LINK,
-                    workers: BTreeSet::from([from]),
-                    sources: Vec::new(),
-                },
-            );
-            return;
-        };
-        self.edge_rooms.insert(
-            room.clone(),
-            EdgeRoom {
-                link,
-                workers: BTreeSet::from([from]),
-                sources: Vec::new(),
-            },
-        );
-        self.out
-            .push_back(GatewayOutput::Link(link, Message::Watch { room, watching: true }));
+        // Without a route (none yet, or the parent went away) the worker's
+        // viewers wait until the driver routes the room.
+        let mut r = EdgeRoom::new(self.routes.get(&room).copied().unwrap_or(NO_LINK));
+        r.workers.insert(from);
+        self.edge_rooms.insert(room.clone(), r);
+        self.watch_upstream(&room);
     }
 
-    /// Forgets an upstream room; its mirrored sources are gone at its
-    /// workers, and (`unwatch`) the origin is told.
-    fn drop_edge_room(&mut self, room: &RoomId, unwatch: bool) {
-        let Some(r) = self.edge_rooms.remove(room) else {
+    /// A child link watches a room this node is fed from its parent.
+    fn child_watch(&mut self, link: LinkId, room: RoomId, hops: Vec<u64>) {
+        let parent = self
+            .edge_rooms
+            .get(&room)
+            .map(|r| r.link)
+            .or_else(|| self.routes.get(&room).copied());
+        let parent_tag = parent.and_then(|l| self.link_tags.get(&l));
+        if parent == Some(link) || parent_tag.is_some_and(|t| hops.contains(t)) {
+            self.refuse_watch(link, room);
             return;
-        };
-        for s in r.sources {
-            if let Some(src) = self.in_sources.remove(&s) {
-                self.in_ids.remove(&(src.link, src.remote));
-            }
-            self.demand_in.retain(|k, _| k.0 != s);
-            self.highest.retain(|k, _| k.0 != s);
-            for &w in &r.workers {
-                let m = Message::SourceGone {
-                    room: room.clone(),
-                    source: s,
-                };
-                self.out.push_back(GatewayOutput::Worker(w, m));
+        }
+        self.watching.entry(link).or_default().insert(room.clone());
+        let new = !self.edge_rooms.contains_key(&room);
+        let r = self
+            .edge_rooms
+            .entry(room.clone())
+            .or_insert_with(|| EdgeRoom::new(parent.unwrap_or(NO_LINK)));
+        let first = r.children.insert(link, hops).is_none();
+        if first {
+            // The sources fed here so far, under this node's numbers.
+            for s in &r.sources {
+                if let Some(src) = self.in_sources.get(s).filter(|s| s.stale.is_none()) {
+                    let m = src.announce.with_source(relayed(*s));
+                    self.out.push_back(GatewayOutput::Link(link, m));
+                }
             }
         }
-        if unwatch && r.link != NO_LINK {
+        if new {
+            self.watch_upstream(&room);
+        }
+    }
+
+    fn child_unwatch(&mut self, link: LinkId, room: &RoomId) {
+        let Some(r) = self.edge_rooms.get_mut(room) else {
+            return;
+        };
+        if r.children.remove(&link).is_none() {
+            return;
+        }
+        if r.is_empty() {
+            self.drop_edge_room(room, true);
+        } else {
+            self.withdraw(Sub::Link(link), room);
+        }
+    }
+
+    /// A watch that would close a loop: the child is told no and routes again.
+    fn refuse_watch(&mut self, link: LinkId, room: RoomId) {
+        self.loops += 1;
+        self.out.push_back(GatewayOutput::Link(
+            link,
+            Message::Watch {
+                room,
+                watching: false,
+            },
+        ));
+    }
+
+    /// The room lost its parent: its sources wait for a new route.
+    fn lose_route(&mut self, room: &RoomId) {
+        self.routes.remove(room);
+        let Some(r) = self.edge_rooms.get_mut(room) else {
+            return;
+        };
+        let old = std::mem::replace(&mut r.link, NO_LINK);
+        for s in &r.sources {
+            if let Some(src) = self.in_sources.get_mut(s) {
+                self.in_ids.remove(&(old, src.remote));
+                src.link = NO_LINK;
+                src.stale.get_or_insert(0);
+            }
+        }
+        self.out.push_back(GatewayOutput::Unroute(room.clone()));
+    }
+
+    /// A mirrored source is gone: its workers and children are told.
+    fn remove_source(&mut self, id: SourceId) {
+        let Some(src) = self.in_sources.remove(&id) else {
+            return;
+        };
+        if src.link != NO_LINK {
+            self.in_ids.remove(&(src.link, src.remote));
+        }
+        self.demand_in.retain(|k, _| k.0 != id);
+        self.highest.retain(|k, _| k.0 != id);
+        self.recent.retain(|k, _| k.0 != relayed(id));
+        let Some(r) = self.edge_rooms.get_mut(&src.room) else {
+            return;
+        };
+        r.sources.retain(|&s| s != id);
+        let gone = Message::SourceGone {
+            room: src.room.clone(),
+            source: id,
+        };
+        for &w in &r.workers {
+            self.out.push_back(GatewayOutput::Worker(w, gone.clone()));
+        }
+        for &l in r.children.keys() {
+            self.out
+                .push_back(GatewayOutput::Link(l, gone.with_source(relayed(id))));
+        }
+    }
+
+    /// Forgets an upstream room (no worker or child watches it any more);
+    /// its mirrored sources are gone, and (`unwatch`) the parent is told.
+    fn drop_edge_room(&mut self, room: &RoomId, unwatch: bool) {
+        let Some(r) = self.edge_rooms.get(room) else {
+            return;
+        };
+        let link = r.link;
+        for s in r.sources.clone() {
+            self.remove_source(s);
+        }
+        self.edge_rooms.remove(room);
+        if unwatch && link != NO_LINK {
             self.out.push_back(GatewayOutput::Link(
-                r.link,
+                link,
                 Message::Watch {
                     room: room.clone(),
                     watching: false,
@@ -427,9 +645,30 @@ impl Gateway {
         }
     }
 
+    /// Ticks since the last call: every [`TICK`]. Sources whose route was
+    /// lost [`GRACE_TICKS`] ago and that no new parent announced are gone.
+    pub fn tick(&mut self) {
+        let mut gone = Vec::new();
+        for (&id, s) in &mut self.in_sources {
+            if let Some(n) = &mut s.stale {
+                *n += 1;
+                if *n >= GRACE_TICKS {
+                    gone.push(id);
+                }
+            }
+        }
+        for id in gone {
+            self.remove_source(id);
+        }
+    }
+
     /// A message from another node over `link`.
     pub fn handle_link(&mut self, link: LinkId, msg: Message) {
         match msg {
+            Message::Hops { room, hops } => {
+                // Kept for the link's next watch only: bounded.
+                self.hops_in.insert(link, (room, hops));
+            }
             Message::Watch { room, watching } => self.link_watch(link, room, watching),
             Message::Demand {
                 source,
@@ -437,6 +676,18 @@ impl Gateway {
                 layer,
                 wanted,
             } => {
+                if let Some(local) = relayed_local(source) {
+                    // Only for a relayed source of a room this child watches.
+                    let child = self
+                        .in_sources
+                        .get(&local)
+                        .and_then(|s| self.edge_rooms.get(&s.room))
+                        .is_some_and(|r| r.children.contains_key(&link));
+                    if child {
+                        self.demand(Sub::Link(link), (local, track, layer), wanted);
+                    }
+                    return;
+                }
                 // Only for a source of a room this link watches: bounded.
                 let (worker, peer) = from_wire(source);
                 let watched = self
@@ -460,14 +711,17 @@ impl Gateway {
                 seqs,
             } => {
                 // Only for a layer this link asked for: bounded by its demand.
-                if !self
-                    .demand_out
-                    .get(&link)
-                    .is_some_and(|d| d.contains(&(source, track, layer)))
-                {
-                    return;
-                }
-                let Some(recent) = self.recent.get(&(source, track, layer)) else {
+                let asked = match relayed_local(source) {
+                    Some(local) => self
+                        .demand_in
+                        .get(&(local, track, layer))
+                        .is_some_and(|s| s.contains(&Sub::Link(link))),
+                    None => self
+                        .demand_out
+                        .get(&link)
+                        .is_some_and(|d| d.contains(&(source, track, layer))),
+                };
+                let Some(recent) = self.recent.get(&(source, track, layer)).filter(|_| asked) else {
                     return;
                 };
                 for seq in seqs {
@@ -485,6 +739,22 @@ impl Gateway {
                 }
             }
             Message::Keyframe { source, layer } => {
+                if let Some(local) = relayed_local(source) {
+                    // Upstream, merged there with everyone else's.
+                    if let Some(s) = self.in_sources.get(&local).filter(|s| s.link != NO_LINK)
+                        && self
+                            .edge_rooms
+                            .get(&s.room)
+                            .is_some_and(|r| r.children.contains_key(&link))
+                    {
+                        let m = Message::Keyframe {
+                            source: s.remote,
+                            layer,
+                        };
+                        self.out.push_back(GatewayOutput::Link(s.link, m));
+                    }
+                    return;
+                }
                 let (worker, peer) = from_wire(source);
                 if worker.0 < self.workers {
                     let m = Message::Keyframe { source: peer, layer };
@@ -492,66 +762,89 @@ impl Gateway {
                 }
             }
             Message::Source {
-                room,
+                ref room,
                 source,
-                session,
-                identity,
-                codecs,
-                tracks,
+                ref session,
+                ..
             } => {
-                let Some(r) = self.edge_rooms.get_mut(&room).filter(|r| r.link == link) else {
+                let Some(r) = self.edge_rooms.get_mut(room).filter(|r| r.link == link) else {
                     return;
                 };
+                let mut resumed = false;
                 let id = match self.in_ids.get(&(link, source)) {
                     Some(&id) => id,
                     None => {
-                        let id = SourceId(self.next_source);
-                        self.next_source += 1;
+                        // A source that lost its route and is announced
+                        // again over the new one keeps its number.
+                        let back = r.sources.iter().copied().find(|s| {
+                            self.in_sources
+                                .get(s)
+                                .is_some_and(|x| x.stale.is_some() && x.session == *session)
+                        });
+                        let id = match back {
+                            Some(id) => {
+                                resumed = true;
+                                id
+                            }
+                            None => {
+                                let id = SourceId(self.next_source);
+                                self.next_source += 1;
+                                r.sources.push(id);
+                                id
+                            }
+                        };
                         self.in_ids.insert((link, source), id);
-                        r.sources.push(id);
                         id
                     }
                 };
-                let announce = Message::Source {
-                    room: room.clone(),
-                    source: id,
-                    session,
-                    identity,
-                    codecs,
-                    tracks,
-                };
+                let announce = msg.with_source(id);
                 for &w in &r.workers {
                     self.out.push_back(GatewayOutput::Worker(w, announce.clone()));
+                }
+                for &l in r.children.keys() {
+                    self.out
+                        .push_back(GatewayOutput::Link(l, announce.with_source(relayed(id))));
                 }
                 self.in_sources.insert(
                     id,
                     InSource {
                         link,
                         remote: source,
-                        room,
+                        room: room.clone(),
+                        session: session.clone(),
                         announce,
+                        stale: None,
                     },
                 );
-            }
-            Message::SourceGone { room, source } => {
-                let Some(id) = self.in_ids.remove(&(link, source)) else {
-                    return;
-                };
-                self.in_sources.remove(&id);
-                self.demand_in.retain(|k, _| k.0 != id);
-                self.highest.retain(|k, _| k.0 != id);
-                if let Some(r) = self.edge_rooms.get_mut(&room) {
-                    r.sources.retain(|&s| s != id);
-                    for &w in &r.workers {
-                        let m = Message::SourceGone {
-                            room: room.clone(),
-                            source: id,
+                if resumed {
+                    // Its layers are asked for again on the new route, each
+                    // from a keyframe: the viewers' decoders lost the thread.
+                    let mut keys: Vec<LayerKey> =
+                        self.demand_in.keys().filter(|k| k.0 == id).copied().collect();
+                    keys.sort_unstable();
+                    for &(_, track, layer) in &keys {
+                        let m = Message::Demand {
+                            source,
+                            track,
+                            layer,
+                            wanted: true,
                         };
-                        self.out.push_back(GatewayOutput::Worker(w, m));
+                        self.out.push_back(GatewayOutput::Link(link, m));
+                    }
+                    let mut layers: Vec<u8> = keys.iter().map(|k| k.2).collect();
+                    layers.dedup();
+                    for layer in layers {
+                        self.out
+                            .push_back(GatewayOutput::Link(link, Message::Keyframe { source, layer }));
                     }
                 }
             }
-            Message::Layers { source, track, rates } => {
+            Message::SourceGone { source, .. } => {
+                if let Some(id) = self.in_ids.get(&(link, source)).copied() {
+                    self.remove_source(id);
+                }
+            }
+            Message::Layers { source, .. } => {
                 let Some(&id) = self.in_ids.get(&(link, source)) else {
                     return;
                 };
@@ -562,13 +855,13 @@ impl Gateway {
                 else {
                     return;
                 };
+                let m = msg.with_source(id);
                 for &w in &r.workers {
-                    let m = Message::Layers {
-                        source: id,
-                        track,
-                        rates: rates.clone(),
-                    };
-                    self.out.push_back(GatewayOutput::Worker(w, m));
+                    self.out.push_back(GatewayOutput::Worker(w, m.clone()));
+                }
+                for &l in r.children.keys() {
+                    self.out
+                        .push_back(GatewayOutput::Link(l, m.with_source(relayed(id))));
                 }
             }
             Message::Media {
@@ -588,7 +881,7 @@ impl Gateway {
                 else {
                     return;
                 };
-                // A gap: ask the origin for what is missing, once.
+                // A gap: ask the parent for what is missing, once.
                 let seq = packet.seq;
                 match self.highest.get(&(id, track, layer)).copied() {
                     Some(h) if seq > h + 1 && seq - h <= MAX_GAP => {
@@ -618,12 +911,43 @@ impl Gateway {
                     };
                     self.out.push_back(GatewayOutput::Worker(w, m));
                 }
+                // The children that asked for this layer.
+                let mut sent = false;
+                let wire = relayed(id);
+                for sub in self.demand_in.get(&(id, track, layer)).into_iter().flatten() {
+                    if let &Sub::Link(l) = sub {
+                        sent = true;
+                        let m = Message::Media {
+                            source: wire,
+                            track,
+                            layer,
+                            codec,
+                            packet: packet.clone(),
+                        };
+                        self.out.push_back(GatewayOutput::Link(l, m));
+                    }
+                }
+                if sent {
+                    remember(&mut self.recent, (wire, track, layer), codec, packet);
+                }
             }
         }
     }
 
     fn link_watch(&mut self, link: LinkId, room: RoomId, watching: bool) {
         if !watching {
+            if let Some(r) = self.edge_rooms.get(&room) {
+                if r.children.contains_key(&link) {
+                    self.child_unwatch(link, &room);
+                    self.unwatch_link(link, &room);
+                    return;
+                }
+                if r.link == link {
+                    // The parent refused the watch: route elsewhere.
+                    self.lose_route(&room);
+                    return;
+                }
+            }
             let wires: HashSet<SourceId> = self
                 .out_sources
                 .iter()
@@ -633,18 +957,25 @@ impl Gateway {
             if let Some(d) = self.demand_out.get_mut(&link) {
                 d.retain(|(s, ..)| !wires.contains(s));
             }
-            if let Some(rooms) = self.watching.get_mut(&link) {
-                rooms.remove(&room);
-                if rooms.is_empty() {
-                    self.watching.remove(&link);
-                }
-            }
+            self.unwatch_link(link, &room);
             self.unwatch_origin(&room, link);
+            return;
+        }
+        let hops = match self.hops_in.remove(&link) {
+            Some((r, hops)) if r == room => hops,
+            _ => Vec::new(),
+        };
+        if hops.contains(&self.tag) {
+            self.refuse_watch(link, room);
             return;
         }
         let rooms = self.watching.entry(link).or_default();
         if !rooms.contains(&room) && rooms.len() >= MAX_WATCHED_PER_LINK {
             self.refused += 1;
+            return;
+        }
+        if self.routes.contains_key(&room) || self.edge_rooms.contains_key(&room) {
+            self.child_watch(link, room, hops);
             return;
         }
         rooms.insert(room.clone());
@@ -663,6 +994,15 @@ impl Gateway {
             // The home announced its sources already: replay them.
             for s in self.out_sources.values().filter(|s| s.room == room) {
                 self.out.push_back(GatewayOutput::Link(link, s.announce.clone()));
+            }
+        }
+    }
+
+    fn unwatch_link(&mut self, link: LinkId, room: &RoomId) {
+        if let Some(rooms) = self.watching.get_mut(&link) {
+            rooms.remove(room);
+            if rooms.is_empty() {
+                self.watching.remove(&link);
             }
         }
     }
@@ -694,12 +1034,21 @@ impl Gateway {
     }
 
     /// A link closed: rooms it watched here are unwatched, rooms watched
-    /// over it lose their sources (their workers keep watching; a new route
-    /// resumes them).
+    /// over it wait for a new route (their sources for [`GRACE_TICKS`]).
     pub fn link_down(&mut self, link: LinkId) {
+        self.link_tags.remove(&link);
+        self.hops_in.remove(&link);
         self.demand_out.remove(&link);
         for room in self.watching.remove(&link).unwrap_or_default() {
-            self.unwatch_origin(&room, link);
+            if self
+                .edge_rooms
+                .get(&room)
+                .is_some_and(|r| r.children.contains_key(&link))
+            {
+                self.child_unwatch(link, &room);
+            } else {
+                self.unwatch_origin(&room, link);
+            }
         }
         let upstream: Vec<RoomId> = self
             .edge_rooms
@@ -709,59 +1058,38 @@ impl Gateway {
             .collect();
         self.routes.retain(|_, l| *l != link);
         for room in upstream {
-            let workers = self
-                .edge_rooms
-                .get(&room)
-                .map(|r| r.workers.clone())
-                .unwrap_or_default();
-            self.drop_edge_room(&room, false);
-            self.edge_rooms.insert(
-                room,
-                EdgeRoom {
-                    link: NO_LINK,
-                    workers,
-                    sources: Vec::new(),
-                },
-            );
+            self.lose_route(&room);
         }
     }
 
-    /// Rooms watched here with no route (their origin's link went down).
+    /// Rooms the driver should route: watched here (by workers or child
+    /// links) with no parent, and rooms links watch here that have no
+    /// local source (this node may be a relay for them, not their origin).
     pub fn unrouted(&self) -> Vec<RoomId> {
-        self.edge_rooms
+        let mut rooms: Vec<RoomId> = self
+            .edge_rooms
             .iter()
             .filter(|(_, r)| r.link == NO_LINK)
             .map(|(room, _)| room.clone())
-            .collect()
+            .collect();
+        rooms.extend(
+            self.watched
+                .keys()
+                .filter(|room| !self.routes.contains_key(*room))
+                .filter(|room| !self.out_sources.values().any(|s| s.room == **room))
+                .cloned(),
+        );
+        rooms.sort();
+        rooms
     }
 
-    /// Re-sends the watch of a room that lost its route, once a route is set.
-    pub fn resume(&mut self, room: &RoomId) {
-        let Some(&link) = self.routes.get(room) else {
-            return;
-        };
-        let Some(r) = self.edge_rooms.get_mut(room) else {
-            return;
-        };
-        if r.link != NO_LINK {
-            return;
-        }
-        r.link = link;
-        self.out.push_back(GatewayOutput::Link(
-            link,
-            Message::Watch {
-                room: room.clone(),
-                watching: true,
-            },
-        ));
-    }
-
-    /// How `room` crosses this node's links: the link it is watched over (its
-    /// parent), the links watching it here (its children) and the layers
-    /// each carries, as `(source, track, layer)` in the origin's numbering.
+    /// How `room` crosses this node's links: the link to its parent, the
+    /// links watching it here (its children) and the layers each carries,
+    /// as `(source, track, layer)` in the numbering of that link.
     pub fn room_links(&self, room: &RoomId) -> RoomLinks {
-        let parent = self.edge_rooms.get(room).filter(|r| r.link != NO_LINK).map(|r| {
-            let mut layers: Vec<(SourceId, u8, u8)> = self
+        let edge = self.edge_rooms.get(room);
+        let parent = edge.filter(|r| r.link != NO_LINK).map(|r| {
+            let mut layers: Vec<LayerKey> = self
                 .demand_in
                 .keys()
                 .filter(|k| r.sources.contains(&k.0))
@@ -776,13 +1104,13 @@ impl Gateway {
             .filter(|(_, s)| s.room == *room)
             .map(|(&(w, p), _)| wire_id(w, p))
             .collect();
-        let children = self
+        let mut children: Vec<Carried> = self
             .watched
             .get(room)
             .into_iter()
             .flatten()
             .map(|&l| {
-                let mut layers: Vec<(SourceId, u8, u8)> = self
+                let mut layers: Vec<LayerKey> = self
                     .demand_out
                     .get(&l)
                     .into_iter()
@@ -794,6 +1122,17 @@ impl Gateway {
                 (l, layers)
             })
             .collect();
+        for &l in edge.into_iter().flat_map(|r| r.children.keys()) {
+            let mut layers: Vec<LayerKey> = self
+                .demand_in
+                .iter()
+                .filter(|(_, set)| set.contains(&Sub::Link(l)))
+                .map(|(&(s, t, layer), _)| (relayed(s), t, layer))
+                .collect();
+            layers.sort();
+            children.push((l, layers));
+        }
+        children.sort();
         RoomLinks { parent, children }
     }
 
@@ -801,6 +1140,20 @@ impl Gateway {
     pub fn poll_output(&mut self) -> Option<GatewayOutput> {
         self.out.pop_front()
     }
+}
+
+/// Keeps a sent packet for retransmission, [`RECENT`] per layer.
+fn remember(
+    recent: &mut HashMap<LayerKey, VecDeque<(Option<wave_vocab::Codec>, MediaPacket)>>,
+    key: LayerKey,
+    codec: Option<wave_vocab::Codec>,
+    packet: MediaPacket,
+) {
+    let recent = recent.entry(key).or_default();
+    if recent.len() >= RECENT {
+        recent.pop_front();
+    }
+    recent.push_back((codec, packet));
 }
 
 fn wire_id(worker: WorkerId, source: SourceId) -> SourceId {
@@ -812,6 +1165,16 @@ fn from_wire(source: SourceId) -> (WorkerId, SourceId) {
         WorkerId((source.0 >> PEER_BITS) as usize),
         SourceId(source.0 & ((1 << PEER_BITS) - 1)),
     )
+}
+
+/// A mirrored source's id towards this node's children.
+fn relayed(local: SourceId) -> SourceId {
+    SourceId(RELAYED | local.0)
+}
+
+/// The local id of a source this node relays, from its wire id.
+fn relayed_local(wire: SourceId) -> Option<SourceId> {
+    (wire.0 & RELAYED != 0).then_some(SourceId(wire.0 & !RELAYED))
 }
 
 #[cfg(test)]
@@ -882,11 +1245,13 @@ mod tests {
         }
     }
 
+    /// What went to links, hop lists left out.
     fn links(out: &[GatewayOutput]) -> Vec<(LinkId, &Message)> {
         out.iter()
             .filter_map(|o| match o {
+                GatewayOutput::Link(_, Message::Hops { .. }) => None,
                 GatewayOutput::Link(l, m) => Some((*l, m)),
-                GatewayOutput::Worker(..) => None,
+                _ => None,
             })
             .collect()
     }
@@ -895,7 +1260,7 @@ mod tests {
         out.iter()
             .filter_map(|o| match o {
                 GatewayOutput::Worker(w, m) => Some((*w, m)),
-                GatewayOutput::Link(..) => None,
+                _ => None,
             })
             .collect()
     }
@@ -1184,7 +1549,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_origin_removes_its_sources_and_a_new_route_resumes_the_watch() {
+    fn a_lost_origin_removes_its_sources_after_the_grace_and_a_new_route_resumes_the_watch() {
         let mut g = gateway();
         g.route(room("r"), LinkId(1));
         g.handle_worker(WorkerId(0), watch("r", true));
@@ -1192,12 +1557,23 @@ mod tests {
         drain(&mut g);
         g.link_down(LinkId(1));
         let out = drain(&mut g);
+        assert!(
+            workers(&out).is_empty(),
+            "the source waits for a new route: {out:?}"
+        );
+        assert!(matches!(out[..], [GatewayOutput::Unroute(_)]));
+        assert_eq!(g.unrouted(), vec![room("r")]);
+        assert_eq!(g.route_of(&room("r")), None);
+        for _ in 1..GRACE_TICKS {
+            g.tick();
+        }
+        assert!(drain(&mut g).is_empty());
+        g.tick();
+        let out = drain(&mut g);
         assert!(matches!(
             workers(&out)[..],
             [(WorkerId(0), Message::SourceGone { .. })]
         ));
-        assert_eq!(g.unrouted(), vec![room("r")]);
-        assert_eq!(g.route_of(&room("r")), None);
 
         g.route(room("r"), LinkId(2));
         let out = drain(&mut g);

@@ -107,6 +107,11 @@ pub enum Message {
         layer: u8,
         wanted: bool,
     },
+    /// Watcher → home over a node link, just before a [`Message::Watch`]:
+    /// the nodes (their tags) the watch comes through, nearest last. A node
+    /// that finds itself, or its own parent for the room, among them
+    /// refuses the watch: a relay tree has no loops.
+    Hops { room: RoomId, hops: Vec<u64> },
 }
 
 impl Message {
@@ -114,5 +119,23 @@ impl Message {
     /// follows); the rest keeps mirrors consistent and never is.
     pub fn is_media(&self) -> bool {
         matches!(self, Message::Media { .. })
+    }
+
+    /// The same message about `id` instead of its source (a gateway renumbers
+    /// sources between links and workers); messages about no source are
+    /// returned as they are.
+    pub fn with_source(&self, id: SourceId) -> Message {
+        let mut m = self.clone();
+        match &mut m {
+            Message::Source { source, .. }
+            | Message::SourceGone { source, .. }
+            | Message::Media { source, .. }
+            | Message::Keyframe { source, .. }
+            | Message::Layers { source, .. }
+            | Message::Nack { source, .. }
+            | Message::Demand { source, .. } => *source = id,
+            Message::Watch { .. } | Message::Hops { .. } => {}
+        }
+        m
     }
 }

@@ -13,7 +13,7 @@ use wave_vocab::{Codec, CodecDesc, MediaKind, RoomId, SessionId};
 use crate::message::{Ext, MediaPacket, Message, SourceId, TrackDesc};
 
 /// The encoding's version, the first byte of every frame.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// A frame longer than this is refused (a media packet is at most a
 /// datagram; announcements are a few hundred bytes).
 pub const MAX_FRAME: usize = 16 * 1024;
@@ -32,8 +32,11 @@ const KEYFRAME: u8 = 5;
 const DEMAND: u8 = 6;
 const LAYERS: u8 = 7;
 const NACK: u8 = 8;
+const HOPS: u8 = 9;
 /// Sequence numbers one `Nack` names at most.
 pub const MAX_NACK: usize = 64;
+/// Nodes one `Hops` names at most: a relay tree deeper than this is refused.
+pub const MAX_HOPS: usize = 16;
 
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -177,6 +180,15 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.push(*track);
             out.push(*layer);
             out.push(u8::from(*wanted));
+        }
+        Message::Hops { room, hops } => {
+            out.push(HOPS);
+            put_str(out, room.as_str());
+            let hops = &hops[..hops.len().min(MAX_HOPS)];
+            out.push(hops.len() as u8);
+            for h in hops {
+                out.extend_from_slice(&h.to_be_bytes());
+            }
         }
     }
 }
@@ -326,6 +338,18 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
                 _ => return Err(DecodeError::Invalid("wanted")),
             },
         },
+        HOPS => {
+            let room = r.room()?;
+            let n = usize::from(r.u8("hop count")?);
+            if n > MAX_HOPS {
+                return Err(DecodeError::TooMany("hops"));
+            }
+            let mut hops = Vec::with_capacity(n);
+            for _ in 0..n {
+                hops.push(r.u64("hop")?);
+            }
+            Message::Hops { room, hops }
+        }
         t => return Err(DecodeError::Type(t)),
     };
     match r.0.len() {
@@ -555,6 +579,10 @@ mod tests {
                 track: 1,
                 layer: 0,
                 seqs: vec![70_001, 70_003],
+            },
+            Message::Hops {
+                room: room(),
+                hops: vec![u64::MAX, 3],
             },
         ]
     }

@@ -48,7 +48,7 @@ impl Engine {
             // buffer each); node links filter by demand in the gateway.
             Message::Demand { .. } => {}
             // Node links only: the gateways answer them.
-            Message::Nack { .. } => {}
+            Message::Nack { .. } | Message::Hops { .. } => {}
             Message::Layers { source, track, rates } => {
                 let Some(m) = self
                     .mirror_ids
