@@ -7,15 +7,12 @@
 // (B's and C's fed over QUIC from A), a layer switch on C changes the
 // decoded width, and hls.js plays the room's LL-HLS from B.
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BIN_DIR, failureContext, freePort, HLSJS_DIR, launchBrowser, startNode, stats, until } from './helpers.mjs';
+import { BIN_DIR, failureContext, HLSJS_DIR, launchBrowser, startNats, startNode, stats, until } from './helpers.mjs';
 
 const ROOM = `relay-${randomBytes(4).toString('hex')}`;
 const SECRET = `e2e-${randomBytes(8).toString('hex')}`;
@@ -23,32 +20,6 @@ const WIDTH = { low: 320, mid: 640 };
 
 function token(args) {
   return execFileSync(join(BIN_DIR, 'sfu'), ['token', '--secret', SECRET, ...args]).toString().trim();
-}
-
-async function startNats() {
-  const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'wave-e2e-nats-'));
-  const child = spawn('nats-server', ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', dir], { stdio: 'ignore' });
-  const exited = new Promise((ok) => child.once('exit', ok));
-  child.once('error', (e) => {
-    throw new Error(`cannot start nats-server (${e.message}); run scripts/setup.sh`);
-  });
-  const url = `nats://127.0.0.1:${port}`;
-  for (let i = 0; i < 100; i++) {
-    const up = await new Promise((ok) => {
-      const sock = connect(port, '127.0.0.1', () => {
-        sock.end();
-        ok(true);
-      });
-      sock.on('error', () => ok(false));
-    });
-    if (up) {
-      return { url, async stop() { child.kill('SIGKILL'); await exited; rmSync(dir, { recursive: true, force: true }); } };
-    }
-    await sleep(100);
-  }
-  child.kill('SIGKILL');
-  throw new Error(`nats-server did not listen on ${port}`);
 }
 
 describe(`a room across three nodes over the relay (room ${ROOM})`, { timeout: 150_000 }, () => {

@@ -3,7 +3,7 @@
 // page's `wave.stats()`, and collect diagnostics when something fails.
 import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before } from 'node:test';
@@ -303,4 +303,31 @@ export function browserSuite(nodeOptions = () => ({})) {
     suite.node?.cleanup({ keepLog });
   });
   return suite;
+}
+
+/** A real nats-server with JetStream on a free loopback port. */
+export async function startNats() {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'wave-e2e-nats-'));
+  const child = spawn('nats-server', ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', dir], { stdio: 'ignore' });
+  const exited = new Promise((ok) => child.once('exit', ok));
+  child.once('error', (e) => {
+    throw new Error(`cannot start nats-server (${e.message}); run scripts/setup.sh`);
+  });
+  const url = `nats://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    const up = await new Promise((ok) => {
+      const sock = connect(port, '127.0.0.1', () => {
+        sock.end();
+        ok(true);
+      });
+      sock.on('error', () => ok(false));
+    });
+    if (up) {
+      return { url, async stop() { child.kill('SIGKILL'); await exited; rmSync(dir, { recursive: true, force: true }); } };
+    }
+    await sleep(100);
+  }
+  child.kill('SIGKILL');
+  throw new Error(`nats-server did not listen on ${port}`);
 }

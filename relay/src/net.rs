@@ -39,8 +39,12 @@ use crate::wire::{self, MAX_FRAME};
 pub const INBOUND: usize = 8192;
 /// Control frames waiting to be written to one peer.
 pub const CONTROL_QUEUE: usize = 1024;
-/// How long a silent link lives (keep-alives every third of it).
-const IDLE: Duration = Duration::from_secs(3);
+/// How long a silent link lives (keep-alives every fourth of it): a
+/// parent killed outright is noticed this late, and its children re-parent.
+const IDLE: Duration = Duration::from_millis(1500);
+/// How long a node whose link died (or could not be dialled) is passed
+/// over as a parent.
+pub const LOST_FOR: Duration = Duration::from_secs(10);
 /// Attempts to dial a node (a node that just appeared may not trust us yet:
 /// its view of the registry refreshes every heartbeat).
 const DIAL_ATTEMPTS: u32 = 4;
@@ -80,6 +84,9 @@ pub struct RelayStats {
     pub nacked: AtomicU64,
     pub retransmissions: AtomicU64,
     pub downstream_links: AtomicU64,
+    /// Watches and routes refused as loops; rooms moved to a new parent.
+    pub loops: AtomicU64,
+    pub reparents: AtomicU64,
 }
 
 impl RelayStats {
@@ -162,6 +169,18 @@ impl RelayStats {
                 g(&self.retransmissions),
             ),
             (
+                "wave_relay_loops_refused_total",
+                true,
+                "Room watches or routes refused because they would close a loop.",
+                g(&self.loops),
+            ),
+            (
+                "wave_relay_reparents_total",
+                true,
+                "Rooms that lost their parent node and were fed again through another.",
+                g(&self.reparents),
+            ),
+            (
                 "wave_relay_upstream_rooms",
                 false,
                 "Rooms this node watches on another node.",
@@ -181,7 +200,8 @@ impl RelayStats {
 enum Cmd {
     Route(RoomId, LinkId),
     Links(RoomId, tokio::sync::oneshot::Sender<serde_json::Value>),
-    Up(LinkId, LinkTx),
+    Unrouted(tokio::sync::oneshot::Sender<Vec<RoomId>>),
+    Up(LinkId, LinkTx, Option<Fingerprint>),
     Down(LinkId),
     Frame(LinkId, Message),
 }
@@ -223,7 +243,9 @@ struct Inner {
     next_link: AtomicU64,
     stats: Arc<RelayStats>,
     /// Rooms with a route (read by the node's router without a round trip).
-    routed: Mutex<HashMap<RoomId, LinkId>>,
+    routed: Arc<Mutex<HashMap<RoomId, LinkId>>>,
+    /// Nodes whose link died or could not be dialled, and when.
+    lost: Mutex<HashMap<Fingerprint, Instant>>,
 }
 
 impl Relay {
@@ -290,12 +312,20 @@ impl Relay {
                 dialled: tokio::sync::Mutex::new(HashMap::new()),
                 next_link: AtomicU64::new(1),
                 stats: stats.clone(),
-                routed: Mutex::new(HashMap::new()),
+                routed: Arc::new(Mutex::new(HashMap::new())),
+                lost: Mutex::new(HashMap::new()),
             }),
         };
         info!(addr = %relay.local_addr(), fingerprint = %relay.fingerprint(), "relay listening (QUIC)");
-        let gateway = Gateway::new(workers, home);
-        rt.spawn(run_gateway(gateway, inboxes, rx, stats));
+        let mut gateway = Gateway::new(workers, home);
+        gateway.set_tag(relay.fingerprint().tag());
+        rt.spawn(run_gateway(
+            gateway,
+            inboxes,
+            rx,
+            stats,
+            relay.inner.routed.clone(),
+        ));
         rt.spawn(accept(relay.clone()));
         Ok(relay)
     }
@@ -335,10 +365,17 @@ impl Relay {
             .unwrap_or(false)
     }
 
-    /// Routes `room` to the origin at `addr` holding certificate `fp`:
-    /// dials it (or reuses the link) and tells the gateway.
+    /// Routes `room` to its parent (its origin, or a relay node nearer to
+    /// it) at `addr` holding certificate `fp`: dials it (or reuses the
+    /// link) and tells the gateway.
     pub async fn route(&self, room: &RoomId, addr: SocketAddr, fp: Fingerprint) -> Result<(), RelayError> {
-        let link = self.link_to(addr, fp).await?;
+        let link = match self.link_to(addr, fp).await {
+            Ok(link) => link,
+            Err(e) => {
+                self.lost(fp);
+                return Err(e);
+            }
+        };
         if let Ok(mut r) = self.inner.routed.lock() {
             r.insert(room.clone(), link);
         }
@@ -347,6 +384,32 @@ impl Relay {
             .send(Cmd::Route(room.clone(), link))
             .await
             .map_err(|_| RelayError::Stopped)
+    }
+
+    /// Rooms to route: watched here with no parent (never routed, or their
+    /// parent went away), or watched by other nodes with no publisher here.
+    pub async fn unrouted(&self) -> Vec<RoomId> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inner.tx.send(Cmd::Unrouted(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Nodes (by certificate) whose link died or could not be dialled in
+    /// the last [`LOST_FOR`]: not to be chosen as parents for now.
+    pub fn recently_lost(&self) -> Vec<Fingerprint> {
+        let Ok(mut lost) = self.inner.lost.lock() else {
+            return Vec::new();
+        };
+        lost.retain(|_, at| at.elapsed() < LOST_FOR);
+        lost.keys().copied().collect()
+    }
+
+    fn lost(&self, fp: Fingerprint) {
+        if let Ok(mut lost) = self.inner.lost.lock() {
+            lost.insert(fp, Instant::now());
+        }
     }
 
     async fn link_to(&self, addr: SocketAddr, fp: Fingerprint) -> Result<LinkId, RelayError> {
@@ -409,6 +472,7 @@ impl Relay {
     ) -> Result<LinkId, RelayError> {
         let id = LinkId(self.inner.next_link.fetch_add(1, Ordering::Relaxed));
         let (control, rx) = mpsc::channel(CONTROL_QUEUE);
+        let peer = peer_fingerprint(&conn);
         self.inner
             .tx
             .send(Cmd::Up(
@@ -417,20 +481,36 @@ impl Relay {
                     conn: conn.clone(),
                     control,
                 },
+                peer,
             ))
             .await
             .map_err(|_| RelayError::Stopped)?;
         self.inner.stats.links_opened.fetch_add(1, Ordering::Relaxed);
         info!(link = id.0, peer = %conn.remote_address(), "relay link up");
         let rt = &self.inner.rt;
+        // Set once the peer's stream header arrived (it accepted us).
+        let confirmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         rt.spawn(write_control(conn.clone(), rx));
-        rt.spawn(read_control(id, conn.clone(), self.clone(), ready));
+        rt.spawn(read_control(
+            id,
+            conn.clone(),
+            self.clone(),
+            ready,
+            confirmed.clone(),
+        ));
         rt.spawn(read_datagrams(id, conn.clone(), self.clone()));
         let relay = self.clone();
         rt.spawn(async move {
             let reason = conn.closed().await;
             info!(link = id.0, peer = %conn.remote_address(), %reason, "relay link down");
             relay.inner.stats.links_closed.fetch_add(1, Ordering::Relaxed);
+            // An accepted link closed by the peer (stopping, or cut off) or
+            // by silence: not a parent for a while. (A dial the peer refused
+            // because its registry view lags is retried, not held against it.)
+            let ours = matches!(reason, quinn::ConnectionError::LocallyClosed);
+            if let (Some(fp), false, true) = (peer, ours, confirmed.load(Ordering::Relaxed)) {
+                relay.lost(fp);
+            }
             if let Ok(mut r) = relay.inner.routed.lock() {
                 r.retain(|_, l| *l != id);
             }
@@ -498,10 +578,19 @@ impl Relay {
     }
 }
 
+/// The SHA-256 of the certificate the peer presented.
+fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(Fingerprint::of)
+}
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE).ok());
-    t.keep_alive_interval(Some(IDLE / 3));
+    t.keep_alive_interval(Some(IDLE / 4));
     // One stream each way carries control; peers open no others.
     t.max_concurrent_uni_streams(1u8.into());
     t.max_concurrent_bidi_streams(0u8.into());
@@ -553,6 +642,7 @@ async fn read_control(
     conn: quinn::Connection,
     relay: Relay,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
+    confirmed: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let Ok(mut stream) = conn.accept_uni().await else {
         return;
@@ -571,6 +661,7 @@ async fn read_control(
         conn.close(CLOSE_BAD_FRAME.into(), b"bad frame: stream header");
         return;
     }
+    confirmed.store(true, Ordering::Relaxed);
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -617,6 +708,7 @@ async fn run_gateway(
     inboxes: Arc<[Arc<Inbox>]>,
     mut rx: mpsc::Receiver<Cmd>,
     stats: Arc<RelayStats>,
+    routed: Arc<Mutex<HashMap<RoomId, LinkId>>>,
 ) {
     let me = gateway.id();
     let Some(inbox) = inboxes.get(me.0).cloned() else {
@@ -626,9 +718,12 @@ async fn run_gateway(
     let mut taken = Vec::new();
     let mut outbox: Vec<Vec<Message>> = (0..me.0).map(|_| Vec::new()).collect();
     let mut buf = Vec::with_capacity(2048);
+    let mut tick = tokio::time::interval(crate::gateway::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = inbox.notified() => {}
+            _ = tick.tick() => gateway.tick(),
             cmd = rx.recv() => match cmd {
                 Some(cmd) => handle(&mut gateway, &mut links, cmd),
                 None => return,
@@ -660,6 +755,11 @@ async fn run_gateway(
                         links.remove(&l);
                     }
                 }
+                GatewayOutput::Unroute(room) => {
+                    if let Ok(mut r) = routed.lock() {
+                        r.remove(&room);
+                    }
+                }
             }
         }
         for (w, batch) in outbox.iter_mut().enumerate() {
@@ -675,6 +775,9 @@ async fn run_gateway(
         let (nacked, resent) = gateway.repairs();
         stats.nacked.store(nacked, Ordering::Relaxed);
         stats.retransmissions.store(resent, Ordering::Relaxed);
+        let (loops, reparents) = gateway.tree_events();
+        stats.loops.store(loops, Ordering::Relaxed);
+        stats.reparents.store(reparents, Ordering::Relaxed);
     }
 }
 
@@ -697,8 +800,14 @@ fn handle(gateway: &mut Gateway, links: &mut HashMap<LinkId, LinkTx>, cmd: Cmd) 
         }
         Cmd::Route(room, link) if links.contains_key(&link) => gateway.route(room, link),
         Cmd::Route(room, link) => debug!(%room, link = link.0, "route over a closed link ignored"),
-        Cmd::Up(link, tx) => {
+        Cmd::Unrouted(reply) => {
+            let _ = reply.send(gateway.unrouted());
+        }
+        Cmd::Up(link, tx, peer) => {
             links.insert(link, tx);
+            if let Some(fp) = peer {
+                gateway.link_tag(link, fp.tag());
+            }
         }
         Cmd::Down(link) => {
             links.remove(&link);

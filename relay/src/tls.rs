@@ -40,6 +40,13 @@ impl Fingerprint {
     pub fn of(cert: &CertificateDer<'_>) -> Fingerprint {
         Fingerprint(Sha256::digest(cert.as_ref()).into())
     }
+
+    /// The node's tag in relay hop lists: the fingerprint's first 8 bytes.
+    pub fn tag(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(b)
+    }
 }
 
 impl fmt::Display for Fingerprint {

@@ -255,6 +255,11 @@ keys! {
         /// advertised in the node registry].
         #[arg(long, env = "SFU_RELAY_LISTEN")]
         pub relay_listen: Option<SocketAddr>,
+        /// Children per node in a room's relay tree: the room's origin feeds
+        /// this many nodes directly, each of them this many more, and so on
+        /// (1: a chain) [default: 8].
+        #[arg(long, env = "SFU_RELAY_FANOUT")]
+        pub relay_fanout: Option<usize>,
         /// Do not relay rooms between nodes: a node answers WHIP and WHEP for
         /// a room held by another node with 307 to it [default: relay when
         /// --nats is set].
@@ -409,6 +414,8 @@ pub struct ClusterArgs {
     pub relay: Option<SocketAddr>,
     /// `--relay-cert`, `--relay-key`, `--relay-ca`: an operator's PKI.
     pub relay_pki: Option<RelayPki>,
+    /// Children per node in a room's relay tree (≥ 1).
+    pub relay_fanout: usize,
 }
 
 /// The files of an operator's relay PKI.
@@ -430,6 +437,7 @@ impl Default for ClusterArgs {
             weight: 1.0,
             relay: None,
             relay_pki: None,
+            relay_fanout: 8,
         }
     }
 }
@@ -808,6 +816,12 @@ impl ServeArgs {
             ),
             _ => None,
         };
+        let relay_fanout = self.relay_fanout.unwrap_or(d.relay_fanout);
+        if relay_fanout == 0 {
+            return Err(ConfigError::Invalid(
+                "--relay-fanout 0: a node must feed at least one other".into(),
+            ));
+        }
         let relay_pki = match (&self.relay_cert, &self.relay_key, &self.relay_ca) {
             (None, None, None) => None,
             (Some(cert), Some(key), Some(ca)) => Some(RelayPki {
@@ -830,6 +844,7 @@ impl ServeArgs {
             weight,
             relay,
             relay_pki,
+            relay_fanout,
         })
     }
 
@@ -1247,6 +1262,9 @@ mod tests {
             }),
             sample("node_weight = 2.5", &["--node-weight", "2.5"], |c| {
                 c.cluster.weight.to_string()
+            }),
+            sample("relay_fanout = 2", &["--relay-fanout", "2"], |c| {
+                c.cluster.relay_fanout.to_string()
             }),
             needing(
                 "nats = \"nats://127.0.0.1:4222\"",

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
+use wave_vocab::RoomId;
 
 use crate::config::NodeConfig;
 use crate::engine::EngineConfig;
@@ -263,6 +264,7 @@ async fn join_cluster(
     config.heartbeat = args.heartbeat;
     config.ttl = args.ttl;
     config.weight = args.weight;
+    config.relay_fanout = args.relay_fanout;
     if let Some((relay, advertised)) = relay {
         config.relay_addr = Some(advertised.to_string());
         config.relay_fingerprint = Some(relay.fingerprint().to_string());
@@ -315,40 +317,50 @@ async fn trust_registry(cluster: signaling::cluster::Cluster, relay: relay::Rela
     }
 }
 
-/// Every half second: rooms whose viewers here have no publisher (they
-/// came before it, or its node died) are routed to the node that now holds
-/// the room's claim, if another, and fed from it over the relay. While the
-/// registry is unreachable the rooms wait and this retries.
+/// Every quarter second: rooms this node must be fed from another one
+/// are routed to their parent in the room's relay tree (the node holding
+/// the room's claim, or a relay between), skipping nodes whose link just
+/// died. Those are rooms whose viewers here have no publisher (they came
+/// before it, or its node died), rooms whose parent went away, and rooms
+/// other nodes watch here that have no publisher here. While the registry
+/// is unreachable the rooms wait and this retries.
 async fn route_waiting(cluster: signaling::cluster::Cluster, node: Arc<Node>, relay: relay::Relay) {
     use signaling::MediaNode;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(relay::gateway::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for room in node.rooms().await {
-            if !room.publishers.is_empty() || room.viewers.is_empty() || relay.is_routed(&room.room) {
-                continue;
-            }
-            let Ok(Some(claim)) = cluster.owner(&room.room).await else {
+        let mut rooms: Vec<RoomId> = node
+            .rooms()
+            .await
+            .into_iter()
+            .filter(|r| r.publishers.is_empty() && !r.viewers.is_empty() && !relay.is_routed(&r.room))
+            .map(|r| r.room)
+            .collect();
+        rooms.extend(relay.unrouted().await);
+        rooms.sort();
+        rooms.dedup();
+        for room in rooms {
+            let Ok(Some(claim)) = cluster.owner(&room).await else {
                 continue;
             };
             if claim.node == *cluster.node_id() {
                 continue;
             }
-            let Some(info) = cluster.live_node(&claim.node) else {
+            let Some(parent) = cluster.relay_parent(&room, &claim.node, &node.unreachable_relays()) else {
                 continue;
             };
-            let (Some(relay_addr), Some(fingerprint)) = (info.relay_addr, info.relay_fingerprint) else {
+            let (Some(relay_addr), Some(fingerprint)) = (parent.relay_addr, parent.relay_fingerprint) else {
                 continue;
             };
             let origin = signaling::Origin {
-                node: claim.node.to_string(),
+                node: parent.id.to_string(),
                 relay_addr,
                 fingerprint,
             };
-            if crate::node::route(&relay, &room.room, &origin).await.is_ok() {
-                info!(room = %room.room, origin = %origin.node, "waiting viewers fed from the room's origin");
-                node.adopt(&room.room).await;
+            if crate::node::route(&relay, &room, &origin).await.is_ok() {
+                info!(%room, parent = %origin.node, origin = %claim.node, "room fed over the relay");
+                node.adopt(&room).await;
             }
         }
     }

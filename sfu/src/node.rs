@@ -380,6 +380,14 @@ impl MediaNode for Node {
         Some(hls.handle(&req).await)
     }
 
+    fn unreachable_relays(&self) -> Vec<String> {
+        self.relay
+            .iter()
+            .flat_map(|r| r.recently_lost())
+            .map(|fp| fp.to_string())
+            .collect()
+    }
+
     async fn room_links(&self, room: &RoomId) -> serde_json::Value {
         match &self.relay {
             Some(relay) => relay.room_links(room).await,

@@ -31,11 +31,13 @@ pub struct PlayRequest {
     pub publisher: Option<String>,
     /// `?layer=`: the highest simulcast layer this viewer wants.
     pub max_layer: Option<LayerPref>,
-    /// The room's publishers are on another node, reached over the relay.
+    /// The room's publishers are on another node, reached over the relay:
+    /// the node this one is fed from (the origin, or a node between).
     pub origin: Option<Origin>,
 }
 
-/// Another node holding a room's publishers, as the registry lists it.
+/// Another node a room is fed from over the relay (the one holding its
+/// publishers, or a relay nearer to it), as the registry lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub node: String,
@@ -72,6 +74,11 @@ pub trait MediaNode: Send + Sync + 'static {
     fn room_links(&self, room: &RoomId) -> impl Future<Output = serde_json::Value> + Send {
         let _ = room;
         std::future::ready(serde_json::Value::Null)
+    }
+    /// Relay certificate fingerprints (lowercase hex) of nodes whose link
+    /// just died or could not be dialled: left out of relay trees for now.
+    fn unreachable_relays(&self) -> Vec<String> {
+        Vec::new()
     }
     /// Appends the node's Prometheus text exposition to `out`.
     fn metrics(&self, out: &mut String) -> impl Future<Output = ()> + Send;

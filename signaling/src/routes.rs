@@ -409,7 +409,7 @@ impl<M: MediaNode> Shared<M> {
         }
         let origin = match self.owner_elsewhere(kind, &room).await? {
             None => None,
-            Some(owner) => match (kind, self.relay_origin(&owner)) {
+            Some(owner) => match (kind, self.relay_origin(&room, &owner)) {
                 // A viewer is served here, fed from the owner over the relay.
                 (Kind::Whep, Some(origin)) => Some(origin),
                 _ => return redirect(&owner, req.uri(), &room),
@@ -814,12 +814,14 @@ impl<M: MediaNode> Shared<M> {
         Ok(Some(claims))
     }
 
-    /// The owner as a relay origin, when both it and this node relay.
-    fn relay_origin(&self, owner: &RoomClaim) -> Option<Origin> {
+    /// Where this node is fed the room from over the relay, when both it and
+    /// the owner relay: the owner, or the relay between them in the room's
+    /// tree.
+    fn relay_origin(&self, room: &RoomId, owner: &RoomClaim) -> Option<Origin> {
         let cluster = self.cluster.as_ref().filter(|c| c.relays())?;
-        let info = cluster.live_node(&owner.node)?;
+        let info = cluster.relay_parent(room, &owner.node, &self.node.unreachable_relays())?;
         Some(Origin {
-            node: owner.node.to_string(),
+            node: info.id.to_string(),
             relay_addr: info.relay_addr?,
             fingerprint: info.relay_fingerprint?,
         })

@@ -153,6 +153,8 @@ pub struct ClusterConfig {
     /// The relay endpoint and certificate fingerprint this node advertises.
     pub relay_addr: Option<String>,
     pub relay_fingerprint: Option<String>,
+    /// Children per node in a room's relay tree ([`placement::parent`]).
+    pub relay_fanout: usize,
     /// How often the node announces itself and refreshes its claims.
     pub heartbeat: Duration,
     /// A node (and its claims) is dropped this long after its last heartbeat.
@@ -171,6 +173,7 @@ impl ClusterConfig {
             max_bandwidth_bps: 0,
             relay_addr: None,
             relay_fingerprint: None,
+            relay_fanout: 8,
             heartbeat: Duration::from_secs(1),
             ttl: Duration::from_secs(3),
         }
@@ -255,6 +258,28 @@ impl Cluster {
     /// Whether this node relays rooms to and from other nodes.
     pub fn relays(&self) -> bool {
         self.inner.config.relay_addr.is_some()
+    }
+
+    /// The node this one feeds `room` from, whose publishers are on
+    /// `origin`: the origin itself, or a relaying node nearer to it in the
+    /// room's tree ([`placement::parent`]). Nodes whose relay certificate is
+    /// in `avoid` (their link just died) are left out of the tree; `None`
+    /// when the origin is not live or does not relay.
+    pub fn relay_parent(&self, room: &RoomId, origin: &NodeId, avoid: &[String]) -> Option<NodeInfo> {
+        let live = read(&self.inner.live);
+        let relaying = |n: &&NodeInfo| {
+            n.relay_addr.is_some() && n.relay_fingerprint.as_ref().is_some_and(|f| !avoid.contains(f))
+        };
+        live.get(origin).filter(relaying)?;
+        let nodes: Vec<&NodeId> = live.values().filter(relaying).map(|n| &n.id).collect();
+        let parent = placement::parent(
+            room,
+            origin,
+            self.node_id(),
+            nodes,
+            self.inner.config.relay_fanout,
+        );
+        live.get(&parent).cloned()
     }
 
     /// A live node's registry entry (by the last heartbeat's view).

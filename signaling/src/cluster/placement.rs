@@ -35,6 +35,34 @@ pub fn owner<'a>(key: &str, nodes: impl IntoIterator<Item = &'a NodeId>) -> Opti
         .map(|(_, n)| n.clone())
 }
 
+/// Where `me` is fed `room` from in the room's relay tree: `origin` (the
+/// node with its publishers) is the root; the other `nodes` are ranked by
+/// rendezvous hash of (room, node) and laid out as a `fanout`-ary heap
+/// under it, so the k-th ranked node's parent is the origin when
+/// `k < fanout`, else the node ranked `(k - fanout) / fanout`. Every node
+/// computes the same tree from the same view, a parent always ranks before
+/// its children (no loops), and a node that goes away moves only the
+/// nodes ranked after it. `me` missing from `nodes` is fed by the origin.
+pub fn parent<'a>(
+    room: &RoomId,
+    origin: &NodeId,
+    me: &NodeId,
+    nodes: impl IntoIterator<Item = &'a NodeId>,
+    fanout: usize,
+) -> NodeId {
+    let fanout = fanout.max(1);
+    let mut ranked: Vec<(u64, &NodeId)> = nodes
+        .into_iter()
+        .filter(|n| *n != origin)
+        .map(|n| (hash(room.as_str(), n.as_str()), n))
+        .collect();
+    ranked.sort_by(|(a, na), (b, nb)| b.cmp(a).then_with(|| na.cmp(nb)));
+    match ranked.iter().position(|(_, n)| *n == me) {
+        Some(k) if k >= fanout => ranked[(k - fanout) / fanout].1.clone(),
+        _ => origin.clone(),
+    }
+}
+
 fn score(room: &RoomId, node: &NodeInfo) -> f64 {
     let h = hash(room.as_str(), node.id.as_str());
     // 53 random bits to a double strictly inside (0, 1).
@@ -174,5 +202,58 @@ mod tests {
         };
         assert!((l.factor() - 0.9).abs() < 1e-9);
         assert_eq!(Load::default().factor(), 0.0);
+    }
+
+    #[test]
+    fn relay_trees_reach_the_origin_without_loops_and_respect_the_fanout() {
+        let ids: Vec<NodeId> = (0..10)
+            .map(|i| NodeId::parse(&format!("n{i}")).unwrap())
+            .collect();
+        for r in rooms(50) {
+            for fanout in [1, 2, 3, 8] {
+                let origin = &ids[0];
+                let parents: BTreeMap<&NodeId, NodeId> = ids[1..]
+                    .iter()
+                    .map(|me| (me, parent(&r, origin, me, &ids, fanout)))
+                    .collect();
+                let mut children: BTreeMap<NodeId, usize> = BTreeMap::new();
+                for p in parents.values() {
+                    *children.entry(p.clone()).or_default() += 1;
+                }
+                assert!(children.values().all(|&c| c <= fanout), "{fanout}: {children:?}");
+                for me in &ids[1..] {
+                    // Up the tree to the origin in fewer hops than nodes.
+                    let (mut at, mut hops) = (me.clone(), 0);
+                    while at != *origin {
+                        at = parents[&at].clone();
+                        hops += 1;
+                        assert!(hops < ids.len(), "loop from {me} in {r}");
+                    }
+                    if fanout == 1 {
+                        assert!(hops >= 1);
+                    }
+                }
+                let depth = |n: &NodeId| {
+                    let (mut at, mut d) = (n.clone(), 0);
+                    while at != *origin {
+                        at = parents[&at].clone();
+                        d += 1;
+                    }
+                    d
+                };
+                let deepest = ids[1..].iter().map(depth).max().unwrap();
+                let expected = match fanout {
+                    1 => 9,
+                    2 => 3,
+                    3 => 2,
+                    _ => 2,
+                };
+                assert_eq!(deepest, expected, "fanout {fanout}");
+            }
+        }
+        // Without the origin in the list, or `me` unknown: fed by the origin.
+        let r = RoomId::parse("stage").unwrap();
+        let stranger = NodeId::parse("x").unwrap();
+        assert_eq!(parent(&r, &ids[0], &stranger, &ids[1..], 1), ids[0]);
     }
 }
