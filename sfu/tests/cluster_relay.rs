@@ -2,8 +2,10 @@
 //! (the default with `--nats`): WHEP at any node is answered there (201, no
 //! redirect) and subscribes to the room's origin over QUIC, each edge once
 //! however many viewers it has; a publisher stays on the node it reached; an
-//! edge unsubscribes when its last viewer leaves. Media across the relay is
-//! asserted on decoded frames by the Chromium suite (`e2e/tests/cluster.test.mjs`).
+//! edge unsubscribes when its last viewer leaves; relays keep flowing while
+//! NATS is down and a viewer that came meanwhile is fed once it is back.
+//! Media across the relay is asserted on decoded frames by the Chromium
+//! suites (`e2e/tests/cluster.test.mjs`, `e2e/tests/cluster-chain.test.mjs`).
 
 use crate::common;
 
@@ -349,4 +351,82 @@ async fn with_relay_ca_a_node_whose_certificate_it_did_not_sign_cannot_relay() {
     assert_eq!(v.status, StatusCode::SERVICE_UNAVAILABLE, "{}", v.body);
     assert!(metric(&http, &a, "wave_relay_refused_peers_total").await >= 1.0);
     assert_eq!(metric(&http, &c, "wave_relay_links").await, 0.0);
+}
+
+/// `name` on `node`, sampled until it has grown past `from` (5 s at most).
+async fn metric_grows(http: &Http, node: &Node, name: &str, from: f64) -> f64 {
+    let started = tokio::time::Instant::now();
+    loop {
+        let v = metric(http, node, name).await;
+        if v > from {
+            return v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} at {} stayed at {v}",
+            node.http
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn relays_keep_flowing_while_nats_is_down_and_new_viewers_are_fed_once_it_is_back() {
+    let mut nats = NatsServer::start();
+    let a = cluster_node(&nats, "a", "127.0.0.29");
+    let b = cluster_node(&nats, "b", "127.0.0.30");
+    let c = cluster_node(&nats, "c", "127.0.0.31");
+    let http = Http::default();
+    wait_for_view(&http, &[&a, &b, &c], 3).await;
+    let room = "outage";
+    let publisher = common::publisher::publish_with(
+        &a,
+        &http,
+        room,
+        common::publisher::Video::Synthetic1080p,
+        Some(&token(room, "alice", true)),
+    )
+    .await;
+    let v = http
+        .post_sdp(
+            &b.url(&format!("/whep/{room}")),
+            &play_offer(),
+            Some(&token(room, "v1", false)),
+        )
+        .await;
+    assert_eq!(v.status, StatusCode::CREATED, "{}", v.body);
+    let frames = "wave_relay_frames_received_total";
+    let flowing = metric_grows(&http, &b, frames, 0.0).await;
+
+    // NATS down past the registry's TTL: the link b ← a carries on.
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = metric_grows(&http, &b, frames, flowing).await;
+    metric_grows(&http, &b, frames, during).await;
+    assert_eq!(metric(&http, &b, "wave_relay_links").await, 1.0);
+
+    // A new viewer at c is answered and waits: c cannot learn where the
+    // room is yet.
+    let early = http
+        .post_sdp(
+            &c.url(&format!("/whep/{room}")),
+            &play_offer(),
+            Some(&token(room, "v2", false)),
+        )
+        .await;
+    assert_eq!(early.status, StatusCode::CREATED, "{}", early.body);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metric(&http, &c, "wave_relay_upstream_rooms").await, 0.0);
+
+    // NATS back: c finds the room's origin and the waiting viewer is fed.
+    nats.restart();
+    let started = tokio::time::Instant::now();
+    while metric(&http, &c, frames).await == 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "c was not fed within 10 s of NATS coming back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(publisher.sending.load(std::sync::atomic::Ordering::Relaxed));
 }
