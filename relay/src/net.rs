@@ -87,9 +87,37 @@ pub struct RelayStats {
     /// Watches and routes refused as loops; rooms moved to a new parent.
     pub loops: AtomicU64,
     pub reparents: AtomicU64,
+    /// Latency a hop adds to a relayed packet: its residence at the sending
+    /// node (from its arrival there to its departure) plus half the link's
+    /// round trip.
+    pub hop: wave_metrics::Histogram<HopBounds>,
 }
 
+/// Buckets of the hop latency histogram: 1, 2, 5 per decade, 50 µs to 1 s.
+#[derive(Debug)]
+pub struct HopBounds;
+
+impl wave_metrics::Bounds for HopBounds {
+    const US: &'static [u64] = &[
+        50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+    ];
+}
+
+/// The hop latency histogram's name in `/metrics`.
+pub const HOP_METRIC: &str = "wave_relay_hop_seconds";
+
 impl RelayStats {
+    /// Appends the hop latency histogram (family lines included).
+    pub fn render_histograms(&self, out: &mut String) {
+        wave_metrics::family(
+            out,
+            HOP_METRIC,
+            wave_metrics::Kind::Histogram,
+            "Latency a relay hop added to received packets: the sender's residence plus half the link round trip.",
+        );
+        self.hop.render(HOP_METRIC, "", out);
+    }
+
     /// `(name, kind is counter, help, value)` for each counter.
     pub fn lines(&self) -> Vec<(&'static str, bool, &'static str, u64)> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -532,6 +560,10 @@ impl Relay {
         let stats = &self.inner.stats;
         stats.frames_in.fetch_add(1, Ordering::Relaxed);
         stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        if let Some(us) = wire::residence(frame) {
+            let half_rtt = u64::try_from(conn.rtt().as_micros() / 2).unwrap_or(u64::MAX);
+            stats.hop.observe_us(u64::from(us).saturating_add(half_rtt));
+        }
         let msg = match wire::decode(frame, Instant::now()) {
             Ok(m) => m,
             Err(e) => {
@@ -824,6 +856,10 @@ fn handle(gateway: &mut Gateway, links: &mut HashMap<LinkId, LinkTx>, cmd: Cmd) 
 fn send(tx: &LinkTx, msg: &Message, buf: &mut Vec<u8>, stats: &RelayStats) -> bool {
     buf.clear();
     wire::encode(msg, buf);
+    if let Message::Media { packet, .. } = msg {
+        let us = u32::try_from(packet.arrival.elapsed().as_micros()).unwrap_or(u32::MAX);
+        wire::stamp_residence(buf, us);
+    }
     stats.frames_out.fetch_add(1, Ordering::Relaxed);
     stats.bytes_out.fetch_add(buf.len() as u64, Ordering::Relaxed);
     if msg.is_media() && tx.conn.max_datagram_size().is_some_and(|max| buf.len() <= max) {

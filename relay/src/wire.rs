@@ -117,6 +117,9 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             packet,
         } => {
             out.push(MEDIA);
+            // The sender's residence time, stamped by the transport
+            // ([`stamp_residence`]) as the frame leaves.
+            out.extend_from_slice(&0u32.to_be_bytes());
             out.extend_from_slice(&source.0.to_be_bytes());
             out.extend_from_slice(&[*track, *layer, codec.map_or(0, codec_byte), packet.pt]);
             out.extend_from_slice(&packet.seq.to_be_bytes());
@@ -193,6 +196,28 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     }
 }
 
+/// Where a media frame holds its sender's residence time.
+const RESIDENCE: std::ops::Range<usize> = 2..6;
+
+/// Writes into an encoded media frame how long its packet stayed at the
+/// sender (µs, from its arrival there to now); other frames are left alone.
+pub fn stamp_residence(frame: &mut [u8], us: u32) {
+    if frame.get(1) == Some(&MEDIA)
+        && let Some(field) = frame.get_mut(RESIDENCE)
+    {
+        field.copy_from_slice(&us.to_be_bytes());
+    }
+}
+
+/// The residence time a media frame's sender stamped, µs (`None`: not a media frame).
+pub fn residence(frame: &[u8]) -> Option<u32> {
+    if frame.first() != Some(&VERSION) || frame.get(1) != Some(&MEDIA) {
+        return None;
+    }
+    let b = frame.get(RESIDENCE)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// Reads one frame; `now` becomes a media packet's arrival time.
 pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
     if frame.len() > MAX_FRAME {
@@ -250,6 +275,7 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
             source: SourceId(r.u64("source")?),
         },
         MEDIA => {
+            let _residence = r.u32("residence")?;
             let source = SourceId(r.u64("source")?);
             let track = r.u8("track")?;
             let layer = r.u8("layer")?;
@@ -601,6 +627,21 @@ mod tests {
             let back = decode(&frame, now).unwrap_or_else(|e| panic!("{m:?}: {e}"));
             // Same message, same bytes: the encoding is canonical.
             assert_eq!(bytes(&back), frame, "{m:?}");
+            assert_eq!(format!("{back:?}"), format!("{m:?}"));
+        }
+    }
+
+    #[test]
+    fn a_stamped_residence_reads_back_and_leaves_the_message_alone() {
+        let now = Instant::now();
+        for m in messages(now) {
+            let mut frame = bytes(&m);
+            stamp_residence(&mut frame, 1234);
+            match m {
+                Message::Media { .. } => assert_eq!(residence(&frame), Some(1234)),
+                _ => assert_eq!(frame, bytes(&m), "only media frames are stamped"),
+            }
+            let back = decode(&frame, now).unwrap();
             assert_eq!(format!("{back:?}"), format!("{m:?}"));
         }
     }

@@ -441,6 +441,7 @@ impl MediaNode for Node {
                 let kind = if counter { Kind::Counter } else { Kind::Gauge };
                 single(out, name, kind, help, v);
             }
+            relay.stats().render_histograms(out);
         }
         wave_dtls::render_metrics(out);
         let p = wave_metrics::process::sample();
