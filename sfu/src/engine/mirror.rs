@@ -265,7 +265,11 @@ impl Engine {
         match r.home {
             Some(h) if h == home => Ok(()),
             // Viewers may be waiting: they attach when the home announces.
-            None if r.publishers.is_empty() && r.watchers.is_empty() => {
+            // A room watched only by `home` itself (the node's gateway, for
+            // a room other nodes watched here before this node was routed
+            // to its origin) has nothing here to offer it: it becomes a mirror.
+            None if r.publishers.is_empty() && r.watchers.iter().all(|&w| w == home) => {
+                r.watchers.clear();
                 r.home = Some(home);
                 debug!(%room, home = home.0, "mirroring room");
                 self.relays
