@@ -16,6 +16,7 @@ use common::nats::NatsServer;
 use common::node::{Http, Node, play_offer, publish_offer};
 use common::placement::room_placed_on;
 use hyper::{Method, StatusCode};
+use str0m::media::MediaKind;
 
 fn token(room: &str, identity: &str, publish: bool) -> String {
     common::chat::token(room, identity, publish, None)
@@ -387,16 +388,19 @@ async fn relays_keep_flowing_while_nats_is_down_and_new_viewers_are_fed_once_it_
         Some(&token(room, "alice", true)),
     )
     .await;
-    let v = http
-        .post_sdp(
-            &b.url(&format!("/whep/{room}")),
-            &play_offer(),
-            Some(&token(room, "v1", false)),
-        )
-        .await;
-    assert_eq!(v.status, StatusCode::CREATED, "{}", v.body);
+    let viewer = common::viewer::watch(&b, &http, room, Some(&token(room, "v1", false))).await;
+    assert!(
+        viewer
+            .wait_for(MediaKind::Video, 0, 30, Duration::from_secs(5))
+            .await,
+        "b's viewer receives the video"
+    );
     let frames = "wave_relay_frames_received_total";
     let flowing = metric_grows(&http, &b, frames, 0.0).await;
+    // Each relayed packet's added latency is in b's hop histogram.
+    let hops = metric_grows(&http, &b, "wave_relay_hop_seconds_count", 0.0).await;
+    let mean = metric(&http, &b, "wave_relay_hop_seconds_sum").await / hops;
+    assert!(mean > 0.0 && mean < 0.5, "mean hop latency {mean} s");
 
     // NATS down past the registry's TTL: the link b ← a carries on.
     nats.kill();
@@ -404,6 +408,13 @@ async fn relays_keep_flowing_while_nats_is_down_and_new_viewers_are_fed_once_it_
     let during = metric_grows(&http, &b, frames, flowing).await;
     metric_grows(&http, &b, frames, during).await;
     assert_eq!(metric(&http, &b, "wave_relay_links").await, 1.0);
+    let seen = viewer.packets(MediaKind::Video).len();
+    assert!(
+        viewer
+            .wait_for(MediaKind::Video, seen, 30, Duration::from_secs(3))
+            .await,
+        "b's viewer keeps receiving with NATS down"
+    );
 
     // A new viewer at c is answered and waits: c cannot learn where the
     // room is yet.
@@ -429,4 +440,124 @@ async fn relays_keep_flowing_while_nats_is_down_and_new_viewers_are_fed_once_it_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(publisher.sending.load(std::sync::atomic::Ordering::Relaxed));
+}
+
+/// Which node `node`'s relay parent for `room` is, by the relay addresses
+/// the registry lists (`None` when it has none).
+async fn parent_of(http: &Http, node: &Node, room: &str, relays: &[(&str, String)]) -> Option<String> {
+    let json = common::chat::room_json(http, node, room).await?;
+    let peer = json["relay"]["parent"]["peer"].as_str()?.to_owned();
+    relays
+        .iter()
+        .find(|(_, addr)| *addr == peer)
+        .map(|(id, _)| (*id).to_owned())
+}
+
+#[tokio::test]
+async fn a_chain_re_parents_when_its_middle_is_killed_and_the_leaf_s_rtp_stays_continuous() {
+    let nats = NatsServer::start();
+    let flags = [
+        "--auth-secret",
+        common::chat::SECRET,
+        "--heartbeat",
+        "200ms",
+        "--node-ttl",
+        "1s",
+        "--relay-fanout",
+        "1",
+    ];
+    let a = Node::start_in_cluster(&nats.url(), "a", "127.0.0.32", &flags);
+    let mut b = Node::start_in_cluster(&nats.url(), "b", "127.0.0.33", &flags);
+    let mut c = Node::start_in_cluster(&nats.url(), "c", "127.0.0.34", &flags);
+    let http = Http::default();
+    wait_for_view(&http, &[&a, &b, &c], 3).await;
+    let auth = format!("Bearer {}", token("*", "lister", false));
+    let listed: serde_json::Value = serde_json::from_str(
+        &http
+            .send(Method::GET, &a.url("/v1/nodes"), &[("authorization", &auth)], "")
+            .await
+            .body,
+    )
+    .unwrap();
+    let relays: Vec<(&str, String)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|id| {
+            let n = listed["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == id)
+                .unwrap_or_else(|| panic!("{id} listed: {listed}"));
+            (id, n["relay_addr"].as_str().unwrap().to_owned())
+        })
+        .collect();
+
+    let room = "chain";
+    let _publisher = common::publisher::publish_with(
+        &a,
+        &http,
+        room,
+        common::publisher::Video::Synthetic1080p,
+        Some(&token(room, "alice", true)),
+    )
+    .await;
+    let at_b = common::viewer::watch(&b, &http, room, Some(&token(room, "vb", false))).await;
+    let at_c = common::viewer::watch(&c, &http, room, Some(&token(room, "vc", false))).await;
+    for v in [&at_b, &at_c] {
+        assert!(v.wait_for(MediaKind::Video, 0, 30, Duration::from_secs(5)).await);
+    }
+    // The chain: a → middle → leaf.
+    let (pb, pc) = (
+        parent_of(&http, &b, room, &relays).await,
+        parent_of(&http, &c, room, &relays).await,
+    );
+    let (middle, leaf, viewer) = match (pb.as_deref(), pc.as_deref()) {
+        (Some("a"), Some("b")) => (&mut b, &c, &at_c),
+        (Some("c"), Some("a")) => (&mut c, &b, &at_b),
+        other => panic!("not a chain: b ← {:?}, c ← {:?}", other.0, other.1),
+    };
+    assert_eq!(metric(&http, &a, "wave_relay_downstream_links").await, 1.0);
+
+    // kill -9 of the middle.
+    let before = viewer.packets(MediaKind::Video);
+    let last = *before.last().unwrap();
+    let killed = std::time::Instant::now();
+    middle.child.kill().unwrap();
+    middle.child.wait().unwrap();
+    assert!(
+        viewer
+            .wait_for(MediaKind::Video, before.len(), 60, Duration::from_secs(10))
+            .await,
+        "the leaf's viewer never got media again"
+    );
+    let after = viewer.packets(MediaKind::Video);
+    // The first packet after the outage (a pause of 300 ms or more).
+    let resumed = after[before.len()..]
+        .windows(2)
+        .find(|w| w[1].at.duration_since(w[0].at) >= Duration::from_millis(300))
+        .map(|w| w[1])
+        .unwrap_or(after[before.len()]);
+    let gap = resumed.at.duration_since(killed);
+    let seq_step = resumed.seq.wrapping_sub(last.seq);
+    let ts_step = resumed.ts.wrapping_sub(last.ts);
+    let wall = resumed.at.duration_since(last.at).as_secs_f64();
+    eprintln!(
+        "leaf fed again {gap:?} after the kill; seq +{seq_step}, ts +{ts_step} ({:.2} s of 90 kHz) over {wall:.2} s",
+        f64::from(ts_step) / 90_000.0
+    );
+    assert!(gap <= Duration::from_secs(3), "media again after {gap:?}");
+    assert_eq!(resumed.ssrc, last.ssrc, "the same stream");
+    // Continuous numbering: the sequence moves on by the packets the outage
+    // cost (15 fps, a few packets a frame), the timestamp by its duration.
+    assert!(
+        (1..1_000).contains(&seq_step),
+        "sequence number jumped by {seq_step}"
+    );
+    let ts_secs = f64::from(ts_step) / 90_000.0;
+    assert!(
+        (ts_secs - wall).abs() < 0.5,
+        "timestamp moved {ts_secs:.2} s over {wall:.2} s"
+    );
+    assert_eq!(parent_of(&http, leaf, room, &relays).await.as_deref(), Some("a"));
+    assert!(metric(&http, leaf, "wave_relay_reparents_total").await >= 1.0);
 }

@@ -12,6 +12,7 @@ pub mod node;
 pub mod placement;
 pub mod publisher;
 pub mod sim;
+pub mod viewer;
 
 use sim::Received;
 use str0m::media::MediaKind;

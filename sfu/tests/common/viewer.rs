@@ -1,0 +1,137 @@
+//! A str0m WHEP viewer over real UDP: receives a room's audio and video and
+//! keeps each RTP packet's kind, sequence number, timestamp and arrival,
+//! for assertions on what reached it (continuity across a relay's
+//! re-parent, media still flowing through an outage).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, RtcConfig};
+use tokio::net::UdpSocket;
+
+use super::node::{Http, Node};
+
+/// One received RTP packet.
+#[derive(Debug, Clone, Copy)]
+pub struct Got {
+    pub kind: MediaKind,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+    pub at: Instant,
+}
+
+/// A running viewer; dropping it leaves its task running until the node
+/// ends the session.
+pub struct LiveViewer {
+    pub got: Arc<Mutex<Vec<Got>>>,
+    pub location: String,
+}
+
+impl LiveViewer {
+    /// Packets of `kind` received so far.
+    pub fn packets(&self, kind: MediaKind) -> Vec<Got> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.kind == kind)
+            .copied()
+            .collect()
+    }
+
+    /// Waits until `n` more packets of `kind` than `after` arrived (`wait` at most).
+    pub async fn wait_for(&self, kind: MediaKind, after: usize, n: usize, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if self.packets(kind).len() >= after + n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+/// Watches `room` at `node` over WHEP (audio and video, receive only).
+pub async fn watch(node: &Node, http: &Http, room: &str, token: Option<&str>) -> LiveViewer {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let mut rtc = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_h264(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    let audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let resp = http
+        .post_sdp(&node.url(&format!("/whep/{room}")), &offer.to_sdp_string(), token)
+        .await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+    let location = resp.header("location").expect("WHEP Location").to_string();
+    let answer = SdpAnswer::from_sdp_string(&resp.body).unwrap();
+    rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    let audio_pts = rtc
+        .media(audio)
+        .map(|m| m.remote_pts().to_vec())
+        .unwrap_or_default();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let timeout = loop {
+                match rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => break t,
+                    Ok(Output::Transmit(t)) => {
+                        let _ = socket.send_to(&t.contents, t.destination).await;
+                    }
+                    Ok(Output::Event(Event::RtpPacket(p))) => {
+                        let kind = if audio_pts.contains(&p.header.payload_type) {
+                            MediaKind::Audio
+                        } else {
+                            MediaKind::Video
+                        };
+                        let g = Got {
+                            kind,
+                            ssrc: *p.header.ssrc,
+                            seq: p.header.sequence_number,
+                            ts: p.header.timestamp,
+                            at: Instant::now(),
+                        };
+                        sink.lock().unwrap().push(g);
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Err(_) => return,
+                }
+            };
+            if !rtc.is_alive() {
+                return;
+            }
+            let wait = timeout
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            tokio::select! {
+                r = socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r
+                        && let Ok(rx) = Receive::new(Protocol::Udp, from, local, &buf[..n])
+                    {
+                        let _ = rtc.handle_input(Input::Receive(Instant::now(), rx));
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {
+                    let _ = rtc.handle_input(Input::Timeout(Instant::now()));
+                }
+            }
+        }
+    });
+    LiveViewer { got, location }
+}
