@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BIN_DIR, failureContext, launchBrowser, startNats, startNode, stats, until } from './helpers.mjs';
+import { BIN_DIR, failureContext, launchBrowser, startCluster, stats, stopCluster, until } from './helpers.mjs';
 
 const ROOM = `chain-${randomBytes(4).toString('hex')}`;
 const SECRET = `e2e-${randomBytes(8).toString('hex')}`;
@@ -24,37 +24,20 @@ function token(args) {
 describe(`a three-level relay chain survives its middle node (room ${ROOM})`, { timeout: 150_000 }, () => {
   const nodes = {};
   const pages = {};
-  let nats;
+  let cluster;
   let browser;
   const ctx = failureContext(() => nodes.a, pages);
   const bearer = () => ({ Authorization: `Bearer ${token(['--room', '*', '--identity', 'e2e-admin', '--subscribe'])}` });
 
   before(async () => {
-    nats = await startNats();
-    for (const id of ['a', 'b', 'c']) {
-      nodes[id] = await startNode({
-        env: { SFU_NATS: nats.url, SFU_AUTH_SECRET: SECRET, SFU_NODE_ID: id, SFU_HEARTBEAT: '200ms', SFU_NODE_TTL: '1s', SFU_RELAY_FANOUT: '1' },
-      });
-    }
-    for (const id of ['a', 'b', 'c']) {
-      for (let i = 0; ; i++) {
-        const r = await fetch(`${nodes[id].base}/v1/nodes`, { headers: bearer() });
-        if (r.ok && (await r.json()).nodes.length === 3) break;
-        if (i > 50) throw new Error(`node ${id} does not see 3 nodes`);
-        await sleep(100);
-      }
-    }
+    cluster = await startCluster({ ids: ['a', 'b', 'c'], secret: SECRET, env: { SFU_RELAY_FANOUT: '1' }, bearer });
+    Object.assign(nodes, cluster.nodes);
     browser = await launchBrowser();
   });
 
   after(async () => {
     await browser?.close();
-    for (const n of Object.values(nodes)) {
-      await n.kill();
-      n.cleanup({ keepLog: ctx.failed || !!process.env.WAVE_E2E_KEEP_LOGS });
-      if (ctx.failed) console.log(`--- node log: ${n.logPath}\n${n.logTail(30, /WARN|ERROR|relay/)}`);
-    }
-    await nats?.stop();
+    if (cluster) await stopCluster(cluster, ctx);
   });
 
   it(

@@ -331,3 +331,43 @@ export async function startNats() {
   child.kill('SIGKILL');
   throw new Error(`nats-server did not listen on ${port}`);
 }
+
+/**
+ * A secured cluster for the relay suites: a real nats-server and one node per
+ * id (`secret` for tokens, 200 ms heartbeats, `env` added), returned once every
+ * node lists all of them. `bearer()` gives headers that may read `/v1/nodes`.
+ */
+export async function startCluster({ ids, secret, env = {}, bearer }) {
+  const nats = await startNats();
+  const nodes = {};
+  const cluster = { nats, nodes };
+  try {
+    for (const id of ids) {
+      nodes[id] = await startNode({
+        env: { SFU_NATS: nats.url, SFU_AUTH_SECRET: secret, SFU_NODE_ID: id, SFU_HEARTBEAT: '200ms', SFU_NODE_TTL: '1s', ...env },
+      });
+    }
+    for (const id of ids) {
+      for (let i = 0; ; i++) {
+        const r = await fetch(`${nodes[id].base}/v1/nodes`, { headers: bearer() });
+        if (r.ok && (await r.json()).nodes.length === ids.length) break;
+        if (i > 50) throw new Error(`node ${id} does not see ${ids.length} nodes`);
+        await sleep(100);
+      }
+    }
+  } catch (e) {
+    await stopCluster(cluster, { failed: true });
+    throw e;
+  }
+  return cluster;
+}
+
+/** Stops a [`startCluster`] cluster; on failure prints each node's relay log lines. */
+export async function stopCluster({ nats, nodes }, ctx) {
+  for (const n of Object.values(nodes)) {
+    await n.kill();
+    n.cleanup({ keepLog: ctx.failed || !!process.env.WAVE_E2E_KEEP_LOGS });
+    if (ctx.failed) console.log(`--- node log: ${n.logPath}\n${n.logTail(30, /WARN|ERROR|relay/)}`);
+  }
+  await nats?.stop();
+}

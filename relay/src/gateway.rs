@@ -160,9 +160,8 @@ pub struct Gateway {
     out_sources: HashMap<(WorkerId, SourceId), OutSource>,
     /// The (wire source, track, layer)s each link asked for.
     demand_out: HashMap<LinkId, HashSet<LayerKey>>,
-    /// The last [`RECENT`] packets of each layer sent on (under its wire
-    /// id), for `Nack`s.
-    recent: HashMap<LayerKey, VecDeque<(Option<wave_vocab::Codec>, MediaPacket)>>,
+    /// The last [`RECENT`] packets of each layer sent on.
+    recent: Recent,
     /// The highest sequence number seen per mirrored (local source, track, layer).
     highest: HashMap<LayerKey, u64>,
     nacked: u64,
@@ -404,27 +403,14 @@ impl Gateway {
                 let Some(links) = self.watched.get(&s.room) else {
                     return;
                 };
-                let wire = wire_id(from, source);
-                let key = (wire, track, layer);
-                let mut sent = false;
-                for &l in links {
-                    // Only the layers a link's viewers need cross it.
-                    if !self.demand_out.get(&l).is_some_and(|d| d.contains(&key)) {
-                        continue;
-                    }
-                    sent = true;
-                    let m = Message::Media {
-                        source: wire,
-                        track,
-                        layer,
-                        codec,
-                        packet: packet.clone(),
-                    };
-                    self.out.push_back(GatewayOutput::Link(l, m));
-                }
-                if sent {
-                    remember(&mut self.recent, key, codec, packet);
-                }
+                let key = (wire_id(from, source), track, layer);
+                // Only the layers a link's viewers need cross it.
+                let demand = &self.demand_out;
+                let to = links
+                    .iter()
+                    .copied()
+                    .filter(|l| demand.get(l).is_some_and(|d| d.contains(&key)));
+                send_layer(&mut self.out, &mut self.recent, to, key, codec, packet);
             }
         }
     }
@@ -912,24 +898,17 @@ impl Gateway {
                     self.out.push_back(GatewayOutput::Worker(w, m));
                 }
                 // The children that asked for this layer.
-                let mut sent = false;
-                let wire = relayed(id);
-                for sub in self.demand_in.get(&(id, track, layer)).into_iter().flatten() {
-                    if let &Sub::Link(l) = sub {
-                        sent = true;
-                        let m = Message::Media {
-                            source: wire,
-                            track,
-                            layer,
-                            codec,
-                            packet: packet.clone(),
-                        };
-                        self.out.push_back(GatewayOutput::Link(l, m));
-                    }
-                }
-                if sent {
-                    remember(&mut self.recent, (wire, track, layer), codec, packet);
-                }
+                let to = self
+                    .demand_in
+                    .get(&(id, track, layer))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|sub| match *sub {
+                        Sub::Link(l) => Some(l),
+                        Sub::Worker(_) => None,
+                    });
+                let key = (relayed(id), track, layer);
+                send_layer(&mut self.out, &mut self.recent, to, key, codec, packet);
             }
         }
     }
@@ -1142,14 +1121,35 @@ impl Gateway {
     }
 }
 
-/// Keeps a sent packet for retransmission, [`RECENT`] per layer.
-fn remember(
-    recent: &mut HashMap<LayerKey, VecDeque<(Option<wave_vocab::Codec>, MediaPacket)>>,
-    key: LayerKey,
+/// The last packets sent of each layer (under its wire id), for `Nack`s.
+type Recent = HashMap<LayerKey, VecDeque<(Option<wave_vocab::Codec>, MediaPacket)>>;
+
+/// Sends a packet of the layer `key` (wire source, track, layer) on each of
+/// `links`, and keeps it for their NACKs when it went anywhere.
+fn send_layer(
+    out: &mut VecDeque<GatewayOutput>,
+    recent: &mut Recent,
+    links: impl Iterator<Item = LinkId>,
+    (source, track, layer): LayerKey,
     codec: Option<wave_vocab::Codec>,
     packet: MediaPacket,
 ) {
-    let recent = recent.entry(key).or_default();
+    let mut sent = false;
+    for l in links {
+        sent = true;
+        let m = Message::Media {
+            source,
+            track,
+            layer,
+            codec,
+            packet: packet.clone(),
+        };
+        out.push_back(GatewayOutput::Link(l, m));
+    }
+    if !sent {
+        return;
+    }
+    let recent = recent.entry((source, track, layer)).or_default();
     if recent.len() >= RECENT {
         recent.pop_front();
     }

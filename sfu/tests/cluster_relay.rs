@@ -22,21 +22,31 @@ fn token(room: &str, identity: &str, publish: bool) -> String {
     common::chat::token(room, identity, publish, None)
 }
 
-/// Polls `name` on `node` until it equals `want` (5 s at most).
-async fn metric_becomes(http: &Http, node: &Node, name: &str, want: f64) {
+/// Polls `name` on `node` until `ok` holds of it (5 s at most); its value.
+async fn metric_until(http: &Http, node: &Node, name: &str, ok: impl Fn(f64) -> bool, wanted: &str) -> f64 {
     let started = tokio::time::Instant::now();
     loop {
         let v = metric(http, node, name).await;
-        if v == want {
-            return;
+        if ok(v) {
+            return v;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "{name} at {} stayed {v}, wanted {want}",
+            "{name} at {} stayed {v}, wanted {wanted}",
             node.http
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls `name` on `node` until it equals `want`.
+async fn metric_becomes(http: &Http, node: &Node, name: &str, want: f64) {
+    metric_until(http, node, name, |v| v == want, &want.to_string()).await;
+}
+
+/// Polls `name` on `node` until it has grown past `from`; its value.
+async fn metric_grows(http: &Http, node: &Node, name: &str, from: f64) -> f64 {
+    metric_until(http, node, name, |v| v > from, &format!("> {from}")).await
 }
 
 #[tokio::test]
@@ -352,23 +362,6 @@ async fn with_relay_ca_a_node_whose_certificate_it_did_not_sign_cannot_relay() {
     assert_eq!(v.status, StatusCode::SERVICE_UNAVAILABLE, "{}", v.body);
     assert!(metric(&http, &a, "wave_relay_refused_peers_total").await >= 1.0);
     assert_eq!(metric(&http, &c, "wave_relay_links").await, 0.0);
-}
-
-/// `name` on `node`, sampled until it has grown past `from` (5 s at most).
-async fn metric_grows(http: &Http, node: &Node, name: &str, from: f64) -> f64 {
-    let started = tokio::time::Instant::now();
-    loop {
-        let v = metric(http, node, name).await;
-        if v > from {
-            return v;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{name} at {} stayed at {v}",
-            node.http
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

@@ -12,12 +12,12 @@ use hls_bridge::transcode::video::{H264Encoder, Picture, avcc_nal_units};
 use hyper::StatusCode;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 
 use super::node::{Http, Node};
+use super::rtc_io;
 
 /// RFC 6184: NAL units that fit go together in a STAP-A, larger ones in FU-A.
 pub fn packetize(nalus: &[Vec<u8>], mtu: usize) -> Vec<Vec<u8>> {
@@ -159,24 +159,17 @@ pub async fn publish_with(
         let mut want_idr = true;
         let mut encoder: Option<(u64, H264Encoder)> = None;
         loop {
-            let timeout = loop {
-                match rtc.poll_output() {
-                    Ok(Output::Timeout(t)) => break t,
-                    Ok(Output::Transmit(t)) => {
-                        let _ = socket.send_to(&t.contents, t.destination).await;
-                    }
-                    Ok(Output::Event(Event::Connected)) => connected = true,
-                    Ok(Output::Event(Event::KeyframeRequest(_))) => {
-                        want_idr = true;
-                        kf.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Output::Event(_)) => {}
-                    Err(_) => return,
+            let on_event = |_: &Rtc, e: Event| match e {
+                Event::Connected => connected = true,
+                Event::KeyframeRequest(_) => {
+                    want_idr = true;
+                    kf.fetch_add(1, Ordering::Relaxed);
                 }
+                _ => {}
             };
-            if !rtc.is_alive() {
+            let Some(timeout) = rtc_io::drain(&mut rtc, &socket, on_event).await else {
                 return;
-            }
+            };
             let now = Instant::now();
             if connected && flag.load(Ordering::Relaxed) {
                 let (vpt, apt) = (pt(&rtc, video), pt(&rtc, audio));
@@ -259,21 +252,7 @@ pub async fn publish_with(
             } else {
                 timeout
             };
-            let wait = wake
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
-            tokio::select! {
-                r = socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = r
-                        && let Ok(rx) = Receive::new(Protocol::Udp, from, local, &buf[..n])
-                    {
-                        let _ = rtc.handle_input(Input::Receive(Instant::now(), rx));
-                    }
-                }
-                _ = tokio::time::sleep(wait) => {
-                    let _ = rtc.handle_input(Input::Timeout(Instant::now()));
-                }
-            }
+            rtc_io::input(&mut rtc, &socket, local, &mut buf, wake).await;
         }
     });
     publisher

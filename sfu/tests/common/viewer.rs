@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, RtcConfig};
+use str0m::{Candidate, Event, RtcConfig};
 use tokio::net::UdpSocket;
 
 use super::node::{Http, Node};
+use super::rtc_io;
 
 /// One received RTP packet.
 #[derive(Debug, Clone, Copy)]
@@ -88,49 +88,26 @@ pub async fn watch(node: &Node, http: &Http, room: &str, token: Option<&str>) ->
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
         loop {
-            let timeout = loop {
-                match rtc.poll_output() {
-                    Ok(Output::Timeout(t)) => break t,
-                    Ok(Output::Transmit(t)) => {
-                        let _ = socket.send_to(&t.contents, t.destination).await;
-                    }
-                    Ok(Output::Event(Event::RtpPacket(p))) => {
-                        let kind = if audio_pts.contains(&p.header.payload_type) {
-                            MediaKind::Audio
-                        } else {
-                            MediaKind::Video
-                        };
-                        let g = Got {
-                            kind,
-                            ssrc: *p.header.ssrc,
-                            seq: p.header.sequence_number,
-                            ts: p.header.timestamp,
-                            at: Instant::now(),
-                        };
-                        sink.lock().unwrap().push(g);
-                    }
-                    Ok(Output::Event(_)) => {}
-                    Err(_) => return,
+            let on_event = |_: &str0m::Rtc, e: Event| {
+                if let Event::RtpPacket(p) = e {
+                    let kind = if audio_pts.contains(&p.header.payload_type) {
+                        MediaKind::Audio
+                    } else {
+                        MediaKind::Video
+                    };
+                    sink.lock().unwrap().push(Got {
+                        kind,
+                        ssrc: *p.header.ssrc,
+                        seq: p.header.sequence_number,
+                        ts: p.header.timestamp,
+                        at: Instant::now(),
+                    });
                 }
             };
-            if !rtc.is_alive() {
+            let Some(timeout) = rtc_io::drain(&mut rtc, &socket, on_event).await else {
                 return;
-            }
-            let wait = timeout
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
-            tokio::select! {
-                r = socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = r
-                        && let Ok(rx) = Receive::new(Protocol::Udp, from, local, &buf[..n])
-                    {
-                        let _ = rtc.handle_input(Input::Receive(Instant::now(), rx));
-                    }
-                }
-                _ = tokio::time::sleep(wait) => {
-                    let _ = rtc.handle_input(Input::Timeout(Instant::now()));
-                }
-            }
+            };
+            rtc_io::input(&mut rtc, &socket, local, &mut buf, timeout).await;
         }
     });
     LiveViewer { got, location }

@@ -1,0 +1,48 @@
+//! Driving a test client's str0m `Rtc` over a real UDP socket: drain its
+//! outputs (sending datagrams) and feed it the next datagram or timeout.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+
+/// Drains `rtc` to its next timeout, sending its datagrams and handing its
+/// events to `on_event`; `None` when the `Rtc` failed or is closed.
+pub async fn drain(
+    rtc: &mut Rtc,
+    socket: &UdpSocket,
+    mut on_event: impl FnMut(&Rtc, Event),
+) -> Option<Instant> {
+    let timeout = loop {
+        match rtc.poll_output() {
+            Ok(Output::Timeout(t)) => break t,
+            Ok(Output::Transmit(t)) => {
+                let _ = socket.send_to(&t.contents, t.destination).await;
+            }
+            Ok(Output::Event(e)) => on_event(rtc, e),
+            Err(_) => return None,
+        }
+    };
+    rtc.is_alive().then_some(timeout)
+}
+
+/// Waits for a datagram (handed to `rtc`) or until `wake` (a timeout handed to it).
+pub async fn input(rtc: &mut Rtc, socket: &UdpSocket, local: SocketAddr, buf: &mut [u8], wake: Instant) {
+    let wait = wake
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    tokio::select! {
+        r = socket.recv_from(buf) => {
+            if let Ok((n, from)) = r
+                && let Ok(rx) = Receive::new(Protocol::Udp, from, local, &buf[..n])
+            {
+                let _ = rtc.handle_input(Input::Receive(Instant::now(), rx));
+            }
+        }
+        _ = tokio::time::sleep(wait) => {
+            let _ = rtc.handle_input(Input::Timeout(Instant::now()));
+        }
+    }
+}
