@@ -74,6 +74,11 @@ pub(crate) struct NodeProcess {
 
 impl NodeProcess {
     pub(crate) fn start(binary: &Path, workers: usize) -> Result<NodeProcess, Error> {
+        NodeProcess::start_with(binary, workers, &[])
+    }
+
+    /// [`NodeProcess::start`] with more `serve` flags.
+    pub(crate) fn start_with(binary: &Path, workers: usize, extra: &[String]) -> Result<NodeProcess, Error> {
         let mut child = Command::new(binary)
             .args([
                 "serve",
@@ -82,6 +87,7 @@ impl NodeProcess {
                 "--workers",
                 &workers.to_string(),
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -240,9 +246,21 @@ pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
         total = floor.total_us(),
         rows = rows.join("\n"),
     );
-    let old = std::fs::read_to_string(&cfg.out).unwrap_or_default();
-    std::fs::write(&cfg.out, replace_section(&old, &section))?;
-    Ok(section)
+    // `--only cascade` leaves the single-node table as it is.
+    let section = if rows.is_empty() {
+        String::new()
+    } else {
+        let old = std::fs::read_to_string(&cfg.out).unwrap_or_default();
+        std::fs::write(&cfg.out, replace_section(&old, &section))?;
+        section
+    };
+    let cascade = cfg.only.is_empty() || cfg.only.iter().any(|o| "cascade".starts_with(o.as_str()));
+    if !cascade {
+        return Ok(section);
+    }
+    eprintln!("== cascade");
+    let more = crate::cascade::bench(&cfg, &machine).await?;
+    Ok(format!("{section}\n{more}"))
 }
 
 const BEGIN: &str = "<!-- loadtest-bench:begin -->";

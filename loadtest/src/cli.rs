@@ -94,7 +94,8 @@ pub struct BenchArgs {
     /// `--workers` of the node.
     #[arg(long, env = "LOADTEST_NODE_WORKERS", default_value_t = 1)]
     pub node_workers: usize,
-    /// Only the scenarios whose names start with one of these (comma-separated), e.g. `fanout,churn`.
+    /// Only the scenarios whose names start with one of these (comma-separated), e.g. `fanout,churn`;
+    /// `cascade` is one room across three nodes (needs `nats-server`).
     #[arg(long, env = "LOADTEST_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,
 }

@@ -3,6 +3,7 @@
 //! numbers viewers feel and the server pays.
 
 pub mod bench;
+pub mod cascade;
 pub mod cli;
 pub mod error;
 pub mod floor;
