@@ -471,3 +471,61 @@ fn edges_re_parent_when_the_middle_node_dies_and_keep_their_source() {
             .any(|(w, m)| *w == VIEWER && matches!(m, Message::SourceGone { .. }))
     );
 }
+
+#[test]
+fn frames_out_of_order_or_about_unknown_sources_change_nothing() {
+    let (mut sim, r_up, _) = chain();
+    let local = announced(&sim.take(2));
+    sim.worker(2, VIEWER, demand(local, 0, true));
+    let relay = &mut sim.nodes[1].gateway;
+    let before = relay.room_links(&room());
+    // From the parent: media, layers and a departure of a source never
+    // announced; a second watch's worth of hops with no watch after it.
+    let stranger = SourceId(0x7777);
+    for m in [
+        packet(0, 1).with_source(stranger),
+        Message::Layers {
+            source: stranger,
+            track: 0,
+            rates: vec![Some(1)],
+        },
+        Message::SourceGone {
+            room: room(),
+            source: stranger,
+        },
+        Message::Hops {
+            room: room(),
+            hops: vec![1, 2, 3],
+        },
+    ] {
+        relay.handle_link(r_up, m);
+    }
+    // From a link that watches nothing: demand, NACKs and keyframe requests
+    // for the relayed source, and an unwatch of a room it never watched.
+    let idle = LinkId(999);
+    let relayed = SourceId(1 << 63 | 1);
+    for m in [
+        demand(relayed, 0, true),
+        Message::Nack {
+            source: relayed,
+            track: 0,
+            layer: 0,
+            seqs: vec![1, 2],
+        },
+        Message::Keyframe {
+            source: relayed,
+            layer: 0,
+        },
+        watch(false),
+    ] {
+        relay.handle_link(idle, m);
+    }
+    let out: Vec<GatewayOutput> = std::iter::from_fn(|| relay.poll_output()).collect();
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(relay.room_links(&room()), before);
+    // The chain still carries the viewer's layer.
+    sim.media_sent = 0;
+    sim.publish(0, 0, 1);
+    assert_eq!(sim.media_sent, 2);
+    assert_eq!(media(&sim.take(2), 0), vec![1]);
+}
