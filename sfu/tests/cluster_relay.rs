@@ -554,3 +554,56 @@ async fn a_chain_re_parents_when_its_middle_is_killed_and_the_leaf_s_rtp_stays_c
     assert_eq!(parent_of(&http, leaf, room, &relays).await.as_deref(), Some("a"));
     assert!(metric(&http, leaf, "wave_relay_reparents_total").await >= 1.0);
 }
+
+#[tokio::test]
+async fn keyframe_requests_from_two_edges_reach_the_publisher_merged_and_throttled() {
+    let nats = NatsServer::start();
+    let a = cluster_node(&nats, "a", "127.0.0.35");
+    let b = cluster_node(&nats, "b", "127.0.0.36");
+    let c = cluster_node(&nats, "c", "127.0.0.37");
+    let http = Http::default();
+    wait_for_view(&http, &[&a, &b, &c], 3).await;
+    let room = "plis";
+    let publisher = common::publisher::publish_with(
+        &a,
+        &http,
+        room,
+        common::publisher::Video::Synthetic1080p,
+        Some(&token(room, "alice", true)),
+    )
+    .await;
+    let mut viewers = Vec::new();
+    for (node, who) in [(&b, "v1"), (&b, "v2"), (&c, "v3"), (&c, "v4")] {
+        viewers.push(common::viewer::watch(node, &http, room, Some(&token(room, who, false))).await);
+    }
+    for v in &viewers {
+        assert!(v.wait_for(MediaKind::Video, 0, 20, Duration::from_secs(5)).await);
+    }
+    // Four viewers on two edges ask for a keyframe every 50 ms for 3 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let k0 = publisher.keyframes.load(std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    for v in &viewers {
+        v.pli.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for v in &viewers {
+        v.pli.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let asked: u64 = viewers
+        .iter()
+        .map(|v| v.plis.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let seen = publisher.keyframes.load(std::sync::atomic::Ordering::Relaxed) - k0;
+    eprintln!("{asked} PLIs from 4 viewers on 2 edges over {secs:.1} s; the publisher got {seen} requests");
+    assert!(asked >= 120, "the viewers asked {asked} times");
+    // One request per 330 ms at most (the origin's throttle), however many
+    // viewers and nodes ask; and they do get through.
+    let most = (secs / 0.33).ceil() as u64 + 2;
+    assert!(
+        (3..=most).contains(&seen),
+        "the publisher got {seen} requests (at most {most})"
+    );
+}

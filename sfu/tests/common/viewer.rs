@@ -3,12 +3,13 @@
 //! for assertions on what reached it (continuity across a relay's
 //! re-parent, media still flowing through an outage).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind};
 use str0m::{Candidate, Event, RtcConfig};
 use tokio::net::UdpSocket;
 
@@ -30,6 +31,10 @@ pub struct Got {
 pub struct LiveViewer {
     pub got: Arc<Mutex<Vec<Got>>>,
     pub location: String,
+    /// While set, the viewer asks for a keyframe (PLI) every 50 ms.
+    pub pli: Arc<AtomicBool>,
+    /// PLIs it sent.
+    pub plis: Arc<AtomicU64>,
 }
 
 impl LiveViewer {
@@ -83,11 +88,30 @@ pub async fn watch(node: &Node, http: &Http, room: &str, token: Option<&str>) ->
         .media(audio)
         .map(|m| m.remote_pts().to_vec())
         .unwrap_or_default();
-    let got = Arc::new(Mutex::new(Vec::new()));
+    let got: Arc<Mutex<Vec<Got>>> = Arc::new(Mutex::new(Vec::new()));
     let sink = got.clone();
+    let (pli, plis) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (ask, asked) = (pli.clone(), plis.clone());
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
+        let mut last_pli = Instant::now();
         loop {
+            let video = sink
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|g| g.kind == MediaKind::Video)
+                .map(|g| g.ssrc);
+            if let Some(ssrc) = video
+                && ask.load(Ordering::Relaxed)
+                && last_pli.elapsed() >= Duration::from_millis(50)
+                && let Some(rx) = rtc.direct_api().stream_rx(&ssrc.into())
+            {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                asked.fetch_add(1, Ordering::Relaxed);
+                last_pli = Instant::now();
+            }
             let on_event = |_: &str0m::Rtc, e: Event| {
                 if let Event::RtpPacket(p) = e {
                     let kind = if audio_pts.contains(&p.header.payload_type) {
@@ -107,8 +131,18 @@ pub async fn watch(node: &Node, http: &Http, room: &str, token: Option<&str>) ->
             let Some(timeout) = rtc_io::drain(&mut rtc, &socket, on_event).await else {
                 return;
             };
-            rtc_io::input(&mut rtc, &socket, local, &mut buf, timeout).await;
+            let wake = if ask.load(Ordering::Relaxed) {
+                timeout.min(last_pli + Duration::from_millis(50))
+            } else {
+                timeout
+            };
+            rtc_io::input(&mut rtc, &socket, local, &mut buf, wake).await;
         }
     });
-    LiveViewer { got, location }
+    LiveViewer {
+        got,
+        location,
+        pli,
+        plis,
+    }
 }
