@@ -84,6 +84,11 @@ pub const MAX_WATCHED_PER_LINK: usize = 1024;
 pub const TICK: Duration = Duration::from_millis(250);
 /// Ticks a mirrored source waits for a new route after losing its own (4 s).
 pub const GRACE_TICKS: u32 = 16;
+/// Ticks it waits at most once the new route is set (1 s): a parent
+/// announces what it has right after the watch, so a source it did not
+/// announce by then is gone (its publisher left with its origin, or came
+/// back under a new session that the viewers should move to).
+pub const ROUTED_GRACE_TICKS: u32 = 4;
 
 /// Who needs a mirrored layer: a local worker or a child link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -297,10 +302,14 @@ impl Gateway {
                 }
             }
         }
-        if r.sources
-            .iter()
-            .any(|s| self.in_sources.get(s).is_some_and(|s| s.stale.is_some()))
-        {
+        let mut stale = false;
+        for s in &r.sources {
+            if let Some(n) = self.in_sources.get_mut(s).and_then(|s| s.stale.as_mut()) {
+                *n = (*n).max(GRACE_TICKS - ROUTED_GRACE_TICKS);
+                stale = true;
+            }
+        }
+        if stale {
             self.reparents += 1;
         }
         self.watch_upstream(room);

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use relay::gateway::{GRACE_TICKS, TICK};
+use relay::gateway::{GRACE_TICKS, ROUTED_GRACE_TICKS, TICK};
 use relay::{Ext, Gateway, GatewayOutput, LinkId, MediaPacket, Message, SourceId, WorkerId};
 use wave_vocab::{RoomId, SessionId};
 
@@ -455,6 +455,39 @@ fn edges_re_parent_when_the_middle_node_dies_and_keep_their_source() {
         _ => true,
     }));
     assert_eq!(sim.nodes[2].gateway.tree_events().1, 1, "one re-parent counted");
+
+    // A new parent that does not announce the source within a second of
+    // the route (its publisher left with the dead origin): it is gone then.
+    let (mut sim, ..) = chain();
+    sim.take(2);
+    sim.kill(1);
+    sim.tick();
+    sim.nodes[0].publishes = false;
+    sim.nodes[0].gateway.handle_worker(
+        HOME,
+        Message::SourceGone {
+            room: room(),
+            source: PUBLISHER,
+        },
+    );
+    let (e_up, _) = sim.connect(2, 0);
+    sim.nodes[2].gateway.route(room(), e_up);
+    sim.run();
+    for _ in 0..ROUTED_GRACE_TICKS - 1 {
+        sim.tick();
+    }
+    assert!(
+        !sim.take(2)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::SourceGone { .. }))
+    );
+    sim.tick();
+    assert!(
+        sim.take(2)
+            .iter()
+            .any(|(w, m)| *w == VIEWER && matches!(m, Message::SourceGone { .. })),
+        "gone a second after the new route, not after the whole grace"
+    );
 
     // With no new route within the grace, the source is gone.
     let (mut sim, ..) = chain();

@@ -607,3 +607,58 @@ async fn keyframe_requests_from_two_edges_reach_the_publisher_merged_and_throttl
         "the publisher got {seen} requests (at most {most})"
     );
 }
+
+#[tokio::test]
+async fn after_kill_9_of_the_origin_a_publisher_back_through_another_node_resumes_the_viewers_within_3_s() {
+    let nats = NatsServer::start();
+    let mut a = cluster_node(&nats, "a", "127.0.0.38");
+    let b = cluster_node(&nats, "b", "127.0.0.39");
+    let c = cluster_node(&nats, "c", "127.0.0.40");
+    let http = Http::default();
+    wait_for_view(&http, &[&a, &b, &c], 3).await;
+    let room = "comeback";
+    let _first = common::publisher::publish_with(
+        &a,
+        &http,
+        room,
+        common::publisher::Video::Synthetic1080p,
+        Some(&token(room, "alice", true)),
+    )
+    .await;
+    let viewer = common::viewer::watch(&c, &http, room, Some(&token(room, "v", false))).await;
+    assert!(
+        viewer
+            .wait_for(MediaKind::Video, 0, 20, Duration::from_secs(5))
+            .await
+    );
+    let ssrc = viewer.packets(MediaKind::Video)[0].ssrc;
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // The registry forgets a (its claim with it); the publisher comes back through b.
+    wait_for_view(&http, &[&b, &c], 2).await;
+    let seen = viewer.packets(MediaKind::Video).len();
+    let back = std::time::Instant::now();
+    let _second = common::publisher::publish_with(
+        &b,
+        &http,
+        room,
+        common::publisher::Video::Synthetic1080p,
+        Some(&token(room, "alice", true)),
+    )
+    .await;
+    assert!(
+        viewer
+            .wait_for(MediaKind::Video, seen, 20, Duration::from_secs(10))
+            .await,
+        "the viewer at c never got the publisher back"
+    );
+    let resumed = viewer.packets(MediaKind::Video)[seen].at.duration_since(back);
+    eprintln!("viewer at c resumed {resumed:?} after the publisher's WHIP at b");
+    assert!(resumed <= Duration::from_secs(3), "resumed after {resumed:?}");
+    assert_eq!(
+        viewer.packets(MediaKind::Video)[seen].ssrc,
+        ssrc,
+        "the same stream"
+    );
+}
