@@ -93,6 +93,14 @@ keys! {
         /// HTTP listen address for WHIP/WHEP/REST and the page [default: 127.0.0.1:8080].
         #[arg(long, env = "SFU_HTTP")]
         pub http: Option<SocketAddr>,
+        /// PEM certificate chain (leaf first) for HTTPS on --http (HTTP/2 and
+        /// HTTP/1.1 by ALPN); reloaded when the file changes, no restart
+        /// [default: plain HTTP]. Needs --tls-key.
+        #[arg(long, env = "SFU_TLS_CERT")]
+        pub tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, env = "SFU_TLS_KEY")]
+        pub tls_key: Option<PathBuf>,
         /// IP the media UDP sockets bind [default: 127.0.0.1].
         #[arg(long, env = "SFU_MEDIA_IP")]
         pub media_ip: Option<IpAddr>,
@@ -359,6 +367,8 @@ pub struct TokenArgs {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub http: SocketAddr,
+    /// `--tls-cert`, `--tls-key`: HTTPS on `http`.
+    pub tls: Option<signaling::tls::TlsFiles>,
     pub media_ip: IpAddr,
     pub media_port: u16,
     pub public_ip: Option<IpAddr>,
@@ -512,6 +522,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             http: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            tls: None,
             media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             media_port: 0,
             public_ip: None,
@@ -565,6 +576,18 @@ impl NodeConfig {
         let media_ip = k.media_ip.unwrap_or(d.media_ip);
         let config = NodeConfig {
             http: k.http.unwrap_or(d.http),
+            tls: match (&k.tls_cert, &k.tls_key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(signaling::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "--tls-cert and --tls-key go together".into(),
+                    ));
+                }
+            },
             media_ip,
             media_port: k.media_port.unwrap_or(d.media_port),
             public_ip: k.public_ip,
@@ -1279,6 +1302,16 @@ mod tests {
                 sample("no_relay = true", &["--no-relay"], |c| {
                     format!("{:?}", c.cluster.relay)
                 }),
+            ),
+            sample(
+                "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+                &["--tls-cert", "/c.pem", "--tls-key", "/k.pem"],
+                |c| format!("{:?}", c.tls),
+            ),
+            sample(
+                "tls_key = \"/k.pem\"\ntls_cert = \"/c.pem\"",
+                &["--tls-key", "/k.pem", "--tls-cert", "/c.pem"],
+                |c| format!("{:?}", c.tls),
             ),
             // The three go together: each sample gives all three.
             sample(

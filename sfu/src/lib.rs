@@ -51,6 +51,11 @@ pub async fn run(
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     config.check()?;
+    // A certificate that does not load stops the node before it binds anything.
+    let tls = match &config.tls {
+        Some(files) => Some(signaling::tls::ReloadingCert::load(files.clone()).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     wave_dtls::select(config.dtls);
     if config.auth_secret.is_none() {
         warn!(http = %config.http, "no --auth-secret: the node is open to anyone who can reach loopback");
@@ -109,12 +114,13 @@ pub async fn run(
         hlsjs_dir: Some(config.hlsjs_dir.clone()),
         token_policy: config.token_policy.clone(),
         connection_limit: config.connection_limit,
+        tls: tls.clone(),
         ..signaling::HttpConfig::default()
     };
     let relay = node
         .relay()
         .map(|r| (r, advertised_relay(r.local_addr(), config.public_ip)));
-    let cluster = join_cluster(&config.cluster, &bound, config.max_peers, relay).await?;
+    let cluster = join_cluster(&config.cluster, &bound, tls.is_some(), config.max_peers, relay).await?;
     if let Some(relay) = node.relay() {
         tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
         tokio::spawn(route_waiting(cluster.clone(), node.clone(), relay.clone()));
@@ -245,6 +251,7 @@ async fn drain_sessions(
 async fn join_cluster(
     args: &crate::config::ClusterArgs,
     bound: &Bound,
+    https: bool,
     max_peers: usize,
     relay: Option<(&relay::Relay, SocketAddr)>,
 ) -> anyhow::Result<signaling::cluster::Cluster> {
@@ -257,7 +264,7 @@ async fn join_cluster(
     let http_url = args
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", bound.http));
+        .unwrap_or_else(|| format!("{}://{}", if https { "https" } else { "http" }, bound.http));
     let mut config = ClusterConfig::new(args.node_id.clone(), http_url);
     config.media_addr = bound.media.first().map(ToString::to_string);
     config.max_peers = u32::try_from(max_peers).unwrap_or(u32::MAX);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::chat::{cluster_node, metric, wait_for_view};
 use common::nats::NatsServer;
 use common::node::{Http, Node, play_offer, publish_offer};
+use common::pki::Pki;
 use common::placement::room_placed_on;
 use hyper::{Method, StatusCode};
 use str0m::media::MediaKind;
@@ -261,57 +262,18 @@ async fn a_full_node_sends_a_viewer_on_with_a_ticket_and_a_full_cluster_offers_l
     );
 }
 
-/// A cluster CA writing node certificate files (serverAuth + clientAuth).
-struct Pki {
-    dir: std::path::PathBuf,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("wave-relay-pki-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate().unwrap();
-        std::fs::write(dir.join("ca.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
-        Pki {
-            dir,
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// `--relay-cert`, `--relay-key`, `--relay-ca` for a node named `name`.
-    fn flags(&self, name: &str) -> Vec<String> {
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-        vec![
-            "--relay-cert".into(),
-            path(&c),
-            "--relay-key".into(),
-            path(&k),
-            "--relay-ca".into(),
-            path(&self.dir.join("ca.pem")),
-        ]
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `--relay-cert`, `--relay-key`, `--relay-ca` for a node named `name`.
+fn relay_flags(pki: &Pki, name: &str) -> Vec<String> {
+    let (cert, key) = pki.leaf(name);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    vec![
+        "--relay-cert".into(),
+        path(&cert),
+        "--relay-key".into(),
+        path(&key),
+        "--relay-ca".into(),
+        path(&pki.ca()),
+    ]
 }
 
 #[tokio::test]
@@ -329,7 +291,7 @@ async fn with_relay_ca_a_node_whose_certificate_it_did_not_sign_cannot_relay() {
         ]
         .map(str::to_owned)
         .to_vec();
-        flags.extend(pki.flags(id));
+        flags.extend(relay_flags(pki, id));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         Node::start_in_cluster(&nats.url(), id, ip, &flags)
     };
@@ -367,9 +329,9 @@ async fn with_relay_ca_a_node_whose_certificate_it_did_not_sign_cannot_relay() {
 #[tokio::test]
 async fn relays_keep_flowing_while_nats_is_down_and_new_viewers_are_fed_once_it_is_back() {
     let mut nats = NatsServer::start();
-    let a = cluster_node(&nats, "a", "127.0.0.29");
-    let b = cluster_node(&nats, "b", "127.0.0.30");
-    let c = cluster_node(&nats, "c", "127.0.0.31");
+    let a = cluster_node(&nats, "a", "127.0.0.41");
+    let b = cluster_node(&nats, "b", "127.0.0.42");
+    let c = cluster_node(&nats, "c", "127.0.0.43");
     let http = Http::default();
     wait_for_view(&http, &[&a, &b, &c], 3).await;
     let room = "outage";

@@ -25,6 +25,7 @@ mod hls_grants;
 mod hls_ll_delivery;
 mod hls_node_rooms;
 mod http_auth;
+mod http_tls;
 mod http_whip_whep;
 mod interop_aiortc;
 mod interop_ffmpeg;

@@ -44,6 +44,9 @@ pub struct HttpConfig {
     /// hls.js's `dist` directory, served under `/vendor/hls.js/` for the
     /// demo page's HLS player. `None` (default): 404 with a hint.
     pub hlsjs_dir: Option<PathBuf>,
+    /// HTTPS: the listener's certificate, reloaded when its files change.
+    /// `None` (default): plain HTTP (and h2c).
+    pub tls: Option<Arc<crate::tls::ReloadingCert>>,
 }
 
 impl Default for HttpConfig {
@@ -61,6 +64,7 @@ impl Default for HttpConfig {
             shutdown_grace: Duration::from_secs(1),
             chat: crate::chat::ChatConfig::default(),
             hlsjs_dir: None,
+            tls: None,
         }
     }
 }
@@ -80,6 +84,7 @@ impl fmt::Debug for HttpConfig {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("chat", &self.chat)
             .field("hlsjs_dir", &self.hlsjs_dir)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }

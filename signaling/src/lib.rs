@@ -81,6 +81,7 @@ mod routes;
 pub mod sdpfrag;
 mod server;
 mod sessions;
+pub mod tls;
 
 pub use config::{HttpConfig, IceServer, IceServerSource};
 pub use drain::Drain;

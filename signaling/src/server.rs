@@ -1,4 +1,5 @@
-//! The accept loop: HTTP/1.1 and h2c on one listener, graceful shutdown.
+//! The accept loop: HTTP/1.1 and h2 on one listener (h2c, or TLS with ALPN
+//! when the node has a certificate), graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +29,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Concurrent streams per HTTP/2 connection.
 const MAX_H2_STREAMS: u32 = 64;
+/// A TLS client gets this long to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the certificate's files are checked for a renewal.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// The HTTP front door of one node.
 pub struct Server<M> {
@@ -79,7 +84,17 @@ impl<M: MediaNode> Server<M> {
             .timer(TokioTimer::new())
             .max_concurrent_streams(MAX_H2_STREAMS);
         let graceful = GracefulShutdown::new();
-        info!(%addr, "HTTP listening");
+        let tls = match &self.shared.config.tls {
+            Some(cert) => {
+                let config = cert.server_config().map_err(io::Error::other)?;
+                Some((
+                    tokio_rustls::TlsAcceptor::from(config),
+                    tokio::spawn(cert.clone().watch(TLS_RELOAD_EVERY)),
+                ))
+            }
+            None => None,
+        };
+        info!(%addr, tls = tls.is_some(), "HTTP listening");
         let presence = tokio::spawn(self.shared.clone().run_presence());
 
         tokio::pin!(shutdown);
@@ -98,7 +113,10 @@ impl<M: MediaNode> Server<M> {
             let permit = match self.shared.connections.admit(peer.ip()) {
                 Ok(permit) => permit,
                 Err(cap) => {
-                    refuse_connection(&stream, &self.shared.metrics, cap);
+                    // Over TLS the plain answer would not parse: just close.
+                    if tls.is_none() {
+                        refuse_connection(&stream, &self.shared.metrics, cap);
+                    }
                     debug!(%peer, ?cap, "connection refused: over the connection cap");
                     continue;
                 }
@@ -110,6 +128,29 @@ impl<M: MediaNode> Server<M> {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(shared.handle(req, peer).await) }
             });
+            if let Some((acceptor, _)) = &tls {
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+                continue;
+            }
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
@@ -120,6 +161,9 @@ impl<M: MediaNode> Server<M> {
                 }
                 drop(permit);
             });
+        }
+        if let Some((_, reload)) = &tls {
+            reload.abort();
         }
 
         drop(listener);

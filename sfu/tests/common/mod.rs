@@ -8,6 +8,7 @@ pub mod interop;
 pub mod nats;
 pub mod netns;
 pub mod node;
+pub mod pki;
 #[path = "../../../signaling/tests/common/placement.rs"]
 pub mod placement;
 pub mod publisher;
