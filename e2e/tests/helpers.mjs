@@ -162,13 +162,13 @@ export function tail(path, lines = 80, filter) {
 }
 
 /** Headless chromium with a fresh user-data dir; close with `browser.close()`. */
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM}: apt-get install chromium`);
   const userDataDir = mkdtempSync(join(tmpdir(), 'wave-e2e-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: CHROMIUM_ARGS,
+    args: [...CHROMIUM_ARGS, ...extraArgs],
     viewport: { width: 1280, height: 800 },
   });
   // A persistent context opens one blank page; reuse it first.
