@@ -95,7 +95,7 @@ pub async fn run(
         relay_pki(config.cluster.relay_pki.as_ref())?,
     )?);
     let media = node.media_addrs();
-    let (mut turn, ice_server_source) = start_turn(&config, &media).await?;
+    let (mut turn, ice_server_source) = start_turn(&config, &media, &node).await?;
     let listener = tokio::net::TcpListener::bind(config.http).await?;
     let bound = Bound {
         http: listener.local_addr()?,
@@ -138,11 +138,19 @@ pub async fn run(
     // TURN stops with the HTTP front door; its thread is joined below.
     let turn_stop = turn.as_mut().map(EmbeddedTurn::stop_handle);
     let (draining, sessions, drain_timeout) = (server.drain(), server.sessions(), config.drain_timeout);
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (watched, failure) = (node.clone(), failed.clone());
     let shutdown = async move {
         let mut stop = std::pin::pin!(stop);
         let drained = tokio::select! {
             () = drain => true,
             () = stop.as_mut() => false,
+            // A dead worker: drain what the others hold, then exit non-zero
+            // so that a supervisor restarts the node.
+            () = watched.worker_down() => {
+                failure.store(true, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
         };
         if drained {
             drain_sessions(&draining, &sessions, drain_timeout, stop.as_mut()).await;
@@ -180,6 +188,9 @@ pub async fn run(
     .await;
     if closed.is_err() {
         warn!("workers did not stop in time");
+    }
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        anyhow::bail!("a media worker panicked; the node drained and stopped");
     }
     Ok(())
 }
@@ -379,6 +390,7 @@ async fn route_waiting(cluster: signaling::cluster::Cluster, node: Arc<Node>, re
 async fn start_turn(
     config: &NodeConfig,
     media: &[SocketAddr],
+    node: &Arc<Node>,
 ) -> anyhow::Result<(Option<EmbeddedTurn>, Option<Arc<dyn signaling::IceServerSource>>)> {
     let Some(turn) = &config.turn else {
         return Ok((None, None));
@@ -392,7 +404,8 @@ async fn start_turn(
             cfg.external_ip = config.public_ip;
             cfg.relay_ports = turn::relay_ports_avoiding(e.relay_ports, e.relay_ip, media);
             cfg.server.peer_filter = turn::media_allow_list(media, config.public_ip, e.relay_ip);
-            let server = EmbeddedTurn::start(cfg).await?;
+            let watched = node.clone();
+            let server = EmbeddedTurn::start(cfg, Arc::new(move |_| watched.thread_down())).await?;
             if urls.is_empty() {
                 let udp = server.local_addrs().udp;
                 let host = match (udp.ip().is_unspecified(), config.public_ip) {

@@ -23,6 +23,13 @@ use crate::worker::{self, RelayInboxes, WorkerHandle};
 /// Each session's worker and room.
 type Sessions = Arc<Mutex<HashMap<SessionId, (usize, RoomId)>>>;
 
+/// Workers that died (a panic), for `/healthz`, `/metrics` and the drain.
+#[derive(Default)]
+struct Down {
+    count: std::sync::atomic::AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
 /// All media workers of one process.
 pub struct Node {
     workers: Vec<WorkerHandle>,
@@ -38,6 +45,7 @@ pub struct Node {
     spread: bool,
     /// The gateway to other nodes (QUIC), when the node relays.
     relay: Option<relay::Relay>,
+    down: Arc<Down>,
 }
 
 /// A room's home worker among `count`: its publishers, HLS and (without
@@ -66,6 +74,7 @@ impl Node {
         relay_pki: Option<(relay::tls::Identity, Arc<rustls::RootCertStore>)>,
     ) -> std::io::Result<Node> {
         let sessions: Sessions = Arc::default();
+        let down: Arc<Down> = Arc::default();
         let count = count.max(1);
         let max_room_peers = config.max_room_peers;
         let mut workers = Vec::with_capacity(count);
@@ -102,6 +111,32 @@ impl Node {
                     h.ended(&s);
                 }
             });
+            // A worker that panicked: its sessions leave both tables (their
+            // WHIP/WHEP resources answer 404), and the node is told to drain.
+            let (map, http, gone) = (sessions.clone(), http_sessions.clone(), down.clone());
+            let on_down = Arc::new(move |w: usize| {
+                let ended: Vec<SessionId> = match map.lock() {
+                    Ok(mut m) => {
+                        let ended: Vec<SessionId> = m
+                            .iter()
+                            .filter(|(_, (i, _))| *i == w)
+                            .map(|(s, _)| s.clone())
+                            .collect();
+                        for s in &ended {
+                            m.remove(s);
+                        }
+                        ended
+                    }
+                    Err(_) => Vec::new(),
+                };
+                if let Some(h) = http.get() {
+                    for s in &ended {
+                        h.ended(s);
+                    }
+                }
+                gone.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                gone.notify.notify_one();
+            });
             let store = hls.as_ref().map(|h| h.store().clone());
             workers.push(worker::spawn(
                 i,
@@ -111,6 +146,7 @@ impl Node {
                 on_closed,
                 store,
                 inboxes.clone(),
+                on_down,
             )?);
         }
         Ok(Node {
@@ -122,7 +158,22 @@ impl Node {
             hls,
             spread: spread && count > 1,
             relay,
+            down,
         })
+    }
+
+    /// Another supervised thread (the embedded TURN server) died: the node
+    /// reports unhealthy and drains, as for a worker.
+    pub fn thread_down(&self) {
+        self.down.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.down.notify.notify_one();
+    }
+
+    /// Resolves when a media worker or the TURN thread has died (a panic).
+    pub async fn worker_down(&self) {
+        if self.down.count.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            self.down.notify.notified().await;
+        }
     }
 
     /// The relay gateway, when the node relays.
@@ -388,6 +439,10 @@ impl MediaNode for Node {
             .collect()
     }
 
+    fn healthy(&self) -> bool {
+        self.down.count.load(std::sync::atomic::Ordering::Relaxed) == 0
+    }
+
     async fn room_links(&self, room: &RoomId) -> serde_json::Value {
         match &self.relay {
             Some(relay) => relay.room_links(room).await,
@@ -445,7 +500,7 @@ impl MediaNode for Node {
         }
         wave_dtls::render_metrics(out);
         let p = wave_metrics::process::sample();
-        let process: [(&str, Kind, &str, String); 3] = [
+        let process: [(&str, Kind, &str, String); 4] = [
             (
                 "process_cpu_seconds_total",
                 Kind::Counter,
@@ -463,6 +518,15 @@ impl MediaNode for Node {
                 Kind::Gauge,
                 "Seconds since the node started.",
                 format!("{:.1}", self.started.elapsed().as_secs_f64()),
+            ),
+            (
+                "wave_thread_panics_total",
+                Kind::Counter,
+                "Media worker or TURN threads that died of a panic (the node then drains and exits non-zero).",
+                self.down
+                    .count
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
             ),
         ];
         for (name, kind, help, v) in process {

@@ -69,13 +69,24 @@ pub struct EmbeddedTurn {
 
 impl EmbeddedTurn {
     /// Binds the listeners on the TURN thread and returns once they are bound.
-    pub async fn start(config: turn_server::Config) -> Result<EmbeddedTurn, TurnError> {
+    /// `on_down` is called from the thread if it panics.
+    pub async fn start(
+        config: turn_server::Config,
+        on_down: std::sync::Arc<dyn Fn(usize) + Send + Sync>,
+    ) -> Result<EmbeddedTurn, TurnError> {
         let listen = config.listen;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("turn".into())
-            .spawn(move || serve(config, ready_tx, stop_rx))
+            .spawn(move || {
+                let _supervised = crate::worker::Supervised {
+                    index: 0,
+                    what: "TURN",
+                    on_down,
+                };
+                serve(config, ready_tx, stop_rx)
+            })
             .map_err(TurnError::Thread)?;
         match ready_rx.await {
             Ok(Ok(addrs)) => Ok(EmbeddedTurn {

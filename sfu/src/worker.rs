@@ -48,13 +48,13 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     /// Sends a command and waits for the engine's reply.
     pub async fn call(&self, command: Command) -> Result<Reply, MediaError> {
+        let down = || MediaError::Unavailable(format!("media worker {} is down", self.index));
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request { command, reply })
             .await
-            .map_err(|_| MediaError::Overloaded { retry_after_secs: 1 })?;
-        rx.await
-            .map_err(|_| MediaError::Overloaded { retry_after_secs: 1 })?
+            .map_err(|_| down())?;
+        rx.await.map_err(|_| down())?
     }
 
     /// Waits for the worker thread to end (after its channel closed).
@@ -73,8 +73,35 @@ fn now() -> Instant {
     Instant::now()
 }
 
+/// Test-only fault injection: a WHIP to the room this variable names makes
+/// the worker that takes it panic (the supervision tests' only way in).
+const FAULT_ROOM_VAR: &str = "WAVE_FAULT_PANIC_ROOM";
+
+/// Calls `on_down` when the thread that holds it unwinds from a panic: a
+/// media worker (its index) or the embedded TURN thread.
+pub struct Supervised {
+    pub index: usize,
+    pub what: &'static str,
+    pub on_down: Arc<dyn Fn(usize) + Send + Sync>,
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                thread = self.what,
+                index = self.index,
+                "thread panicked: its sessions are ended and the node drains, then exits non-zero"
+            );
+            (self.on_down)(self.index);
+        }
+    }
+}
+
 /// Binds `bind` and starts a worker thread. `advertised` is the address put in
 /// candidates (the public IP when configured, else the bound address).
+/// `on_down` is called from the thread if it panics.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     index: usize,
     bind: SocketAddr,
@@ -83,6 +110,7 @@ pub fn spawn(
     on_closed: Arc<dyn Fn(SessionId) + Send + Sync>,
     hls: Option<Arc<HlsStore>>,
     relays: RelayInboxes,
+    on_down: Arc<dyn Fn(usize) + Send + Sync>,
 ) -> io::Result<WorkerHandle> {
     let socket = StdUdpSocket::bind(bind)?;
     socket.set_nonblocking(true)?;
@@ -99,6 +127,11 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("sfu-worker-{index}"))
         .spawn(move || {
+            let _supervised = Supervised {
+                index,
+                what: "media worker",
+                on_down,
+            };
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
@@ -235,6 +268,11 @@ impl Driver {
                 req = rx.recv(), if !closing => match req {
                     Some(Request { command, reply }) => {
                         closing = matches!(command, Command::CloseAll);
+                        if let Command::Publish { room, .. } = &command
+                            && std::env::var(FAULT_ROOM_VAR).is_ok_and(|r| r == room.as_str())
+                        {
+                            panic!("fault injected: a publish to {room}");
+                        }
                         let _ = reply.send(self.engine.handle_command(now(), command));
                     }
                     None => {

@@ -32,5 +32,6 @@ mod interop_ffmpeg;
 mod interop_gstreamer;
 mod media_bad_input;
 mod shutdown;
+mod supervision;
 mod turn_embedded_credentials;
 mod turn_external_credentials;

@@ -122,7 +122,9 @@ impl From<MediaError> for HttpError {
             MediaError::Overloaded { retry_after_secs } => {
                 Self::retry_after(StatusCode::SERVICE_UNAVAILABLE, detail, retry_after_secs)
             }
-            MediaError::Upstream(_) => Self::retry_after(StatusCode::SERVICE_UNAVAILABLE, detail, 2),
+            MediaError::Upstream(_) | MediaError::Unavailable(_) => {
+                Self::retry_after(StatusCode::SERVICE_UNAVAILABLE, detail, 2)
+            }
             MediaError::Internal(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, detail),
         }
     }

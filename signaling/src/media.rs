@@ -75,6 +75,11 @@ pub trait MediaNode: Send + Sync + 'static {
         let _ = room;
         std::future::ready(serde_json::Value::Null)
     }
+    /// Whether every part of the node runs (`false`: a media worker died;
+    /// `/healthz` answers 503).
+    fn healthy(&self) -> bool {
+        true
+    }
     /// Relay certificate fingerprints (lowercase hex) of nodes whose link
     /// just died or could not be dialled: left out of relay trees for now.
     fn unreachable_relays(&self) -> Vec<String> {

@@ -287,6 +287,16 @@ impl<M: MediaNode> Shared<M> {
                         .insert(header::RETRY_AFTER, HeaderValue::from(DRAIN_RETRY_SECS));
                     Ok(resp)
                 }
+                Method::GET | Method::HEAD if !self.node.healthy() => {
+                    let mut resp = http::with_body(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "a media worker is down",
+                    );
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(DRAIN_RETRY_SECS));
+                    Ok(resp)
+                }
                 Method::GET | Method::HEAD => Ok(http::with_body(StatusCode::OK, "text/plain", "ok")),
                 _ => Err(HttpError::method_not_allowed(READ_METHODS)),
             },

@@ -146,6 +146,10 @@ pub enum MediaError {
     /// 503 + Retry-After.
     #[error("room origin unreachable: {0}")]
     Upstream(String),
+    /// A part of the node that should take the request is down (a media
+    /// worker that died): 503 + Retry-After, the node is draining.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A broken invariant inside the node: 500.
     #[error("internal error: {0}")]
     Internal(String),

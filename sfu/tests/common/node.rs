@@ -64,9 +64,19 @@ impl Node {
     }
 
     fn start_bin(bin: &std::path::Path, http: &str, args: &[&str]) -> Node {
+        Node::start_bin_env(bin, http, args, &[])
+    }
+
+    /// [`Node::start`] with more environment variables (test-only hooks).
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Node {
+        Node::start_bin_env(env!("CARGO_BIN_EXE_sfu").as_ref(), "127.0.0.1:0", args, env)
+    }
+
+    fn start_bin_env(bin: &std::path::Path, http: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(bin)
             .args(["serve", "--http", http, "--workers", "2"])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             // SIGTERM stops at once unless a test asks for a drain (`--drain-timeout`).
             .env("SFU_DRAIN_TIMEOUT", "0s")
