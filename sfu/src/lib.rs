@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod ingest;
 pub mod node;
 pub mod sendq;
 pub mod stats;
@@ -35,6 +36,9 @@ pub struct Bound {
     /// The QUIC relay endpoint other nodes dial, when the node relays.
     #[serde(default)]
     pub relay: Option<SocketAddr>,
+    /// The RTMP ingest listener (`--rtmp-listen`).
+    #[serde(default)]
+    pub rtmp: Option<SocketAddr>,
 }
 
 /// Runs one node: media workers, then the HTTP front door. When `drain`
@@ -91,11 +95,19 @@ pub async fn run(
     let media = node.media_addrs();
     let (mut turn, ice_server_source) = start_turn(&config, &media).await?;
     let listener = tokio::net::TcpListener::bind(config.http).await?;
+    let rtmp = match config.rtmp_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     let bound = Bound {
         http: listener.local_addr()?,
         media,
         turn: turn.as_ref().map(|t| t.local_addrs().udp),
         relay: node.relay().map(relay::Relay::local_addr),
+        rtmp: rtmp
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?,
     };
     info!(http = %bound.http, media = ?bound.media, turn = ?bound.turn, "node ready");
     on_bound(bound.clone());
@@ -117,6 +129,15 @@ pub async fn run(
     if let Some(relay) = node.relay() {
         tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
         tokio::spawn(route_waiting(cluster.clone(), node.clone(), relay.clone()));
+    }
+    // Ends with the runtime; each publish's source leaves with its connection.
+    if let Some(rtmp) = rtmp {
+        let auth = ingest::rtmp::RtmpAuth {
+            secret: http.auth_secret.clone(),
+            policy: config.token_policy.clone(),
+        };
+        info!(rtmp = ?bound.rtmp, "RTMP ingest listening");
+        tokio::spawn(ingest::rtmp::serve(rtmp, node.clone(), auth));
     }
     let server = signaling::Server::new(node.clone(), http).with_cluster(cluster.clone());
     let _ = http_sessions.set(server.sessions());

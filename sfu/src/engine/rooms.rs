@@ -21,7 +21,10 @@ impl Engine {
                 Role::Publisher(p) => Some(p),
                 Role::Viewer(_) => None,
             },
-            None => self.mirrors.get(&pid).map(|m| &m.publisher),
+            None => match self.mirrors.get(&pid) {
+                Some(m) => Some(&m.publisher),
+                None => self.ingests.get(&pid).map(|i| &i.publisher),
+            },
         }
     }
 
@@ -31,7 +34,10 @@ impl Engine {
                 Role::Publisher(p) => Some(p),
                 Role::Viewer(_) => None,
             },
-            None => self.mirrors.get_mut(&pid).map(|m| &mut m.publisher),
+            None => match self.mirrors.get_mut(&pid) {
+                Some(m) => Some(&mut m.publisher),
+                None => self.ingests.get_mut(&pid).map(|i| &mut i.publisher),
+            },
         }
     }
 
@@ -39,9 +45,10 @@ impl Engine {
     fn source_matches(&self, pid: PeerId, pin: &str) -> bool {
         let (session, identity) = match self.peers.get(&pid) {
             Some(p) => (&p.session, p.identity.as_deref()),
-            None => match self.mirrors.get(&pid) {
-                Some(m) => (&m.session, m.identity.as_deref()),
-                None => return false,
+            None => match (self.mirrors.get(&pid), self.ingests.get(&pid)) {
+                (Some(m), _) => (&m.session, m.identity.as_deref()),
+                (None, Some(i)) => (&i.session, i.identity.as_deref()),
+                (None, None) => return false,
             },
         };
         identity == Some(pin) || session.as_str() == pin
@@ -50,11 +57,11 @@ impl Engine {
     fn source_codecs(&self, pid: PeerId) -> Vec<CodecDesc> {
         match self.peers.get(&pid) {
             Some(p) => codec_descs(p.rtc.codec_config().params()),
-            None => self
-                .mirrors
-                .get(&pid)
-                .map(|m| m.codecs.clone())
-                .unwrap_or_default(),
+            None => match (self.mirrors.get(&pid), self.ingests.get(&pid)) {
+                (Some(m), _) => m.codecs.clone(),
+                (None, Some(i)) => i.codecs.clone(),
+                (None, None) => Vec::new(),
+            },
         }
     }
 
@@ -183,27 +190,34 @@ impl Engine {
                 publishers: room
                     .publishers
                     .iter()
-                    .filter_map(|id| self.peers.get(id))
-                    .map(|peer| PublisherInfo {
-                        session: peer.session.clone(),
-                        identity: peer.identity.clone(),
-                        tracks: match &peer.role {
-                            Role::Publisher(p) => p
-                                .tracks
-                                .iter()
-                                .flat_map(|t| {
-                                    t.layers.iter().map(move |l| TrackInfo {
-                                        kind: format!("{:?}", t.kind).to_lowercase(),
-                                        codec: l.codec.map(|c| c.to_string()).unwrap_or_default(),
-                                        rid: l.rid.map(|r| r.to_string()),
-                                        bitrate_bps: l.bitrate_bps,
-                                        width: l.size.map(|s| s.0),
-                                        height: l.size.map(|s| s.1),
-                                    })
-                                })
-                                .collect(),
-                            Role::Viewer(_) => Vec::new(),
+                    .filter_map(|id| match self.peers.get(id) {
+                        Some(peer) => match &peer.role {
+                            Role::Publisher(p) => Some((&peer.session, &peer.identity, p)),
+                            Role::Viewer(_) => None,
                         },
+                        // An ingest source is listed like a publisher; mirrors by their home.
+                        None => self
+                            .ingests
+                            .get(id)
+                            .map(|i| (&i.session, &i.identity, &i.publisher)),
+                    })
+                    .map(|(session, identity, p)| PublisherInfo {
+                        session: session.clone(),
+                        identity: identity.clone(),
+                        tracks: p
+                            .tracks
+                            .iter()
+                            .flat_map(|t| {
+                                t.layers.iter().map(move |l| TrackInfo {
+                                    kind: format!("{:?}", t.kind).to_lowercase(),
+                                    codec: l.codec.map(|c| c.to_string()).unwrap_or_default(),
+                                    rid: l.rid.map(|r| r.to_string()),
+                                    bitrate_bps: l.bitrate_bps,
+                                    width: l.size.map(|s| s.0),
+                                    height: l.size.map(|s| s.1),
+                                })
+                            })
+                            .collect(),
                     })
                     .collect(),
                 viewers: room
