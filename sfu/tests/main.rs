@@ -26,6 +26,8 @@ mod hls_ll_delivery;
 mod hls_node_rooms;
 mod http_auth;
 mod http_whip_whep;
+mod ingest_rtmp;
+mod ingest_rtmp_bad_input;
 mod interop_aiortc;
 mod interop_ffmpeg;
 mod interop_gstreamer;

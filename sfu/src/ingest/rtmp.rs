@@ -6,10 +6,10 @@
 //! each batch of messages read is handed there as RTP packets.
 //!
 //! Bounds: 64 connections; 5 s for the handshake, 10 s from connect to
-//! publish, 10 s without a byte; chunks up to 1 MiB (`SetChunkSize`);
-//! messages up to `source::MAX_VIDEO_MESSAGE`. Anything over one, or bytes
-//! that are not RTMP, end that connection and are counted; no other
-//! connection or room is touched.
+//! publish, 10 s without a byte; 1 MiB before the publish is accepted,
+//! then `source::MAX_VIDEO_MESSAGE` (8 MiB) and one read without a whole
+//! media message. Anything over one, or bytes that are not RTMP, end that
+//! connection and are counted; no other connection or room is touched.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,9 +35,15 @@ const MAX_CONNECTIONS: usize = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest chunk size a client may set. Encoders use 4 KiB to 64 KiB;
-/// the session buffers up to one chunk beyond what it parsed.
-const MAX_CHUNK_SIZE: u32 = 1 << 20;
+/// Bytes a client may send before its publish is accepted: a handful of
+/// small commands.
+const BEFORE_PUBLISH: usize = 1 << 20;
+/// Bytes a publishing client may send without completing a media message:
+/// the largest message taken plus one read. `rml_rtmp` buffers an
+/// incomplete chunk and message whatever their size (up to RTMP's 16 MiB
+/// message and a chunk size the client sets, which it does not report),
+/// so this is what bounds its buffers.
+const UNPARSED: usize = super::source::MAX_VIDEO_MESSAGE + READ_BUFFER;
 const READ_BUFFER: usize = 64 << 10;
 /// RFC 5905: NTP era 0 starts 2,208,988,800 s before the UNIX epoch.
 const NTP_UNIX: u64 = 2_208_988_800;
@@ -82,6 +88,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, auth: RtmpAuth) {
                 auth,
                 publishing: None,
                 refused: None,
+                unparsed: 0,
             }
             .run(stream)
             .await;
@@ -110,6 +117,9 @@ struct Connection {
     publishing: Option<Publishing>,
     /// Set with an error status sent: why the connection then ends.
     refused: Option<Cut>,
+    /// Bytes read since the last whole media message (since the
+    /// connection opened, before that).
+    unparsed: usize,
 }
 
 /// A publish the node accepted: its session in the room and its source.
@@ -175,6 +185,18 @@ impl Connection {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
             };
+            self.unparsed += n;
+            let budget = if self.publishing.is_some() {
+                UNPARSED
+            } else {
+                BEFORE_PUBLISH
+            };
+            if self.unparsed > budget {
+                return Err(Cut::new(
+                    Reason::Oversized,
+                    format!("{} bytes without a whole media message", self.unparsed),
+                ));
+            }
             let results = session
                 .handle_input(&buf[..n])
                 .map_err(|e| Cut::new(Reason::Protocol, e.to_string()))?;
@@ -250,16 +272,8 @@ impl Connection {
                     }
                 }
             }
-            ServerSessionEvent::ClientChunkSizeChanged { new_chunk_size } => {
-                if new_chunk_size > MAX_CHUNK_SIZE {
-                    return Err(Cut::new(
-                        Reason::Oversized,
-                        format!("chunk size {new_chunk_size} over {MAX_CHUNK_SIZE}"),
-                    ));
-                }
-                Ok((Vec::new(), false))
-            }
             ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
+                self.unparsed = 0;
                 if let Some(p) = &mut self.publishing {
                     p.source
                         .handle_video(Instant::now(), timestamp.value, &data)
@@ -268,6 +282,7 @@ impl Connection {
                 Ok((Vec::new(), false))
             }
             ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
+                self.unparsed = 0;
                 if let Some(p) = &mut self.publishing {
                     p.source
                         .handle_audio(Instant::now(), timestamp.value, &data)

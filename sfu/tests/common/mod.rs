@@ -11,6 +11,7 @@ pub mod node;
 #[path = "../../../signaling/tests/common/placement.rs"]
 pub mod placement;
 pub mod publisher;
+pub mod rtmp;
 pub mod sim;
 
 use sim::Received;

@@ -30,6 +30,8 @@ pub struct Node {
     pub child: Child,
     pub http: SocketAddr,
     pub media: Vec<SocketAddr>,
+    /// The RTMP listener, with `--rtmp-listen`.
+    pub rtmp: Option<SocketAddr>,
 }
 
 impl Node {
@@ -86,6 +88,7 @@ impl Node {
             child,
             http: at.http,
             media: at.media,
+            rtmp: at.rtmp,
         }
     }
 
