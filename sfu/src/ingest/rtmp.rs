@@ -439,3 +439,45 @@ fn ntp_now() -> u64 {
     let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     ((unix.as_secs() + NTP_UNIX) << 32) | ((u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000)
 }
+
+#[cfg(test)]
+mod tests {
+    use rml_rtmp::sessions::{ServerSession, ServerSessionConfig};
+
+    /// `rml_rtmp`'s session fed deterministic garbage after the handshake
+    /// (whole random chunks, and valid chunk headers with random bodies):
+    /// an `Err` or nothing, never a panic.
+    #[test]
+    fn garbage_chunks_give_errors_not_panics() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..3000 {
+            let (mut session, _) = ServerSession::new(ServerSessionConfig::new()).unwrap();
+            let len = (next() % 600) as usize + 1;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 0 {
+                // Format 0 on chunk stream 3, a random message type and length.
+                let header = [3u8, 0, 0, 0, 0, 0, (next() % 64) as u8, (next() % 24) as u8, 1, 0, 0, 0];
+                let mut h = header.to_vec();
+                h[4] = (next() % 4) as u8;
+                if round % 4 == 0 {
+                    // A length that the body completes.
+                    let n = (bytes.len() as u32).to_be_bytes();
+                    h[4..7].copy_from_slice(&n[1..]);
+                }
+                h.append(&mut bytes);
+                bytes = h;
+            }
+            for piece in bytes.chunks((next() % 64) as usize + 1) {
+                if session.handle_input(piece).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

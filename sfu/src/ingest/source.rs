@@ -224,4 +224,35 @@ mod tests {
         assert_eq!((sr.ntp_time, sr.rtp_time), (1 << 32, 0));
         assert!(p[2].report.is_none());
     }
+
+    #[test]
+    fn garbage_after_valid_configurations_is_refused_or_skipped_never_a_panic() {
+        let now = Instant::now();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // AAC-LC, 44.1 kHz, stereo.
+        let asc = [0xaf, 0x00, 0x12, 0x10];
+        for round in 0..2000u32 {
+            let mut s = Source::new(1 << 32);
+            s.handle_video(now, 0, &config()).unwrap();
+            s.handle_audio(now, 0, &asc).unwrap();
+            let len = (next() % 900) as usize;
+            let mut tag: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Mostly well-formed headers with random bodies, so the parsers
+            // past them are reached.
+            match round % 3 {
+                0 if tag.len() >= 5 => tag[..5].copy_from_slice(&[0x27, 1, 0, 0, 0]),
+                1 if tag.len() >= 2 => tag[..2].copy_from_slice(&[0xaf, 1]),
+                _ => {}
+            }
+            let _ = s.handle_video(now, round, &tag);
+            let _ = s.handle_audio(now, round * 23, &tag);
+            let _ = s.take_packets();
+        }
+    }
 }
