@@ -95,7 +95,10 @@ fn bad_rtmp_input_is_refused_counted_and_leaves_other_rooms_alone() {
     let mut second = RtmpClient::connect(rtmp, "live").expect("connect");
     let key = format!("good?token={}", publish("good"));
     assert_eq!(second.publish(&key), Err("NetStream.Publish.BadName".into()));
-    wait_for(|| rejected(&node, "room_held") == 1.0, "the held room's refusal counted");
+    wait_for(
+        || rejected(&node, "room_held") == 1.0,
+        "the held room's refusal counted",
+    );
     drop(alone);
 
     // Bytes that are not RTMP: the connection closes.

@@ -461,10 +461,11 @@ mod tests {
             let len = (next() % 600) as usize + 1;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if round % 2 == 0 {
-                // Format 0 on chunk stream 3, a random message type and length.
-                let header = [3u8, 0, 0, 0, 0, 0, (next() % 64) as u8, (next() % 24) as u8, 1, 0, 0, 0];
-                let mut h = header.to_vec();
-                h[4] = (next() % 4) as u8;
+                // Format 0 on chunk stream 3, a random message type and length:
+                // Basic header, timestamp (3), length (3), type, stream id (4, LE).
+                let mut h = vec![3u8, 0, 0, 0];
+                h.extend([(next() % 4) as u8, 0, (next() % 64) as u8]);
+                h.extend([(next() % 24) as u8, 1, 0, 0, 0]);
                 if round % 4 == 0 {
                     // A length that the body completes.
                     let n = (bytes.len() as u32).to_be_bytes();
