@@ -13,6 +13,7 @@ mod drain;
 mod dtls_failures;
 mod engine_codecs;
 mod engine_feedback_extensions;
+mod engine_ingest_source;
 mod engine_keyframe_requests;
 mod engine_log_spans;
 mod engine_media_arrives;
