@@ -103,7 +103,7 @@ impl Source {
     fn step(&mut self, sim: &mut Sim, session: &SessionId) {
         let mut packets = Vec::new();
         let ts = self.frame * 3000;
-        let units: Vec<Vec<u8>> = if self.frame % 30 == 0 {
+        let units: Vec<Vec<u8>> = if self.frame.is_multiple_of(30) {
             vec![vec![0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce], vec![0x65; 200]]
         } else {
             vec![vec![0x41; 150]]

@@ -170,19 +170,7 @@ impl Engine {
         };
         info!(room = %ingest.room, session = %ingest.session, peer = id.0, reason, "ingest source removed");
         self.by_session.remove(&ingest.session);
-        if let Some(tap) = &mut self.hls {
-            tap.publisher_left(now, id);
-        }
-        if let Some(room) = self.rooms.get(&ingest.room) {
-            for &w in &room.watchers {
-                let gone = Message::SourceGone {
-                    room: ingest.room.clone(),
-                    source: SourceId(id.0),
-                };
-                self.relays.push_back((w, gone));
-            }
-        }
-        self.source_left(now, &ingest.room, id);
+        self.local_source_left(now, &ingest.room, id);
         self.remove_room_if_empty(&ingest.room);
         debug!(peer = id.0, "ingest session closed");
         self.events.push_back(Event::SessionClosed {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use relay::Message;
+use relay::{Message, SourceId};
 use str0m::media::MediaKind;
 use tracing::debug;
 use wave_vocab::{CodecDesc, PublisherInfo, RoomId, RoomInfo, TrackInfo, ViewerInfo};
@@ -154,6 +154,25 @@ impl Engine {
                 self.attach_viewer(now, vid);
             }
         }
+    }
+
+    /// A source of this engine (a publisher or an ingest) is gone: LL-HLS
+    /// ends its stream, the engines watching the room drop their mirror, its
+    /// viewers here move on ([`Engine::source_left`]).
+    pub(super) fn local_source_left(&mut self, now: Instant, room_id: &RoomId, id: PeerId) {
+        if let Some(tap) = &mut self.hls {
+            tap.publisher_left(now, id);
+        }
+        if let Some(room) = self.rooms.get(room_id) {
+            for &w in &room.watchers {
+                let gone = Message::SourceGone {
+                    room: room_id.clone(),
+                    source: SourceId(id.0),
+                };
+                self.relays.push_back((w, gone));
+            }
+        }
+        self.source_left(now, room_id, id);
     }
 
     /// Removes a room nothing keeps; a mirrored room also drops its mirrors

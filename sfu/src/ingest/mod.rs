@@ -143,3 +143,14 @@ pub fn render_metrics(out: &mut String) {
         );
     }
 }
+
+/// A deterministic xorshift64 stream: the garbage the parsers' tests feed.
+#[cfg(test)]
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}

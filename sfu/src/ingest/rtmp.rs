@@ -272,30 +272,33 @@ impl Connection {
                     }
                 }
             }
-            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
-                self.unparsed = 0;
-                if let Some(p) = &mut self.publishing {
-                    p.source
-                        .handle_video(Instant::now(), timestamp.value, &data)
-                        .map_err(|r| Cut::new(r.reason(), r.to_string()))?;
-                }
-                Ok((Vec::new(), false))
-            }
-            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
-                self.unparsed = 0;
-                if let Some(p) = &mut self.publishing {
-                    p.source
-                        .handle_audio(Instant::now(), timestamp.value, &data)
-                        .map_err(|r| Cut::new(r.reason(), r.to_string()))?;
-                }
-                Ok((Vec::new(), false))
-            }
+            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => self
+                .media(true, timestamp.value, &data)
+                .map(|()| (Vec::new(), false)),
+            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => self
+                .media(false, timestamp.value, &data)
+                .map(|()| (Vec::new(), false)),
             ServerSessionEvent::PublishStreamFinished { .. } => Ok((Vec::new(), true)),
             other => {
                 debug!(event = ?std::mem::discriminant(&other), "RTMP event ignored");
                 Ok((Vec::new(), false))
             }
         }
+    }
+
+    /// One whole video or audio message: the session's buffers are empty
+    /// again; a publishing source makes RTP of it.
+    fn media(&mut self, video: bool, ts_ms: u32, data: &[u8]) -> Result<(), Cut> {
+        self.unparsed = 0;
+        let Some(p) = &mut self.publishing else {
+            return Ok(());
+        };
+        let made = if video {
+            p.source.handle_video(Instant::now(), ts_ms, data)
+        } else {
+            p.source.handle_audio(Instant::now(), ts_ms, data)
+        };
+        made.map_err(|r| Cut::new(r.reason(), r.to_string()))
     }
 
     /// Opens the room's ingest source and accepts the publish, or refuses
@@ -449,13 +452,7 @@ mod tests {
     /// an `Err` or nothing, never a panic.
     #[test]
     fn garbage_chunks_give_errors_not_panics() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::ingest::xorshift(0x9e37_79b9_7f4a_7c15);
         for round in 0..3000 {
             let (mut session, _) = ServerSession::new(ServerSessionConfig::new()).unwrap();
             let len = (next() % 600) as usize + 1;

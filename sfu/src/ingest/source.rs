@@ -228,13 +228,7 @@ mod tests {
     #[test]
     fn garbage_after_valid_configurations_is_refused_or_skipped_never_a_panic() {
         let now = Instant::now();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::ingest::xorshift(0x2545_f491_4f6c_dd1d);
         // AAC-LC, 44.1 kHz, stereo.
         let asc = [0xaf, 0x00, 0x12, 0x10];
         for round in 0..2000u32 {
