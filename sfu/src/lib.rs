@@ -137,7 +137,7 @@ pub async fn run(
             policy: config.token_policy.clone(),
         };
         info!(rtmp = ?bound.rtmp, "RTMP ingest listening");
-        tokio::spawn(ingest::rtmp::serve(rtmp, node.clone(), auth));
+        tokio::spawn(ingest::rtmp::serve(rtmp, node.clone(), auth, cluster.clone()));
     }
     let server = signaling::Server::new(node.clone(), http).with_cluster(cluster.clone());
     let _ = http_sessions.set(server.sessions());

@@ -29,6 +29,7 @@ mod http_auth;
 mod http_whip_whep;
 mod ingest_rtmp;
 mod ingest_rtmp_bad_input;
+mod ingest_rtmp_cluster;
 mod interop_aiortc;
 mod interop_ffmpeg;
 mod interop_gstreamer;

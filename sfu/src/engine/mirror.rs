@@ -130,19 +130,24 @@ impl Engine {
         }
     }
 
-    /// Tells the engines watching each publisher's room its video layers'
-    /// rates (every tick): they pick layers they do not receive from it.
+    /// Tells the engines watching each publisher's (and ingest source's)
+    /// room its video layers' rates (every tick): they pick layers they do
+    /// not receive from it.
     pub(super) fn tell_layer_rates(&mut self, now: Instant) {
         let Engine {
-            peers, rooms, relays, ..
+            peers,
+            ingests,
+            rooms,
+            relays,
+            ..
         } = self;
-        for (pid, peer) in peers.iter() {
-            let Role::Publisher(p) = &peer.role else { continue };
-            let Some(watchers) = rooms
-                .get(&peer.room)
-                .map(|r| &r.watchers)
-                .filter(|w| !w.is_empty())
-            else {
+        let publishers = peers.iter().filter_map(|(pid, peer)| match &peer.role {
+            Role::Publisher(p) => Some((pid, &peer.room, p)),
+            Role::Viewer(_) => None,
+        });
+        let ingests = ingests.iter().map(|(pid, i)| (pid, &i.room, &i.publisher));
+        for (pid, room, p) in publishers.chain(ingests) {
+            let Some(watchers) = rooms.get(room).map(|r| &r.watchers).filter(|w| !w.is_empty()) else {
                 continue;
             };
             for (ti, t) in p.tracks.iter().enumerate() {

@@ -18,6 +18,7 @@ use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
 use signaling::MediaNode;
 use signaling::auth::{self, AuthError, Grant, TokenPolicy};
+use signaling::cluster::{Claim, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -55,8 +56,10 @@ pub struct RtmpAuth {
     pub policy: TokenPolicy,
 }
 
-/// Accepts RTMP connections until the task is dropped.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, auth: RtmpAuth) {
+/// Accepts RTMP connections until the task is dropped. A publish claims
+/// its room in `cluster`'s registry, as a WHIP publisher does, so viewers
+/// at other nodes are fed from this one over the relay.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, auth: RtmpAuth, cluster: Cluster) {
     let auth = Arc::new(auth);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -80,12 +83,13 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, auth: RtmpAuth) {
         };
         debug!(%peer, "RTMP connection");
         let _ = stream.set_nodelay(true);
-        let (node, auth) = (node.clone(), auth.clone());
+        let (node, auth, cluster) = (node.clone(), auth.clone(), cluster.clone());
         tokio::spawn(async move {
             let _slot = slot;
             Connection {
                 node,
                 auth,
+                cluster,
                 publishing: None,
                 refused: None,
                 unparsed: 0,
@@ -114,6 +118,7 @@ impl Cut {
 struct Connection {
     node: Arc<Node>,
     auth: Arc<RtmpAuth>,
+    cluster: Cluster,
     publishing: Option<Publishing>,
     /// Set with an error status sent: why the connection then ends.
     refused: Option<Cut>,
@@ -311,6 +316,24 @@ impl Connection {
         identity: Option<String>,
     ) -> Result<(Vec<ServerSessionResult>, bool), Cut> {
         let protocol = |e: rml_rtmp::sessions::ServerSessionError| Cut::new(Reason::Protocol, e.to_string());
+        let held = match self.cluster.claim(&room).await {
+            Ok(Claim::Local) => None,
+            Ok(Claim::Elsewhere(owner)) => Some((
+                Reason::RoomHeld,
+                "NetStream.Publish.BadName",
+                format!("room {room} is published on node {}", owner.node),
+            )),
+            Err(e) => Some((
+                Reason::Node,
+                "NetStream.Publish.Failed",
+                format!("room {room}: the room registry is unreachable: {e}"),
+            )),
+        };
+        if let Some((reason, code, why)) = held {
+            let refused = session.reject_request(request_id, code, &why).map_err(protocol)?;
+            self.refused = Some(Cut::new(reason, why));
+            return Ok((refused, true));
+        }
         let id = SessionId::random();
         let open = IngestOpen {
             room: room.clone(),

@@ -13,6 +13,7 @@ pub mod placement;
 pub mod publisher;
 pub mod rtmp;
 pub mod sim;
+pub mod viewer;
 
 use sim::Received;
 use str0m::media::MediaKind;

@@ -69,7 +69,10 @@ impl Node {
         let mut child = Command::new(bin)
             .args(["serve", "--http", http, "--workers", "2"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WAVE_TEST_LOG").unwrap_or("warn".into()),
+            )
             // SIGTERM stops at once unless a test asks for a drain (`--drain-timeout`).
             .env("SFU_DRAIN_TIMEOUT", "0s")
             .stdout(Stdio::piped())
