@@ -130,16 +130,21 @@ pub async fn run(
         tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
         tokio::spawn(route_waiting(cluster.clone(), node.clone(), relay.clone()));
     }
+    let rtmp_auth = ingest::rtmp::RtmpAuth {
+        secret: http.auth_secret.clone(),
+        policy: config.token_policy.clone(),
+    };
+    let server = signaling::Server::new(node.clone(), http).with_cluster(cluster.clone());
     // Ends with the runtime; each publish's source leaves with its connection.
     if let Some(rtmp) = rtmp {
-        let auth = ingest::rtmp::RtmpAuth {
-            secret: http.auth_secret.clone(),
-            policy: config.token_policy.clone(),
+        let context = ingest::rtmp::RtmpContext {
+            auth: rtmp_auth,
+            cluster: cluster.clone(),
+            drain: server.drain(),
         };
         info!(rtmp = ?bound.rtmp, "RTMP ingest listening");
-        tokio::spawn(ingest::rtmp::serve(rtmp, node.clone(), auth, cluster.clone()));
+        tokio::spawn(ingest::rtmp::serve(rtmp, node.clone(), context));
     }
-    let server = signaling::Server::new(node.clone(), http).with_cluster(cluster.clone());
     let _ = http_sessions.set(server.sessions());
     let (stop_heartbeats, heartbeats_stopped) = tokio::sync::oneshot::channel::<()>();
     let heartbeats = tokio::spawn(signaling::cluster::run_heartbeats(

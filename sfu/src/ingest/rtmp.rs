@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
-use signaling::MediaNode;
 use signaling::auth::{self, AuthError, Grant, TokenPolicy};
 use signaling::cluster::{Claim, Cluster};
+use signaling::{Drain, MediaNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -56,11 +56,20 @@ pub struct RtmpAuth {
     pub policy: TokenPolicy,
 }
 
-/// Accepts RTMP connections until the task is dropped. A publish claims
-/// its room in `cluster`'s registry, as a WHIP publisher does, so viewers
-/// at other nodes are fed from this one over the relay.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, auth: RtmpAuth, cluster: Cluster) {
-    let auth = Arc::new(auth);
+/// What an RTMP publish needs of the node beside its engine: who may
+/// publish, the room registry (a publish claims its room there as a WHIP
+/// publisher does, so viewers at other nodes are fed over the relay) and
+/// whether the node drains (then publishes are refused, as WHIP is 503).
+#[derive(Clone)]
+pub struct RtmpContext {
+    pub auth: RtmpAuth,
+    pub cluster: Cluster,
+    pub drain: Drain,
+}
+
+/// Accepts RTMP connections until the task is dropped.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, context: RtmpContext) {
+    let context = Arc::new(context);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -83,13 +92,12 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, auth: RtmpAuth, clust
         };
         debug!(%peer, "RTMP connection");
         let _ = stream.set_nodelay(true);
-        let (node, auth, cluster) = (node.clone(), auth.clone(), cluster.clone());
+        let (node, context) = (node.clone(), context.clone());
         tokio::spawn(async move {
             let _slot = slot;
             Connection {
                 node,
-                auth,
-                cluster,
+                context,
                 publishing: None,
                 refused: None,
                 unparsed: 0,
@@ -117,8 +125,7 @@ impl Cut {
 
 struct Connection {
     node: Arc<Node>,
-    auth: Arc<RtmpAuth>,
-    cluster: Cluster,
+    context: Arc<RtmpContext>,
     publishing: Option<Publishing>,
     /// Set with an error status sent: why the connection then ends.
     refused: Option<Cut>,
@@ -316,7 +323,15 @@ impl Connection {
         identity: Option<String>,
     ) -> Result<(Vec<ServerSessionResult>, bool), Cut> {
         let protocol = |e: rml_rtmp::sessions::ServerSessionError| Cut::new(Reason::Protocol, e.to_string());
-        let held = match self.cluster.claim(&room).await {
+        if self.context.drain.is_draining() {
+            let why = "the node is draining".to_owned();
+            let refused = session
+                .reject_request(request_id, "NetStream.Publish.Failed", &why)
+                .map_err(protocol)?;
+            self.refused = Some(Cut::new(Reason::Node, why));
+            return Ok((refused, true));
+        }
+        let held = match self.context.cluster.claim(&room).await {
             Ok(Claim::Local) => None,
             Ok(Claim::Elsewhere(owner)) => Some((
                 Reason::RoomHeld,
@@ -390,7 +405,7 @@ impl Connection {
             None if name.split('.').count() == 3 => ("", Some(name)),
             _ => (name, token),
         };
-        let Some(secret) = &self.auth.secret else {
+        let Some(secret) = &self.context.auth.secret else {
             let room = RoomId::parse(name)
                 .ok_or_else(|| (Reason::BadName, BAD_NAME, format!("{name:?} is not a room name")))?;
             return Ok((room, None));
@@ -402,16 +417,17 @@ impl Connection {
                 "a publish token is needed: {room}?token=…".into(),
             ));
         };
-        let claims = auth::verify_with(secret, &self.auth.policy, token, SystemTime::now()).map_err(|e| {
-            let why = match e {
-                AuthError::Expired => "token expired",
-                AuthError::NotYetValid => "token not valid yet",
-                AuthError::WrongAudience => "token is for another audience",
-                AuthError::TooLong { .. } => "token lifetime is longer than this node allows",
-                _ => "invalid token",
-            };
-            (Reason::Auth, UNAUTHORIZED, why.to_owned())
-        })?;
+        let claims =
+            auth::verify_with(secret, &self.context.auth.policy, token, SystemTime::now()).map_err(|e| {
+                let why = match e {
+                    AuthError::Expired => "token expired",
+                    AuthError::NotYetValid => "token not valid yet",
+                    AuthError::WrongAudience => "token is for another audience",
+                    AuthError::TooLong { .. } => "token lifetime is longer than this node allows",
+                    _ => "invalid token",
+                };
+                (Reason::Auth, UNAUTHORIZED, why.to_owned())
+            })?;
         let name = if name.is_empty() {
             claims.room.as_str()
         } else {
