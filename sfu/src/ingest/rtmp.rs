@@ -6,7 +6,7 @@
 //! each batch of messages read is handed there as RTP packets.
 //!
 //! Bounds: 64 connections; 5 s for the handshake, 10 s from connect to
-//! publish, 10 s without a byte; 1 MiB before the publish is accepted,
+//! publish, 10 s without a byte either way; 1 MiB before the publish is accepted,
 //! then `source::MAX_VIDEO_MESSAGE` (8 MiB) and one read without a whole
 //! media message. Anything over one, or bytes that are not RTMP, end that
 //! connection and are counted; no other connection or room is touched.
@@ -178,7 +178,9 @@ impl Connection {
         let results = session
             .handle_input(&rest)
             .map_err(|e| Cut::new(Reason::Protocol, e.to_string()))?;
-        self.handle_results(stream, &mut session, results).await?;
+        if self.handle_results(stream, &mut session, results).await? {
+            return Ok(());
+        }
         let connected = Instant::now();
         loop {
             let wait = match &self.publishing {
@@ -232,8 +234,11 @@ impl Connection {
         while let Some(r) = pending.pop_front() {
             match r {
                 ServerSessionResult::OutboundResponse(packet) => {
-                    if stream.write_all(&packet.bytes).await.is_err() {
-                        return Ok(true);
+                    // A client that stops reading must not hold its slot.
+                    match timeout(IDLE_TIMEOUT, stream.write_all(&packet.bytes)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Ok(true),
+                        Err(_) => return Err(Cut::new(Reason::Timeout, "the client stopped reading")),
                     }
                 }
                 ServerSessionResult::RaisedEvent(event) => {
