@@ -291,6 +291,12 @@ keys! {
         /// `0s` stops at once [default: 30s].
         #[arg(long, env = "SFU_DRAIN_TIMEOUT")]
         pub drain_timeout: Option<HumanDuration>,
+        /// TCP address of an RTMP listener: encoders push
+        /// `rtmp://HOST:PORT/live/{room}?token=JWT` (H.264 + AAC) into the
+        /// room as its publisher. An open node listens on loopback only
+        /// [default: off].
+        #[arg(long, env = "SFU_RTMP_LISTEN")]
+        pub rtmp_listen: Option<SocketAddr>,
         // Chat.
         /// Messages sent to a client on join, at most [default: 100].
         #[arg(long, env = "SFU_CHAT_HISTORY")]
@@ -405,6 +411,8 @@ pub struct NodeConfig {
     pub chat: signaling::chat::ChatConfig,
     /// How long open sessions may run after the first stop signal.
     pub drain_timeout: Duration,
+    /// The RTMP ingest listener; `None`: off.
+    pub rtmp_listen: Option<SocketAddr>,
 }
 
 /// Control-plane settings.
@@ -550,6 +558,7 @@ impl Default for NodeConfig {
             cluster: ClusterArgs::default(),
             chat: signaling::chat::ChatConfig::default(),
             drain_timeout: Duration::from_secs(30),
+            rtmp_listen: None,
         }
     }
 }
@@ -628,6 +637,7 @@ impl NodeConfig {
             cluster: k.cluster(d.cluster, d.media_ip)?,
             chat: k.chat()?,
             drain_timeout: k.drain_timeout.map_or(d.drain_timeout, |t| t.0),
+            rtmp_listen: k.rtmp_listen,
         };
         config.check()?;
         Ok(config)
@@ -655,6 +665,14 @@ impl NodeConfig {
         {
             return Err(ConfigError::Invalid(format!(
                 "refusing to relay on {relay} without --auth-secret: an open node relays on loopback only"
+            )));
+        }
+        if let Some(rtmp) = self.rtmp_listen
+            && self.auth_secret.is_none()
+            && !rtmp.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing RTMP ingest on {rtmp} without --auth-secret: an open node listens on loopback only"
             )));
         }
         if let Some(e) = self.turn.as_ref().and_then(|t| t.embedded.as_ref())
@@ -1283,6 +1301,11 @@ mod tests {
             sample("drain_timeout = \"5s\"", &["--drain-timeout", "5s"], |c| {
                 format!("{:?}", c.drain_timeout)
             }),
+            sample(
+                "rtmp_listen = \"127.0.0.1:1935\"",
+                &["--rtmp-listen", "127.0.0.1:1935"],
+                |c| format!("{:?}", c.rtmp_listen),
+            ),
             sample("node_weight = 2.5", &["--node-weight", "2.5"], |c| {
                 c.cluster.weight.to_string()
             }),
@@ -1481,6 +1504,11 @@ mod tests {
             "s3cret",
         ]);
         assert!(secured.is_ok());
+        // An open node's RTMP ingest listens on loopback only.
+        let open_rtmp = serve(&["--rtmp-listen", "0.0.0.0:1935"]).unwrap_err();
+        assert!(open_rtmp.to_string().contains("RTMP"), "{open_rtmp}");
+        assert!(serve(&["--rtmp-listen", "127.0.0.1:1935"]).is_ok());
+        assert!(serve(&["--rtmp-listen", "0.0.0.0:1935", "--auth-secret", "s3cret"]).is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod ingest;
 pub mod node;
 pub mod sendq;
 pub mod stats;
@@ -36,6 +37,9 @@ pub struct Bound {
     /// The QUIC relay endpoint other nodes dial, when the node relays.
     #[serde(default)]
     pub relay: Option<SocketAddr>,
+    /// The RTMP ingest listener (`--rtmp-listen`).
+    #[serde(default)]
+    pub rtmp: Option<SocketAddr>,
 }
 
 /// Runs one node: media workers, then the HTTP front door. When `drain`
@@ -97,11 +101,19 @@ pub async fn run(
     let media = node.media_addrs();
     let (mut turn, ice_server_source) = start_turn(&config, &media, &node).await?;
     let listener = tokio::net::TcpListener::bind(config.http).await?;
+    let rtmp = match config.rtmp_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     let bound = Bound {
         http: listener.local_addr()?,
         media,
         turn: turn.as_ref().map(|t| t.local_addrs().udp),
         relay: node.relay().map(relay::Relay::local_addr),
+        rtmp: rtmp
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?,
     };
     info!(http = %bound.http, media = ?bound.media, turn = ?bound.turn, "node ready");
     on_bound(bound.clone());
@@ -125,7 +137,21 @@ pub async fn run(
         tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
         tokio::spawn(route_waiting(cluster.clone(), node.clone(), relay.clone()));
     }
+    let rtmp_auth = ingest::rtmp::RtmpAuth {
+        secret: http.auth_secret.clone(),
+        policy: config.token_policy.clone(),
+    };
     let server = signaling::Server::new(node.clone(), http).with_cluster(cluster.clone());
+    // Ends with the runtime; each publish's source leaves with its connection.
+    if let Some(rtmp) = rtmp {
+        let context = ingest::rtmp::RtmpContext {
+            auth: rtmp_auth,
+            cluster: cluster.clone(),
+            drain: server.drain(),
+        };
+        info!(rtmp = ?bound.rtmp, "RTMP ingest listening");
+        tokio::spawn(ingest::rtmp::serve(rtmp, node.clone(), context));
+    }
     let _ = http_sessions.set(server.sessions());
     let (stop_heartbeats, heartbeats_stopped) = tokio::sync::oneshot::channel::<()>();
     let heartbeats = tokio::spawn(signaling::cluster::run_heartbeats(

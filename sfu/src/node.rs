@@ -16,7 +16,7 @@ use signaling::{
 use hls_bridge::http::HlsService;
 use wave_metrics::{Kind, family, sample, single};
 
-use crate::engine::{Command, EngineConfig, Reply, WorkerId};
+use crate::engine::{Command, EngineConfig, IngestOpen, IngestPacket, Reply, WorkerId};
 use crate::stats::Line;
 use crate::worker::{self, RelayInboxes, WorkerHandle};
 
@@ -251,6 +251,39 @@ impl Node {
         remote: bool,
         command: impl FnOnce(Option<WorkerId>) -> Command,
     ) -> Result<String, MediaError> {
+        match self.open_session(room, session, viewer, remote, command).await? {
+            Reply::Answer(sdp) => Ok(sdp),
+            other => Err(MediaError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Opens an ingest source (an RTMP publish) as the room's publisher on
+    /// its home worker; it counts as a session of the room.
+    pub async fn open_ingest(&self, open: IngestOpen) -> Result<(), MediaError> {
+        let (room, session) = (open.room.clone(), open.session.clone());
+        self.open_session(&room, session, false, false, |_| Command::Ingest(open))
+            .await
+            .map(|_| ())
+    }
+
+    /// Hands an ingest source's packets to its worker, in order.
+    pub async fn ingest(&self, session: &SessionId, packets: Vec<IngestPacket>) -> Result<(), MediaError> {
+        let command = Command::IngestMedia {
+            session: session.clone(),
+            packets,
+        };
+        self.worker_for_session(session)?.call(command).await.map(|_| ())
+    }
+
+    /// [`Node::open`]'s work, whatever the engine replies.
+    async fn open_session(
+        &self,
+        room: &RoomId,
+        session: SessionId,
+        viewer: bool,
+        remote: bool,
+        command: impl FnOnce(Option<WorkerId>) -> Command,
+    ) -> Result<Reply, MediaError> {
         let home = self.worker_for_room(room);
         let index = {
             let mut m = self
@@ -286,8 +319,7 @@ impl Node {
             command((index != home).then_some(WorkerId(home)))
         };
         match self.workers[index].call(command).await {
-            Ok(Reply::Answer(sdp)) => Ok(sdp),
-            Ok(other) => Err(MediaError::Internal(format!("unexpected reply {other:?}"))),
+            Ok(reply) => Ok(reply),
             Err(e) => {
                 if let Ok(mut m) = self.sessions.lock() {
                     m.remove(&session);
@@ -499,6 +531,7 @@ impl MediaNode for Node {
             relay.stats().render_histograms(out);
         }
         wave_dtls::render_metrics(out);
+        crate::ingest::render_metrics(out);
         let p = wave_metrics::process::sample();
         let process: [(&str, Kind, &str, String); 4] = [
             (

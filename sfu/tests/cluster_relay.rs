@@ -329,9 +329,9 @@ async fn with_relay_ca_a_node_whose_certificate_it_did_not_sign_cannot_relay() {
 #[tokio::test]
 async fn relays_keep_flowing_while_nats_is_down_and_new_viewers_are_fed_once_it_is_back() {
     let mut nats = NatsServer::start();
-    let a = cluster_node(&nats, "a", "127.0.0.41");
-    let b = cluster_node(&nats, "b", "127.0.0.42");
-    let c = cluster_node(&nats, "c", "127.0.0.43");
+    let a = cluster_node(&nats, "a", "127.0.0.44");
+    let b = cluster_node(&nats, "b", "127.0.0.45");
+    let c = cluster_node(&nats, "c", "127.0.0.46");
     let http = Http::default();
     wait_for_view(&http, &[&a, &b, &c], 3).await;
     let room = "outage";

@@ -1,4 +1,5 @@
-//! SIGTERM drains: new sessions get 503 + Retry-After and `/healthz` 503,
+//! SIGTERM drains: new sessions get 503 + Retry-After (an RTMP publish an
+//! error status) and `/healthz` 503,
 //! open sessions run until they end or `--drain-timeout` passes, then the
 //! node exits 0; a second SIGTERM stops at once.
 
@@ -8,11 +9,12 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::node::{Http, Node, Resp, play_offer, publish_offer};
+use common::rtmp::RtmpClient;
 use hyper::{Method, StatusCode};
 
 #[tokio::test]
 async fn sigterm_refuses_new_sessions_keeps_open_ones_until_the_timeout_and_exits_0() {
-    let mut node = Node::start(&["--drain-timeout", "3s"]);
+    let mut node = Node::start(&["--drain-timeout", "3s", "--rtmp-listen", "127.0.0.1:0"]);
     let http = Http::default();
     let session = publish(&http, &node, "drain").await;
 
@@ -25,6 +27,15 @@ async fn sigterm_refuses_new_sessions_keeps_open_ones_until_the_timeout_and_exit
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {}", r.body);
         assert_eq!(r.header("retry-after"), Some("3"), "{path}");
     }
+    // An RTMP encoder is refused too.
+    let rtmp = node.rtmp.expect("the RTMP listener");
+    let pushed = tokio::task::spawn_blocking(move || {
+        let mut c = RtmpClient::connect(rtmp, "live").expect("connect");
+        c.publish("rtmp-during-drain")
+    })
+    .await
+    .unwrap();
+    assert_eq!(pushed, Err("NetStream.Publish.Failed".into()));
     let open = http.send(Method::GET, &node.url(&session), &[], "").await;
     assert_eq!(
         open.status,

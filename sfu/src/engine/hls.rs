@@ -1,15 +1,17 @@
 //! The hand-off to the LL-HLS room packager (`hls_bridge::room`): a
 //! publisher's H.264 and Opus packets, with the sender report str0m
-//! attached to each, as the packager reads them. The packaging itself, and
+//! attached to each (an ingest source's, with the report its driver
+//! derived from the encoder's clock), as the packager reads them. The packaging itself, and
 //! its codecs, live in `hls-bridge`.
 
 use std::time::{Instant, UNIX_EPOCH};
 
-use hls_bridge::room::Track;
+use hls_bridge::room::{HlsTap, Track};
 use hls_bridge::{RtpPacket as BridgeRtp, SenderReport};
+use relay::MediaPacket;
 use str0m::media::MediaKind;
 use str0m::rtp::RtpPacket;
-use wave_vocab::Codec;
+use wave_vocab::{Codec, RoomId};
 
 use super::state::Role;
 use super::{Engine, PeerId};
@@ -29,8 +31,16 @@ impl Engine {
         codec: Option<Codec>,
         packet: &RtpPacket,
     ) {
-        let Some(tap) = &mut self.hls else { return };
-        let Some(peer) = self.peers.get(&pid) else { return };
+        let Engine {
+            hls: Some(tap),
+            peers,
+            config,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let Some(peer) = peers.get(&pid) else { return };
         let Role::Publisher(p) = &peer.role else { return };
         let Some(t) = p.tracks.get(ti) else { return };
         let video = match (t.kind, codec) {
@@ -59,7 +69,57 @@ impl Engine {
             layer: li,
             layers: t.layers.len(),
         };
-        let seed = self.config.seed ^ pid.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        tap.handle_media(now, &peer.room, track, seed, report, rtp);
+        hand_over(tap, config.seed, now, &peer.room, track, report, rtp);
     }
+
+    /// Hands an ingest source's packet (H.264 or Opus, one layer) to the
+    /// LL-HLS tap.
+    pub(super) fn ingest_hls(
+        &mut self,
+        now: Instant,
+        pid: PeerId,
+        video: bool,
+        report: Option<SenderReport>,
+        packet: &MediaPacket,
+    ) {
+        let Engine {
+            hls: Some(tap),
+            ingests,
+            config,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let Some(ingest) = ingests.get(&pid) else { return };
+        let rtp = BridgeRtp {
+            // RFC 3550: the 16-bit sequence number is the extended one's low bits.
+            sequence_number: packet.seq as u16,
+            timestamp: packet.rtp_ts,
+            marker: packet.marker,
+            payload: &packet.payload,
+        };
+        let track = Track {
+            pid,
+            video,
+            layer: 0,
+            layers: 1,
+        };
+        hand_over(tap, config.seed, now, &ingest.room, track, report, rtp);
+    }
+}
+
+/// One packet to the room packager; `seed` (the engine's) and the source
+/// seed a new room's packager.
+fn hand_over(
+    tap: &mut HlsTap,
+    seed: u64,
+    now: Instant,
+    room: &RoomId,
+    track: Track,
+    report: Option<SenderReport>,
+    rtp: BridgeRtp<'_>,
+) {
+    let seed = seed ^ track.pid.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    tap.handle_media(now, room, track, seed, report, rtp);
 }

@@ -130,19 +130,24 @@ impl Engine {
         }
     }
 
-    /// Tells the engines watching each publisher's room its video layers'
-    /// rates (every tick): they pick layers they do not receive from it.
+    /// Tells the engines watching each publisher's (and ingest source's)
+    /// room its video layers' rates (every tick): they pick layers they do
+    /// not receive from it.
     pub(super) fn tell_layer_rates(&mut self, now: Instant) {
         let Engine {
-            peers, rooms, relays, ..
+            peers,
+            ingests,
+            rooms,
+            relays,
+            ..
         } = self;
-        for (pid, peer) in peers.iter() {
-            let Role::Publisher(p) = &peer.role else { continue };
-            let Some(watchers) = rooms
-                .get(&peer.room)
-                .map(|r| &r.watchers)
-                .filter(|w| !w.is_empty())
-            else {
+        let publishers = peers.iter().filter_map(|(pid, peer)| match &peer.role {
+            Role::Publisher(p) => Some((pid, &peer.room, p)),
+            Role::Viewer(_) => None,
+        });
+        let ingests = ingests.iter().map(|(pid, i)| (pid, &i.room, &i.publisher));
+        for (pid, room, p) in publishers.chain(ingests) {
+            let Some(watchers) = rooms.get(room).map(|r| &r.watchers).filter(|w| !w.is_empty()) else {
                 continue;
             };
             for (ti, t) in p.tracks.iter().enumerate() {
@@ -288,10 +293,14 @@ impl Engine {
 
     /// Tells every engine watching the publisher's room about it.
     pub(super) fn announce(&mut self, pid: PeerId) {
-        let Some(peer) = self.peers.get(&pid) else { return };
+        let room = match (self.peers.get(&pid), self.ingests.get(&pid)) {
+            (Some(peer), _) => &peer.room,
+            (None, Some(ingest)) => &ingest.room,
+            (None, None) => return,
+        };
         let watchers: Vec<WorkerId> = self
             .rooms
-            .get(&peer.room)
+            .get(room)
             .map(|r| r.watchers.iter().copied().collect())
             .unwrap_or_default();
         for w in watchers {
@@ -300,14 +309,21 @@ impl Engine {
     }
 
     fn announce_to(&mut self, pid: PeerId, to: WorkerId) {
-        let Some(peer) = self.peers.get(&pid) else { return };
-        let Role::Publisher(p) = &peer.role else { return };
+        let (room, session, identity, codecs, p) = match (self.peers.get(&pid), self.ingests.get(&pid)) {
+            (Some(peer), _) => {
+                let Role::Publisher(p) = &peer.role else { return };
+                let codecs = codec_descs(peer.rtc.codec_config().params());
+                (&peer.room, &peer.session, &peer.identity, codecs, p)
+            }
+            (None, Some(i)) => (&i.room, &i.session, &i.identity, i.codecs.clone(), &i.publisher),
+            (None, None) => return,
+        };
         let msg = Message::Source {
-            room: peer.room.clone(),
+            room: room.clone(),
             source: SourceId(pid.0),
-            session: peer.session.clone(),
-            identity: peer.identity.clone(),
-            codecs: codec_descs(peer.rtc.codec_config().params()),
+            session: session.clone(),
+            identity: identity.clone(),
+            codecs,
             tracks: p
                 .tracks
                 .iter()

@@ -14,11 +14,13 @@
 //! - `layers`: simulcast layer selection and keyframe requests;
 //! - `forward`: the packet path (fan-out, header rewrite);
 //! - `mirror`: rooms spread across engines (the `relay` protocol);
+//! - `ingest`: sources fed with RTP from outside (RTMP encoders);
 //! - `hls`: the hand-off to the LL-HLS room packager (`hls_bridge::room`);
 //! - `state`: what is kept per room, peer, source and viewer.
 
 mod forward;
 mod hls;
+mod ingest;
 mod layers;
 mod mirror;
 mod peers;
@@ -46,14 +48,16 @@ use tracing::{Span, debug, trace};
 use wave_vocab::{IcePatch, IceRestartAnswer, LayerPref, MediaError, RoomId, RoomInfo, SessionId};
 
 pub use crate::stats::EngineStats;
+pub use hls_bridge::SenderReport;
 pub use hls_bridge::room::HlsUpdate;
+pub use ingest::{INGEST_AUDIO_PT, INGEST_VIDEO_PT, IngestOpen, IngestPacket};
 pub use relay::WorkerId;
 pub use rewrite::{Rewriter, Rewritten, Vp8Rewriter};
 pub use wave_vocab::PeerId;
 
 use peers::NewPeer;
 use sdp::Intent;
-use state::{Mirror, Peer, Role, Room};
+use state::{Ingest, Mirror, Peer, Role, Room};
 
 /// Keyframe requests to one layer are merged: at most one per this interval
 /// (PLI storms from many viewers would otherwise make the publisher send
@@ -172,6 +176,14 @@ pub enum Command {
         room: RoomId,
         home: WorkerId,
     },
+    /// A source fed from outside (an RTMP encoder) becomes the room's
+    /// publisher; removed with [`Command::Delete`] of its session.
+    Ingest(IngestOpen),
+    /// Packets of an ingest source, in order.
+    IngestMedia {
+        session: SessionId,
+        packets: Vec<IngestPacket>,
+    },
     /// Close every peer (RTCP BYE + DTLS close_notify) for shutdown.
     CloseAll,
 }
@@ -254,6 +266,8 @@ pub struct Engine {
     /// (home, the source's id there) → the mirror's id here.
     mirror_ids: HashMap<(WorkerId, SourceId), PeerId>,
     relays: VecDeque<(WorkerId, Message)>,
+    /// Sources fed from outside (RTMP); ids from the peers' counter.
+    ingests: FxHashMap<PeerId, Box<Ingest>>,
 }
 
 impl Engine {
@@ -298,6 +312,7 @@ impl Engine {
             mirrors: FxHashMap::default(),
             mirror_ids: HashMap::new(),
             relays: VecDeque::new(),
+            ingests: FxHashMap::default(),
         })
     }
 
@@ -457,15 +472,25 @@ impl Engine {
             }
             Command::Delete { session } => {
                 let id = *self.by_session.get(&session).ok_or(MediaError::NotFound)?;
-                self.remove_peer(now, id, "deleted");
+                if self.ingests.contains_key(&id) {
+                    self.remove_ingest(now, id, "deleted");
+                } else {
+                    self.remove_peer(now, id, "deleted");
+                }
                 Ok(Reply::Done)
             }
             Command::Rooms => Ok(Reply::Rooms(self.rooms_info())),
             Command::Mirror { room, home } => self.watch(room, home).map(|()| Reply::Done),
+            Command::Ingest(open) => self.add_ingest(now, open),
+            Command::IngestMedia { session, packets } => self.ingest_media(now, &session, packets),
             Command::CloseAll => {
                 let ids: Vec<PeerId> = self.peers.keys().copied().collect();
                 for id in ids {
                     self.remove_peer(now, id, "shutdown");
+                }
+                let ingests: Vec<PeerId> = self.ingests.keys().copied().collect();
+                for id in ingests {
+                    self.remove_ingest(now, id, "shutdown");
                 }
                 Ok(Reply::Done)
             }
@@ -571,6 +596,10 @@ impl Engine {
         }
         for (&id, m) in &mut self.mirrors {
             m.publisher.measure(now, id, &mut keyframes);
+        }
+        // An ingest source is measured; nobody can ask it for a keyframe.
+        for (&id, i) in &mut self.ingests {
+            i.publisher.measure(now, id, &mut Vec::new());
         }
         for id in idle {
             self.remove_peer(now, id, "idle timeout");

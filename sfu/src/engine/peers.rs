@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use relay::{Message, SourceId};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::media::{MediaAdded, MediaKind, Rid};
@@ -308,21 +307,7 @@ impl Engine {
                     room.viewers.remove(&id);
                 }
             }
-            Role::Publisher(_) => {
-                if let Some(tap) = &mut self.hls {
-                    tap.publisher_left(now, id);
-                }
-                if let Some(room) = self.rooms.get(&peer.room) {
-                    for &w in &room.watchers {
-                        let gone = Message::SourceGone {
-                            room: peer.room.clone(),
-                            source: SourceId(id.0),
-                        };
-                        self.relays.push_back((w, gone));
-                    }
-                }
-                self.source_left(now, &peer.room, id);
-            }
+            Role::Publisher(_) => self.local_source_left(now, &peer.room, id),
         }
         self.remove_room_if_empty(&peer.room);
         self.events.push_back(Event::SessionClosed {

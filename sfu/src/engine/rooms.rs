@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use relay::Message;
+use relay::{Message, SourceId};
 use str0m::media::MediaKind;
 use tracing::debug;
 use wave_vocab::{CodecDesc, PublisherInfo, RoomId, RoomInfo, TrackInfo, ViewerInfo};
@@ -21,7 +21,10 @@ impl Engine {
                 Role::Publisher(p) => Some(p),
                 Role::Viewer(_) => None,
             },
-            None => self.mirrors.get(&pid).map(|m| &m.publisher),
+            None => match self.mirrors.get(&pid) {
+                Some(m) => Some(&m.publisher),
+                None => self.ingests.get(&pid).map(|i| &i.publisher),
+            },
         }
     }
 
@@ -31,7 +34,10 @@ impl Engine {
                 Role::Publisher(p) => Some(p),
                 Role::Viewer(_) => None,
             },
-            None => self.mirrors.get_mut(&pid).map(|m| &mut m.publisher),
+            None => match self.mirrors.get_mut(&pid) {
+                Some(m) => Some(&mut m.publisher),
+                None => self.ingests.get_mut(&pid).map(|i| &mut i.publisher),
+            },
         }
     }
 
@@ -39,9 +45,10 @@ impl Engine {
     fn source_matches(&self, pid: PeerId, pin: &str) -> bool {
         let (session, identity) = match self.peers.get(&pid) {
             Some(p) => (&p.session, p.identity.as_deref()),
-            None => match self.mirrors.get(&pid) {
-                Some(m) => (&m.session, m.identity.as_deref()),
-                None => return false,
+            None => match (self.mirrors.get(&pid), self.ingests.get(&pid)) {
+                (Some(m), _) => (&m.session, m.identity.as_deref()),
+                (None, Some(i)) => (&i.session, i.identity.as_deref()),
+                (None, None) => return false,
             },
         };
         identity == Some(pin) || session.as_str() == pin
@@ -50,11 +57,11 @@ impl Engine {
     fn source_codecs(&self, pid: PeerId) -> Vec<CodecDesc> {
         match self.peers.get(&pid) {
             Some(p) => codec_descs(p.rtc.codec_config().params()),
-            None => self
-                .mirrors
-                .get(&pid)
-                .map(|m| m.codecs.clone())
-                .unwrap_or_default(),
+            None => match (self.mirrors.get(&pid), self.ingests.get(&pid)) {
+                (Some(m), _) => m.codecs.clone(),
+                (None, Some(i)) => i.codecs.clone(),
+                (None, None) => Vec::new(),
+            },
         }
     }
 
@@ -149,6 +156,25 @@ impl Engine {
         }
     }
 
+    /// A source of this engine (a publisher or an ingest) is gone: LL-HLS
+    /// ends its stream, the engines watching the room drop their mirror, its
+    /// viewers here move on ([`Engine::source_left`]).
+    pub(super) fn local_source_left(&mut self, now: Instant, room_id: &RoomId, id: PeerId) {
+        if let Some(tap) = &mut self.hls {
+            tap.publisher_left(now, id);
+        }
+        if let Some(room) = self.rooms.get(room_id) {
+            for &w in &room.watchers {
+                let gone = Message::SourceGone {
+                    room: room_id.clone(),
+                    source: SourceId(id.0),
+                };
+                self.relays.push_back((w, gone));
+            }
+        }
+        self.source_left(now, room_id, id);
+    }
+
     /// Removes a room nothing keeps; a mirrored room also drops its mirrors
     /// and tells its home it no longer watches.
     pub(super) fn remove_room_if_empty(&mut self, room_id: &RoomId) {
@@ -183,27 +209,34 @@ impl Engine {
                 publishers: room
                     .publishers
                     .iter()
-                    .filter_map(|id| self.peers.get(id))
-                    .map(|peer| PublisherInfo {
-                        session: peer.session.clone(),
-                        identity: peer.identity.clone(),
-                        tracks: match &peer.role {
-                            Role::Publisher(p) => p
-                                .tracks
-                                .iter()
-                                .flat_map(|t| {
-                                    t.layers.iter().map(move |l| TrackInfo {
-                                        kind: format!("{:?}", t.kind).to_lowercase(),
-                                        codec: l.codec.map(|c| c.to_string()).unwrap_or_default(),
-                                        rid: l.rid.map(|r| r.to_string()),
-                                        bitrate_bps: l.bitrate_bps,
-                                        width: l.size.map(|s| s.0),
-                                        height: l.size.map(|s| s.1),
-                                    })
-                                })
-                                .collect(),
-                            Role::Viewer(_) => Vec::new(),
+                    .filter_map(|id| match self.peers.get(id) {
+                        Some(peer) => match &peer.role {
+                            Role::Publisher(p) => Some((&peer.session, &peer.identity, p)),
+                            Role::Viewer(_) => None,
                         },
+                        // An ingest source is listed like a publisher; mirrors by their home.
+                        None => self
+                            .ingests
+                            .get(id)
+                            .map(|i| (&i.session, &i.identity, &i.publisher)),
+                    })
+                    .map(|(session, identity, p)| PublisherInfo {
+                        session: session.clone(),
+                        identity: identity.clone(),
+                        tracks: p
+                            .tracks
+                            .iter()
+                            .flat_map(|t| {
+                                t.layers.iter().map(move |l| TrackInfo {
+                                    kind: format!("{:?}", t.kind).to_lowercase(),
+                                    codec: l.codec.map(|c| c.to_string()).unwrap_or_default(),
+                                    rid: l.rid.map(|r| r.to_string()),
+                                    bitrate_bps: l.bitrate_bps,
+                                    width: l.size.map(|s| s.0),
+                                    height: l.size.map(|s| s.1),
+                                })
+                            })
+                            .collect(),
                     })
                     .collect(),
                 viewers: room

@@ -51,6 +51,17 @@ pub(super) struct Mirror {
     pub(super) demanded: Vec<Vec<bool>>,
 }
 
+/// A source fed from outside the engine (`super::ingest`).
+pub(super) struct Ingest {
+    pub(super) room: RoomId,
+    pub(super) session: SessionId,
+    pub(super) identity: Option<String>,
+    /// Its payload types (H.264 and Opus).
+    pub(super) codecs: Vec<CodecDesc>,
+    /// A video and an audio track, one layer each.
+    pub(super) publisher: Publisher,
+}
+
 pub(super) struct Peer {
     pub(super) session: SessionId,
     pub(super) room: RoomId,

@@ -30,6 +30,12 @@ pub struct Report {
     pub height: u32,
     pub luma_stddev: f64,
     pub error: Option<String>,
+    /// Decoded audio frames (the aiortc viewer).
+    #[serde(default)]
+    pub audio_frames: u64,
+    /// From the viewer's offer to its first decoded video frame (the aiortc viewer).
+    #[serde(default)]
+    pub first_frame_ms: Option<u64>,
 }
 
 impl Report {
@@ -83,8 +89,18 @@ pub struct InteropNode {
 }
 
 impl InteropNode {
-    /// Starts `sfu serve` in a new namespace tagged `tag`, with `extra` flags.
+    /// Starts `sfu serve` in a new namespace tagged `tag`, with `extra`
+    /// flags and LL-HLS off.
     pub fn start(tag: &str, extra: &[&str]) -> InteropNode {
+        InteropNode::start_with(tag, &[&["--no-hls"], extra].concat())
+    }
+
+    /// [`InteropNode::start`] with LL-HLS on.
+    pub fn start_with_hls(tag: &str, extra: &[&str]) -> InteropNode {
+        InteropNode::start_with(tag, extra)
+    }
+
+    fn start_with(tag: &str, extra: &[&str]) -> InteropNode {
         static ONE: Mutex<()> = Mutex::new(());
         let guard = ONE.lock().unwrap_or_else(|p| p.into_inner());
         let ns = Netns::create(tag);
@@ -97,7 +113,7 @@ impl InteropNode {
                 "--media-ip",
                 NODE_IP,
             ])
-            .args(["--auth-secret", SECRET, "--workers", "1", "--no-hls"])
+            .args(["--auth-secret", SECRET, "--workers", "1"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -216,7 +232,8 @@ pub fn settle() {
     std::thread::sleep(Duration::from_secs(4));
 }
 
-fn token(room: &str, identity: &str, grant: &str) -> String {
+/// A token from `sfu token` for the node's secret, granting `grant` in `room`.
+pub fn token(room: &str, identity: &str, grant: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sfu"))
         .args([
             "token",

@@ -13,6 +13,7 @@ pub mod pki;
 pub mod placement;
 pub mod publisher;
 pub mod rtc_io;
+pub mod rtmp;
 pub mod sim;
 pub mod viewer;
 

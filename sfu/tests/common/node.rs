@@ -30,6 +30,8 @@ pub struct Node {
     pub child: Child,
     pub http: SocketAddr,
     pub media: Vec<SocketAddr>,
+    /// The RTMP listener, with `--rtmp-listen`.
+    pub rtmp: Option<SocketAddr>,
 }
 
 impl Node {
@@ -77,7 +79,10 @@ impl Node {
             .args(["serve", "--http", http, "--workers", "2"])
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WAVE_TEST_LOG").unwrap_or("warn".into()),
+            )
             // SIGTERM stops at once unless a test asks for a drain (`--drain-timeout`).
             .env("SFU_DRAIN_TIMEOUT", "0s")
             .stdout(Stdio::piped())
@@ -96,6 +101,7 @@ impl Node {
             child,
             http: at.http,
             media: at.media,
+            rtmp: at.rtmp,
         }
     }
 

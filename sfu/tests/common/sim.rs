@@ -227,7 +227,9 @@ impl Sim {
         (n, rtc, addr)
     }
 
-    fn send_command(&mut self, cmd: Command) -> Result<Reply, signaling::MediaError> {
+    /// Hands `cmd` to the engine (the second one for its viewers), then
+    /// lets every datagram it caused arrive.
+    pub fn send_command(&mut self, cmd: Command) -> Result<Reply, signaling::MediaError> {
         let t = Instant::now();
         let on_second = matches!(cmd, Command::Play { home: Some(_), .. })
             || matches!(&cmd, Command::Delete { session } | Command::SetLayer { session, .. }

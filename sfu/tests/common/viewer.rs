@@ -20,6 +20,8 @@ use super::rtc_io;
 #[derive(Debug, Clone, Copy)]
 pub struct Got {
     pub kind: MediaKind,
+    /// An H.264 packet carrying an SPS (a keyframe's start).
+    pub keyframe: bool,
     pub ssrc: u32,
     pub seq: u16,
     pub ts: u32,
@@ -47,6 +49,11 @@ impl LiveViewer {
             .filter(|g| g.kind == kind)
             .copied()
             .collect()
+    }
+
+    /// Keyframe starts received so far.
+    pub fn keyframes(&self) -> usize {
+        self.got.lock().unwrap().iter().filter(|g| g.keyframe).count()
     }
 
     /// Waits until `n` more packets of `kind` than `after` arrived (`wait` at most).
@@ -121,6 +128,7 @@ pub async fn watch(node: &Node, http: &Http, room: &str, token: Option<&str>) ->
                     };
                     sink.lock().unwrap().push(Got {
                         kind,
+                        keyframe: kind == MediaKind::Video && str0m::format::detect_h264_nalu(&p.payload, 7),
                         ssrc: *p.header.ssrc,
                         seq: p.header.sequence_number,
                         ts: p.header.timestamp,

@@ -8,6 +8,9 @@ Each subcommand runs one real client (GStreamer webrtcbin, aiortc, FFmpeg's
     {"client": "...", "role": "publish"|"watch", "ice": "...", "dtls": "...",
      "frames": N, "width": W, "height": H, "luma_stddev": S, "error": null}
 
+The aiortc viewer adds "audio_frames" (decoded audio frames) and
+"first_frame_ms" (from its offer to its first decoded video frame).
+
 Publishers send a 320x240 test pattern (colour bars) at 30 fps plus a tone;
 viewers decode what arrives and report how many frames they decoded, their
 size and how much the picture varies (a real picture, not a blank one).
@@ -367,7 +370,8 @@ def aiortc_watch(args):
         pc = RTCPeerConnection()
         pc.addTransceiver("video", direction="recvonly")
         pc.addTransceiver("audio", direction="recvonly")
-        seen = {"frames": 0, "width": 0, "height": 0, "stddev": 0.0}
+        seen = {"frames": 0, "width": 0, "height": 0, "stddev": 0.0, "audio": 0, "first": None}
+        started = time.monotonic()
 
         async def consume(track):
             while True:
@@ -376,7 +380,10 @@ def aiortc_watch(args):
                 except Exception:
                     return
                 if track.kind != "video":
+                    seen["audio"] += 1
                     continue
+                if seen["first"] is None:
+                    seen["first"] = round((time.monotonic() - started) * 1000)
                 seen["frames"] += 1
                 seen["width"], seen["height"] = frame.width, frame.height
                 if seen["frames"] % 10 == 1:
@@ -396,7 +403,8 @@ def aiortc_watch(args):
         dtls = t[0].receiver.transport.state if t else None
         report(client="aiortc", role="watch", ice=pc.iceConnectionState, dtls=dtls,
                frames=seen["frames"], width=seen["width"], height=seen["height"],
-               luma_stddev=seen["stddev"], error=error)
+               luma_stddev=seen["stddev"], audio_frames=seen["audio"],
+               first_frame_ms=seen["first"], error=error)
         await pc.close()
 
     asyncio.run(main())

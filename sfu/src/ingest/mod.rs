@@ -1,0 +1,156 @@
+//! Ingest: encoders that do not speak WebRTC publishing into rooms.
+//!
+//! - `rtmp`: the `--rtmp-listen` driver: TCP, `rml_rtmp`'s Sans-IO
+//!   handshake and server session, authorization of the stream key, one
+//!   task per connection feeding the room's home worker;
+//! - `source` (Sans-IO): one publish's FLV messages to RTP packets of an
+//!   H.264 and an Opus track, with sender reports from the encoder's clock;
+//! - `flv`, `h264`, `audio`: FLV tag bodies, RFC 6184 packetization, AAC
+//!   to Opus.
+//!
+//! In the engine an ingest is a source without an `Rtc`
+//! (`engine::ingest`): viewers, other workers and LL-HLS take its packets
+//! as a WHIP publisher's.
+
+mod audio;
+mod flv;
+mod h264;
+pub mod rtmp;
+mod source;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wave_metrics::{Kind, family, sample, single};
+
+pub use source::Source;
+
+/// Why a stream is refused or cut off; each is a label of
+/// `wave_rtmp_rejected_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A codec other than H.264 and AAC (Enhanced RTMP included).
+    Codec(String),
+    /// Media of a codec whose configuration never came.
+    NotAnnounced(&'static str),
+    /// A message that does not parse.
+    Malformed(&'static str),
+    /// A message or setting over a bound.
+    Oversized(&'static str),
+}
+
+impl Refusal {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::Codec(_) => Reason::Codec,
+            Refusal::NotAnnounced(_) => Reason::NotAnnounced,
+            Refusal::Malformed(_) => Reason::Malformed,
+            Refusal::Oversized(_) => Reason::Oversized,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Codec(c) => write!(f, "unsupported codec: {c} (H.264 and AAC only)"),
+            Refusal::NotAnnounced(what) => write!(f, "codec not announced: {what}"),
+            Refusal::Malformed(what) => write!(f, "malformed: {what}"),
+            Refusal::Oversized(what) => write!(f, "over the limit: {what}"),
+        }
+    }
+}
+
+/// The labels of `wave_rtmp_rejected_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A token missing, invalid, expired or without the publish grant.
+    Auth,
+    /// An app other than `live`, or a stream key naming no valid room.
+    BadName,
+    /// The room already has a publisher.
+    RoomHeld,
+    /// The node refused the source (at capacity, shutting down).
+    Node,
+    Codec,
+    NotAnnounced,
+    Malformed,
+    Oversized,
+    /// Bytes that are not RTMP (handshake or chunk stream).
+    Protocol,
+    /// No handshake, publish or media in time.
+    Timeout,
+    /// Over the concurrent connection limit.
+    Connections,
+}
+
+const REASONS: [(Reason, &str); 11] = [
+    (Reason::Auth, "auth"),
+    (Reason::BadName, "bad_name"),
+    (Reason::RoomHeld, "room_held"),
+    (Reason::Node, "node"),
+    (Reason::Codec, "codec"),
+    (Reason::NotAnnounced, "not_announced"),
+    (Reason::Malformed, "malformed"),
+    (Reason::Oversized, "oversized"),
+    (Reason::Protocol, "protocol"),
+    (Reason::Timeout, "timeout"),
+    (Reason::Connections, "connections"),
+];
+
+/// Process-wide counters (one RTMP listener per node).
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+static PUBLISHING: AtomicU64 = AtomicU64::new(0);
+static REJECTED: [AtomicU64; REASONS.len()] = [const { AtomicU64::new(0) }; REASONS.len()];
+
+fn count_rejected(reason: Reason) {
+    if let Some(i) = REASONS.iter().position(|(r, _)| *r == reason) {
+        REJECTED[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The `wave_rtmp_*` families for `/metrics`.
+pub fn render_metrics(out: &mut String) {
+    single(
+        out,
+        "wave_rtmp_connections_total",
+        Kind::Counter,
+        "RTMP connections accepted.",
+        CONNECTIONS.load(Ordering::Relaxed),
+    );
+    single(
+        out,
+        "wave_rtmp_publishing",
+        Kind::Gauge,
+        "RTMP streams publishing into a room.",
+        PUBLISHING.load(Ordering::Relaxed),
+    );
+    family(
+        out,
+        "wave_rtmp_rejected_total",
+        Kind::Counter,
+        "RTMP connections refused or cut off, by reason.",
+    );
+    let mut labels = String::new();
+    for (i, (_, name)) in REASONS.iter().enumerate() {
+        labels.clear();
+        let _ = write!(labels, "reason=\"{name}\"");
+        sample(
+            out,
+            "wave_rtmp_rejected_total",
+            &labels,
+            REJECTED[i].load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// A deterministic xorshift64 stream: the garbage the parsers' tests feed.
+#[cfg(test)]
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
