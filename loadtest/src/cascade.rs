@@ -8,16 +8,17 @@
 //! (a layer crosses each link once), and the relay threads' CPU per frame.
 
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wave_metrics::BucketCounts;
 
-use crate::bench::{BenchConfig, NodeProcess};
 use crate::error::Error;
 use crate::http::Signaling;
+use crate::node_process::{NodeProcess, replace_marked};
 use crate::report::Report;
-use crate::run::{self, LayerChoice, Plan};
+use crate::run::{self, LayerChoice, Plan, RunConfig};
 
 /// Publishers and viewers of the scenario: half the load of `fanout 1×200`
 /// on each of two edges, the low layer.
@@ -131,7 +132,13 @@ fn ms(v: Option<f64>) -> String {
 
 /// Runs the scenario; returns its Markdown section (also written into the
 /// benchmark file between its markers).
-pub async fn bench(cfg: &BenchConfig, machine: &str) -> Result<String, Error> {
+pub async fn bench(
+    sfu: &Path,
+    node_workers: usize,
+    base: &RunConfig,
+    out: &Path,
+    machine: &str,
+) -> Result<String, Error> {
     let nats = Nats::start()?;
     let extra = |id: &str| {
         vec![
@@ -147,9 +154,9 @@ pub async fn bench(cfg: &BenchConfig, machine: &str) -> Result<String, Error> {
         ]
     };
     let nodes = [
-        NodeProcess::start_with(&cfg.sfu, cfg.node_workers, &extra("a"))?,
-        NodeProcess::start_with(&cfg.sfu, cfg.node_workers, &extra("b"))?,
-        NodeProcess::start_with(&cfg.sfu, cfg.node_workers, &extra("c"))?,
+        NodeProcess::start_with(sfu, node_workers, &extra("a"))?,
+        NodeProcess::start_with(sfu, node_workers, &extra("b"))?,
+        NodeProcess::start_with(sfu, node_workers, &extra("c"))?,
     ];
     // Every node in every node's view before the first WHIP.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -159,7 +166,7 @@ pub async fn bench(cfg: &BenchConfig, machine: &str) -> Result<String, Error> {
         (11, Vec::new()),
         (12, vec![nodes[1].url.clone(), nodes[2].url.clone()]),
     ] {
-        let mut rc = cfg.base.clone();
+        let mut rc = base.clone();
         rc.url = nodes[0].url.clone();
         rc.viewer_urls = viewer_urls;
         rc.plan = Plan::Fanout;
@@ -219,7 +226,7 @@ pub async fn bench(cfg: &BenchConfig, machine: &str) -> Result<String, Error> {
          - Origin egress per edge: {fps:.0} frames/s, {kbps:.0} kbit/s ({sent:.0} frames sent, {recv:.0} received by the \
          two edges).\n\
          - Relay thread CPU: {origin_us} µs per frame sent at the origin, {edge_us} µs per frame received at the edges.\n{END}\n",
-        workers = cfg.node_workers,
+        workers = node_workers,
         local_row = row("local", local),
         cascade_row = row("cascade", cascade),
         d50 = cascade.latency_ms.p50 - local.latency_ms.p50,
@@ -235,8 +242,8 @@ pub async fn bench(cfg: &BenchConfig, machine: &str) -> Result<String, Error> {
         origin_us = per_frame(c.relay_cpu_origin, c.frames_sent),
         edge_us = per_frame(c.relay_cpu_edges, c.frames_received),
     );
-    let old = std::fs::read_to_string(&cfg.out).unwrap_or_default();
-    std::fs::write(&cfg.out, crate::bench::replace_marked(&old, &section, BEGIN, END))?;
+    let old = std::fs::read_to_string(out).unwrap_or_default();
+    std::fs::write(out, replace_marked(&old, &section, BEGIN, END))?;
     drop(nodes);
     drop(nats);
     Ok(section)

@@ -6,11 +6,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::bench::{self, NodeProcess};
+use crate::bench;
 use crate::cli::{Cli, Common, HlsArgs, Scenario};
 use crate::error::Error;
 use crate::hls::{self, HlsConfig};
 use crate::hls_report::HlsReport;
+use crate::node_process::{NodeProcess, replace_marked};
 use crate::report;
 use crate::run::RunConfig;
 
@@ -114,7 +115,7 @@ pub async fn bench_hls(
     if let Some(out) = out {
         let section = section(&cfg, workers, &machine, &load_end, &report);
         let old = std::fs::read_to_string(out).unwrap_or_default();
-        std::fs::write(out, bench::replace_marked(&old, &section, BEGIN, END))?;
+        std::fs::write(out, replace_marked(&old, &section, BEGIN, END))?;
         println!("{section}");
     }
     Ok(report)

@@ -13,6 +13,7 @@ pub mod hls_playlist;
 pub mod hls_report;
 pub mod http;
 pub mod media;
+pub mod node_process;
 pub mod peer;
 pub mod report;
 pub mod rtp;

@@ -119,7 +119,7 @@ impl Node {
         let mut line = String::new();
         reader.read_line(&mut line).expect("listening line");
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let at: loadtest::bench::Ready =
+        let at: loadtest::node_process::Ready =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("no ready line ({e}): {line:?}"));
         Node {
             child,
