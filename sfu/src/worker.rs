@@ -197,6 +197,8 @@ struct Driver {
     inboxes: RelayInboxes,
     /// Messages for each other worker, handed once per drain.
     outbox: Vec<Vec<RelayMessage>>,
+    /// Test-only: a publish to this room panics the worker ([`FAULT_ROOM_VAR`], read once).
+    fault_room: Option<String>,
 }
 
 impl Driver {
@@ -238,6 +240,7 @@ impl Driver {
             hls,
             me,
             outbox: inboxes.iter().map(|_| Vec::new()).collect(),
+            fault_room: std::env::var(FAULT_ROOM_VAR).ok(),
             inboxes,
         })
     }
@@ -269,7 +272,7 @@ impl Driver {
                     Some(Request { command, reply }) => {
                         closing = matches!(command, Command::CloseAll);
                         if let Command::Publish { room, .. } = &command
-                            && std::env::var(FAULT_ROOM_VAR).is_ok_and(|r| r == room.as_str())
+                            && self.fault_room.as_deref() == Some(room.as_str())
                         {
                             panic!("fault injected: a publish to {room}");
                         }
