@@ -23,6 +23,18 @@ fn token(room: &str, identity: &str, publish: bool) -> String {
     common::chat::token(room, identity, publish, None)
 }
 
+/// A live publisher (synthetic 1080p H.264 and audio) of `room` at `node`, as alice.
+async fn publish_live(node: &Node, http: &Http, room: &str) -> common::publisher::LivePublisher {
+    common::publisher::publish_with(
+        node,
+        http,
+        room,
+        common::publisher::Video::Synthetic1080p,
+        Some(&token(room, "alice", true)),
+    )
+    .await
+}
+
 /// Polls `name` on `node` until `ok` holds of it (5 s at most); its value.
 async fn metric_until(http: &Http, node: &Node, name: &str, ok: impl Fn(f64) -> bool, wanted: &str) -> f64 {
     let started = tokio::time::Instant::now();
@@ -335,14 +347,7 @@ async fn relays_keep_flowing_while_nats_is_down_and_new_viewers_are_fed_once_it_
     let http = Http::default();
     wait_for_view(&http, &[&a, &b, &c], 3).await;
     let room = "outage";
-    let publisher = common::publisher::publish_with(
-        &a,
-        &http,
-        room,
-        common::publisher::Video::Synthetic1080p,
-        Some(&token(room, "alice", true)),
-    )
-    .await;
+    let publisher = publish_live(&a, &http, room).await;
     let viewer = common::viewer::watch(&b, &http, room, Some(&token(room, "v1", false))).await;
     assert!(
         viewer
@@ -448,14 +453,7 @@ async fn a_chain_re_parents_when_its_middle_is_killed_and_the_leaf_s_rtp_stays_c
         .collect();
 
     let room = "chain";
-    let _publisher = common::publisher::publish_with(
-        &a,
-        &http,
-        room,
-        common::publisher::Video::Synthetic1080p,
-        Some(&token(room, "alice", true)),
-    )
-    .await;
+    let _publisher = publish_live(&a, &http, room).await;
     let at_b = common::viewer::watch(&b, &http, room, Some(&token(room, "vb", false))).await;
     let at_c = common::viewer::watch(&c, &http, room, Some(&token(room, "vc", false))).await;
     for v in [&at_b, &at_c] {
@@ -526,14 +524,7 @@ async fn keyframe_requests_from_two_edges_reach_the_publisher_merged_and_throttl
     let http = Http::default();
     wait_for_view(&http, &[&a, &b, &c], 3).await;
     let room = "plis";
-    let publisher = common::publisher::publish_with(
-        &a,
-        &http,
-        room,
-        common::publisher::Video::Synthetic1080p,
-        Some(&token(room, "alice", true)),
-    )
-    .await;
+    let publisher = publish_live(&a, &http, room).await;
     let mut viewers = Vec::new();
     for (node, who) in [(&b, "v1"), (&b, "v2"), (&c, "v3"), (&c, "v4")] {
         viewers.push(common::viewer::watch(node, &http, room, Some(&token(room, who, false))).await);
@@ -579,14 +570,7 @@ async fn after_kill_9_of_the_origin_a_publisher_back_through_another_node_resume
     let http = Http::default();
     wait_for_view(&http, &[&a, &b, &c], 3).await;
     let room = "comeback";
-    let _first = common::publisher::publish_with(
-        &a,
-        &http,
-        room,
-        common::publisher::Video::Synthetic1080p,
-        Some(&token(room, "alice", true)),
-    )
-    .await;
+    let _first = publish_live(&a, &http, room).await;
     let viewer = common::viewer::watch(&c, &http, room, Some(&token(room, "v", false))).await;
     assert!(
         viewer
@@ -601,14 +585,7 @@ async fn after_kill_9_of_the_origin_a_publisher_back_through_another_node_resume
     wait_for_view(&http, &[&b, &c], 2).await;
     let seen = viewer.packets(MediaKind::Video).len();
     let back = std::time::Instant::now();
-    let _second = common::publisher::publish_with(
-        &b,
-        &http,
-        room,
-        common::publisher::Video::Synthetic1080p,
-        Some(&token(room, "alice", true)),
-    )
-    .await;
+    let _second = publish_live(&b, &http, room).await;
     assert!(
         viewer
             .wait_for(MediaKind::Video, seen, 20, Duration::from_secs(10))

@@ -13,8 +13,7 @@ use hyper::StatusCode;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::rtp::{RtpWrite, SeqNo};
-use str0m::{Candidate, Event, Rtc, RtcConfig};
-use tokio::net::UdpSocket;
+use str0m::{Event, Rtc};
 
 use super::node::{Http, Node};
 use super::rtc_io;
@@ -106,15 +105,7 @@ pub async fn publish_with(
     video_mode: Video,
     token: Option<&str>,
 ) -> LivePublisher {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let local = socket.local_addr().unwrap();
-    let mut rtc = RtcConfig::new()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_h264(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let (socket, local, mut rtc) = rtc_io::client().await;
     let mut api = rtc.sdp_api();
     let audio = api.add_media(
         MediaKind::Audio,

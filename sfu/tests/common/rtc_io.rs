@@ -5,8 +5,23 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::net::{Protocol, Receive};
-use str0m::{Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
+
+/// A test client's `Rtc` (RTP mode, Opus and H.264) with a host candidate
+/// on a fresh loopback UDP socket: the socket, its address, the `Rtc`.
+pub async fn client() -> (UdpSocket, SocketAddr, Rtc) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let mut rtc = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_h264(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    (socket, local, rtc)
+}
 
 /// Drains `rtc` to its next timeout, sending its datagrams and handing its
 /// events to `on_event`; `None` when the `Rtc` failed or is closed.

@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
+use str0m::Event;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind};
-use str0m::{Candidate, Event, RtcConfig};
-use tokio::net::UdpSocket;
 
 use super::node::{Http, Node};
 use super::rtc_io;
@@ -71,15 +70,7 @@ impl LiveViewer {
 
 /// Watches `room` at `node` over WHEP (audio and video, receive only).
 pub async fn watch(node: &Node, http: &Http, room: &str, token: Option<&str>) -> LiveViewer {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let local = socket.local_addr().unwrap();
-    let mut rtc = RtcConfig::new()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_h264(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let (socket, local, mut rtc) = rtc_io::client().await;
     let mut api = rtc.sdp_api();
     let audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
     api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
