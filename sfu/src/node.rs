@@ -46,6 +46,8 @@ pub struct Node {
     /// The gateway to other nodes (QUIC), when the node relays.
     relay: Option<relay::Relay>,
     down: Arc<Down>,
+    /// The HTTP front door's session table (set once the server starts).
+    http_sessions: Arc<std::sync::OnceLock<signaling::Sessions>>,
 }
 
 /// A room's home worker among `count`: its publishers, HLS and (without
@@ -159,6 +161,7 @@ impl Node {
             spread: spread && count > 1,
             relay,
             down,
+            http_sessions,
         })
     }
 
@@ -533,7 +536,7 @@ impl MediaNode for Node {
         wave_dtls::render_metrics(out);
         crate::ingest::render_metrics(out);
         let p = wave_metrics::process::sample();
-        let process: [(&str, Kind, &str, String); 4] = [
+        let process: [(&str, Kind, &str, String); 5] = [
             (
                 "process_cpu_seconds_total",
                 Kind::Counter,
@@ -551,6 +554,14 @@ impl MediaNode for Node {
                 Kind::Gauge,
                 "Seconds since the node started.",
                 format!("{:.1}", self.started.elapsed().as_secs_f64()),
+            ),
+            (
+                "wave_session_index_entries",
+                Kind::Gauge,
+                "Entries in the node's session tables (worker by session, HTTP resources): 0 on an idle node.",
+                (self.sessions.lock().map_or(0, |m| m.len())
+                    + self.http_sessions.get().map_or(0, signaling::Sessions::len))
+                .to_string(),
             ),
             (
                 "wave_thread_panics_total",

@@ -71,6 +71,7 @@ worker_metrics! {
         nacks_received: Counter "wave_nacks_received_total" "NACKs received from viewers." false;
         nacks_sent: Counter "wave_nacks_sent_total" "NACKs sent to publishers." false;
         dropped_datagrams: Counter "wave_udp_dropped_total" "Datagrams for no peer or unparseable." false;
+        index_entries: Gauge "wave_engine_index_entries" "Entries in the workers' per-session tables (peers, session ids, addresses, ICE ufrags, timers, rooms, mirrors, ingest sources, pending writes): 0 on an idle node." false;
         hls_rooms: Gauge "wave_hls_rooms" "Rooms packaged as LL-HLS." true;
         hls_parts: Counter "wave_hls_parts_total" "LL-HLS parts produced." true;
         hls_segments: Counter "wave_hls_segments_total" "LL-HLS segments produced." true;

@@ -331,8 +331,30 @@ impl Engine {
             hls_parts: self.hls.as_ref().map_or(0, |h| h.stats().parts),
             hls_segments: self.hls.as_ref().map_or(0, |h| h.stats().segments),
             hls_aac_dropped: self.hls.as_ref().map_or(0, |h| h.stats().aac_dropped),
+            index_entries: self.index_entries(),
             ..self.stats
         }
+    }
+
+    /// Entries in every table a session adds to: all 0 once the last
+    /// session and its room are gone (a leak otherwise).
+    pub fn index_entries(&self) -> u64 {
+        let relayed: usize = self.rooms.values().map(|r| r.watchers.len()).sum();
+        [
+            self.peers.len(),
+            self.by_session.len(),
+            self.by_addr.len(),
+            self.by_ufrag.len(),
+            self.rooms.len(),
+            relayed,
+            self.timers.len(),
+            self.mirrors.len(),
+            self.mirror_ids.len(),
+            self.ingests.len(),
+            self.dirty.len(),
+        ]
+        .iter()
+        .sum::<usize>() as u64
     }
 
     pub fn peer_count(&self) -> usize {
