@@ -60,7 +60,7 @@ describe(`a three-level relay chain survives its middle node (room ${ROOM})`, { 
       const parentOf = async (id) => {
         const r = await fetch(`${nodes[id].base}/v1/rooms/${ROOM}`, { headers: bearer() });
         const room = await r.json();
-        const peer = room.relay?.parent?.peer;
+        const peer = room.relay?.parents?.[0]?.peer;
         return Object.keys(relayOf).find((n) => relayOf[n] === peer) ?? `unknown (${JSON.stringify(room.relay)})`;
       };
       const parents = { b: await parentOf('b'), c: await parentOf('c') };

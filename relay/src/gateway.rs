@@ -28,8 +28,16 @@
 //! A watch over a link is preceded by the nodes it comes through
 //! ([`Message::Hops`]); a node refuses a watch that passed through it or
 //! through its own parent for the room, and the child routes again.
+//!
+//! A room may have publishers on several nodes. What crosses links is a
+//! [`Topic`]: one room's sources *on one origin node* (named by its tag),
+//! each with its own tree. A node with publishers of the room serves its
+//! own topic as the origin and is fed the others' like any edge; workers
+//! watch the room, and the gateway feeds them every topic of it that the
+//! driver routes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use wave_vocab::{RoomId, SessionId};
@@ -41,6 +49,31 @@ use crate::wire::MAX_HOPS;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LinkId(pub u64);
 
+/// One room's sources on one origin node: what a relay tree carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic {
+    pub room: RoomId,
+    /// The origin node's tag (from its certificate).
+    pub origin: u64,
+}
+
+impl Topic {
+    pub fn new(room: RoomId, origin: u64) -> Topic {
+        Topic { room, origin }
+    }
+
+    /// Every topic of `room`, for range queries.
+    fn of(room: &RoomId) -> RangeInclusive<Topic> {
+        Topic::new(room.clone(), 0)..=Topic::new(room.clone(), u64::MAX)
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{:016x}", self.room, self.origin)
+    }
+}
+
 /// A source's track and layer, as `(source, track, layer)`.
 pub type LayerKey = (SourceId, u8, u8);
 /// A link and the layers it carries.
@@ -49,8 +82,9 @@ pub type Carried = (LinkId, Vec<LayerKey>);
 /// A room's links at one node ([`Gateway::room_links`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoomLinks {
-    /// The link to the room's parent and the layers asked over it.
-    pub parent: Option<Carried>,
+    /// The links to the room's parents (one per origin node fed from) and
+    /// the layers asked over each.
+    pub parents: Vec<Carried>,
     /// The links watching the room here and the layers each asked for.
     pub children: Vec<Carried>,
 }
@@ -62,9 +96,9 @@ pub enum GatewayOutput {
     Worker(WorkerId, Message),
     /// Send on a link.
     Link(LinkId, Message),
-    /// The room lost its route (its parent's link closed, or the parent
+    /// The topic lost its route (its parent's link closed, or the parent
     /// refused the watch): the driver routes it again, elsewhere.
-    Unroute(RoomId),
+    Unroute(Topic),
 }
 
 /// Packets kept per relayed layer for retransmission: ~1 s of a 2.5 Mbit/s layer.
@@ -101,7 +135,7 @@ enum Sub {
 struct InSource {
     link: LinkId,
     remote: SourceId,
-    room: RoomId,
+    topic: Topic,
     session: SessionId,
     /// The last announcement (under the local id), for workers and
     /// children that start watching later.
@@ -110,7 +144,7 @@ struct InSource {
     stale: Option<u32>,
 }
 
-/// A room this node watches upstream.
+/// A topic this node watches upstream.
 struct EdgeRoom {
     link: LinkId,
     workers: BTreeSet<WorkerId>,
@@ -150,10 +184,12 @@ pub struct Gateway {
     tag: u64,
     link_tags: HashMap<LinkId, u64>,
     /// The last hop list each link sent, for its next watch.
-    hops_in: HashMap<LinkId, (RoomId, Vec<u64>)>,
+    hops_in: HashMap<LinkId, (Topic, Vec<u64>)>,
     // Edge and relay side.
-    routes: HashMap<RoomId, LinkId>,
-    edge_rooms: HashMap<RoomId, EdgeRoom>,
+    routes: BTreeMap<Topic, LinkId>,
+    edge_rooms: BTreeMap<Topic, EdgeRoom>,
+    /// The workers watching each room here: fed every routed topic of it.
+    room_workers: HashMap<RoomId, BTreeSet<WorkerId>>,
     in_ids: HashMap<(LinkId, SourceId), SourceId>,
     in_sources: HashMap<SourceId, InSource>,
     /// Which workers and child links need each mirrored (source, track, layer).
@@ -161,7 +197,8 @@ pub struct Gateway {
     next_source: u64,
     // Origin side.
     watched: HashMap<RoomId, BTreeSet<LinkId>>,
-    watching: HashMap<LinkId, BTreeSet<RoomId>>,
+    /// The topics each link watches here (as their origin or as a relay).
+    watching: HashMap<LinkId, BTreeSet<Topic>>,
     out_sources: HashMap<(WorkerId, SourceId), OutSource>,
     /// The (wire source, track, layer)s each link asked for.
     demand_out: HashMap<LinkId, HashSet<LayerKey>>,
@@ -187,8 +224,9 @@ impl Gateway {
             tag: 0,
             link_tags: HashMap::new(),
             hops_in: HashMap::new(),
-            routes: HashMap::new(),
-            edge_rooms: HashMap::new(),
+            routes: BTreeMap::new(),
+            edge_rooms: BTreeMap::new(),
+            room_workers: HashMap::new(),
             in_ids: HashMap::new(),
             in_sources: HashMap::new(),
             demand_in: HashMap::new(),
@@ -219,6 +257,11 @@ impl Gateway {
         self.tag = tag;
     }
 
+    /// This node's tag: the origin of the topics of its own publishers.
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
     /// The tag of the node at the other end of `link`, once known.
     pub fn link_tag(&mut self, link: LinkId, tag: u64) {
         self.link_tags.insert(link, tag);
@@ -245,52 +288,71 @@ impl Gateway {
         (self.edge_rooms.len(), self.watching.len())
     }
 
-    /// The room's parent is reached over `link`: local and child watches of
-    /// it go there. A room watched over another link moves; its sources
+    /// The topic's parent is reached over `link`: local and child watches
+    /// of it go there. A topic watched over another link moves; its sources
     /// keep their numbers when the new parent announces them again.
-    pub fn route(&mut self, room: RoomId, link: LinkId) {
+    pub fn route(&mut self, topic: Topic, link: LinkId) {
+        if topic.origin == self.tag {
+            // This node's own publishers are not fed from anywhere.
+            return;
+        }
         // A parent that is fed through this node would close a loop.
-        if let (Some(tag), Some(r)) = (self.link_tags.get(&link), self.edge_rooms.get(&room))
+        if let (Some(tag), Some(r)) = (self.link_tags.get(&link), self.edge_rooms.get(&topic))
             && r.children.values().any(|hops| hops.contains(tag))
         {
             self.loops += 1;
-            self.routes.remove(&room);
-            self.out.push_back(GatewayOutput::Unroute(room));
+            self.routes.remove(&topic);
+            self.out.push_back(GatewayOutput::Unroute(topic));
             return;
         }
-        self.routes.insert(room.clone(), link);
-        if let Some(r) = self.edge_rooms.get(&room) {
+        self.routes.insert(topic.clone(), link);
+        if let Some(r) = self.edge_rooms.get(&topic) {
             if r.link != link {
-                self.reparent(&room, link);
+                self.reparent(&topic, link);
             }
             return;
         }
-        // Links that watched the room before this node knew it is not the
-        // room's origin become children of the upstream watch.
-        if self.watched.contains_key(&room) && !self.out_sources.values().any(|s| s.room == room) {
-            let links: Vec<LinkId> = self.watched.get(&room).into_iter().flatten().copied().collect();
-            for l in links {
-                self.unwatch_origin(&room, l);
-                self.child_watch(l, room.clone(), Vec::new());
-            }
+        // Workers watching the room are fed this topic of it too.
+        let Some(workers) = self.room_workers.get(&topic.room).filter(|w| !w.is_empty()) else {
+            return;
+        };
+        let mut r = EdgeRoom::new(link);
+        r.workers = workers.clone();
+        self.edge_rooms.insert(topic.clone(), r);
+        self.watch_upstream(&topic);
+    }
+
+    /// The link to the topic's parent, when one is routed.
+    pub fn route_of(&self, topic: &Topic) -> Option<LinkId> {
+        self.routes.get(topic).copied()
+    }
+
+    /// Forgets a topic whose origin no longer publishes the room: its
+    /// sources are gone at once and its parent (if any) is unwatched.
+    pub fn drop_topic(&mut self, topic: &Topic) {
+        self.routes.remove(topic);
+        let children: Vec<LinkId> = self
+            .edge_rooms
+            .get(topic)
+            .map(|r| r.children.keys().copied().collect())
+            .unwrap_or_default();
+        self.drop_edge_room(topic, true);
+        for l in children {
+            self.unwatch_link(l, topic);
         }
     }
 
-    /// The link to the room's parent, when one is routed.
-    pub fn route_of(&self, room: &RoomId) -> Option<LinkId> {
-        self.routes.get(room).copied()
-    }
-
-    /// Moves an upstream room to `link`: the old parent is unwatched and
+    /// Moves an upstream topic to `link`: the old parent is unwatched and
     /// the sources wait, stale, for the new one's announcements.
-    fn reparent(&mut self, room: &RoomId, link: LinkId) {
-        let Some(r) = self.edge_rooms.get_mut(room) else {
+    fn reparent(&mut self, topic: &Topic, link: LinkId) {
+        let Some(r) = self.edge_rooms.get_mut(topic) else {
             return;
         };
         let old = std::mem::replace(&mut r.link, link);
         if old != NO_LINK {
             let m = Message::Watch {
-                room: room.clone(),
+                room: topic.room.clone(),
+                origin: topic.origin,
                 watching: false,
             };
             self.out.push_back(GatewayOutput::Link(old, m));
@@ -312,12 +374,12 @@ impl Gateway {
         if stale {
             self.reparents += 1;
         }
-        self.watch_upstream(room);
+        self.watch_upstream(topic);
     }
 
-    /// Sends the room's hop list and watch to its parent, if routed.
-    fn watch_upstream(&mut self, room: &RoomId) {
-        let Some(r) = self.edge_rooms.get(room).filter(|r| r.link != NO_LINK) else {
+    /// Sends the topic's hop list and watch to its parent, if routed.
+    fn watch_upstream(&mut self, topic: &Topic) {
+        let Some(r) = self.edge_rooms.get(topic).filter(|r| r.link != NO_LINK) else {
             return;
         };
         let mut hops: Vec<u64> = r.children.values().flatten().copied().collect();
@@ -330,14 +392,16 @@ impl Gateway {
         self.out.push_back(GatewayOutput::Link(
             link,
             Message::Hops {
-                room: room.clone(),
+                room: topic.room.clone(),
+                origin: topic.origin,
                 hops,
             },
         ));
         self.out.push_back(GatewayOutput::Link(
             link,
             Message::Watch {
-                room: room.clone(),
+                room: topic.room.clone(),
+                origin: topic.origin,
                 watching: true,
             },
         ));
@@ -346,7 +410,7 @@ impl Gateway {
     /// A message from a local worker.
     pub fn handle_worker(&mut self, from: WorkerId, msg: Message) {
         match msg {
-            Message::Watch { room, watching } => self.worker_watch(from, room, watching),
+            Message::Watch { room, watching, .. } => self.worker_watch(from, room, watching),
             Message::Demand {
                 source,
                 track,
@@ -367,7 +431,10 @@ impl Gateway {
             }
             Message::Source { ref room, source, .. } => {
                 let wire = wire_id(from, source);
-                let announce = msg.with_source(wire);
+                let mut announce = msg.with_source(wire);
+                if let Message::Source { origin, .. } = &mut announce {
+                    *origin = self.tag;
+                }
                 for &l in self.watched.get(room).into_iter().flatten() {
                     self.out.push_back(GatewayOutput::Link(l, announce.clone()));
                 }
@@ -464,9 +531,9 @@ impl Gateway {
         }
     }
 
-    /// Withdraws what `sub` asked for of the room's sources.
-    fn withdraw(&mut self, sub: Sub, room: &RoomId) {
-        let Some(r) = self.edge_rooms.get(room) else {
+    /// Withdraws what `sub` asked for of the topic's sources.
+    fn withdraw(&mut self, sub: Sub, topic: &Topic) {
+        let Some(r) = self.edge_rooms.get(topic) else {
             return;
         };
         let keys: Vec<LayerKey> = self
@@ -480,21 +547,42 @@ impl Gateway {
         }
     }
 
+    /// A worker watches `room` (or stops): it is fed every topic of the
+    /// room routed here, and those the driver routes later.
     fn worker_watch(&mut self, from: WorkerId, room: RoomId, watching: bool) {
+        let topics: Vec<Topic> = self
+            .edge_rooms
+            .range(Topic::of(&room))
+            .map(|(t, _)| t.clone())
+            .collect();
         if !watching {
-            let Some(r) = self.edge_rooms.get_mut(&room) else {
-                return;
-            };
-            r.workers.remove(&from);
-            if r.is_empty() {
-                self.drop_edge_room(&room, true);
-            } else {
-                // What only this worker wanted is no longer wanted.
-                self.withdraw(Sub::Worker(from), &room);
+            if let Some(w) = self.room_workers.get_mut(&room) {
+                w.remove(&from);
+                if w.is_empty() {
+                    self.room_workers.remove(&room);
+                }
+            }
+            for topic in topics {
+                let Some(r) = self.edge_rooms.get_mut(&topic) else {
+                    continue;
+                };
+                r.workers.remove(&from);
+                if r.is_empty() {
+                    self.drop_edge_room(&topic, true);
+                } else {
+                    // What only this worker wanted is no longer wanted.
+                    self.withdraw(Sub::Worker(from), &topic);
+                }
             }
             return;
         }
-        if let Some(r) = self.edge_rooms.get_mut(&room) {
+        if !self.room_workers.entry(room.clone()).or_default().insert(from) {
+            return;
+        }
+        for topic in &topics {
+            let Some(r) = self.edge_rooms.get_mut(topic) else {
+                continue;
+            };
             if r.workers.insert(from) {
                 // Sources already mirrored here are announced to the newcomer.
                 for s in &r.sources {
@@ -504,34 +592,43 @@ impl Gateway {
                     }
                 }
             }
-            return;
         }
-        // Without a route (none yet, or the parent went away) the worker's
-        // viewers wait until the driver routes the room.
-        let mut r = EdgeRoom::new(self.routes.get(&room).copied().unwrap_or(NO_LINK));
-        r.workers.insert(from);
-        self.edge_rooms.insert(room.clone(), r);
-        self.watch_upstream(&room);
+        // Topics routed but not watched yet are watched now; the others
+        // wait until the driver routes them.
+        let routed: Vec<(Topic, LinkId)> = self
+            .routes
+            .range(Topic::of(&room))
+            .filter(|(t, _)| !self.edge_rooms.contains_key(*t))
+            .map(|(t, &l)| (t.clone(), l))
+            .collect();
+        for (topic, link) in routed {
+            let mut r = EdgeRoom::new(link);
+            r.workers.insert(from);
+            self.edge_rooms.insert(topic.clone(), r);
+            self.watch_upstream(&topic);
+        }
     }
 
-    /// A child link watches a room this node is fed from its parent.
-    fn child_watch(&mut self, link: LinkId, room: RoomId, hops: Vec<u64>) {
+    /// A child link watches a topic this node is fed from its parent.
+    fn child_watch(&mut self, link: LinkId, topic: Topic, hops: Vec<u64>) {
         let parent = self
             .edge_rooms
-            .get(&room)
+            .get(&topic)
             .map(|r| r.link)
-            .or_else(|| self.routes.get(&room).copied());
+            .or_else(|| self.routes.get(&topic).copied());
         let parent_tag = parent.and_then(|l| self.link_tags.get(&l));
         if parent == Some(link) || parent_tag.is_some_and(|t| hops.contains(t)) {
-            self.refuse_watch(link, room);
+            self.refuse_watch(link, topic);
             return;
         }
-        self.watching.entry(link).or_default().insert(room.clone());
-        let new = !self.edge_rooms.contains_key(&room);
-        let r = self
-            .edge_rooms
-            .entry(room.clone())
-            .or_insert_with(|| EdgeRoom::new(parent.unwrap_or(NO_LINK)));
+        self.watching.entry(link).or_default().insert(topic.clone());
+        let new = !self.edge_rooms.contains_key(&topic);
+        let workers = self.room_workers.get(&topic.room).cloned().unwrap_or_default();
+        let r = self.edge_rooms.entry(topic.clone()).or_insert_with(|| {
+            let mut r = EdgeRoom::new(parent.unwrap_or(NO_LINK));
+            r.workers = workers;
+            r
+        });
         let first = r.children.insert(link, hops).is_none();
         if first {
             // The sources fed here so far, under this node's numbers.
@@ -543,40 +640,41 @@ impl Gateway {
             }
         }
         if new {
-            self.watch_upstream(&room);
+            self.watch_upstream(&topic);
         }
     }
 
-    fn child_unwatch(&mut self, link: LinkId, room: &RoomId) {
-        let Some(r) = self.edge_rooms.get_mut(room) else {
+    fn child_unwatch(&mut self, link: LinkId, topic: &Topic) {
+        let Some(r) = self.edge_rooms.get_mut(topic) else {
             return;
         };
         if r.children.remove(&link).is_none() {
             return;
         }
         if r.is_empty() {
-            self.drop_edge_room(room, true);
+            self.drop_edge_room(topic, true);
         } else {
-            self.withdraw(Sub::Link(link), room);
+            self.withdraw(Sub::Link(link), topic);
         }
     }
 
     /// A watch that would close a loop: the child is told no and routes again.
-    fn refuse_watch(&mut self, link: LinkId, room: RoomId) {
+    fn refuse_watch(&mut self, link: LinkId, topic: Topic) {
         self.loops += 1;
         self.out.push_back(GatewayOutput::Link(
             link,
             Message::Watch {
-                room,
+                room: topic.room,
+                origin: topic.origin,
                 watching: false,
             },
         ));
     }
 
-    /// The room lost its parent: its sources wait for a new route.
-    fn lose_route(&mut self, room: &RoomId) {
-        self.routes.remove(room);
-        let Some(r) = self.edge_rooms.get_mut(room) else {
+    /// The topic lost its parent: its sources wait for a new route.
+    fn lose_route(&mut self, topic: &Topic) {
+        self.routes.remove(topic);
+        let Some(r) = self.edge_rooms.get_mut(topic) else {
             return;
         };
         let old = std::mem::replace(&mut r.link, NO_LINK);
@@ -587,7 +685,7 @@ impl Gateway {
                 src.stale.get_or_insert(0);
             }
         }
-        self.out.push_back(GatewayOutput::Unroute(room.clone()));
+        self.out.push_back(GatewayOutput::Unroute(topic.clone()));
     }
 
     /// A mirrored source is gone: its workers and children are told.
@@ -601,12 +699,12 @@ impl Gateway {
         self.demand_in.retain(|k, _| k.0 != id);
         self.highest.retain(|k, _| k.0 != id);
         self.recent.retain(|k, _| k.0 != relayed(id));
-        let Some(r) = self.edge_rooms.get_mut(&src.room) else {
+        let Some(r) = self.edge_rooms.get_mut(&src.topic) else {
             return;
         };
         r.sources.retain(|&s| s != id);
         let gone = Message::SourceGone {
-            room: src.room.clone(),
+            room: src.topic.room.clone(),
             source: id,
         };
         for &w in &r.workers {
@@ -618,22 +716,23 @@ impl Gateway {
         }
     }
 
-    /// Forgets an upstream room (no worker or child watches it any more);
+    /// Forgets an upstream topic (no worker or child watches it any more);
     /// its mirrored sources are gone, and (`unwatch`) the parent is told.
-    fn drop_edge_room(&mut self, room: &RoomId, unwatch: bool) {
-        let Some(r) = self.edge_rooms.get(room) else {
+    fn drop_edge_room(&mut self, topic: &Topic, unwatch: bool) {
+        let Some(r) = self.edge_rooms.get(topic) else {
             return;
         };
         let link = r.link;
         for s in r.sources.clone() {
             self.remove_source(s);
         }
-        self.edge_rooms.remove(room);
+        self.edge_rooms.remove(topic);
         if unwatch && link != NO_LINK {
             self.out.push_back(GatewayOutput::Link(
                 link,
                 Message::Watch {
-                    room: room.clone(),
+                    room: topic.room.clone(),
+                    origin: topic.origin,
                     watching: false,
                 },
             ));
@@ -660,11 +759,15 @@ impl Gateway {
     /// A message from another node over `link`.
     pub fn handle_link(&mut self, link: LinkId, msg: Message) {
         match msg {
-            Message::Hops { room, hops } => {
+            Message::Hops { room, origin, hops } => {
                 // Kept for the link's next watch only: bounded.
-                self.hops_in.insert(link, (room, hops));
+                self.hops_in.insert(link, (Topic::new(room, origin), hops));
             }
-            Message::Watch { room, watching } => self.link_watch(link, room, watching),
+            Message::Watch {
+                room,
+                origin,
+                watching,
+            } => self.link_watch(link, Topic::new(room, origin), watching),
             Message::Demand {
                 source,
                 track,
@@ -676,7 +779,7 @@ impl Gateway {
                     let child = self
                         .in_sources
                         .get(&local)
-                        .and_then(|s| self.edge_rooms.get(&s.room))
+                        .and_then(|s| self.edge_rooms.get(&s.topic))
                         .is_some_and(|r| r.children.contains_key(&link));
                     if child {
                         self.demand(Sub::Link(link), (local, track, layer), wanted);
@@ -685,10 +788,12 @@ impl Gateway {
                 }
                 // Only for a source of a room this link watches: bounded.
                 let (worker, peer) = from_wire(source);
-                let watched = self
-                    .out_sources
-                    .get(&(worker, peer))
-                    .is_some_and(|s| self.watching.get(&link).is_some_and(|r| r.contains(&s.room)));
+                let tag = self.tag;
+                let watched = self.out_sources.get(&(worker, peer)).is_some_and(|s| {
+                    self.watching
+                        .get(&link)
+                        .is_some_and(|t| t.contains(&Topic::new(s.room.clone(), tag)))
+                });
                 if !watched {
                     return;
                 }
@@ -739,7 +844,7 @@ impl Gateway {
                     if let Some(s) = self.in_sources.get(&local).filter(|s| s.link != NO_LINK)
                         && self
                             .edge_rooms
-                            .get(&s.room)
+                            .get(&s.topic)
                             .is_some_and(|r| r.children.contains_key(&link))
                     {
                         let m = Message::Keyframe {
@@ -758,11 +863,13 @@ impl Gateway {
             }
             Message::Source {
                 ref room,
+                origin,
                 source,
                 ref session,
                 ..
             } => {
-                let Some(r) = self.edge_rooms.get_mut(room).filter(|r| r.link == link) else {
+                let topic = Topic::new(room.clone(), origin);
+                let Some(r) = self.edge_rooms.get_mut(&topic).filter(|r| r.link == link) else {
                     return;
                 };
                 let mut resumed = false;
@@ -805,7 +912,7 @@ impl Gateway {
                     InSource {
                         link,
                         remote: source,
-                        room: room.clone(),
+                        topic,
                         session: session.clone(),
                         announce,
                         stale: None,
@@ -846,7 +953,7 @@ impl Gateway {
                 let Some(r) = self
                     .in_sources
                     .get(&id)
-                    .and_then(|s| self.edge_rooms.get(&s.room))
+                    .and_then(|s| self.edge_rooms.get(&s.topic))
                 else {
                     return;
                 };
@@ -872,7 +979,7 @@ impl Gateway {
                 let Some(r) = self
                     .in_sources
                     .get(&id)
-                    .and_then(|s| self.edge_rooms.get(&s.room))
+                    .and_then(|s| self.edge_rooms.get(&s.topic))
                 else {
                     return;
                 };
@@ -922,20 +1029,26 @@ impl Gateway {
         }
     }
 
-    fn link_watch(&mut self, link: LinkId, room: RoomId, watching: bool) {
+    /// A link watches a topic here (or stops): this node's own (as its
+    /// origin) or one it relays.
+    fn link_watch(&mut self, link: LinkId, topic: Topic, watching: bool) {
         if !watching {
-            if let Some(r) = self.edge_rooms.get(&room) {
+            if let Some(r) = self.edge_rooms.get(&topic) {
                 if r.children.contains_key(&link) {
-                    self.child_unwatch(link, &room);
-                    self.unwatch_link(link, &room);
+                    self.child_unwatch(link, &topic);
+                    self.unwatch_link(link, &topic);
                     return;
                 }
                 if r.link == link {
                     // The parent refused the watch: route elsewhere.
-                    self.lose_route(&room);
+                    self.lose_route(&topic);
                     return;
                 }
             }
+            if topic.origin != self.tag {
+                return;
+            }
+            let room = topic.room.clone();
             let wires: HashSet<SourceId> = self
                 .out_sources
                 .iter()
@@ -945,28 +1058,29 @@ impl Gateway {
             if let Some(d) = self.demand_out.get_mut(&link) {
                 d.retain(|(s, ..)| !wires.contains(s));
             }
-            self.unwatch_link(link, &room);
+            self.unwatch_link(link, &topic);
             self.unwatch_origin(&room, link);
             return;
         }
         let hops = match self.hops_in.remove(&link) {
-            Some((r, hops)) if r == room => hops,
+            Some((t, hops)) if t == topic => hops,
             _ => Vec::new(),
         };
         if hops.contains(&self.tag) {
-            self.refuse_watch(link, room);
+            self.refuse_watch(link, topic);
             return;
         }
-        let rooms = self.watching.entry(link).or_default();
-        if !rooms.contains(&room) && rooms.len() >= MAX_WATCHED_PER_LINK {
+        let topics = self.watching.entry(link).or_default();
+        if !topics.contains(&topic) && topics.len() >= MAX_WATCHED_PER_LINK {
             self.refused += 1;
             return;
         }
-        if self.routes.contains_key(&room) || self.edge_rooms.contains_key(&room) {
-            self.child_watch(link, room, hops);
+        if topic.origin != self.tag {
+            self.child_watch(link, topic, hops);
             return;
         }
-        rooms.insert(room.clone());
+        let room = topic.room.clone();
+        topics.insert(topic);
         let links = self.watched.entry(room.clone()).or_default();
         let first = links.is_empty();
         if !links.insert(link) {
@@ -976,7 +1090,11 @@ impl Gateway {
             let home = (self.home)(&room);
             self.out.push_back(GatewayOutput::Worker(
                 home,
-                Message::Watch { room, watching: true },
+                Message::Watch {
+                    room,
+                    origin: 0,
+                    watching: true,
+                },
             ));
         } else {
             // The home announced its sources already: replay them.
@@ -986,9 +1104,9 @@ impl Gateway {
         }
     }
 
-    fn unwatch_link(&mut self, link: LinkId, room: &RoomId) {
+    fn unwatch_link(&mut self, link: LinkId, topic: &Topic) {
         if let Some(rooms) = self.watching.get_mut(&link) {
-            rooms.remove(room);
+            rooms.remove(topic);
             if rooms.is_empty() {
                 self.watching.remove(&link);
             }
@@ -1015,6 +1133,7 @@ impl Gateway {
                 home,
                 Message::Watch {
                     room: room.clone(),
+                    origin: 0,
                     watching: false,
                 },
             ));
@@ -1027,65 +1146,64 @@ impl Gateway {
         self.link_tags.remove(&link);
         self.hops_in.remove(&link);
         self.demand_out.remove(&link);
-        for room in self.watching.remove(&link).unwrap_or_default() {
+        for topic in self.watching.remove(&link).unwrap_or_default() {
             if self
                 .edge_rooms
-                .get(&room)
+                .get(&topic)
                 .is_some_and(|r| r.children.contains_key(&link))
             {
-                self.child_unwatch(link, &room);
-            } else {
-                self.unwatch_origin(&room, link);
+                self.child_unwatch(link, &topic);
+            } else if topic.origin == self.tag {
+                self.unwatch_origin(&topic.room, link);
             }
         }
-        let upstream: Vec<RoomId> = self
+        let upstream: Vec<Topic> = self
             .edge_rooms
             .iter()
             .filter(|(_, r)| r.link == link)
-            .map(|(room, _)| room.clone())
+            .map(|(topic, _)| topic.clone())
             .collect();
         self.routes.retain(|_, l| *l != link);
-        for room in upstream {
-            self.lose_route(&room);
+        for topic in upstream {
+            self.lose_route(&topic);
         }
     }
 
-    /// Rooms the driver should route: watched here (by workers or child
-    /// links) with no parent, and rooms links watch here that have no
-    /// local source (this node may be a relay for them, not their origin).
-    pub fn unrouted(&self) -> Vec<RoomId> {
-        let mut rooms: Vec<RoomId> = self
-            .edge_rooms
+    /// Topics the driver should route: watched here (by workers or child
+    /// links) with no parent.
+    pub fn unrouted(&self) -> Vec<Topic> {
+        self.edge_rooms
             .iter()
             .filter(|(_, r)| r.link == NO_LINK)
-            .map(|(room, _)| room.clone())
-            .collect();
-        rooms.extend(
-            self.watched
-                .keys()
-                .filter(|room| !self.routes.contains_key(*room))
-                .filter(|room| !self.out_sources.values().any(|s| s.room == **room))
-                .cloned(),
-        );
-        rooms.sort();
-        rooms
+            .map(|(topic, _)| topic.clone())
+            .collect()
+    }
+
+    /// Whether any topic of `room` is routed here.
+    pub fn is_fed(&self, room: &RoomId) -> bool {
+        self.routes.range(Topic::of(room)).next().is_some()
     }
 
     /// How `room` crosses this node's links: the link to its parent, the
     /// links watching it here (its children) and the layers each carries,
     /// as `(source, track, layer)` in the numbering of that link.
     pub fn room_links(&self, room: &RoomId) -> RoomLinks {
-        let edge = self.edge_rooms.get(room);
-        let parent = edge.filter(|r| r.link != NO_LINK).map(|r| {
-            let mut layers: Vec<LayerKey> = self
-                .demand_in
-                .keys()
-                .filter(|k| r.sources.contains(&k.0))
-                .filter_map(|&(s, t, l)| Some((self.in_sources.get(&s)?.remote, t, l)))
-                .collect();
-            layers.sort();
-            (r.link, layers)
-        });
+        let edges: Vec<&EdgeRoom> = self.edge_rooms.range(Topic::of(room)).map(|(_, r)| r).collect();
+        let mut parents: Vec<Carried> = edges
+            .iter()
+            .filter(|r| r.link != NO_LINK)
+            .map(|r| {
+                let mut layers: Vec<LayerKey> = self
+                    .demand_in
+                    .keys()
+                    .filter(|k| r.sources.contains(&k.0))
+                    .filter_map(|&(s, t, l)| Some((self.in_sources.get(&s)?.remote, t, l)))
+                    .collect();
+                layers.sort();
+                (r.link, layers)
+            })
+            .collect();
+        parents.sort();
         let wires: HashSet<SourceId> = self
             .out_sources
             .iter()
@@ -1110,18 +1228,20 @@ impl Gateway {
                 (l, layers)
             })
             .collect();
-        for &l in edge.into_iter().flat_map(|r| r.children.keys()) {
-            let mut layers: Vec<LayerKey> = self
-                .demand_in
-                .iter()
-                .filter(|(_, set)| set.contains(&Sub::Link(l)))
-                .map(|(&(s, t, layer), _)| (relayed(s), t, layer))
-                .collect();
-            layers.sort();
-            children.push((l, layers));
+        for r in &edges {
+            for &l in r.children.keys() {
+                let mut layers: Vec<LayerKey> = self
+                    .demand_in
+                    .iter()
+                    .filter(|(k, set)| set.contains(&Sub::Link(l)) && r.sources.contains(&k.0))
+                    .map(|(&(s, t, layer), _)| (relayed(s), t, layer))
+                    .collect();
+                layers.sort();
+                children.push((l, layers));
+            }
         }
         children.sort();
-        RoomLinks { parent, children }
+        RoomLinks { parents, children }
     }
 
     /// The next thing to do.
@@ -1200,6 +1320,14 @@ mod tests {
         RoomId::parse(s).unwrap()
     }
 
+    /// The tag of the origin node the edge tests are fed from (the
+    /// gateway's own is 0).
+    const O: u64 = 9;
+
+    fn t(s: &str) -> Topic {
+        Topic::new(room(s), O)
+    }
+
     /// Two workers; every room's home is worker 1.
     fn gateway() -> Gateway {
         Gateway::new(2, Box::new(|_| WorkerId(1)))
@@ -1212,6 +1340,7 @@ mod tests {
     fn source(r: &str, id: u64) -> Message {
         Message::Source {
             room: room(r),
+            origin: O,
             source: SourceId(id),
             session: SessionId::parse(&"ab".repeat(16)).unwrap(),
             identity: None,
@@ -1250,6 +1379,7 @@ mod tests {
     fn watch(r: &str, on: bool) -> Message {
         Message::Watch {
             room: room(r),
+            origin: 0,
             watching: on,
         }
     }
@@ -1277,7 +1407,7 @@ mod tests {
     #[test]
     fn an_edge_watches_once_upstream_and_fans_out_to_each_worker() {
         let mut g = gateway();
-        g.route(room("r"), LinkId(7));
+        g.route(t("r"), LinkId(7));
         g.handle_worker(WorkerId(0), watch("r", true));
         g.handle_worker(WorkerId(1), watch("r", true));
         let out = drain(&mut g);
@@ -1332,7 +1462,7 @@ mod tests {
     #[test]
     fn an_edge_asks_for_a_layer_once_and_drops_it_after_its_last_worker() {
         let mut g = gateway();
-        g.route(room("r"), LinkId(1));
+        g.route(t("r"), LinkId(1));
         g.handle_worker(WorkerId(0), watch("r", true));
         g.handle_worker(WorkerId(1), watch("r", true));
         g.handle_link(LinkId(1), source("r", 1 << 48 | 2));
@@ -1349,8 +1479,8 @@ mod tests {
         );
         let carried = g.room_links(&room("r"));
         assert_eq!(
-            carried.parent,
-            Some((LinkId(1), vec![(SourceId(1 << 48 | 2), 0, 2)]))
+            carried.parents,
+            vec![(LinkId(1), vec![(SourceId(1 << 48 | 2), 0, 2)])]
         );
         assert!(carried.children.is_empty());
         g.handle_worker(WorkerId(0), demand(local, 2, false));
@@ -1395,7 +1525,7 @@ mod tests {
     fn an_edge_asks_for_lost_packets_once_and_the_origin_resends_them() {
         // Edge: 10, then 13: 11 and 12 are asked for.
         let mut edge = gateway();
-        edge.route(room("r"), LinkId(1));
+        edge.route(t("r"), LinkId(1));
         edge.handle_worker(WorkerId(0), watch("r", true));
         edge.handle_link(LinkId(1), source("r", 1 << 48 | 9));
         drain(&mut edge);
@@ -1446,7 +1576,7 @@ mod tests {
     #[test]
     fn a_worker_joining_later_gets_the_sources_already_mirrored() {
         let mut g = gateway();
-        g.route(room("r"), LinkId(1));
+        g.route(t("r"), LinkId(1));
         g.handle_worker(WorkerId(0), watch("r", true));
         g.handle_link(LinkId(1), source("r", 3));
         drain(&mut g);
@@ -1489,7 +1619,7 @@ mod tests {
         }
         g.handle_link(LinkId(2), demand(wire.0, 0, true));
         let carried = g.room_links(&room("r"));
-        assert_eq!(carried.parent, None);
+        assert!(carried.parents.is_empty());
         assert_eq!(
             carried.children,
             vec![
@@ -1560,7 +1690,7 @@ mod tests {
     #[test]
     fn a_lost_origin_removes_its_sources_after_the_grace_and_a_new_route_resumes_the_watch() {
         let mut g = gateway();
-        g.route(room("r"), LinkId(1));
+        g.route(t("r"), LinkId(1));
         g.handle_worker(WorkerId(0), watch("r", true));
         g.handle_link(LinkId(1), source("r", 4));
         drain(&mut g);
@@ -1571,8 +1701,8 @@ mod tests {
             "the source waits for a new route: {out:?}"
         );
         assert!(matches!(out[..], [GatewayOutput::Unroute(_)]));
-        assert_eq!(g.unrouted(), vec![room("r")]);
-        assert_eq!(g.route_of(&room("r")), None);
+        assert_eq!(g.unrouted(), vec![t("r")]);
+        assert_eq!(g.route_of(&t("r")), None);
         for _ in 1..GRACE_TICKS {
             g.tick();
         }
@@ -1584,7 +1714,7 @@ mod tests {
             [(WorkerId(0), Message::SourceGone { .. })]
         ));
 
-        g.route(room("r"), LinkId(2));
+        g.route(t("r"), LinkId(2));
         let out = drain(&mut g);
         assert!(matches!(
             links(&out)[..],
@@ -1615,7 +1745,7 @@ mod tests {
     #[test]
     fn sources_from_a_link_that_does_not_carry_the_room_are_ignored() {
         let mut g = gateway();
-        g.route(room("r"), LinkId(1));
+        g.route(t("r"), LinkId(1));
         g.handle_worker(WorkerId(0), watch("r", true));
         drain(&mut g);
         g.handle_link(LinkId(2), source("r", 4));

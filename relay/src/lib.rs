@@ -31,7 +31,7 @@ pub mod net;
 pub mod tls;
 pub mod wire;
 
-pub use gateway::{Gateway, GatewayOutput, LinkId, RoomLinks};
+pub use gateway::{Gateway, GatewayOutput, LinkId, RoomLinks, Topic};
 pub use inproc::{Handed, Inbox};
 pub use message::{Ext, MediaPacket, Message, SourceId, TrackDesc, WorkerId};
 pub use net::{Relay, RelayError, RelayStats};

@@ -55,12 +55,21 @@ pub struct TrackDesc {
 #[derive(Debug, Clone)]
 pub enum Message {
     /// Watcher → home: this engine has viewers of `room` (`true`: announce
-    /// its sources and hand their media) or has none left (`false`).
-    Watch { room: RoomId, watching: bool },
+    /// its sources and hand their media) or has none left (`false`). Over a
+    /// node link it names the room's stream from one origin node (that
+    /// node's tag, [`crate::Topic`]); between the workers of a node, 0.
+    Watch {
+        room: RoomId,
+        origin: u64,
+        watching: bool,
+    },
     /// Home → watcher: a publisher of `room` and its tracks; sent again
     /// when its tracks change.
     Source {
         room: RoomId,
+        /// The tag of the node the publisher is on (over a node link; 0
+        /// between workers).
+        origin: u64,
         source: SourceId,
         session: SessionId,
         identity: Option<String>,
@@ -111,7 +120,11 @@ pub enum Message {
     /// the nodes (their tags) the watch comes through, nearest last. A node
     /// that finds itself, or its own parent for the room, among them
     /// refuses the watch: a relay tree has no loops.
-    Hops { room: RoomId, hops: Vec<u64> },
+    Hops {
+        room: RoomId,
+        origin: u64,
+        hops: Vec<u64>,
+    },
 }
 
 impl Message {

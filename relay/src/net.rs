@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use wave_vocab::RoomId;
 
-use crate::gateway::{Gateway, GatewayOutput, LinkId};
+use crate::gateway::{Gateway, GatewayOutput, LinkId, Topic};
 use crate::inproc::Inbox;
 use crate::message::{Message, WorkerId};
 use crate::tls::{self, Fingerprint, Identity, Trust};
@@ -226,9 +226,10 @@ impl RelayStats {
 
 /// What the gateway task is told.
 enum Cmd {
-    Route(RoomId, LinkId),
+    Route(Topic, LinkId),
+    Drop(Topic),
     Links(RoomId, tokio::sync::oneshot::Sender<serde_json::Value>),
-    Unrouted(tokio::sync::oneshot::Sender<Vec<RoomId>>),
+    Unrouted(tokio::sync::oneshot::Sender<Vec<Topic>>),
     Up(LinkId, LinkTx, Option<Fingerprint>),
     Down(LinkId),
     Frame(LinkId, Message),
@@ -271,7 +272,7 @@ struct Inner {
     next_link: AtomicU64,
     stats: Arc<RelayStats>,
     /// Rooms with a route (read by the node's router without a round trip).
-    routed: Arc<Mutex<HashMap<RoomId, LinkId>>>,
+    routed: Arc<Mutex<HashMap<Topic, LinkId>>>,
     /// Nodes whose link died or could not be dialled, and when.
     lost: Mutex<HashMap<Fingerprint, Instant>>,
 }
@@ -384,19 +385,33 @@ impl Relay {
         WorkerId(workers)
     }
 
-    /// Whether `room` has a live route to its origin.
-    pub fn is_routed(&self, room: &RoomId) -> bool {
+    /// This node's tag: the origin of its own publishers' topics.
+    pub fn tag(&self) -> u64 {
+        self.fingerprint().tag()
+    }
+
+    /// Whether `topic` has a live route to its origin.
+    pub fn is_routed(&self, topic: &Topic) -> bool {
         self.inner
             .routed
             .lock()
-            .map(|r| r.contains_key(room))
+            .map(|r| r.contains_key(topic))
             .unwrap_or(false)
     }
 
-    /// Routes `room` to its parent (its origin, or a relay node nearer to
+    /// Topics of `room` with a live route.
+    pub fn routed_topics(&self, room: &RoomId) -> Vec<Topic> {
+        self.inner
+            .routed
+            .lock()
+            .map(|r| r.keys().filter(|t| t.room == *room).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Routes `topic` to its parent (its origin, or a relay node nearer to
     /// it) at `addr` holding certificate `fp`: dials it (or reuses the
     /// link) and tells the gateway.
-    pub async fn route(&self, room: &RoomId, addr: SocketAddr, fp: Fingerprint) -> Result<(), RelayError> {
+    pub async fn route(&self, topic: &Topic, addr: SocketAddr, fp: Fingerprint) -> Result<(), RelayError> {
         let link = match self.link_to(addr, fp).await {
             Ok(link) => link,
             Err(e) => {
@@ -405,18 +420,26 @@ impl Relay {
             }
         };
         if let Ok(mut r) = self.inner.routed.lock() {
-            r.insert(room.clone(), link);
+            r.insert(topic.clone(), link);
         }
         self.inner
             .tx
-            .send(Cmd::Route(room.clone(), link))
+            .send(Cmd::Route(topic.clone(), link))
             .await
             .map_err(|_| RelayError::Stopped)
     }
 
-    /// Rooms to route: watched here with no parent (never routed, or their
-    /// parent went away), or watched by other nodes with no publisher here.
-    pub async fn unrouted(&self) -> Vec<RoomId> {
+    /// Forgets `topic`: its origin no longer publishes the room.
+    pub async fn drop_topic(&self, topic: &Topic) {
+        if let Ok(mut r) = self.inner.routed.lock() {
+            r.remove(topic);
+        }
+        let _ = self.inner.tx.send(Cmd::Drop(topic.clone())).await;
+    }
+
+    /// Topics to route: watched here (by workers or child links) with no
+    /// parent (never routed, or their parent went away).
+    pub async fn unrouted(&self) -> Vec<Topic> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.inner.tx.send(Cmd::Unrouted(tx)).await.is_err() {
             return Vec::new();
@@ -740,7 +763,7 @@ async fn run_gateway(
     inboxes: Arc<[Arc<Inbox>]>,
     mut rx: mpsc::Receiver<Cmd>,
     stats: Arc<RelayStats>,
-    routed: Arc<Mutex<HashMap<RoomId, LinkId>>>,
+    routed: Arc<Mutex<HashMap<Topic, LinkId>>>,
 ) {
     let me = gateway.id();
     let Some(inbox) = inboxes.get(me.0).cloned() else {
@@ -787,9 +810,9 @@ async fn run_gateway(
                         links.remove(&l);
                     }
                 }
-                GatewayOutput::Unroute(room) => {
+                GatewayOutput::Unroute(topic) => {
                     if let Ok(mut r) = routed.lock() {
-                        r.remove(&room);
+                        r.remove(&topic);
                     }
                 }
             }
@@ -826,12 +849,13 @@ fn handle(gateway: &mut Gateway, links: &mut HashMap<LinkId, LinkTx>, cmd: Cmd) 
                 serde_json::json!({ "peer": peer, "layers": layers })
             };
             let _ = reply.send(serde_json::json!({
-                "parent": r.parent.as_ref().map(link),
+                "parents": r.parents.iter().map(link).collect::<Vec<_>>(),
                 "children": r.children.iter().map(link).collect::<Vec<_>>(),
             }));
         }
-        Cmd::Route(room, link) if links.contains_key(&link) => gateway.route(room, link),
-        Cmd::Route(room, link) => debug!(%room, link = link.0, "route over a closed link ignored"),
+        Cmd::Route(topic, link) if links.contains_key(&link) => gateway.route(topic, link),
+        Cmd::Route(topic, link) => debug!(%topic, link = link.0, "route over a closed link ignored"),
+        Cmd::Drop(topic) => gateway.drop_topic(&topic),
         Cmd::Unrouted(reply) => {
             let _ = reply.send(gateway.unrouted());
         }

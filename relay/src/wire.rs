@@ -13,7 +13,7 @@ use wave_vocab::{Codec, CodecDesc, MediaKind, RoomId, SessionId};
 use crate::message::{Ext, MediaPacket, Message, SourceId, TrackDesc};
 
 /// The encoding's version, the first byte of every frame.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// A frame longer than this is refused (a media packet is at most a
 /// datagram; announcements are a few hundred bytes).
 pub const MAX_FRAME: usize = 16 * 1024;
@@ -63,13 +63,19 @@ pub enum DecodeError {
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     out.push(VERSION);
     match msg {
-        Message::Watch { room, watching } => {
+        Message::Watch {
+            room,
+            origin,
+            watching,
+        } => {
             out.push(WATCH);
             put_str(out, room.as_str());
+            out.extend_from_slice(&origin.to_be_bytes());
             out.push(u8::from(*watching));
         }
         Message::Source {
             room,
+            origin,
             source,
             session,
             identity,
@@ -78,6 +84,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         } => {
             out.push(SOURCE);
             put_str(out, room.as_str());
+            out.extend_from_slice(&origin.to_be_bytes());
             out.extend_from_slice(&source.0.to_be_bytes());
             put_str(out, session.as_str());
             match identity {
@@ -184,9 +191,10 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.push(*layer);
             out.push(u8::from(*wanted));
         }
-        Message::Hops { room, hops } => {
+        Message::Hops { room, origin, hops } => {
             out.push(HOPS);
             put_str(out, room.as_str());
+            out.extend_from_slice(&origin.to_be_bytes());
             let hops = &hops[..hops.len().min(MAX_HOPS)];
             out.push(hops.len() as u8);
             for h in hops {
@@ -231,10 +239,12 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
     let msg = match r.u8("type")? {
         WATCH => Message::Watch {
             room: r.room()?,
+            origin: r.u64("origin")?,
             watching: r.bool("watching")?,
         },
         SOURCE => {
             let room = r.room()?;
+            let origin = r.u64("origin")?;
             let source = SourceId(r.u64("source")?);
             let session = SessionId::parse(r.str("session", 32)?).ok_or(DecodeError::Invalid("session"))?;
             let identity = match r.bool("identity flag")? {
@@ -263,6 +273,7 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
             }
             Message::Source {
                 room,
+                origin,
                 source,
                 session,
                 identity,
@@ -366,6 +377,7 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
         },
         HOPS => {
             let room = r.room()?;
+            let origin = r.u64("origin")?;
             let n = usize::from(r.u8("hop count")?);
             if n > MAX_HOPS {
                 return Err(DecodeError::TooMany("hops"));
@@ -374,7 +386,7 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<Message, DecodeError> {
             for _ in 0..n {
                 hops.push(r.u64("hop")?);
             }
-            Message::Hops { room, hops }
+            Message::Hops { room, origin, hops }
         }
         t => return Err(DecodeError::Type(t)),
     };
@@ -522,10 +534,12 @@ mod tests {
         vec![
             Message::Watch {
                 room: room(),
+                origin: 0xfeed_0000_0000_0001,
                 watching: true,
             },
             Message::Source {
                 room: room(),
+                origin: 0xfeed_0000_0000_0001,
                 source: SourceId(7),
                 session: SessionId::parse("0123456789abcdef0123456789abcdef").unwrap(),
                 identity: Some("alice é".into()),
@@ -608,6 +622,7 @@ mod tests {
             },
             Message::Hops {
                 room: room(),
+                origin: 5,
                 hops: vec![u64::MAX, 3],
             },
         ]
@@ -679,7 +694,7 @@ mod tests {
         );
         // A count over its bound.
         let mut frame = bytes(&messages(now)[1]);
-        let codecs_at = 2 + 6 + 8 + 33 + 1 + 9;
+        let codecs_at = 2 + 6 + 8 + 8 + 33 + 1 + 9;
         assert_eq!(frame[codecs_at], 2);
         frame[codecs_at] = MAX_CODECS as u8 + 1;
         assert_eq!(decode(&frame, now).unwrap_err(), DecodeError::TooMany("codecs"));

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use relay::tls::{self, Identity};
-use relay::{Ext, Inbox, MediaPacket, Message, Relay, SourceId, WorkerId};
+use relay::{Ext, Inbox, MediaPacket, Message, Relay, SourceId, Topic, WorkerId};
 use wave_vocab::{RoomId, SessionId};
 
 /// A relay for a one-worker node, with the worker's inbox.
@@ -71,15 +71,20 @@ async fn a_watch_crosses_the_link_and_media_comes_back() {
     origin.trust().set([edge.fingerprint()]);
     edge.trust().set([origin.fingerprint()]);
 
-    edge.route(&room(), origin.local_addr(), origin.fingerprint())
-        .await
-        .unwrap();
-    assert!(edge.is_routed(&room()));
+    edge.route(
+        &Topic::new(room(), origin.tag()),
+        origin.local_addr(),
+        origin.fingerprint(),
+    )
+    .await
+    .unwrap();
+    assert!(!edge.routed_topics(&room()).is_empty());
     hand(
         &at_edge,
         WorkerId(0),
         Message::Watch {
             room: room(),
+            origin: 0,
             watching: true,
         },
     );
@@ -93,6 +98,7 @@ async fn a_watch_crosses_the_link_and_media_comes_back() {
         WorkerId(0),
         Message::Source {
             room: room(),
+            origin: 0,
             source: SourceId(3),
             session: session.clone(),
             identity: Some("alice".into()),
@@ -184,18 +190,26 @@ async fn a_certificate_the_registry_does_not_hold_cannot_join() {
     stranger.trust().set([origin.fingerprint()]);
     // The origin trusts nobody: the stranger's handshake fails.
     let err = stranger
-        .route(&room(), origin.local_addr(), origin.fingerprint())
+        .route(
+            &Topic::new(room(), origin.tag()),
+            origin.local_addr(),
+            origin.fingerprint(),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err}");
     assert!(origin.stats().refused_peers.load(Ordering::Relaxed) >= 1);
-    assert!(!stranger.is_routed(&room()));
+    assert!(stranger.routed_topics(&room()).is_empty());
 
     // Dialling with the wrong expected fingerprint fails on the client side.
     let (edge, _) = node();
     origin.trust().set([edge.fingerprint()]);
     let wrong = stranger.fingerprint();
-    assert!(edge.route(&room(), origin.local_addr(), wrong).await.is_err());
+    assert!(
+        edge.route(&Topic::new(room(), origin.tag()), origin.local_addr(), wrong)
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -228,9 +242,13 @@ async fn a_bad_frame_closes_only_that_link() {
     // The origin still accepts others.
     let (edge, _) = node();
     origin.trust().set([edge.fingerprint()]);
-    edge.route(&room(), origin.local_addr(), origin.fingerprint())
-        .await
-        .unwrap();
+    edge.route(
+        &Topic::new(room(), origin.tag()),
+        origin.local_addr(),
+        origin.fingerprint(),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -257,6 +275,7 @@ async fn a_peer_that_never_reads_is_disconnected_and_others_keep_their_media() {
     relay::encode(
         &Message::Watch {
             room: room(),
+            origin: origin.tag(),
             watching: true,
         },
         &mut frame,
@@ -265,14 +284,19 @@ async fn a_peer_that_never_reads_is_disconnected_and_others_keep_their_media() {
     watch.extend_from_slice(&frame);
     s.write_all(&watch).await.unwrap();
     // A well-behaved edge watches the same room.
-    edge.route(&room(), origin.local_addr(), origin.fingerprint())
-        .await
-        .unwrap();
+    edge.route(
+        &Topic::new(room(), origin.tag()),
+        origin.local_addr(),
+        origin.fingerprint(),
+    )
+    .await
+    .unwrap();
     hand(
         &at_edge,
         WorkerId(0),
         Message::Watch {
             room: room(),
+            origin: 0,
             watching: true,
         },
     );
@@ -296,6 +320,7 @@ async fn a_peer_that_never_reads_is_disconnected_and_others_keep_their_media() {
                 WorkerId(0),
                 Message::Source {
                     room: room(),
+                    origin: 0,
                     source: SourceId(sent),
                     session: session.clone(),
                     identity: Some(identity.clone()),
@@ -386,23 +411,31 @@ async fn with_a_cluster_ca_nodes_it_signed_link_and_others_are_refused() {
     let origin = pki.relay("node-a");
     let edge = pki.relay("node-b");
     // No registry trust at all: the CA decides.
-    edge.route(&room(), origin.local_addr(), origin.fingerprint())
-        .await
-        .unwrap();
-    assert!(edge.is_routed(&room()));
+    edge.route(
+        &Topic::new(room(), origin.tag()),
+        origin.local_addr(),
+        origin.fingerprint(),
+    )
+    .await
+    .unwrap();
+    assert!(!edge.routed_topics(&room()).is_empty());
 
     // A node with a certificate of another CA cannot join, either way.
     let other = Pki::new().relay("intruder");
     assert!(
         other
-            .route(&room(), origin.local_addr(), origin.fingerprint())
+            .route(
+                &Topic::new(room(), origin.tag()),
+                origin.local_addr(),
+                origin.fingerprint()
+            )
             .await
             .is_err()
     );
     assert!(origin.stats().refused_peers.load(Ordering::Relaxed) >= 1);
     assert!(
         edge.route(
-            &RoomId::parse("r2").unwrap(),
+            &Topic::new(RoomId::parse("r2").unwrap(), other.tag()),
             other.local_addr(),
             other.fingerprint()
         )
@@ -413,7 +446,11 @@ async fn with_a_cluster_ca_nodes_it_signed_link_and_others_are_refused() {
     let (stranger, _) = node();
     assert!(
         stranger
-            .route(&room(), origin.local_addr(), origin.fingerprint())
+            .route(
+                &Topic::new(room(), origin.tag()),
+                origin.local_addr(),
+                origin.fingerprint()
+            )
             .await
             .is_err()
     );

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use relay::gateway::{GRACE_TICKS, ROUTED_GRACE_TICKS, TICK};
-use relay::{Ext, Gateway, GatewayOutput, LinkId, MediaPacket, Message, SourceId, WorkerId};
+use relay::{Ext, Gateway, GatewayOutput, LinkId, MediaPacket, Message, SourceId, Topic, WorkerId};
 use wave_vocab::{RoomId, SessionId};
 
 const HOME: WorkerId = WorkerId(1);
@@ -21,9 +21,15 @@ fn room() -> RoomId {
     RoomId::parse("stage").unwrap()
 }
 
+/// The room's stream from its origin, node 0.
+fn topic() -> Topic {
+    Topic::new(room(), tag(0))
+}
+
 fn announce() -> Message {
     Message::Source {
         room: room(),
+        origin: 0,
         source: PUBLISHER,
         session: SessionId::parse(&"5e".repeat(16)).unwrap(),
         identity: Some("alice".into()),
@@ -57,7 +63,7 @@ struct Node {
     /// Whether the test's publisher is on this node (its home worker then
     /// announces it when watched, as an engine does).
     publishes: bool,
-    unrouted: Vec<RoomId>,
+    unrouted: Vec<Topic>,
     alive: bool,
 }
 
@@ -166,7 +172,7 @@ impl Sim {
                             }
                             queue.push_back((peer, pl, msg));
                         }
-                        GatewayOutput::Unroute(room) => self.nodes[n].unrouted.push(room),
+                        GatewayOutput::Unroute(topic) => self.nodes[n].unrouted.push(topic),
                     }
                 }
             }
@@ -212,6 +218,7 @@ fn tag(node: usize) -> u64 {
 fn watch(on: bool) -> Message {
     Message::Watch {
         room: room(),
+        origin: tag(0),
         watching: on,
     }
 }
@@ -251,8 +258,8 @@ fn chain() -> (Sim, LinkId, LinkId) {
     sim.nodes[0].publishes = true;
     let (r_up, _) = sim.connect(1, 0);
     let (e_up, _) = sim.connect(2, 1);
-    sim.nodes[1].gateway.route(room(), r_up);
-    sim.nodes[2].gateway.route(room(), e_up);
+    sim.nodes[1].gateway.route(topic(), r_up);
+    sim.nodes[2].gateway.route(topic(), e_up);
     sim.run();
     sim.worker(2, VIEWER, watch(true));
     (sim, r_up, e_up)
@@ -283,14 +290,11 @@ fn a_chain_carries_a_layer_across_each_link_once_and_only_while_demanded() {
     assert_eq!(sim.media_sent, 20, "10 packets × 2 links, each once");
 
     let tree = sim.nodes[1].gateway.room_links(&room());
-    let (parent, up_layers) = tree.parent.expect("the relay has a parent");
+    let (parent, up_layers) = tree.parents[0].clone();
     assert_eq!(parent, r_up);
     assert_eq!(up_layers.len(), 1);
     assert_eq!(tree.children.len(), 1);
-    assert_eq!(
-        sim.nodes[2].gateway.room_links(&room()).parent.map(|p| p.0),
-        Some(e_up)
-    );
+    assert_eq!(sim.nodes[2].gateway.room_links(&room()).parents[0].0, e_up);
 
     // The viewer switching layers: the old one stops at the origin.
     sim.worker(2, VIEWER, demand(local, 0, true));
@@ -380,17 +384,22 @@ fn five_percent_loss_on_each_link_is_repaired_across_two_hops() {
 
 #[test]
 fn a_watch_that_would_close_a_loop_is_refused_and_the_child_routes_again() {
-    // 0 and 1 each believe the other is the room's parent.
-    let mut sim = Sim::new(2);
+    // 0 and 1 each believe the other is the parent for node 2's stream.
+    let mut sim = Sim::new(3);
+    let elsewhere = Topic::new(room(), tag(2));
     let (a, b) = sim.connect(0, 1);
-    sim.nodes[0].gateway.route(room(), a);
-    sim.nodes[1].gateway.route(room(), b);
+    sim.nodes[0].gateway.route(elsewhere.clone(), a);
+    sim.nodes[1].gateway.route(elsewhere.clone(), b);
     sim.run();
     sim.worker(0, VIEWER, watch(true));
     let refusals = sim.nodes[1].gateway.tree_events().0 + sim.nodes[0].gateway.tree_events().0;
     assert!(refusals >= 1, "the loop was refused");
-    assert_eq!(sim.nodes[0].unrouted, vec![room()], "the child routes again");
-    assert_eq!(sim.nodes[0].gateway.route_of(&room()), None);
+    assert_eq!(
+        sim.nodes[0].unrouted,
+        vec![elsewhere.clone()],
+        "the child routes again"
+    );
+    assert_eq!(sim.nodes[0].gateway.route_of(&elsewhere), None);
 
     // A watch whose hop list names the node itself is refused outright.
     let mut sim = Sim::new(2);
@@ -400,10 +409,16 @@ fn a_watch_that_would_close_a_loop_is_refused_and_the_child_routes_again() {
         y,
         Message::Hops {
             room: room(),
+            origin: tag(1),
             hops: vec![tag(0), tag(1)],
         },
     );
-    sim.nodes[1].gateway.handle_link(y, watch(true));
+    let own = Message::Watch {
+        room: room(),
+        origin: tag(1),
+        watching: true,
+    };
+    sim.nodes[1].gateway.handle_link(y, own);
     sim.run();
     assert_eq!(sim.nodes[1].gateway.tree_events().0, 1);
     assert!(sim.take(1).is_empty(), "the origin's home was never asked");
@@ -420,7 +435,7 @@ fn edges_re_parent_when_the_middle_node_dies_and_keep_their_source() {
     assert_eq!(media(&sim.take(2), 1), vec![1, 2, 3, 4, 5]);
 
     sim.kill(1);
-    assert_eq!(sim.nodes[2].unrouted, vec![room()]);
+    assert_eq!(sim.nodes[2].unrouted, vec![topic()]);
     // The publisher keeps sending while nobody relays.
     for seq in 6..=8 {
         sim.publish(0, 1, seq);
@@ -437,7 +452,7 @@ fn edges_re_parent_when_the_middle_node_dies_and_keep_their_source() {
 
     // The driver routes the room to the origin directly.
     let (e_up, _) = sim.connect(2, 0);
-    sim.nodes[2].gateway.route(room(), e_up);
+    sim.nodes[2].gateway.route(topic(), e_up);
     sim.run();
     for seq in 9..=12 {
         sim.publish(0, 1, seq);
@@ -471,7 +486,7 @@ fn edges_re_parent_when_the_middle_node_dies_and_keep_their_source() {
         },
     );
     let (e_up, _) = sim.connect(2, 0);
-    sim.nodes[2].gateway.route(room(), e_up);
+    sim.nodes[2].gateway.route(topic(), e_up);
     sim.run();
     for _ in 0..ROUTED_GRACE_TICKS - 1 {
         sim.tick();
@@ -528,6 +543,7 @@ fn frames_out_of_order_or_about_unknown_sources_change_nothing() {
         },
         Message::Hops {
             room: room(),
+            origin: tag(0),
             hops: vec![1, 2, 3],
         },
     ] {
@@ -561,4 +577,112 @@ fn frames_out_of_order_or_about_unknown_sources_change_nothing() {
     sim.publish(0, 0, 1);
     assert_eq!(sim.media_sent, 2);
     assert_eq!(media(&sim.take(2), 0), vec![1]);
+}
+
+/// The topics a node's workers were announced sources of, by origin tag.
+fn origins_announced(got: &[(WorkerId, Message)]) -> Vec<u64> {
+    let mut tags: Vec<u64> = got
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Source { origin, .. } => Some(*origin),
+            _ => None,
+        })
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
+    tags
+}
+
+#[test]
+fn a_room_with_publishers_on_two_nodes_reaches_every_viewer_without_echo() {
+    // Publishers on 0 and 1; viewers on 0, 1 and 2. Each node is fed the
+    // other origins' topics; an origin never gets its own stream back.
+    let mut sim = Sim::new(3);
+    sim.nodes[0].publishes = true;
+    sim.nodes[1].publishes = true;
+    let (a_to_b, _) = sim.connect(0, 1);
+    let (b_to_a, _) = sim.connect(1, 0);
+    let (c_to_a, _) = sim.connect(2, 0);
+    let (c_to_b, _) = sim.connect(2, 1);
+    let from = |n: usize| Topic::new(room(), tag(n));
+    sim.nodes[0].gateway.route(from(1), a_to_b);
+    sim.nodes[1].gateway.route(from(0), b_to_a);
+    sim.nodes[2].gateway.route(from(0), c_to_a);
+    sim.nodes[2].gateway.route(from(1), c_to_b);
+    // A node's own topic is never routed anywhere.
+    sim.nodes[0].gateway.route(from(0), a_to_b);
+    assert_eq!(sim.nodes[0].gateway.route_of(&from(0)), None);
+    sim.run();
+    for n in 0..3 {
+        sim.worker(n, VIEWER, watch(true));
+    }
+    let got: Vec<Vec<(WorkerId, Message)>> = (0..3).map(|n| sim.take(n)).collect();
+    let viewer = |g: &[(WorkerId, Message)]| -> Vec<(WorkerId, Message)> {
+        g.iter().filter(|(w, _)| *w == VIEWER).cloned().collect()
+    };
+    assert_eq!(origins_announced(&viewer(&got[0])), vec![tag(1)], "0 is fed 1's");
+    assert_eq!(origins_announced(&viewer(&got[1])), vec![tag(0)], "1 is fed 0's");
+    assert_eq!(
+        origins_announced(&viewer(&got[2])),
+        vec![tag(0), tag(1)],
+        "2 both"
+    );
+    assert_eq!(sim.nodes[2].gateway.room_links(&room()).parents.len(), 2);
+
+    // The edge's viewer asks for layer 0 of both; each origin sends its own.
+    let sources: Vec<SourceId> = viewer(&got[2])
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Source { source, .. } => Some(*source),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sources.len(), 2);
+    assert_ne!(sources[0], sources[1], "two mirrors, two numbers");
+    for &s in &sources {
+        sim.worker(2, VIEWER, demand(s, 0, true));
+    }
+    sim.media_sent = 0;
+    sim.publish(0, 0, 1);
+    sim.publish(1, 0, 1);
+    let at_edge: Vec<SourceId> = sim
+        .take(2)
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Media { source, .. } => Some(*source),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(at_edge.len(), 2, "one packet of each publisher: {at_edge:?}");
+    assert_eq!(sim.media_sent, 2, "each crossed one link, nothing echoed back");
+    // No loop was ever refused: the trees are per origin.
+    for n in 0..3 {
+        assert_eq!(sim.nodes[n].gateway.tree_events().0, 0);
+    }
+
+    // Node 1's publisher leaves: node 0 and 2 drop its mirror, 0's stays.
+    sim.nodes[1].publishes = false;
+    sim.nodes[1].gateway.handle_worker(
+        HOME,
+        Message::SourceGone {
+            room: room(),
+            source: PUBLISHER,
+        },
+    );
+    sim.run();
+    for n in [0, 2] {
+        assert!(
+            sim.take(n)
+                .iter()
+                .any(|(w, m)| *w == VIEWER && matches!(m, Message::SourceGone { .. })),
+            "node {n} saw 1's publisher leave"
+        );
+    }
+    sim.publish(0, 0, 2);
+    assert!(
+        sim.take(2)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Media { source, .. } if *source == sources[0] || *source == sources[1])),
+        "0's stream still reaches the edge"
+    );
 }

@@ -361,50 +361,86 @@ async fn trust_registry(cluster: signaling::cluster::Cluster, relay: relay::Rela
     }
 }
 
-/// Every quarter second: rooms this node must be fed from another one
-/// are routed to their parent in the room's relay tree (the node holding
-/// the room's claim, or a relay between), skipping nodes whose link just
-/// died. Those are rooms whose viewers here have no publisher (they came
-/// before it, or its node died), rooms whose parent went away, and rooms
-/// other nodes watch here that have no publisher here. While the registry
-/// is unreachable the rooms wait and this retries.
+/// Every quarter second: the rooms this node has viewers of, and the
+/// streams other nodes watch here, are fed from every node with publishers
+/// of the room (its claim holder and the nodes listing it as a second
+/// origin), each stream through its parent in that stream's relay tree,
+/// skipping nodes whose link just died. The registry is asked for a room's
+/// claim only while one of its streams is not fed; a stream whose origin
+/// no longer publishes the room is dropped then. While the registry is
+/// unreachable the rooms wait and this retries.
 async fn route_waiting(cluster: signaling::cluster::Cluster, node: Arc<Node>, relay: relay::Relay) {
     use signaling::MediaNode;
     let mut tick = tokio::time::interval(relay::gateway::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let me = cluster.node_id().clone();
+    let tag_of = |n: &signaling::cluster::NodeInfo| -> Option<u64> {
+        Some(
+            n.relay_fingerprint
+                .as_ref()?
+                .parse::<relay::Fingerprint>()
+                .ok()?
+                .tag(),
+        )
+    };
     loop {
         tick.tick().await;
-        let mut rooms: Vec<RoomId> = node
+        let unrouted = relay.unrouted().await;
+        let mut rooms: std::collections::BTreeSet<RoomId> = node
             .rooms()
             .await
             .into_iter()
-            .filter(|r| r.publishers.is_empty() && !r.viewers.is_empty() && !relay.is_routed(&r.room))
+            .filter(|r| !r.viewers.is_empty())
             .map(|r| r.room)
             .collect();
-        rooms.extend(relay.unrouted().await);
-        rooms.sort();
-        rooms.dedup();
+        rooms.extend(unrouted.iter().map(|t| t.room.clone()));
         for room in rooms {
-            let Ok(Some(claim)) = cluster.owner(&room).await else {
-                continue;
+            let waiting: Vec<&relay::Topic> = unrouted.iter().filter(|t| t.room == room).collect();
+            let fed = !relay.routed_topics(&room).is_empty();
+            // The claim holder: known here, or asked while a stream waits.
+            let owner = if cluster.owns(&room) {
+                Some(me.clone())
+            } else if !waiting.is_empty() || !fed {
+                match cluster.owner(&room).await {
+                    Ok(claim) => claim.map(|c| c.node),
+                    Err(_) => continue,
+                }
+            } else {
+                None
             };
-            if claim.node == *cluster.node_id() {
-                continue;
+            let origins = cluster.origins(&room, owner.as_ref());
+            let tags: Vec<u64> = origins.iter().filter_map(tag_of).collect();
+            if owner.is_some() || !waiting.is_empty() {
+                for topic in waiting.iter().filter(|t| !tags.contains(&t.origin)) {
+                    info!(%room, origin = format!("{:016x}", topic.origin), "stream dropped: its node no longer publishes the room");
+                    relay.drop_topic(topic).await;
+                }
             }
-            let Some(parent) = cluster.relay_parent(&room, &claim.node, &node.unreachable_relays()) else {
-                continue;
-            };
-            let (Some(relay_addr), Some(fingerprint)) = (parent.relay_addr, parent.relay_fingerprint) else {
-                continue;
-            };
-            let origin = signaling::Origin {
-                node: parent.id.to_string(),
-                relay_addr,
-                fingerprint,
-            };
-            if crate::node::route(&relay, &room, &origin).await.is_ok() {
-                info!(%room, parent = %origin.node, origin = %claim.node, "room fed over the relay");
-                node.adopt(&room).await;
+            let avoid = node.unreachable_relays();
+            for origin in origins.iter().filter(|o| o.id != me) {
+                let (Some(tag), Some(source)) = (tag_of(origin), origin.relay_fingerprint.clone()) else {
+                    continue;
+                };
+                if relay.is_routed(&relay::Topic::new(room.clone(), tag)) {
+                    continue;
+                }
+                let Some(parent) = cluster.relay_parent(&room, &origin.id, &avoid) else {
+                    continue;
+                };
+                let (Some(relay_addr), Some(fingerprint)) = (parent.relay_addr, parent.relay_fingerprint)
+                else {
+                    continue;
+                };
+                let via = signaling::Origin {
+                    node: parent.id.to_string(),
+                    relay_addr,
+                    fingerprint,
+                    source,
+                };
+                if crate::node::route(&relay, &room, &via).await.is_ok() {
+                    info!(%room, parent = %via.node, origin = %origin.id, "room fed over the relay");
+                    node.adopt(&room).await;
+                }
             }
         }
     }

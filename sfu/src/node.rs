@@ -244,17 +244,17 @@ impl Node {
 
     /// Opens a session on the room's home worker, or for a viewer with
     /// spreading on, on the worker with the fewest sessions (ties: the home,
-    /// which needs no relay). `command` gets the home when it is another:
-    /// the relay gateway for a room whose origin is another node.
+    /// which needs no relay). `command` gets the other engines a viewer is
+    /// fed from: the room's home worker when it is another, and on a node
+    /// that relays the gateway (publishers of the room on other nodes).
     async fn open(
         &self,
         room: &RoomId,
         session: SessionId,
         viewer: bool,
-        remote: bool,
-        command: impl FnOnce(Option<WorkerId>) -> Command,
+        command: impl FnOnce(Vec<WorkerId>) -> Command,
     ) -> Result<String, MediaError> {
-        match self.open_session(room, session, viewer, remote, command).await? {
+        match self.open_session(room, session, viewer, command).await? {
             Reply::Answer(sdp) => Ok(sdp),
             other => Err(MediaError::Internal(format!("unexpected reply {other:?}"))),
         }
@@ -264,7 +264,7 @@ impl Node {
     /// its home worker; it counts as a session of the room.
     pub async fn open_ingest(&self, open: IngestOpen) -> Result<(), MediaError> {
         let (room, session) = (open.room.clone(), open.session.clone());
-        self.open_session(&room, session, false, false, |_| Command::Ingest(open))
+        self.open_session(&room, session, false, |_| Command::Ingest(open))
             .await
             .map(|_| ())
     }
@@ -284,8 +284,7 @@ impl Node {
         room: &RoomId,
         session: SessionId,
         viewer: bool,
-        remote: bool,
-        command: impl FnOnce(Option<WorkerId>) -> Command,
+        command: impl FnOnce(Vec<WorkerId>) -> Command,
     ) -> Result<Reply, MediaError> {
         let home = self.worker_for_room(room);
         let index = {
@@ -316,11 +315,14 @@ impl Node {
             m.insert(session.clone(), (index, room.clone()));
             index
         };
-        let command = if remote {
-            command(Some(relay::Relay::gateway_id(self.workers.len())))
-        } else {
-            command((index != home).then_some(WorkerId(home)))
-        };
+        let mut homes = Vec::new();
+        if index != home {
+            homes.push(WorkerId(home));
+        }
+        if viewer && self.relay.is_some() {
+            homes.push(relay::Relay::gateway_id(self.workers.len()));
+        }
+        let command = command(homes);
         match self.workers[index].call(command).await {
             Ok(reply) => Ok(reply),
             Err(e) => {
@@ -333,7 +335,8 @@ impl Node {
     }
 }
 
-/// Routes `room` through the relay to `origin` (dialling it if needed).
+/// Routes `room`'s stream from the node with the publishers through the
+/// relay to `origin` (its parent in the stream's tree; dialling it if needed).
 pub async fn route(
     relay: &relay::Relay,
     room: &RoomId,
@@ -348,8 +351,10 @@ pub async fn route(
         .parse()
         .map_err(|_| unavailable(format!("bad relay address {:?}", origin.relay_addr)))?;
     let fp: relay::Fingerprint = origin.fingerprint.parse().map_err(unavailable)?;
+    let source: relay::Fingerprint = origin.source.parse().map_err(unavailable)?;
+    let topic = relay::Topic::new(room.clone(), source.tag());
     relay
-        .route(room, addr, fp)
+        .route(&topic, addr, fp)
         .await
         .map_err(|e| unavailable(e.to_string()))
 }
@@ -362,29 +367,23 @@ impl MediaNode for Node {
             identity: req.identity,
             offer: req.offer,
         };
-        self.open(&req.room, req.session.clone(), false, false, command)
-            .await
+        self.open(&req.room, req.session.clone(), false, command).await
     }
 
     async fn play(&self, req: PlayRequest) -> Result<String, MediaError> {
-        let remote = match (&req.origin, &self.relay) {
-            (Some(origin), Some(relay)) => {
-                route(relay, &req.room, origin).await?;
-                true
-            }
-            _ => false,
-        };
-        let command = |home| Command::Play {
+        if let (Some(origin), Some(relay)) = (&req.origin, &self.relay) {
+            route(relay, &req.room, origin).await?;
+        }
+        let command = |homes| Command::Play {
             room: req.room.clone(),
             session: req.session.clone(),
             identity: req.identity,
             offer: req.offer,
             publisher: req.publisher,
             max_layer: req.max_layer,
-            home,
+            homes,
         };
-        self.open(&req.room, req.session.clone(), true, remote, command)
-            .await
+        self.open(&req.room, req.session.clone(), true, command).await
     }
 
     async fn patch(

@@ -99,7 +99,7 @@ async fn any_node_answers_whep_and_feeds_it_from_the_origin_over_quic() {
     let at_b = common::chat::room_json(&http, &b, &room)
         .await
         .expect("room at b");
-    assert!(at_b["relay"]["parent"]["peer"].is_string(), "{at_b}");
+    assert!(at_b["relay"]["parents"][0]["peer"].is_string(), "{at_b}");
     assert_eq!(
         at_b["relay"]["children"].as_array().map(Vec::len),
         Some(0),
@@ -113,7 +113,11 @@ async fn any_node_answers_whep_and_feeds_it_from_the_origin_over_quic() {
         Some(2),
         "{at_a}"
     );
-    assert!(at_a["relay"]["parent"].is_null(), "{at_a}");
+    assert_eq!(
+        at_a["relay"]["parents"].as_array().map(Vec::len),
+        Some(0),
+        "{at_a}"
+    );
 
     // The last viewer at b leaving unsubscribes b; c stays.
     for (node, location, t) in sessions.iter().filter(|(n, ..)| n.http == b.http) {
@@ -406,7 +410,7 @@ async fn relays_keep_flowing_while_nats_is_down_and_new_viewers_are_fed_once_it_
 /// the registry lists (`None` when it has none).
 async fn parent_of(http: &Http, node: &Node, room: &str, relays: &[(&str, String)]) -> Option<String> {
     let json = common::chat::room_json(http, node, room).await?;
-    let peer = json["relay"]["parent"]["peer"].as_str()?.to_owned();
+    let peer = json["relay"]["parents"][0]["peer"].as_str()?.to_owned();
     relays
         .iter()
         .find(|(_, addr)| *addr == peer)
@@ -600,4 +604,76 @@ async fn after_kill_9_of_the_origin_a_publisher_back_through_another_node_resume
         ssrc,
         "the same stream"
     );
+}
+
+#[tokio::test]
+async fn a_room_with_publishers_on_two_nodes_is_watched_from_every_node() {
+    let nats = NatsServer::start();
+    let a = cluster_node(&nats, "a", "127.0.0.47");
+    let b = cluster_node(&nats, "b", "127.0.0.48");
+    let c = cluster_node(&nats, "c", "127.0.0.49");
+    let http = Http::default();
+    wait_for_view(&http, &[&a, &b, &c], 3).await;
+    let room = "duo";
+    // alice claims the room at a; bob's WHIP at b is answered there (201,
+    // no redirect): b becomes the room's second origin.
+    let _alice = publish_live(&a, &http, room).await;
+    let _bob = common::publisher::publish_with(
+        &b,
+        &http,
+        room,
+        common::publisher::Video::Synthetic1080p,
+        Some(&token(room, "bob", true)),
+    )
+    .await;
+    // Each viewer pins one publisher: the edge c is fed both origins, each
+    // origin is fed the other's publisher.
+    let pinned = |node: &'static str, who: &'static str| (node, who);
+    let mut viewers = Vec::new();
+    for (node, who) in [
+        pinned("c", "alice"),
+        pinned("c", "bob"),
+        pinned("a", "bob"),
+        pinned("b", "alice"),
+    ] {
+        let at = match node {
+            "a" => &a,
+            "b" => &b,
+            _ => &c,
+        };
+        let t = token(room, &format!("viewer-of-{who}-at-{node}"), false);
+        let v = common::viewer::watch(at, &http, &format!("{room}?publisher={who}"), Some(&t)).await;
+        viewers.push((node, who, v));
+    }
+    for (node, who, v) in &viewers {
+        assert!(
+            v.wait_for(MediaKind::Video, 0, 30, Duration::from_secs(8)).await,
+            "the viewer at {node} never got {who}'s video"
+        );
+        assert!(
+            v.wait_for(MediaKind::Audio, 0, 10, Duration::from_secs(2)).await,
+            "the viewer at {node} never got {who}'s audio"
+        );
+    }
+    // The two streams reach c as two parents; neither origin is fed its own.
+    let at_c = common::chat::room_json(&http, &c, room).await.expect("room at c");
+    assert_eq!(
+        at_c["relay"]["parents"].as_array().map(Vec::len),
+        Some(2),
+        "{at_c}"
+    );
+    for (node, at) in [("a", &a), ("b", &b)] {
+        let json = common::chat::room_json(&http, at, room).await.expect("room");
+        assert_eq!(
+            json["relay"]["parents"].as_array().map(Vec::len),
+            Some(1),
+            "{node} is fed the other origin only: {json}"
+        );
+    }
+    // The viewers of one publisher got one stream (one SSRC each), not two.
+    for (node, who, v) in &viewers {
+        let mut ssrcs: Vec<u32> = v.packets(MediaKind::Video).iter().map(|g| g.ssrc).collect();
+        ssrcs.dedup();
+        assert_eq!(ssrcs.len(), 1, "the viewer of {who} at {node} switched streams");
+    }
 }

@@ -78,7 +78,8 @@ fn an_ingest_source_leaves_no_entry() {
     sim.run(Duration::from_millis(500));
     assert!(sim.engine.index_entries() > 0);
     sim.delete(v);
-    sim.send_command(Command::Delete { session }).expect("ingest closes");
+    sim.send_command(Command::Delete { session })
+        .expect("ingest closes");
     sim.run(Duration::from_millis(100));
     assert_eq!(sim.engine.index_entries(), 0);
 }

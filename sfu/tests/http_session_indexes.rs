@@ -49,7 +49,10 @@ async fn ended_sessions_leave_no_entry_in_the_node() {
             );
         }
         assert!(metric(&http, &node, "wave_engine_index_entries").await > 0.0);
-        assert_eq!(metric(&http, &node, "wave_session_index_entries").await, 4.0 * 2.0);
+        assert_eq!(
+            metric(&http, &node, "wave_session_index_entries").await,
+            4.0 * 2.0
+        );
 
         for v in &viewers {
             delete(&http, &node, &v.location).await;

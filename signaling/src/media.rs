@@ -45,6 +45,10 @@ pub struct Origin {
     pub relay_addr: String,
     /// SHA-256 of its relay certificate, lowercase hex.
     pub fingerprint: String,
+    /// The relay certificate's fingerprint of the node the publishers are
+    /// on (the same as `fingerprint` when the parent is that node): it
+    /// names the stream fed ([`relay::Topic`]'s origin).
+    pub source: String,
 }
 
 /// The media node as the HTTP layer sees it.

@@ -422,6 +422,9 @@ impl<M: MediaNode> Shared<M> {
             Some(owner) => match (kind, self.relay_origin(&room, &owner)) {
                 // A viewer is served here, fed from the owner over the relay.
                 (Kind::Whep, Some(origin)) => Some(origin),
+                // A publisher stays here too: this node becomes a second
+                // origin of the room, and viewers anywhere are fed from both.
+                (Kind::Whip, Some(_)) => None,
                 _ => return redirect(&owner, req.uri(), &room),
             },
         };
@@ -830,10 +833,12 @@ impl<M: MediaNode> Shared<M> {
     fn relay_origin(&self, room: &RoomId, owner: &RoomClaim) -> Option<Origin> {
         let cluster = self.cluster.as_ref().filter(|c| c.relays())?;
         let info = cluster.relay_parent(room, &owner.node, &self.node.unreachable_relays())?;
+        let source = cluster.live_node(&owner.node)?.relay_fingerprint?;
         Some(Origin {
             node: info.id.to_string(),
             relay_addr: info.relay_addr?,
             fingerprint: info.relay_fingerprint?,
+            source,
         })
     }
 

@@ -62,17 +62,12 @@ impl Engine {
         if self.by_session.contains_key(&session) {
             return Err(MediaError::BadRequest("session id already in use".into()));
         }
-        if let Some(r) = self.rooms.get(&room) {
-            if r.home.is_some() {
-                return Err(MediaError::Unprocessable(format!(
-                    "room {room} is published on another node"
-                )));
-            }
-            if !r.publishers.is_empty() {
-                return Err(MediaError::Unprocessable(format!(
-                    "room {room} already has a publisher"
-                )));
-            }
+        if let Some(r) = self.rooms.get(&room)
+            && r.publishers.iter().any(|p| !self.mirrors.contains_key(p))
+        {
+            return Err(MediaError::Unprocessable(format!(
+                "room {room} already has a publisher"
+            )));
         }
         let id = PeerId(self.next_peer);
         self.next_peer += 1;

@@ -14,7 +14,7 @@ use str0m::format::PayloadParams;
 use str0m::media::{Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, VideoOrientation};
 use tracing::{debug, trace, warn};
-use wave_vocab::{Codec, CodecDesc, MediaError, MediaKind, RoomId, SessionId};
+use wave_vocab::{Codec, CodecDesc, MediaKind, RoomId, SessionId};
 
 use super::state::{Mirror, Publisher, Role, SourceLayer, SourceTrack};
 use super::{Engine, PeerId};
@@ -43,7 +43,7 @@ impl Engine {
                     self.want_keyframe(now, pid, usize::from(layer));
                 }
             }
-            Message::Watch { room, watching } => self.watched(from, room, watching),
+            Message::Watch { room, watching, .. } => self.watched(from, room, watching),
             // Engines of one node hand each other every layer (a shared
             // buffer each); node links filter by demand in the gateway.
             Message::Demand { .. } => {}
@@ -75,6 +75,7 @@ impl Engine {
                 identity,
                 codecs,
                 tracks,
+                ..
             } => {
                 let announced = Announced {
                     source,
@@ -182,10 +183,6 @@ impl Engine {
             return;
         }
         let r = self.rooms.entry(room.clone()).or_default();
-        if r.home.is_some() {
-            warn!(%room, from = from.0, "watch for a room this engine mirrors");
-            return;
-        }
         r.watchers.insert(from);
         debug!(%room, watcher = from.0, "room watched");
         for pid in r.publishers.clone() {
@@ -200,8 +197,8 @@ impl Engine {
             // The last viewer left; the unwatch is on its way.
             return;
         };
-        if r.home != Some(from) {
-            warn!(%room, from = from.0, "source from an engine that is not the room's home");
+        if !r.homes.contains(&from) {
+            warn!(%room, from = from.0, "source from an engine that is not one of the room's homes");
             return;
         }
         let id = match self.mirror_ids.get(&(from, a.source)) {
@@ -264,30 +261,18 @@ impl Engine {
         self.attach_waiting_viewers(now, room);
     }
 
-    /// Makes `room` a room whose publishers live on `home`.
-    pub(super) fn watch(&mut self, room: RoomId, home: WorkerId) -> Result<(), MediaError> {
+    /// Feeds `room`'s viewers here the publishers of `home` too (viewers
+    /// may be waiting: they attach when the home announces).
+    pub(super) fn watch(&mut self, room: RoomId, home: WorkerId) {
         let r = self.rooms.entry(room.clone()).or_default();
-        match r.home {
-            Some(h) if h == home => Ok(()),
-            // Viewers may be waiting: they attach when the home announces.
-            // A room watched only by `home` itself (the node's gateway, for
-            // a room other nodes watched here before this node was routed
-            // to its origin) has nothing here to offer it: it becomes a mirror.
-            None if r.publishers.is_empty() && r.watchers.iter().all(|&w| w == home) => {
-                r.watchers.clear();
-                r.home = Some(home);
-                debug!(%room, home = home.0, "mirroring room");
-                self.relays
-                    .push_back((home, Message::Watch { room, watching: true }));
-                Ok(())
-            }
-            _ => {
-                self.remove_room_if_empty(&room);
-                Err(MediaError::Internal(format!(
-                    "room {room} is not homed on worker {}",
-                    home.0
-                )))
-            }
+        if r.homes.insert(home) {
+            debug!(%room, home = home.0, "mirroring room");
+            let watch = Message::Watch {
+                room,
+                origin: 0,
+                watching: true,
+            };
+            self.relays.push_back((home, watch));
         }
     }
 
@@ -320,6 +305,7 @@ impl Engine {
         };
         let msg = Message::Source {
             room: room.clone(),
+            origin: 0,
             source: SourceId(pid.0),
             session: session.clone(),
             identity: identity.clone(),

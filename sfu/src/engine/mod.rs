@@ -153,9 +153,9 @@ pub enum Command {
         offer: String,
         publisher: Option<String>,
         max_layer: Option<LayerPref>,
-        /// The room's publishers are on another engine (its home): the
-        /// viewer is fed through a mirror of them ([`Relay`]).
-        home: Option<WorkerId>,
+        /// Other engines with publishers of the room (its own worker, the
+        /// relay gateway): the viewer is fed mirrors of theirs too.
+        homes: Vec<WorkerId>,
     },
     Patch {
         session: SessionId,
@@ -318,14 +318,14 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         EngineStats {
-            // A mirrored room is counted on its home, its mirrors not at all.
-            rooms: self.rooms.values().filter(|r| r.home.is_none()).count() as u64,
-            publishers: self
+            // A room is counted where it is published (or, with no
+            // publisher yet, where nothing feeds it); mirrors not at all.
+            rooms: self
                 .rooms
                 .values()
-                .filter(|r| r.home.is_none())
-                .map(|r| r.publishers.len() as u64)
-                .sum(),
+                .filter(|r| r.homes.is_empty() || self.local_publishers(r) > 0)
+                .count() as u64,
+            publishers: self.rooms.values().map(|r| self.local_publishers(r) as u64).sum(),
             viewers: self.rooms.values().map(|r| r.viewers.len() as u64).sum(),
             hls_rooms: self.hls.as_ref().map_or(0, |h| h.stats().rooms),
             hls_parts: self.hls.as_ref().map_or(0, |h| h.stats().parts),
@@ -334,6 +334,14 @@ impl Engine {
             index_entries: self.index_entries(),
             ..self.stats
         }
+    }
+
+    /// The room's publishers on this engine (not mirrors of others').
+    fn local_publishers(&self, r: &state::Room) -> usize {
+        r.publishers
+            .iter()
+            .filter(|p| !self.mirrors.contains_key(p))
+            .count()
     }
 
     /// Entries in every table a session adds to: all 0 once the last
@@ -457,10 +465,10 @@ impl Engine {
                 offer,
                 publisher,
                 max_layer,
-                home,
+                homes,
             } => {
-                if let Some(home) = home {
-                    self.watch(room.clone(), home)?;
+                for home in homes {
+                    self.watch(room.clone(), home);
                 }
                 let new = NewPeer {
                     room: room.clone(),
@@ -502,7 +510,10 @@ impl Engine {
                 Ok(Reply::Done)
             }
             Command::Rooms => Ok(Reply::Rooms(self.rooms_info())),
-            Command::Mirror { room, home } => self.watch(room, home).map(|()| Reply::Done),
+            Command::Mirror { room, home } => {
+                self.watch(room, home);
+                Ok(Reply::Done)
+            }
             Command::Ingest(open) => self.add_ingest(now, open),
             Command::IngestMedia { session, packets } => self.ingest_media(now, &session, packets),
             Command::CloseAll => {

@@ -126,12 +126,6 @@ impl Engine {
         if self.by_session.contains_key(&new.session) {
             return Err(MediaError::BadRequest("session id already in use".into()));
         }
-        if new.intent == Intent::Publish && room.is_some_and(|r| r.home.is_some()) {
-            return Err(MediaError::Internal(format!(
-                "room {} is homed on another worker",
-                new.room
-            )));
-        }
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use wave_vocab::{CodecDesc, PublisherInfo, RoomId, RoomInfo, TrackInfo, ViewerIn
 
 use super::forward::map_payload_types;
 use super::mirror::codec_descs;
-use super::state::{Publisher, Role, Room};
+use super::state::{Publisher, Role};
 use super::{Engine, PeerId};
 
 impl Engine {
@@ -175,29 +175,36 @@ impl Engine {
         self.source_left(now, room_id, id);
     }
 
-    /// Removes a room nothing keeps; a mirrored room also drops its mirrors
-    /// and tells its home it no longer watches.
+    /// Once a room has no viewer here its homes are unwatched and its
+    /// mirrors dropped; a room nothing keeps (no viewer, no publisher here,
+    /// no engine watching) is removed.
     pub(super) fn remove_room_if_empty(&mut self, room_id: &RoomId) {
-        if !self.rooms.get(room_id).is_some_and(Room::unused) {
-            return;
-        }
-        let Some(room) = self.rooms.remove(room_id) else {
+        let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
-        if let Some(home) = room.home {
-            for id in room.publishers {
-                if let Some(m) = self.mirrors.remove(&id) {
-                    self.mirror_ids.remove(&(m.home, m.remote));
+        if room.viewers.is_empty() && !room.homes.is_empty() {
+            let homes = std::mem::take(&mut room.homes);
+            let mirrors = &mut self.mirrors;
+            let mirror_ids = &mut self.mirror_ids;
+            room.publishers.retain(|id| match mirrors.remove(id) {
+                Some(m) => {
+                    mirror_ids.remove(&(m.home, m.remote));
+                    false
                 }
-            }
-            debug!(room = %room_id, home = home.0, "mirrored room ended");
-            self.relays.push_back((
-                home,
-                Message::Watch {
+                None => true,
+            });
+            for home in homes {
+                debug!(room = %room_id, home = home.0, "mirrored room ended");
+                let unwatch = Message::Watch {
                     room: room_id.clone(),
+                    origin: 0,
                     watching: false,
-                },
-            ));
+                };
+                self.relays.push_back((home, unwatch));
+            }
+        }
+        if room.publishers.is_empty() && room.viewers.is_empty() && room.watchers.is_empty() {
+            self.rooms.remove(room_id);
         }
     }
 

@@ -16,24 +16,17 @@ use super::{KEYFRAME_THROTTLE, LAYER_ACTIVE, PeerId};
 
 #[derive(Default)]
 pub(super) struct Room {
-    /// Publishers, or on a mirrored room the mirrors of the home's.
+    /// Publishers here, then the mirrors of other engines' (in the order
+    /// they arrived).
     pub(super) publishers: Vec<PeerId>,
     pub(super) viewers: BTreeSet<PeerId>,
-    /// Set when the room's publishers are on another engine: this one
-    /// holds only viewers, fed through mirrors.
-    pub(super) home: Option<WorkerId>,
-    /// On the home: engines with viewers of the room (handed every packet).
+    /// Engines with more of the room's publishers (the room's own worker,
+    /// the relay gateway for other nodes'): this one's viewers are fed
+    /// mirrors of theirs.
+    pub(super) homes: BTreeSet<WorkerId>,
+    /// Engines with viewers of the room (handed every packet of the
+    /// publishers here).
     pub(super) watchers: BTreeSet<WorkerId>,
-}
-
-impl Room {
-    /// Nothing keeps the room: a mirrored room lives as long as its viewers.
-    pub(super) fn unused(&self) -> bool {
-        match self.home {
-            Some(_) => self.viewers.is_empty(),
-            None => self.publishers.is_empty() && self.viewers.is_empty() && self.watchers.is_empty(),
-        }
-    }
 }
 
 /// A publisher of another engine as this engine's viewers see it.

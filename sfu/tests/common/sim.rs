@@ -231,7 +231,7 @@ impl Sim {
     /// lets every datagram it caused arrive.
     pub fn send_command(&mut self, cmd: Command) -> Result<Reply, signaling::MediaError> {
         let t = Instant::now();
-        let on_second = matches!(cmd, Command::Play { home: Some(_), .. })
+        let on_second = matches!(&cmd, Command::Play { homes, .. } if !homes.is_empty())
             || matches!(&cmd, Command::Delete { session } | Command::SetLayer { session, .. }
                 if self.clients.values().any(|c| &c.session == session && c.on_second));
         let engine = match (&mut self.second, on_second) {
@@ -362,7 +362,7 @@ impl Sim {
                 offer: offer.to_sdp_string(),
                 publisher: None,
                 max_layer: layer,
-                home,
+                homes: home.into_iter().collect(),
             })
             .expect("play accepted");
         accept(&mut rtc, pending, reply);

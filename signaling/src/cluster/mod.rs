@@ -132,7 +132,17 @@ pub struct NodeInfo {
     /// from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_fingerprint: Option<String>,
+    /// Rooms with publishers on this node whose claim another node holds
+    /// (the room has publishers on several nodes): other nodes feed their
+    /// viewers this node's stream of the room too. At most [`MAX_ORIGINS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<String>,
 }
+
+/// Rooms one node lists as a second origin of at most; past it the rest
+/// are left out (and logged): their viewers elsewhere see only the
+/// claim holder's publishers.
+pub const MAX_ORIGINS: usize = 4096;
 
 /// One entry of the `rooms` bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +213,8 @@ struct Inner {
     book: Mutex<ClaimBook>,
     live: RwLock<BTreeMap<NodeId, NodeInfo>>,
     load: Mutex<Load>,
+    /// Rooms published here whose claim is elsewhere (set each heartbeat).
+    origins: Mutex<Vec<String>>,
 }
 
 impl Cluster {
@@ -220,6 +232,7 @@ impl Cluster {
                 book: Mutex::new(ClaimBook::new(grace)),
                 live: RwLock::new(BTreeMap::new()),
                 load: Mutex::new(Load::default()),
+                origins: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -247,7 +260,22 @@ impl Cluster {
             load: *lock(&self.inner.load),
             relay_addr: c.relay_addr.clone(),
             relay_fingerprint: c.relay_fingerprint.clone(),
+            origins: lock(&self.inner.origins).clone(),
         }
+    }
+
+    /// The live nodes with publishers of `room` (by the last heartbeat's
+    /// view): the claim holder `owner`, when live, first, then the nodes
+    /// that list the room as a second origin.
+    pub fn origins(&self, room: &RoomId, owner: Option<&NodeId>) -> Vec<NodeInfo> {
+        let live = read(&self.inner.live);
+        let mut found: Vec<NodeInfo> = owner.and_then(|o| live.get(o)).cloned().into_iter().collect();
+        for n in live.values() {
+            if Some(&n.id) != owner && n.origins.iter().any(|r| r == room.as_str()) {
+                found.push(n.clone());
+            }
+        }
+        found
     }
 
     /// The nodes seen at the last heartbeat (this one included), by id.
@@ -365,6 +393,23 @@ impl Cluster {
     /// expired during an outage) and release the rest.
     pub async fn heartbeat(&self, load: Load, active: &BTreeSet<RoomId>) -> Result<(), BusError> {
         *lock(&self.inner.load) = load;
+        let mut origins: Vec<String> = {
+            let book = lock(&self.inner.book);
+            active
+                .iter()
+                .filter(|r| !book.owns(r))
+                .map(|r| r.as_str().to_owned())
+                .collect()
+        };
+        if origins.len() > MAX_ORIGINS {
+            warn!(
+                rooms = origins.len(),
+                listed = MAX_ORIGINS,
+                "more rooms published here with a claim elsewhere than the registry entry lists"
+            );
+            origins.truncate(MAX_ORIGINS);
+        }
+        *lock(&self.inner.origins) = origins;
         let info = self.info();
         self.inner.nodes.put(info.id.as_str(), encode(&info)).await?;
 

@@ -102,6 +102,7 @@ mod tests {
             },
             relay_addr: None,
             relay_fingerprint: None,
+            origins: Vec::new(),
         }
     }
 

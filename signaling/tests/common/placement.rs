@@ -17,6 +17,7 @@ pub fn room_placed_on(prefix: &str, target: &str, ids: &[&str]) -> String {
             load: Load::default(),
             relay_addr: None,
             relay_fingerprint: None,
+            origins: Vec::new(),
         })
         .collect();
     (0..)
