@@ -389,35 +389,8 @@ impl<M: MediaNode> Shared<M> {
                     _ => Err(HttpError::method_not_allowed(MODERATION_METHODS)),
                 }
             }
-            Route::Ingest(room) => {
-                let room = parse_room(&room)?;
-                match method {
-                    Method::OPTIONS => Ok(options(req.headers(), INGEST_METHODS, Some(JSON), None)),
-                    Method::POST => self.start_pull(room, req, peer).await,
-                    _ => Err(HttpError::method_not_allowed(INGEST_METHODS)),
-                }
-            }
-            Route::Pull(room, id) => {
-                let room = parse_room(&room)?;
-                let id = SessionId::parse(&id).ok_or_else(HttpError::not_found)?;
-                match method {
-                    Method::OPTIONS => Ok(options(req.headers(), PULL_METHODS, None, None)),
-                    Method::GET | Method::HEAD => {
-                        self.authorize(req.headers(), &room, Grant::Publish)?;
-                        let state = self.node.pull(&room, &id).ok_or_else(HttpError::not_found)?;
-                        Ok(http::json(StatusCode::OK, &state))
-                    }
-                    Method::DELETE => {
-                        self.authorize(req.headers(), &room, Grant::Publish)?;
-                        if !self.node.stop_pull(&room, &id) {
-                            return Err(HttpError::not_found());
-                        }
-                        info!(%room, pull = %id, "RTSP pull deleted");
-                        Ok(http::empty(StatusCode::OK))
-                    }
-                    _ => Err(HttpError::method_not_allowed(PULL_METHODS)),
-                }
-            }
+            Route::Ingest(room) => self.ingest(&room, None, req, peer).await,
+            Route::Pull(room, id) => self.ingest(&room, Some(&id), req, peer).await,
             Route::Hls => {
                 let (parts, _body) = req.into_parts();
                 if let Some(cluster) = self.cluster.as_ref().filter(|c| c.relays())
@@ -443,15 +416,7 @@ impl<M: MediaNode> Shared<M> {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Resp, HttpError> {
-        if self.drain.is_draining() {
-            // Before claiming anything: a draining node takes no new room.
-            return Err(HttpError::retry_after(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node draining, retry (another node)",
-                DRAIN_RETRY_SECS,
-            ));
-        }
-        self.rate_limit(peer)?;
+        self.admit(peer)?;
         let claims = match (kind, ticket_of(req.uri())?) {
             // An overflow redirect's ticket stands in for the bearer token
             // the browser dropped on the way.
@@ -558,6 +523,41 @@ impl<M: MediaNode> Shared<M> {
         Ok(resp)
     }
 
+    /// `/v1/ingest/{room}` (`id` `None`) and `/v1/ingest/{room}/{id}`.
+    async fn ingest(
+        &self,
+        room: &str,
+        id: Option<&str>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, HttpError> {
+        let room = parse_room(room)?;
+        let id = match id {
+            Some(id) => Some(SessionId::parse(id).ok_or_else(HttpError::not_found)?),
+            None => None,
+        };
+        match (req.method().clone(), id) {
+            (Method::OPTIONS, None) => Ok(options(req.headers(), INGEST_METHODS, Some(JSON), None)),
+            (Method::OPTIONS, Some(_)) => Ok(options(req.headers(), PULL_METHODS, None, None)),
+            (Method::POST, None) => self.start_pull(room, req, peer).await,
+            (Method::GET | Method::HEAD, Some(id)) => {
+                self.authorize(req.headers(), &room, Grant::Publish)?;
+                let state = self.node.pull(&room, &id).ok_or_else(HttpError::not_found)?;
+                Ok(http::json(StatusCode::OK, &state))
+            }
+            (Method::DELETE, Some(id)) => {
+                self.authorize(req.headers(), &room, Grant::Publish)?;
+                if !self.node.stop_pull(&room, &id) {
+                    return Err(HttpError::not_found());
+                }
+                info!(%room, pull = %id, "RTSP pull deleted");
+                Ok(http::empty(StatusCode::OK))
+            }
+            (_, None) => Err(HttpError::method_not_allowed(INGEST_METHODS)),
+            (_, Some(_)) => Err(HttpError::method_not_allowed(PULL_METHODS)),
+        }
+    }
+
     /// `POST /v1/ingest/{room}` `{"url": "rtsp://…", "transport": "tcp"|"udp"}`:
     /// 201 with the pull's URL and state. The URL's credentials stay in
     /// the node: no log line, answer or listing carries them.
@@ -574,14 +574,7 @@ impl<M: MediaNode> Shared<M> {
             #[serde(default)]
             transport: Option<String>,
         }
-        if self.drain.is_draining() {
-            return Err(HttpError::retry_after(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node draining, retry (another node)",
-                DRAIN_RETRY_SECS,
-            ));
-        }
-        self.rate_limit(peer)?;
+        self.admit(peer)?;
         let claims = self.authorize(req.headers(), &room, Grant::Publish)?;
         if !http::content_type_is(req.headers(), JSON) {
             return Err(HttpError::unsupported_type(ACCEPT_POST, JSON));
@@ -611,12 +604,7 @@ impl<M: MediaNode> Shared<M> {
             Some(_) => return Err(HttpError::bad_request("transport must be \"tcp\" or \"udp\"")),
         };
         let id = SessionId::random();
-        let base = self
-            .config
-            .public_base_url
-            .as_deref()
-            .unwrap_or("")
-            .trim_end_matches('/');
+        let base = self.base_url();
         let location = header_value(&format!("{base}/v1/ingest/{room}/{id}"))?;
         let until = claims
             .as_ref()
@@ -1159,6 +1147,20 @@ impl<M: MediaNode> Shared<M> {
         http::with_body(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", out)
     }
 
+    /// Whether a request that starts something new (a session, a pull)
+    /// is taken: a draining node takes none (checked before claiming
+    /// anything: it takes no new room), then the POST rate limit.
+    fn admit(&self, peer: SocketAddr) -> Result<(), HttpError> {
+        if self.drain.is_draining() {
+            return Err(HttpError::retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node draining, retry (another node)",
+                DRAIN_RETRY_SECS,
+            ));
+        }
+        self.rate_limit(peer)
+    }
+
     fn rate_limit(&self, peer: SocketAddr) -> Result<(), HttpError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
@@ -1251,13 +1253,14 @@ impl<M: MediaNode> Shared<M> {
         .await
     }
 
+    /// `--public-base-url` without its trailing `/` (empty: relative URLs).
+    fn base_url(&self) -> &str {
+        let base = self.config.public_base_url.as_deref().unwrap_or("");
+        base.trim_end_matches('/')
+    }
+
     fn location(&self, kind: Kind, room: &RoomId, session: &SessionId) -> String {
-        let base = self
-            .config
-            .public_base_url
-            .as_deref()
-            .unwrap_or("")
-            .trim_end_matches('/');
+        let base = self.base_url();
         format!("{base}/{}/{room}/{session}", kind.as_str())
     }
 

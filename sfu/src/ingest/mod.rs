@@ -130,22 +130,24 @@ pub fn render_metrics(out: &mut String) {
         "RTMP streams publishing into a room.",
         PUBLISHING.load(Ordering::Relaxed),
     );
-    family(
+    let names = REASONS.map(|(_, name)| name);
+    by_reason(
         out,
         "wave_rtmp_rejected_total",
-        Kind::Counter,
         "RTMP connections refused or cut off, by reason.",
+        &names,
+        &REJECTED,
     );
+}
+
+/// A counter family with one sample per `reason` label.
+fn by_reason(out: &mut String, name: &str, help: &str, reasons: &[&str], counts: &[AtomicU64]) {
+    family(out, name, Kind::Counter, help);
     let mut labels = String::new();
-    for (i, (_, name)) in REASONS.iter().enumerate() {
+    for (reason, count) in reasons.iter().zip(counts) {
         labels.clear();
-        let _ = write!(labels, "reason=\"{name}\"");
-        sample(
-            out,
-            "wave_rtmp_rejected_total",
-            &labels,
-            REJECTED[i].load(Ordering::Relaxed),
-        );
+        let _ = write!(labels, "reason=\"{reason}\"");
+        sample(out, name, &labels, count.load(Ordering::Relaxed));
     }
 }
 

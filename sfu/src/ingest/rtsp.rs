@@ -13,7 +13,6 @@
 //! listings show `rtsp://***@host/…`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,7 +26,7 @@ use signaling::{MediaNode, PullRequest};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use url::Url;
-use wave_metrics::{Kind, family, sample, single};
+use wave_metrics::{Kind, single};
 use wave_vocab::{MediaError, RoomId, SessionId};
 
 use super::audio::{Law, ToOpus};
@@ -51,6 +50,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// camera that answers nonsense shows `failed`. A pull that has played
 /// retries until deleted or its token expires.
 const ATTEMPTS_BEFORE_PLAYING: u32 = 6;
+/// Longest failure reason kept (the API's and the log's).
+const MAX_REASON: usize = 300;
 
 /// A pull as `GET /v1/ingest/{room}/{id}` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -337,23 +338,13 @@ pub fn render_metrics(pulls: Option<&Pulls>, out: &mut String) {
         "RTSP pulls started.",
         STARTED.load(Ordering::Relaxed),
     );
-    family(
+    super::by_reason(
         out,
         "wave_ingest_rtsp_failures_total",
-        Kind::Counter,
         "RTSP pull attempts that failed or dropped, by reason.",
+        &FAILURES,
+        &FAILED,
     );
-    let mut labels = String::new();
-    for (i, name) in FAILURES.iter().enumerate() {
-        labels.clear();
-        let _ = write!(labels, "reason=\"{name}\"");
-        sample(
-            out,
-            "wave_ingest_rtsp_failures_total",
-            &labels,
-            FAILED[i].load(Ordering::Relaxed),
-        );
-    }
 }
 
 /// How one attempt ended.
@@ -562,7 +553,7 @@ impl Task {
                     return End::Failed(Failure::Dropped(why));
                 }
                 Ok(None) => return End::Failed(Failure::Dropped("the camera ended the stream".into())),
-                Ok(Some(Err(e))) => return End::Failed(Failure::Dropped(e.to_string())),
+                Ok(Some(Err(e))) => return End::Failed(Failure::Dropped(first_line(&e))),
                 Ok(Some(Ok(item))) => item,
             };
             let now = Instant::now();
@@ -616,9 +607,25 @@ impl Task {
 /// credentials (401/403) is `Auth`, anything else `Protocol`.
 fn rtsp_failure(e: retina::Error) -> Failure {
     match e.status_code() {
-        Some(401 | 403) => Failure::Auth(e.to_string()),
-        _ => Failure::Protocol(e.to_string()),
+        Some(401 | 403) => Failure::Auth(first_line(&e)),
+        _ => Failure::Protocol(first_line(&e)),
     }
+}
+
+/// An error's first line, at most [`MAX_REASON`] bytes: `retina` appends
+/// a hex dump of what the camera sent, which the API does not repeat.
+fn first_line(e: &impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("");
+    let mut line = first.strip_suffix("; buffered:").unwrap_or(first).to_owned();
+    if line.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line
 }
 
 /// The stream's H.264 parameters as the shared source takes them
