@@ -60,10 +60,12 @@ NODE_PACKAGES=(build-essential ca-certificates cmake pkg-config libopus-dev libs
 # The interop clients (sfu/tests/interop/): GStreamer's webrtcbin through
 # python3-gi, network namespaces through iproute2. deploy/test.sh checks
 # the compose file with podman-compose, which needs podman. The HTTPS
-# browser test makes its certificate with the openssl CLI.
+# browser test makes its certificate with the openssl CLI. The RTSP pull
+# test's camera is gst-rtsp-server (its GObject bindings) with x264enc
+# (plugins-ugly) and avenc_aac (libav).
 TEST_PACKAGES=(chromium coturn curl ffmpeg openssl podman python3-venv iproute2 python3-gi gir1.2-gst-plugins-base-1.0
-  gir1.2-gst-plugins-bad-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  gstreamer1.0-plugins-bad gstreamer1.0-nice gstreamer1.0-libav)
+  gir1.2-gst-plugins-bad-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice gstreamer1.0-libav)
 wanted=("${NODE_PACKAGES[@]}")
 $with_tests && wanted+=("${TEST_PACKAGES[@]}")
 missing=()

@@ -137,6 +137,10 @@ pub async fn run(
         tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
         tokio::spawn(route_waiting(cluster.clone(), node.clone(), relay.clone()));
     }
+    node.set_pulls(Arc::new(ingest::rtsp::Pulls::new(
+        Arc::downgrade(&node),
+        cluster.clone(),
+    )));
     let rtmp_auth = ingest::rtmp::RtmpAuth {
         secret: http.auth_secret.clone(),
         policy: config.token_policy.clone(),

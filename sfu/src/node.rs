@@ -48,6 +48,8 @@ pub struct Node {
     down: Arc<Down>,
     /// The HTTP front door's session table (set once the server starts).
     http_sessions: Arc<std::sync::OnceLock<signaling::Sessions>>,
+    /// The RTSP pulls, set once the cluster is joined ([`Node::set_pulls`]).
+    pulls: std::sync::OnceLock<Arc<crate::ingest::rtsp::Pulls>>,
 }
 
 /// A room's home worker among `count`: its publishers, HLS and (without
@@ -162,7 +164,13 @@ impl Node {
             relay,
             down,
             http_sessions,
+            pulls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Takes the node's RTSP pull table (once; later calls are ignored).
+    pub fn set_pulls(&self, pulls: Arc<crate::ingest::rtsp::Pulls>) {
+        let _ = self.pulls.set(pulls);
     }
 
     /// Another supervised thread (the embedded TURN server) died: the node
@@ -360,6 +368,26 @@ pub async fn route(
 }
 
 impl MediaNode for Node {
+    fn start_pull(&self, req: signaling::PullRequest) -> Result<(), MediaError> {
+        let pulls = self
+            .pulls
+            .get()
+            .ok_or_else(|| MediaError::Unavailable("the pull table is not ready".into()))?;
+        pulls.start(req)
+    }
+
+    fn pull(&self, room: &RoomId, id: &SessionId) -> Option<serde_json::Value> {
+        self.pulls.get()?.get(room, id)
+    }
+
+    fn stop_pull(&self, room: &RoomId, id: &SessionId) -> bool {
+        self.pulls.get().is_some_and(|p| p.stop(room, id))
+    }
+
+    fn room_pulls(&self, room: &RoomId) -> Vec<serde_json::Value> {
+        self.pulls.get().map(|p| p.in_room(room)).unwrap_or_default()
+    }
+
     async fn publish(&self, req: PublishRequest) -> Result<String, MediaError> {
         let command = |_| Command::Publish {
             room: req.room.clone(),
@@ -534,6 +562,7 @@ impl MediaNode for Node {
         }
         wave_dtls::render_metrics(out);
         crate::ingest::render_metrics(out);
+        crate::ingest::rtsp::render_metrics(self.pulls.get().map(Arc::as_ref), out);
         let p = wave_metrics::process::sample();
         let process: [(&str, Kind, &str, String); 5] = [
             (

@@ -9,19 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use common::chat::{ChatClient, SECRET, token};
 use common::node::{Http, Node, Resp};
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 
 async fn ban(http: &Http, node: &Node, room: &str, auth: Option<&str>) -> Resp {
-    let bearer = auth.map(|t| format!("Bearer {t}"));
-    let mut h = vec![("content-type", "application/json")];
-    if let Some(b) = bearer.as_deref() {
-        h.push(("authorization", b));
-    }
-    http.send(
-        Method::POST,
+    http.post_json(
         &node.url(&format!("/v1/moderation/{room}/actions")),
-        &h,
         r#"{"action":"timeout","identity":"troll","seconds":5}"#,
+        auth,
     )
     .await
 }

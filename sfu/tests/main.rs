@@ -33,6 +33,7 @@ mod http_whip_whep;
 mod ingest_rtmp;
 mod ingest_rtmp_bad_input;
 mod ingest_rtmp_cluster;
+mod ingest_rtsp;
 mod interop_aiortc;
 mod interop_ffmpeg;
 mod interop_gstreamer;

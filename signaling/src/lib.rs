@@ -87,7 +87,7 @@ pub use config::{HttpConfig, IceServer, IceServerSource};
 pub use drain::Drain;
 pub use media::{
     IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, Origin, PlayRequest, PublishRequest,
-    PublisherInfo, RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
+    PublisherInfo, PullRequest, RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
 };
 pub use ratelimit::{ConnectionLimit, RateLimit};
 pub use server::{Server, serve};

@@ -36,6 +36,21 @@ pub struct PlayRequest {
     pub origin: Option<Origin>,
 }
 
+/// An RTSP pull (`POST /v1/ingest/{room}`), already checked for auth.
+#[derive(Clone)]
+pub struct PullRequest {
+    pub room: RoomId,
+    /// The pull's id (its URL's last segment).
+    pub id: SessionId,
+    /// `rtsp://…`, credentials included: never logged nor answered.
+    pub url: String,
+    /// RTP interleaved on the RTSP connection (`true`) or over UDP.
+    pub tcp: bool,
+    pub identity: Option<String>,
+    /// The token's `exp`: the pull ends then; `None` on an open node.
+    pub until: Option<std::time::SystemTime>,
+}
+
 /// Another node a room is fed from over the relay (the one holding its
 /// publishers, or a relay nearer to it), as the registry lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +102,27 @@ pub trait MediaNode: Send + Sync + 'static {
     /// Relay certificate fingerprints (lowercase hex) of nodes whose link
     /// just died or could not be dialled: left out of relay trees for now.
     fn unreachable_relays(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Starts an RTSP pull into a room as its publisher; it connects,
+    /// plays and retries on its own until stopped or `until`.
+    fn start_pull(&self, req: PullRequest) -> Result<(), MediaError> {
+        let _ = req;
+        Err(MediaError::Unprocessable("this node does not pull RTSP".into()))
+    }
+    /// A pull's state as JSON; `None` when `room` has no pull `id`.
+    fn pull(&self, room: &RoomId, id: &SessionId) -> Option<serde_json::Value> {
+        let _ = (room, id);
+        None
+    }
+    /// Stops and forgets a pull; `false` when `room` has no pull `id`.
+    fn stop_pull(&self, room: &RoomId, id: &SessionId) -> bool {
+        let _ = (room, id);
+        false
+    }
+    /// The pulls into `room` (`/v1/rooms/{room}`'s `ingest`), by id.
+    fn room_pulls(&self, room: &RoomId) -> Vec<serde_json::Value> {
+        let _ = room;
         Vec::new()
     }
     /// Appends the node's Prometheus text exposition to `out`.

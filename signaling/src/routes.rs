@@ -20,8 +20,8 @@ use crate::http::{
     JSON, Resp, SDP, SDPFRAG,
 };
 use crate::media::{
-    IcePatch, LayerPref, MediaError, MediaNode, Origin, PlayRequest, PublishRequest, RoomId, RoomInfo,
-    SessionId,
+    IcePatch, LayerPref, MediaError, MediaNode, Origin, PlayRequest, PublishRequest, PullRequest, RoomId,
+    RoomInfo, SessionId,
 };
 use crate::metrics::HttpMetrics;
 use crate::page;
@@ -44,6 +44,11 @@ const OVERFLOW_LOAD: f64 = 0.9;
 /// How long an overflow redirect's ticket is good for.
 const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 const CHAT_METHODS: &str = "GET";
+const INGEST_METHODS: &str = "POST, OPTIONS";
+const PULL_METHODS: &str = "GET, HEAD, DELETE, OPTIONS";
+/// The longest pull URL taken (RTSP URLs are short; a camera's path and
+/// query fit many times over).
+const MAX_PULL_URL: usize = 2048;
 const MODERATION_METHODS: &str = "POST, OPTIONS";
 
 /// Everything a request handler needs; one per server, shared by connections.
@@ -86,6 +91,10 @@ enum Route {
     Chat(String),
     /// `/v1/moderation/{room}/actions`.
     Moderation(String),
+    /// `/v1/ingest/{room}`: starts an RTSP pull.
+    Ingest(String),
+    /// `/v1/ingest/{room}/{id}`: one pull.
+    Pull(String, String),
     /// `/hls/...`: served by the node ([`MediaNode::other`]).
     Hls,
     NotFound,
@@ -114,6 +123,8 @@ impl Route {
             ["v1", "rooms", room] => Route::Room(room.to_owned()),
             ["v1", "chat", room] => Route::Chat(room.to_owned()),
             ["v1", "moderation", room, "actions"] => Route::Moderation(room.to_owned()),
+            ["v1", "ingest", room] => Route::Ingest(room.to_owned()),
+            ["v1", "ingest", room, id] => Route::Pull(room.to_owned(), id.to_owned()),
             ["whep", room, session, "layer"] => Route::Layer(room.to_owned(), session.to_owned()),
             [k, ref rest @ ..] => match (kind(k), rest) {
                 (Some(kind), [room]) => Route::Endpoint(kind, (*room).to_owned()),
@@ -143,6 +154,8 @@ impl Route {
             Route::Layer(..) => "whep_layer",
             Route::Chat(_) => "chat",
             Route::Moderation(_) => "moderation",
+            Route::Ingest(_) => "ingest",
+            Route::Pull(..) => "ingest_pull",
             Route::Hls => "hls",
             Route::NotFound => "not_found",
         }
@@ -150,8 +163,12 @@ impl Route {
 
     fn room_and_session(&self) -> (Option<&str>, Option<&str>) {
         match self {
-            Route::Room(r) | Route::Endpoint(_, r) | Route::Chat(r) | Route::Moderation(r) => (Some(r), None),
-            Route::Resource(_, r, s) | Route::Layer(r, s) => (Some(r), Some(s)),
+            Route::Room(r)
+            | Route::Endpoint(_, r)
+            | Route::Chat(r)
+            | Route::Moderation(r)
+            | Route::Ingest(r) => (Some(r), None),
+            Route::Resource(_, r, s) | Route::Layer(r, s) | Route::Pull(r, s) => (Some(r), Some(s)),
             _ => (None, None),
         }
     }
@@ -372,6 +389,8 @@ impl<M: MediaNode> Shared<M> {
                     _ => Err(HttpError::method_not_allowed(MODERATION_METHODS)),
                 }
             }
+            Route::Ingest(room) => self.ingest(&room, None, req, peer).await,
+            Route::Pull(room, id) => self.ingest(&room, Some(&id), req, peer).await,
             Route::Hls => {
                 let (parts, _body) = req.into_parts();
                 if let Some(cluster) = self.cluster.as_ref().filter(|c| c.relays())
@@ -397,15 +416,7 @@ impl<M: MediaNode> Shared<M> {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Resp, HttpError> {
-        if self.drain.is_draining() {
-            // Before claiming anything: a draining node takes no new room.
-            return Err(HttpError::retry_after(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node draining, retry (another node)",
-                DRAIN_RETRY_SECS,
-            ));
-        }
-        self.rate_limit(peer)?;
+        self.admit(peer)?;
         let claims = match (kind, ticket_of(req.uri())?) {
             // An overflow redirect's ticket stands in for the bearer token
             // the browser dropped on the way.
@@ -512,6 +523,107 @@ impl<M: MediaNode> Shared<M> {
         if let Some(link) = layer_link {
             h.append(header::LINK, link);
         }
+        Ok(resp)
+    }
+
+    /// `/v1/ingest/{room}` (`id` `None`) and `/v1/ingest/{room}/{id}`.
+    async fn ingest(
+        &self,
+        room: &str,
+        id: Option<&str>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, HttpError> {
+        let room = parse_room(room)?;
+        let id = match id {
+            Some(id) => Some(SessionId::parse(id).ok_or_else(HttpError::not_found)?),
+            None => None,
+        };
+        match (req.method().clone(), id) {
+            (Method::OPTIONS, None) => Ok(options(req.headers(), INGEST_METHODS, Some(JSON), None)),
+            (Method::OPTIONS, Some(_)) => Ok(options(req.headers(), PULL_METHODS, None, None)),
+            (Method::POST, None) => self.start_pull(room, req, peer).await,
+            (Method::GET | Method::HEAD, Some(id)) => {
+                self.authorize(req.headers(), &room, Grant::Publish)?;
+                let state = self.node.pull(&room, &id).ok_or_else(HttpError::not_found)?;
+                Ok(http::json(StatusCode::OK, &state))
+            }
+            (Method::DELETE, Some(id)) => {
+                self.authorize(req.headers(), &room, Grant::Publish)?;
+                if !self.node.stop_pull(&room, &id) {
+                    return Err(HttpError::not_found());
+                }
+                info!(%room, pull = %id, "RTSP pull deleted");
+                Ok(http::empty(StatusCode::OK))
+            }
+            (_, None) => Err(HttpError::method_not_allowed(INGEST_METHODS)),
+            (_, Some(_)) => Err(HttpError::method_not_allowed(PULL_METHODS)),
+        }
+    }
+
+    /// `POST /v1/ingest/{room}` `{"url": "rtsp://…", "transport": "tcp"|"udp"}`:
+    /// 201 with the pull's URL and state. The URL's credentials stay in
+    /// the node: no log line, answer or listing carries them.
+    async fn start_pull(
+        &self,
+        room: RoomId,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Resp, HttpError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            url: String,
+            #[serde(default)]
+            transport: Option<String>,
+        }
+        self.admit(peer)?;
+        let claims = self.authorize(req.headers(), &room, Grant::Publish)?;
+        if !http::content_type_is(req.headers(), JSON) {
+            return Err(HttpError::unsupported_type(ACCEPT_POST, JSON));
+        }
+        let (parts, body) = req.into_parts();
+        let text = self.read_text(body, &parts.headers).await?;
+        // serde's message may quote the URL: only its position is answered.
+        let body: Body = serde_json::from_str(&text).map_err(|e| {
+            HttpError::bad_request(format!(
+                "body is not {{\"url\": \"rtsp://…\", \"transport\": \"tcp\"|\"udp\"}} (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let scheme_ok = body
+            .url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rtsp://"));
+        if !scheme_ok || body.url.len() > MAX_PULL_URL {
+            return Err(HttpError::bad_request(format!(
+                "url must be rtsp://… of at most {MAX_PULL_URL} bytes"
+            )));
+        }
+        let tcp = match body.transport.as_deref() {
+            None | Some("tcp") => true,
+            Some("udp") => false,
+            Some(_) => return Err(HttpError::bad_request("transport must be \"tcp\" or \"udp\"")),
+        };
+        let id = SessionId::random();
+        let base = self.base_url();
+        let location = header_value(&format!("{base}/v1/ingest/{room}/{id}"))?;
+        let until = claims
+            .as_ref()
+            .map(|c| std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.exp));
+        self.node.start_pull(PullRequest {
+            room: room.clone(),
+            id: id.clone(),
+            url: body.url,
+            tcp,
+            identity: claims.map(|c| c.sub),
+            until,
+        })?;
+        info!(%room, pull = %id, tcp, "RTSP pull started");
+        let state = self.node.pull(&room, &id).unwrap_or_default();
+        let mut resp = http::json(StatusCode::CREATED, &state);
+        resp.headers_mut().insert(header::LOCATION, location);
         Ok(resp)
     }
 
@@ -688,7 +800,8 @@ impl<M: MediaNode> Shared<M> {
                     }),
                     Err(_) => chat::RoomPresence::default(),
                 };
-                if local.is_none() && owner.is_none() && presence.is_empty() {
+                let pulls = self.node.room_pulls(&room);
+                if local.is_none() && owner.is_none() && presence.is_empty() && pulls.is_empty() {
                     return Err(HttpError::new(
                         StatusCode::NOT_FOUND,
                         format!("room {room} is not active"),
@@ -705,6 +818,7 @@ impl<M: MediaNode> Shared<M> {
                 value["owner"] = serde_json::to_value(&owner).unwrap_or_default();
                 value["presence"] = serde_json::to_value(&presence).unwrap_or_default();
                 value["relay"] = relay;
+                value["ingest"] = serde_json::Value::Array(pulls);
                 Ok(http::json(StatusCode::OK, &value))
             }
         }
@@ -1038,6 +1152,20 @@ impl<M: MediaNode> Shared<M> {
         http::with_body(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", out)
     }
 
+    /// Whether a request that starts something new (a session, a pull)
+    /// is taken: a draining node takes none (checked before claiming
+    /// anything: it takes no new room), then the POST rate limit.
+    fn admit(&self, peer: SocketAddr) -> Result<(), HttpError> {
+        if self.drain.is_draining() {
+            return Err(HttpError::retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node draining, retry (another node)",
+                DRAIN_RETRY_SECS,
+            ));
+        }
+        self.rate_limit(peer)
+    }
+
     fn rate_limit(&self, peer: SocketAddr) -> Result<(), HttpError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
@@ -1130,13 +1258,14 @@ impl<M: MediaNode> Shared<M> {
         .await
     }
 
+    /// `--public-base-url` without its trailing `/` (empty: relative URLs).
+    fn base_url(&self) -> &str {
+        let base = self.config.public_base_url.as_deref().unwrap_or("");
+        base.trim_end_matches('/')
+    }
+
     fn location(&self, kind: Kind, room: &RoomId, session: &SessionId) -> String {
-        let base = self
-            .config
-            .public_base_url
-            .as_deref()
-            .unwrap_or("")
-            .trim_end_matches('/');
+        let base = self.base_url();
         format!("{base}/{}/{room}/{session}", kind.as_str())
     }
 

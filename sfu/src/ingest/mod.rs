@@ -3,10 +3,13 @@
 //! - `rtmp`: the `--rtmp-listen` driver: TCP, `rml_rtmp`'s Sans-IO
 //!   handshake and server session, authorization of the stream key, one
 //!   task per connection feeding the room's home worker;
-//! - `source` (Sans-IO): one publish's FLV messages to RTP packets of an
-//!   H.264 and an Opus track, with sender reports from the encoder's clock;
+//! - `rtsp`: `POST /v1/ingest/{room}` pulls: one task per camera around
+//!   `retina`'s client, reconnecting with backoff (`Retry`, Sans-IO);
+//! - `source` (Sans-IO): H.264 access units and audio frames (from FLV
+//!   messages or `retina`'s frames) to RTP packets of an H.264 and an Opus
+//!   track, with sender reports from the source's clock;
 //! - `flv`, `h264`, `audio`: FLV tag bodies, RFC 6184 packetization, AAC
-//!   to Opus.
+//!   and G.711 to Opus.
 //!
 //! In the engine an ingest is a source without an `Rtc`
 //! (`engine::ingest`): viewers, other workers and LL-HLS take its packets
@@ -16,10 +19,12 @@ mod audio;
 mod flv;
 mod h264;
 pub mod rtmp;
+pub mod rtsp;
 mod source;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use wave_metrics::{Kind, family, sample, single};
 
@@ -125,23 +130,35 @@ pub fn render_metrics(out: &mut String) {
         "RTMP streams publishing into a room.",
         PUBLISHING.load(Ordering::Relaxed),
     );
-    family(
+    let names = REASONS.map(|(_, name)| name);
+    by_reason(
         out,
         "wave_rtmp_rejected_total",
-        Kind::Counter,
         "RTMP connections refused or cut off, by reason.",
+        &names,
+        &REJECTED,
     );
+}
+
+/// A counter family with one sample per `reason` label.
+fn by_reason(out: &mut String, name: &str, help: &str, reasons: &[&str], counts: &[AtomicU64]) {
+    family(out, name, Kind::Counter, help);
     let mut labels = String::new();
-    for (i, (_, name)) in REASONS.iter().enumerate() {
+    for (reason, count) in reasons.iter().zip(counts) {
         labels.clear();
-        let _ = write!(labels, "reason=\"{name}\"");
-        sample(
-            out,
-            "wave_rtmp_rejected_total",
-            &labels,
-            REJECTED[i].load(Ordering::Relaxed),
-        );
+        let _ = write!(labels, "reason=\"{reason}\"");
+        sample(out, name, &labels, count.load(Ordering::Relaxed));
     }
+}
+
+/// RFC 5905: NTP era 0 starts 2,208,988,800 s before the UNIX epoch.
+const NTP_UNIX: u64 = 2_208_988_800;
+
+/// The wall clock as NTP 32.32 (RFC 5905): a driver's one clock read
+/// for a source's sender reports.
+fn ntp_now() -> u64 {
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    ((unix.as_secs() + NTP_UNIX) << 32) | ((u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000)
 }
 
 /// A deterministic xorshift64 stream: the garbage the parsers' tests feed.

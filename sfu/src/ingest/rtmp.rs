@@ -12,7 +12,7 @@
 //! connection and are counted; no other connection or room is touched.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
@@ -26,7 +26,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 use wave_vocab::{MediaError, RoomId, SessionId};
 
-use super::{CONNECTIONS, PUBLISHING, Reason, Source, count_rejected};
+use super::{CONNECTIONS, PUBLISHING, Reason, Source, count_rejected, ntp_now};
 use crate::engine::IngestOpen;
 use crate::node::Node;
 
@@ -46,8 +46,6 @@ const BEFORE_PUBLISH: usize = 1 << 20;
 /// so this is what bounds its buffers.
 const UNPARSED: usize = super::source::MAX_VIDEO_MESSAGE + READ_BUFFER;
 const READ_BUFFER: usize = 64 << 10;
-/// RFC 5905: NTP era 0 starts 2,208,988,800 s before the UNIX epoch.
-const NTP_UNIX: u64 = 2_208_988_800;
 
 /// Who may publish: with a secret, a token with the publish grant.
 #[derive(Clone)]
@@ -338,6 +336,8 @@ impl Connection {
         }
         let held = match self.context.cluster.claim(&room).await {
             Ok(Claim::Local) => None,
+            // With the relay this node becomes a second origin of the room.
+            Ok(Claim::Elsewhere(_)) if self.context.cluster.relays() => None,
             Ok(Claim::Elsewhere(owner)) => Some((
                 Reason::RoomHeld,
                 "NetStream.Publish.BadName",
@@ -478,13 +478,6 @@ async fn handshake(stream: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, Cu
             return Ok(rest);
         }
     }
-}
-
-/// The wall clock as NTP 32.32 (RFC 5905): the driver's one clock read
-/// for a source's sender reports.
-fn ntp_now() -> u64 {
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    ((unix.as_secs() + NTP_UNIX) << 32) | ((u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000)
 }
 
 #[cfg(test)]

@@ -1,16 +1,20 @@
-//! One RTMP publish as the engine's ingest source sees it (Sans-IO): FLV
-//! video and audio messages in, RTP packets of an H.264 and an Opus track
-//! out, each stream with the sender report its clock gives. Time comes in:
-//! `now` for arrival, and the NTP time of the first message from the
-//! driver.
+//! One ingest as the engine's source sees it (Sans-IO): H.264 access
+//! units and audio frames in, RTP packets of an H.264 and an Opus track
+//! out, each stream with the sender report its clock gives. An RTMP
+//! publish feeds it FLV messages (`handle_video`, `handle_audio`); an RTSP
+//! pull the frames `retina` depacketized (`handle_h264_config`,
+//! `handle_h264`, `handle_audio_config`, `handle_audio_frame`). Time
+//! comes in: `now` for arrival, and the NTP time of the first frame from
+//! the driver.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay::{Ext, MediaPacket};
 
-use super::audio::{AacToOpus, OpusPacket};
-use super::flv::{self, Audio, AvcConfig, Video};
+use super::audio::{OpusPacket, ToOpus};
+pub use super::flv::AvcConfig;
+use super::flv::{self, Audio, Video};
 use super::{Refusal, h264};
 use crate::engine::{INGEST_AUDIO_PT, INGEST_VIDEO_PT, IngestPacket, SenderReport};
 
@@ -33,7 +37,7 @@ pub struct Source {
     epoch: Option<(u64, u32)>,
     ntp_at_start: u64,
     avc: Option<AvcConfig>,
-    aac: Option<AacToOpus>,
+    audio: Option<ToOpus>,
     video_seq: u64,
     audio_seq: u64,
     /// Last sender report per stream (video, audio), by FLV timestamp.
@@ -50,7 +54,7 @@ impl Source {
             epoch: None,
             ntp_at_start: ntp_now,
             avc: None,
-            aac: None,
+            audio: None,
             video_seq: 0,
             audio_seq: 0,
             reported: [None; 2],
@@ -67,44 +71,16 @@ impl Source {
         }
         match flv::video(tag)? {
             Video::Config(c) => {
-                self.avc = Some(c);
+                self.handle_h264_config(c);
                 Ok(())
             }
             Video::Nothing => Ok(()),
             Video::Frame {
                 composition_ms, data, ..
             } => {
-                let Some(avc) = &self.avc else {
-                    return Err(Refusal::NotAnnounced("H.264 before its AVC configuration"));
-                };
-                let units = flv::nal_units(data, avc.length_size, MAX_UNITS)?;
-                if units.is_empty() {
-                    return Ok(());
-                }
-                self.scratch.clear();
-                h264::packetize(&units, &avc.sps, &avc.pps, MAX_PAYLOAD, &mut self.scratch);
                 let pts = i64::from(ts_ms) + i64::from(composition_ms);
                 // RFC 6184 §5.1: 90 kHz, the presentation time.
-                let rtp_ts = (pts * 90) as u32;
-                let report = self.report(0, ts_ms, rtp_ts, 90);
-                let last = self.scratch.len().saturating_sub(1);
-                for (i, payload) in self.scratch.drain(..).enumerate() {
-                    self.out.push(IngestPacket {
-                        video: true,
-                        packet: MediaPacket {
-                            pt: INGEST_VIDEO_PT,
-                            seq: self.video_seq,
-                            rtp_ts,
-                            arrival: now,
-                            marker: i == last,
-                            ext: Ext::default(),
-                            payload: Arc::from(payload),
-                        },
-                        report: if i == 0 { report } else { None },
-                    });
-                    self.video_seq += 1;
-                }
-                Ok(())
+                self.handle_h264(now, ts_ms, (pts * 90) as u32, data)
             }
         }
     }
@@ -116,36 +92,88 @@ impl Source {
         }
         match flv::audio(tag)? {
             Audio::Config(asc) => {
-                self.aac = Some(AacToOpus::new(asc)?);
+                self.handle_audio_config(ToOpus::aac(asc)?);
                 Ok(())
             }
-            Audio::Frame(frame) => {
-                let Some(aac) = &mut self.aac else {
-                    return Err(Refusal::NotAnnounced("AAC before its AudioSpecificConfig"));
-                };
-                let mut opus = std::mem::take(&mut self.opus);
-                aac.handle_frame(ts_ms, frame, &mut opus);
-                for p in opus.drain(..) {
-                    let report = self.report(1, ts_ms, p.rtp_ts, 48);
-                    self.out.push(IngestPacket {
-                        video: false,
-                        packet: MediaPacket {
-                            pt: INGEST_AUDIO_PT,
-                            seq: self.audio_seq,
-                            rtp_ts: p.rtp_ts,
-                            arrival: now,
-                            marker: false,
-                            ext: Ext::default(),
-                            payload: Arc::from(p.payload),
-                        },
-                        report,
-                    });
-                    self.audio_seq += 1;
-                }
-                self.opus = opus;
-                Ok(())
-            }
+            Audio::Frame(frame) => self.handle_audio_frame(now, ts_ms, frame),
         }
+    }
+
+    /// The SPS, PPS and NAL unit length size of the H.264 that follows.
+    pub fn handle_h264_config(&mut self, config: AvcConfig) {
+        self.avc = Some(config);
+    }
+
+    /// One access unit (length-prefixed NAL units) decoded at `ts_ms`
+    /// (the source's clock in ms), presented at `rtp_ts` (90 kHz).
+    pub fn handle_h264(&mut self, now: Instant, ts_ms: u32, rtp_ts: u32, data: &[u8]) -> Result<(), Refusal> {
+        let Some(avc) = &self.avc else {
+            return Err(Refusal::NotAnnounced("H.264 before its AVC configuration"));
+        };
+        if data.len() > MAX_VIDEO_MESSAGE {
+            return Err(Refusal::Oversized("video access unit"));
+        }
+        let units = flv::nal_units(data, avc.length_size, MAX_UNITS)?;
+        if units.is_empty() {
+            return Ok(());
+        }
+        self.scratch.clear();
+        h264::packetize(&units, &avc.sps, &avc.pps, MAX_PAYLOAD, &mut self.scratch);
+        let report = self.report(0, ts_ms, rtp_ts, 90);
+        let last = self.scratch.len().saturating_sub(1);
+        for (i, payload) in self.scratch.drain(..).enumerate() {
+            self.out.push(IngestPacket {
+                video: true,
+                packet: MediaPacket {
+                    pt: INGEST_VIDEO_PT,
+                    seq: self.video_seq,
+                    rtp_ts,
+                    arrival: now,
+                    marker: i == last,
+                    ext: Ext::default(),
+                    payload: Arc::from(payload),
+                },
+                report: if i == 0 { report } else { None },
+            });
+            self.video_seq += 1;
+        }
+        Ok(())
+    }
+
+    /// The decoder of the audio that follows.
+    pub fn handle_audio_config(&mut self, decoder: ToOpus) {
+        self.audio = Some(decoder);
+    }
+
+    /// One audio frame at `ts_ms` (the source's clock in ms).
+    pub fn handle_audio_frame(&mut self, now: Instant, ts_ms: u32, frame: &[u8]) -> Result<(), Refusal> {
+        let Some(audio) = &mut self.audio else {
+            return Err(Refusal::NotAnnounced("audio before its configuration"));
+        };
+        if frame.len() > MAX_AUDIO_MESSAGE {
+            return Err(Refusal::Oversized("audio frame"));
+        }
+        let mut opus = std::mem::take(&mut self.opus);
+        audio.handle_frame(ts_ms, frame, &mut opus);
+        for p in opus.drain(..) {
+            let report = self.report(1, ts_ms, p.rtp_ts, 48);
+            self.out.push(IngestPacket {
+                video: false,
+                packet: MediaPacket {
+                    pt: INGEST_AUDIO_PT,
+                    seq: self.audio_seq,
+                    rtp_ts: p.rtp_ts,
+                    arrival: now,
+                    marker: false,
+                    ext: Ext::default(),
+                    payload: Arc::from(p.payload),
+                },
+                report,
+            });
+            self.audio_seq += 1;
+        }
+        self.opus = opus;
+        Ok(())
     }
 
     /// The packets made since the last call.
@@ -153,9 +181,9 @@ impl Source {
         std::mem::take(&mut self.out)
     }
 
-    /// AAC frames that did not decode (skipped, concealed by silence).
+    /// Audio frames that did not decode (skipped, concealed by silence).
     pub fn audio_errors(&self) -> u64 {
-        self.aac.as_ref().map_or(0, |a| a.decode_errors)
+        self.audio.as_ref().map_or(0, ToOpus::errors)
     }
 
     /// A sender report for stream `index` once per [`REPORT_EVERY`]: the

@@ -14,6 +14,7 @@ pub mod placement;
 pub mod publisher;
 pub mod rtc_io;
 pub mod rtmp;
+pub mod rtsp;
 pub mod sim;
 pub mod viewer;
 

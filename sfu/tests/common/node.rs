@@ -195,12 +195,28 @@ impl Http {
     }
 
     pub async fn post_sdp(&self, url: &str, sdp: &str, token: Option<&str>) -> Resp {
+        self.post_typed(url, "application/sdp", sdp, token).await
+    }
+
+    pub async fn post_json(&self, url: &str, json: &str, token: Option<&str>) -> Resp {
+        self.post_typed(url, "application/json", json, token).await
+    }
+
+    async fn post_typed(&self, url: &str, content_type: &str, body: &str, token: Option<&str>) -> Resp {
         let auth = token.map(|t| format!("Bearer {t}"));
-        let mut h = vec![("content-type", "application/sdp")];
+        let mut h = vec![("content-type", content_type)];
         if let Some(a) = auth.as_deref() {
             h.push(("authorization", a));
         }
-        self.send(Method::POST, url, &h, sdp).await
+        self.send(Method::POST, url, &h, body).await
+    }
+
+    /// GET with a bearer token: the status and the body as JSON (`Null`
+    /// when it is not).
+    pub async fn get_json(&self, url: &str, token: &str) -> (StatusCode, serde_json::Value) {
+        let auth = format!("Bearer {token}");
+        let r = self.send(Method::GET, url, &[("authorization", &auth)], "").await;
+        (r.status, serde_json::from_str(&r.body).unwrap_or_default())
     }
 }
 
