@@ -5,7 +5,9 @@
 // answered by the node it reached (no redirect: a browser would drop the
 // token on one), viewers on all three nodes decode the publisher's frames
 // (B's and C's fed over QUIC from A), a layer switch on C changes the
-// decoded width, and hls.js plays the room's LL-HLS from B.
+// decoded width, hls.js plays the room's LL-HLS from B, and a second
+// publisher through B's page makes B a second origin whose stream viewers
+// on C and A decode.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -111,6 +113,47 @@ describe(`a room across three nodes over the relay (room ${ROOM})`, { timeout: 1
         hls,
       );
       t.diagnostic(`hls.js on B: ${later.hls.totalVideoFrames} frames, latency ${later.hls.latency?.toFixed?.(2)} s`);
+    }),
+  );
+
+  it(
+    "a second publisher through B's page is answered by B; viewers on C and A pinned to it decode it",
+    ctx.step(async (t) => {
+      // Fewer pages decoding on two cores: the earlier viewers are done.
+      for (const id of ['hls', 'a', 'b']) {
+        await pages[id]?.evaluate(() => window.wave.stop?.()).catch(() => {});
+        await pages[id]?.close();
+        delete pages[id];
+      }
+      pages.pub2 = await browser.page(`${nodes.b.base}/`, 'publisher@b');
+      const bobToken = token(['--room', ROOM, '--identity', 'bob', '--publish']);
+      const pub = await pages.pub2.evaluate(([room, token]) => window.wave.publish(room, { token }), [ROOM, bobToken]);
+      assert.equal(new URL(pub.location).origin, nodes.b.base, `WHIP answered by B, a second origin: ${JSON.stringify(pub)}`);
+      await until(pages.pub2, (s) => s.publish?.state === 'connected' && s.publish.layers.some((l) => l.framesEncoded > 0), 20_000, 'second publisher connected');
+      for (const id of ['c', 'a']) {
+        const name = `bob@${id}`;
+        pages[name] = await browser.page(`${nodes[id].base}/`, `viewer of bob@${id}`);
+        const viewToken = token(['--room', ROOM, '--identity', `bob-viewer-${id}`, '--subscribe']);
+        const t0 = Date.now();
+        const w = await pages[name].evaluate(
+          ([room, token]) => window.wave.watch(room, { token, layer: 'low', publisher: 'bob' }),
+          [ROOM, viewToken],
+        );
+        assert.equal(new URL(w.location).origin, nodes[id].base, `WHEP answered by ${id} itself`);
+        const s = await until(pages[name], (s) => s.watch?.framesDecoded > 30, 30_000, `viewer of bob on ${id} decoding`);
+        t.diagnostic(`viewer of bob on ${id}: ${s.watch.framesDecoded} frames at ${s.watch.frameWidth}x${s.watch.frameHeight}, ${Date.now() - t0} ms after watch()`);
+      }
+      // C is fed by both origins, each over its own link; A by B only.
+      const relay = async (id) => {
+        const r = await fetch(`${nodes[id].base}/v1/rooms/${ROOM}`, { headers: { Authorization: `Bearer ${admin()}` } });
+        assert.equal(r.status, 200);
+        return (await r.json()).relay;
+      };
+      assert.equal((await relay('c')).parents.length, 2, 'C has a parent per origin');
+      assert.equal((await relay('a')).parents.length, 1, 'A is fed B, not itself');
+      // The first viewer on C (alice, unpinned) still decodes.
+      const c0 = (await stats(pages.c)).watch.framesDecoded;
+      await until(pages.c, (s) => s.watch.framesDecoded > c0 + 20, 10_000, 'C still decoding alice');
     }),
   );
 });
