@@ -121,6 +121,11 @@ keys! {
         /// (`--spread-viewers false`: a whole room on one worker) [default: true with more than one worker].
         #[arg(long, env = "SFU_SPREAD_VIEWERS")]
         pub spread_viewers: Option<bool>,
+        /// Start a viewer on a layer from the layer's latest keyframe-started
+        /// group (≤ 1 s old) instead of asking the publisher for a keyframe
+        /// [default: true].
+        #[arg(long, env = "SFU_KEYFRAME_CACHE")]
+        pub keyframe_cache: Option<bool>,
         /// HTTP runtime threads (signalling, LL-HLS) [default: one per core the process may run on, at least 2].
         #[arg(long, env = "SFU_HTTP_THREADS")]
         pub http_threads: Option<usize>,
@@ -382,6 +387,8 @@ pub struct NodeConfig {
     pub workers: usize,
     /// A room's viewers spread over the workers (see `--spread-viewers`).
     pub spread_viewers: bool,
+    /// Viewers start from a layer's cached keyframe group (`--keyframe-cache`).
+    pub keyframe_cache: bool,
     pub http_threads: usize,
     pub max_peers: usize,
     pub max_room_peers: usize,
@@ -537,6 +544,7 @@ impl Default for NodeConfig {
             auth_secret: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             spread_viewers: true,
+            keyframe_cache: true,
             // One per core the process may run on, at least 2: a node
             // pinned to a core it shares did worse with one (BENCHMARKS.md).
             http_threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
@@ -602,6 +610,7 @@ impl NodeConfig {
             public_ip: k.public_ip,
             workers: k.workers.unwrap_or(d.workers).max(1),
             spread_viewers: k.spread_viewers.unwrap_or(d.spread_viewers),
+            keyframe_cache: k.keyframe_cache.unwrap_or(d.keyframe_cache),
             http_threads: k.http_threads.unwrap_or(d.http_threads).max(1),
             max_peers: k.max_peers.unwrap_or(d.max_peers),
             max_room_peers: k.max_room_peers.unwrap_or(d.max_room_peers),
@@ -1134,6 +1143,9 @@ mod tests {
             sample("workers = 7", &["--workers", "7"], |c| c.workers.to_string()),
             sample("spread_viewers = false", &["--spread-viewers", "false"], |c| {
                 c.spread_viewers.to_string()
+            }),
+            sample("keyframe_cache = false", &["--keyframe-cache", "false"], |c| {
+                c.keyframe_cache.to_string()
             }),
             sample("http_threads = 7", &["--http-threads", "7"], |c| {
                 c.http_threads.to_string()

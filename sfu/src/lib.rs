@@ -73,6 +73,7 @@ pub async fn run(
         hls: config.hls,
         hls_linger: config.hls_linger,
         hls_ladder: config.hls_ladder,
+        keyframe_cache: config.keyframe_cache,
         // The AAC transcoders and ladders run on threads of their own, off
         // the media workers.
         hls_codecs: Arc::new(hls_bridge::runner::ThreadHost),

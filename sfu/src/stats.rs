@@ -68,6 +68,7 @@ worker_metrics! {
         rtp_forwarded: Counter "wave_rtp_forwarded_total" "RTP packets forwarded to viewers." false;
         layer_switches: Counter "wave_layer_switches_total" "Simulcast layer switches." false;
         keyframe_requests: Counter "wave_keyframe_requests_total" "PLIs sent to publishers." false;
+        keyframe_cache_starts: Counter "wave_keyframe_cache_starts_total" "Viewers started on a layer from its cached keyframe group instead of a keyframe request." false;
         nacks_received: Counter "wave_nacks_received_total" "NACKs received from viewers." false;
         nacks_sent: Counter "wave_nacks_sent_total" "NACKs sent to publishers." false;
         dropped_datagrams: Counter "wave_udp_dropped_total" "Datagrams for no peer or unparseable." false;

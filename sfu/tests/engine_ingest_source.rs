@@ -1,6 +1,7 @@
 //! An ingest source (an RTMP publish, fed to the engine as RTP packets)
 //! reaches a room's viewers as a WHIP publisher's stream would: a viewer
-//! starts at the source's next keyframe, gets its audio, and the keyframe
+//! starts on the source's current group from the keyframe cache (or,
+//! without it, at the source's next keyframe), gets its audio, and the keyframe
 //! requests it sends are dropped (an RTMP encoder cannot be asked for one),
 //! neither looping nor counted as sent; a second source for the held room
 //! is refused.
@@ -21,7 +22,7 @@ use str0m::rtp::Ssrc;
 
 #[test]
 fn an_ingest_source_feeds_viewers_from_its_next_keyframe_and_drops_their_plis() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::without_keyframe_cache();
     sim.video_codec = Codec::H264;
     let room = RoomId::parse("rtmp").unwrap();
     let session = SessionId::random();
@@ -87,6 +88,40 @@ fn an_ingest_source_feeds_viewers_from_its_next_keyframe_and_drops_their_plis() 
     sim.send_command(Command::Delete { session })
         .expect("the source ends");
     assert_eq!(sim.engine.stats().publishers, 0);
+}
+
+#[test]
+fn with_the_keyframe_cache_a_viewer_of_an_ingest_source_starts_on_the_current_group_at_once() {
+    let mut sim = Sim::new();
+    sim.video_codec = Codec::H264;
+    let session = SessionId::random();
+    let open = IngestOpen {
+        room: RoomId::parse("rtmp-cached").unwrap(),
+        session: session.clone(),
+        identity: None,
+    };
+    sim.send_command(Command::Ingest(open))
+        .expect("the ingest source opens");
+    let mut source = Source::default();
+    for _ in 0..10 {
+        source.step(&mut sim, &session);
+    }
+    // Frame 10 of the group: the viewer is written frames 0..=9 at once
+    // and starts on frame 0's parameter sets, not 20 frames later.
+    let viewer = sim.play("rtmp-cached", None);
+    sim.run(Duration::from_millis(100));
+    let video = of_kind(&sim.client(viewer).received, MediaKind::Video);
+    let first = video.first().expect("video at once");
+    assert_eq!(first.payload[0] & 0x1f, 24, "the group's STAP-A first: {first:?}");
+    assert_eq!(video.len(), 10 + 1, "frames 0..=9, the keyframe's two packets");
+    common::assert_continuous(&video);
+    for _ in 0..30 {
+        source.step(&mut sim, &session);
+    }
+    let video = of_kind(&sim.client(viewer).received, MediaKind::Video);
+    assert_eq!(video.len(), 40 + 2, "then live: frames 10..39");
+    common::assert_continuous(&video);
+    assert_eq!(sim.engine.stats().keyframe_cache_starts, 1);
 }
 
 /// A 30 fps H.264 stream with a keyframe every 30 frames and 20 ms Opus

@@ -11,7 +11,7 @@ use signaling::LayerPref;
 
 #[test]
 fn twenty_joining_viewers_cause_at_most_one_pli_per_layer_per_interval() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::without_keyframe_cache();
     let p = sim.publish("kf", 1);
     sim.run(Duration::from_secs(1));
     let before = sim.client(p).keyframe_requests.len();
@@ -49,7 +49,7 @@ fn twenty_joining_viewers_cause_at_most_one_pli_per_layer_per_interval() {
 /// the interval, not for the engine's next periodic tick after it.
 #[test]
 fn a_throttled_request_goes_out_when_the_interval_ends() {
-    let mut sim = Sim::new();
+    let mut sim = Sim::without_keyframe_cache();
     let p = sim.publish("kfr", 1);
     sim.run(Duration::from_secs(1));
     let before = sim.client(p).keyframe_requests.len();

@@ -15,6 +15,7 @@ mod engine_codecs;
 mod engine_feedback_extensions;
 mod engine_indexes;
 mod engine_ingest_source;
+mod engine_keyframe_cache;
 mod engine_keyframe_requests;
 mod engine_log_spans;
 mod engine_media_arrives;

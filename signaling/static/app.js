@@ -21,7 +21,8 @@
 //                                                qualityLimitationReason, pliCount, encoder }] } | null,
 //            watch: { state, path, frameWidth, frameHeight, bitrate, packetsLost, framesDecoded,
 //                     keyFramesDecoded, framesReceived, packetsReceived, freezeCount,
-//                     nackCount, pliCount, fps, jitter, audioSamples } | null }
+//                     nackCount, pliCount, fps, jitter, jitterBufferDelay,
+//                     jitterBufferEmittedCount, audioSamples } | null }
 //       `path` is the selected candidate pair: { local, remote, protocol, relayProtocol, url }
 //       (`local`/`remote` are candidate types: host, srflx, prflx, relay), null before one is selected.
 //
@@ -444,6 +445,8 @@
       pliCount: 0,
       fps: 0,
       jitter: 0,
+      jitterBufferDelay: 0,
+      jitterBufferEmittedCount: 0,
       audioSamples: 0,
     };
     report.forEach((r) => {
@@ -463,6 +466,8 @@
           pliCount: r.pliCount ?? 0,
           fps: r.framesPerSecond ?? 0,
           jitter: r.jitter ?? 0,
+          jitterBufferDelay: r.jitterBufferDelay ?? 0,
+          jitterBufferEmittedCount: r.jitterBufferEmittedCount ?? 0,
         });
       } else if (r.kind === 'audio') {
         out.audioSamples = r.totalSamplesReceived ?? 0;

@@ -101,6 +101,9 @@ impl Engine {
         layer.bytes_window += packet.payload.len() as u64;
         layer.window_start.get_or_insert(now);
         let keyframe = kind == MediaKind::Video && is_keyframe_start(codec, &packet.payload);
+        if kind == MediaKind::Video {
+            layer.gop.push(now, keyframe, codec, packet);
+        }
         if keyframe {
             layer.keyframe_wanted = false;
             if let Some(size) = vp8_keyframe_size(codec, &packet.payload) {
@@ -135,6 +138,48 @@ impl Engine {
                 track.layers[old].subscribers.retain(|x| *x != vid);
             }
         }
+    }
+
+    /// Writes a viewer that has no video yet (it just joined, or its
+    /// source changed) the latest keyframe-started group of the layer it
+    /// starts on, when one is usable: it starts there and then. A viewer
+    /// switching layers is not: the group's older frames would take its
+    /// picture back in time. `false`: not started (the caller asks for a
+    /// keyframe).
+    pub(super) fn start_from_gop(&mut self, now: Instant, vid: PeerId, source: PeerId, layer: usize) -> bool {
+        let starting =
+            matches!(self.peers.get(&vid).map(|p| &p.role), Some(Role::Viewer(v)) if v.current.is_none());
+        if !self.config.keyframe_cache || !starting {
+            return false;
+        }
+        let Some((ti, group)) = self.source(source).and_then(|p| {
+            let ti = p.tracks.iter().position(|t| t.kind == MediaKind::Video)?;
+            let group = p.tracks[ti].layers.get(layer)?.gop.replay(now)?.to_vec();
+            Some((ti, group))
+        }) else {
+            return false;
+        };
+        let mut leave_old: Vec<(PeerId, usize)> = Vec::new();
+        for (codec, packet) in &group {
+            let out = Outgoing {
+                kind: MediaKind::Video,
+                layer,
+                keyframe: is_keyframe_start(*codec, &packet.payload),
+                codec: *codec,
+                packet,
+                ext: extension_values(&packet.ext),
+            };
+            self.write_to_viewer(now, vid, &out, &mut leave_old);
+        }
+        self.stats.keyframe_cache_starts += 1;
+        if let Some(track) = self.source_mut(source).and_then(|p| p.tracks.get_mut(ti)) {
+            for (v, old) in leave_old {
+                if old != layer {
+                    track.layers[old].subscribers.retain(|x| *x != v);
+                }
+            }
+        }
+        matches!(self.peers.get(&vid).map(|p| &p.role), Some(Role::Viewer(v)) if v.current == Some(layer))
     }
 
     /// One viewer's copy of a packet: switches the viewer to this layer at

@@ -72,7 +72,7 @@ impl Engine {
                 track.layers[choose].subscribers.push(vid);
             }
         }
-        if current != Some(choose) {
+        if current != Some(choose) && !self.start_from_gop(now, vid, fit.source, choose) {
             self.want_keyframe(now, fit.source, choose);
         }
     }

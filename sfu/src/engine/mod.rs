@@ -19,6 +19,7 @@
 //! - `state`: what is kept per room, peer, source and viewer.
 
 mod forward;
+mod gop;
 mod hls;
 mod ingest;
 mod layers;
@@ -117,6 +118,9 @@ pub struct EngineConfig {
     /// Wall-clock time (since the UNIX epoch) at the `now` given to
     /// [`Engine::new`]: HLS dates media without reading a clock.
     pub wall_clock: Duration,
+    /// A viewer starting on a layer is written the layer's latest
+    /// keyframe-started group ([`gop`]) instead of asking for a keyframe.
+    pub keyframe_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -132,6 +136,7 @@ impl Default for EngineConfig {
             hls_linger: Duration::from_secs(60),
             hls_ladder: false,
             hls_codecs: Arc::new(InlineHost),
+            keyframe_cache: true,
             wall_clock: Duration::ZERO,
         }
     }

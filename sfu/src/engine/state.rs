@@ -111,6 +111,8 @@ pub(super) struct SourceLayer {
     pub(super) keyframe_wanted: bool,
     pub(super) last_keyframe_request: Option<Instant>,
     pub(super) size: Option<(u32, u32)>,
+    /// Its packets since its last keyframe (video), for viewers starting on it.
+    pub(super) gop: super::gop::Gop,
 }
 
 pub(super) struct Viewer {
@@ -224,6 +226,7 @@ impl SourceLayer {
             keyframe_wanted: false,
             last_keyframe_request: None,
             size: None,
+            gop: super::gop::Gop::default(),
         }
     }
 

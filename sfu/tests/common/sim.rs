@@ -167,11 +167,22 @@ impl Default for Sim {
 
 impl Sim {
     pub fn new() -> Sim {
+        Sim::with_keyframe_cache(true)
+    }
+
+    /// An engine whose viewers start from a fresh keyframe only (no
+    /// cached group, `--keyframe-cache false`).
+    pub fn without_keyframe_cache() -> Sim {
+        Sim::with_keyframe_cache(false)
+    }
+
+    fn with_keyframe_cache(keyframe_cache: bool) -> Sim {
         let now = Instant::now();
         let engine_addr: SocketAddr = ENGINE_ADDR.parse().unwrap();
         let config = EngineConfig {
             candidates: vec![engine_addr],
             seed: 7,
+            keyframe_cache,
             ..EngineConfig::default()
         };
         Sim {
