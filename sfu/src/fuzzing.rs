@@ -152,21 +152,21 @@ pub fn sample_publish(flags: u8, key: &str, media: &[(bool, u32, Vec<u8>)]) -> V
         server,
         out: vec![flags],
     };
-    talk.to_client(to_client);
-    talk.to_server(results);
+    talk.handle_server_output(to_client);
+    talk.handle_client_output(results);
     let request = talk.client.request_connection(rtmp::APP.to_owned());
-    talk.to_server(request.into_iter().collect());
+    talk.handle_client_output(request.into_iter().collect());
     let request = talk
         .client
         .request_publishing(key.to_owned(), PublishRequestType::Live);
-    talk.to_server(request.into_iter().collect());
+    talk.handle_client_output(request.into_iter().collect());
     for (video, ts, message) in media {
         let (data, ts) = (Bytes::from(message.clone()), RtmpTimestamp::new(*ts));
         let sent = match video {
             true => talk.client.publish_video_data(data, ts, false),
             false => talk.client.publish_audio_data(data, ts, false),
         };
-        talk.to_server(sent.into_iter().collect());
+        talk.handle_client_output(sent.into_iter().collect());
     }
     talk.out
 }
@@ -180,25 +180,25 @@ struct Conversation {
 }
 
 impl Conversation {
-    fn to_server(&mut self, results: Vec<ClientSessionResult>) {
+    fn handle_client_output(&mut self, results: Vec<ClientSessionResult>) {
         for r in results {
             let ClientSessionResult::OutboundResponse(packet) = r else {
                 continue;
             };
             self.out.extend_from_slice(&packet.bytes);
             let answers = self.server.handle_input(&packet.bytes).unwrap_or_default();
-            self.to_client(answers);
+            self.handle_server_output(answers);
         }
     }
 
     /// The server's results: requests accepted, responses to the client.
-    fn to_client(&mut self, results: Vec<ServerSessionResult>) {
+    fn handle_server_output(&mut self, results: Vec<ServerSessionResult>) {
         let mut queue = VecDeque::from(results);
         while let Some(r) = queue.pop_front() {
             match r {
                 ServerSessionResult::OutboundResponse(packet) => {
                     let answers = self.client.handle_input(&packet.bytes).unwrap_or_default();
-                    self.to_server(answers);
+                    self.handle_client_output(answers);
                 }
                 ServerSessionResult::RaisedEvent(
                     ServerSessionEvent::ConnectionRequested { request_id, .. }

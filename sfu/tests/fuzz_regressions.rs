@@ -5,8 +5,11 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
+/// A fuzz target's entry point.
+type Entry = fn(&[u8]);
+
 /// The fuzz targets of `fuzz/`, by name, with the entry point each runs.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Entry)] = &[
     ("chat_frame", signaling::fuzzing::chat_frame),
     ("h264_rtp", hls_bridge::fuzzing::h264_rtp),
     ("hls_query", hls_bridge::fuzzing::hls_query),
@@ -26,11 +29,21 @@ fn every_kept_input_is_refused_or_handled_without_a_panic() {
     }
 }
 
+/// Each `[[bin]]` of `fuzz/Cargo.toml` is listed above and has a
+/// directory of kept inputs, and nothing else has one.
 #[test]
 fn every_fuzz_target_has_kept_inputs() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
-    let mut kept: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).expect("fuzz/Cargo.toml");
+    let mut bins: Vec<&str> = manifest
+        .split("[[bin]]")
+        .skip(1)
+        .filter_map(|bin| bin.lines().find_map(|l| l.strip_prefix("name = ")))
+        .map(|name| name.trim_matches('"'))
+        .collect();
+    bins.sort();
+    let mut kept: Vec<String> = std::fs::read_dir(fuzz.join("regressions"))
+        .expect("fuzz/regressions")
         .map(|e| {
             e.expect("a directory entry")
                 .file_name()
@@ -40,6 +53,7 @@ fn every_fuzz_target_has_kept_inputs() {
         .collect();
     kept.sort();
     let targets: Vec<&str> = TARGETS.iter().map(|(t, _)| *t).collect();
+    assert_eq!(bins, targets);
     assert_eq!(kept, targets);
 }
 

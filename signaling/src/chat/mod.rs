@@ -1024,7 +1024,7 @@ where
     /// frame to answer with.
     async fn handle_text(&mut self, text: &str, read_at: Instant) -> Result<(), ServerFrame> {
         let frame = read_frame(text)
-            .inspect_err(|f| debug!(room = %self.admission.room, frame = ?f, "bad chat frame"))?;
+            .inspect_err(|e| debug!(room = %self.admission.room, error = %e.message, "bad chat frame"))?;
         match frame {
             ClientFrame::Ping => Err(ServerFrame::Pong),
             ClientFrame::Message { text, client_id } => {
@@ -1443,41 +1443,52 @@ fn presence_ttl(config: &ChatConfig) -> Duration {
     config.presence_interval * presence::STALE_INTERVALS
 }
 
-/// A client's text frame, parsed; `Err` is the error frame to answer with.
-pub(crate) fn read_frame(text: &str) -> Result<ClientFrame, ServerFrame> {
-    serde_json::from_str(text).map_err(|e| {
-        let code = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+/// A client's text frame, parsed; `Err` says why it was refused.
+pub(crate) fn read_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    serde_json::from_str(text).map_err(|e| FrameError {
+        code: if serde_json::from_str::<serde_json::Value>(text).is_ok() {
             "bad_frame"
         } else {
             "bad_json"
-        };
-        error_frame(
-            code,
-            &format!("expected {{\"type\":\"message\",\"text\":...}}: {e}"),
-            None,
-        )
+        },
+        message: format!("expected {{\"type\":\"message\",\"text\":...}}: {e}"),
     })
 }
 
 /// Whether a member with `role` may send `text` (tagged `client_id`):
-/// the room's content rules and the tag's bound; `Err` is the error frame.
+/// the room's content rules and the tag's bound.
 pub(crate) fn check_message(
     filter: &TextFilter,
     role: Role,
     text: &str,
     client_id: Option<&str>,
-) -> Result<(), ServerFrame> {
+) -> Result<(), FrameError> {
     if let Err(refusal) = filter.check(text, role) {
-        return Err(error_frame(refusal.code(), &refusal.message(), None));
+        return Err(FrameError {
+            code: refusal.code(),
+            message: refusal.message(),
+        });
     }
     if client_id.is_some_and(|c| c.len() > MAX_CLIENT_ID) {
-        return Err(error_frame(
-            "bad_frame",
-            &format!("client_id is longer than {MAX_CLIENT_ID} bytes"),
-            None,
-        ));
+        return Err(FrameError {
+            code: "bad_frame",
+            message: format!("client_id is longer than {MAX_CLIENT_ID} bytes"),
+        });
     }
     Ok(())
+}
+
+/// Why a client's frame was refused: the error frame's code and message.
+#[derive(Debug)]
+pub(crate) struct FrameError {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(e: FrameError) -> ServerFrame {
+        error_frame(e.code, &e.message, None)
+    }
 }
 
 fn error_frame(code: &str, message: &str, retry_after_ms: Option<u64>) -> ServerFrame {
