@@ -74,7 +74,7 @@ pub fn rtmp_session(data: &[u8]) {
     let mut pending = VecDeque::from(results);
     let now = Instant::now();
     let token_now = UNIX_EPOCH + TOKEN_NOW;
-    let Ok(results) = session.handle_input(bytes) else {
+    let Ok(results) = rtmp::feed(&mut session, bytes) else {
         return;
     };
     pending.extend(results);

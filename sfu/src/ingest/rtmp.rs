@@ -175,9 +175,7 @@ impl Connection {
         let (mut session, results) =
             ServerSession::new(config).map_err(|e| Cut::new(Reason::Protocol, e.to_string()))?;
         self.handle_results(stream, &mut session, results).await?;
-        let results = session
-            .handle_input(&rest)
-            .map_err(|e| Cut::new(Reason::Protocol, e.to_string()))?;
+        let results = feed(&mut session, &rest).map_err(|why| Cut::new(Reason::Protocol, why))?;
         if self.handle_results(stream, &mut session, results).await? {
             return Ok(());
         }
@@ -211,9 +209,7 @@ impl Connection {
                     format!("{} bytes without a whole media message", self.unparsed),
                 ));
             }
-            let results = session
-                .handle_input(&buf[..n])
-                .map_err(|e| Cut::new(Reason::Protocol, e.to_string()))?;
+            let results = feed(&mut session, &buf[..n]).map_err(|why| Cut::new(Reason::Protocol, why))?;
             if self.handle_results(stream, &mut session, results).await? {
                 return Ok(());
             }
@@ -452,6 +448,19 @@ pub(crate) fn authorize(
         ));
     }
     Ok((room, Some(claims.sub)))
+}
+
+/// `rml_rtmp`'s session fed `bytes` from the client. Its chunk
+/// deserializer panics on some hostile chunk streams (a chunk that cuts a
+/// message's length below the bytes already held for it: `capacity
+/// overflow`; found by the `rtmp_session` fuzz target): the panic is
+/// contained here and the connection ends as one that is not RTMP, instead
+/// of its task dying with its publish still open.
+pub(crate) fn feed(session: &mut ServerSession, bytes: &[u8]) -> Result<Vec<ServerSessionResult>, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes))) {
+        Ok(results) => results.map_err(|e| e.to_string()),
+        Err(_) => Err("a chunk stream rml_rtmp cannot parse".to_owned()),
+    }
 }
 
 /// Runs the handshake; returns the bytes read past it.
