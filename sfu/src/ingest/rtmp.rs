@@ -450,12 +450,13 @@ pub(crate) fn authorize(
     Ok((room, Some(claims.sub)))
 }
 
-/// `rml_rtmp`'s session fed `bytes` from the client. Its chunk
-/// deserializer panics on some hostile chunk streams (a chunk that cuts a
-/// message's length below the bytes already held for it: `capacity
-/// overflow`; found by the `rtmp_session` fuzz target): the panic is
-/// contained here and the connection ends as one that is not RTMP, instead
-/// of its task dying with its publish still open.
+/// `rml_rtmp`'s session fed `bytes` from the client. It panics on some
+/// hostile input, found by the `rtmp_session` fuzz target: an AMF0 command
+/// message with fewer than three values (12 bytes after the handshake), and
+/// a chunk that cuts a message's length below the bytes already held for it
+/// (`capacity overflow`). The panic is contained here and the connection
+/// ends as one that is not RTMP (counted), instead of its task dying
+/// uncounted, with a publish it had still open.
 pub(crate) fn feed(session: &mut ServerSession, bytes: &[u8]) -> Result<Vec<ServerSessionResult>, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes))) {
         Ok(results) => results.map_err(|e| e.to_string()),
