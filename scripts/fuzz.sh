@@ -12,6 +12,9 @@
 # out-of-memory input is left in fuzz/artifacts/<target>/: minimize it
 # (`cargo +nightly fuzz tmin <target> <file>`), fix the parser, and keep
 # it in fuzz/regressions/<target>/. Exits 1 when any target found one.
+# libFuzzer stops a target at its first panic, even one the code contains
+# (rtmp_session: rml_rtmp's, see ingest::rtmp::feed); to go past those run
+# `cargo +nightly fuzz run <target> -- -fork=1 -ignore_crashes=1`.
 set -euo pipefail
 
 secs=${1:-60}
