@@ -15,6 +15,8 @@ use tracing::debug;
 
 mod error;
 pub mod fmp4;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod h264;
 pub mod http;
 pub mod opus;

@@ -711,7 +711,11 @@ impl Rendition {
             }
             let msn = self.next_msn;
             self.next_msn += 1;
-            let pdt = epoch.unwrap_or_default() + Duration::from_secs_f64(self.secs(p.dts)) - BASE;
+            // A publisher's sender reports date its media: a track that
+            // starts before the room's epoch by more than its tick rounding
+            // would date before 1970, which a playlist cannot say.
+            let pdt =
+                (epoch.unwrap_or_default() + Duration::from_secs_f64(self.secs(p.dts))).saturating_sub(BASE);
             self.open = Some(OpenSegment {
                 info: SegmentInfo {
                     msn,

@@ -24,6 +24,8 @@
 //!   stream and media as datagrams; [`tls`]: their mutual authentication
 //!   by registry fingerprints.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod inproc;
 pub mod message;

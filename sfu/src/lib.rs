@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod node;
 pub mod sendq;

@@ -24,6 +24,7 @@ mod engine_publisher_reconnect;
 mod engine_relay_mirror;
 mod engine_simulcast_switch;
 mod engine_viewer_leaves;
+mod fuzz_regressions;
 mod hls_grants;
 mod hls_ll_delivery;
 mod hls_node_rooms;

@@ -70,6 +70,8 @@ pub mod chat;
 pub mod cluster;
 mod config;
 mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hls_proxy;
 mod http;
 mod locks;

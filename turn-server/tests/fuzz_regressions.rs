@@ -1,18 +1,10 @@
 //! The fuzz target's harness, run deterministically: valid messages with
 //! bit flips, truncations, length lies and splices must never panic the
-//! core. Crashes found by `fuzz/` are added to `CRASHES`.
+//! core. What the `turn_client` fuzz target finds is kept in
+//! `fuzz/regressions/turn_client/` and replayed by
+//! `sfu/tests/fuzz_regressions.rs`.
 
 use turn_server::fuzzing::{exercise, sample_inputs};
-
-/// Inputs that once crashed the fuzz target (none found so far).
-const CRASHES: &[&[u8]] = &[];
-
-#[test]
-fn known_crashes_stay_fixed() {
-    for case in CRASHES {
-        exercise(case);
-    }
-}
 
 #[test]
 fn mutated_messages_never_panic() {

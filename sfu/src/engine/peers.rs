@@ -130,7 +130,7 @@ impl Engine {
     }
 
     /// A new `Rtc` for an offer, and its answer.
-    fn negotiate(
+    pub(crate) fn negotiate(
         &self,
         now: Instant,
         offer: &str,

@@ -166,7 +166,7 @@ pub enum ServerFrame {
 /// What a client may send.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-enum ClientFrame {
+pub(crate) enum ClientFrame {
     Message {
         text: String,
         #[serde(default)]
@@ -736,16 +736,7 @@ impl ChatHub {
             Decision::Refuse(wait) => return Err(rate_limited(rate, wait)),
             Decision::Ask(ask) => self.ask_and_wait(a, &key, rate, ask).await?,
         }
-        if let Err(refusal) = self.inner.config.filter.check(&text, a.role) {
-            return Err(error_frame(refusal.code(), &refusal.message(), None));
-        }
-        if client_id.as_ref().is_some_and(|c| c.len() > MAX_CLIENT_ID) {
-            return Err(error_frame(
-                "bad_frame",
-                &format!("client_id is longer than {MAX_CLIENT_ID} bytes"),
-                None,
-            ));
-        }
+        check_message(&self.inner.config.filter, a.role, &text, client_id.as_deref())?;
         let msg = ChatMessage {
             id: format!("{:016x}", rand::random::<u64>()),
             ts: now_ms,
@@ -1032,19 +1023,8 @@ where
     /// One text frame from the client, read at `read_at`; `Err` is the
     /// frame to answer with.
     async fn handle_text(&mut self, text: &str, read_at: Instant) -> Result<(), ServerFrame> {
-        let frame: ClientFrame = serde_json::from_str(text).map_err(|e| {
-            debug!(room = %self.admission.room, error = %e, "bad chat frame");
-            let code = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
-                "bad_frame"
-            } else {
-                "bad_json"
-            };
-            error_frame(
-                code,
-                &format!("expected {{\"type\":\"message\",\"text\":...}}: {e}"),
-                None,
-            )
-        })?;
+        let frame = read_frame(text)
+            .inspect_err(|e| debug!(room = %self.admission.room, error = %e.message, "bad chat frame"))?;
         match frame {
             ClientFrame::Ping => Err(ServerFrame::Pong),
             ClientFrame::Message { text, client_id } => {
@@ -1461,6 +1441,54 @@ fn is_message_id(id: &str) -> bool {
 
 fn presence_ttl(config: &ChatConfig) -> Duration {
     config.presence_interval * presence::STALE_INTERVALS
+}
+
+/// A client's text frame, parsed; `Err` says why it was refused.
+pub(crate) fn read_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    serde_json::from_str(text).map_err(|e| FrameError {
+        code: if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+            "bad_frame"
+        } else {
+            "bad_json"
+        },
+        message: format!("expected {{\"type\":\"message\",\"text\":...}}: {e}"),
+    })
+}
+
+/// Whether a member with `role` may send `text` (tagged `client_id`):
+/// the room's content rules and the tag's bound.
+pub(crate) fn check_message(
+    filter: &TextFilter,
+    role: Role,
+    text: &str,
+    client_id: Option<&str>,
+) -> Result<(), FrameError> {
+    if let Err(refusal) = filter.check(text, role) {
+        return Err(FrameError {
+            code: refusal.code(),
+            message: refusal.message(),
+        });
+    }
+    if client_id.is_some_and(|c| c.len() > MAX_CLIENT_ID) {
+        return Err(FrameError {
+            code: "bad_frame",
+            message: format!("client_id is longer than {MAX_CLIENT_ID} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// Why a client's frame was refused: the error frame's code and message.
+#[derive(Debug)]
+pub(crate) struct FrameError {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(e: FrameError) -> ServerFrame {
+        error_frame(e.code, &e.message, None)
+    }
 }
 
 fn error_frame(code: &str, message: &str, retry_after_ms: Option<u64>) -> ServerFrame {
