@@ -60,6 +60,12 @@ fn media(size: usize) -> Message {
     }
 }
 
+/// Routes `room()`'s stream from `to` (its origin) at `from`, dialling `to`.
+async fn route_to(from: &Relay, to: &Relay) -> Result<(), relay::RelayError> {
+    from.route(&Topic::new(room(), to.tag()), to.local_addr(), to.fingerprint())
+        .await
+}
+
 fn hand(inboxes: &[Arc<Inbox>], from: WorkerId, msg: Message) {
     inboxes[1].push(from, &mut vec![msg]);
 }
@@ -71,13 +77,7 @@ async fn a_watch_crosses_the_link_and_media_comes_back() {
     origin.trust().set([edge.fingerprint()]);
     edge.trust().set([origin.fingerprint()]);
 
-    edge.route(
-        &Topic::new(room(), origin.tag()),
-        origin.local_addr(),
-        origin.fingerprint(),
-    )
-    .await
-    .unwrap();
+    route_to(&edge, &origin).await.unwrap();
     assert!(!edge.routed_topics(&room()).is_empty());
     hand(
         &at_edge,
@@ -189,14 +189,7 @@ async fn a_certificate_the_registry_does_not_hold_cannot_join() {
     let (stranger, _) = node();
     stranger.trust().set([origin.fingerprint()]);
     // The origin trusts nobody: the stranger's handshake fails.
-    let err = stranger
-        .route(
-            &Topic::new(room(), origin.tag()),
-            origin.local_addr(),
-            origin.fingerprint(),
-        )
-        .await
-        .unwrap_err();
+    let err = route_to(&stranger, &origin).await.unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err}");
     assert!(origin.stats().refused_peers.load(Ordering::Relaxed) >= 1);
     assert!(stranger.routed_topics(&room()).is_empty());
@@ -242,13 +235,7 @@ async fn a_bad_frame_closes_only_that_link() {
     // The origin still accepts others.
     let (edge, _) = node();
     origin.trust().set([edge.fingerprint()]);
-    edge.route(
-        &Topic::new(room(), origin.tag()),
-        origin.local_addr(),
-        origin.fingerprint(),
-    )
-    .await
-    .unwrap();
+    route_to(&edge, &origin).await.unwrap();
 }
 
 #[tokio::test]
@@ -284,13 +271,7 @@ async fn a_peer_that_never_reads_is_disconnected_and_others_keep_their_media() {
     watch.extend_from_slice(&frame);
     s.write_all(&watch).await.unwrap();
     // A well-behaved edge watches the same room.
-    edge.route(
-        &Topic::new(room(), origin.tag()),
-        origin.local_addr(),
-        origin.fingerprint(),
-    )
-    .await
-    .unwrap();
+    route_to(&edge, &origin).await.unwrap();
     hand(
         &at_edge,
         WorkerId(0),
@@ -411,27 +392,12 @@ async fn with_a_cluster_ca_nodes_it_signed_link_and_others_are_refused() {
     let origin = pki.relay("node-a");
     let edge = pki.relay("node-b");
     // No registry trust at all: the CA decides.
-    edge.route(
-        &Topic::new(room(), origin.tag()),
-        origin.local_addr(),
-        origin.fingerprint(),
-    )
-    .await
-    .unwrap();
+    route_to(&edge, &origin).await.unwrap();
     assert!(!edge.routed_topics(&room()).is_empty());
 
     // A node with a certificate of another CA cannot join, either way.
     let other = Pki::new().relay("intruder");
-    assert!(
-        other
-            .route(
-                &Topic::new(room(), origin.tag()),
-                origin.local_addr(),
-                origin.fingerprint()
-            )
-            .await
-            .is_err()
-    );
+    assert!(route_to(&other, &origin).await.is_err());
     assert!(origin.stats().refused_peers.load(Ordering::Relaxed) >= 1);
     assert!(
         edge.route(
@@ -444,14 +410,5 @@ async fn with_a_cluster_ca_nodes_it_signed_link_and_others_are_refused() {
     );
     // Nor a node with a registry-pinned self-signed certificate.
     let (stranger, _) = node();
-    assert!(
-        stranger
-            .route(
-                &Topic::new(room(), origin.tag()),
-                origin.local_addr(),
-                origin.fingerprint()
-            )
-            .await
-            .is_err()
-    );
+    assert!(route_to(&stranger, &origin).await.is_err());
 }

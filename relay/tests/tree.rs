@@ -194,6 +194,17 @@ impl Sim {
         self.run();
     }
 
+    /// The publisher on `n` leaves (its home worker says so), then every
+    /// output is delivered.
+    fn leave(&mut self, n: usize) {
+        self.nodes[n].publishes = false;
+        let gone = Message::SourceGone {
+            room: room(),
+            source: PUBLISHER,
+        };
+        self.worker(n, HOME, gone);
+    }
+
     fn worker(&mut self, n: usize, w: WorkerId, msg: Message) {
         self.nodes[n].gateway.handle_worker(w, msg);
         self.run();
@@ -477,14 +488,7 @@ fn edges_re_parent_when_the_middle_node_dies_and_keep_their_source() {
     sim.take(2);
     sim.kill(1);
     sim.tick();
-    sim.nodes[0].publishes = false;
-    sim.nodes[0].gateway.handle_worker(
-        HOME,
-        Message::SourceGone {
-            room: room(),
-            source: PUBLISHER,
-        },
-    );
+    sim.leave(0);
     let (e_up, _) = sim.connect(2, 0);
     sim.nodes[2].gateway.route(topic(), e_up);
     sim.run();
@@ -661,15 +665,7 @@ fn a_room_with_publishers_on_two_nodes_reaches_every_viewer_without_echo() {
     }
 
     // Node 1's publisher leaves: node 0 and 2 drop its mirror, 0's stays.
-    sim.nodes[1].publishes = false;
-    sim.nodes[1].gateway.handle_worker(
-        HOME,
-        Message::SourceGone {
-            room: room(),
-            source: PUBLISHER,
-        },
-    );
-    sim.run();
+    sim.leave(1);
     for n in [0, 2] {
         assert!(
             sim.take(n)

@@ -7,25 +7,9 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::frames;
 use common::sim::Sim;
+use common::{assert_every_frame, frames};
 use signaling::LayerPref;
-
-/// Frame numbers are consecutive (nothing repeated, nothing skipped); a
-/// layer switch lands on the new layer's keyframe of the same frame or the
-/// next (the layers of one frame are sent low to high).
-fn assert_consecutive(f: &[(u8, usize, u32, bool)]) {
-    for w in f.windows(2) {
-        if w[0].1 == w[1].1 {
-            assert_eq!(w[1].2, w[0].2 + 1, "frames out of order: {w:?}");
-        } else {
-            assert!(
-                w[1].3 && (w[1].2 == w[0].2 || w[1].2 == w[0].2 + 1),
-                "switch: {w:?}"
-            );
-        }
-    }
-}
 
 #[test]
 fn a_joining_viewer_starts_on_the_cached_group_and_later_ones_ask_for_a_keyframe() {
@@ -50,7 +34,7 @@ fn a_joining_viewer_starts_on_the_cached_group_and_later_ones_ask_for_a_keyframe
         let f = frames(&sim.client(v).received);
         assert!(f[0].3, "viewer {v} starts on a keyframe: {:?}", &f[..3]);
         assert_eq!(f[0].2, 1, "the cached group's keyframe, frame 1");
-        assert_consecutive(&f);
+        assert_every_frame(&f);
     }
 
     // More than a second after the last keyframe: the cache is stale and
@@ -71,7 +55,7 @@ fn a_joining_viewer_starts_on_the_cached_group_and_later_ones_ask_for_a_keyframe
     );
     // The first viewers saw every frame once, newcomers or not.
     for v in [first, second] {
-        assert_consecutive(&frames(&sim.client(v).received));
+        assert_every_frame(&frames(&sim.client(v).received));
     }
 }
 
@@ -88,5 +72,5 @@ fn a_layer_switch_asks_for_a_keyframe_rather_than_going_back_in_time() {
     assert!(sim.client(p).keyframe_requests.len() > asked, "the switch asked");
     let f = frames(&sim.client(v).received);
     assert!(f.iter().any(|x| x.1 == 2), "switched to the high layer");
-    assert_consecutive(&f);
+    assert_every_frame(&f);
 }

@@ -9,27 +9,9 @@ use crate::common;
 use std::time::Duration;
 
 use common::sim::Sim;
-use common::{assert_continuous, assert_vp8_continuous, frames, layers_seen, of_kind};
+use common::{assert_continuous, assert_every_frame, assert_vp8_continuous, frames, layers_seen, of_kind};
 use signaling::LayerPref;
 use str0m::media::MediaKind;
-
-/// Every frame (the publisher numbers them alike on every layer), none
-/// skipped: nothing was lost between the engines. A switch lands on the
-/// target layer's keyframe of the same frame or the next one (the layers
-/// of one frame are sent low to high).
-fn assert_every_frame(f: &[(u8, usize, u32, bool)]) {
-    for w in f.windows(2) {
-        if w[0].1 == w[1].1 {
-            assert_eq!(w[1].2, w[0].2 + 1, "frame skipped or repeated: {w:?}");
-        } else {
-            assert!(w[1].3, "switch {} -> {} not at a keyframe", w[0].1, w[1].1);
-            assert!(
-                w[1].2 == w[0].2 || w[1].2 == w[0].2 + 1,
-                "frames skipped at a switch: {w:?}"
-            );
-        }
-    }
-}
 
 #[test]
 fn a_viewer_on_a_second_engine_gets_every_packet_and_switches_on_keyframes() {

@@ -58,6 +58,24 @@ pub fn frames(received: &[Received]) -> Vec<(u8, usize, u32, bool)> {
         .collect()
 }
 
+/// Every frame (the publisher numbers them alike on every layer), none
+/// skipped: nothing was lost between the engines. A switch lands on the
+/// target layer's keyframe of the same frame or the next one (the layers
+/// of one frame are sent low to high).
+pub fn assert_every_frame(f: &[(u8, usize, u32, bool)]) {
+    for w in f.windows(2) {
+        if w[0].1 == w[1].1 {
+            assert_eq!(w[1].2, w[0].2 + 1, "frame skipped or repeated: {w:?}");
+        } else {
+            assert!(w[1].3, "switch {} -> {} not at a keyframe", w[0].1, w[1].1);
+            assert!(
+                w[1].2 == w[0].2 || w[1].2 == w[0].2 + 1,
+                "frames skipped at a switch: {w:?}"
+            );
+        }
+    }
+}
+
 /// The layers of successive frames, each run of one layer once.
 pub fn layers_seen(f: &[(u8, usize, u32, bool)]) -> Vec<usize> {
     let mut out: Vec<usize> = Vec::new();
