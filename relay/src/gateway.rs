@@ -42,7 +42,8 @@ use std::time::Duration;
 
 use wave_vocab::{RoomId, SessionId};
 
-use crate::message::{MediaPacket, Message, SourceId, WorkerId};
+use crate::gop::Gop;
+use crate::message::{MediaPacket, Message, SourceId, WorkerId, starts_keyframe};
 use crate::wire::MAX_HOPS;
 
 /// One connection to another node, numbered by the transport.
@@ -204,6 +205,11 @@ pub struct Gateway {
     demand_out: HashMap<LinkId, HashSet<LayerKey>>,
     /// The last [`RECENT`] packets of each layer sent on.
     recent: Recent,
+    /// The latest keyframe-started group of each video layer here (under
+    /// its wire id at an origin, its local id at an edge): written to a
+    /// link that starts carrying the layer, so its viewers start at once.
+    gops: HashMap<LayerKey, Gop>,
+    replays: u64,
     /// The highest sequence number seen per mirrored (local source, track, layer).
     highest: HashMap<LayerKey, u64>,
     nacked: u64,
@@ -236,6 +242,8 @@ impl Gateway {
             out_sources: HashMap::new(),
             demand_out: HashMap::new(),
             recent: HashMap::new(),
+            gops: HashMap::new(),
+            replays: 0,
             highest: HashMap::new(),
             nacked: 0,
             resent: 0,
@@ -275,6 +283,31 @@ impl Gateway {
     /// Packets asked again upstream, and packets resent downstream.
     pub fn repairs(&self) -> (u64, u64) {
         (self.nacked, self.resent)
+    }
+
+    /// Links that started carrying a layer from its cached keyframe group.
+    pub fn replays(&self) -> u64 {
+        self.replays
+    }
+
+    /// Writes the cached group of `key` (its id here) to `link` under the
+    /// id `wire` it has on that link.
+    fn replay(&mut self, link: LinkId, key: LayerKey, wire: SourceId) {
+        let Some(group) = self.gops.get(&key).and_then(Gop::latest) else {
+            return;
+        };
+        self.replays += 1;
+        let (_, track, layer) = key;
+        for (codec, packet) in group {
+            let m = Message::Media {
+                source: wire,
+                track,
+                layer,
+                codec: *codec,
+                packet: packet.clone(),
+            };
+            self.out.push_back(GatewayOutput::Link(link, m));
+        }
     }
 
     /// Watches and routes refused as loops, and rooms that moved to a new
@@ -449,6 +482,7 @@ impl Gateway {
                     d.retain(|(s, ..)| *s != wire);
                 }
                 self.recent.retain(|k, _| k.0 != wire);
+                self.gops.retain(|k, _| k.0 != wire);
                 for &l in self.watched.get(&room).into_iter().flatten() {
                     let m = Message::SourceGone {
                         room: room.clone(),
@@ -480,6 +514,13 @@ impl Gateway {
                     return;
                 };
                 let key = (wire_id(from, source), track, layer);
+                if codec.is_some_and(|c| c.kind() == wave_vocab::MediaKind::Video) {
+                    let keyframe = starts_keyframe(codec, &packet.payload);
+                    self.gops
+                        .entry(key)
+                        .or_default()
+                        .push(packet.arrival, keyframe, codec, &packet);
+                }
                 // Only the layers a link's viewers need cross it.
                 let demand = &self.demand_out;
                 let to = links
@@ -501,12 +542,16 @@ impl Gateway {
         let key = (source, track, layer);
         let set = self.demand_in.entry(key).or_default();
         let before = !set.is_empty();
-        if wanted {
-            set.insert(sub);
-        } else {
+        let joined = wanted && set.insert(sub);
+        if !wanted {
             set.remove(&sub);
         }
         let after = !set.is_empty();
+        if let (Sub::Link(l), true, true) = (sub, joined, before) {
+            // A child joining a layer already carried here starts at its
+            // last keyframe.
+            self.replay(l, key, relayed(source));
+        }
         if !after {
             self.demand_in.remove(&key);
             if let Sub::Link(_) = sub {
@@ -698,6 +743,7 @@ impl Gateway {
         }
         self.demand_in.retain(|k, _| k.0 != id);
         self.highest.retain(|k, _| k.0 != id);
+        self.gops.retain(|k, _| k.0 != id);
         self.recent.retain(|k, _| k.0 != relayed(id));
         let Some(r) = self.edge_rooms.get_mut(&src.topic) else {
             return;
@@ -798,10 +844,11 @@ impl Gateway {
                     return;
                 }
                 let d = self.demand_out.entry(link).or_default();
-                if wanted {
-                    d.insert((source, track, layer));
-                } else {
+                if !wanted {
                     d.remove(&(source, track, layer));
+                } else if d.insert((source, track, layer)) {
+                    // The link starts carrying the layer at its last keyframe.
+                    self.replay(link, (source, track, layer), source);
                 }
             }
             Message::Nack {
@@ -1013,6 +1060,15 @@ impl Gateway {
                     };
                     self.out.push_back(GatewayOutput::Worker(w, m));
                 }
+                if codec.is_some_and(|c| c.kind() == wave_vocab::MediaKind::Video) {
+                    let keyframe = starts_keyframe(codec, &packet.payload);
+                    self.gops.entry((id, track, layer)).or_default().push(
+                        packet.arrival,
+                        keyframe,
+                        codec,
+                        &packet,
+                    );
+                }
                 // The children that asked for this layer.
                 let to = self
                     .demand_in
@@ -1127,6 +1183,7 @@ impl Gateway {
                 .map(|(&(w, p), _)| wire_id(w, p))
                 .collect();
             self.recent.retain(|k, _| !wires.contains(&k.0));
+            self.gops.retain(|k, _| !wires.contains(&k.0));
             self.out_sources.retain(|_, s| s.room != *room);
             let home = (self.home)(room);
             self.out.push_back(GatewayOutput::Worker(

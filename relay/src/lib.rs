@@ -27,6 +27,7 @@
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod gop;
 pub mod inproc;
 pub mod message;
 pub mod net;
@@ -35,7 +36,7 @@ pub mod wire;
 
 pub use gateway::{Gateway, GatewayOutput, LinkId, RoomLinks, Topic};
 pub use inproc::{Handed, Inbox};
-pub use message::{Ext, MediaPacket, Message, SourceId, TrackDesc, WorkerId};
+pub use message::{Ext, MediaPacket, Message, SourceId, TrackDesc, WorkerId, starts_keyframe};
 pub use net::{Relay, RelayError, RelayStats};
 pub use tls::{Fingerprint, Trust};
 pub use wire::{DecodeError, decode, encode};

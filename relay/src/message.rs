@@ -127,6 +127,20 @@ pub enum Message {
     },
 }
 
+/// Whether a packet of `codec` starts a keyframe a decoder can start from:
+/// for H.264 the packet with the SPS (sent ahead of the IDR) or the IDR.
+pub fn starts_keyframe(codec: Option<Codec>, payload: &[u8]) -> bool {
+    use str0m::format as f;
+    match codec {
+        Some(Codec::Vp8) => f::detect_vp8_keyframe(payload),
+        Some(Codec::H264) => f::detect_h264_nalu(payload, 7) || f::detect_h264_keyframe(payload),
+        Some(Codec::Vp9) => f::detect_vp9_keyframe(payload),
+        Some(Codec::Av1) => f::detect_av1_keyframe(payload),
+        Some(Codec::H265) => f::detect_h265_keyframe(payload),
+        Some(Codec::Opus) | None => false,
+    }
+}
+
 impl Message {
     /// Media may be dropped when a queue is full (a keyframe request
     /// follows); the rest keeps mirrors consistent and never is.

@@ -83,6 +83,8 @@ pub struct RelayStats {
     /// Packets asked again of an origin, and packets resent to edges.
     pub nacked: AtomicU64,
     pub retransmissions: AtomicU64,
+    /// Links that started carrying a layer from its cached keyframe group.
+    pub keyframe_replays: AtomicU64,
     pub downstream_links: AtomicU64,
     /// Watches and routes refused as loops; rooms moved to a new parent.
     pub loops: AtomicU64,
@@ -195,6 +197,12 @@ impl RelayStats {
                 true,
                 "Relayed packets resent to an edge from the origin's recent packets.",
                 g(&self.retransmissions),
+            ),
+            (
+                "wave_relay_keyframe_replays_total",
+                true,
+                "Links that started carrying a layer from its cached keyframe group instead of waiting for a keyframe.",
+                g(&self.keyframe_replays),
             ),
             (
                 "wave_relay_loops_refused_total",
@@ -830,6 +838,7 @@ async fn run_gateway(
         let (nacked, resent) = gateway.repairs();
         stats.nacked.store(nacked, Ordering::Relaxed);
         stats.retransmissions.store(resent, Ordering::Relaxed);
+        stats.keyframe_replays.store(gateway.replays(), Ordering::Relaxed);
         let (loops, reparents) = gateway.tree_events();
         stats.loops.store(loops, Ordering::Relaxed);
         stats.reparents.store(reparents, Ordering::Relaxed);

@@ -67,6 +67,21 @@ struct Node {
     alive: bool,
 }
 
+impl Node {
+    /// Node `i`: two workers, every room's home worker 1.
+    fn new(i: usize) -> Node {
+        let mut gateway = Gateway::new(2, Box::new(|_| HOME));
+        gateway.set_tag(tag(i));
+        Node {
+            gateway,
+            got: Vec::new(),
+            publishes: false,
+            unrouted: Vec::new(),
+            alive: true,
+        }
+    }
+}
+
 struct Sim {
     nodes: Vec<Node>,
     /// (node, its link) → (peer node, the peer's link).
@@ -80,19 +95,7 @@ struct Sim {
 
 impl Sim {
     fn new(n: usize) -> Sim {
-        let nodes = (0..n)
-            .map(|i| {
-                let mut gateway = Gateway::new(2, Box::new(|_| HOME));
-                gateway.set_tag(tag(i));
-                Node {
-                    gateway,
-                    got: Vec::new(),
-                    publishes: false,
-                    unrouted: Vec::new(),
-                    alive: true,
-                }
-            })
-            .collect();
+        let nodes = (0..n).map(Node::new).collect();
         Sim {
             nodes,
             wires: HashMap::new(),
@@ -101,6 +104,12 @@ impl Sim {
             media_sent: 0,
             media_dropped: 0,
         }
+    }
+
+    /// One more node; its index.
+    fn add_node(&mut self) -> usize {
+        self.nodes.push(Node::new(self.nodes.len()));
+        self.nodes.len() - 1
     }
 
     /// Opens a link between `a` and `b`: its id at `a` and at `b`.
@@ -681,4 +690,73 @@ fn a_room_with_publishers_on_two_nodes_reaches_every_viewer_without_echo() {
             .any(|(_, m)| matches!(m, Message::Media { source, .. } if *source == sources[0] || *source == sources[1])),
         "0's stream still reaches the edge"
     );
+}
+
+/// An H.264 packet: frame `seq`, an IDR slice when `key`.
+fn h264(layer: u8, seq: u64, key: bool) -> Message {
+    match packet(layer, seq) {
+        Message::Media {
+            source,
+            track,
+            layer,
+            mut packet,
+            ..
+        } => {
+            let nal: &[u8] = if key {
+                &[0x65, 0x88, 0x84]
+            } else {
+                &[0x41, 0x9a, 0x02]
+            };
+            packet.payload = Arc::from(nal);
+            Message::Media {
+                source,
+                track,
+                layer,
+                codec: Some(wave_vocab::Codec::H264),
+                packet,
+            }
+        }
+        m => m,
+    }
+}
+
+#[test]
+fn a_link_that_starts_carrying_a_layer_is_written_its_last_keyframe_group_at_once() {
+    let (mut sim, _, _) = chain();
+    let local = announced(&sim.take(2));
+    // Layer 1 flows to the edge; the publisher's group starts at frame 1.
+    sim.worker(2, VIEWER, demand(local, 1, true));
+    for seq in 1..=4 {
+        sim.nodes[0].gateway.handle_worker(HOME, h264(1, seq, seq == 1));
+        sim.nodes[0].gateway.handle_worker(HOME, h264(0, seq, seq == 1));
+        sim.run();
+    }
+    assert_eq!(media(&sim.take(2), 1), vec![1, 2, 3, 4]);
+
+    // The edge's viewer now wants layer 0, which no link carried: the
+    // origin writes the relay its group, the relay the edge.
+    sim.worker(2, VIEWER, demand(local, 0, true));
+    assert_eq!(
+        media(&sim.take(2), 0),
+        vec![1, 2, 3, 4],
+        "layer 0 from its keyframe, at once"
+    );
+    assert_eq!(sim.nodes[0].gateway.replays(), 1);
+
+    // A second edge under the relay asks for layer 1, which the relay
+    // carries: the relay writes it the group without asking upstream.
+    let second = sim.add_node();
+    let (up, _) = sim.connect(second, 1);
+    sim.nodes[second].gateway.route(topic(), up);
+    sim.run();
+    sim.worker(second, VIEWER, watch(true));
+    let local3 = announced(&sim.take(second));
+    sim.worker(second, VIEWER, demand(local3, 1, true));
+    assert_eq!(media(&sim.take(second), 1), vec![1, 2, 3, 4]);
+    assert_eq!(sim.nodes[1].gateway.replays(), 1);
+    // Then live, once, to both edges.
+    sim.nodes[0].gateway.handle_worker(HOME, h264(1, 5, false));
+    sim.run();
+    assert_eq!(media(&sim.take(second), 1), vec![5]);
+    assert_eq!(media(&sim.take(2), 1), vec![5]);
 }

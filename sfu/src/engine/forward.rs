@@ -100,7 +100,7 @@ impl Engine {
         layer.codec = codec;
         layer.bytes_window += packet.payload.len() as u64;
         layer.window_start.get_or_insert(now);
-        let keyframe = kind == MediaKind::Video && is_keyframe_start(codec, &packet.payload);
+        let keyframe = kind == MediaKind::Video && relay::starts_keyframe(codec, &packet.payload);
         if kind == MediaKind::Video {
             layer.gop.push(now, keyframe, codec, packet);
         }
@@ -164,7 +164,7 @@ impl Engine {
             let out = Outgoing {
                 kind: MediaKind::Video,
                 layer,
-                keyframe: is_keyframe_start(*codec, &packet.payload),
+                keyframe: relay::starts_keyframe(*codec, &packet.payload),
                 codec: *codec,
                 packet,
                 ext: extension_values(&packet.ext),
@@ -302,21 +302,6 @@ pub(super) fn map_payload_types(
                 .map(|v| (p.pt, str0m::media::Pt::from(v.pt)))
         })
         .collect()
-}
-
-/// Whether a packet starts a keyframe a decoder can start from. For H.264
-/// that is the packet carrying the SPS (sent ahead of the IDR) or the IDR.
-fn is_keyframe_start(codec: Option<Codec>, payload: &[u8]) -> bool {
-    match codec {
-        Some(Codec::Vp8) => str0m::format::detect_vp8_keyframe(payload),
-        Some(Codec::H264) => {
-            str0m::format::detect_h264_nalu(payload, 7) || str0m::format::detect_h264_keyframe(payload)
-        }
-        Some(Codec::Vp9) => str0m::format::detect_vp9_keyframe(payload),
-        Some(Codec::Av1) => str0m::format::detect_av1_keyframe(payload),
-        Some(Codec::H265) => str0m::format::detect_h265_keyframe(payload),
-        Some(Codec::Opus) | None => false,
-    }
 }
 
 /// Width and height from a VP8 keyframe's first packet: the payload

@@ -19,7 +19,6 @@
 //! - `state`: what is kept per room, peer, source and viewer.
 
 mod forward;
-mod gop;
 mod hls;
 mod ingest;
 mod layers;

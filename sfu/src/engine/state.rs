@@ -112,7 +112,7 @@ pub(super) struct SourceLayer {
     pub(super) last_keyframe_request: Option<Instant>,
     pub(super) size: Option<(u32, u32)>,
     /// Its packets since its last keyframe (video), for viewers starting on it.
-    pub(super) gop: super::gop::Gop,
+    pub(super) gop: relay::gop::Gop,
 }
 
 pub(super) struct Viewer {
@@ -226,7 +226,7 @@ impl SourceLayer {
             keyframe_wanted: false,
             last_keyframe_request: None,
             size: None,
-            gop: super::gop::Gop::default(),
+            gop: relay::gop::Gop::default(),
         }
     }
 

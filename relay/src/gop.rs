@@ -1,15 +1,14 @@
-//! The latest keyframe-started group of each video layer: a viewer that
-//! starts on a layer (a new viewer, a layer switch) is written the group
-//! at once and starts decoding at its keyframe, instead of waiting for the
-//! keyframe it would otherwise ask the publisher for (a PLI, throttled to
-//! one per [`super::KEYFRAME_THROTTLE`], and answered no sooner than the
-//! publisher's encoder allows). A group older than [`GOP_MAX_AGE`] or
-//! larger than [`GOP_MAX_BYTES`] is not kept: the frames a viewer would be
-//! handed at once would put its playback that far behind live.
+//! The latest keyframe-started group of a video layer. An engine writes it
+//! to a viewer that starts on the layer, and a gateway to a link that
+//! starts carrying it: the receiver starts decoding at its keyframe at
+//! once, instead of waiting for one asked of the publisher (throttled, and
+//! answered no sooner than the publisher's encoder allows). A group older
+//! than [`GOP_MAX_AGE`] or larger than [`GOP_MAX_BYTES`] is not kept: the
+//! frames handed over at once would put playback that far behind live.
 
 use std::time::{Duration, Instant};
 
-use relay::MediaPacket;
+use crate::MediaPacket;
 use wave_vocab::Codec;
 
 /// A group is replayed only while its keyframe is this recent.
@@ -19,7 +18,7 @@ pub const GOP_MAX_BYTES: usize = 512 * 1024;
 
 /// Packets from a layer's last keyframe start on, in arrival order.
 #[derive(Default)]
-pub(super) struct Gop {
+pub struct Gop {
     packets: Vec<(Option<Codec>, MediaPacket)>,
     bytes: usize,
     /// When the group's keyframe arrived; `None`: no usable group.
@@ -28,7 +27,7 @@ pub(super) struct Gop {
 
 impl Gop {
     /// One packet of the layer; `keyframe`: it starts a keyframe.
-    pub(super) fn push(&mut self, now: Instant, keyframe: bool, codec: Option<Codec>, packet: &MediaPacket) {
+    pub fn push(&mut self, now: Instant, keyframe: bool, codec: Option<Codec>, packet: &MediaPacket) {
         let first_ts = self.packets.first().map(|(_, p)| p.rtp_ts);
         if keyframe && first_ts != Some(packet.rtp_ts) {
             // A new keyframe (its first packet; the SPS and the IDR of
@@ -49,22 +48,28 @@ impl Gop {
     }
 
     /// The group, when one is usable now.
-    pub(super) fn replay(&self, now: Instant) -> Option<&[(Option<Codec>, MediaPacket)]> {
+    pub fn replay(&self, now: Instant) -> Option<&[(Option<Codec>, MediaPacket)]> {
         let started = self.started?;
         (now.saturating_duration_since(started) <= GOP_MAX_AGE && !self.packets.is_empty())
             .then_some(&self.packets[..])
     }
 
     /// Forgets the group (and keeps nothing until the next keyframe).
-    pub(super) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.packets = Vec::new();
         self.bytes = 0;
         self.started = None;
     }
 
+    /// The group as of its newest packet (for a sender with no clock of
+    /// its own: a layer that stalled keeps the group it had).
+    pub fn latest(&self) -> Option<&[(Option<Codec>, MediaPacket)]> {
+        let (_, last) = self.packets.last()?;
+        self.replay(last.arrival)
+    }
+
     /// Packets held.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.packets.len()
     }
 }
@@ -73,7 +78,7 @@ impl Gop {
 mod tests {
     use std::sync::Arc;
 
-    use relay::Ext;
+    use crate::Ext;
 
     use super::*;
 
@@ -103,12 +108,12 @@ mod tests {
         assert_eq!(seqs, vec![2, 3, 4]);
         // The next keyframe starts a new group.
         g.push(t0, true, None, &packet(5, 9000, 100));
-        assert_eq!(g.len(), 1);
+        assert_eq!(g.held(), 1);
         // Too old: not replayed, and dropped at the next packet.
         let late = t0 + GOP_MAX_AGE + Duration::from_millis(1);
         assert!(g.replay(late).is_none());
         g.push(late, false, None, &packet(6, 12_000, 100));
-        assert_eq!(g.len(), 0);
+        assert_eq!(g.held(), 0);
         // Too large: dropped.
         g.push(late, true, None, &packet(7, 15_000, 100));
         g.push(late, false, None, &packet(8, 18_000, GOP_MAX_BYTES));
