@@ -290,11 +290,32 @@ impl Gateway {
         self.replays
     }
 
-    /// Writes the cached group of `key` (its id here) to `link` under the
-    /// id `wire` it has on that link.
-    fn replay(&mut self, link: LinkId, key: LayerKey, wire: SourceId) {
-        let Some(group) = self.gops.get(&key).and_then(Gop::latest) else {
+    /// `link` starts carrying the layer `key` (its id here; `wire` on the
+    /// link): it is written the layer's cached keyframe group, or, for a
+    /// video layer with none, the layer's keyframe is asked for on its
+    /// behalf (its node held its own request back): `ask` is where to.
+    fn start_carrying(&mut self, link: LinkId, key: LayerKey, wire: SourceId, ask: Option<GatewayOutput>) {
+        if self.replay(link, key, wire) {
             return;
+        }
+        let video = match relayed_local(wire) {
+            Some(local) => self.in_sources.get(&local).map(|s| &s.announce),
+            None => {
+                let (worker, peer) = from_wire(key.0);
+                self.out_sources.get(&(worker, peer)).map(|s| &s.announce)
+            }
+        }
+        .is_some_and(|a| is_video(a, key.1));
+        if let (true, Some(ask)) = (video, ask) {
+            self.out.push_back(ask);
+        }
+    }
+
+    /// Writes the cached group of `key` (its id here) to `link` under the
+    /// id `wire` it has on that link; `false` when there is none.
+    fn replay(&mut self, link: LinkId, key: LayerKey, wire: SourceId) -> bool {
+        let Some(group) = self.gops.get(&key).and_then(Gop::latest) else {
+            return false;
         };
         self.replays += 1;
         let (_, track, layer) = key;
@@ -308,6 +329,7 @@ impl Gateway {
             };
             self.out.push_back(GatewayOutput::Link(link, m));
         }
+        true
     }
 
     /// Watches and routes refused as loops, and rooms that moved to a new
@@ -454,6 +476,12 @@ impl Gateway {
             // hop lists are between nodes.
             Message::Nack { .. } | Message::Hops { .. } => {}
             Message::Keyframe { source, layer } => {
+                // A layer not carried here yet: its demand is on its way, and
+                // the node that carries it answers that with the layer's
+                // cached group, or asks the publisher (`start_carrying`).
+                if !self.demand_in.keys().any(|k| k.0 == source && k.2 == layer) {
+                    return;
+                }
                 if let Some(s) = self.in_sources.get(&source).filter(|s| s.link != NO_LINK) {
                     let m = Message::Keyframe {
                         source: s.remote,
@@ -549,8 +577,15 @@ impl Gateway {
         let after = !set.is_empty();
         if let (Sub::Link(l), true, true) = (sub, joined, before) {
             // A child joining a layer already carried here starts at its
-            // last keyframe.
-            self.replay(l, key, relayed(source));
+            // last keyframe (asked of the parent when there is none).
+            let ask = (link != NO_LINK).then(|| {
+                let m = Message::Keyframe {
+                    source: remote,
+                    layer,
+                };
+                GatewayOutput::Link(link, m)
+            });
+            self.start_carrying(l, key, relayed(source), ask);
         }
         if !after {
             self.demand_in.remove(&key);
@@ -848,7 +883,11 @@ impl Gateway {
                     d.remove(&(source, track, layer));
                 } else if d.insert((source, track, layer)) {
                     // The link starts carrying the layer at its last keyframe.
-                    self.replay(link, (source, track, layer), source);
+                    let ask = (worker.0 < self.workers).then_some(GatewayOutput::Worker(
+                        worker,
+                        Message::Keyframe { source: peer, layer },
+                    ));
+                    self.start_carrying(link, (source, track, layer), source, ask);
                 }
             }
             Message::Nack {
@@ -1353,6 +1392,12 @@ fn from_wire(source: SourceId) -> (WorkerId, SourceId) {
     )
 }
 
+/// Whether track `track` of an announced source is video.
+fn is_video(announce: &Message, track: u8) -> bool {
+    matches!(announce, Message::Source { tracks, .. }
+        if tracks.get(usize::from(track)).is_some_and(|t| t.kind == wave_vocab::MediaKind::Video))
+}
+
 /// A mirrored source's id towards this node's children.
 fn relayed(local: SourceId) -> SourceId {
     SourceId(RELAYED | local.0)
@@ -1488,23 +1533,31 @@ mod tests {
             _ => false,
         }));
 
-        // A keyframe request goes upstream under the origin's id.
-        g.handle_worker(
-            WorkerId(0),
-            Message::Keyframe {
-                source: local,
-                layer: 2,
-            },
-        );
+        // A keyframe request for a layer not carried here is held back:
+        // the layer's demand follows, and the parent answers that.
+        let ask = Message::Keyframe {
+            source: local,
+            layer: 2,
+        };
+        g.handle_worker(WorkerId(0), ask.clone());
+        assert!(drain(&mut g).is_empty());
+        // Once carried, a keyframe request goes upstream under the origin's id.
+        g.handle_worker(WorkerId(0), demand(local.0, 2, true));
+        drain(&mut g);
+        g.handle_worker(WorkerId(0), ask);
         let out = drain(&mut g);
         assert!(matches!(
             links(&out)[..],
             [(LinkId(7), Message::Keyframe { source: SourceId(s), layer: 2 })] if *s == 1 << 48 | 5
         ));
 
-        // The last worker leaving unwatches upstream; one leaving does not.
+        // The last worker leaving unwatches upstream; one leaving only
+        // withdraws what it alone asked for.
         g.handle_worker(WorkerId(0), watch("r", false));
-        assert!(links(&drain(&mut g)).is_empty());
+        assert!(matches!(
+            links(&drain(&mut g))[..],
+            [(LinkId(7), Message::Demand { wanted: false, .. })]
+        ));
         g.handle_worker(WorkerId(1), watch("r", false));
         let out = drain(&mut g);
         assert!(matches!(

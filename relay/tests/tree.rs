@@ -34,7 +34,11 @@ fn announce() -> Message {
         session: SessionId::parse(&"5e".repeat(16)).unwrap(),
         identity: Some("alice".into()),
         codecs: Vec::new(),
-        tracks: Vec::new(),
+        tracks: vec![relay::TrackDesc {
+            mid: "v".into(),
+            kind: wave_vocab::MediaKind::Video,
+            rids: vec![Some("q".into()), Some("h".into())],
+        }],
     }
 }
 
@@ -759,4 +763,62 @@ fn a_link_that_starts_carrying_a_layer_is_written_its_last_keyframe_group_at_onc
     sim.run();
     assert_eq!(media(&sim.take(second), 1), vec![5]);
     assert_eq!(media(&sim.take(2), 1), vec![5]);
+}
+
+/// The keyframe requests a node's workers were handed, as (source, layer).
+fn asked(got: &[(WorkerId, Message)]) -> Vec<(SourceId, u8)> {
+    got.iter()
+        .filter_map(|(_, m)| match m {
+            Message::Keyframe { source, layer } => Some((*source, *layer)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_edge_starting_a_layer_asks_the_publisher_only_when_no_node_has_its_group() {
+    let (mut sim, _, _) = chain();
+    let local = announced(&sim.take(2));
+    // Layer 1 has a group at the origin (a keyframe, then deltas); layer 0
+    // only deltas so far.
+    for seq in 1..=3 {
+        sim.nodes[0].gateway.handle_worker(HOME, h264(1, seq, seq == 1));
+        sim.nodes[0].gateway.handle_worker(HOME, h264(0, seq, false));
+    }
+    sim.run();
+    sim.take(0);
+    // The edge's viewer starts on layer 1: its engine asks for a keyframe,
+    // then demands the layer. The origin writes the group; nobody asks.
+    sim.worker(
+        2,
+        VIEWER,
+        Message::Keyframe {
+            source: local,
+            layer: 1,
+        },
+    );
+    sim.worker(2, VIEWER, demand(local, 1, true));
+    assert_eq!(media(&sim.take(2), 1), vec![1, 2, 3]);
+    assert!(asked(&sim.take(0)).is_empty(), "the publisher was not asked");
+    // Layer 0 has no group anywhere: the origin asks its publisher, once.
+    sim.worker(
+        2,
+        VIEWER,
+        Message::Keyframe {
+            source: local,
+            layer: 0,
+        },
+    );
+    sim.worker(2, VIEWER, demand(local, 0, true));
+    assert_eq!(asked(&sim.take(0)), vec![(PUBLISHER, 0)]);
+    // Once carried, a request (a decoder that lost its place) goes up as before.
+    sim.worker(
+        2,
+        VIEWER,
+        Message::Keyframe {
+            source: local,
+            layer: 0,
+        },
+    );
+    assert_eq!(asked(&sim.take(0)), vec![(PUBLISHER, 0)]);
 }
