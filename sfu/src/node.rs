@@ -49,7 +49,7 @@ pub struct Node {
     /// The HTTP front door's session table (set once the server starts).
     http_sessions: Arc<std::sync::OnceLock<signaling::Sessions>>,
     /// The RTSP pulls, set once the cluster is joined ([`Node::set_pulls`]).
-    pulls: std::sync::OnceLock<Arc<crate::ingest::rtsp::Pulls>>,
+    pulls: std::sync::OnceLock<Arc<crate::ingest::rtsp::Pulls<Node>>>,
 }
 
 /// A room's home worker among `count`: its publishers, HLS and (without
@@ -169,7 +169,7 @@ impl Node {
     }
 
     /// Takes the node's RTSP pull table (once; later calls are ignored).
-    pub fn set_pulls(&self, pulls: Arc<crate::ingest::rtsp::Pulls>) {
+    pub fn set_pulls(&self, pulls: Arc<crate::ingest::rtsp::Pulls<Node>>) {
         let _ = self.pulls.set(pulls);
     }
 
@@ -268,24 +268,6 @@ impl Node {
         }
     }
 
-    /// Opens an ingest source (an RTMP publish) as the room's publisher on
-    /// its home worker; it counts as a session of the room.
-    pub async fn open_ingest(&self, open: IngestOpen) -> Result<(), MediaError> {
-        let (room, session) = (open.room.clone(), open.session.clone());
-        self.open_session(&room, session, false, |_| Command::Ingest(open))
-            .await
-            .map(|_| ())
-    }
-
-    /// Hands an ingest source's packets to its worker, in order.
-    pub async fn ingest(&self, session: &SessionId, packets: Vec<IngestPacket>) -> Result<(), MediaError> {
-        let command = Command::IngestMedia {
-            session: session.clone(),
-            packets,
-        };
-        self.worker_for_session(session)?.call(command).await.map(|_| ())
-    }
-
     /// [`Node::open`]'s work, whatever the engine replies.
     async fn open_session(
         &self,
@@ -365,6 +347,27 @@ pub async fn route(
         .route(&topic, addr, fp)
         .await
         .map_err(|e| unavailable(e.to_string()))
+}
+
+impl crate::ingest::IngestNode for Node {
+    async fn open_ingest(&self, open: IngestOpen) -> Result<(), MediaError> {
+        let (room, session) = (open.room.clone(), open.session.clone());
+        self.open_session(&room, session, false, |_| Command::Ingest(open))
+            .await
+            .map(|_| ())
+    }
+
+    async fn ingest(&self, session: &SessionId, packets: Vec<IngestPacket>) -> Result<(), MediaError> {
+        let command = Command::IngestMedia {
+            session: session.clone(),
+            packets,
+        };
+        self.worker_for_session(session)?.call(command).await.map(|_| ())
+    }
+
+    async fn end_ingest(&self, session: &SessionId) -> Result<(), MediaError> {
+        self.delete(session).await
+    }
 }
 
 impl MediaNode for Node {
@@ -562,7 +565,7 @@ impl MediaNode for Node {
         }
         wave_dtls::render_metrics(out);
         crate::ingest::render_metrics(out);
-        crate::ingest::rtsp::render_metrics(self.pulls.get().map(Arc::as_ref), out);
+        crate::ingest::rtsp::render_metrics(self.pulls.get().map_or(0, |p| p.count()), out);
         let p = wave_metrics::process::sample();
         let process: [(&str, Kind, &str, String); 5] = [
             (

@@ -30,6 +30,27 @@ use wave_metrics::{Kind, family, sample, single};
 
 pub use source::Source;
 
+use signaling::{MediaError, SessionId};
+
+use crate::engine::{IngestOpen, IngestPacket};
+
+/// What an ingest (an RTMP push, an RTSP pull) needs of the node: a source
+/// opened as the room's publisher on its home worker, its packets in order,
+/// its end. The node implements it; the ingests name only this, so the node
+/// can own the pull table without a circle between them.
+pub trait IngestNode: Send + Sync + 'static {
+    /// Opens a source without an `Rtc`; it counts as a session of the room.
+    fn open_ingest(&self, open: IngestOpen) -> impl Future<Output = Result<(), MediaError>> + Send;
+    /// Hands the source's packets to its worker, in order.
+    fn ingest(
+        &self,
+        session: &SessionId,
+        packets: Vec<IngestPacket>,
+    ) -> impl Future<Output = Result<(), MediaError>> + Send;
+    /// Ends the source (its viewers wait for the room's next one).
+    fn end_ingest(&self, session: &SessionId) -> impl Future<Output = Result<(), MediaError>> + Send;
+}
+
 /// Why a stream is refused or cut off; each is a label of
 /// `wave_rtmp_rejected_total`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
+use signaling::Drain;
 use signaling::auth::{self, AuthError, Grant, TokenPolicy};
 use signaling::cluster::{Claim, Cluster};
-use signaling::{Drain, MediaNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -28,6 +28,7 @@ use wave_vocab::{MediaError, RoomId, SessionId};
 
 use super::{CONNECTIONS, PUBLISHING, Reason, Source, count_rejected, ntp_now};
 use crate::engine::IngestOpen;
+use crate::ingest::IngestNode;
 use crate::node::Node;
 
 /// The one RTMP application: `rtmp://host:port/live/{stream key}`.
@@ -160,7 +161,7 @@ impl Connection {
         if let Some(p) = self.publishing.take() {
             PUBLISHING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             info!(room = %p.room, session = %p.session, "RTMP publish ended");
-            let _ = self.node.delete(&p.session).await;
+            let _ = self.node.end_ingest(&p.session).await;
         }
     }
 

@@ -21,8 +21,8 @@ use futures_util::StreamExt;
 use retina::client::{Credentials, Demuxed, PlayOptions, Session, SessionOptions, SetupOptions, Transport};
 use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoParametersCodec};
 use serde::Serialize;
+use signaling::PullRequest;
 use signaling::cluster::{Claim, Cluster};
-use signaling::{MediaNode, PullRequest};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -33,7 +33,7 @@ use super::audio::{Law, ToOpus};
 use super::ntp_now;
 use super::source::{AvcConfig, Source};
 use crate::engine::IngestOpen;
-use crate::node::Node;
+use crate::ingest::IngestNode;
 
 /// Pulls one node keeps (each holds a task and, while playing, a TCP or
 /// UDP flow from a camera).
@@ -188,8 +188,8 @@ pub fn split_credentials(url: &str) -> Result<(Url, Option<Credentials>, String)
 
 /// The node's pulls: the table `GET` and `/v1/rooms/{room}` read, and
 /// what each task needs of the node.
-pub struct Pulls {
-    node: Weak<Node>,
+pub struct Pulls<N> {
+    node: Weak<N>,
     cluster: Cluster,
     table: Mutex<BTreeMap<SessionId, Entry>>,
 }
@@ -209,8 +209,8 @@ static PLAYING: AtomicU64 = AtomicU64::new(0);
 static STARTED: AtomicU64 = AtomicU64::new(0);
 static FAILED: [AtomicU64; FAILURES.len()] = [const { AtomicU64::new(0) }; FAILURES.len()];
 
-impl Pulls {
-    pub fn new(node: Weak<Node>, cluster: Cluster) -> Pulls {
+impl<N: IngestNode> Pulls<N> {
+    pub fn new(node: Weak<N>, cluster: Cluster) -> Pulls<N> {
         Pulls {
             node,
             cluster,
@@ -301,7 +301,7 @@ impl Pulls {
     }
 
     /// The number of pulls (any state) in the table.
-    fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.lock().map_or(0, |t| t.len())
     }
 }
@@ -316,13 +316,13 @@ fn describe(id: &SessionId, e: &Entry) -> serde_json::Value {
 }
 
 /// The `wave_ingest_rtsp_*` families for `/metrics`.
-pub fn render_metrics(pulls: Option<&Pulls>, out: &mut String) {
+pub fn render_metrics(pulls: usize, out: &mut String) {
     single(
         out,
         "wave_ingest_rtsp_pulls",
         Kind::Gauge,
         "RTSP pulls on this node, in any state.",
-        pulls.map_or(0, Pulls::count) as u64,
+        pulls as u64,
     );
     single(
         out,
@@ -355,8 +355,8 @@ enum End {
     Failed(Failure),
 }
 
-struct Task {
-    pulls: Arc<Pulls>,
+struct Task<N> {
+    pulls: Arc<Pulls<N>>,
     id: SessionId,
     room: RoomId,
     /// Without credentials.
@@ -375,7 +375,7 @@ struct Playing {
     audio: Option<(usize, String)>,
 }
 
-impl Task {
+impl<N: IngestNode> Task<N> {
     async fn run(self, until: Option<SystemTime>, mut stop: oneshot::Receiver<()>) {
         let deadline = until.map(|t| {
             let left = t.duration_since(SystemTime::now()).unwrap_or_default();
@@ -527,13 +527,13 @@ impl Task {
         info!(room = %self.room, pull = %self.id, session = %session, "RTSP pull playing");
         let end = self.feed(&node, &session, &mut playing, stop, expiry).await;
         PLAYING.fetch_sub(1, Ordering::Relaxed);
-        let _ = node.delete(&session).await;
+        let _ = node.end_ingest(&session).await;
         end
     }
 
     async fn feed(
         &self,
-        node: &Node,
+        node: &N,
         session: &SessionId,
         playing: &mut Playing,
         stop: &mut oneshot::Receiver<()>,
