@@ -436,7 +436,13 @@ impl<M: MediaNode> Shared<M> {
                 // A publisher stays here too: this node becomes a second
                 // origin of the room, and viewers anywhere are fed from both.
                 (Kind::Whip, Some(_)) => None,
-                _ => return redirect(&owner, req.uri(), &room),
+                _ => {
+                    if self.cluster.as_ref().is_some_and(|c| c.relays()) {
+                        // A browser drops its bearer token on this redirect.
+                        info!(%room, owner = %owner.node, "the room's node is not in this node's relay view (not live, or it does not relay); redirecting");
+                    }
+                    return redirect(&owner, req.uri(), &room);
+                }
             },
         };
         let (publisher, max_layer) = match kind {

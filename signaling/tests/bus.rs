@@ -14,6 +14,7 @@ on_both!(
     request_gets_an_answer_or_a_clear_error,
     kv_create_is_exclusive_and_update_checks_revisions,
     kv_keys_expire_ttl_after_their_last_write,
+    kv_entries_lists_every_key_while_the_keys_are_rewritten,
     history_keeps_the_last_messages_per_subject,
     bad_subjects_and_keys_are_refused,
 );
@@ -169,6 +170,51 @@ async fn kv_keys_expire_ttl_after_their_last_write(bus: &Bus) {
     );
     // An expired key can be claimed again.
     kv.create("n2", Bytes::from_static(b"new owner")).await.unwrap();
+}
+
+/// The node registry is read with `entries()` while every node rewrites its
+/// own key each heartbeat: a listing taken during those writes must still
+/// hold every key (a node missing from one heartbeat's view was answered a
+/// 307 instead of being relayed to).
+async fn kv_entries_lists_every_key_while_the_keys_are_rewritten(bus: &Bus) {
+    let kv = bus.kv("busy", Duration::from_secs(3)).await.unwrap();
+    const KEYS: [&str; 4] = ["a", "b", "c", "d"];
+    let keys: &'static [&str] = &KEYS;
+    for k in keys {
+        kv.put(k, Bytes::from_static(b"0")).await.unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let (kv, stop) = (kv.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    kv.put(k, Bytes::from(i.to_string())).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut short = Vec::new();
+    for round in 0..300 {
+        let listed: Vec<String> = kv.entries().await.unwrap().into_iter().map(|e| e.key).collect();
+        if listed.len() != keys.len() {
+            short.push(format!("round {round}: {listed:?}"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        short.is_empty(),
+        "{} of 300 listings missed a key: {:?}",
+        short.len(),
+        &short[..short.len().min(5)]
+    );
 }
 
 async fn history_keeps_the_last_messages_per_subject(bus: &Bus) {
