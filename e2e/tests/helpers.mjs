@@ -1,5 +1,6 @@
 // Shared helpers for the browser end-to-end tests: run the real `sfu`
-// binary, drive Debian's chromium through playwright-core, poll the demo
+// binary, drive Debian's chromium through playwright-core (and Debian's
+// firefox-esr through puppeteer-core over WebDriver BiDi), poll the demo
 // page's `wave.stats()`, and collect diagnostics when something fails.
 import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -12,6 +13,7 @@ import { chromium } from 'playwright-core';
 
 export const BIN_DIR = resolve(process.env.WAVE_BIN_DIR ?? new URL('../../target/release', import.meta.url).pathname);
 export const CHROMIUM = process.env.WAVE_CHROMIUM ?? '/usr/bin/chromium';
+export const FIREFOX = process.env.WAVE_FIREFOX ?? '/usr/bin/firefox-esr';
 // hls.js's dist directory (web/'s npm package) that the node serves to the page.
 export const HLSJS_DIR = resolve(process.env.WAVE_HLSJS_DIR ?? new URL('../../web/node_modules/hls.js/dist', import.meta.url).pathname);
 
@@ -188,6 +190,57 @@ export async function launchBrowser(extraArgs = []) {
     async close() {
       await context.close().catch(() => {});
       rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+// Firefox's counterparts of CHROMIUM_ARGS. Firefox gathers loopback
+// candidates only with `ice.loopback`, and only for a page that has camera
+// or microphone access: any other page gets "default local addresses only"
+// (its default route's, here 192.0.2.2 and fd00::2), which it never pairs
+// with the node's 127.0.0.1. `permission.fake` makes the fake camera count
+// as that access.
+export const FIREFOX_PREFS = {
+  'media.navigator.streams.fake': true,
+  'media.navigator.permission.disabled': true,
+  'media.navigator.permission.fake': true,
+  'media.peerconnection.ice.loopback': true,
+  'media.peerconnection.ice.obfuscate_host_addresses': false,
+  'media.autoplay.default': 0,
+};
+
+/**
+ * Headless Firefox ESR driven by puppeteer-core over WebDriver BiDi, with a
+ * fresh profile (puppeteer's, removed on close); `page()` and `close()` as
+ * for `launchBrowser`, so its pages fit `until` and `diagnostics`.
+ */
+export async function launchFirefox(prefs = {}) {
+  if (!existsSync(FIREFOX)) throw new Error(`no firefox at ${FIREFOX}: apt-get install firefox-esr (scripts/setup.sh --test)`);
+  const { default: puppeteer } = await import('puppeteer-core');
+  const browser = await puppeteer.launch({
+    browser: 'firefox',
+    executablePath: FIREFOX,
+    protocol: 'webDriverBiDi',
+    headless: true,
+    extraPrefsFirefox: { ...FIREFOX_PREFS, ...prefs },
+  });
+  return {
+    browser,
+    version: await browser.version(),
+    async page(url, name) {
+      const page = await browser.newPage();
+      page.waveName = name;
+      page.consoleLines = [];
+      page.on('console', (m) => page.consoleLines.push(`[${m.type()}] ${m.text()}`));
+      page.on('pageerror', (e) => page.consoleLines.push(`[pageerror] ${e.message}`));
+      await page.goto(url);
+      await page.waitForFunction(() => typeof window.wave?.stats === 'function');
+      return page;
+    },
+    async close() {
+      const proc = browser.process();
+      await Promise.race([browser.close().catch(() => {}), sleep(5000)]);
+      if (proc && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
     },
   };
 }
