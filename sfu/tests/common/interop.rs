@@ -1,10 +1,12 @@
 //! Third-party WebRTC clients (GStreamer webrtcbin, aiortc, FFmpeg's WHIP
-//! muxer) against the real `sfu` binary, all inside a private network
-//! namespace (libnice gathers no loopback candidates).
+//! muxer, libdatachannel) against the real `sfu` binary, all inside a
+//! private network namespace (libnice gathers no loopback candidates).
 //!
 //! The clients are `tests/interop/wave_interop.py`, run with the venv that
 //! `scripts/setup.sh` creates (`.venv/`, with the system's GStreamer
-//! bindings visible). A missing venv or package fails the test.
+//! bindings visible), and `tests/interop/ldc/ldc.mjs` (commands `ldc-*`),
+//! run with Node.js and the npm packages `setup.sh --test` installs there.
+//! A missing venv or package fails the test.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -162,10 +164,15 @@ impl InteropNode {
             (format!("/whep/{room}"), "--subscribe")
         };
         let token = token(room, command, grant);
+        let (program, script) = if command.starts_with("ldc-") {
+            (PathBuf::from("node"), ldc_script())
+        } else {
+            (python(), script())
+        };
         let child = self
             .ns
-            .command(python())
-            .arg(script())
+            .command(program)
+            .arg(script)
             .arg(command)
             .args(["--url", &self.url(&path), "--token", &token])
             .args(["--seconds", &seconds.to_string()])
@@ -207,6 +214,7 @@ impl Client {
                 out.status.code()
             );
         };
+        eprintln!("{}: {line}", self.what);
         let report: Report =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: bad report {line:?}: {e}", self.what));
         assert!(
@@ -271,4 +279,15 @@ fn python() -> PathBuf {
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/wave_interop.py")
+}
+
+/// The libdatachannel client; its npm packages' absence fails the test.
+fn ldc_script() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/ldc");
+    assert!(
+        dir.join("node_modules/node-datachannel").exists(),
+        "{}/node_modules is missing: run scripts/setup.sh --test (it installs node-datachannel)",
+        dir.display()
+    );
+    dir.join("ldc.mjs")
 }
