@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::floor::{self, Floor};
+use crate::floor::{self, FanoutFloor, Floor};
 use crate::node_process::{NodeProcess, replace_marked};
 use crate::report::Report;
 use crate::run::{self, LayerChoice, Plan, RunConfig};
@@ -99,11 +99,13 @@ fn fmt(v: Option<f64>, d: usize) -> String {
 }
 
 /// One Markdown row.
-pub fn row(name: &str, r: &Report, floor: &Floor) -> String {
+pub fn row(name: &str, r: &Report, floor: &Floor, fan: Option<&FanoutFloor>) -> String {
     let s = &r.server;
     let multiple = s.cpu_us_per_packet.map(|c| c / floor.total_us());
+    let fan_us = fan.map(FanoutFloor::us);
+    let fan_multiple = s.cpu_us_per_packet.zip(fan_us).map(|(c, f)| c / f);
     format!(
-        "| {name} | {}/{} ({} full) | {} | {} | {:.3} | {:.0} | {:.2} / {:.2} | {} | {} | {} | {} / {} |",
+        "| {name} | {}/{} ({} full) | {} | {} | {:.3} | {:.0} | {:.2} / {:.2} | {} | {} | {} / {} | {} | {} / {} |",
         r.viewers_joined,
         r.viewers_planned,
         r.viewers_joined - r.viewers_header_counted,
@@ -115,6 +117,8 @@ pub fn row(name: &str, r: &Report, floor: &Floor) -> String {
         r.latency_ms.p99,
         fmt(s.mem_per_viewer_kib, 1),
         fmt(multiple, 1),
+        fmt(fan_us, 2),
+        fmt(fan_multiple, 1),
         fmt(s.cpu_cores, 2),
         fmt(r.client.cpu_us_per_packet, 2),
         fmt(r.client.cpu_cores, 2),
@@ -138,6 +142,30 @@ pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
         if !cfg.only.is_empty() && !cfg.only.iter().any(|o| case.name.starts_with(o.as_str())) {
             continue;
         }
+        // The fan-out floor for as many receivers as the scenario has
+        // viewers (a meeting: every peer watches every other), measured
+        // before its node starts.
+        let receivers = case
+            .viewers
+            .max(case.publishers * case.publishers.saturating_sub(1));
+        let fan = match tokio::task::spawn_blocking(move || floor::fanout(receivers, Duration::from_secs(1)))
+            .await
+        {
+            Ok(Ok(f)) => {
+                eprintln!(
+                    "fan-out floor, {receivers} receivers: {:.2} µs per datagram ({} sent, {} read)",
+                    f.us(),
+                    f.sent,
+                    f.received
+                );
+                Some(f)
+            }
+            Ok(Err(e)) => {
+                eprintln!("fan-out floor, {receivers} receivers: {e}");
+                None
+            }
+            Err(e) => return Err(Error::Media(format!("fan-out floor task: {e}"))),
+        };
         let node = NodeProcess::start(&cfg.sfu, cfg.node_workers)?;
         let mut rc = cfg.base.clone();
         rc.url = node.url.clone();
@@ -151,9 +179,9 @@ pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
         match run::run(rc).await {
             Ok(report) => {
                 eprint!("{}", report.table());
-                rows.push(row(&case.name, &report, &floor));
+                rows.push(row(&case.name, &report, &floor, fan.as_ref()));
             }
-            Err(e) => rows.push(format!("| {} | run failed: {e} | | | | | | | | | |", case.name)),
+            Err(e) => rows.push(format!("| {} | run failed: {e} | | | | | | | | | | |", case.name)),
         }
         drop(node);
     }
@@ -164,12 +192,15 @@ pub async fn bench(cfg: BenchConfig) -> Result<String, Error> {
          until their first keyframe, then counted from RTP headers; other layers all full), join rate {rate}/s, {duration:.0} s measured after the last join; node and load tester share the machine \
          (and, when this was run, other jobs: see the load average).\n\n\
          Floor on this machine, same run: AES-128-GCM seal of 1,200 bytes (aws-lc-rs) {seal:.0} ns + its share of \
-         a batched (GSO) loopback UDP send {send:.0} ns = **{total:.2} µs per packet**.\n\n\
-         | scenario | viewers joined | node µs CPU / fwd pkt | fwd pkt/s | loss % | join p95 ms | latency p50 / p99 ms | node KiB / viewer | × floor | node cores | tester µs / rcvd pkt, cores |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\n\
+         a batched (GSO) loopback UDP send {send:.0} ns = **{total:.2} µs per packet**. The fan-out floor, measured \
+         before each scenario for as many receiving loopback sockets as it has viewers: the sending thread's CPU per \
+         datagram when each datagram gets its viewer's header and its own AES-128-GCM key and a slot in a 64-message \
+         `sendmmsg` to distinct addresses (the receivers' path runs in that send, as for the node).\n\n\
+         | scenario | viewers joined | node µs CPU / fwd pkt | fwd pkt/s | loss % | join p95 ms | latency p50 / p99 ms | node KiB / viewer | × floor | fan-out floor µs / × | node cores | tester µs / rcvd pkt, cores |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\n\
          Join p95 is POST → first keyframe at the viewer, for every viewer. Loss is after NACK repair for full \
          viewers and before any repair for header-counted ones (they send no NACK). Latency is publisher send → viewer receive of the \
-         same frame, measured at the full viewers, both in the load tester's process, so it includes the load tester's own queueing. The last \
+         same frame, measured at the full viewers from their second keyframe on (a viewer may start on a cached group up to 1 s old), both in the load tester's process, so it includes the load tester's own queueing. The last \
          column is the load tester's own CPU (all threads) per RTP packet its viewers received: where its cores \
          near what the machine has left, the tester, not the node, is the limit.\n{END}\n",
         BEGIN = BEGIN,

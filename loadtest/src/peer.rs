@@ -403,6 +403,12 @@ pub struct Viewer {
     last_frame_at: Option<Instant>,
     /// (RTP timestamp, send instant in epoch nanos) of the frame being received.
     frame_sent: Option<(u32, u64)>,
+    /// RTP timestamp of the first keyframe; `live` once a later one came.
+    first_key_ts: Option<u32>,
+    /// Forwarding latency counts from the second keyframe on: a viewer may
+    /// start on a cached group up to 1 s old, whose frames measure their
+    /// age at the join, not forwarding.
+    live: bool,
     first_media_at: Option<Instant>,
     last_media_at: Option<Instant>,
 }
@@ -499,6 +505,8 @@ impl Viewer {
             last_ts: None,
             last_frame_at: None,
             frame_sent: None,
+            first_key_ts: None,
+            live: false,
             first_media_at: None,
             last_media_at: None,
         }
@@ -554,8 +562,15 @@ impl Viewer {
                     .datagram_len
                     .saturating_sub(p.header.header_len + p.payload.len());
                 self.trailer = Some(self.trailer.map_or(trailer, |t| t.min(trailer)));
-                if self.stats.first_keyframe_ms.is_none() && is_keyframe_payload(&p.payload) {
-                    self.stats.first_keyframe_ms = self.ms_since_post(at);
+                if is_keyframe_payload(&p.payload) {
+                    if self.stats.first_keyframe_ms.is_none() {
+                        self.stats.first_keyframe_ms = self.ms_since_post(at);
+                    }
+                    match self.first_key_ts {
+                        None => self.first_key_ts = Some(p.header.timestamp),
+                        Some(ts) if ts != p.header.timestamp => self.live = true,
+                        Some(_) => {}
+                    }
                 }
                 if let Some(tag) = find_tag(&p.payload) {
                     if self.stats.layer.is_some_and(|l| l != tag.layer) {
@@ -574,6 +589,7 @@ impl Viewer {
                 }
                 if let Some((ts, sent)) = self.frame_sent
                     && ts == p.header.timestamp
+                    && self.live
                 {
                     let recv = shared.nanos(at);
                     latency.record(recv.saturating_sub(sent) / 1000);
