@@ -212,6 +212,28 @@ pub struct FanoutArgs {
     /// Layer every viewer asks for.
     #[arg(long, env = "LOADTEST_LAYER", value_enum, default_value_t = LayerChoice::Low)]
     pub layer: LayerChoice,
+    /// Who publishes: `own`, the load tester's simulcast publishers (one
+    /// room each), or `none`, viewers only of `--room`, which something
+    /// else publishes (an RTMP encoder, an RTSP pull, a browser).
+    /// Forwarding latency needs the load tester's own frames: `none`
+    /// reports join time, loss, jitter, freezes and bitrate.
+    #[arg(long, env = "LOADTEST_PUBLISHER", value_enum, default_value_t = PublisherChoice::Own)]
+    #[serde(default)]
+    pub publisher: PublisherChoice,
+    /// The room viewers watch with `--publisher none`.
+    #[arg(long, env = "LOADTEST_ROOM")]
+    pub room: Option<String>,
+}
+
+/// Who publishes the rooms viewers watch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublisherChoice {
+    /// The load tester's own publishers.
+    #[default]
+    Own,
+    /// Nobody here: the room is published already.
+    None,
 }
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -324,6 +346,28 @@ impl Cli {
         if publishers == 0 {
             return Err(Error::Config("at least one publisher".into()));
         }
+        let external_room = match &self.command {
+            Scenario::Fanout(a) => match (a.publisher, &a.room) {
+                (PublisherChoice::Own, None) => None,
+                (PublisherChoice::Own, Some(_)) => {
+                    return Err(Error::Config(
+                        "--room is for --publisher none (the load tester names its own rooms)".into(),
+                    ));
+                }
+                (PublisherChoice::None, None) => {
+                    return Err(Error::Config(
+                        "--publisher none needs --room, the room to watch".into(),
+                    ));
+                }
+                (PublisherChoice::None, Some(_)) if a.publishers != 1 => {
+                    return Err(Error::Config(
+                        "--publisher none watches one room: leave --publishers at 1".into(),
+                    ));
+                }
+                (PublisherChoice::None, Some(room)) => Some(room.clone()),
+            },
+            _ => None,
+        };
         if publishers > 16_000 {
             return Err(Error::Config(
                 "at most 16,000 publishers (the frame tag's width)".into(),
@@ -355,6 +399,7 @@ impl Cli {
             token: c.token.clone(),
             seed: c.seed,
             publishers,
+            external_room,
             viewers,
             layer,
             transport: ViewerTransport::Whep,

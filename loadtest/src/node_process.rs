@@ -16,6 +16,9 @@ pub struct Ready {
     pub http: std::net::SocketAddr,
     #[serde(default)]
     pub media: Vec<std::net::SocketAddr>,
+    /// The RTMP listener (`--rtmp-listen`), if any.
+    #[serde(default)]
+    pub rtmp: Option<std::net::SocketAddr>,
 }
 
 /// A node under test, killed on drop.

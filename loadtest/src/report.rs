@@ -34,6 +34,9 @@ pub struct Report {
     pub scenario: String,
     pub seed: u64,
     pub duration_secs: f64,
+    /// `--publisher none`: the room watched, which something else publishes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_room: Option<String>,
     pub publishers: usize,
     pub publishers_connected: usize,
     pub viewers_planned: usize,
@@ -179,6 +182,7 @@ impl Report {
             .collect();
         let asking: Vec<&&ViewerStats> = joined.iter().filter(|v| v.layer_asked.is_some()).collect();
         Report {
+            external_room: None,
             scenario: scenario.into(),
             seed,
             duration_secs,
@@ -322,6 +326,12 @@ impl Report {
             self.viewers_planned,
             self.viewers_failed
         );
+        if let Some(room) = &self.external_room {
+            let _ = writeln!(
+                o,
+                "  watching room {room}, published by something else: no forwarding latency (it needs the load tester's own frames), no layer check"
+            );
+        }
         let _ = writeln!(
             o,
             "  {:<22} {:>9} {:>9} {:>9} {:>9}",
@@ -332,8 +342,10 @@ impl Report {
         row(&mut o, "join: DTLS connected", &self.join_ms.dtls_connected, "ms");
         row(&mut o, "join: first packet", &self.join_ms.first_packet, "ms");
         row(&mut o, "join: first keyframe", &self.join_ms.first_keyframe, "ms");
-        row(&mut o, "forwarding latency", &self.latency_ms, "ms");
-        row(&mut o, "publisher send late", &self.send_lateness_ms, "ms");
+        if self.external_room.is_none() {
+            row(&mut o, "forwarding latency", &self.latency_ms, "ms");
+            row(&mut o, "publisher send late", &self.send_lateness_ms, "ms");
+        }
         row(&mut o, "jitter", &self.jitter_ms, "ms");
         row(&mut o, "loss per viewer", &self.viewer_loss_pct, "%");
         row(&mut o, "freezes per viewer", &self.viewer_freezes, "");
@@ -384,11 +396,15 @@ impl Report {
             f(s.mem_per_viewer_kib, 1),
             f(s.rss_mib, 1)
         );
-        let _ = writeln!(
-            o,
-            "  publisher layers as encoded: {:?} kbit/s; http: {:?}",
-            self.publisher_layer_kbps, self.http
-        );
+        if self.external_room.is_none() {
+            let _ = writeln!(
+                o,
+                "  publisher layers as encoded: {:?} kbit/s; http: {:?}",
+                self.publisher_layer_kbps, self.http
+            );
+        } else {
+            let _ = writeln!(o, "  http: {:?}", self.http);
+        }
         if !self.errors.is_empty() {
             let _ = writeln!(o, "  errors: {:?}", self.errors);
         }

@@ -95,6 +95,9 @@ pub struct RunConfig {
     pub token: Option<String>,
     pub seed: u64,
     pub publishers: usize,
+    /// Viewers watch this room, which something else publishes; no
+    /// publisher of the load tester's joins (`--publisher none`).
+    pub external_room: Option<String>,
     /// Viewers per publisher (fanout), in all (churn); unused in a meeting.
     pub viewers: usize,
     pub layer: LayerChoice,
@@ -164,6 +167,9 @@ pub fn meeting_schedule(peers: usize, rate: f64, layer: LayerChoice, seed: u64) 
 }
 
 fn room(cfg: &RunConfig, publisher: usize) -> String {
+    if let Some(room) = &cfg.external_room {
+        return room.clone();
+    }
     match cfg.plan {
         Plan::Fanout => format!("lt{}-{publisher}", cfg.seed),
         Plan::Meeting | Plan::Churn { .. } => format!("lt{}-0", cfg.seed),
@@ -413,14 +419,19 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
 
     // Publishers first; viewers of a room without one would be refused (409).
     let mut publisher_errors = Vec::new();
-    for p in 0..cfg.publishers {
+    let own_publishers = if cfg.external_room.is_some() {
+        0
+    } else {
+        cfg.publishers
+    };
+    for p in 0..own_publishers {
         if let Err(e) = ctx.join_publisher(p).await {
             debug!(publisher = p, error = %e, "publisher failed to join");
             publisher_errors.push(short_error(&e));
         }
     }
     let deadline = Instant::now() + cfg.timeout;
-    let expected = (cfg.publishers - publisher_errors.len()) as u64;
+    let expected = (own_publishers - publisher_errors.len()) as u64;
     while shared.progress.publishers_sending.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -585,6 +596,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Error> {
         send_errors,
     );
     report.publisher_layer_kbps = layer_kbps;
+    report.external_room = cfg.external_room.clone();
     report.client = client;
     report.tester_socket_drops = drops;
     report.tester_socket_drops_window = drops_window;

@@ -8,5 +8,6 @@ mod header_counted_viewers;
 mod hls_against_node;
 mod idle_shard_sleeps;
 mod meeting_and_churn_against_node;
+mod rtmp_room_viewers;
 mod spread_viewers;
 mod tester_socket_drops;

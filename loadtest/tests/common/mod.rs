@@ -92,6 +92,8 @@ fn newest_source(workspace: &Path) -> Option<std::time::SystemTime> {
 pub struct Node {
     pub child: Child,
     pub url: String,
+    /// The RTMP listener, with `--rtmp-listen`.
+    pub rtmp: Option<std::net::SocketAddr>,
 }
 
 impl Node {
@@ -124,6 +126,7 @@ impl Node {
         Node {
             child,
             url: format!("http://{}", at.http),
+            rtmp: at.rtmp,
         }
     }
 
