@@ -18,7 +18,7 @@ use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
 use signaling::Drain;
 use signaling::auth::{self, AuthError, Grant, TokenPolicy};
-use signaling::cluster::{Claim, Cluster};
+use signaling::cluster::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -331,11 +331,9 @@ impl Connection {
             self.refused = Some(Cut::new(Reason::Node, why));
             return Ok((refused, true));
         }
-        let held = match self.context.cluster.claim(&room).await {
-            Ok(Claim::Local) => None,
-            // With the relay this node becomes a second origin of the room.
-            Ok(Claim::Elsewhere(_)) if self.context.cluster.relays() => None,
-            Ok(Claim::Elsewhere(owner)) => Some((
+        let held = match self.context.cluster.claim_to_publish(&room).await {
+            Ok(None) => None,
+            Ok(Some(owner)) => Some((
                 Reason::RoomHeld,
                 "NetStream.Publish.BadName",
                 format!("room {room} is published on node {}", owner.node),

@@ -22,7 +22,7 @@ use retina::client::{Credentials, Demuxed, PlayOptions, Session, SessionOptions,
 use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoParametersCodec};
 use serde::Serialize;
 use signaling::PullRequest;
-use signaling::cluster::{Claim, Cluster};
+use signaling::cluster::Cluster;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -498,11 +498,9 @@ impl<N: IngestNode> Task<N> {
         let Some(node) = self.pulls.node.upgrade() else {
             return End::Stopped;
         };
-        match self.pulls.cluster.claim(&self.room).await {
-            Ok(Claim::Local) => {}
-            // With the relay this node becomes a second origin of the room.
-            Ok(Claim::Elsewhere(_)) if self.pulls.cluster.relays() => {}
-            Ok(Claim::Elsewhere(owner)) => {
+        match self.pulls.cluster.claim_to_publish(&self.room).await {
+            Ok(None) => {}
+            Ok(Some(owner)) => {
                 return End::Failed(Failure::Room(format!(
                     "room {} is published on node {}",
                     self.room, owner.node

@@ -342,6 +342,18 @@ impl Cluster {
         Ok(decode::<RoomClaim>(&entry.value))
     }
 
+    /// Claims `room` for a publisher arriving here: `None` when it may
+    /// publish here (this node holds the claim, or another does and both
+    /// relay, so this node becomes a second origin of the room), or the
+    /// holder when it must publish there instead.
+    pub async fn claim_to_publish(&self, room: &RoomId) -> Result<Option<RoomClaim>, BusError> {
+        match self.claim(room).await? {
+            Claim::Local => Ok(None),
+            Claim::Elsewhere(_) if self.relays() => Ok(None),
+            Claim::Elsewhere(owner) => Ok(Some(owner)),
+        }
+    }
+
     /// Claims `room` for this node unless a live node holds it. A claim by
     /// a node missing from `nodes` (dead, its claim not yet expired) is
     /// taken over with compare-and-swap.
