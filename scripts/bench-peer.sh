@@ -39,6 +39,7 @@ trap stop EXIT
 
 for v in $VIEWERS; do
   # WAVE: a release node on port 0; where it listens comes from its ready line.
+  rm -f "$OUT/sfu.out"
   "$SFU" serve --http 127.0.0.1:0 --workers "$WAVE_WORKERS" > "$OUT/sfu.out" 2>/dev/null &
   server_pid=$!
   for _ in $(seq 100); do [ -s "$OUT/sfu.out" ] && break; sleep 0.1; done
