@@ -10,7 +10,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::run::{LayerChoice, Plan, RunConfig, ViewerTransport};
+use crate::run::{LayerChoice, Plan, RunConfig, Target, ViewerTransport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -114,6 +114,19 @@ pub struct Common {
         global = true
     )]
     pub url: String,
+    /// The server's signaling: `whip` (WHIP/WHEP below `--url`) or `janus`
+    /// (Janus VideoRoom; `--url` is the REST root, e.g.
+    /// `http://127.0.0.1:8088/janus`, and `--metrics-path ""` with
+    /// `--server-pid` for its cost).
+    #[arg(long, env = "LOADTEST_TARGET", value_enum, default_value_t = Target::Whip, global = true)]
+    pub target: Target,
+    /// One source address for every peer's media instead of a 127/8
+    /// address each; datagrams are then told apart by the server's address,
+    /// so the server must give each peer its own port (Janus does). Janus
+    /// needs it: it gathers no loopback candidates, so its media is on this
+    /// host's own address (`scripts/janus-config.sh`).
+    #[arg(long, env = "LOADTEST_LOCAL_IP", global = true)]
+    pub local_ip: Option<std::net::IpAddr>,
     /// Bearer token sent with every WHIP/WHEP request.
     #[arg(long, env = "LOADTEST_TOKEN", global = true)]
     pub token: Option<String>,
@@ -403,6 +416,8 @@ impl Cli {
             viewers,
             layer,
             transport: ViewerTransport::Whep,
+            target: c.target,
+            local_ip: c.local_ip,
             rate: c.rate,
             duration: secs(c.duration, "duration")?,
             threads: match c.threads {

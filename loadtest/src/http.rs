@@ -43,6 +43,7 @@ fn client(local: Option<IpAddr>, timeout: Duration) -> Client<HttpConnector, Ful
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
+const SDP: &str = "application/sdp";
 const MAX_REDIRECTS: usize = 5;
 /// Longest wait honoured from a Retry-After header.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -71,11 +72,12 @@ impl Signaling {
         method: Method,
         url: &str,
         body: &str,
+        content_type: &str,
         counted: bool,
     ) -> Result<(StatusCode, hyper::HeaderMap, String), Error> {
         let mut req = Request::builder().method(method).uri(url);
         if !body.is_empty() {
-            req = req.header("content-type", "application/sdp");
+            req = req.header("content-type", content_type);
         }
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -129,7 +131,7 @@ impl Signaling {
         let mut redirects = 0;
         let mut attempts = 0;
         loop {
-            let (status, headers, body) = self.send(client, Method::POST, &target, sdp, true).await?;
+            let (status, headers, body) = self.send(client, Method::POST, &target, sdp, SDP, true).await?;
             let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
             match status.as_u16() {
                 201 | 200 => {
@@ -175,14 +177,38 @@ impl Signaling {
 
     /// Ends a session (best effort; the outcome is counted).
     pub async fn delete(&self, location: &str) {
-        if let Err(e) = self.send(&self.client, Method::DELETE, location, "", true).await {
+        if let Err(e) = self
+            .send(&self.client, Method::DELETE, location, "", SDP, true)
+            .await
+        {
             debug!(%location, error = %e, "DELETE failed");
         }
     }
 
     /// GETs a text resource (the server's metrics); non-2xx is an error.
     pub async fn get(&self, url: &str) -> Result<String, Error> {
-        let (status, _, body) = self.send(&self.client, Method::GET, url, "", false).await?;
+        let (status, _, body) = self.send(&self.client, Method::GET, url, "", SDP, false).await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(Error::Status {
+                status: status.as_u16(),
+                reason: body.chars().take(200).collect(),
+            })
+        }
+    }
+
+    /// POSTs (a non-empty `json` body) or GETs (an empty one) a JSON API
+    /// (Janus's REST API); the status is counted; non-2xx is an error.
+    pub async fn json(&self, url: &str, json: &str) -> Result<String, Error> {
+        let method = if json.is_empty() {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let (status, _, body) = self
+            .send(&self.client, method, url, json, "application/json", true)
+            .await?;
         if status.is_success() {
             Ok(body)
         } else {

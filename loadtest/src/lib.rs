@@ -12,6 +12,7 @@ pub mod hls_bench;
 pub mod hls_playlist;
 pub mod hls_report;
 pub mod http;
+pub mod janus;
 pub mod media;
 pub mod node_process;
 pub mod peer;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Simulcast, SimulcastLayer};
@@ -168,6 +168,36 @@ pub fn viewer_offer(
     Ok((rtc, offer.to_sdp_string(), pending))
 }
 
+/// A viewer for a server that offers (Janus's subscriptions): answers
+/// `offer` with the same codecs; returns the peer and the answer.
+pub fn viewer_answer(
+    cert: &DtlsCert,
+    local: SocketAddr,
+    now: Instant,
+    offer: &str,
+) -> Result<(Rtc, String), Error> {
+    let mut rtc = rtc_config(cert).build(now);
+    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| Error::Rtc(e.to_string()))?);
+    let offer =
+        SdpOffer::from_sdp_string(offer).map_err(|e| Error::Rtc(format!("offer does not parse: {e}")))?;
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| Error::Rtc(format!("offer rejected: {e}")))?;
+    let answer = answer.to_sdp_string();
+    kick(&mut rtc, now)?;
+    Ok((rtc, answer))
+}
+
+/// Gives str0m its first time: its ICE agent schedules no checks before
+/// one. (Against WAVE the answer's ICE restart handling does that; against
+/// Janus the first timeout otherwise came back as "never" and no check
+/// was ever sent.)
+pub fn kick(rtc: &mut Rtc, now: Instant) -> Result<(), Error> {
+    rtc.handle_input(str0m::Input::Timeout(now))
+        .map_err(|e| Error::Rtc(e.to_string()))
+}
+
 /// Applies the server's SDP answer.
 pub fn accept_answer(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), Error> {
     let answer =
@@ -187,9 +217,31 @@ fn pt_of(rtc: &Rtc, codec: Codec) -> Option<Pt> {
         .map(|p| p.pt())
 }
 
+/// Where a peer's media goes when it does not use its own 127/8 address
+/// (`--local-ip`): str0m's address (shared by the shard's peers) and the
+/// server's, which tells the shard whose datagram came in.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// The first UDP host candidate of an SDP (the server's address).
+pub fn host_candidate(sdp: &str) -> Option<SocketAddr> {
+    sdp.lines().find_map(|l| {
+        let f: Vec<&str> = l.strip_prefix("a=candidate:")?.split_whitespace().collect();
+        let (proto, ip, port, typ) = (f.get(2)?, f.get(4)?, f.get(5)?, f.get(7)?);
+        (proto.eq_ignore_ascii_case("udp") && *typ == "host")
+            .then(|| Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?)))?
+    })
+}
+
 /// A peer and its role, owned by one shard thread.
 pub struct Peer {
+    /// The peer's identity in its shard (a 127/8 address), and its media
+    /// address unless `route` says otherwise.
     pub local: SocketAddr,
+    pub route: Option<Route>,
     pub rtc: Rtc,
     pub role: Role,
     /// When str0m next wants `Input::Timeout`.
@@ -722,6 +774,14 @@ mod tests {
         v.last_media_at = Some(last);
         v.stats.bytes_per_layer[0] = bytes;
         v
+    }
+
+    #[test]
+    fn finds_the_servers_host_candidate() {
+        let sdp = "v=0\r\na=candidate:2 1 udp 2015363583 fd00::2 29895 typ host\r\n\
+                   a=candidate:1 1 udp 2015363327 192.0.2.2 45590 typ host\r\n";
+        assert_eq!(host_candidate(sdp), Some("[fd00::2]:29895".parse().unwrap()));
+        assert_eq!(host_candidate("v=0\r\n"), None);
     }
 
     #[test]

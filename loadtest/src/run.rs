@@ -13,6 +13,7 @@ use tracing::{debug, info};
 
 use crate::error::Error;
 use crate::http::Signaling;
+use crate::janus;
 use crate::media::{self, MediaSet};
 use crate::peer::{self, Peer, Publisher, Role, Shared, Viewer, ViewerStats};
 use crate::report::{ClientCost, Report};
@@ -56,6 +57,17 @@ impl LayerChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewerTransport {
     Whep,
+}
+
+/// The server's signaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// WHIP/WHEP (WAVE, or any WHIP/WHEP server).
+    Whip,
+    /// Janus VideoRoom over its REST API; `--url` is the REST root
+    /// (`http://127.0.0.1:8088/janus`). Viewers answer Janus's offer.
+    Janus,
 }
 
 /// The shape of a run.
@@ -102,6 +114,9 @@ pub struct RunConfig {
     pub viewers: usize,
     pub layer: LayerChoice,
     pub transport: ViewerTransport,
+    pub target: Target,
+    /// One media address for every peer instead of a 127/8 address each.
+    pub local_ip: Option<std::net::IpAddr>,
     /// Viewer joins per second.
     pub rate: f64,
     /// Measured time after the last join.
@@ -227,12 +242,53 @@ impl Ctx {
         loopback.then_some(local.ip())
     }
 
+    /// The address str0m uses for a peer placed at `local`.
+    fn media_addr(&self, local: std::net::SocketAddr) -> std::net::SocketAddr {
+        self.cfg
+            .local_ip
+            .map_or(local, |ip| std::net::SocketAddr::new(ip, local.port()))
+    }
+
+    /// With `--local-ip`, where the peer's media goes (the server's candidate).
+    fn route(&self, local: std::net::SocketAddr, sdp: &str) -> Result<Option<peer::Route>, Error> {
+        let Some(_) = self.cfg.local_ip else {
+            return Ok(None);
+        };
+        let remote = peer::host_candidate(sdp)
+            .ok_or_else(|| Error::Rtc("--local-ip: the server's SDP has no host candidate".into()))?;
+        Ok(Some(peer::Route {
+            local: self.media_addr(local),
+            remote,
+        }))
+    }
+
     async fn join_publisher(&self, index: usize) -> Result<(), Error> {
         let (local, tx) = self.place(index);
-        let (mut rtc, offer, pending, amid, vmid) = peer::publisher_offer(&self.cert, local, Instant::now())?;
-        let url = endpoint(&self.cfg, &self.cfg.whip_path, &room(&self.cfg, index));
-        let session = self.sig.offer(&url, &offer, self.http_from(local)).await?;
+        let (mut rtc, offer, pending, amid, vmid) =
+            peer::publisher_offer(&self.cert, self.media_addr(local), Instant::now())?;
+        let session = match self.cfg.target {
+            Target::Whip => {
+                let url = endpoint(&self.cfg, &self.cfg.whip_path, &room(&self.cfg, index));
+                self.sig.offer(&url, &offer, self.http_from(local)).await?
+            }
+            Target::Janus => crate::http::Session {
+                answer: janus::publish(
+                    &self.sig,
+                    &self.cfg.url,
+                    &room(&self.cfg, index),
+                    &janus::feed(index),
+                    &offer,
+                )
+                .await?,
+                // Janus ends with its process.
+                location: None,
+            },
+        };
         peer::accept_answer(&mut rtc, pending, &session.answer)?;
+        if self.cfg.target == Target::Janus {
+            peer::kick(&mut rtc, Instant::now())?;
+        }
+        let route = self.route(local, &session.answer)?;
         let mut sessions = lock(&self.publisher_sessions);
         if sessions.len() <= index {
             sessions.resize(index + 1, None);
@@ -248,6 +304,7 @@ impl Ctx {
         );
         let peer = Peer {
             local,
+            route,
             rtc,
             role: Role::Publisher(Box::new(publisher)),
             next_timeout: Instant::now(),
@@ -276,7 +333,16 @@ impl Ctx {
         let mut viewer = Viewer::new(id, room.clone(), join.layer.index(), posted, full);
         self.shared.progress.posted.fetch_add(1, Ordering::Relaxed);
         let result = async {
-            let (mut rtc, offer, pending) = peer::viewer_offer(&self.cert, local, posted)?;
+            if self.cfg.target == Target::Janus {
+                let feed = janus::feed(join.publisher);
+                let (h, offer) =
+                    janus::subscribe(&self.sig, &self.cfg.url, &room, &feed, join.layer.index()).await?;
+                let (rtc, answer) = peer::viewer_answer(&self.cert, self.media_addr(local), posted, &offer)?;
+                let route = self.route(local, &offer)?;
+                janus::start(&self.sig, &h, &answer).await?;
+                return Ok::<_, Error>((rtc, None, route));
+            }
+            let (mut rtc, offer, pending) = peer::viewer_offer(&self.cert, self.media_addr(local), posted)?;
             let base = match self.cfg.viewer_urls.len() {
                 0 => &self.cfg.url,
                 n => &self.cfg.viewer_urls[id as usize % n],
@@ -298,11 +364,12 @@ impl Ctx {
             }
             let session = self.sig.offer(&url, &offer, self.http_from(local)).await?;
             peer::accept_answer(&mut rtc, pending, &session.answer)?;
-            Ok::<_, Error>((rtc, session.location))
+            let route = self.route(local, &session.answer)?;
+            Ok::<_, Error>((rtc, session.location, route))
         }
         .await;
         match result {
-            Ok((rtc, location)) => {
+            Ok((rtc, location, route)) => {
                 viewer.stats.answer_ms = Some(posted.elapsed().as_secs_f64() * 1000.0);
                 self.shared.progress.answered.fetch_add(1, Ordering::Relaxed);
                 lock(&self.live).push(Live {
@@ -312,6 +379,7 @@ impl Ctx {
                 });
                 let peer = Peer {
                     local,
+                    route,
                     rtc,
                     role: Role::Viewer(Box::new(viewer)),
                     next_timeout: Instant::now(),

@@ -223,6 +223,8 @@ pub fn parse_udp_drops(text: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
 #[derive(Default)]
 struct Slots {
     peers: Vec<Option<Peer>>,
+    /// Peers on a shared media address (`Peer::route`), by the server's address.
+    by_remote: std::collections::HashMap<SocketAddr, usize>,
 }
 
 impl Slots {
@@ -242,6 +244,9 @@ impl Slots {
         if self.peers.len() <= i {
             self.peers.resize_with(i + 1, || None);
         }
+        if let Some(r) = peer.route {
+            self.by_remote.insert(r.remote, i);
+        }
         self.peers[i] = Some(peer);
         Some(i)
     }
@@ -251,12 +256,27 @@ impl Slots {
         Some((i, self.peers.get_mut(i)?.as_mut()?))
     }
 
+    /// The peer a datagram from `src` to `dst` is for: by `dst` when it is
+    /// a peer's own 127/8 address, else by the server's address `src`.
+    fn find(&mut self, dst: IpAddr, src: SocketAddr) -> Option<(usize, &mut Peer)> {
+        if dst.is_loopback() || self.by_remote.is_empty() {
+            return self.get_mut(dst);
+        }
+        let i = *self.by_remote.get(&src)?;
+        Some((i, self.peers.get_mut(i)?.as_mut()?))
+    }
+
     fn remove(&mut self, ip: IpAddr) -> Option<(usize, Peer)> {
         let i = Slots::index(ip)?;
-        Some((i, self.peers.get_mut(i)?.take()?))
+        let p = self.peers.get_mut(i)?.take()?;
+        if let Some(r) = p.route {
+            self.by_remote.remove(&r.remote);
+        }
+        Some((i, p))
     }
 
     fn drain(&mut self) -> impl Iterator<Item = Peer> + '_ {
+        self.by_remote.clear();
         self.peers.drain(..).flatten()
     }
 }
@@ -459,7 +479,7 @@ fn run(
             let now = Instant::now();
             for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
                 let Some(dst) = m.dst_ip else { continue };
-                let Some((slot, peer)) = st.peers.get_mut(dst) else {
+                let Some((slot, peer)) = st.peers.find(dst, m.addr) else {
                     continue;
                 };
                 let mut touched = false;
@@ -477,7 +497,12 @@ fn run(
                         }
                         v.set_datagram_len(seg.len());
                     }
-                    let Ok(r) = Receive::new(Protocol::Udp, m.addr, peer.local, seg) else {
+                    let Ok(r) = Receive::new(
+                        Protocol::Udp,
+                        m.addr,
+                        peer.route.map_or(peer.local, |r| r.local),
+                        seg,
+                    ) else {
                         continue;
                     };
                     touched = true;
