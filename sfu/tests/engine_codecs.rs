@@ -271,7 +271,7 @@ fn a_later_publisher_the_viewer_cannot_decode_is_warned_and_counted() {
             .collect();
         (sessions.0, sessions.1, audio, video, after)
     });
-    let _ = audio;
+    assert!(audio > 40, "audio packets {audio}");
     assert_eq!(video, 0, "H.264 packets reached a VP8-only viewer");
     assert!(after.len() > 40, "VP8 frames after the switch: {}", after.len());
     let warned: Vec<&str> = log

@@ -366,15 +366,21 @@ async fn whep_without_the_rooms_video_codec_is_406_with_both_codec_sets() {
     );
 }
 
-/// A VP8-only viewer waits in a room; an H.264 publisher arrives:
-/// `/metrics` counts it once.
+/// A VP8-only viewer waits in a room; an H.264 publisher arrives: the
+/// viewer gets its audio, and `/metrics` counts it once.
 #[tokio::test]
 async fn a_viewer_that_cannot_take_a_later_publishers_video_is_counted() {
     let node = Node::start(&[]);
     let http = Http::default();
     let viewer = watch_with(&node, &http, "later", None, &[Codec::Vp8]).await;
     let _publisher = publish(&node, &http, "later", Video::Encoded).await;
-    let until = std::time::Instant::now() + Duration::from_secs(10);
+    assert!(
+        viewer
+            .wait_for(MediaKind::Audio, 0, 30, Duration::from_secs(10))
+            .await,
+        "the VP8-only viewer gets no audio"
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(5);
     while metric(&http, &node, "wave_viewer_codec_mismatch_total").await < 1.0
         && std::time::Instant::now() < until
     {

@@ -436,7 +436,9 @@ impl Engine {
                     layers: rids.into_iter().map(SourceLayer::new).collect(),
                     subscribers: Vec::new(),
                 });
+                let kind = m.kind;
                 self.announce(id);
+                self.source_track_added(id, kind);
                 return;
             }
             Role::Viewer(v) => v,

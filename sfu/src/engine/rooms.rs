@@ -239,9 +239,6 @@ impl Engine {
             return;
         };
         let pub_codecs = self.source_codecs(pid);
-        let sent = self.source_video_codecs(pid);
-        let audio_layer_subscribe;
-        let takes_video;
         {
             let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
                 return;
@@ -255,24 +252,67 @@ impl Engine {
                 track.pt_map = map_payload_types(&pub_codecs, &track.codecs);
                 track.rebase = true;
             }
-            audio_layer_subscribe = v.audio.is_some();
-            takes_video = v
-                .video
-                .as_ref()
-                .is_none_or(|t| sent.is_empty() || t.codecs.iter().any(|d| sent.contains(&d.codec)));
         }
-        if !takes_video {
-            self.codec_mismatch(vid, pid, &sent);
-        }
-        if audio_layer_subscribe
+        self.check_video_codecs(vid, pid);
+        self.subscribe_audio(vid, pid);
+        debug!(viewer = vid.0, publisher = pid.0, "viewer attached");
+        self.select_layer(now, vid);
+    }
+
+    /// Subscribes a viewer with audio to its source's audio track, if the
+    /// source has one yet.
+    fn subscribe_audio(&mut self, vid: PeerId, pid: PeerId) {
+        let has_audio = matches!(
+            self.peers.get(&vid).map(|p| &p.role),
+            Some(Role::Viewer(v)) if v.audio.is_some()
+        );
+        if has_audio
             && let Some(p) = self.source_mut(pid)
             && let Some(t) = p.tracks.iter_mut().find(|t| t.kind == MediaKind::Audio)
             && !t.subscribers.contains(&vid)
         {
             t.subscribers.push(vid);
         }
-        debug!(viewer = vid.0, publisher = pid.0, "viewer attached");
-        self.select_layer(now, vid);
+    }
+
+    /// Reports a viewer whose video track has none of its source's video
+    /// codecs (when they are known: [`Engine::source_video_codecs`]).
+    fn check_video_codecs(&mut self, vid: PeerId, pid: PeerId) {
+        let sent = self.source_video_codecs(pid);
+        let Some(Role::Viewer(v)) = self.peers.get(&vid).map(|p| &p.role) else {
+            return;
+        };
+        let takes = v
+            .video
+            .as_ref()
+            .is_none_or(|t| sent.is_empty() || t.codecs.iter().any(|d| sent.contains(&d.codec)));
+        if !takes {
+            self.codec_mismatch(vid, pid, &sent);
+        }
+    }
+
+    /// str0m reported a source's track after viewers were given the source
+    /// (it reports a publisher's tracks once its session is up, which can
+    /// be after the publisher joined its room): they get its audio, and
+    /// their video codecs are checked against its video.
+    pub(super) fn source_track_added(&mut self, pid: PeerId, kind: MediaKind) {
+        let Some(room) = self.peers.get(&pid).and_then(|p| self.rooms.get(&p.room)) else {
+            return;
+        };
+        let viewers: Vec<PeerId> = room
+            .viewers
+            .iter()
+            .copied()
+            .filter(|v| {
+                matches!(self.peers.get(v).map(|p| &p.role), Some(Role::Viewer(v)) if v.source == Some(pid))
+            })
+            .collect();
+        for vid in viewers {
+            match kind {
+                MediaKind::Audio => self.subscribe_audio(vid, pid),
+                MediaKind::Video => self.check_video_codecs(vid, pid),
+            }
+        }
     }
 
     pub(super) fn unsubscribe(&mut self, publisher: PeerId, vid: PeerId) {
