@@ -8,6 +8,8 @@
 //     so the page offers VP8 with its three simulcast rids; a Chromium
 //     viewer decodes the low layer, then the high one after setLayer.
 //   - Firefox watches a Chromium VP8 publisher over WHEP and decodes it.
+//   - Firefox asking to watch a Chromium H.264 publisher is refused: 406,
+//     and `wave.watch` rejects with the reason naming both codec sets.
 //   - The DTLS version, cipher and SRTP profile Firefox negotiated with the
 //     node (transport stats) are printed; the node speaks DTLS 1.2.
 //
@@ -21,6 +23,7 @@ import { browserSuite, launchFirefox, stats, until } from './helpers.mjs';
 const TAG = randomBytes(4).toString('hex');
 const FROM_FIREFOX = `ff-pub-${TAG}`;
 const FROM_CHROMIUM = `ff-watch-${TAG}`;
+const FROM_CHROMIUM_H264 = `ff-h264-${TAG}`;
 // Widths of Firefox's layers for the 1280x720 fake camera (rids q/h/f,
 // scaleResolutionDownBy 4/2/1).
 const WIDTH = { low: 320, high: 1280 };
@@ -28,7 +31,7 @@ const WIDTH = { low: 320, high: 1280 };
 const SAMPLE_MS = 1500;
 const MIN_DELTA = 10;
 
-describe(`Firefox ESR publishes and watches (rooms ${FROM_FIREFOX}, ${FROM_CHROMIUM})`, { timeout: 60_000 }, () => {
+describe(`Firefox ESR publishes and watches (rooms ${FROM_FIREFOX}, ${FROM_CHROMIUM}, ${FROM_CHROMIUM_H264})`, { timeout: 60_000 }, () => {
   const suite = browserSuite();
   const { pages, step } = suite;
   let firefox;
@@ -187,12 +190,41 @@ describe(`Firefox ESR publishes and watches (rooms ${FROM_FIREFOX}, ${FROM_CHROM
     assert.equal(tr?.tlsVersion, 'FEFD');
   }));
 
+  it('Firefox asking to watch a Chromium H.264 publisher gets 406 naming both codec sets', step(async (t) => {
+    pages.chromiumH264 = await suite.browser.page(`${suite.node.base}/`, 'chromium H.264 publisher');
+    const pub = await pages.chromiumH264.evaluate((room) => window.wave.publish(room, { codec: 'h264' }), FROM_CHROMIUM_H264);
+    assert.equal(pub.codec, 'h264');
+    // The node has seen the H.264 packets (not only the negotiation).
+    let tracks = [];
+    for (const t1 = Date.now(); Date.now() - t1 < 15_000; await sleep(250)) {
+      const room = (await suite.node.rooms()).find((r) => r.room === FROM_CHROMIUM_H264);
+      tracks = room?.publishers[0]?.tracks ?? [];
+      if (tracks.some((tr) => tr.kind === 'video' && tr.codec === 'H264')) break;
+    }
+    assert.ok(tracks.some((tr) => tr.kind === 'video' && tr.codec === 'H264'), `tracks: ${JSON.stringify(tracks)}`);
+
+    pages.ffRefused = await firefox.page(`${suite.node.base}/`, 'firefox viewer of H.264');
+    await pages.ffRefused.evaluate(() => navigator.mediaDevices.getUserMedia({ video: true }).then((s) => { window.waveTestCamera = s; }));
+    const refused = await pages.ffRefused.evaluate(
+      (room) => window.wave.watch(room).then((w) => `answered: ${JSON.stringify(w)}`, (e) => e.message),
+      FROM_CHROMIUM_H264,
+    );
+    t.diagnostic(`wave.watch rejected: ${refused}`);
+    assert.match(refused, /^406: not acceptable: the room's video is H264; the offer has /);
+    const offered = refused.split('the offer has ')[1].split(', ');
+    assert.ok(offered.includes('VP8') && !offered.includes('H264'), `offered: ${offered}`);
+    assert.equal(await pages.ffRefused.evaluate(() => window.wave.sessions.watch), null, 'no WHEP session kept');
+    await pages.ffRefused.evaluate(() => window.waveTestCamera?.getTracks().forEach((tr) => tr.stop()));
+    const room = (await suite.node.rooms()).find((r) => r.room === FROM_CHROMIUM_H264);
+    assert.deepEqual(room?.viewers, [], `room: ${JSON.stringify(room)}`);
+  }));
+
   it('no DTLS handshake failed, and the sessions end with DELETE', step(async (t) => {
     const failures = await suite.node.metrics(/^wave_dtls_failures_total/);
     t.diagnostic(failures.replace(/\n/g, '; '));
     const counts = failures.split('\n').filter(Boolean).map((l) => Number(l.split(' ').pop()));
     assert.ok(counts.length > 0 && counts.every((n) => n === 0), failures);
-    for (const [page, kind] of [[pages.ffViewer, 'watch'], [pages.chromiumViewer, 'watch'], [pages.chromiumPublisher, 'publish'], [pages.ffPublisher, 'publish']]) {
+    for (const [page, kind] of [[pages.ffViewer, 'watch'], [pages.chromiumViewer, 'watch'], [pages.chromiumPublisher, 'publish'], [pages.chromiumH264, 'publish'], [pages.ffPublisher, 'publish']]) {
       const r = await page.evaluate((k) => window.wave.stop(k), kind);
       assert.equal(r[kind], 200, `${page.waveName}: DELETE`);
     }

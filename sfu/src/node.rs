@@ -312,7 +312,26 @@ impl Node {
         if viewer && self.relay.is_some() {
             homes.push(relay::Relay::gateway_id(self.workers.len()));
         }
-        let command = command(homes);
+        let mut command = command(homes);
+        // A viewer on another worker than the room's may arrive before
+        // that worker has a mirror of the room's publisher: the room's
+        // worker says which video codecs it sends, so an offer without
+        // them is refused (406) here too.
+        if index != home
+            && let Command::Play {
+                publisher,
+                room_video,
+                ..
+            } = &mut command
+        {
+            let ask = Command::RoomVideo {
+                room: room.clone(),
+                publisher: publisher.clone(),
+            };
+            if let Ok(Reply::RoomVideo(codecs)) = self.workers[home].call(ask).await {
+                *room_video = codecs;
+            }
+        }
         match self.workers[index].call(command).await {
             Ok(reply) => Ok(reply),
             Err(e) => {
@@ -413,6 +432,7 @@ impl MediaNode for Node {
             publisher: req.publisher,
             max_layer: req.max_layer,
             homes,
+            room_video: Vec::new(),
         };
         self.open(&req.room, req.session.clone(), true, command).await
     }

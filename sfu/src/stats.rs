@@ -71,6 +71,7 @@ worker_metrics! {
         keyframe_cache_starts: Counter "wave_keyframe_cache_starts_total" "Viewers started on a layer from its cached keyframe group instead of a keyframe request." false;
         nacks_received: Counter "wave_nacks_received_total" "NACKs received from viewers." false;
         nacks_sent: Counter "wave_nacks_sent_total" "NACKs sent to publishers." false;
+        viewer_codec_mismatch: Counter "wave_viewer_codec_mismatch_total" "Viewers given a publisher whose video codec they did not negotiate (they get its audio only), once per viewer and publisher." false;
         dropped_datagrams: Counter "wave_udp_dropped_total" "Datagrams for no peer or unparseable." false;
         index_entries: Gauge "wave_engine_index_entries" "Entries in the workers' per-session tables (peers, session ids, addresses, ICE ufrags, timers, rooms, mirrors, ingest sources, pending writes): 0 on an idle node." false;
         hls_rooms: Gauge "wave_hls_rooms" "Rooms packaged as LL-HLS." true;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::sim::Sim;
 use sfu::engine::{Command, IngestOpen, PEER_IDLE_TIMEOUT};
 use signaling::{RoomId, SessionId};
+use str0m::format::Codec;
 
 fn entries(sim: &Sim) -> (u64, u64) {
     let second = sim.second.as_ref().map_or(0, |e| e.index_entries());
@@ -74,6 +75,8 @@ fn an_ingest_source_leaves_no_entry() {
         identity: None,
     };
     sim.send_command(Command::Ingest(open)).expect("ingest opens");
+    // The ingest sends H.264: a viewer without it would be refused.
+    sim.video_codec = Codec::H264;
     let v = sim.play("ingest-ix", None);
     sim.run(Duration::from_millis(500));
     assert!(sim.engine.index_entries() > 0);

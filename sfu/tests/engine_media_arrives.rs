@@ -42,7 +42,13 @@ fn viewer_before_publisher_gets_media_when_it_arrives() {
     sim.run(Duration::from_millis(500));
     let _publisher = sim.publish("early", 3);
     sim.run(Duration::from_secs(2));
-    let f = frames(&sim.client(viewer).received);
+    let got = &sim.client(viewer).received;
+    let f = frames(got);
     assert!(f.len() > 20, "frames: {}", f.len());
     assert!(f[0].3);
+    // Its audio too: str0m reports the publisher's tracks after it joined
+    // the room, and the audio track's subscribers were then left empty.
+    let audio = of_kind(got, MediaKind::Audio);
+    assert!(audio.len() > 50, "audio packets: {}", audio.len());
+    assert_continuous(&audio);
 }

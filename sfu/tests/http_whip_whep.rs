@@ -2,8 +2,15 @@
 
 use crate::common;
 
-use common::node::{Http, Node, play_offer, publish_offer};
+use std::time::Duration;
+
+use common::chat::metric;
+use common::node::{Http, Node, play_offer, play_offer_with, publish_offer};
+use common::publisher::{Video, publish};
+use common::viewer::watch_with;
 use hyper::{Method, StatusCode};
+use str0m::format::Codec;
+use str0m::media::MediaKind;
 
 #[tokio::test]
 async fn whip_and_whep_sessions_follow_the_protocol() {
@@ -301,4 +308,87 @@ async fn whep_before_a_publisher_is_201_and_the_viewer_waits() {
         .post_sdp(&node.url("/whip/early"), &publish_offer(), None)
         .await;
     assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+}
+
+/// A WHEP offer without the video codec the room's publisher sends is
+/// refused with 406 naming both, on either worker of the node: the first
+/// offer goes to the worker the room is not on, which has no copy of the
+/// publisher yet and asks the room's worker; the second to the room's.
+/// An offer with the codec among others is answered and gets the video.
+#[tokio::test]
+async fn whep_without_the_rooms_video_codec_is_406_with_both_codec_sets() {
+    let node = Node::start(&[]);
+    let http = Http::default();
+    let _publisher = publish(&node, &http, "codec", Video::Encoded).await;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut codec = String::new();
+    while codec != "H264" && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = http
+            .send(Method::GET, &node.url("/v1/rooms/codec"), &[], "")
+            .await;
+        let room: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        codec = room["publishers"][0]["tracks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["kind"] == "video"))
+            .and_then(|t| t["codec"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+    }
+    assert_eq!(codec, "H264", "the node never saw the publisher's H.264");
+
+    let vp8 = play_offer_with(&[Codec::Vp8, Codec::Vp9]);
+    let mut viewers = Vec::new();
+    for _ in 0..2 {
+        let r = http.post_sdp(&node.url("/whep/codec"), &vp8, None).await;
+        assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE, "{}", r.body);
+        assert!(r.header("content-type").unwrap().contains("problem+json"));
+        assert!(r.header("location").is_none());
+        let problem: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            problem["detail"], "not acceptable: the room's video is H264; the offer has VP8, VP9",
+            "{problem}"
+        );
+        // An H.264 viewer on the emptier worker: the next offer goes to the other.
+        viewers.push(watch_with(&node, &http, "codec", None, &[Codec::H264]).await);
+    }
+
+    let both = watch_with(&node, &http, "codec", None, &[Codec::H264, Codec::Vp8]).await;
+    assert!(
+        both.wait_for(MediaKind::Video, 0, 30, Duration::from_secs(10))
+            .await,
+        "an H.264 + VP8 viewer gets no video"
+    );
+    assert!(both.keyframes() > 0, "no keyframe reached the H.264 + VP8 viewer");
+    assert_eq!(
+        metric(&http, &node, "wave_viewer_codec_mismatch_total").await,
+        0.0
+    );
+}
+
+/// A VP8-only viewer waits in a room; an H.264 publisher arrives: the
+/// viewer gets its audio, and `/metrics` counts it once.
+#[tokio::test]
+async fn a_viewer_that_cannot_take_a_later_publishers_video_is_counted() {
+    let node = Node::start(&[]);
+    let http = Http::default();
+    let viewer = watch_with(&node, &http, "later", None, &[Codec::Vp8]).await;
+    let _publisher = publish(&node, &http, "later", Video::Encoded).await;
+    assert!(
+        viewer
+            .wait_for(MediaKind::Audio, 0, 30, Duration::from_secs(10))
+            .await,
+        "the VP8-only viewer gets no audio"
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&http, &node, "wave_viewer_codec_mismatch_total").await < 1.0
+        && std::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&http, &node, "wave_viewer_codec_mismatch_total").await,
+        1.0
+    );
+    assert!(viewer.packets(MediaKind::Video).is_empty());
 }

@@ -112,6 +112,7 @@ impl From<MediaError> for HttpError {
         match e {
             MediaError::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, detail),
             MediaError::Unprocessable(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail),
+            MediaError::NotAcceptable(_) => Self::new(StatusCode::NOT_ACCEPTABLE, detail),
             MediaError::NotFound => Self::new(StatusCode::NOT_FOUND, detail),
             MediaError::NoPublisher(_) => {
                 Self::retry_after(StatusCode::CONFLICT, detail, NO_PUBLISHER_RETRY_SECS)

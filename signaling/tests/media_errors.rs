@@ -11,6 +11,11 @@ async fn media_errors_map_to_statuses() {
     let cases = [
         (MediaError::BadRequest("two video m-lines".into()), 400, None),
         (MediaError::Unprocessable("no supported codec".into()), 422, None),
+        (
+            MediaError::NotAcceptable("the room's video is H264; the offer has VP8".into()),
+            406,
+            None,
+        ),
         (MediaError::NotFound, 404, None),
         (MediaError::NoPublisher(room("live")), 409, Some(2)),
         (

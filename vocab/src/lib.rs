@@ -127,6 +127,10 @@ pub enum MediaError {
     /// SDP that parses but that the node cannot serve (codecs, shape): 422.
     #[error("unprocessable: {0}")]
     Unprocessable(String),
+    /// A well-formed offer this room cannot serve now: a WHEP offer with
+    /// none of the video codecs the room's publisher sends: 406.
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
     /// No such session: 404.
     #[error("no such session")]
     NotFound,

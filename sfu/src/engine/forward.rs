@@ -222,6 +222,16 @@ impl Engine {
         let Some(out) = out else { return };
         let packet = o.packet;
         let Some(&(_, out_pt)) = out.pt_map.iter().find(|(i, _)| *i == packet.pt) else {
+            // A video codec the viewer did not negotiate (its source sends
+            // another than the one it was expected to): say so once.
+            if o.kind == MediaKind::Video
+                && let Some(codec) = o.codec
+                && !out.codecs.iter().any(|d| d.codec == codec)
+                && let Some(source) = v.source
+                && v.codec_warned != Some(source)
+            {
+                self.codec_mismatch(vid, source, &[codec]);
+            }
             return;
         };
         if out.rebase {

@@ -45,7 +45,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
 use str0m::{Event as RtcEvent, Input};
 use tracing::{Span, debug, trace};
-use wave_vocab::{IcePatch, IceRestartAnswer, LayerPref, MediaError, RoomId, RoomInfo, SessionId};
+use wave_vocab::{Codec, IcePatch, IceRestartAnswer, LayerPref, MediaError, RoomId, RoomInfo, SessionId};
 
 pub use crate::stats::EngineStats;
 pub use hls_bridge::SenderReport;
@@ -160,6 +160,17 @@ pub enum Command {
         /// Other engines with publishers of the room (its own worker, the
         /// relay gateway): the viewer is fed mirrors of theirs too.
         homes: Vec<WorkerId>,
+        /// The video codecs of the source the viewer would get, as the
+        /// room's own worker told ([`Command::RoomVideo`]), for an engine
+        /// that has no mirror of it yet; empty when not known.
+        room_video: Vec<Codec>,
+    },
+    /// The video codecs the source a viewer of `room` (pinned to
+    /// `publisher`) would get sends, when this engine knows them:
+    /// [`Reply::RoomVideo`].
+    RoomVideo {
+        room: RoomId,
+        publisher: Option<String>,
     },
     Patch {
         session: SessionId,
@@ -199,6 +210,7 @@ pub enum Reply {
     Patched(Option<IceRestartAnswer>),
     Done,
     Rooms(Vec<RoomInfo>),
+    RoomVideo(Vec<Codec>),
 }
 
 /// What the engine wants done, drained by [`Engine::poll_output`].
@@ -460,6 +472,7 @@ impl Engine {
                     intent: Intent::Publish,
                     pin: None,
                     max_layer: None,
+                    room_video: Vec::new(),
                 },
             ),
             Command::Play {
@@ -470,6 +483,7 @@ impl Engine {
                 publisher,
                 max_layer,
                 homes,
+                room_video,
             } => {
                 for home in homes {
                     self.watch(room.clone(), home);
@@ -482,6 +496,7 @@ impl Engine {
                     intent: Intent::Play,
                     pin: publisher,
                     max_layer,
+                    room_video,
                 };
                 let reply = self.add_peer(now, new);
                 if reply.is_err() {
@@ -514,6 +529,9 @@ impl Engine {
                 Ok(Reply::Done)
             }
             Command::Rooms => Ok(Reply::Rooms(self.rooms_info())),
+            Command::RoomVideo { room, publisher } => {
+                Ok(Reply::RoomVideo(self.room_video(&room, publisher.as_deref())))
+            }
             Command::Mirror { room, home } => {
                 self.watch(room, home);
                 Ok(Reply::Done)

@@ -12,7 +12,7 @@ use str0m::media::{MediaAdded, MediaKind, Rid};
 use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Output, Rtc, RtcConfig};
 use tracing::{debug, info, info_span, trace, warn};
-use wave_vocab::{IcePatch, IceRestartAnswer, LayerPref, MediaError, RoomId, SessionId};
+use wave_vocab::{Codec, IcePatch, IceRestartAnswer, LayerPref, MediaError, RoomId, SessionId};
 
 use super::mirror::codec_descs;
 use super::rewrite::{Rewriter, Vp8Rewriter};
@@ -32,6 +32,8 @@ pub(super) struct NewPeer {
     /// A viewer's `?publisher=`.
     pub(super) pin: Option<String>,
     pub(super) max_layer: Option<LayerPref>,
+    /// A viewer's [`super::Command::Play`] `room_video`.
+    pub(super) room_video: Vec<Codec>,
 }
 
 impl Engine {
@@ -61,8 +63,12 @@ impl Engine {
             intent,
             pin,
             max_layer,
+            room_video,
         } = new;
         let (mut rtc, answer) = self.negotiate(now, &offer, intent, max_layer.as_ref())?;
+        if intent == Intent::Play {
+            self.check_playable(&room, pin.as_deref(), &room_video, &offer, &answer)?;
+        }
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         let id = PeerId(self.next_peer);
         self.next_peer += 1;
@@ -430,7 +436,9 @@ impl Engine {
                     layers: rids.into_iter().map(SourceLayer::new).collect(),
                     subscribers: Vec::new(),
                 });
+                let kind = m.kind;
                 self.announce(id);
+                self.source_track_added(id, kind);
                 return;
             }
             Role::Viewer(v) => v,

@@ -5,12 +5,15 @@ use std::time::Instant;
 
 use relay::{Message, SourceId};
 use str0m::media::MediaKind;
-use tracing::debug;
-use wave_vocab::{CodecDesc, PublisherInfo, RoomId, RoomInfo, TrackInfo, ViewerInfo};
+use tracing::{debug, warn};
+use wave_vocab::{
+    Codec, CodecDesc, MediaError, PublisherInfo, RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,
+};
 
 use super::forward::map_payload_types;
-use super::mirror::codec_descs;
-use super::state::{Publisher, Role};
+use super::mirror::{codec_descs, codec_of};
+use super::sdp;
+use super::state::{Publisher, Role, Room};
 use super::{Engine, PeerId};
 
 impl Engine {
@@ -65,6 +68,150 @@ impl Engine {
         }
     }
 
+    /// The session id of a source (a local publisher, a mirror, an ingest).
+    fn source_session(&self, pid: PeerId) -> Option<&SessionId> {
+        match self.peers.get(&pid) {
+            Some(p) => Some(&p.session),
+            None => match (self.mirrors.get(&pid), self.ingests.get(&pid)) {
+                (Some(m), _) => Some(&m.session),
+                (None, Some(i)) => Some(&i.session),
+                (None, None) => None,
+            },
+        }
+    }
+
+    /// The source a viewer of `room` gets: the one its `?publisher=` names,
+    /// else the room's first.
+    fn pick_source(&self, room: &Room, pin: Option<&str>) -> Option<PeerId> {
+        room.publishers.iter().copied().find(|&pid| match pin {
+            Some(pin) => self.source_matches(pid, pin),
+            None => self.source(pid).is_some(),
+        })
+    }
+
+    /// The video codecs a source sends: those its packets carried; before
+    /// its first packet, those its video m-line negotiated (it may send any
+    /// of them); empty when not known (a mirror before its first packet)
+    /// or it has no video.
+    pub(super) fn source_video_codecs(&self, pid: PeerId) -> Vec<Codec> {
+        let Some(p) = self.source(pid) else {
+            return Vec::new();
+        };
+        let video = || p.tracks.iter().filter(|t| t.kind == MediaKind::Video);
+        let mut found: Vec<Codec> = video()
+            .flat_map(|t| t.layers.iter().filter_map(|l| l.codec))
+            .collect();
+        if found.is_empty() {
+            if let Some(peer) = self.peers.get(&pid) {
+                for t in video() {
+                    let Some(media) = peer.rtc.media(t.mid) else {
+                        continue;
+                    };
+                    found.extend(
+                        peer.rtc
+                            .codec_config()
+                            .params()
+                            .iter()
+                            .filter(|pp| media.remote_pts().contains(&pp.pt()))
+                            .filter_map(|pp| codec_of(pp.spec().codec)),
+                    );
+                }
+            } else if let Some(i) = self.ingests.get(&pid) {
+                found.extend(i.codecs.iter().map(|d| d.codec));
+            }
+        }
+        let mut out: Vec<Codec> = Vec::new();
+        for c in found {
+            if c != Codec::Opus && !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The video codecs of the source a viewer of `room` pinned to `pin`
+    /// would get here ([`Engine::source_video_codecs`]); empty when there is
+    /// none or they are not known.
+    pub(super) fn room_video(&self, room: &RoomId, pin: Option<&str>) -> Vec<Codec> {
+        self.rooms
+            .get(room)
+            .and_then(|r| self.pick_source(r, pin))
+            .map(|pid| self.source_video_codecs(pid))
+            .unwrap_or_default()
+    }
+
+    /// Refuses a WHEP offer whose answer has none of the video codecs of
+    /// the source the viewer would get (406, naming both): it would get
+    /// audio only. The codecs are this engine's view of the source, else
+    /// `told` (the room's own worker's). Passes when the room has no
+    /// source yet, its codecs are not known yet (a relayed room) or the
+    /// offer has no video.
+    pub(super) fn check_playable(
+        &self,
+        room: &RoomId,
+        pin: Option<&str>,
+        told: &[Codec],
+        offer: &str,
+        answer: &str,
+    ) -> Result<(), MediaError> {
+        let Some(answered) = sdp::video_codecs(answer) else {
+            return Ok(());
+        };
+        let mut sent = self.room_video(room, pin);
+        if sent.is_empty() {
+            sent = told.to_vec();
+        }
+        if sent.is_empty()
+            || sent
+                .iter()
+                .any(|c| answered.contains(&c.to_string().to_ascii_uppercase()))
+        {
+            return Ok(());
+        }
+        let offered = sdp::video_codecs(offer).unwrap_or_default();
+        let offered = if offered.is_empty() {
+            "no video codec".to_owned()
+        } else {
+            offered.join(", ")
+        };
+        Err(MediaError::NotAcceptable(format!(
+            "the room's video is {}; the offer has {offered}",
+            codec_list(&sent)
+        )))
+    }
+
+    /// A viewer was given a source sending `sent`, none of which it
+    /// negotiated: it gets the source's audio only. Warned and counted
+    /// once per viewer and source.
+    pub(super) fn codec_mismatch(&mut self, vid: PeerId, pid: PeerId, sent: &[Codec]) {
+        let publisher = self
+            .source_session(pid)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let Some(peer) = self.peers.get_mut(&vid) else {
+            return;
+        };
+        let Role::Viewer(v) = &mut peer.role else { return };
+        if v.codec_warned == Some(pid) {
+            return;
+        }
+        v.codec_warned = Some(pid);
+        let mut viewer_video: Vec<Codec> = Vec::new();
+        for d in v.video.iter().flat_map(|t| &t.codecs) {
+            if !viewer_video.contains(&d.codec) {
+                viewer_video.push(d.codec);
+            }
+        }
+        self.stats.viewer_codec_mismatch += 1;
+        let _entered = peer.span.enter();
+        warn!(
+            %publisher,
+            publisher_video = %codec_list(sent),
+            viewer_video = %codec_list(&viewer_video),
+            "the viewer has none of its publisher's video codecs: it gets audio only"
+        );
+    }
+
     /// Attaches every viewer of `room` that has no source (a new publisher arrived).
     pub(super) fn attach_waiting_viewers(&mut self, now: Instant, room: &RoomId) {
         let Some(r) = self.rooms.get(room) else { return };
@@ -88,13 +235,10 @@ impl Engine {
         let Some(room) = self.rooms.get(&peer.room) else {
             return;
         };
-        let chosen = room.publishers.iter().copied().find(|&pid| match &v.pin {
-            Some(pin) => self.source_matches(pid, pin),
-            None => self.source(pid).is_some(),
-        });
-        let Some(pid) = chosen else { return };
+        let Some(pid) = self.pick_source(room, v.pin.as_deref()) else {
+            return;
+        };
         let pub_codecs = self.source_codecs(pid);
-        let audio_layer_subscribe;
         {
             let Some(Role::Viewer(v)) = self.peers.get_mut(&vid).map(|p| &mut p.role) else {
                 return;
@@ -108,17 +252,67 @@ impl Engine {
                 track.pt_map = map_payload_types(&pub_codecs, &track.codecs);
                 track.rebase = true;
             }
-            audio_layer_subscribe = v.audio.is_some();
         }
-        if audio_layer_subscribe
+        self.check_video_codecs(vid, pid);
+        self.subscribe_audio(vid, pid);
+        debug!(viewer = vid.0, publisher = pid.0, "viewer attached");
+        self.select_layer(now, vid);
+    }
+
+    /// Subscribes a viewer with audio to its source's audio track, if the
+    /// source has one yet.
+    fn subscribe_audio(&mut self, vid: PeerId, pid: PeerId) {
+        let has_audio = matches!(
+            self.peers.get(&vid).map(|p| &p.role),
+            Some(Role::Viewer(v)) if v.audio.is_some()
+        );
+        if has_audio
             && let Some(p) = self.source_mut(pid)
             && let Some(t) = p.tracks.iter_mut().find(|t| t.kind == MediaKind::Audio)
             && !t.subscribers.contains(&vid)
         {
             t.subscribers.push(vid);
         }
-        debug!(viewer = vid.0, publisher = pid.0, "viewer attached");
-        self.select_layer(now, vid);
+    }
+
+    /// Reports a viewer whose video track has none of its source's video
+    /// codecs (when they are known: [`Engine::source_video_codecs`]).
+    fn check_video_codecs(&mut self, vid: PeerId, pid: PeerId) {
+        let sent = self.source_video_codecs(pid);
+        let Some(Role::Viewer(v)) = self.peers.get(&vid).map(|p| &p.role) else {
+            return;
+        };
+        let takes = v
+            .video
+            .as_ref()
+            .is_none_or(|t| sent.is_empty() || t.codecs.iter().any(|d| sent.contains(&d.codec)));
+        if !takes {
+            self.codec_mismatch(vid, pid, &sent);
+        }
+    }
+
+    /// str0m reported a source's track after viewers were given the source
+    /// (it reports a publisher's tracks once its session is up, which can
+    /// be after the publisher joined its room): they get its audio, and
+    /// their video codecs are checked against its video.
+    pub(super) fn source_track_added(&mut self, pid: PeerId, kind: MediaKind) {
+        let Some(room) = self.peers.get(&pid).and_then(|p| self.rooms.get(&p.room)) else {
+            return;
+        };
+        let viewers: Vec<PeerId> = room
+            .viewers
+            .iter()
+            .copied()
+            .filter(|v| {
+                matches!(self.peers.get(v).map(|p| &p.role), Some(Role::Viewer(v)) if v.source == Some(pid))
+            })
+            .collect();
+        for vid in viewers {
+            match kind {
+                MediaKind::Audio => self.subscribe_audio(vid, pid),
+                MediaKind::Video => self.check_video_codecs(vid, pid),
+            }
+        }
     }
 
     pub(super) fn unsubscribe(&mut self, publisher: PeerId, vid: PeerId) {
@@ -273,4 +467,13 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Codecs as `H264, VP8`.
+fn codec_list(codecs: &[Codec]) -> String {
+    codecs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

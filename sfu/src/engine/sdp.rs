@@ -21,6 +21,11 @@ struct Section {
     port_zero: bool,
     direction: Option<String>,
     msid_stream: Option<String>,
+    /// `a=rtpmap` encoding names, upper case, in order, each once.
+    codecs: Vec<String>,
+    /// `a=bundle-only`: port 0 in an offer, yet not rejected (RFC 9143
+    /// §6; Firefox's `max-bundle` offers).
+    bundle_only: bool,
 }
 
 fn sections(sdp: &str) -> Vec<Section> {
@@ -42,9 +47,17 @@ fn sections(sdp: &str) -> Vec<Section> {
             "a=sendonly" | "a=recvonly" | "a=sendrecv" | "a=inactive" => {
                 section.direction = Some(line[2..].to_owned());
             }
+            "a=bundle-only" => section.bundle_only = true,
             _ => {
                 if let Some(msid) = line.strip_prefix("a=msid:") {
                     section.msid_stream = msid.split_whitespace().next().map(str::to_owned);
+                } else if let Some(map) = line.strip_prefix("a=rtpmap:")
+                    && let Some(name) = map.split_whitespace().nth(1).and_then(|e| e.split('/').next())
+                {
+                    let name = name.to_ascii_uppercase();
+                    if !section.codecs.contains(&name) {
+                        section.codecs.push(name);
+                    }
                 }
             }
         }
@@ -128,6 +141,23 @@ pub fn check_answer(offer: &str, answer: &str) -> Result<(), MediaError> {
         }
     }
     Ok(())
+}
+
+/// The video codecs of an SDP's first video m-line that is not rejected
+/// (port 0 without `a=bundle-only`): `a=rtpmap` names, upper case, each
+/// once, in order, leaving out the formats that carry no picture of their
+/// own (RTX, RED, FEC); `None` without such an m-line.
+pub fn video_codecs(sdp: &str) -> Option<Vec<String>> {
+    let section = sections(sdp)
+        .into_iter()
+        .find(|s| s.kind == "video" && (!s.port_zero || s.bundle_only))?;
+    Some(
+        section
+            .codecs
+            .into_iter()
+            .filter(|c| !matches!(c.as_str(), "RTX" | "RED" | "ULPFEC" | "FLEXFEC-03" | "FLEXFEC"))
+            .collect(),
+    )
 }
 
 /// The first `a=ice-ufrag:` value of an SDP.
@@ -227,6 +257,26 @@ mod tests {
             check_offer(&mixed, Intent::Publish),
             Err(MediaError::Unprocessable(_))
         ));
+    }
+
+    #[test]
+    fn video_codecs_are_the_first_video_lines_pictures() {
+        let offer = "v=0\r\nm=audio 9 X 111\r\na=rtpmap:111 opus/48000/2\r\n\
+                     m=video 9 X 96 97 98 99 100\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\n\
+                     a=rtpmap:98 vp9/90000\r\na=rtpmap:99 VP9/90000\r\na=rtpmap:100 AV1/90000\r\n\
+                     a=rtpmap:101 red/90000\r\na=rtpmap:102 ulpfec/90000\r\n";
+        assert_eq!(
+            video_codecs(offer),
+            Some(vec!["VP8".to_owned(), "VP9".to_owned(), "AV1".to_owned()])
+        );
+        assert_eq!(video_codecs("v=0\r\nm=audio 9 X 111\r\n"), None);
+        assert_eq!(
+            video_codecs("v=0\r\nm=video 0 X 96\r\na=rtpmap:96 VP8/90000\r\n"),
+            None
+        );
+        // Firefox's max-bundle offer: port 0, bundle-only, not rejected.
+        let bundled = "v=0\r\nm=video 0 X 120\r\na=bundle-only\r\na=recvonly\r\na=rtpmap:120 VP8/90000\r\n";
+        assert_eq!(video_codecs(bundled), Some(vec!["VP8".to_owned()]));
     }
 
     #[test]

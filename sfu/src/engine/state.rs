@@ -130,6 +130,9 @@ pub(super) struct Viewer {
     /// The viewer (or a new source) changed the layer wanted: skip the upswitch hold once.
     pub(super) forced: bool,
     pub(super) desired_bps: u64,
+    /// The source last reported as sending a video codec this viewer did
+    /// not negotiate (one warning and count per viewer and source).
+    pub(super) codec_warned: Option<PeerId>,
 }
 
 pub(super) struct OutTrack {
@@ -208,6 +211,7 @@ impl Viewer {
             up_since: None,
             forced: true,
             desired_bps: 0,
+            codec_warned: None,
         }
     }
 }

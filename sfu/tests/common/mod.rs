@@ -4,6 +4,7 @@ pub mod chat;
 #[path = "../../../hls-bridge/tests/common/checker.rs"]
 pub mod checker;
 pub mod interop;
+pub mod logs;
 #[path = "../../../signaling/tests/common/nats.rs"]
 pub mod nats;
 pub mod netns;

@@ -249,8 +249,25 @@ pub fn publish_offer() -> String {
 
 /// A WHEP offer (recvonly audio + video) made by str0m.
 pub fn play_offer() -> String {
+    play_offer_from(str0m::RtcConfig::new())
+}
+
+/// [`play_offer`] with Opus and these video codecs only.
+pub fn play_offer_with(video: &[str0m::format::Codec]) -> String {
+    use str0m::format::Codec;
+    let config = str0m::RtcConfig::new().clear_codecs().enable_opus(true, false);
+    play_offer_from(video.iter().fold(config, |config, codec| match codec {
+        Codec::H264 => config.enable_h264(true),
+        Codec::Vp8 => config.enable_vp8(true),
+        Codec::Vp9 => config.enable_vp9(true),
+        Codec::Av1 => config.enable_av1(true),
+        other => panic!("no test offer for {other}"),
+    }))
+}
+
+fn play_offer_from(config: str0m::RtcConfig) -> String {
     use str0m::media::{Direction, MediaKind};
-    let mut rtc = str0m::RtcConfig::new().build(Instant::now());
+    let mut rtc = config.build(Instant::now());
     rtc.add_local_candidate(str0m::Candidate::host("127.0.0.1:40001".parse().unwrap(), "udp").unwrap());
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);

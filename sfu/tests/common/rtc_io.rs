@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::format::Codec;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -11,13 +12,26 @@ use tokio::net::UdpSocket;
 /// A test client's `Rtc` (RTP mode, Opus and H.264) with a host candidate
 /// on a fresh loopback UDP socket: the socket, its address, the `Rtc`.
 pub async fn client() -> (UdpSocket, SocketAddr, Rtc) {
+    client_with(&[Codec::H264]).await
+}
+
+/// [`client`] offering these video codecs (H.264, VP8, VP9 or AV1), in order.
+pub async fn client_with(video: &[Codec]) -> (UdpSocket, SocketAddr, Rtc) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let local = socket.local_addr().unwrap();
-    let mut rtc = RtcConfig::new()
+    let config = RtcConfig::new()
         .set_rtp_mode(true)
         .clear_codecs()
-        .enable_opus(true, false)
-        .enable_h264(true)
+        .enable_opus(true, false);
+    let mut rtc = video
+        .iter()
+        .fold(config, |config, codec| match codec {
+            Codec::H264 => config.enable_h264(true),
+            Codec::Vp8 => config.enable_vp8(true),
+            Codec::Vp9 => config.enable_vp9(true),
+            Codec::Av1 => config.enable_av1(true),
+            other => panic!("no test client for {other}"),
+        })
         .build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
     (socket, local, rtc)

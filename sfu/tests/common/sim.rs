@@ -144,8 +144,12 @@ pub struct Sim {
     by_addr: HashMap<SocketAddr, u32>,
     /// Wall time spent inside engine calls (including draining `poll_transmit`).
     pub engine_time: Duration,
-    /// The one video codec clients created from now on offer and send.
+    /// The video codec clients created from now on send (publishers) and
+    /// offer first.
     pub video_codec: Codec,
+    /// More video codecs clients created from now on offer, after
+    /// `video_codec` (publishers still send `video_codec`).
+    pub also_offer: Vec<Codec>,
     /// Whether publishers created from now on send 3 simulcast layers or one.
     pub simulcast: bool,
     transmits: Vec<Transmit>,
@@ -194,6 +198,7 @@ impl Sim {
             by_addr: HashMap::new(),
             engine_time: Duration::ZERO,
             video_codec: Codec::Vp8,
+            also_offer: Vec::new(),
             simulcast: true,
             transmits: Vec::new(),
             relays: (Vec::new(), Vec::new()),
@@ -220,12 +225,14 @@ impl Sim {
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false);
-        let config = match self.video_codec {
-            Codec::H264 => config.enable_h264(true),
-            Codec::Vp9 => config.enable_vp9(true),
-            Codec::Av1 => config.enable_av1(true),
-            _ => config.enable_vp8(true),
-        };
+        let config = std::iter::once(self.video_codec)
+            .chain(self.also_offer.iter().copied())
+            .fold(config, |config, codec| match codec {
+                Codec::H264 => config.enable_h264(true),
+                Codec::Vp9 => config.enable_vp9(true),
+                Codec::Av1 => config.enable_av1(true),
+                _ => config.enable_vp8(true),
+            });
         config.build(self.now)
     }
 
@@ -359,23 +366,37 @@ impl Sim {
     }
 
     fn play_at(&mut self, room: &str, layer: Option<LayerPref>, sink: Sink, home: Option<WorkerId>) -> u32 {
+        self.try_play_at(room, layer, sink, home).expect("play accepted")
+    }
+
+    /// A WHEP viewer of `room`, or the engine's refusal.
+    pub fn try_play(&mut self, room: &str) -> Result<u32, signaling::MediaError> {
+        self.try_play_at(room, None, Sink::Record, None)
+    }
+
+    fn try_play_at(
+        &mut self,
+        room: &str,
+        layer: Option<LayerPref>,
+        sink: Sink,
+        home: Option<WorkerId>,
+    ) -> Result<u32, signaling::MediaError> {
         let (n, mut rtc, addr) = self.new_client();
         let mut api = rtc.sdp_api();
         api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         let (offer, pending) = api.apply().unwrap();
         let session = SessionId::random();
-        let reply = self
-            .send_command(Command::Play {
-                room: RoomId::parse(room).unwrap(),
-                session: session.clone(),
-                identity: None,
-                offer: offer.to_sdp_string(),
-                publisher: None,
-                max_layer: layer,
-                homes: home.into_iter().collect(),
-            })
-            .expect("play accepted");
+        let reply = self.send_command(Command::Play {
+            room: RoomId::parse(room).unwrap(),
+            session: session.clone(),
+            identity: None,
+            offer: offer.to_sdp_string(),
+            publisher: None,
+            max_layer: layer,
+            homes: home.into_iter().collect(),
+            room_video: Vec::new(),
+        })?;
         accept(&mut rtc, pending, reply);
         self.insert_client(
             n,
@@ -399,7 +420,7 @@ impl Sim {
                 on_second: home.is_some(),
             },
         );
-        n
+        Ok(n)
     }
 
     pub fn set_layer(&mut self, client: u32, layer: Option<LayerPref>) {

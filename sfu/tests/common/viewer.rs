@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use str0m::Event;
 use str0m::change::SdpAnswer;
+use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind};
 
 use super::node::{Http, Node};
@@ -70,7 +71,18 @@ impl LiveViewer {
 
 /// Watches `room` at `node` over WHEP (audio and video, receive only).
 pub async fn watch(node: &Node, http: &Http, room: &str, token: Option<&str>) -> LiveViewer {
-    let (socket, local, mut rtc) = rtc_io::client().await;
+    watch_with(node, http, room, token, &[Codec::H264]).await
+}
+
+/// [`watch`] offering these video codecs.
+pub async fn watch_with(
+    node: &Node,
+    http: &Http,
+    room: &str,
+    token: Option<&str>,
+    video: &[Codec],
+) -> LiveViewer {
+    let (socket, local, mut rtc) = rtc_io::client_with(video).await;
     let mut api = rtc.sdp_api();
     let audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
     api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
