@@ -28,6 +28,13 @@ struct Section {
     bundle_only: bool,
 }
 
+impl Section {
+    /// Offered for use: a port, or port 0 with `a=bundle-only`.
+    fn offered(&self) -> bool {
+        !self.port_zero || self.bundle_only
+    }
+}
+
 fn sections(sdp: &str) -> Vec<Section> {
     let mut out: Vec<Section> = Vec::new();
     for line in sdp.lines().map(str::trim_end) {
@@ -77,14 +84,14 @@ pub fn check_offer(sdp: &str, intent: Intent) -> Result<(), MediaError> {
         ));
     }
     for kind in ["audio", "video"] {
-        let n = media.iter().filter(|s| s.kind == kind && !s.port_zero).count();
+        let n = media.iter().filter(|s| s.kind == kind && s.offered()).count();
         if n > 1 {
             return Err(MediaError::Unprocessable(format!(
                 "offer has {n} {kind} m-lines; one MediaStream carries at most one track per kind"
             )));
         }
     }
-    for s in media.iter().filter(|s| !s.port_zero) {
+    for s in media.iter().filter(|s| s.offered()) {
         let dir = s.direction.as_deref().unwrap_or("sendrecv");
         let ok = match intent {
             Intent::Publish => matches!(dir, "sendonly" | "sendrecv"),
@@ -105,7 +112,7 @@ pub fn check_offer(sdp: &str, intent: Intent) -> Result<(), MediaError> {
     if intent == Intent::Publish {
         let mut streams = media
             .iter()
-            .filter(|s| !s.port_zero)
+            .filter(|s| s.offered())
             .filter_map(|s| s.msid_stream.as_deref());
         if let Some(first) = streams.next()
             && streams.any(|s| s != first)
@@ -124,7 +131,7 @@ pub fn check_answer(offer: &str, answer: &str) -> Result<(), MediaError> {
     let offered = sections(offer);
     let answered = sections(answer);
     for (i, o) in offered.iter().enumerate() {
-        if o.port_zero || !(o.kind == "audio" || o.kind == "video") {
+        if !o.offered() || !(o.kind == "audio" || o.kind == "video") {
             continue;
         }
         let Some(a) = answered.get(i) else {
@@ -150,7 +157,7 @@ pub fn check_answer(offer: &str, answer: &str) -> Result<(), MediaError> {
 pub fn video_codecs(sdp: &str) -> Option<Vec<String>> {
     let section = sections(sdp)
         .into_iter()
-        .find(|s| s.kind == "video" && (!s.port_zero || s.bundle_only))?;
+        .find(|s| s.kind == "video" && s.offered())?;
     Some(
         section
             .codecs
@@ -277,6 +284,28 @@ mod tests {
         // Firefox's max-bundle offer: port 0, bundle-only, not rejected.
         let bundled = "v=0\r\nm=video 0 X 120\r\na=bundle-only\r\na=recvonly\r\na=rtpmap:120 VP8/90000\r\n";
         assert_eq!(video_codecs(bundled), Some(vec!["VP8".to_owned()]));
+    }
+
+    #[test]
+    fn bundle_only_lines_are_checked_like_the_others() {
+        // Firefox's max-bundle offer puts port 0 and `a=bundle-only` on
+        // every m-line after the first.
+        let offer = "v=0\r\nm=audio 9 X 111\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
+                     m=video 0 X 120\r\na=bundle-only\r\na=sendonly\r\na=rtpmap:120 VP8/90000\r\n";
+        assert!(check_offer(offer, Intent::Publish).is_ok());
+        let err = check_offer(offer, Intent::Play).unwrap_err().to_string();
+        assert!(err.contains("audio m-line is sendonly"), "{err}");
+        let two =
+            format!("{offer}m=video 0 X 121\r\na=bundle-only\r\na=sendonly\r\na=rtpmap:121 VP8/90000\r\n");
+        let err = check_offer(&two, Intent::Publish).unwrap_err().to_string();
+        assert!(err.contains("2 video m-lines"), "{err}");
+        // An answer that rejects the bundle-only line (no shared codec).
+        let answer = "v=0\r\nm=audio 9 X 111\r\na=recvonly\r\nm=video 0 X 0\r\n";
+        let err = check_answer(offer, answer).unwrap_err().to_string();
+        assert!(err.contains("no supported codec for the video m-line"), "{err}");
+        // A line rejected in the offer itself (port 0, no bundle-only) is not.
+        let rejected = "v=0\r\nm=audio 9 X 111\r\na=sendonly\r\nm=video 0 X 120\r\na=sendonly\r\n";
+        assert!(check_answer(rejected, answer).is_ok());
     }
 
     #[test]
