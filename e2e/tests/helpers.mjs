@@ -163,6 +163,18 @@ export function tail(path, lines = 80, filter) {
   }
 }
 
+// A page of either browser, named, its console kept for failure reports,
+// at `url` once the demo page's `wave` API is up.
+async function openDemoPage(page, url, name) {
+  page.waveName = name;
+  page.consoleLines = [];
+  page.on('console', (m) => page.consoleLines.push(`[${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => page.consoleLines.push(`[pageerror] ${e.message}`));
+  await page.goto(url);
+  await page.waitForFunction(() => typeof window.wave?.stats === 'function');
+  return page;
+}
+
 /** Headless chromium with a fresh user-data dir; close with `browser.close()`. */
 export async function launchBrowser(extraArgs = []) {
   if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM}: apt-get install chromium`);
@@ -179,13 +191,7 @@ export async function launchBrowser(extraArgs = []) {
     context,
     async page(url, name) {
       const page = spare.shift() ?? (await context.newPage());
-      page.waveName = name;
-      page.consoleLines = [];
-      page.on('console', (m) => page.consoleLines.push(`[${m.type()}] ${m.text()}`));
-      page.on('pageerror', (e) => page.consoleLines.push(`[pageerror] ${e.message}`));
-      await page.goto(url);
-      await page.waitForFunction(() => typeof window.wave?.stats === 'function');
-      return page;
+      return openDemoPage(page, url, name);
     },
     async close() {
       await context.close().catch(() => {});
@@ -229,13 +235,7 @@ export async function launchFirefox(prefs = {}) {
     version: await browser.version(),
     async page(url, name) {
       const page = await browser.newPage();
-      page.waveName = name;
-      page.consoleLines = [];
-      page.on('console', (m) => page.consoleLines.push(`[${m.type()}] ${m.text()}`));
-      page.on('pageerror', (e) => page.consoleLines.push(`[pageerror] ${e.message}`));
-      await page.goto(url);
-      await page.waitForFunction(() => typeof window.wave?.stats === 'function');
-      return page;
+      return openDemoPage(page, url, name);
     },
     async close() {
       const proc = browser.process();

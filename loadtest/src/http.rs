@@ -188,14 +188,7 @@ impl Signaling {
     /// GETs a text resource (the server's metrics); non-2xx is an error.
     pub async fn get(&self, url: &str) -> Result<String, Error> {
         let (status, _, body) = self.send(&self.client, Method::GET, url, "", SDP, false).await?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(Error::Status {
-                status: status.as_u16(),
-                reason: body.chars().take(200).collect(),
-            })
-        }
+        success(status, body)
     }
 
     /// POSTs (a non-empty `json` body) or GETs (an empty one) a JSON API
@@ -209,14 +202,7 @@ impl Signaling {
         let (status, _, body) = self
             .send(&self.client, method, url, json, "application/json", true)
             .await?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(Error::Status {
-                status: status.as_u16(),
-                reason: body.chars().take(200).collect(),
-            })
-        }
+        success(status, body)
     }
 
     pub fn outcomes(&self) -> BTreeMap<String, u64> {
@@ -238,6 +224,19 @@ pub fn resolve(base: &str, location: &str) -> Option<String> {
     let path = uri.path();
     let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
     Some(format!("{scheme}://{authority}{dir}{location}"))
+}
+
+/// The body of a 2xx answer; any other status is an error with the body's
+/// start as its reason.
+fn success(status: StatusCode, body: String) -> Result<String, Error> {
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(Error::Status {
+            status: status.as_u16(),
+            reason: body.chars().take(200).collect(),
+        })
+    }
 }
 
 #[cfg(test)]
