@@ -237,6 +237,13 @@ keys! {
         /// Concurrent HTTP connections in total [default: 8192].
         #[arg(long, env = "SFU_MAX_HTTP_CONNECTIONS")]
         pub max_http_connections: Option<usize>,
+        /// Reverse proxy in front of the node (an address or CIDR block):
+        /// its `X-Forwarded-For` names the client for the POST rate limit
+        /// and logs, and it is spared the per-client connection cap.
+        /// Repeat the flag (or separate with `,`) for several [default:
+        /// none: forwarding headers are ignored].
+        #[arg(long = "trusted-proxy", env = "SFU_TRUSTED_PROXIES", value_delimiter = ',')]
+        pub trusted_proxies: Vec<String>,
         // The cluster control plane.
         /// NATS server URL(s) for the cluster control plane (`nats://host:4222`,
         /// comma separated) [default: none, the in-process bus: a single node].
@@ -414,6 +421,8 @@ pub struct NodeConfig {
     pub token_policy: signaling::auth::TokenPolicy,
     /// Concurrent HTTP connections per client and in total.
     pub connection_limit: signaling::ConnectionLimit,
+    /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`).
+    pub trusted_proxies: signaling::TrustedProxies,
     pub cluster: ClusterArgs,
     pub chat: signaling::chat::ChatConfig,
     /// How long open sessions may run after the first stop signal.
@@ -563,6 +572,7 @@ impl Default for NodeConfig {
             public_hls: false,
             token_policy: signaling::auth::TokenPolicy::default(),
             connection_limit: signaling::ConnectionLimit::default(),
+            trusted_proxies: signaling::TrustedProxies::default(),
             cluster: ClusterArgs::default(),
             chat: signaling::chat::ChatConfig::default(),
             drain_timeout: Duration::from_secs(30),
@@ -643,6 +653,8 @@ impl NodeConfig {
                     .unwrap_or(d.connection_limit.per_client),
                 total: k.max_http_connections.unwrap_or(d.connection_limit.total),
             },
+            trusted_proxies: signaling::TrustedProxies::parse_all(&k.trusted_proxies)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
             cluster: k.cluster(d.cluster, d.media_ip)?,
             chat: k.chat()?,
             drain_timeout: k.drain_timeout.map_or(d.drain_timeout, |t| t.0),
@@ -1269,6 +1281,11 @@ mod tests {
                 "max_http_connections_per_client = 9",
                 &["--max-http-connections-per-client", "9"],
                 |c| c.connection_limit.per_client.to_string(),
+            ),
+            sample(
+                "trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]",
+                &["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "192.0.2.7"],
+                |c| format!("{:?}", c.trusted_proxies),
             ),
             sample(
                 "max_http_connections = 99",

@@ -129,6 +129,7 @@ pub async fn run(
         hlsjs_dir: Some(config.hlsjs_dir.clone()),
         token_policy: config.token_policy.clone(),
         connection_limit: config.connection_limit,
+        trusted_proxies: config.trusted_proxies.clone(),
         tls: tls.clone(),
         ..signaling::HttpConfig::default()
     };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::auth::TokenPolicy;
+use crate::forwarded::TrustedProxies;
 use crate::media::RoomId;
 use crate::ratelimit::{ConnectionLimit, RateLimit};
 
@@ -47,6 +48,9 @@ pub struct HttpConfig {
     /// HTTPS: the listener's certificate, reloaded when its files change.
     /// `None` (default): plain HTTP (and h2c).
     pub tls: Option<Arc<crate::tls::ReloadingCert>>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client
+    /// ([`crate::forwarded`]). Empty (default): the TCP peer is the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +69,7 @@ impl Default for HttpConfig {
             chat: crate::chat::ChatConfig::default(),
             hlsjs_dir: None,
             tls: None,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -85,6 +90,7 @@ impl fmt::Debug for HttpConfig {
             .field("chat", &self.chat)
             .field("hlsjs_dir", &self.hlsjs_dir)
             .field("tls", &self.tls.is_some())
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }

@@ -70,6 +70,7 @@ pub mod chat;
 pub mod cluster;
 mod config;
 mod drain;
+pub mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hls_proxy;
@@ -87,6 +88,7 @@ pub mod tls;
 
 pub use config::{HttpConfig, IceServer, IceServerSource};
 pub use drain::Drain;
+pub use forwarded::TrustedProxies;
 pub use media::{
     IcePatch, IceRestartAnswer, LayerPref, MediaError, MediaNode, Origin, PlayRequest, PublishRequest,
     PublisherInfo, PullRequest, RoomId, RoomInfo, SessionId, TrackInfo, ViewerInfo,

@@ -237,15 +237,16 @@ impl ConnectionGate {
         }
     }
 
-    /// Admits a connection from `ip`, or says which cap it hit.
-    pub fn admit(&self, ip: IpAddr) -> Result<ConnectionPermit, ConnectionRefused> {
+    /// Admits a connection from `ip`, or says which cap it hit. A
+    /// trusted `proxy` is spared the per-client cap, as loopback is.
+    pub fn admit(&self, ip: IpAddr, proxy: bool) -> Result<ConnectionPermit, ConnectionRefused> {
         let key = client_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.total >= self.limit.total {
             return Err(ConnectionRefused::Total);
         }
         let mine = open.per_client.entry(key).or_insert(0);
-        let exempt = self.limit.loopback_exempt && key.is_loopback();
+        let exempt = proxy || (self.limit.loopback_exempt && key.is_loopback());
         if *mine >= self.limit.per_client && !exempt {
             return Err(ConnectionRefused::PerClient);
         }
@@ -381,19 +382,22 @@ mod tests {
             total: 3,
             loopback_exempt: true,
         });
-        let a1 = gate.admit(ip("192.0.2.1")).unwrap();
-        let _a2 = gate.admit(ip("192.0.2.1")).unwrap();
+        let a1 = gate.admit(ip("192.0.2.1"), false).unwrap();
+        let _a2 = gate.admit(ip("192.0.2.1"), false).unwrap();
         assert_eq!(
-            gate.admit(ip("192.0.2.1")).unwrap_err(),
+            gate.admit(ip("192.0.2.1"), false).unwrap_err(),
             ConnectionRefused::PerClient
         );
-        let _b1 = gate.admit(ip("2001:db8::1")).unwrap();
-        assert_eq!(gate.admit(ip("192.0.2.9")).unwrap_err(), ConnectionRefused::Total);
+        let _b1 = gate.admit(ip("2001:db8::1"), false).unwrap();
+        assert_eq!(
+            gate.admit(ip("192.0.2.9"), false).unwrap_err(),
+            ConnectionRefused::Total
+        );
         drop(a1);
         assert_eq!(gate.open(), 2);
-        let _a3 = gate.admit(ip("192.0.2.1")).unwrap();
+        let _a3 = gate.admit(ip("192.0.2.1"), false).unwrap();
         assert_eq!(
-            gate.admit(ip("2001:db8::2")).unwrap_err(),
+            gate.admit(ip("2001:db8::2"), false).unwrap_err(),
             ConnectionRefused::Total
         );
     }
@@ -406,17 +410,29 @@ mod tests {
             loopback_exempt: true,
         };
         let gate = ConnectionGate::new(limit);
-        let held: Vec<_> = (0..3).map(|_| gate.admit(ip("127.0.0.1")).unwrap()).collect();
-        assert_eq!(gate.admit(ip("::1")).unwrap_err(), ConnectionRefused::Total);
+        let held: Vec<_> = (0..3)
+            .map(|_| gate.admit(ip("127.0.0.1"), false).unwrap())
+            .collect();
+        assert_eq!(
+            gate.admit(ip("::1"), false).unwrap_err(),
+            ConnectionRefused::Total
+        );
         drop(held);
         let strict = ConnectionGate::new(ConnectionLimit {
             loopback_exempt: false,
             ..limit
         });
-        let _one = strict.admit(ip("127.0.0.1")).unwrap();
+        let _one = strict.admit(ip("127.0.0.1"), false).unwrap();
         assert_eq!(
-            strict.admit(ip("127.0.0.1")).unwrap_err(),
+            strict.admit(ip("127.0.0.1"), false).unwrap_err(),
             ConnectionRefused::PerClient
+        );
+        // A trusted proxy carries many clients: spared per client too.
+        let _p1 = strict.admit(ip("10.0.0.1"), true).unwrap();
+        let _p2 = strict.admit(ip("10.0.0.1"), true).unwrap();
+        assert_eq!(
+            strict.admit(ip("10.0.0.1"), true).unwrap_err(),
+            ConnectionRefused::Total
         );
     }
 }

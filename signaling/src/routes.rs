@@ -195,6 +195,7 @@ impl<M: MediaNode> Shared<M> {
 
     /// Answers one request; never fails, never panics on input.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+        let peer = self.config.trusted_proxies.client(peer, req.headers());
         let cors = self.cors(req.headers());
         let route = Route::parse(req.uri().path());
         let label = route.label();
@@ -211,11 +212,11 @@ impl<M: MediaNode> Shared<M> {
             Err(e) => {
                 let (status, reason) = (e.status.as_u16(), &e.detail);
                 if e.status.is_server_error() {
-                    warn!(route = label, %method, %room, %session, status, reason, "request failed");
+                    warn!(route = label, %method, %room, %session, client = %peer.ip(), status, reason, "request failed");
                 } else if e.status == StatusCode::TOO_MANY_REQUESTS || e.status == StatusCode::NOT_FOUND {
-                    debug!(route = label, %method, %room, %session, status, reason, "request refused");
+                    debug!(route = label, %method, %room, %session, client = %peer.ip(), status, reason, "request refused");
                 } else {
-                    info!(route = label, %method, %room, %session, status, reason, "request refused");
+                    info!(route = label, %method, %room, %session, client = %peer.ip(), status, reason, "request refused");
                 }
                 e.into_response()
             }

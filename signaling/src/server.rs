@@ -110,7 +110,8 @@ impl<M: MediaNode> Server<M> {
                     }
                 },
             };
-            let permit = match self.shared.connections.admit(peer.ip()) {
+            let proxy = self.shared.config.trusted_proxies.contains(peer.ip());
+            let permit = match self.shared.connections.admit(peer.ip(), proxy) {
                 Ok(permit) => permit,
                 Err(cap) => {
                     // Over TLS the plain answer would not parse: just close.
