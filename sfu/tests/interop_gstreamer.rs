@@ -1,6 +1,8 @@
 //! GStreamer's `webrtcbin` (libnice, OpenSSL DTLS with an RSA certificate)
 //! publishes H.264 + Opus over WHIP; aiortc and GStreamer itself watch over
-//! WHEP and decode the picture.
+//! WHEP and decode the picture and the sound. GStreamer's viewer offers
+//! Opus as `OPUS/48000` (no channel count, as `webrtcbin` writes caps
+//! without `encoding-params`).
 
 use crate::common::interop::{InteropNode, settle};
 
@@ -13,6 +15,12 @@ fn gstreamer_publishes_and_independent_viewers_decode() {
     let gst = node.client("gst-watch", "gst", 7, &[]);
 
     aiortc.report().assert_decoded();
-    gst.report().assert_decoded();
+    let watched = gst.report();
+    watched.assert_decoded();
+    // 7 s of 20 ms Opus frames: ~350 once connected.
+    assert!(
+        watched.audio_frames >= 100,
+        "GStreamer viewer heard too little: {watched:?}"
+    );
     publisher.report().assert_published();
 }

@@ -143,6 +143,7 @@ impl Engine {
         intent: Intent,
         max_layer: Option<&LayerPref>,
     ) -> Result<(Rtc, String), MediaError> {
+        let offer = &*sdp::lenient_offer(offer);
         sdp::check_offer(offer, intent)?;
         let sdp_offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| MediaError::BadRequest(format!("SDP: {e}")))?;

@@ -126,15 +126,13 @@ pub fn check_offer(sdp: &str, intent: Intent) -> Result<(), MediaError> {
 }
 
 /// Rejects an answer in which str0m had to refuse an offered m-line
-/// (RFC 9725 §4.4.3: no partially successful answers). A `bundle-only`
-/// line it refused is let through: GStreamer's WHEP viewer offers audio
-/// as `OPUS/48000` (no channel count), which str0m refuses, and its video
-/// plays.
+/// (RFC 9725 §4.4.3: no partially successful answers), `bundle-only`
+/// lines included.
 pub fn check_answer(offer: &str, answer: &str) -> Result<(), MediaError> {
     let offered = sections(offer);
     let answered = sections(answer);
     for (i, o) in offered.iter().enumerate() {
-        if o.port_zero || !(o.kind == "audio" || o.kind == "video") {
+        if !o.offered() || !(o.kind == "audio" || o.kind == "video") {
             continue;
         }
         let Some(a) = answered.get(i) else {
@@ -151,6 +149,36 @@ pub fn check_answer(offer: &str, answer: &str) -> Result<(), MediaError> {
         }
     }
     Ok(())
+}
+
+/// An offer as str0m should read it. RFC 7587 §7 writes Opus as
+/// `opus/48000/2`; GStreamer's `webrtcbin` writes `OPUS/48000` when its
+/// caps carry no `encoding-params`, and str0m refuses that line, so the
+/// viewer would get no audio. Such a line gets its `/2`.
+pub fn lenient_offer(sdp: &str) -> std::borrow::Cow<'_, str> {
+    let bare_opus = |line: &str| {
+        line.strip_prefix("a=rtpmap:")
+            .and_then(|m| m.split_whitespace().nth(1))
+            .is_some_and(|enc| {
+                let mut parts = enc.split('/');
+                parts.next().is_some_and(|n| n.eq_ignore_ascii_case("opus"))
+                    && parts.next() == Some("48000")
+                    && parts.next().is_none()
+            })
+    };
+    if !sdp.lines().any(|l| bare_opus(l.trim_end())) {
+        return std::borrow::Cow::Borrowed(sdp);
+    }
+    let mut out = String::with_capacity(sdp.len() + 8);
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        out.push_str(body);
+        if bare_opus(body) {
+            out.push_str("/2");
+        }
+        out.push_str(&line[body.len()..]);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The video codecs of an SDP's first video m-line that is not rejected
@@ -302,11 +330,31 @@ mod tests {
             format!("{offer}m=video 0 X 121\r\na=bundle-only\r\na=sendonly\r\na=rtpmap:121 VP8/90000\r\n");
         let err = check_offer(&two, Intent::Publish).unwrap_err().to_string();
         assert!(err.contains("2 video m-lines"), "{err}");
-        // An answer may still refuse a bundle-only line (GStreamer's viewer
-        // offers `OPUS/48000` without channels, which str0m does not take):
-        // the rest of the session goes on, as before these checks.
+        // An answer that refuses a bundle-only line is no answer.
         let answer = "v=0\r\nm=audio 9 X 111\r\na=recvonly\r\nm=video 0 X 0\r\n";
+        let err = check_answer(offer, answer).unwrap_err().to_string();
+        assert!(err.contains("no supported codec for the video m-line"), "{err}");
+        let answer = "v=0\r\nm=audio 9 X 111\r\na=recvonly\r\nm=video 9 X 120\r\na=recvonly\r\n";
         assert!(check_answer(offer, answer).is_ok());
+    }
+
+    #[test]
+    fn bare_opus_gets_its_channel_count() {
+        let gst = "v=0\r\nm=audio 0 X 111\r\na=bundle-only\r\na=rtpmap:111 OPUS/48000\r\na=fmtp:111 x\r\n";
+        assert_eq!(
+            lenient_offer(gst),
+            "v=0\r\nm=audio 0 X 111\r\na=bundle-only\r\na=rtpmap:111 OPUS/48000/2\r\na=fmtp:111 x\r\n"
+        );
+        let lf = "a=rtpmap:96 opus/48000\n";
+        assert_eq!(lenient_offer(lf), "a=rtpmap:96 opus/48000/2\n");
+        // Already right, or not Opus at 48 kHz: untouched, not copied.
+        for sdp in [
+            "a=rtpmap:111 opus/48000/2\r\n",
+            "a=rtpmap:0 PCMU/8000\r\n",
+            "a=rtpmap:9 opus/16000\r\n",
+        ] {
+            assert!(matches!(lenient_offer(sdp), std::borrow::Cow::Borrowed(s) if s == sdp));
+        }
     }
 
     #[test]

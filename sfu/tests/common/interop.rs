@@ -32,7 +32,7 @@ pub struct Report {
     pub height: u32,
     pub luma_stddev: f64,
     pub error: Option<String>,
-    /// Decoded audio frames (the aiortc viewer).
+    /// Decoded audio frames (the aiortc and GStreamer viewers).
     #[serde(default)]
     pub audio_frames: u64,
     /// From the viewer's offer to its first decoded video frame (the aiortc viewer).

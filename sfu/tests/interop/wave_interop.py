@@ -8,8 +8,9 @@ Each subcommand runs one real client (GStreamer webrtcbin, aiortc, FFmpeg's
     {"client": "...", "role": "publish"|"watch", "ice": "...", "dtls": "...",
      "frames": N, "width": W, "height": H, "luma_stddev": S, "error": null}
 
-The aiortc viewer adds "audio_frames" (decoded audio frames) and
-"first_frame_ms" (from its offer to its first decoded video frame).
+The aiortc and GStreamer viewers add "audio_frames" (decoded audio
+frames); the aiortc viewer adds "first_frame_ms" (from its offer to its
+first decoded video frame).
 
 Publishers send a 320x240 test pattern (colour bars) at 30 fps plus a tone;
 viewers decode what arrives and report how many frames they decoded, their
@@ -125,6 +126,7 @@ class GstClient:
         self.loop = GLib.MainLoop()
         self.error = None
         self.frames = 0
+        self.audio_frames = 0
         self.width = self.height = 0
         self.stddev = 0.0
         self.sent_offer = False
@@ -204,7 +206,8 @@ class GstClient:
         dtls = self.dtls_state()
         self.pipe.set_state(self.Gst.State.NULL)
         report(client="gstreamer", role=self.role, ice=ice, dtls=dtls, frames=self.frames,
-               width=self.width, height=self.height, luma_stddev=self.stddev, error=self.error)
+               width=self.width, height=self.height, luma_stddev=self.stddev,
+               audio_frames=self.audio_frames, error=self.error)
 
 
 def gst_publish(args):
@@ -260,6 +263,14 @@ def gst_watch(args):
             chain = Gst.parse_bin_from_description(
                 "videoconvert ! video/x-raw,format=I420 ! appsink name=sink emit-signals=true sync=false", True)
             chain.get_by_name("sink").connect("new-sample", on_sample)
+        elif name.startswith("audio/"):
+            chain = Gst.parse_bin_from_description("fakesink name=audio sync=false", True)
+
+            def count_audio(_pad, _info):
+                client.audio_frames += 1
+                return Gst.PadProbeReturn.OK
+
+            chain.get_by_name("audio").get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, count_audio)
         else:
             chain = Gst.parse_bin_from_description("fakesink sync=false", True)
         client.pipe.add(chain)
