@@ -64,6 +64,8 @@ def read_stamp(y, stride, width, now_ms):
                 line = y[r * stride + x0:r * stride + x1]
                 total += sum(line)
                 n += len(line)
+            if n == 0:
+                return None
             lumas.append(total / n)
         upper, lower = lumas
         if abs(upper - lower) < MIN_CONTRAST:

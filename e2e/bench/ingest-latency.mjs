@@ -91,10 +91,15 @@ try {
       const now = Date.now();
       bench.frames++;
       bench.size = `${video.videoWidth}x${video.videoHeight}`;
-      const ms = read(now);
-      if (ms === null) bench.failed++;
-      else bench.lat.push(now - ms);
-      video.requestVideoFrameCallback(onFrame);
+      try {
+        const ms = video.videoWidth ? read(now) : null;
+        if (ms === null) bench.failed++;
+        else bench.lat.push(now - ms);
+      } catch {
+        bench.failed++;
+      } finally {
+        video.requestVideoFrameCallback(onFrame);
+      }
     };
     video.requestVideoFrameCallback(onFrame);
   });
