@@ -1148,6 +1148,81 @@ fn clock(ts: retina::Timestamp, rate: i64) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::IngestPacket;
+    use crate::ingest::records::{BUCKET, RECORD_TTL};
+    use signaling::bus::Bus;
+    use signaling::cluster::ClusterConfig;
+
+    /// A node that takes no source: the pulls below never reach PLAY.
+    struct NoNode;
+
+    impl IngestNode for NoNode {
+        async fn open_ingest(&self, _: IngestOpen) -> Result<(), MediaError> {
+            Err(MediaError::Unavailable("no node".into()))
+        }
+        async fn ingest(&self, _: &SessionId, _: Vec<IngestPacket>) -> Result<(), MediaError> {
+            Err(MediaError::Unavailable("no node".into()))
+        }
+        async fn end_ingest(&self, _: &SessionId) -> Result<(), MediaError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_deleted_behind_the_nodes_back_stops_the_pull_at_its_next_refresh() {
+        let bus = Bus::in_process();
+        let mut config = ClusterConfig::new(NodeId::parse("a").unwrap(), "http://a".into());
+        config.heartbeat = Duration::from_millis(100);
+        let cluster = Cluster::new(bus.clone(), config).await.unwrap();
+        let kv = bus.kv(BUCKET, RECORD_TTL).await.unwrap();
+        let pulls = Arc::new(Pulls::new(
+            Weak::<NoNode>::new(),
+            cluster,
+            kv.clone(),
+            Sealer::new(Some(b"s3cret")),
+        ));
+        tokio::spawn(pulls.clone().run_records());
+        let (room, id) = (RoomId::parse("cam").unwrap(), SessionId::random());
+        // Nothing listens there: the pull retries.
+        let port = closed_port();
+        let url = format!("rtsp://admin:hunter2@127.0.0.1:{port}/x");
+        let req = PullRequest {
+            room: room.clone(),
+            id: id.clone(),
+            url,
+            tcp: true,
+            identity: None,
+            until: None,
+        };
+        pulls.start(req).await.unwrap();
+        let written = kv
+            .get(id.as_str())
+            .await
+            .unwrap()
+            .expect("the record, before start returns");
+        let text = String::from_utf8_lossy(&written.value).into_owned();
+        assert!(!text.contains("hunter2") && !text.contains("admin"), "{text}");
+        let shown = pulls.get(&room, &id).await.expect("the pull");
+        assert_eq!(shown["node"], "a");
+        assert_eq!(shown["url"], format!("rtsp://***@127.0.0.1:{port}/x"));
+
+        // The record goes without the node being told (a lost stop
+        // message): its next rewrite finds it gone and stops the pull.
+        kv.delete(id.as_str(), None).await.unwrap();
+        let t0 = Instant::now();
+        while pulls.count() > 0 {
+            assert!(t0.elapsed() < Duration::from_millis(500), "the pull still runs");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(pulls.get(&room, &id).await.is_none());
+        assert!(kv.get(id.as_str()).await.unwrap().is_none(), "not written again");
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
 
     #[test]
     fn credentials_are_cut_from_the_url_and_shown_redacted() {
