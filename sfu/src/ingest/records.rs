@@ -79,6 +79,13 @@ impl PullRecord {
 /// A URL's username and password as the record keeps them: sealed
 /// (AES-256-GCM under a key derived from `--auth-secret`, bound to the
 /// pull's id) when the node has a secret, else as they are.
+///
+/// Why seal when NATS is already private to the cluster: JetStream keeps
+/// the bucket on the NATS server's disk and in its backups, and whoever
+/// may read subjects there (monitoring, an operator's `nats kv get`) is
+/// not necessarily who may run the cameras. Sealed, the credentials open
+/// only where `--auth-secret` is, which can mint publish tokens anyway.
+/// An open node has no key: its cluster's NATS is the only fence.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Secret {
