@@ -201,9 +201,13 @@ pub async fn run(
         }
     };
     server.serve(listener, shutdown).await?;
-    // Pulls end here and keep their records: a live node adopts them once
-    // this one has left the registry.
-    pulls.release();
+    // Pulls end here and are marked released: a live node adopts them.
+    if tokio::time::timeout(Duration::from_millis(500), pulls.release())
+        .await
+        .is_err()
+    {
+        warn!("marking the pulls released timed out; they are adopted once this node has left");
+    }
     // Leave the registry (drop this node and its claims) before closing peers.
     let _ = stop_heartbeats.send(());
     if tokio::time::timeout(Duration::from_millis(500), heartbeats)

@@ -49,6 +49,9 @@ pub struct PullRecord {
     /// The URL's credentials, which a restart needs. Never answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Secret>,
+    /// Its node stopped (SIGTERM) and no longer runs it: adopt it now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl PullRecord {
@@ -192,19 +195,23 @@ pub struct Listed<'a> {
     pub revision: u64,
     pub node: &'a NodeId,
     pub active: bool,
+    /// Its node let it go ([`PullRecord::released`]).
+    pub released: bool,
 }
 
 /// Which records this node adopts (Sans-IO: the time, the live nodes and
 /// the bucket's records in, keys and revisions to compare-and-swap out).
 ///
 /// An active record not running here is an orphan when it names this
-/// node (a previous run of it), when its node is not in the registry and
+/// node (a previous run of it), when its node released it (stopping),
+/// when its node is not in the registry and
 /// its revision has not moved for `quiet` (a node that just joined, not
 /// yet in this node's view, rewrites its records every heartbeat), or
 /// when its revision has not moved for `stale_after` (its node, still
 /// registered, no longer rewrites it). The orphan's rendezvous owner among the live nodes
 /// adopts it at once, any other live node after `grace` (the owner may
 /// be at its limit); the compare-and-swap on the revision lets one win.
+/// The record's own node is no candidate.
 #[derive(Debug)]
 pub struct Orphans {
     stale_after: Duration,
@@ -241,8 +248,6 @@ impl Orphans {
         let listed: BTreeSet<&str> = records.iter().map(|r| r.key).collect();
         self.seen.retain(|k, _| listed.contains(k.as_str()));
         self.orphaned.retain(|k, _| listed.contains(k.as_str()));
-        let mut electors = live.clone();
-        electors.insert(me.clone());
         let mut adopt = Vec::new();
         for r in records {
             let seen = self.seen.entry(r.key.to_owned()).or_insert((r.revision, now));
@@ -253,13 +258,14 @@ impl Orphans {
             let left = !live.contains(r.node) && still >= self.quiet;
             let orphan = r.active
                 && !running_here.contains(r.key)
-                && (r.node == me || left || still >= self.stale_after);
+                && (r.node == me || r.released || left || still >= self.stale_after);
             if !orphan {
                 self.orphaned.remove(r.key);
                 continue;
             }
             let since = *self.orphaned.entry(r.key.to_owned()).or_insert(now);
-            let first = r.node == me || placement::owner(r.key, &electors).as_ref() == Some(me);
+            let electors = live.iter().chain([me]).filter(|n| *n != r.node);
+            let first = r.node == me || placement::owner(r.key, electors).as_ref() == Some(me);
             let wait = if first { Duration::ZERO } else { self.grace };
             if now.saturating_duration_since(since) >= wait && adopt.len() < room_for {
                 adopt.push((r.key.to_owned(), r.revision));
@@ -283,6 +289,7 @@ mod tests {
             revision,
             node,
             active: true,
+            released: false,
         }
     }
 
@@ -334,6 +341,24 @@ mod tests {
             let rec = [listed("fedcba9876543210fedcba9876543210", 20 + i as u64, &d)];
             assert!(at_c.poll(now, &c, &survivors, &rec, &none, 16).is_empty());
         }
+
+        // A stopping node releases its pulls: adopted at once although it
+        // is still registered, by the owner among the others.
+        let e = node("e");
+        let all: BTreeSet<NodeId> = [b.clone(), c.clone(), e.clone()].into();
+        let k2 = (0..100)
+            .map(|i| format!("{i:032x}"))
+            .find(|k| placement::owner(k, [&b, &c]) == Some(c.clone()))
+            .unwrap();
+        let mut released = listed(&k2, 30, &e);
+        released.released = true;
+        let mut fresh = Orphans::new(Duration::from_secs(10), grace, Duration::from_secs(1));
+        assert_eq!(
+            fresh.poll(later, &c, &all, &[released.clone()], &none, 16),
+            [(k2.clone(), 30)]
+        );
+        let mut fresh = Orphans::new(Duration::from_secs(10), grace, Duration::from_secs(1));
+        assert!(fresh.poll(later, &b, &all, &[released], &none, 16).is_empty());
 
         // Once b runs it (its record names b and moves), c leaves it alone.
         let rec = [listed(&key, 13, &b)];
@@ -461,6 +486,7 @@ mod tests {
                 username: "u".into(),
                 password: "hunter2".into(),
             }),
+            released: false,
         };
         assert!(r.active());
         let v = r.describe();

@@ -475,6 +475,7 @@ impl<N: IngestNode> Pulls<N> {
             identity: e.identity.clone(),
             until: e.until,
             credentials: e.credentials.clone(),
+            released: false,
         }
     }
 
@@ -516,14 +517,34 @@ impl<N: IngestNode> Pulls<N> {
         self.lock().map_or(0, |t| t.len())
     }
 
-    /// The node stops: its pulls end here and keep their records, which a
-    /// live node adopts once this one has left the registry.
-    pub fn release(&self) {
+    /// The node stops: its pulls end here and their records are marked
+    /// released, which a live node adopts at its next heartbeat (a record
+    /// this cannot mark is adopted once this node has left the registry).
+    pub async fn release(&self) {
         self.released.store(true, Ordering::Relaxed);
         self.changed.notify_one();
-        let n = self.lock().map_or(0, |mut t| std::mem::take(&mut *t).len());
+        let mut marked = Vec::new();
+        let n = match self.lock() {
+            Ok(mut t) => {
+                for (id, e) in t.iter() {
+                    if let Written::At(revision) = e.written {
+                        let mut record = self.record(id, e);
+                        record.released = true;
+                        marked.push((id.clone(), encode(&record), revision));
+                    }
+                }
+                // Dropping the entries stops the tasks before anyone adopts.
+                std::mem::take(&mut *t).len()
+            }
+            Err(_) => 0,
+        };
         if n > 0 {
             info!(pulls = n, "RTSP pulls left to the cluster");
+        }
+        for (id, value, revision) in marked {
+            if let Err(e) = self.records.update(id.as_str(), value, revision).await {
+                debug!(pull = %id, error = %e, "pull not marked released; adopted once this node has left");
+            }
         }
     }
 
@@ -678,6 +699,7 @@ impl<N: IngestNode> Pulls<N> {
                 revision: *revision,
                 node: &r.node,
                 active: r.active(),
+                released: r.released,
             })
             .collect();
         let (running, room_for) = match self.lock() {
@@ -725,6 +747,7 @@ impl<N: IngestNode> Pulls<N> {
         }
         let mut taken = record.clone();
         taken.node = self.cluster.node_id().clone();
+        taken.released = false;
         taken.state = serde_json::to_value(PullState::Connecting).unwrap_or_default();
         let revision = match self.records.update(&record.id, encode(&taken), revision).await {
             Ok(revision) => revision,
