@@ -141,10 +141,18 @@ pub async fn run(
         tokio::spawn(trust_registry(cluster.clone(), relay.clone()));
         tokio::spawn(route_waiting(cluster.clone(), node.clone(), relay.clone()));
     }
-    node.set_pulls(Arc::new(ingest::rtsp::Pulls::new(
+    let pull_records = cluster
+        .bus()
+        .kv(ingest::records::BUCKET, ingest::records::RECORD_TTL)
+        .await?;
+    let pulls = Arc::new(ingest::rtsp::Pulls::new(
         Arc::downgrade(&node),
         cluster.clone(),
-    )));
+        pull_records,
+        ingest::records::Sealer::new(http.auth_secret.as_deref()),
+    ));
+    node.set_pulls(pulls.clone());
+    tokio::spawn(pulls.clone().run_records());
     let rtmp_auth = ingest::rtmp::RtmpAuth {
         secret: http.auth_secret.clone(),
         policy: config.token_policy.clone(),
@@ -194,6 +202,13 @@ pub async fn run(
         }
     };
     server.serve(listener, shutdown).await?;
+    // Pulls end here and are marked released: a live node adopts them.
+    if tokio::time::timeout(Duration::from_millis(500), pulls.release())
+        .await
+        .is_err()
+    {
+        warn!("marking the pulls released timed out; they are adopted once this node has left");
+    }
     // Leave the registry (drop this node and its claims) before closing peers.
     let _ = stop_heartbeats.send(());
     if tokio::time::timeout(Duration::from_millis(500), heartbeats)

@@ -390,24 +390,30 @@ impl crate::ingest::IngestNode for Node {
 }
 
 impl MediaNode for Node {
-    fn start_pull(&self, req: signaling::PullRequest) -> Result<(), MediaError> {
+    async fn start_pull(&self, req: signaling::PullRequest) -> Result<(), MediaError> {
         let pulls = self
             .pulls
             .get()
             .ok_or_else(|| MediaError::Unavailable("the pull table is not ready".into()))?;
-        pulls.start(req)
+        pulls.start(req).await
     }
 
-    fn pull(&self, room: &RoomId, id: &SessionId) -> Option<serde_json::Value> {
-        self.pulls.get()?.get(room, id)
+    async fn pull(&self, room: &RoomId, id: &SessionId) -> Option<serde_json::Value> {
+        self.pulls.get()?.get(room, id).await
     }
 
-    fn stop_pull(&self, room: &RoomId, id: &SessionId) -> bool {
-        self.pulls.get().is_some_and(|p| p.stop(room, id))
+    async fn stop_pull(&self, room: &RoomId, id: &SessionId) -> Result<bool, MediaError> {
+        match self.pulls.get() {
+            Some(p) => p.stop(room, id).await,
+            None => Ok(false),
+        }
     }
 
-    fn room_pulls(&self, room: &RoomId) -> Vec<serde_json::Value> {
-        self.pulls.get().map(|p| p.in_room(room)).unwrap_or_default()
+    async fn room_pulls(&self, room: &RoomId) -> Vec<serde_json::Value> {
+        match self.pulls.get() {
+            Some(p) => p.in_room(room).await,
+            None => Vec::new(),
+        }
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<String, MediaError> {

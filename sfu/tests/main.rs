@@ -36,6 +36,7 @@ mod ingest_rtmp;
 mod ingest_rtmp_bad_input;
 mod ingest_rtmp_cluster;
 mod ingest_rtsp;
+mod ingest_rtsp_cluster;
 mod interop_aiortc;
 mod interop_ffmpeg;
 mod interop_gstreamer;

@@ -105,25 +105,35 @@ pub trait MediaNode: Send + Sync + 'static {
         Vec::new()
     }
     /// Starts an RTSP pull into a room as its publisher; it connects,
-    /// plays and retries on its own until stopped or `until`.
-    fn start_pull(&self, req: PullRequest) -> Result<(), MediaError> {
+    /// plays and retries on its own until stopped or `until`. In a
+    /// cluster the pull is room state: once this returns every node
+    /// answers for it.
+    fn start_pull(&self, req: PullRequest) -> impl Future<Output = Result<(), MediaError>> + Send {
         let _ = req;
-        Err(MediaError::Unprocessable("this node does not pull RTSP".into()))
+        std::future::ready(Err(MediaError::Unprocessable(
+            "this node does not pull RTSP".into(),
+        )))
     }
-    /// A pull's state as JSON; `None` when `room` has no pull `id`.
-    fn pull(&self, room: &RoomId, id: &SessionId) -> Option<serde_json::Value> {
+    /// A pull's state as JSON, wherever in the cluster it runs; `None`
+    /// when `room` has no pull `id`.
+    fn pull(&self, room: &RoomId, id: &SessionId) -> impl Future<Output = Option<serde_json::Value>> + Send {
         let _ = (room, id);
-        None
+        std::future::ready(None)
     }
-    /// Stops and forgets a pull; `false` when `room` has no pull `id`.
-    fn stop_pull(&self, room: &RoomId, id: &SessionId) -> bool {
+    /// Stops and forgets a pull, wherever in the cluster it runs; `false`
+    /// when `room` has no pull `id`, an error when that cannot be known.
+    fn stop_pull(
+        &self,
+        room: &RoomId,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<bool, MediaError>> + Send {
         let _ = (room, id);
-        false
+        std::future::ready(Ok(false))
     }
     /// The pulls into `room` (`/v1/rooms/{room}`'s `ingest`), by id.
-    fn room_pulls(&self, room: &RoomId) -> Vec<serde_json::Value> {
+    fn room_pulls(&self, room: &RoomId) -> impl Future<Output = Vec<serde_json::Value>> + Send {
         let _ = room;
-        Vec::new()
+        std::future::ready(Vec::new())
     }
     /// Appends the node's Prometheus text exposition to `out`.
     fn metrics(&self, out: &mut String) -> impl Future<Output = ()> + Send;

@@ -552,12 +552,16 @@ impl<M: MediaNode> Shared<M> {
             (Method::POST, None) => self.start_pull(room, req, peer).await,
             (Method::GET | Method::HEAD, Some(id)) => {
                 self.authorize(req.headers(), &room, Grant::Publish)?;
-                let state = self.node.pull(&room, &id).ok_or_else(HttpError::not_found)?;
+                let state = self
+                    .node
+                    .pull(&room, &id)
+                    .await
+                    .ok_or_else(HttpError::not_found)?;
                 Ok(http::json(StatusCode::OK, &state))
             }
             (Method::DELETE, Some(id)) => {
                 self.authorize(req.headers(), &room, Grant::Publish)?;
-                if !self.node.stop_pull(&room, &id) {
+                if !self.node.stop_pull(&room, &id).await? {
                     return Err(HttpError::not_found());
                 }
                 info!(%room, pull = %id, "RTSP pull deleted");
@@ -619,16 +623,18 @@ impl<M: MediaNode> Shared<M> {
         let until = claims
             .as_ref()
             .map(|c| std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.exp));
-        self.node.start_pull(PullRequest {
-            room: room.clone(),
-            id: id.clone(),
-            url: body.url,
-            tcp,
-            identity: claims.map(|c| c.sub),
-            until,
-        })?;
+        self.node
+            .start_pull(PullRequest {
+                room: room.clone(),
+                id: id.clone(),
+                url: body.url,
+                tcp,
+                identity: claims.map(|c| c.sub),
+                until,
+            })
+            .await?;
         info!(%room, pull = %id, tcp, "RTSP pull started");
-        let state = self.node.pull(&room, &id).unwrap_or_default();
+        let state = self.node.pull(&room, &id).await.unwrap_or_default();
         let mut resp = http::json(StatusCode::CREATED, &state);
         resp.headers_mut().insert(header::LOCATION, location);
         Ok(resp)
@@ -807,7 +813,7 @@ impl<M: MediaNode> Shared<M> {
                     }),
                     Err(_) => chat::RoomPresence::default(),
                 };
-                let pulls = self.node.room_pulls(&room);
+                let pulls = self.node.room_pulls(&room).await;
                 if local.is_none() && owner.is_none() && presence.is_empty() && pulls.is_empty() {
                     return Err(HttpError::new(
                         StatusCode::NOT_FOUND,

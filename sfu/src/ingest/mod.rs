@@ -5,6 +5,9 @@
 //!   task per connection feeding the room's home worker;
 //! - `rtsp`: `POST /v1/ingest/{room}` pulls: one task per camera around
 //!   `retina`'s client, reconnecting with backoff (`Retry`, Sans-IO);
+//!   each pull is a record in the cluster's `pulls` bucket that any node
+//!   answers from and a live node adopts when the pull's node leaves
+//!   (`records`, Sans-IO: the record, its sealed credentials, `Orphans`);
 //! - `source` (Sans-IO): H.264 access units and audio frames (from FLV
 //!   messages or `retina`'s frames) to RTP packets of an H.264 and an Opus
 //!   track, with sender reports from the source's clock;
@@ -18,6 +21,7 @@
 mod audio;
 mod flv;
 mod h264;
+pub mod records;
 pub mod rtmp;
 pub mod rtsp;
 mod source;

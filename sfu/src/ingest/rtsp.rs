@@ -6,31 +6,42 @@
 //! [`Source`] to RTP. When the camera drops, the source leaves the room
 //! and the pull tries again after a backoff ([`Retry`], Sans-IO).
 //!
-//! Bounds: [`MAX_PULLS`] per node (finished ones count until deleted);
+//! Each pull is cluster room state: a record in the bus's `pulls` bucket
+//! ([`super::records`]) that the running node keeps current and any node
+//! answers `GET`, `DELETE` and `/v1/rooms/{room}` from; deleting it stops
+//! the pull, and when the pull's node leaves the registry a live node
+//! adopts the record (compare-and-swap) and restarts the pull. A single
+//! node's in-process bus holds the same records for it alone.
+//!
+//! Bounds: [`MAX_PULLS`] per node (finished ones count until deleted; an
+//! adopter at the limit does not adopt);
 //! 5 s from connect to PLAY answered, 10 s without a frame; the frame
 //! sizes of [`Source`]. A URL's credentials go to `retina` as
 //! [`Credentials`] and are cut from the URL itself: logs, answers and
 //! listings show `rtsp://***@host/…`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use retina::client::{Credentials, Demuxed, PlayOptions, Session, SessionOptions, SetupOptions, Transport};
 use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoParametersCodec};
 use serde::Serialize;
 use signaling::PullRequest;
-use signaling::cluster::Cluster;
-use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use signaling::bus::{BusError, Kv};
+use signaling::cluster::{Cluster, NodeId};
+use tokio::sync::{Notify, oneshot};
+use tracing::{debug, error, info, warn};
 use url::Url;
 use wave_metrics::{Kind, single};
 use wave_vocab::{MediaError, RoomId, SessionId};
 
 use super::audio::{Law, ToOpus};
 use super::ntp_now;
+use super::records::{Listed, Orphans, PullRecord, Sealer, Secret};
 use super::source::{AvcConfig, Source};
 use crate::engine::IngestOpen;
 use crate::ingest::IngestNode;
@@ -186,12 +197,31 @@ pub fn split_credentials(url: &str) -> Result<(Url, Option<Credentials>, String)
     Ok((url, creds, shown.to_string()))
 }
 
-/// The node's pulls: the table `GET` and `/v1/rooms/{room}` read, and
-/// what each task needs of the node.
+/// The node's pulls: the ones it runs (its table, what each task needs of
+/// the node) and their records on the bus ([`records`](super::records)),
+/// which `GET`, `DELETE` and `/v1/rooms/{room}` read on any node.
 pub struct Pulls<N> {
     node: Weak<N>,
     cluster: Cluster,
+    records: Kv,
+    sealer: Sealer,
     table: Mutex<BTreeMap<SessionId, Entry>>,
+    /// A state changed (or [`Pulls::release`]): the driver wakes.
+    changed: Notify,
+    released: AtomicBool,
+    /// Records whose credentials this node cannot open (another
+    /// `--auth-secret`): logged once, not adopted.
+    unopenable: Mutex<BTreeSet<String>>,
+}
+
+/// Where a pull's record stands on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// `POST` is writing it.
+    Creating,
+    /// The bus did not take it yet: the driver creates it.
+    Unwritten,
+    At(u64),
 }
 
 struct Entry {
@@ -200,48 +230,66 @@ struct Entry {
     url: String,
     transport: &'static str,
     state: PullState,
+    identity: Option<String>,
+    /// The token's `exp`, Unix seconds.
+    until: Option<u64>,
+    credentials: Option<Secret>,
+    written: Written,
+    /// Changed since the record was last written.
+    dirty: bool,
     /// Dropped to stop the task.
     _stop: oneshot::Sender<()>,
+}
+
+/// What a pull's task is started with (from a `POST` or an adopted record).
+struct Launch {
+    id: SessionId,
+    room: RoomId,
+    url: Url,
+    shown: String,
+    creds: Option<Credentials>,
+    tcp: bool,
+    identity: Option<String>,
+    until: Option<u64>,
+    credentials: Option<Secret>,
+    written: Written,
 }
 
 /// Process-wide counters (one pull table per node).
 static PLAYING: AtomicU64 = AtomicU64::new(0);
 static STARTED: AtomicU64 = AtomicU64::new(0);
+static ADOPTED: AtomicU64 = AtomicU64::new(0);
+static RECORD_ERRORS: AtomicU64 = AtomicU64::new(0);
 static FAILED: [AtomicU64; FAILURES.len()] = [const { AtomicU64::new(0) }; FAILURES.len()];
 
 impl<N: IngestNode> Pulls<N> {
-    pub fn new(node: Weak<N>, cluster: Cluster) -> Pulls<N> {
+    /// `records` is the bus's [`BUCKET`] (TTL [`RECORD_TTL`]); `sealer`
+    /// keeps the credentials records carry.
+    pub fn new(node: Weak<N>, cluster: Cluster, records: Kv, sealer: Sealer) -> Pulls<N> {
         Pulls {
             node,
             cluster,
+            records,
+            sealer,
             table: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            released: AtomicBool::new(false),
+            unopenable: Mutex::new(BTreeSet::new()),
         }
     }
 
-    /// Starts pulling `req.url` into `req.room`.
-    pub fn start(self: &Arc<Self>, req: PullRequest) -> Result<(), MediaError> {
+    /// Starts pulling `req.url` into `req.room` and writes its record
+    /// before answering, so that every node finds it.
+    pub async fn start(self: &Arc<Self>, req: PullRequest) -> Result<(), MediaError> {
         let (url, creds, shown) = split_credentials(&req.url)?;
-        let (stop, stopped) = oneshot::channel();
-        {
-            let mut table = self.lock()?;
-            if table.len() >= MAX_PULLS {
-                return Err(MediaError::Overloaded { retry_after_secs: 5 });
-            }
-            table.insert(
-                req.id.clone(),
-                Entry {
-                    room: req.room.clone(),
-                    url: shown.clone(),
-                    transport: if req.tcp { "tcp" } else { "udp" },
-                    state: PullState::Connecting,
-                    _stop: stop,
-                },
-            );
-        }
-        STARTED.fetch_add(1, Ordering::Relaxed);
-        info!(room = %req.room, pull = %req.id, url = %shown, "RTSP pull starting");
-        let task = Task {
-            pulls: self.clone(),
+        let credentials = creds
+            .as_ref()
+            .map(|c| self.sealer.seal(req.id.as_str(), &c.username, &c.password));
+        let until = req
+            .until
+            .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs());
+        let id = req.id.clone();
+        self.launch(Launch {
             id: req.id,
             room: req.room,
             url,
@@ -249,41 +297,157 @@ impl<N: IngestNode> Pulls<N> {
             creds,
             tcp: req.tcp,
             identity: req.identity,
+            until,
+            credentials,
+            written: Written::Creating,
+        })?;
+        STARTED.fetch_add(1, Ordering::Relaxed);
+        let Some(value) = self.snapshot(&id) else {
+            return Ok(());
         };
-        let until = req.until;
+        let written = match self.records.create(id.as_str(), value).await {
+            Ok(revision) => Written::At(revision),
+            Err(e) => {
+                RECORD_ERRORS.fetch_add(1, Ordering::Relaxed);
+                error!(pull = %id, error = %e, "RTSP pull record not written: other nodes do not see the pull until the bus takes it");
+                Written::Unwritten
+            }
+        };
+        self.set_written(&id, written).await;
+        Ok(())
+    }
+
+    /// Adds a pull to the table and starts its task.
+    fn launch(self: &Arc<Self>, l: Launch) -> Result<(), MediaError> {
+        let (stop, stopped) = oneshot::channel();
+        {
+            let mut table = self.lock()?;
+            if table.len() >= MAX_PULLS {
+                return Err(MediaError::Overloaded { retry_after_secs: 5 });
+            }
+            table.insert(
+                l.id.clone(),
+                Entry {
+                    room: l.room.clone(),
+                    url: l.shown.clone(),
+                    transport: if l.tcp { "tcp" } else { "udp" },
+                    state: PullState::Connecting,
+                    identity: l.identity.clone(),
+                    until: l.until,
+                    credentials: l.credentials,
+                    written: l.written,
+                    dirty: false,
+                    _stop: stop,
+                },
+            );
+        }
+        info!(room = %l.room, pull = %l.id, url = %l.shown, "RTSP pull starting");
+        let task = Task {
+            pulls: self.clone(),
+            id: l.id,
+            room: l.room,
+            url: l.url,
+            shown: l.shown,
+            creds: l.creds,
+            tcp: l.tcp,
+            identity: l.identity,
+        };
+        let until = l.until.map(|s| UNIX_EPOCH + Duration::from_secs(s));
         tokio::spawn(async move { task.run(until, stopped).await });
         Ok(())
     }
 
-    /// A pull's state as JSON (`id`, `room`, `url`, `transport`, `state`…).
-    pub fn get(&self, room: &RoomId, id: &SessionId) -> Option<serde_json::Value> {
-        let table = self.lock().ok()?;
-        let e = table.get(id).filter(|e| &e.room == room)?;
-        Some(describe(id, e))
-    }
-
-    /// Stops and forgets a pull; `false` when there is none.
-    pub fn stop(&self, room: &RoomId, id: &SessionId) -> bool {
-        let Ok(mut table) = self.lock() else {
-            return false;
-        };
-        if table.get(id).is_none_or(|e| &e.room != room) {
-            return false;
+    /// A pull's state as JSON (`id`, `room`, `url`, `transport`, `node`,
+    /// `updated`, `state`…), from its record; from this node's table when
+    /// the bus is unreachable or has not taken the record yet.
+    pub async fn get(&self, room: &RoomId, id: &SessionId) -> Option<serde_json::Value> {
+        match self.records.get(id.as_str()).await {
+            Ok(Some(e)) => decode(&e.value)
+                .filter(|r| r.room == room.as_str())
+                .map(|r| r.describe()),
+            Ok(None) => self.local(room, Some(id), false).pop(),
+            Err(e) => {
+                debug!(pull = %id, error = %e, "pull records unreachable; answering from this node");
+                self.local(room, Some(id), true).pop()
+            }
         }
-        // Dropping the entry drops its stop sender: the task ends.
-        table.remove(id).is_some()
     }
 
-    /// The pulls into `room`, by id.
-    pub fn in_room(&self, room: &RoomId) -> Vec<serde_json::Value> {
+    /// Stops and forgets a pull, on whichever node runs it: its record is
+    /// deleted (the stop), and that node is told at once (it would also
+    /// find the record gone at its next refresh). `false` when there is
+    /// none; an error when the bus cannot say.
+    pub async fn stop(&self, room: &RoomId, id: &SessionId) -> Result<bool, MediaError> {
+        let unreachable =
+            |e: BusError| MediaError::Unavailable(format!("the pull records are unreachable: {e}"));
+        let Some(entry) = self.records.get(id.as_str()).await.map_err(unreachable)? else {
+            // Only a pull whose record the bus never took.
+            let local = !self.local(room, Some(id), false).is_empty();
+            return Ok(local && self.forget(id));
+        };
+        let Some(record) = decode(&entry.value).filter(|r| r.room == room.as_str()) else {
+            return Ok(false);
+        };
+        self.records
+            .delete(id.as_str(), None)
+            .await
+            .map_err(unreachable)?;
+        if &record.node == self.cluster.node_id() {
+            self.forget(id);
+        } else {
+            let subject = format!("{STOP_SUBJECT}.{}", record.node);
+            if let Err(e) = self
+                .cluster
+                .bus()
+                .publish(&subject, Bytes::from(id.to_string()))
+                .await
+            {
+                debug!(pull = %id, error = %e, "stop not sent; the running node finds the record gone at its next refresh");
+            }
+        }
+        Ok(true)
+    }
+
+    /// The pulls into `room`, by id (their records, and this node's pulls
+    /// the bus has not taken yet).
+    pub async fn in_room(&self, room: &RoomId) -> Vec<serde_json::Value> {
+        let entries = match self.records.entries().await {
+            Ok(entries) => entries,
+            Err(e) => {
+                debug!(%room, error = %e, "pull records unreachable; listing this node's");
+                return self.local(room, None, true);
+            }
+        };
+        let mut found: BTreeMap<String, serde_json::Value> = entries
+            .iter()
+            .filter_map(|e| decode(&e.value))
+            .filter(|r| r.room == room.as_str())
+            .map(|r| (r.id.clone(), r.describe()))
+            .collect();
+        for v in self.local(room, None, false) {
+            let id = v["id"].as_str().unwrap_or_default().to_owned();
+            found.entry(id).or_insert(v);
+        }
+        found.into_values().collect()
+    }
+
+    /// This node's pulls into `room` (`id` alone, if given); with
+    /// `all` `false` only those whose record is not on the bus.
+    fn local(&self, room: &RoomId, id: Option<&SessionId>, all: bool) -> Vec<serde_json::Value> {
         let Ok(table) = self.lock() else {
             return Vec::new();
         };
         table
             .iter()
-            .filter(|(_, e)| &e.room == room)
-            .map(|(id, e)| describe(id, e))
+            .filter(|(i, e)| &e.room == room && id.is_none_or(|id| id == *i))
+            .filter(|(_, e)| all || !matches!(e.written, Written::At(_)))
+            .map(|(i, e)| self.record(i, e).describe())
             .collect()
+    }
+
+    /// Drops a pull from the table (its task ends); whether it was there.
+    fn forget(&self, id: &SessionId) -> bool {
+        self.lock().is_ok_and(|mut t| t.remove(id).is_some())
     }
 
     fn set(&self, id: &SessionId, state: PullState) {
@@ -291,6 +455,54 @@ impl<N: IngestNode> Pulls<N> {
             && let Some(e) = table.get_mut(id)
         {
             e.state = state;
+            e.dirty = true;
+            self.changed.notify_one();
+        }
+    }
+
+    /// The record of a pull of the table as it stands.
+    fn record(&self, id: &SessionId, e: &Entry) -> PullRecord {
+        PullRecord {
+            room: e.room.to_string(),
+            id: id.to_string(),
+            node: self.cluster.node_id().clone(),
+            url: e.url.clone(),
+            transport: e.transport.to_owned(),
+            state: serde_json::to_value(&e.state).unwrap_or_default(),
+            updated: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            identity: e.identity.clone(),
+            until: e.until,
+            credentials: e.credentials.clone(),
+            released: false,
+        }
+    }
+
+    /// The record to write for `id`, now (marks it clean).
+    fn snapshot(&self, id: &SessionId) -> Option<Bytes> {
+        let mut table = self.lock().ok()?;
+        let e = table.get_mut(id)?;
+        e.dirty = false;
+        let record = self.record(id, e);
+        Some(encode(&record))
+    }
+
+    /// The bus took (or did not take) `id`'s record. A record written for
+    /// a pull deleted meanwhile is deleted again.
+    async fn set_written(&self, id: &SessionId, written: Written) {
+        let gone = match self.lock() {
+            Ok(mut table) => match table.get_mut(id) {
+                Some(e) => {
+                    e.written = written;
+                    false
+                }
+                None => true,
+            },
+            Err(_) => false,
+        };
+        if let (true, Written::At(revision)) = (gone, written) {
+            let _ = self.records.delete(id.as_str(), Some(revision)).await;
         }
     }
 
@@ -304,15 +516,290 @@ impl<N: IngestNode> Pulls<N> {
     pub fn count(&self) -> usize {
         self.lock().map_or(0, |t| t.len())
     }
+
+    /// The node stops: its pulls end here and their records are marked
+    /// released, which a live node adopts at its next heartbeat (a record
+    /// this cannot mark is adopted once this node has left the registry).
+    pub async fn release(&self) {
+        self.released.store(true, Ordering::Relaxed);
+        self.changed.notify_one();
+        let mut marked = Vec::new();
+        let n = match self.lock() {
+            Ok(mut t) => {
+                for (id, e) in t.iter() {
+                    if let Written::At(revision) = e.written {
+                        let mut record = self.record(id, e);
+                        record.released = true;
+                        marked.push((id.clone(), encode(&record), revision));
+                    }
+                }
+                // Dropping the entries stops the tasks before anyone adopts.
+                std::mem::take(&mut *t).len()
+            }
+            Err(_) => 0,
+        };
+        if n > 0 {
+            info!(pulls = n, "RTSP pulls left to the cluster");
+        }
+        for (id, value, revision) in marked {
+            if let Err(e) = self.records.update(id.as_str(), value, revision).await {
+                debug!(pull = %id, error = %e, "pull not marked released; adopted once this node has left");
+            }
+        }
+    }
+
+    /// The driver of this node's records until [`Pulls::release`]: writes
+    /// a record when its pull's state changes and rewrites them all every
+    /// heartbeat (a write that finds the record deleted, or naming another
+    /// node, stops the pull here), stops a pull when another node deleted
+    /// it (`pulls.stop.{node}`), and adopts orphaned records ([`Orphans`]).
+    pub async fn run_records(self: Arc<Self>) {
+        let heartbeat = self.cluster.config().heartbeat;
+        let mut orphans = Orphans::new(
+            heartbeat * STALE_HEARTBEATS,
+            heartbeat * GRACE_HEARTBEATS,
+            heartbeat * QUIET_HEARTBEATS,
+        );
+        let subject = format!("{STOP_SUBJECT}.{}", self.cluster.node_id());
+        let mut stops = match self.cluster.bus().subscribe(&subject).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "no pull stop subscription; deleted pulls stop at the next refresh");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        while !self.released.load(Ordering::Relaxed) {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.flush(true, &mut failing).await;
+                    self.adopt(&mut orphans).await;
+                }
+                () = self.changed.notified() => self.flush(false, &mut failing).await,
+                m = async {
+                    match &mut stops {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(m) = m else {
+                        stops = None;
+                        continue;
+                    };
+                    let id = std::str::from_utf8(&m.payload).ok().and_then(SessionId::parse);
+                    if let Some(id) = id
+                        && self.forget(&id)
+                    {
+                        info!(pull = %id, "RTSP pull deleted on another node");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the records of changed pulls (`all`: of every pull).
+    async fn flush(&self, all: bool, failing: &mut bool) {
+        let ids: Vec<(SessionId, Written)> = match self.lock() {
+            Ok(t) => t
+                .iter()
+                .filter(|(_, e)| (all || e.dirty) && e.written != Written::Creating)
+                .map(|(id, e)| (id.clone(), e.written))
+                .collect(),
+            Err(_) => return,
+        };
+        for (id, written) in ids {
+            let Some(value) = self.snapshot(&id) else { continue };
+            let result = match written {
+                Written::Creating => continue,
+                Written::Unwritten => self.records.create(id.as_str(), value.clone()).await,
+                Written::At(revision) => self.records.update(id.as_str(), value.clone(), revision).await,
+            };
+            match result {
+                Ok(revision) => {
+                    self.set_written(&id, Written::At(revision)).await;
+                    if std::mem::take(failing) {
+                        info!("RTSP pull records written again");
+                    }
+                }
+                Err(BusError::KeyExists(_) | BusError::WrongRevision(_)) => self.reconcile(&id, value).await,
+                Err(e) => {
+                    RECORD_ERRORS.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut t) = self.lock()
+                        && let Some(e) = t.get_mut(&id)
+                    {
+                        e.dirty = true;
+                    }
+                    if !std::mem::replace(failing, true) {
+                        error!(error = %e, "RTSP pull records not written; retrying every heartbeat");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A write found the record elsewhere than expected: deleted (the pull
+    /// stops), adopted by another node (it stops here), or still this
+    /// node's (written again at its revision).
+    async fn reconcile(&self, id: &SessionId, value: Bytes) {
+        let entry = match self.records.get(id.as_str()).await {
+            Ok(entry) => entry,
+            Err(e) => {
+                debug!(pull = %id, error = %e, "pull record unreadable; next heartbeat");
+                return;
+            }
+        };
+        let Some(entry) = entry else {
+            if self.forget(id) {
+                info!(pull = %id, "RTSP pull stopped: its record was deleted");
+            }
+            return;
+        };
+        match decode(&entry.value) {
+            Some(r) if &r.node != self.cluster.node_id() => {
+                if self.forget(id) {
+                    warn!(pull = %id, node = %r.node, "RTSP pull stopped here: another node runs it now");
+                }
+            }
+            _ => {
+                if let Ok(revision) = self.records.update(id.as_str(), value, entry.revision).await {
+                    self.set_written(id, Written::At(revision)).await;
+                }
+            }
+        }
+    }
+
+    /// One scan of the records: adopts those [`Orphans`] picks, each by
+    /// compare-and-swap (one node wins), and restarts them here.
+    async fn adopt(self: &Arc<Self>, orphans: &mut Orphans) {
+        let live: BTreeSet<NodeId> = self.cluster.live_nodes().into_iter().map(|n| n.id).collect();
+        if live.is_empty() {
+            // Before the first heartbeat nothing is known of the others.
+            return;
+        }
+        let entries = match self.records.entries().await {
+            Ok(entries) => entries,
+            Err(e) => {
+                debug!(error = %e, "pull records unreachable; no adoption this heartbeat");
+                return;
+            }
+        };
+        let records: Vec<(u64, PullRecord)> = entries
+            .iter()
+            .filter_map(|e| Some((e.revision, decode(&e.value).filter(|r| r.id == e.key)?)))
+            .collect();
+        if let Ok(mut u) = self.unopenable.lock() {
+            u.retain(|id| records.iter().any(|(_, r)| &r.id == id));
+        }
+        let listed: Vec<Listed<'_>> = records
+            .iter()
+            .map(|(revision, r)| Listed {
+                key: &r.id,
+                revision: *revision,
+                node: &r.node,
+                active: r.active(),
+                released: r.released,
+            })
+            .collect();
+        let (running, room_for) = match self.lock() {
+            Ok(t) => (
+                t.keys().map(ToString::to_string).collect::<BTreeSet<_>>(),
+                MAX_PULLS.saturating_sub(t.len()),
+            ),
+            Err(_) => return,
+        };
+        let me = self.cluster.node_id();
+        let picked = orphans.poll(Instant::now(), me, &live, &listed, &running, room_for);
+        for (key, revision) in picked {
+            if let Some((_, record)) = records.iter().find(|(_, r)| r.id == key) {
+                self.adopt_one(record, revision).await;
+            }
+        }
+    }
+
+    async fn adopt_one(self: &Arc<Self>, record: &PullRecord, revision: u64) {
+        let (Some(id), Some(room)) = (SessionId::parse(&record.id), RoomId::parse(&record.room)) else {
+            return;
+        };
+        let creds = match &record.credentials {
+            None => None,
+            Some(secret) => match self.sealer.open(&record.id, secret) {
+                Some((username, password)) => Some(Credentials { username, password }),
+                None => {
+                    let first = self
+                        .unopenable
+                        .lock()
+                        .is_ok_and(|mut u| u.insert(record.id.clone()));
+                    if first {
+                        error!(%room, pull = %id, "RTSP pull not adopted: its credentials are sealed with another --auth-secret");
+                    }
+                    return;
+                }
+            },
+        };
+        // The record's URL is the shown one (`***` for the username).
+        let Ok(mut url) = Url::parse(&record.url) else {
+            return;
+        };
+        if url.set_username("").is_err() || url.set_password(None).is_err() {
+            return;
+        }
+        let mut taken = record.clone();
+        taken.node = self.cluster.node_id().clone();
+        taken.released = false;
+        taken.state = serde_json::to_value(PullState::Connecting).unwrap_or_default();
+        let revision = match self.records.update(&record.id, encode(&taken), revision).await {
+            Ok(revision) => revision,
+            Err(BusError::WrongRevision(_)) => {
+                debug!(pull = %id, "another node adopted the pull first");
+                return;
+            }
+            Err(e) => {
+                warn!(pull = %id, error = %e, "RTSP pull not adopted: the bus refused the record");
+                return;
+            }
+        };
+        ADOPTED.fetch_add(1, Ordering::Relaxed);
+        info!(%room, pull = %id, from = %record.node, url = %record.url, "adopting an RTSP pull whose node is gone");
+        let launched = self.launch(Launch {
+            id: id.clone(),
+            room,
+            url,
+            shown: record.url.clone(),
+            creds,
+            tcp: record.transport == "tcp",
+            identity: record.identity.clone(),
+            until: record.until,
+            credentials: record.credentials.clone(),
+            written: Written::At(revision),
+        });
+        if let Err(e) = launched {
+            warn!(pull = %id, error = %e, "adopted RTSP pull not started here; another node takes it once its record goes stale");
+        }
+    }
 }
 
-fn describe(id: &SessionId, e: &Entry) -> serde_json::Value {
-    let mut v = serde_json::to_value(&e.state).unwrap_or_default();
-    v["id"] = id.to_string().into();
-    v["room"] = e.room.to_string().into();
-    v["url"] = e.url.clone().into();
-    v["transport"] = e.transport.into();
-    v
+/// Where a pull's node is told that its pull was deleted elsewhere:
+/// `pulls.stop.{node}`, the pull's id as payload.
+const STOP_SUBJECT: &str = "pulls.stop";
+/// A record whose revision has not moved for this many heartbeats is
+/// stale: its node (still registered) no longer runs it.
+const STALE_HEARTBEATS: u32 = 10;
+/// Heartbeats a record of a node missing from the registry must stay
+/// unchanged before it is an orphan (its node may have just joined).
+const QUIET_HEARTBEATS: u32 = 2;
+/// Heartbeats a live node other than an orphan's rendezvous owner waits
+/// before adopting it.
+const GRACE_HEARTBEATS: u32 = 3;
+
+fn encode(record: &PullRecord) -> Bytes {
+    // A plain struct: serializing cannot fail.
+    Bytes::from(serde_json::to_vec(record).unwrap_or_default())
+}
+
+fn decode(b: &[u8]) -> Option<PullRecord> {
+    serde_json::from_slice(b).ok()
 }
 
 /// The `wave_ingest_rtsp_*` families for `/metrics`.
@@ -337,6 +824,20 @@ pub fn render_metrics(pulls: usize, out: &mut String) {
         Kind::Counter,
         "RTSP pulls started.",
         STARTED.load(Ordering::Relaxed),
+    );
+    single(
+        out,
+        "wave_ingest_rtsp_adopted_total",
+        Kind::Counter,
+        "RTSP pulls this node took over from a node that left the cluster.",
+        ADOPTED.load(Ordering::Relaxed),
+    );
+    single(
+        out,
+        "wave_ingest_rtsp_record_errors_total",
+        Kind::Counter,
+        "Pull records the bus did not take (retried every heartbeat).",
+        RECORD_ERRORS.load(Ordering::Relaxed),
     );
     super::by_reason(
         out,
@@ -670,6 +1171,81 @@ fn clock(ts: retina::Timestamp, rate: i64) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::IngestPacket;
+    use crate::ingest::records::{BUCKET, RECORD_TTL};
+    use signaling::bus::Bus;
+    use signaling::cluster::ClusterConfig;
+
+    /// A node that takes no source: the pulls below never reach PLAY.
+    struct NoNode;
+
+    impl IngestNode for NoNode {
+        async fn open_ingest(&self, _: IngestOpen) -> Result<(), MediaError> {
+            Err(MediaError::Unavailable("no node".into()))
+        }
+        async fn ingest(&self, _: &SessionId, _: Vec<IngestPacket>) -> Result<(), MediaError> {
+            Err(MediaError::Unavailable("no node".into()))
+        }
+        async fn end_ingest(&self, _: &SessionId) -> Result<(), MediaError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_deleted_behind_the_nodes_back_stops_the_pull_at_its_next_refresh() {
+        let bus = Bus::in_process();
+        let mut config = ClusterConfig::new(NodeId::parse("a").unwrap(), "http://a".into());
+        config.heartbeat = Duration::from_millis(100);
+        let cluster = Cluster::new(bus.clone(), config).await.unwrap();
+        let kv = bus.kv(BUCKET, RECORD_TTL).await.unwrap();
+        let pulls = Arc::new(Pulls::new(
+            Weak::<NoNode>::new(),
+            cluster,
+            kv.clone(),
+            Sealer::new(Some(b"s3cret")),
+        ));
+        tokio::spawn(pulls.clone().run_records());
+        let (room, id) = (RoomId::parse("cam").unwrap(), SessionId::random());
+        // Nothing listens there: the pull retries.
+        let port = closed_port();
+        let url = format!("rtsp://admin:hunter2@127.0.0.1:{port}/x");
+        let req = PullRequest {
+            room: room.clone(),
+            id: id.clone(),
+            url,
+            tcp: true,
+            identity: None,
+            until: None,
+        };
+        pulls.start(req).await.unwrap();
+        let written = kv
+            .get(id.as_str())
+            .await
+            .unwrap()
+            .expect("the record, before start returns");
+        let text = String::from_utf8_lossy(&written.value).into_owned();
+        assert!(!text.contains("hunter2") && !text.contains("admin"), "{text}");
+        let shown = pulls.get(&room, &id).await.expect("the pull");
+        assert_eq!(shown["node"], "a");
+        assert_eq!(shown["url"], format!("rtsp://***@127.0.0.1:{port}/x"));
+
+        // The record goes without the node being told (a lost stop
+        // message): its next rewrite finds it gone and stops the pull.
+        kv.delete(id.as_str(), None).await.unwrap();
+        let t0 = Instant::now();
+        while pulls.count() > 0 {
+            assert!(t0.elapsed() < Duration::from_millis(500), "the pull still runs");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(pulls.get(&room, &id).await.is_none());
+        assert!(kv.get(id.as_str()).await.unwrap().is_none(), "not written again");
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
 
     #[test]
     fn credentials_are_cut_from_the_url_and_shown_redacted() {
