@@ -141,7 +141,7 @@ pub fn multivariant(room: &RoomSnapshot, suffix: &str) -> Option<String> {
         return None;
     }
     let mut audio: Vec<&RenditionSnapshot> = live.iter().copied().filter(|r| !r.kind.is_video()).collect();
-    audio.sort_by_key(|r| !matches!(r.kind, RenditionKind::Audio(AudioCodec::AacLc { .. })));
+    audio.sort_by_key(|r| !matches!(r.kind, RenditionKind::Audio(AudioCodec::Aac { .. })));
     let mut video: Vec<&RenditionSnapshot> = live.iter().copied().filter(|r| r.kind.is_video()).collect();
     video.sort_by_key(|r| match r.kind {
         RenditionKind::Video { layer } => std::cmp::Reverse(layer),
@@ -152,7 +152,7 @@ pub fn multivariant(room: &RoomSnapshot, suffix: &str) -> Option<String> {
     let _ = writeln!(out, "#EXT-X-VERSION:{VERSION}");
     for a in &audio {
         let (name, channels) = match &a.kind {
-            RenditionKind::Audio(AudioCodec::AacLc { channels, .. }) => ("AAC", *channels),
+            RenditionKind::Audio(AudioCodec::Aac { channels, .. }) => ("AAC", *channels),
             RenditionKind::Audio(AudioCodec::Opus { stereo }) => ("Opus", if *stereo { 2 } else { 1 }),
             RenditionKind::Video { .. } => continue,
         };
