@@ -78,19 +78,12 @@ async fn a_camera_reaches_a_whep_viewer_survives_a_restart_and_stops_on_delete()
     let aac = tokio::task::spawn_blocking({
         let base = node.url("");
         move || {
-            let get = |path: &str| {
-                let out = std::process::Command::new("curl")
-                    .args(["-sS", "--fail", "--max-time", "5", &format!("{base}{path}")])
-                    .output()
-                    .expect("curl runs");
-                assert!(
-                    out.status.success(),
-                    "GET {path}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                out.stdout
-            };
-            probe_aac(&get, "cam1", &hls_query, 2)
+            probe_aac(
+                &|path: &str| curl(&format!("{base}{path}")),
+                "cam1",
+                &hls_query,
+                2,
+            )
         }
     })
     .await
@@ -178,6 +171,44 @@ async fn a_pcmu_camera_over_udp_is_heard_as_opus() {
     let viewer = watch(&node, &http, "cam2", None).await;
     assert_receives(&viewer, MediaKind::Audio, 0, 50, Duration::from_secs(8)).await;
     assert_receives(&viewer, MediaKind::Video, 0, 30, Duration::from_secs(5)).await;
+
+    // G.711 has no AAC to pass through: LL-HLS transcodes its Opus to
+    // AAC (48 kHz stereo), one transcoder.
+    let aac = tokio::task::spawn_blocking({
+        let base = node.url("");
+        move || probe_aac(&|path: &str| curl(&format!("{base}{path}")), "cam2", "", 1)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (aac.codec.as_str(), aac.sample_rate, aac.channels),
+        ("aac", 48_000, 2)
+    );
+    let metrics = http.send(Method::GET, &node.url("/metrics"), &[], "").await.body;
+    assert!(
+        metrics.lines().any(|l| l == "wave_hls_aac_transcoders_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "wave_hls_aac_passthrough_frames_total 0"),
+        "{metrics}"
+    );
+}
+
+/// GET `url` with curl: the body's bytes.
+fn curl(url: &str) -> Vec<u8> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", url])
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[tokio::test]
