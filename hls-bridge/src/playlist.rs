@@ -279,7 +279,9 @@ pub fn dash_mpd(room: &RoomSnapshot, suffix: &str) -> Option<String> {
                     r.frame_rate.round().max(1.0)
                 );
             } else {
-                out.push_str(" audioSamplingRate=\"48000\"");
+                // An audio rendition's timescale is its rate (Opus and the
+                // transcoded AAC 48 kHz, a passed-through AAC its own).
+                let _ = write!(out, " audioSamplingRate=\"{}\"", r.timescale);
             }
             out.push_str(">\n");
             let init = r.segments.last().map_or(0, |s| s.init);

@@ -1029,6 +1029,8 @@ mod tests {
                 mp4a(&aac.files["init_0.mp4"]),
                 (rate, channels, config.to_vec(), rate)
             );
+            let mpd = crate::playlist::dash_mpd(&snapshot, "").unwrap();
+            assert!(mpd.contains(&format!("audioSamplingRate=\"{rate}\"")), "{mpd}");
             let segs = segments(aac);
             assert!(segs.len() >= 2, "{} segments", segs.len());
             // Every unit as sent, in order, each lasting 1024 ticks of the
