@@ -41,8 +41,8 @@ pub struct Source {
     audio: Option<ToOpus>,
     video_seq: u64,
     audio_seq: u64,
-    /// Last sender report per stream (video, Opus, AAC), by FLV timestamp.
-    reported: [Option<u32>; 3],
+    /// Last sender report per stream (video, Opus), by FLV timestamp.
+    reported: [Option<u32>; 2],
     out: Vec<IngestItem>,
     scratch: Vec<Vec<u8>>,
     opus: Vec<OpusPacket>,
@@ -58,7 +58,7 @@ impl Source {
             audio: None,
             video_seq: 0,
             audio_seq: 0,
-            reported: [None; 3],
+            reported: [None; 2],
             out: Vec::new(),
             scratch: Vec::new(),
             opus: Vec::new(),
@@ -156,7 +156,8 @@ impl Source {
         }
         if let Some(config) = audio.audio_specific_config().cloned() {
             // The access unit as it came, before the Opus made from it.
-            let report = self.report(2, ts_ms, ts_ms, 1);
+            // Each unit carries its clock: LL-HLS may start after the first.
+            let report = Some(self.clock(ts_ms, ts_ms, 1));
             self.out.push(IngestItem::Aac(IngestAac {
                 config,
                 ts_ms,
@@ -201,26 +202,31 @@ impl Source {
     }
 
     /// A sender report for stream `index` once per [`REPORT_EVERY`]: the
-    /// RTP timestamp `rtp_ts` (at `khz`; the AAC stream's clock is the
-    /// FLV ms, 1 kHz) was captured at the wall-clock time of the first
-    /// message plus the FLV time since.
+    /// RTP timestamp `rtp_ts` (at `khz`; the AAC units' clock is the FLV
+    /// ms, 1 kHz) was captured at the wall-clock time of the first message
+    /// plus the FLV time since.
     fn report(&mut self, index: usize, ts_ms: u32, rtp_ts: u32, khz: u32) -> Option<SenderReport> {
-        let (ntp0, ts0) = *self.epoch.get_or_insert((self.ntp_at_start, ts_ms));
         let due = self.reported[index]
             .is_none_or(|last| ts_ms.wrapping_sub(last) >= REPORT_EVERY.as_millis() as u32);
         if !due {
             return None;
         }
         self.reported[index] = Some(ts_ms);
+        Some(self.clock(ts_ms, rtp_ts, khz))
+    }
+
+    /// The report's mapping at `ts_ms`, due or not.
+    fn clock(&mut self, ts_ms: u32, rtp_ts: u32, khz: u32) -> SenderReport {
+        let (ntp0, ts0) = *self.epoch.get_or_insert((self.ntp_at_start, ts_ms));
         // The RTP timestamp is the capture time of the media (for video the
         // PTS); the report maps it back to the message's wall-clock time.
         let rtp_ms = rtp_ts.wrapping_sub(ts_ms.wrapping_mul(khz)) as i32 / khz as i32;
         let since = i64::from(ts_ms.wrapping_sub(ts0) as i32) + i64::from(rtp_ms);
         let ntp = ntp0.wrapping_add_signed((since << 32) / 1000);
-        Some(SenderReport {
+        SenderReport {
             ntp_time: ntp,
             rtp_time: rtp_ts,
-        })
+        }
     }
 }
 
@@ -296,10 +302,12 @@ mod tests {
         assert!(aac.iter().all(|a| a.config[..] == [0x12, 0x10]));
         assert_eq!((aac[0].ts_ms, &aac[0].data[..]), (0, &[0x21, 0x10, 0x04][..]));
         assert_eq!((aac[1].ts_ms, &aac[1].data[..]), (23, &[0xde, 0xad][..]));
-        // The AAC stream's clock is the FLV ms, dated like the others.
-        let sr = aac[0].report.expect("the first unit carries a report");
+        // The AAC stream's clock is the FLV ms, dated like the others, on
+        // every unit.
+        let sr = aac[0].report.expect("every unit carries a report");
         assert_eq!((sr.ntp_time, sr.rtp_time), (1 << 32, 0));
-        assert!(aac[1].report.is_none());
+        let sr = aac[1].report.expect("every unit carries a report");
+        assert_eq!((sr.ntp_time, sr.rtp_time), ((1 << 32) + (23 << 32) / 1000, 23));
 
         // A real AAC stream: each access unit precedes the Opus made from it.
         let encoder = fdk_aac::enc::Encoder::new(fdk_aac::enc::EncoderParams {
