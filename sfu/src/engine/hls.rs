@@ -2,8 +2,8 @@
 //! publisher's H.264 and Opus packets, with the sender report str0m
 //! attached to each (an ingest source's, with the report its driver
 //! derived from the encoder's clock), as the packager reads them; an
-//! ingest source's AAC access units, passed through. The packaging itself, and
-//! its codecs, live in `hls-bridge`.
+//! ingest source's AAC access units, passed through. The packaging
+//! itself, and its codecs, live in `hls-bridge`.
 
 use std::time::{Instant, UNIX_EPOCH};
 
@@ -109,9 +109,7 @@ impl Engine {
         };
         hand_over(tap, config.seed, now, &ingest.room, track, report, rtp);
     }
-}
 
-impl Engine {
     /// Hands an ingest source's AAC access unit to the LL-HLS tap, which
     /// passes it through to the room's `aac` rendition.
     pub(super) fn ingest_aac_hls(&mut self, now: Instant, pid: PeerId, aac: &IngestAac) {
