@@ -2,13 +2,14 @@
 # The node's CPU for one RTMP ingest and no viewer: FFmpeg pushes 1280x720
 # testsrc2 at 30 fps (libx264, ~3 Mbit/s, 2 s GOP) and AAC 44.1 kHz stereo
 # on loopback; the node repacketizes the H.264, transcodes AAC to Opus and,
-# unless --no-hls, packages LL-HLS (H.264 parts plus Opus -> AAC). Prints the
-# node's user+system CPU over SECONDS, as a share of one core.
-# Usage: scripts/bench-rtmp-cpu.sh [SECONDS]
+# unless --no-hls, packages LL-HLS (H.264 parts plus the source's AAC, passed
+# through). Prints the node's user+system CPU over SECONDS, as a share of one
+# core. SFU names another binary (e.g. an older build, to compare).
+# Usage: [SFU=path/to/sfu] scripts/bench-rtmp-cpu.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-20}
-SFU=target/release/sfu
+SFU=${SFU:-target/release/sfu}
 [ -x "$SFU" ] || { echo "bench-rtmp-cpu: build first: cargo build --release -p sfu" >&2; exit 1; }
 PORT=19400
 for HLS in "--no-hls" ""; do

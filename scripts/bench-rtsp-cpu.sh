@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The node's CPU for one RTSP pull and no viewer: a gst-rtsp-server camera
 # (sfu/tests/rtsp/camera.py: 1280x720 ball pattern at 30 fps, x264enc
-# ultrafast at 1.5 Mbit/s, one keyframe a second, AAC 48 kHz stereo) on
+# ultrafast at 1.5 Mbit/s, one keyframe a second, AAC 44.1 kHz stereo) on
 # loopback, pulled over TCP with `POST /v1/ingest/{room}`; the node
 # passes the H.264 through, transcodes AAC to Opus and, unless --no-hls,
-# packages LL-HLS. Prints the node's user+system CPU over SECONDS, as a
-# share of one core (the camera's own CPU is not counted).
-# Usage: scripts/bench-rtsp-cpu.sh [SECONDS]
+# packages LL-HLS (the AAC passed through). Prints the node's user+system
+# CPU over SECONDS, as a share of one core (the camera's own CPU is not
+# counted). SFU names another binary (e.g. an older build, to compare).
+# Usage: [SFU=path/to/sfu] scripts/bench-rtsp-cpu.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-20}
-SFU=target/release/sfu
+SFU=${SFU:-target/release/sfu}
 [ -x "$SFU" ] || { echo "bench-rtsp-cpu: build first: cargo build --release -p sfu" >&2; exit 1; }
 CAM_PORT=18554
 HTTP=127.0.0.1:18410

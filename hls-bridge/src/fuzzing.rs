@@ -19,7 +19,7 @@ use wave_vocab::{PeerId, RoomId};
 use crate::h264::{AvcConfig, H264Depacketizer};
 use crate::http::{HlsAccess, HlsService, HlsStore, sign_token};
 use crate::playlist;
-use crate::room::{HlsTap, HlsUpdate, TapConfig, Track};
+use crate::room::{AacUnit, HlsTap, HlsUpdate, TapConfig, Track};
 use crate::runner::InlineHost;
 use crate::{HlsConfig, RoomSnapshot, RtpPacket, SenderReport};
 
@@ -67,7 +67,9 @@ pub fn h264_rtp(data: &[u8]) {
 ///
 /// - `0`, `1`: an RTP packet, `[op][flags][seq u16][timestamp u32][len u16][payload]`;
 ///   `flags` bit 0 video, bits 1–2 the layer (of 3), bit 3 the marker,
-///   bits 4–5 the publisher (see [`publisher`]);
+///   bits 4–5 the publisher (see [`publisher`]); with bit 6 it is a source
+///   AAC access unit instead ([`HlsTap::handle_aac`]): the timestamp is its
+///   ms, the payload `[config len u8][AudioSpecificConfig][access unit]`;
 /// - `2`: a sender report for the next packet, `[op][ntp u64][rtp u32]`;
 /// - `3`: `[op][what][ms u16]`: `what` bit 0 makes publisher `what >> 1`
 ///   leave, otherwise time advances by `ms`.
@@ -120,7 +122,14 @@ pub fn query_token(room: &str) -> String {
 /// in a STAP-A before it) and 20 ms Opus packets, time advancing 33 ms a
 /// frame. The seed of the tap's corpus and the media behind [`hls_query`].
 pub fn sample_stream(seconds: u32, pub_bits: u8) -> Vec<u8> {
+    stream(seconds, pub_bits, false)
+}
+
+/// [`sample_stream`]; with `aac`, AAC-LC 44.1 kHz stereo access units of a
+/// source (passed through) instead of Opus.
+fn stream(seconds: u32, pub_bits: u8, aac: bool) -> Vec<u8> {
     let mut out = Vec::new();
+    let mut aac_units = 0u32;
     let mut seq = [0u16; 4];
     let mut packet = |out: &mut Vec<u8>, flags: u8, ts: u32, payload: &[u8]| {
         let s = &mut seq[usize::from(flags & 1) * (1 + usize::from(flags >> 1 & 3))];
@@ -149,7 +158,14 @@ pub fn sample_stream(seconds: u32, pub_bits: u8) -> Vec<u8> {
         }
         // Opus: CELT fullband 20 ms mono (config 31, code 0), a short frame.
         for k in 0..2 {
-            packet(&mut out, 0, (frame * 2 + k) * 960, &[0xf8, 0xff, 0xfe]);
+            if !aac {
+                packet(&mut out, 0, (frame * 2 + k) * 960, &[0xf8, 0xff, 0xfe]);
+            }
+        }
+        while aac && u64::from(aac_units) * 1024 * 1000 / 44_100 <= u64::from(frame) * 1000 / 30 {
+            let ms = (u64::from(aac_units) * 1024 * 1000 / 44_100) as u32;
+            packet(&mut out, 0x40, ms, &[2, 0x12, 0x10, 0x21, 0x10, aac_units as u8]);
+            aac_units += 1;
         }
         out.extend_from_slice(&[3, 0, 0, 33]);
     }
@@ -200,6 +216,19 @@ fn drive(
                 let (payload, after) = tail.split_at(len);
                 rest = after;
                 let (pid, room) = publisher(flags >> 4);
+                let timestamp = u32::from_be_bytes([*t0, *t1, *t2, *t3]);
+                if flags & 0x40 != 0 {
+                    let (n, unit) = payload.split_first().map_or((0, &[][..]), |(n, u)| (*n, u));
+                    let (config, data) = unit.split_at(usize::from(n).min(unit.len()));
+                    let aac = AacUnit {
+                        config,
+                        ts_ms: timestamp,
+                        data,
+                    };
+                    tap.handle_aac(now, pid, report.take(), aac);
+                    drain(tap, &mut published);
+                    continue;
+                }
                 let track = Track {
                     pid,
                     video: flags & 1 != 0,
@@ -208,7 +237,7 @@ fn drive(
                 };
                 let rtp = RtpPacket {
                     sequence_number: u16::from_be_bytes([*s0, *s1]),
-                    timestamp: u32::from_be_bytes([*t0, *t1, *t2, *t3]),
+                    timestamp,
                     marker: flags & 8 != 0,
                     payload,
                 };
@@ -292,4 +321,38 @@ fn query_services() -> &'static QueryServices {
             ],
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tap_target_passes_source_aac_through_and_survives_it_mangled() {
+        let ops = stream(3, 1, true);
+        let mut tap = new_tap();
+        let mut aac = None;
+        drive(&mut tap, Instant::now(), &ops, |_, s| {
+            if let Some(r) = s.renditions.get("aac") {
+                aac = Some((r.timescale, r.codec.clone(), s.renditions.contains_key("opus")));
+            }
+        });
+        let stats = tap.stats();
+        assert!(stats.aac_passthrough > 100, "{stats:?}");
+        assert_eq!((stats.aac_transcoders, stats.aac_passthrough_dropped), (0, 0));
+        assert_eq!(aac, Some((44_100, "mp4a.40.2".to_string(), false)));
+        // Flipped bytes land in configs, lengths, timestamps and frames.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..40 {
+            let mut mangled = ops.clone();
+            for _ in 0..64 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state % mangled.len() as u64) as usize;
+                mangled[at] ^= (state >> 32) as u8 | 1;
+            }
+            hls_tap(&mangled);
+        }
+    }
 }

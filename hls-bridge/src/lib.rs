@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+pub mod aac;
 mod error;
 pub mod fmp4;
 #[doc(hidden)]
@@ -80,6 +81,17 @@ pub struct SenderReport {
     /// 64-bit NTP timestamp (seconds since 1900 in the high 32 bits).
     pub ntp_time: u64,
     pub rtp_time: u32,
+}
+
+impl SenderReport {
+    /// `ntp_time` as time since the UNIX epoch (`None` before 1970).
+    pub fn unix_time(&self) -> Option<Duration> {
+        // RFC 5905 §6: NTP era 0 starts 1900-01-01, 2,208,988,800 s before 1970.
+        const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+        let secs = (self.ntp_time >> 32).checked_sub(NTP_UNIX_OFFSET)?;
+        let frac_nanos = ((self.ntp_time & 0xffff_ffff) * 1_000_000_000) >> 32;
+        Some(Duration::from_secs(secs) + Duration::from_nanos(frac_nanos))
+    }
 }
 
 /// A depacketized frame of one track.
@@ -295,11 +307,7 @@ impl Bridge {
     pub fn capture_time(&self, id: TrackId, timestamp: i64) -> Option<Duration> {
         let track = self.tracks.get(&id)?;
         let sr = track.sender_report?;
-        // RFC 5905 §6: NTP era 0 starts 1900-01-01, 2,208,988,800 s before 1970.
-        const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
-        let secs = (sr.ntp_time >> 32).checked_sub(NTP_UNIX_OFFSET)?;
-        let frac_nanos = ((sr.ntp_time & 0xffff_ffff) * 1_000_000_000) >> 32;
-        let sr_unix = Duration::from_secs(secs) + Duration::from_nanos(frac_nanos);
+        let sr_unix = sr.unix_time()?;
         let delta_ticks = i64::from((timestamp as u32).wrapping_sub(sr.rtp_time) as i32);
         let delta_nanos = delta_ticks * 1_000_000_000 / i64::from(track.kind.clock_rate());
         if delta_nanos >= 0 {

@@ -141,7 +141,7 @@ pub fn multivariant(room: &RoomSnapshot, suffix: &str) -> Option<String> {
         return None;
     }
     let mut audio: Vec<&RenditionSnapshot> = live.iter().copied().filter(|r| !r.kind.is_video()).collect();
-    audio.sort_by_key(|r| !matches!(r.kind, RenditionKind::Audio(AudioCodec::AacLc { .. })));
+    audio.sort_by_key(|r| !matches!(r.kind, RenditionKind::Audio(AudioCodec::Aac { .. })));
     let mut video: Vec<&RenditionSnapshot> = live.iter().copied().filter(|r| r.kind.is_video()).collect();
     video.sort_by_key(|r| match r.kind {
         RenditionKind::Video { layer } => std::cmp::Reverse(layer),
@@ -152,7 +152,7 @@ pub fn multivariant(room: &RoomSnapshot, suffix: &str) -> Option<String> {
     let _ = writeln!(out, "#EXT-X-VERSION:{VERSION}");
     for a in &audio {
         let (name, channels) = match &a.kind {
-            RenditionKind::Audio(AudioCodec::AacLc { channels, .. }) => ("AAC", *channels),
+            RenditionKind::Audio(AudioCodec::Aac { channels, .. }) => ("AAC", *channels),
             RenditionKind::Audio(AudioCodec::Opus { stereo }) => ("Opus", if *stereo { 2 } else { 1 }),
             RenditionKind::Video { .. } => continue,
         };
@@ -279,7 +279,9 @@ pub fn dash_mpd(room: &RoomSnapshot, suffix: &str) -> Option<String> {
                     r.frame_rate.round().max(1.0)
                 );
             } else {
-                out.push_str(" audioSamplingRate=\"48000\"");
+                // An audio rendition's timescale is its rate (Opus and the
+                // transcoded AAC 48 kHz, a passed-through AAC its own).
+                let _ = write!(out, " audioSamplingRate=\"{}\"", r.timescale);
             }
             out.push_str(">\n");
             let init = r.segments.last().map_or(0, |s| s.init);

@@ -8,6 +8,9 @@
 //!
 //! Per room: Opus is packaged as it arrives and also transcoded once to
 //! AAC-LC (`OpusToAac`, ≈1% of a core) for the default audio rendition;
+//! a source whose audio is AAC (an RTMP push, an RTSP pull) instead has its
+//! own access units passed through to that rendition ([`HlsTap::handle_aac`]:
+//! its AudioSpecificConfig, its rate, no transcoder, no Opus rendition);
 //! the latest top-layer IDR is kept for thumbnails (rendered by the HTTP
 //! side on request); with the ladder on, a single-layer publisher's video
 //! is decoded, scaled and re-encoded into two more variants. Both codecs
@@ -24,6 +27,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 use wave_vocab::{PeerId, RoomId};
 
+use crate::aac::AudioSpecificConfig;
 use crate::fmp4::{self, TrackConfig};
 use crate::h264::{AccessUnit, AvcConfig};
 use crate::runner::{AacPort, CodecHost, LadderPort, Pushed};
@@ -36,7 +40,8 @@ use crate::{
 };
 /// The publisher's Opus, packaged as it is (rendition `opus`).
 const OPUS_TRACK: TrackId = TrackId(1000);
-/// AAC-LC transcoded from [`OPUS_TRACK`] (rendition `aac`, the default).
+/// AAC-LC transcoded from [`OPUS_TRACK`], or the source's AAC passed
+/// through (rendition `aac`, the default).
 const AAC_TRACK: TrackId = TrackId(1001);
 /// Ladder rung `i` is packaged as track `RUNG_TRACK + i`.
 const RUNG_TRACK: u32 = 2000;
@@ -57,6 +62,13 @@ pub struct HlsStats {
     pub parts: u64,
     pub segments: u64,
     pub aac_dropped: u64,
+    /// Opus -> AAC transcoders started (one per room with Opus audio).
+    pub aac_transcoders: u64,
+    /// Source AAC access units passed through to an `aac` rendition.
+    pub aac_passthrough: u64,
+    /// Source AAC access units dropped: a configuration that does not
+    /// parse, a frame over the AAC bound or empty.
+    pub aac_passthrough_dropped: u64,
 }
 
 /// What the driver does with the node's HLS store.
@@ -100,8 +112,22 @@ pub struct HlsTap {
     out: VecDeque<HlsUpdate>,
     /// `(publisher, layer)` keyframe requests.
     keyframes: VecDeque<(PeerId, usize)>,
-    /// Parts and segments of rooms that ended.
+    /// Parts and segments of rooms that ended; the AAC counters.
     done: HlsStats,
+}
+
+/// An AAC access unit of a source whose audio is AAC (an RTMP push, an
+/// RTSP pull), for [`HlsTap::handle_aac`].
+#[derive(Debug, Clone, Copy)]
+pub struct AacUnit<'a> {
+    /// The source's AudioSpecificConfig, on every unit: a change starts a
+    /// new init section.
+    pub config: &'a [u8],
+    /// The source's clock in ms (32 bits, wrapping), as its sender
+    /// reports' `rtp_time` counts it.
+    pub ts_ms: u32,
+    /// One raw access unit (no ADTS header).
+    pub data: &'a [u8],
 }
 
 /// Which track of which publisher a packet belongs to: its H.264 video
@@ -127,8 +153,63 @@ struct HlsRoom {
     /// Last sender report fed per track.
     reports: BTreeMap<TrackId, u64>,
     aac: Option<AacPort>,
+    /// The source's AAC, passed through.
+    passthrough: Passthrough,
     /// The ABR ladder under a single-layer publisher.
     ladder: Option<LadderFeed>,
+}
+
+/// A room's source AAC on its way to the `aac` rendition.
+#[derive(Default)]
+struct Passthrough {
+    /// The configuration the rendition's init section carries.
+    config: Option<AudioSpecificConfig>,
+    /// A hash of the last configuration refused: its units drop without
+    /// another warning.
+    refused: Option<u64>,
+    /// The last unit's ms as sent and unwrapped.
+    last_ms: Option<(u32, i64)>,
+    /// Where the next access unit starts, in ticks of the sample rate.
+    next: Option<i64>,
+    /// The source's latest report for this stream (its clock in ms).
+    report: Option<SenderReport>,
+    warned_oversized: bool,
+}
+
+impl Passthrough {
+    /// The access unit at `ts_ms` in ticks of the current configuration's
+    /// rate: samples counted from the last unit while the source's ms
+    /// agree to within half a frame (their rounding is 1 ms), anchored
+    /// anew on the ms otherwise (a gap, a clock that jumped).
+    fn ticks(&mut self, ts_ms: u32, rate: u32, frame: u32) -> (i64, i64) {
+        let ms = match self.last_ms {
+            Some((raw, ms)) => ms + i64::from(ts_ms.wrapping_sub(raw) as i32),
+            None => i64::from(ts_ms),
+        };
+        self.last_ms = Some((ts_ms, ms));
+        let from_clock = ms * i64::from(rate) / 1000;
+        let ticks = match self.next {
+            Some(next) if (from_clock - next).abs() <= i64::from(frame / 2) => next,
+            _ => from_clock,
+        };
+        self.next = Some(ticks + i64::from(frame));
+        (ticks, ms)
+    }
+
+    /// The capture time of the unit at `ticks` (`ms` on the source's
+    /// clock), from the latest report.
+    fn capture(&self, ticks: i64, ms: i64, ts_ms: u32, rate: u32) -> Option<Duration> {
+        let sr = self.report?;
+        let sr_unix = sr.unix_time()?;
+        let sr_ms = ms - i64::from(ts_ms.wrapping_sub(sr.rtp_time) as i32);
+        let nanos = i128::from(ticks) * 1_000_000_000 / i128::from(rate) - i128::from(sr_ms) * 1_000_000;
+        let delta = Duration::from_nanos(u64::try_from(nanos.unsigned_abs()).ok()?);
+        if nanos >= 0 {
+            sr_unix.checked_add(delta)
+        } else {
+            sr_unix.checked_sub(delta)
+        }
+    }
 }
 
 /// The ladder's port, its rung count, and whether it waits for an IDR
@@ -195,6 +276,31 @@ impl HlsTap {
         s
     }
 
+    /// One AAC access unit of `pid`, a source whose audio is AAC, with the
+    /// latest report of that stream (`rtp_time` in the source's ms): passed
+    /// through unchanged to the room's `aac` rendition, whose init section
+    /// carries the source's AudioSpecificConfig and whose timescale is its
+    /// rate. Such a room starts no Opus -> AAC transcoder and has no Opus
+    /// rendition: its Opus packets (made for WebRTC viewers) are not
+    /// packaged. Audio alone never starts HLS. A configuration that does
+    /// not parse, an empty frame or one over the AAC bound is logged,
+    /// counted and dropped.
+    pub fn handle_aac(&mut self, now: Instant, pid: PeerId, report: Option<SenderReport>, unit: AacUnit<'_>) {
+        let Some(r) = self.rooms.get_mut(&pid) else {
+            return;
+        };
+        match r.pass_aac(now, report, unit) {
+            Ok(()) => self.done.aac_passthrough += 1,
+            Err(reason) => {
+                self.done.aac_passthrough_dropped += 1;
+                debug!(room = %r.room, reason, "source AAC frame dropped");
+            }
+        }
+        for layer in r.pump(now, &mut self.thumbnails, &mut self.out) {
+            self.keyframes.push_back((pid, layer));
+        }
+    }
+
     /// One RTP packet `rtp` of `track` in `room`, with the last sender
     /// report of its stream; `session_seed` seeds a new room's packager.
     pub fn handle_media(
@@ -237,8 +343,17 @@ impl HlsTap {
                 }
             }
         } else {
-            if !r.has_audio && !r.add_audio(now, &*self.codecs) {
+            // The source's AAC is passed through: its Opus is for WebRTC only.
+            if r.passthrough.config.is_some() {
                 return;
+            }
+            if !r.has_audio {
+                if !r.add_audio(now, &*self.codecs) {
+                    return;
+                }
+                if r.aac.is_some() {
+                    self.done.aac_transcoders += 1;
+                }
             }
             OPUS_TRACK
         };
@@ -297,6 +412,7 @@ impl HlsTap {
                 avc: BTreeMap::new(),
                 reports: BTreeMap::new(),
                 aac: None,
+                passthrough: Passthrough::default(),
                 ladder: None,
             },
         );
@@ -496,13 +612,15 @@ impl HlsRoom {
             return false;
         }
         let aac = codecs.aac(&self.room).and_then(|(t, config)| {
+            let codec = config.codec_string();
             let init = fmp4::init_segment(&TrackConfig::Aac(config))?;
             self.packager.add_audio(
                 AAC_TRACK,
-                AudioCodec::AacLc {
+                AudioCodec::Aac {
                     init,
                     timescale: aac::SAMPLE_RATE,
                     channels: 2,
+                    codec,
                 },
             )?;
             Ok(t)
@@ -512,6 +630,104 @@ impl HlsRoom {
             Err(e) => warn!(room = %self.room, error = %e, "no AAC rendition"),
         }
         true
+    }
+
+    /// A source AAC access unit into the `aac` rendition (added, or
+    /// given a new init section, when its configuration is new).
+    fn pass_aac(
+        &mut self,
+        now: Instant,
+        report: Option<SenderReport>,
+        unit: AacUnit<'_>,
+    ) -> Result<(), &'static str> {
+        if report.is_some() {
+            self.passthrough.report = report;
+        }
+        if self.aac.is_some() || self.has_audio {
+            return Err("the room's audio is already transcoded from Opus");
+        }
+        let known = self
+            .passthrough
+            .config
+            .as_ref()
+            .is_some_and(|c| c.raw == unit.config);
+        if !known {
+            self.configure_aac(unit.config)?;
+        }
+        let Some(config) = &self.passthrough.config else {
+            return Err("no AudioSpecificConfig");
+        };
+        if unit.data.is_empty() {
+            return Err("empty AAC frame");
+        }
+        if unit.data.len() > config.max_frame_bytes() {
+            let max = config.max_frame_bytes();
+            if !std::mem::replace(&mut self.passthrough.warned_oversized, true) {
+                warn!(room = %self.room, bytes = unit.data.len(), max, "source AAC frame over 6,144 bits per channel: dropped (further ones logged at debug)");
+            }
+            return Err("AAC frame over 6,144 bits per channel");
+        }
+        let (rate, frame) = (config.sample_rate, config.frame_length);
+        let (ticks, ms) = self.passthrough.ticks(unit.ts_ms, rate, frame);
+        let capture = self.passthrough.capture(ticks, ms, unit.ts_ms, rate);
+        let sample = AudioSample {
+            timestamp: ticks,
+            data: unit.data.to_vec(),
+        };
+        self.packager
+            .push_audio_sample(now, AAC_TRACK, &sample, capture)
+            .map_err(|e| {
+                debug!(room = %self.room, error = %e, "source AAC sample refused");
+                "refused by the packager"
+            })
+    }
+
+    /// A new AudioSpecificConfig: the `aac` rendition's first, or a change
+    /// (a new init section after a discontinuity, like a new SPS).
+    fn configure_aac(&mut self, raw: &[u8]) -> Result<(), &'static str> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        raw.hash(&mut h);
+        let hash = h.finish();
+        if self.passthrough.refused == Some(hash) {
+            return Err("AudioSpecificConfig refused");
+        }
+        let refuse = |p: &mut Passthrough, error: &crate::Error| {
+            warn!(room = %self.room, %error, config = ?&raw[..raw.len().min(16)], "source AAC not passed through to LL-HLS: its AudioSpecificConfig is refused; its frames are dropped until a valid one");
+            p.refused = Some(hash);
+            "AudioSpecificConfig refused"
+        };
+        let config = match AudioSpecificConfig::parse(raw) {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(&mut self.passthrough, &e)),
+        };
+        let codec = fmp4::init_segment(&TrackConfig::Aac(config.mp4a())).map(|init| AudioCodec::Aac {
+            init,
+            timescale: config.sample_rate,
+            channels: config.channels,
+            codec: config.codec_string(),
+        });
+        let first = self.passthrough.config.is_none();
+        let added = codec.and_then(|codec| {
+            if first {
+                self.packager.add_audio(AAC_TRACK, codec)
+            } else {
+                self.packager.reconfigure_audio(AAC_TRACK, codec)
+            }
+        });
+        if let Err(e) = added {
+            return Err(refuse(&mut self.passthrough, &e));
+        }
+        if first {
+            info!(room = %self.room, rate = config.sample_rate, channels = config.channels, codec = %config.codec_string(), "LL-HLS AAC passed through from the source");
+        } else {
+            warn!(room = %self.room, rate = config.sample_rate, channels = config.channels, codec = %config.codec_string(), "source AudioSpecificConfig changed: new AAC init section and a discontinuity");
+        }
+        self.passthrough.config = Some(config);
+        self.passthrough.refused = None;
+        self.passthrough.last_ms = None;
+        self.passthrough.next = None;
+        Ok(())
     }
 
     /// One access unit from the AAC thread into the AAC rendition.
@@ -609,6 +825,355 @@ mod tests {
     use crate::transcode::video::{H264Encoder, Picture, avcc_nal_units};
 
     use super::*;
+
+    /// [`InlineHost`](crate::runner::InlineHost), counting the Opus -> AAC
+    /// transcoders asked for.
+    #[derive(Debug, Default)]
+    struct CountingHost(std::sync::atomic::AtomicUsize);
+
+    impl CodecHost for CountingHost {
+        fn aac(&self, room: &RoomId) -> Result<(AacPort, crate::fmp4::AacConfig), crate::Error> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::runner::InlineHost.aac(room)
+        }
+        fn ladder(&self, room: &RoomId) -> Result<(LadderPort, usize), crate::Error> {
+            crate::runner::InlineHost.ladder(room)
+        }
+    }
+
+    /// NTP 32.32 of `unix` + `ms`.
+    fn ntp(unix_s: u64, ms: u64) -> u64 {
+        ((unix_s + 2_208_988_800) << 32) + (ms << 32) / 1000
+    }
+
+    const WALL_S: u64 = 1_800_000_000;
+
+    /// A source publishing `secs` of 30 fps H.264 (an IDR a second) and
+    /// AAC access units of 1024 samples at each `(config, rate)` in turn,
+    /// `secs` each, with sender reports of one clock; then it leaves.
+    /// Returns the room's last snapshot.
+    fn publish_with_aac(tap: &mut HlsTap, configs: &[(&[u8], u32)], secs: u32) -> RoomSnapshot {
+        let t0 = Instant::now();
+        let room = RoomId::parse("aac-pass").unwrap();
+        let pid = PeerId(1);
+        let track = Track {
+            pid,
+            video: true,
+            layer: 0,
+            layers: 1,
+        };
+        let total_ms = secs * 1000 * configs.len() as u32;
+        let mut encoder = H264Encoder::new(300_000, 30.0).unwrap();
+        let (mut seq, mut frame, mut unit) = (0u16, 0u32, 0u32);
+        // (config index, first ms of that config, units sent under it)
+        let (mut ci, mut since_ms, mut in_config) = (0usize, 0u32, 0u32);
+        let mut aac_reported = None;
+        loop {
+            let video_ms = frame * 1000 / 30;
+            let (config, rate) = configs[ci];
+            let audio_ms = since_ms + (u64::from(in_config) * 1024 * 1000 / u64::from(rate)) as u32;
+            if video_ms >= total_ms && audio_ms >= total_ms {
+                break;
+            }
+            if video_ms <= audio_ms {
+                let ts = frame * 3000;
+                let au = encoder
+                    .encode(
+                        &Picture::test_ramp(128, 96, u64::from(frame)),
+                        i64::from(ts),
+                        frame % 30 == 0,
+                    )
+                    .unwrap()
+                    .expect("one access unit per picture");
+                let nalus = avcc_nal_units(&au.data).unwrap();
+                let report = (frame % 30 == 0).then(|| SenderReport {
+                    ntp_time: ntp(WALL_S, u64::from(video_ms)),
+                    rtp_time: ts,
+                });
+                for (i, nalu) in nalus.iter().enumerate() {
+                    let rtp = RtpPacket {
+                        sequence_number: seq,
+                        timestamp: ts,
+                        marker: i + 1 == nalus.len(),
+                        payload: nalu,
+                    };
+                    seq = seq.wrapping_add(1);
+                    let now = t0 + Duration::from_millis(u64::from(video_ms));
+                    tap.handle_media(now, &room, track, 7, report.filter(|_| i == 0), rtp);
+                }
+                frame += 1;
+            } else {
+                // Distinct bytes per unit: the rendition must carry them as sent.
+                let data: Vec<u8> = (0..100 + unit % 50).map(|b| (b + unit) as u8).collect();
+                let report = (aac_reported.is_none_or(|at| audio_ms >= at + 1000)).then(|| {
+                    aac_reported = Some(audio_ms);
+                    SenderReport {
+                        ntp_time: ntp(WALL_S, u64::from(audio_ms)),
+                        rtp_time: audio_ms,
+                    }
+                });
+                let aac = AacUnit {
+                    config,
+                    ts_ms: audio_ms,
+                    data: &data,
+                };
+                tap.handle_aac(t0 + Duration::from_millis(u64::from(audio_ms)), pid, report, aac);
+                unit += 1;
+                in_config += 1;
+                if audio_ms >= since_ms + secs * 1000 && ci + 1 < configs.len() {
+                    ci += 1;
+                    since_ms = audio_ms + 23;
+                    in_config = 0;
+                }
+            }
+        }
+        tap.publisher_left(t0 + Duration::from_millis(u64::from(total_ms)), pid);
+        std::iter::from_fn(|| tap.poll_update())
+            .filter_map(|u| match u {
+                HlsUpdate::Publish(_, s) => Some(s),
+                HlsUpdate::Remove(_) => None,
+            })
+            .last()
+            .filter(RoomSnapshot::ended)
+            .expect("the room ended")
+    }
+
+    fn passthrough_tap(host: Arc<CountingHost>) -> HlsTap {
+        let config = TapConfig {
+            hls: HlsConfig::default(),
+            linger: Duration::from_secs(60),
+            ladder: false,
+        };
+        HlsTap::new(config, host, Instant::now(), Duration::from_secs(WALL_S))
+    }
+
+    /// A segment as its file says.
+    struct Seg {
+        init: u32,
+        discontinuity: bool,
+        durations: Vec<u32>,
+        /// `tfdt` of its first fragment.
+        tfdt: u64,
+        /// The samples' bytes.
+        data: Vec<u8>,
+    }
+
+    fn segments(r: &crate::segmenter::RenditionSnapshot) -> Vec<Seg> {
+        use mp4_atom::{Decode, Moof};
+        r.segments
+            .iter()
+            .map(|seg| {
+                let file = &r.files[&format!("seg_{}.m4s", seg.msn)];
+                let (mut at, mut durations, mut tfdt, mut data) = (0usize, Vec::new(), None, Vec::new());
+                while at + 8 <= file.len() {
+                    let size = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+                    let body = &file[at..at + size];
+                    match &file[at + 4..at + 8] {
+                        b"moof" => {
+                            let moof = Moof::decode(&mut &body[..]).unwrap();
+                            let traf = &moof.traf[0];
+                            tfdt.get_or_insert(traf.tfdt.as_ref().unwrap().base_media_decode_time);
+                            durations.extend(traf.trun[0].samples.iter().map(|e| e.duration.unwrap()));
+                        }
+                        b"mdat" => data.extend_from_slice(&body[8..]),
+                        _ => {}
+                    }
+                    at += size;
+                }
+                Seg {
+                    init: seg.init,
+                    discontinuity: seg.discontinuity,
+                    durations,
+                    tfdt: tfdt.unwrap(),
+                    data,
+                }
+            })
+            .collect()
+    }
+
+    /// The `mp4a` entry of an init section: (rate, channels, the
+    /// AudioSpecificConfig its `esds` carries), and the track's timescale.
+    fn mp4a(init: &[u8]) -> (u32, u32, Vec<u8>, u32) {
+        let ctx = mp4parse::read_mp4(&mut std::io::Cursor::new(init)).unwrap();
+        let track = &ctx.tracks[0];
+        let mp4parse::SampleEntry::Audio(a) = &track.stsd.as_ref().unwrap().descriptions[0] else {
+            panic!("not an audio sample entry");
+        };
+        assert_eq!(a.codec_type, mp4parse::CodecType::AAC);
+        let mp4parse::AudioCodecSpecific::ES_Descriptor(esds) = &a.codec_specific else {
+            panic!("no esds");
+        };
+        (
+            a.samplerate as u32,
+            a.channelcount,
+            esds.decoder_specific_data.to_vec(),
+            track.timescale.unwrap().0 as u32,
+        )
+    }
+
+    #[test]
+    fn source_aac_is_passed_through_at_its_rate_with_its_config_and_no_transcoder() {
+        // FFmpeg's `-c:a aac -ar 44100` (stereo) and a 48 kHz mono source.
+        for (config, rate, channels) in [
+            (&[0x12u8, 0x10][..], 44_100u32, 2u32),
+            (&[0x11, 0x88][..], 48_000, 1),
+        ] {
+            let host = Arc::new(CountingHost::default());
+            let mut tap = passthrough_tap(host.clone());
+            let snapshot = publish_with_aac(&mut tap, &[(config, rate)], 4);
+            let names: Vec<&str> = snapshot.renditions.keys().map(String::as_str).collect();
+            assert_eq!(names, ["aac", "v0"], "no Opus rendition for an AAC source");
+            let aac = &snapshot.renditions["aac"];
+            assert_eq!((aac.timescale, aac.codec.as_str()), (rate, "mp4a.40.2"));
+            assert_eq!(
+                mp4a(&aac.files["init_0.mp4"]),
+                (rate, channels, config.to_vec(), rate)
+            );
+            let mpd = crate::playlist::dash_mpd(&snapshot, "").unwrap();
+            assert!(mpd.contains(&format!("audioSamplingRate=\"{rate}\"")), "{mpd}");
+            let segs = segments(aac);
+            assert!(segs.len() >= 2, "{} segments", segs.len());
+            // Every unit as sent, in order, each lasting 1024 ticks of the
+            // source's rate; the timeline continuous across segments.
+            let mut bytes = Vec::new();
+            let mut units = 0u32;
+            for (i, seg) in segs.iter().enumerate() {
+                assert_eq!((seg.init, seg.discontinuity), (0, false));
+                assert!(seg.durations.iter().all(|&d| d == 1024), "{:?}", seg.durations);
+                if i > 0 {
+                    assert_eq!(seg.tfdt, segs[0].tfdt + 1024 * u64::from(units));
+                }
+                units += seg.durations.len() as u32;
+                bytes.extend_from_slice(&seg.data);
+            }
+            let sent: Vec<u8> = (0..units)
+                .flat_map(|unit| (0..100 + unit % 50).map(move |b| (b + unit) as u8))
+                .collect();
+            assert_eq!(bytes, sent);
+            // 4 s of 1024-sample units, every one of them packaged.
+            assert_eq!(units, (4 * rate).div_ceil(1024));
+            // The audio is dated on the source's clock, as the video is.
+            let (a, v) = (&aac.segments[0], &snapshot.renditions["v0"].segments[0]);
+            let skew = a.program_date_time.as_secs_f64() - v.program_date_time.as_secs_f64();
+            assert!(skew.abs() < 0.025, "audio {skew} s off the video");
+            assert_eq!(host.0.load(std::sync::atomic::Ordering::Relaxed), 0);
+            let stats = tap.stats();
+            assert_eq!((stats.aac_transcoders, stats.aac_passthrough_dropped), (0, 0));
+            assert_eq!(stats.aac_passthrough, u64::from(units));
+        }
+    }
+
+    #[test]
+    fn a_new_audio_specific_config_starts_a_new_init_after_a_discontinuity() {
+        let host = Arc::new(CountingHost::default());
+        let mut tap = passthrough_tap(host.clone());
+        let snapshot = publish_with_aac(&mut tap, &[(&[0x11, 0x90], 48_000), (&[0x12, 0x10], 44_100)], 3);
+        let aac = &snapshot.renditions["aac"];
+        assert_eq!(aac.timescale, 44_100);
+        assert_eq!(mp4a(&aac.files["init_0.mp4"]).0, 48_000);
+        assert_eq!(
+            mp4a(&aac.files["init_1.mp4"]),
+            (44_100, 2, vec![0x12, 0x10], 44_100)
+        );
+        let segs = segments(aac);
+        let first_new = segs
+            .iter()
+            .position(|s| s.init == 1)
+            .expect("segments of the new init");
+        assert!(first_new > 0);
+        assert!(
+            segs[first_new].discontinuity,
+            "the new init follows a discontinuity"
+        );
+        assert!(segs[..first_new].iter().all(|s| s.init == 0 && !s.discontinuity));
+        assert!(
+            segs[first_new + 1..]
+                .iter()
+                .all(|s| s.init == 1 && !s.discontinuity)
+        );
+        assert!(segs.iter().all(|s| s.durations.iter().all(|&d| d == 1024)));
+        let playlist = crate::playlist::media_playlist(&snapshot, "aac", false, "").unwrap();
+        assert_eq!(
+            playlist.matches("#EXT-X-DISCONTINUITY\n").count(),
+            1,
+            "{playlist}"
+        );
+        assert_eq!(host.0.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn bad_source_aac_is_logged_counted_and_dropped() {
+        let host = Arc::new(CountingHost::default());
+        let mut tap = passthrough_tap(host);
+        let now = Instant::now();
+        let room = RoomId::parse("aac-bad").unwrap();
+        let pid = PeerId(1);
+        // Audio before the room's first video: no HLS yet, nothing counted.
+        let unit = |config, ts_ms, data| AacUnit { config, ts_ms, data };
+        tap.handle_aac(now, pid, None, unit(&[0x12, 0x10], 0, &[1; 10]));
+        assert_eq!(
+            tap.stats().aac_passthrough + tap.stats().aac_passthrough_dropped,
+            0
+        );
+        let mut encoder = H264Encoder::new(300_000, 30.0).unwrap();
+        let au = encoder
+            .encode(&Picture::test_ramp(128, 96, 0), 0, true)
+            .unwrap()
+            .unwrap();
+        let track = Track {
+            pid,
+            video: true,
+            layer: 0,
+            layers: 1,
+        };
+        let nalus = avcc_nal_units(&au.data).unwrap();
+        for (i, nalu) in nalus.iter().enumerate() {
+            let rtp = RtpPacket {
+                sequence_number: i as u16,
+                timestamp: 0,
+                marker: i + 1 == nalus.len(),
+                payload: nalu,
+            };
+            tap.handle_media(now, &room, track, 7, None, rtp);
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        };
+        let big = vec![0u8; 1537];
+        let garbage: Vec<Vec<u8>> = (0..300).map(|i| (0..i % 9).map(|_| next()).collect()).collect();
+        // A configuration that does not parse (twice: one warning), an
+        // empty config, a reserved rate, garbage.
+        let mut dropped = 0;
+        for config in [&[0x12][..], &[0x12], &[], &[0x16, 0x90]] {
+            tap.handle_aac(now, pid, None, unit(config, 0, &[1; 10]));
+            dropped += 1;
+        }
+        assert!(!tap.rooms[&pid].packager.snapshot().renditions.contains_key("aac"));
+        // A valid one, then an empty frame and one over 6,144 bits per
+        // channel (stereo: 1,536 bytes).
+        tap.handle_aac(now, pid, None, unit(&[0x12, 0x10], 0, &[1; 10]));
+        tap.handle_aac(now, pid, None, unit(&[0x12, 0x10], 23, &[]));
+        tap.handle_aac(now, pid, None, unit(&[0x12, 0x10], 46, &big));
+        tap.handle_aac(now, pid, None, unit(&[0x12, 0x10], 70, &big[..1536]));
+        dropped += 2;
+        let stats = tap.stats();
+        assert_eq!(
+            (stats.aac_passthrough, stats.aac_passthrough_dropped),
+            (2, dropped)
+        );
+        // Garbage configurations and frames never panic; the valid ones pass.
+        for (i, g) in garbage.iter().enumerate() {
+            let config: &[u8] = if i % 2 == 0 { g } else { &[0x12, 0x10] };
+            tap.handle_aac(now, pid, None, unit(config, 93 + i as u32 * 23, g));
+        }
+        let stats = tap.stats();
+        assert!(stats.aac_passthrough > 2 && stats.aac_passthrough_dropped > dropped);
+        assert_eq!(stats.aac_transcoders, 0);
+    }
 
     /// Frames of every complete segment and the open one.
     fn frames(r: &crate::segmenter::RenditionSnapshot) -> u64 {

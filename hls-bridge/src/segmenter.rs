@@ -101,13 +101,16 @@ impl HlsConfig {
 pub enum AudioCodec {
     /// Opus passed through (RFC 7587), 48 kHz.
     Opus { stereo: bool },
-    /// AAC-LC from a transcoder: its init section (`ftyp`+`moov` with
-    /// `mp4a`/`esds`) is the caller's, as are the samples (one AAC frame
-    /// each, timestamps in `timescale`).
-    AacLc {
+    /// AAC, from the Opus-to-AAC transcoder (AAC-LC, 48 kHz) or passed
+    /// through from an ingest source (its rate, its AudioSpecificConfig):
+    /// the init section (`ftyp`+`moov` with `mp4a`/`esds`) is the caller's,
+    /// as are the samples (one AAC frame each, timestamps in `timescale`)
+    /// and the RFC 6381 `codec` (`mp4a.40.2`).
+    Aac {
         init: Vec<u8>,
         timescale: u32,
         channels: u8,
+        codec: String,
     },
 }
 
@@ -323,7 +326,7 @@ impl Packager {
     pub fn add_audio(&mut self, id: TrackId, codec: AudioCodec) -> Result<(), Error> {
         let name = match codec {
             AudioCodec::Opus { .. } => "opus",
-            AudioCodec::AacLc { .. } => "aac",
+            AudioCodec::Aac { .. } => "aac",
         };
         self.add(id, name.to_string(), RenditionKind::Audio(codec))
     }
@@ -343,9 +346,12 @@ impl Packager {
                     "opus".to_string(),
                     fmp4::OPUS_TIMESCALE,
                 ),
-                AudioCodec::AacLc { init, timescale, .. } => {
-                    (init.clone(), "mp4a.40.2".to_string(), *timescale)
-                }
+                AudioCodec::Aac {
+                    init,
+                    timescale,
+                    codec,
+                    ..
+                } => (init.clone(), codec.clone(), *timescale),
             };
             r.timescale = timescale;
             r.codec = codec_string;
@@ -405,8 +411,41 @@ impl Packager {
         self.feed(id, input)
     }
 
-    /// An audio sample for a rendition added with [`AudioCodec::AacLc`]:
-    /// the seam the Opus-to-AAC transcoder feeds.
+    /// A new configuration for a rendition added with [`AudioCodec::Aac`]
+    /// (a source's AudioSpecificConfig changed mid-stream, as a new SPS
+    /// does for video): the last sample of the old one is placed, the open
+    /// part and segment close, the next sample starts a segment with the
+    /// new init section after EXT-X-DISCONTINUITY, its timeline (and
+    /// timescale) anchored anew on its capture time.
+    pub fn reconfigure_audio(&mut self, id: TrackId, codec: AudioCodec) -> Result<(), Error> {
+        let r = self.renditions.get_mut(&id).ok_or(Error::UnknownTrack(id))?;
+        let (
+            RenditionKind::Audio(AudioCodec::Aac { .. }),
+            AudioCodec::Aac {
+                init,
+                timescale,
+                codec: codec_string,
+                ..
+            },
+        ) = (&r.kind, &codec)
+        else {
+            return Err(Error::UnknownTrack(id));
+        };
+        if *timescale == 0 {
+            return Err(Error::AudioConfig("timescale 0"));
+        }
+        let (init, timescale, codec_string) = (Bytes::from(init.clone()), *timescale, codec_string.clone());
+        r.reconfigure(&self.config, &mut self.stats, self.epoch)?;
+        r.kind = RenditionKind::Audio(codec);
+        r.codec = codec_string;
+        r.timescale = timescale;
+        r.set_init(init);
+        self.changed = true;
+        Ok(())
+    }
+
+    /// An audio sample for a rendition added with [`AudioCodec::Aac`]:
+    /// the seam the Opus-to-AAC transcoder and AAC passthrough feed.
     pub fn push_audio_sample(
         &mut self,
         now: Instant,
@@ -416,7 +455,7 @@ impl Packager {
     ) -> Result<(), Error> {
         let wall = capture.unwrap_or_else(|| self.wall(now));
         let r = self.renditions.get(&id).ok_or(Error::UnknownTrack(id))?;
-        if !matches!(r.kind, RenditionKind::Audio(AudioCodec::AacLc { .. })) {
+        if !matches!(r.kind, RenditionKind::Audio(AudioCodec::Aac { .. })) {
             return Err(Error::UnknownTrack(id));
         }
         self.feed(
@@ -532,6 +571,9 @@ struct Rendition {
     inits: BTreeMap<u32, Bytes>,
     /// A new init waits for the sample that starts its segment.
     origin: Option<(i64, u64)>,
+    /// The next sample starts a segment with a new init section (an audio
+    /// rendition reconfigured).
+    restart: bool,
     last_timestamp: Option<i64>,
     last_duration: u64,
     pending: Option<Pending>,
@@ -577,6 +619,7 @@ impl Rendition {
             init: None,
             inits: BTreeMap::new(),
             origin: None,
+            restart: false,
             last_timestamp: None,
             last_duration: 0,
             pending: None,
@@ -645,7 +688,7 @@ impl Rendition {
             dts,
             data: input.data.to_vec(),
             keyframe: input.keyframe,
-            new_init: input.new_init,
+            new_init: input.new_init || std::mem::take(&mut self.restart),
         });
         Ok(())
     }
@@ -878,7 +921,10 @@ impl Rendition {
         }
     }
 
-    fn end(
+    /// Closes what the current configuration holds (its last sample lasts
+    /// as long as the one before) and restarts the timeline: the next
+    /// sample is placed at its capture time, after a discontinuity.
+    fn reconfigure(
         &mut self,
         config: &HlsConfig,
         stats: &mut PackagerStats,
@@ -887,6 +933,24 @@ impl Rendition {
         if self.ended {
             return Ok(());
         }
+        self.flush_pending(config, stats, epoch)?;
+        self.close_part(stats)?;
+        self.close_segment(config, stats)?;
+        self.origin = None;
+        self.last_timestamp = None;
+        self.last_duration = 0;
+        self.restart = true;
+        Ok(())
+    }
+
+    /// Places the sample held back (its duration unknown: the previous
+    /// one's, or 20 ms).
+    fn flush_pending(
+        &mut self,
+        config: &HlsConfig,
+        stats: &mut PackagerStats,
+        epoch: Option<Duration>,
+    ) -> Result<(), Error> {
         if let Some(p) = self.pending.take() {
             let duration = if self.last_duration > 0 {
                 self.last_duration
@@ -896,11 +960,24 @@ impl Rendition {
             // The stream's last frame closes nothing new: it joins the open part.
             let p = Pending {
                 keyframe: p.keyframe && self.open.is_none(),
-                new_init: false,
+                new_init: p.new_init && self.open.is_none(),
                 ..p
             };
             self.place(config, stats, epoch, p, duration)?;
         }
+        Ok(())
+    }
+
+    fn end(
+        &mut self,
+        config: &HlsConfig,
+        stats: &mut PackagerStats,
+        epoch: Option<Duration>,
+    ) -> Result<(), Error> {
+        if self.ended {
+            return Ok(());
+        }
+        self.flush_pending(config, stats, epoch)?;
         self.close_part(stats)?;
         self.close_segment(config, stats)?;
         self.ended = true;

@@ -23,7 +23,7 @@ use rml_rtmp::time::RtmpTimestamp;
 use signaling::auth::{Claims, TokenPolicy};
 
 use crate::engine::sdp::Intent;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, IngestItem};
 use crate::ingest::Source;
 use crate::ingest::rtmp::{self, RtmpAuth};
 
@@ -48,11 +48,14 @@ pub fn rtmp_flv(data: &[u8]) {
             _ => source.handle_audio(now, ts, message),
         };
         for p in source.take_packets() {
-            assert!(
-                p.packet.payload.len() <= 1200,
-                "a {} byte RTP payload",
-                p.packet.payload.len()
-            );
+            match p {
+                IngestItem::Rtp(p) => assert!(
+                    p.packet.payload.len() <= 1200,
+                    "a {} byte RTP payload",
+                    p.packet.payload.len()
+                ),
+                IngestItem::Aac(a) => assert!(a.data.len() <= 8 << 10, "a {} byte AAC frame", a.data.len()),
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use signaling::{
 use hls_bridge::http::HlsService;
 use wave_metrics::{Kind, family, sample, single};
 
-use crate::engine::{Command, EngineConfig, IngestOpen, IngestPacket, Reply, WorkerId};
+use crate::engine::{Command, EngineConfig, IngestItem, IngestOpen, Reply, WorkerId};
 use crate::stats::Line;
 use crate::worker::{self, RelayInboxes, WorkerHandle};
 
@@ -376,7 +376,7 @@ impl crate::ingest::IngestNode for Node {
             .map(|_| ())
     }
 
-    async fn ingest(&self, session: &SessionId, packets: Vec<IngestPacket>) -> Result<(), MediaError> {
+    async fn ingest(&self, session: &SessionId, packets: Vec<IngestItem>) -> Result<(), MediaError> {
         let command = Command::IngestMedia {
             session: session.clone(),
             packets,

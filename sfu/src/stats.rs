@@ -78,6 +78,9 @@ worker_metrics! {
         hls_parts: Counter "wave_hls_parts_total" "LL-HLS parts produced." true;
         hls_segments: Counter "wave_hls_segments_total" "LL-HLS segments produced." true;
         hls_aac_dropped: Counter "wave_hls_aac_dropped_total" "Opus frames dropped because an AAC transcoder thread fell behind." true;
+        hls_aac_transcoders: Counter "wave_hls_aac_transcoders_total" "Opus -> AAC transcoders started for LL-HLS rooms (none for a source whose AAC is passed through)." true;
+        hls_aac_passthrough: Counter "wave_hls_aac_passthrough_frames_total" "Source AAC access units (RTMP, RTSP) passed through to LL-HLS unchanged." true;
+        hls_aac_passthrough_dropped: Counter "wave_hls_aac_passthrough_dropped_total" "Source AAC access units dropped before LL-HLS: an AudioSpecificConfig that does not parse, an empty or oversized frame." true;
     }
     driver {
         send_errors: Counter "wave_udp_send_errors_total" "Datagrams the socket refused.";

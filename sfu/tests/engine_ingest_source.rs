@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::of_kind;
 use common::sim::Sim;
 use relay::{Ext, MediaPacket};
-use sfu::engine::{Command, INGEST_AUDIO_PT, INGEST_VIDEO_PT, IngestOpen, IngestPacket};
+use sfu::engine::{Command, INGEST_AUDIO_PT, INGEST_VIDEO_PT, IngestItem, IngestOpen, IngestPacket};
 use signaling::{RoomId, SessionId};
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind};
@@ -154,7 +154,7 @@ impl Source {
         }
         sim.send_command(Command::IngestMedia {
             session: session.clone(),
-            packets,
+            packets: packets.into_iter().map(IngestItem::from).collect(),
         })
         .expect("the source's media is taken");
         self.frame += 1;

@@ -286,6 +286,10 @@ async fn aac_rendition_thumbnails_and_a_clean_end() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let metrics = http.send(Method::GET, &node.url("/metrics"), &[], "").await.body;
     assert_eq!(metric(&metrics, "wave_hls_rooms"), 0);
+    // A WebRTC publisher's Opus is transcoded to AAC (one transcoder), and
+    // nothing is passed through.
+    assert_eq!(metric(&metrics, "wave_hls_aac_transcoders_total"), 1);
+    assert_eq!(metric(&metrics, "wave_hls_aac_passthrough_frames_total"), 0);
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 //! room, bytes that are not RTMP, media of a codec never announced, an
 //! Enhanced RTMP (HEVC) stream and an oversized message are each refused
 //! or cut off, with an RTMP error status where the protocol has one, and
-//! counted in `wave_rtmp_rejected_total{reason}`; the room an FFmpeg
-//! encoder publishes meanwhile keeps going.
+//! counted in `wave_rtmp_rejected_total{reason}`; an oversized AAC frame
+//! is dropped from LL-HLS and counted without cutting its stream; the room
+//! an FFmpeg encoder publishes meanwhile keeps going.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -135,6 +136,33 @@ fn bad_rtmp_input_is_refused_counted_and_leaves_other_rooms_alone() {
         assert!(c.closed_within(Duration::from_secs(3)), "{room}: still open");
         assert_eq!(rejected(&node, reason), 1.0, "{reason}");
     }
+
+    // AAC frames over 6,144 bits per channel (here 2,000 bytes of stereo):
+    // FDK cannot decode them (the viewers' Opus skips them) and LL-HLS
+    // drops and counts them; the stream goes on, later frames pass.
+    assert_eq!(metric(&node, "wave_hls_aac_passthrough_dropped_total"), 0.0);
+    let mut aac = RtmpClient::connect(rtmp, "live").expect("connect");
+    aac.publish(&format!("aacbig?token={}", publish("aacbig")))
+        .expect("publish");
+    let avc = [
+        0x17, 0, 0, 0, 0, 1, 0x42, 0xe0, 0x1f, 0xff, 0xe1, 0, 3, 0x67, 0x42, 0x1f, 1, 0, 2, 0x68, 0xce,
+    ];
+    aac.video(&avc, 0).expect("sent");
+    aac.video(&[0x17, 1, 0, 0, 0, 0, 0, 0, 3, 0x65, 0x88, 0x84], 0)
+        .expect("sent");
+    aac.audio(&[0xaf, 0, 0x12, 0x10], 0).expect("sent");
+    let mut frame = vec![0xaf, 1];
+    frame.resize(2 + 2000, 0x5a);
+    aac.audio(&frame, 0).expect("sent");
+    wait_for(
+        || metric(&node, "wave_hls_aac_passthrough_dropped_total") == 1.0,
+        "the oversized AAC frame counted",
+    );
+    assert!(
+        !aac.closed_within(Duration::from_millis(500)),
+        "the stream was cut"
+    );
+    drop(aac);
 
     // A 12 MiB video message (RTMP allows 16 MiB), in 1 MiB chunks.
     let mut big = RtmpClient::connect_with_chunk_size(rtmp, "live", 1 << 20).expect("connect");

@@ -1,6 +1,7 @@
 //! RTSP pull (`POST /v1/ingest/{room}`) against the real binary: a
 //! gst-rtsp-server camera (H.264 + AAC, or + PCMU over UDP) reaches a
-//! WHEP viewer; the pull survives the camera's restart; `DELETE` ends it;
+//! WHEP viewer, and its AAC reaches LL-HLS unchanged (44.1 kHz, no
+//! Opus -> AAC transcoder); the pull survives the camera's restart; `DELETE` ends it;
 //! a token's `exp` ends it; cameras that answer garbage or nothing fail
 //! with a reason while other rooms play on; bad tokens and bodies are
 //! refused.
@@ -12,6 +13,7 @@ use serde_json::Value;
 use str0m::media::MediaKind;
 
 use crate::common::chat::metric;
+use crate::common::hls::probe_aac;
 use crate::common::node::{Http, Node, Resp, cli_token};
 use crate::common::rtsp::{Camera, assert_receives, bad_camera, free_port, pull};
 use crate::common::viewer::watch;
@@ -69,6 +71,35 @@ async fn a_camera_reaches_a_whep_viewer_survives_a_restart_and_stops_on_delete()
     // AAC transcoded to Opus: 20 ms packets.
     assert_receives(&viewer, MediaKind::Audio, 0, 50, Duration::from_secs(5)).await;
     assert!(viewer.keyframes() >= 1, "no keyframe reached the viewer");
+
+    // LL-HLS: the camera's AAC passed through (its 44.1 kHz stereo; the
+    // Opus -> AAC path would make 48 kHz), no transcoder started.
+    let hls_query = format!("?token={viewer_token}");
+    let aac = tokio::task::spawn_blocking({
+        let base = node.url("");
+        move || {
+            probe_aac(
+                &|path: &str| curl(&format!("{base}{path}")),
+                "cam1",
+                &hls_query,
+                2,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!("LL-HLS aac rendition of an RTSP pull: {aac:?}");
+    assert_eq!(
+        (aac.codec.as_str(), aac.sample_rate, aac.channels),
+        ("aac", 44_100, 2)
+    );
+    assert!(aac.frames >= 80, "{aac:?}");
+    let metrics = http.send(Method::GET, &node.url("/metrics"), &[], "").await.body;
+    assert!(
+        metrics.lines().any(|l| l == "wave_hls_aac_transcoders_total 0"),
+        "an Opus -> AAC transcoder ran: {metrics}"
+    );
+    assert!(metric(&http, &node, "wave_hls_aac_passthrough_frames_total").await >= 80.0);
 
     let (_, listing) = http
         .get_json(&node.url(&format!("/v1/rooms/{room}")), &token)
@@ -140,6 +171,44 @@ async fn a_pcmu_camera_over_udp_is_heard_as_opus() {
     let viewer = watch(&node, &http, "cam2", None).await;
     assert_receives(&viewer, MediaKind::Audio, 0, 50, Duration::from_secs(8)).await;
     assert_receives(&viewer, MediaKind::Video, 0, 30, Duration::from_secs(5)).await;
+
+    // G.711 has no AAC to pass through: LL-HLS transcodes its Opus to
+    // AAC (48 kHz stereo), one transcoder.
+    let aac = tokio::task::spawn_blocking({
+        let base = node.url("");
+        move || probe_aac(&|path: &str| curl(&format!("{base}{path}")), "cam2", "", 1)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (aac.codec.as_str(), aac.sample_rate, aac.channels),
+        ("aac", 48_000, 2)
+    );
+    let metrics = http.send(Method::GET, &node.url("/metrics"), &[], "").await.body;
+    assert!(
+        metrics.lines().any(|l| l == "wave_hls_aac_transcoders_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "wave_hls_aac_passthrough_frames_total 0"),
+        "{metrics}"
+    );
+}
+
+/// GET `url` with curl: the body's bytes.
+fn curl(url: &str) -> Vec<u8> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", url])
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[tokio::test]

@@ -1,18 +1,20 @@
 //! The hand-off to the LL-HLS room packager (`hls_bridge::room`): a
 //! publisher's H.264 and Opus packets, with the sender report str0m
 //! attached to each (an ingest source's, with the report its driver
-//! derived from the encoder's clock), as the packager reads them. The packaging itself, and
-//! its codecs, live in `hls-bridge`.
+//! derived from the encoder's clock), as the packager reads them; an
+//! ingest source's AAC access units, passed through. The packaging
+//! itself, and its codecs, live in `hls-bridge`.
 
 use std::time::{Instant, UNIX_EPOCH};
 
-use hls_bridge::room::{HlsTap, Track};
+use hls_bridge::room::{AacUnit, HlsTap, Track};
 use hls_bridge::{RtpPacket as BridgeRtp, SenderReport};
 use relay::MediaPacket;
 use str0m::media::MediaKind;
 use str0m::rtp::RtpPacket;
 use wave_vocab::{Codec, RoomId};
 
+use super::ingest::IngestAac;
 use super::state::Role;
 use super::{Engine, PeerId};
 
@@ -106,6 +108,18 @@ impl Engine {
             layers: 1,
         };
         hand_over(tap, config.seed, now, &ingest.room, track, report, rtp);
+    }
+
+    /// Hands an ingest source's AAC access unit to the LL-HLS tap, which
+    /// passes it through to the room's `aac` rendition.
+    pub(super) fn ingest_aac_hls(&mut self, now: Instant, pid: PeerId, aac: &IngestAac) {
+        let Some(tap) = &mut self.hls else { return };
+        let unit = AacUnit {
+            config: &aac.config,
+            ts_ms: aac.ts_ms,
+            data: &aac.data,
+        };
+        tap.handle_aac(now, pid, aac.report, unit);
     }
 }
 

@@ -6,6 +6,7 @@
 //! room, then `fan_out`. Nobody can ask it for a keyframe: the encoder sends
 //! them on its own schedule (its GOP).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use hls_bridge::SenderReport;
@@ -39,6 +40,35 @@ pub struct IngestPacket {
     /// The source's clock (capture time) for this stream, as a sender
     /// report would give it: LL-HLS dates and aligns the renditions by it.
     pub report: Option<SenderReport>,
+}
+
+/// One access unit of an ingest source whose audio is AAC: it goes to the
+/// room's LL-HLS `aac` rendition unchanged (the Opus made from it goes to
+/// WebRTC viewers as [`IngestPacket`]s).
+#[derive(Debug, Clone)]
+pub struct IngestAac {
+    /// The source's AudioSpecificConfig (shared by its access units).
+    pub config: Arc<[u8]>,
+    /// The source's clock in ms (FLV time, or the RTSP stream's).
+    pub ts_ms: u32,
+    /// One raw AAC access unit.
+    pub data: Vec<u8>,
+    /// That clock as a sender report would give it (`rtp_time` in ms):
+    /// LL-HLS dates the audio by it, as the video by its own.
+    pub report: Option<SenderReport>,
+}
+
+/// What an ingest source hands its worker, in order.
+#[derive(Debug)]
+pub enum IngestItem {
+    Rtp(IngestPacket),
+    Aac(IngestAac),
+}
+
+impl From<IngestPacket> for IngestItem {
+    fn from(p: IngestPacket) -> Self {
+        IngestItem::Rtp(p)
+    }
 }
 
 /// The H.264 format an ingest source announces: constrained baseline 3.1,
@@ -107,6 +137,7 @@ impl Engine {
                 publisher: Publisher {
                     tracks: vec![track("0", MediaKind::Video), track("1", MediaKind::Audio)],
                 },
+                aac_hls: false,
             }),
         );
         self.by_session.insert(session.clone(), id);
@@ -118,24 +149,38 @@ impl Engine {
     }
 
     /// An ingest source's packets, in order: each takes a WHIP publisher's
-    /// packet path (LL-HLS, watching engines, this engine's viewers).
+    /// packet path (LL-HLS, watching engines, this engine's viewers); its
+    /// AAC access units go to LL-HLS only.
     pub(super) fn ingest_media(
         &mut self,
         now: Instant,
         session: &SessionId,
-        packets: Vec<IngestPacket>,
+        packets: Vec<IngestItem>,
     ) -> Result<Reply, MediaError> {
         let id = *self.by_session.get(session).ok_or(MediaError::NotFound)?;
-        if !self.ingests.contains_key(&id) {
+        let Some(ingest) = self.ingests.get_mut(&id) else {
             return Err(MediaError::BadRequest("not an ingest session".into()));
-        }
+        };
+        // From the first AAC access unit on (it precedes the Opus made
+        // from it), LL-HLS takes the source's AAC and not that Opus.
+        ingest.aac_hls |= packets.iter().any(|p| matches!(p, IngestItem::Aac(_)));
+        let aac_hls = ingest.aac_hls;
         for p in packets {
+            let p = match p {
+                IngestItem::Rtp(p) => p,
+                IngestItem::Aac(aac) => {
+                    self.ingest_aac_hls(now, id, &aac);
+                    continue;
+                }
+            };
             let (ti, codec) = if p.video {
                 (VIDEO, Codec::H264)
             } else {
                 (AUDIO, Codec::Opus)
             };
-            self.ingest_hls(now, id, p.video, p.report, &p.packet);
+            if p.video || !aac_hls {
+                self.ingest_hls(now, id, p.video, p.report, &p.packet);
+            }
             let watchers = self
                 .ingests
                 .get(&id)

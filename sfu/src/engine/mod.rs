@@ -50,7 +50,7 @@ use wave_vocab::{Codec, IcePatch, IceRestartAnswer, LayerPref, MediaError, RoomI
 pub use crate::stats::EngineStats;
 pub use hls_bridge::SenderReport;
 pub use hls_bridge::room::HlsUpdate;
-pub use ingest::{INGEST_AUDIO_PT, INGEST_VIDEO_PT, IngestOpen, IngestPacket};
+pub use ingest::{INGEST_AUDIO_PT, INGEST_VIDEO_PT, IngestAac, IngestItem, IngestOpen, IngestPacket};
 pub use relay::WorkerId;
 pub use rewrite::{Rewriter, Rewritten, Vp8Rewriter};
 pub use wave_vocab::PeerId;
@@ -194,10 +194,10 @@ pub enum Command {
     /// A source fed from outside (an RTMP encoder) becomes the room's
     /// publisher; removed with [`Command::Delete`] of its session.
     Ingest(IngestOpen),
-    /// Packets of an ingest source, in order.
+    /// Packets (and AAC access units) of an ingest source, in order.
     IngestMedia {
         session: SessionId,
-        packets: Vec<IngestPacket>,
+        packets: Vec<IngestItem>,
     },
     /// Close every peer (RTCP BYE + DTLS close_notify) for shutdown.
     CloseAll,
@@ -333,6 +333,7 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
+        let hls = self.hls.as_ref().map(HlsTap::stats).unwrap_or_default();
         EngineStats {
             // A room is counted where it is published (or, with no
             // publisher yet, where nothing feeds it); mirrors not at all.
@@ -343,10 +344,13 @@ impl Engine {
                 .count() as u64,
             publishers: self.rooms.values().map(|r| self.local_publishers(r) as u64).sum(),
             viewers: self.rooms.values().map(|r| r.viewers.len() as u64).sum(),
-            hls_rooms: self.hls.as_ref().map_or(0, |h| h.stats().rooms),
-            hls_parts: self.hls.as_ref().map_or(0, |h| h.stats().parts),
-            hls_segments: self.hls.as_ref().map_or(0, |h| h.stats().segments),
-            hls_aac_dropped: self.hls.as_ref().map_or(0, |h| h.stats().aac_dropped),
+            hls_rooms: hls.rooms,
+            hls_parts: hls.parts,
+            hls_segments: hls.segments,
+            hls_aac_dropped: hls.aac_dropped,
+            hls_aac_transcoders: hls.aac_transcoders,
+            hls_aac_passthrough: hls.aac_passthrough,
+            hls_aac_passthrough_dropped: hls.aac_passthrough_dropped,
             index_entries: self.index_entries(),
             ..self.stats
         }

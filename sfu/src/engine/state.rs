@@ -53,6 +53,9 @@ pub(super) struct Ingest {
     pub(super) codecs: Vec<CodecDesc>,
     /// A video and an audio track, one layer each.
     pub(super) publisher: Publisher,
+    /// Its audio is AAC, passed through to LL-HLS: its Opus (made for
+    /// WebRTC viewers) is not packaged.
+    pub(super) aac_hls: bool,
 }
 
 pub(super) struct Peer {

@@ -5,6 +5,8 @@
 //! samples from the first frame's, re-anchored when the source's clock
 //! jumps.
 
+use std::sync::Arc;
+
 use fdk_aac::dec::{Decoder, Transport};
 
 use super::Refusal;
@@ -43,7 +45,9 @@ pub enum Law {
 
 /// An audio stream's decoder in front of the shared Opus stage.
 pub enum ToOpus {
-    Aac(Box<Decoder>, PcmToOpus),
+    /// With the AudioSpecificConfig it was opened with (LL-HLS carries
+    /// the AAC itself).
+    Aac(Box<Decoder>, PcmToOpus, Arc<[u8]>),
     G711(Law, PcmToOpus),
 }
 
@@ -54,7 +58,15 @@ impl ToOpus {
         decoder
             .config_raw(asc)
             .map_err(|e| Refusal::Codec(format!("AAC configuration FDK refuses: {}", e.message())))?;
-        Ok(ToOpus::Aac(Box::new(decoder), PcmToOpus::new()?))
+        Ok(ToOpus::Aac(Box::new(decoder), PcmToOpus::new()?, Arc::from(asc)))
+    }
+
+    /// The AudioSpecificConfig of an AAC stream (`None` for G.711).
+    pub fn audio_specific_config(&self) -> Option<&Arc<[u8]>> {
+        match self {
+            ToOpus::Aac(_, _, asc) => Some(asc),
+            ToOpus::G711(..) => None,
+        }
     }
 
     /// A transcoder for G.711 (8 kHz mono).
@@ -66,7 +78,7 @@ impl ToOpus {
     /// Opus packets it completes go to `out`.
     pub fn handle_frame(&mut self, ts_ms: u32, frame: &[u8], out: &mut Vec<OpusPacket>) {
         match self {
-            ToOpus::Aac(decoder, opus) => {
+            ToOpus::Aac(decoder, opus, _) => {
                 let pcm = &mut opus.pcm;
                 pcm.resize(MAX_PCM, 0);
                 if decoder.fill(frame).is_err() || decoder.decode_frame(pcm).is_err() {
@@ -104,7 +116,7 @@ impl ToOpus {
     /// Frames that did not decode or encode (skipped, concealed by silence).
     pub fn errors(&self) -> u64 {
         match self {
-            ToOpus::Aac(_, opus) | ToOpus::G711(_, opus) => opus.errors,
+            ToOpus::Aac(_, opus, _) | ToOpus::G711(_, opus) => opus.errors,
         }
     }
 }

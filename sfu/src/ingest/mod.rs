@@ -36,7 +36,7 @@ pub use source::Source;
 
 use signaling::{MediaError, SessionId};
 
-use crate::engine::{IngestOpen, IngestPacket};
+use crate::engine::{IngestItem, IngestOpen};
 
 /// What an ingest (an RTMP push, an RTSP pull) needs of the node: a source
 /// opened as the room's publisher on its home worker, its packets in order,
@@ -49,7 +49,7 @@ pub trait IngestNode: Send + Sync + 'static {
     fn ingest(
         &self,
         session: &SessionId,
-        packets: Vec<IngestPacket>,
+        packets: Vec<IngestItem>,
     ) -> impl Future<Output = Result<(), MediaError>> + Send;
     /// Ends the source (its viewers wait for the room's next one).
     fn end_ingest(&self, session: &SessionId) -> impl Future<Output = Result<(), MediaError>> + Send;

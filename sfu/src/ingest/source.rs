@@ -1,6 +1,7 @@
 //! One ingest as the engine's source sees it (Sans-IO): H.264 access
 //! units and audio frames in, RTP packets of an H.264 and an Opus track
-//! out, each stream with the sender report its clock gives. An RTMP
+//! out, each stream with the sender report its clock gives; AAC access
+//! units also go out as they came, for LL-HLS. An RTMP
 //! publish feeds it FLV messages (`handle_video`, `handle_audio`); an RTSP
 //! pull the frames `retina` depacketized (`handle_h264_config`,
 //! `handle_h264`, `handle_audio_config`, `handle_audio_frame`). Time
@@ -16,7 +17,7 @@ use super::audio::{OpusPacket, ToOpus};
 pub use super::flv::AvcConfig;
 use super::flv::{self, Audio, Video};
 use super::{Refusal, h264};
-use crate::engine::{INGEST_AUDIO_PT, INGEST_VIDEO_PT, IngestPacket, SenderReport};
+use crate::engine::{INGEST_AUDIO_PT, INGEST_VIDEO_PT, IngestAac, IngestItem, IngestPacket, SenderReport};
 
 /// RTP payload budget: a 1,200-byte payload keeps the SRTP datagram under
 /// every path MTU WebRTC meets (libwebrtc uses the same order).
@@ -40,9 +41,9 @@ pub struct Source {
     audio: Option<ToOpus>,
     video_seq: u64,
     audio_seq: u64,
-    /// Last sender report per stream (video, audio), by FLV timestamp.
+    /// Last sender report per stream (video, Opus), by FLV timestamp.
     reported: [Option<u32>; 2],
-    out: Vec<IngestPacket>,
+    out: Vec<IngestItem>,
     scratch: Vec<Vec<u8>>,
     opus: Vec<OpusPacket>,
 }
@@ -122,7 +123,7 @@ impl Source {
         let report = self.report(0, ts_ms, rtp_ts, 90);
         let last = self.scratch.len().saturating_sub(1);
         for (i, payload) in self.scratch.drain(..).enumerate() {
-            self.out.push(IngestPacket {
+            self.out.push(IngestItem::Rtp(IngestPacket {
                 video: true,
                 packet: MediaPacket {
                     pt: INGEST_VIDEO_PT,
@@ -134,7 +135,7 @@ impl Source {
                     payload: Arc::from(payload),
                 },
                 report: if i == 0 { report } else { None },
-            });
+            }));
             self.video_seq += 1;
         }
         Ok(())
@@ -147,17 +148,31 @@ impl Source {
 
     /// One audio frame at `ts_ms` (the source's clock in ms).
     pub fn handle_audio_frame(&mut self, now: Instant, ts_ms: u32, frame: &[u8]) -> Result<(), Refusal> {
-        let Some(audio) = &mut self.audio else {
+        let Some(audio) = &self.audio else {
             return Err(Refusal::NotAnnounced("audio before its configuration"));
         };
         if frame.len() > MAX_AUDIO_MESSAGE {
             return Err(Refusal::Oversized("audio frame"));
         }
+        if let Some(config) = audio.audio_specific_config().cloned() {
+            // The access unit as it came, before the Opus made from it.
+            // Each unit carries its clock: LL-HLS may start after the first.
+            let report = Some(self.clock(ts_ms, ts_ms, 1));
+            self.out.push(IngestItem::Aac(IngestAac {
+                config,
+                ts_ms,
+                data: frame.to_vec(),
+                report,
+            }));
+        }
+        let Some(audio) = &mut self.audio else {
+            return Ok(());
+        };
         let mut opus = std::mem::take(&mut self.opus);
         audio.handle_frame(ts_ms, frame, &mut opus);
         for p in opus.drain(..) {
             let report = self.report(1, ts_ms, p.rtp_ts, 48);
-            self.out.push(IngestPacket {
+            self.out.push(IngestItem::Rtp(IngestPacket {
                 video: false,
                 packet: MediaPacket {
                     pt: INGEST_AUDIO_PT,
@@ -169,15 +184,15 @@ impl Source {
                     payload: Arc::from(p.payload),
                 },
                 report,
-            });
+            }));
             self.audio_seq += 1;
         }
         self.opus = opus;
         Ok(())
     }
 
-    /// The packets made since the last call.
-    pub fn take_packets(&mut self) -> Vec<IngestPacket> {
+    /// The packets (and AAC access units) made since the last call.
+    pub fn take_packets(&mut self) -> Vec<IngestItem> {
         std::mem::take(&mut self.out)
     }
 
@@ -187,25 +202,31 @@ impl Source {
     }
 
     /// A sender report for stream `index` once per [`REPORT_EVERY`]: the
-    /// RTP timestamp `rtp_ts` (at `khz`) was captured at the wall-clock
-    /// time of the first message plus the FLV time since.
+    /// RTP timestamp `rtp_ts` (at `khz`; the AAC units' clock is the FLV
+    /// ms, 1 kHz) was captured at the wall-clock time of the first message
+    /// plus the FLV time since.
     fn report(&mut self, index: usize, ts_ms: u32, rtp_ts: u32, khz: u32) -> Option<SenderReport> {
-        let (ntp0, ts0) = *self.epoch.get_or_insert((self.ntp_at_start, ts_ms));
         let due = self.reported[index]
             .is_none_or(|last| ts_ms.wrapping_sub(last) >= REPORT_EVERY.as_millis() as u32);
         if !due {
             return None;
         }
         self.reported[index] = Some(ts_ms);
+        Some(self.clock(ts_ms, rtp_ts, khz))
+    }
+
+    /// The report's mapping at `ts_ms`, due or not.
+    fn clock(&mut self, ts_ms: u32, rtp_ts: u32, khz: u32) -> SenderReport {
+        let (ntp0, ts0) = *self.epoch.get_or_insert((self.ntp_at_start, ts_ms));
         // The RTP timestamp is the capture time of the media (for video the
         // PTS); the report maps it back to the message's wall-clock time.
         let rtp_ms = rtp_ts.wrapping_sub(ts_ms.wrapping_mul(khz)) as i32 / khz as i32;
         let since = i64::from(ts_ms.wrapping_sub(ts0) as i32) + i64::from(rtp_ms);
         let ntp = ntp0.wrapping_add_signed((since << 32) / 1000);
-        Some(SenderReport {
+        SenderReport {
             ntp_time: ntp,
             rtp_time: rtp_ts,
-        })
+        }
     }
 }
 
@@ -235,7 +256,14 @@ mod tests {
         s.handle_video(now, 0, &idr).unwrap();
         s.handle_video(now, 33, &[0x27, 1, 0, 0, 0, 0, 0, 0, 2, 0x41, 0x9a])
             .unwrap();
-        let p = s.take_packets();
+        let p: Vec<IngestPacket> = s
+            .take_packets()
+            .into_iter()
+            .map(|i| match i {
+                IngestItem::Rtp(p) => p,
+                IngestItem::Aac(a) => panic!("AAC from video: {a:?}"),
+            })
+            .collect();
         assert_eq!(p.len(), 3);
         assert_eq!(
             &p[0].packet.payload[..],
@@ -251,6 +279,87 @@ mod tests {
         let sr = p[0].report.expect("the first packet carries a report");
         assert_eq!((sr.ntp_time, sr.rtp_time), (1 << 32, 0));
         assert!(p[2].report.is_none());
+    }
+
+    #[test]
+    fn aac_frames_go_out_as_they_came_before_their_opus_on_a_millisecond_clock() {
+        let now = Instant::now();
+        let mut s = Source::new(1 << 32);
+        // AAC-LC, 44.1 kHz, stereo; then two access units FDK cannot
+        // decode (no Opus from them): LL-HLS gets them as sent all the same.
+        s.handle_audio(now, 0, &[0xaf, 0x00, 0x12, 0x10]).unwrap();
+        s.handle_audio(now, 0, &[0xaf, 1, 0x21, 0x10, 0x04]).unwrap();
+        s.handle_audio(now, 23, &[0xaf, 1, 0xde, 0xad]).unwrap();
+        let items = s.take_packets();
+        let aac: Vec<&IngestAac> = items
+            .iter()
+            .filter_map(|i| match i {
+                IngestItem::Aac(a) => Some(a),
+                IngestItem::Rtp(_) => None,
+            })
+            .collect();
+        assert_eq!(aac.len(), 2);
+        assert!(aac.iter().all(|a| a.config[..] == [0x12, 0x10]));
+        assert_eq!((aac[0].ts_ms, &aac[0].data[..]), (0, &[0x21, 0x10, 0x04][..]));
+        assert_eq!((aac[1].ts_ms, &aac[1].data[..]), (23, &[0xde, 0xad][..]));
+        // The AAC stream's clock is the FLV ms, dated like the others, on
+        // every unit.
+        let sr = aac[0].report.expect("every unit carries a report");
+        assert_eq!((sr.ntp_time, sr.rtp_time), (1 << 32, 0));
+        let sr = aac[1].report.expect("every unit carries a report");
+        assert_eq!((sr.ntp_time, sr.rtp_time), ((1 << 32) + (23 << 32) / 1000, 23));
+
+        // A real AAC stream: each access unit precedes the Opus made from it.
+        let encoder = fdk_aac::enc::Encoder::new(fdk_aac::enc::EncoderParams {
+            bit_rate: fdk_aac::enc::BitRate::Cbr(96_000),
+            sample_rate: 44_100,
+            transport: fdk_aac::enc::Transport::Raw,
+            channels: fdk_aac::enc::ChannelMode::Stereo,
+            audio_object_type: fdk_aac::enc::AudioObjectType::Mpeg4LowComplexity,
+        })
+        .unwrap();
+        let asc = encoder.info().unwrap().confBuf[..2].to_vec();
+        let mut s = Source::new(1 << 32);
+        let mut tag = vec![0xaf, 0x00];
+        tag.extend_from_slice(&asc);
+        s.handle_audio(now, 0, &tag).unwrap();
+        let pcm: Vec<i16> = (0..2048)
+            .map(|i| ((i as f64 * 0.06).sin() * 8000.0) as i16)
+            .collect();
+        let mut sent = Vec::new();
+        for k in 0..50u32 {
+            let mut out = vec![0u8; 1536];
+            let done = encoder.encode(&pcm, &mut out).unwrap();
+            if done.output_size == 0 {
+                continue;
+            }
+            let mut tag = vec![0xaf, 1];
+            tag.extend_from_slice(&out[..done.output_size]);
+            s.handle_audio(now, k * 1024 * 1000 / 44_100, &tag).unwrap();
+            sent.push(out[..done.output_size].to_vec());
+        }
+        assert_eq!(s.audio_errors(), 0);
+        let items = s.take_packets();
+        let first_opus = items.iter().position(|i| matches!(i, IngestItem::Rtp(_)));
+        let first_opus = first_opus.expect("Opus for WebRTC viewers");
+        assert!(matches!(items[0], IngestItem::Aac(_)) && first_opus > 0);
+        let passed: Vec<Vec<u8>> = items
+            .into_iter()
+            .filter_map(|i| match i {
+                IngestItem::Aac(a) => Some(a.data),
+                IngestItem::Rtp(_) => None,
+            })
+            .collect();
+        assert_eq!(passed, sent);
+
+        // G.711 has no AAC to pass through.
+        let mut g = Source::new(1 << 32);
+        g.handle_audio_config(super::super::audio::ToOpus::g711(super::super::audio::Law::Mu).unwrap());
+        for k in 0..10 {
+            g.handle_audio_frame(now, k * 20, &[0xff; 160]).unwrap();
+        }
+        let items = g.take_packets();
+        assert!(!items.is_empty() && items.iter().all(|i| matches!(i, IngestItem::Rtp(_))));
     }
 
     #[test]

@@ -3,6 +3,7 @@ pub mod chat;
 /// hls-bridge's LL-HLS conformance checker (C1–C12, C16–C18).
 #[path = "../../../hls-bridge/tests/common/checker.rs"]
 pub mod checker;
+pub mod hls;
 pub mod interop;
 pub mod logs;
 #[path = "../../../signaling/tests/common/nats.rs"]

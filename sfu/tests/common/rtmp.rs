@@ -172,6 +172,15 @@ impl RtmpClient {
         self.apply(vec![result]).map_err(std::io::Error::other)
     }
 
+    /// Sends one audio message (an FLV audio tag body) at `ts_ms`.
+    pub fn audio(&mut self, tag: &[u8], ts_ms: u32) -> std::io::Result<()> {
+        let result = self
+            .session
+            .publish_audio_data(Bytes::copy_from_slice(tag), RtmpTimestamp::new(ts_ms), false)
+            .map_err(std::io::Error::other)?;
+        self.apply(vec![result]).map_err(std::io::Error::other)
+    }
+
     /// Whether the server closed the connection within `limit`.
     pub fn closed_within(&mut self, limit: Duration) -> bool {
         let t0 = Instant::now();

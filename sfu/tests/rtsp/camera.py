@@ -33,7 +33,8 @@ def main() -> None:
     if audio == "pcmu":
         sound += "audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay name=pay1 pt=0"
     else:
-        sound += "audio/x-raw,rate=48000,channels=2 ! avenc_aac ! rtpmp4gpay name=pay1 pt=97"
+        # 44.1 kHz: the rate LL-HLS must keep (its AAC is passed through).
+        sound += "audio/x-raw,rate=44100,channels=2 ! avenc_aac ! rtpmp4gpay name=pay1 pt=97"
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(f"( {video} {sound} )")
     factory.set_shared(True)
