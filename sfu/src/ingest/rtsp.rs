@@ -1171,7 +1171,7 @@ fn clock(ts: retina::Timestamp, rate: i64) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::IngestPacket;
+    use crate::engine::IngestItem;
     use crate::ingest::records::{BUCKET, RECORD_TTL};
     use signaling::bus::Bus;
     use signaling::cluster::ClusterConfig;
@@ -1183,7 +1183,7 @@ mod tests {
         async fn open_ingest(&self, _: IngestOpen) -> Result<(), MediaError> {
             Err(MediaError::Unavailable("no node".into()))
         }
-        async fn ingest(&self, _: &SessionId, _: Vec<IngestPacket>) -> Result<(), MediaError> {
+        async fn ingest(&self, _: &SessionId, _: Vec<IngestItem>) -> Result<(), MediaError> {
             Err(MediaError::Unavailable("no node".into()))
         }
         async fn end_ingest(&self, _: &SessionId) -> Result<(), MediaError> {
