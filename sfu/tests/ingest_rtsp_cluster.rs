@@ -11,23 +11,11 @@ use hyper::{Method, StatusCode};
 use serde_json::Value;
 use str0m::media::MediaKind;
 
-use crate::common::chat::{SECRET, metric, room_json, token, wait_for_view};
+use crate::common::chat::{cluster_node, metric, room_json, token, wait_for_view};
 use crate::common::nats::NatsServer;
 use crate::common::node::{Http, Node};
 use crate::common::rtsp::{Camera, assert_receives, free_port};
 use crate::common::viewer::watch;
-
-fn node(nats: &NatsServer, id: &str, ip: &str) -> Node {
-    let flags = [
-        "--auth-secret",
-        SECRET,
-        "--heartbeat",
-        "200ms",
-        "--node-ttl",
-        "1s",
-    ];
-    Node::start_in_cluster(&nats.url(), id, ip, &flags)
-}
 
 /// `POST /v1/ingest/{room}` at `at` with `camera`'s URL (credentials
 /// included): the pull's path.
@@ -72,8 +60,8 @@ fn publishers(room: &Option<Value>) -> usize {
 async fn a_pull_started_at_one_node_is_read_listed_and_deleted_at_another() {
     let nats = NatsServer::start();
     let camera = Camera::start(free_port(), "aac", "320x240");
-    let a = node(&nats, "a", "127.0.0.51");
-    let b = node(&nats, "b", "127.0.0.52");
+    let a = cluster_node(&nats, "a", "127.0.0.51");
+    let b = cluster_node(&nats, "b", "127.0.0.52");
     let http = Http::default();
     wait_for_view(&http, &[&a, &b], 2).await;
     let room = "cam-cluster";
@@ -145,8 +133,8 @@ async fn a_pull_started_at_one_node_is_read_listed_and_deleted_at_another() {
 async fn a_pull_whose_node_dies_or_stops_is_adopted_and_viewers_see_the_camera_again() {
     let nats = NatsServer::start();
     let camera = Camera::start(free_port(), "aac", "320x240");
-    let mut a = node(&nats, "a", "127.0.0.53");
-    let b = node(&nats, "b", "127.0.0.54");
+    let mut a = cluster_node(&nats, "a", "127.0.0.53");
+    let b = cluster_node(&nats, "b", "127.0.0.54");
     let http = Http::default();
     wait_for_view(&http, &[&a, &b], 2).await;
     let room = "cam-adopted";
@@ -184,7 +172,7 @@ async fn a_pull_whose_node_dies_or_stops_is_adopted_and_viewers_see_the_camera_a
     eprintln!("viewers at b decode again {:?} after the kill", t0.elapsed());
 
     // A node stopping (SIGTERM) leaves its pulls to the others too.
-    let c = node(&nats, "c", "127.0.0.55");
+    let c = cluster_node(&nats, "c", "127.0.0.55");
     wait_for_view(&http, &[&b, &c], 2).await;
     let mut b = b;
     let t1 = Instant::now();
